@@ -1,0 +1,224 @@
+//! The open connections of this node, for what must reach every socket from
+//! outside its actor: draining in batches, and the liveness backstop that cuts
+//! sockets whose actor cannot run. Never touches session state.
+//!
+//! Why a backstop: actix-web stops polling a WebSocket's actor while the
+//! socket's write buffer is full, so an actor whose client stopped reading
+//! cannot run its own heartbeat. The sweep here shuts such sockets down at the
+//! TCP level, which wakes the HTTP dispatcher and drops the actor.
+
+use std::collections::HashMap;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+/// Identifies one WebSocket connection for its whole life on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    /// A fresh id, unique within this process.
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ConnId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+/// The raw descriptor of an accepted TCP connection, stored as connection data
+/// so the WebSocket handler can take its own handle to the socket.
+#[derive(Debug, Clone, Copy)]
+pub struct RawSocket(pub RawFd);
+
+/// A second handle to a client's TCP socket that can cut it from any thread.
+///
+/// It holds a duplicate descriptor, so the socket cannot be closed and its
+/// number reused under it: a cut never hits another connection.
+#[derive(Debug)]
+pub struct Killer {
+    socket: TcpStream,
+}
+
+impl Killer {
+    /// Duplicates the descriptor of the request's connection.
+    ///
+    /// Call only while the connection is open (inside its request handler).
+    pub fn from_raw(raw: RawSocket) -> Option<Self> {
+        // SAFETY: the handler that calls this runs on the connection's own
+        // request, so the descriptor is open for the whole call; we only
+        // duplicate it and never close the borrowed one.
+        #[allow(unsafe_code)]
+        let borrowed = unsafe { BorrowedFd::borrow_raw(raw.0) };
+        let owned: OwnedFd = borrowed.try_clone_to_owned().ok()?;
+        Some(Killer {
+            socket: TcpStream::from(owned),
+        })
+    }
+
+    /// Shuts the socket down both ways; the client sees the connection drop.
+    pub fn kill(&self) {
+        // An error means the socket is already shut, which is the goal.
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+
+    /// Kills the socket after `linger`, giving a client that still reads the
+    /// chance to see the close frame first.
+    pub fn kill_after(self: &Arc<Self>, linger: Duration) {
+        let me = Arc::clone(self);
+        actix::spawn(async move {
+            tokio::time::sleep(linger).await;
+            me.kill();
+        });
+    }
+
+    /// The duplicated descriptor (for logs).
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// Something the node asks of a socket from outside its session.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub enum ConnCommand {
+    /// The node drains: send `SHUTTING_DOWN` and close with 1012.
+    Drain,
+    /// A newer connection resumed this side: close with 4001.
+    Replaced,
+}
+
+/// What the tracker keeps per connection.
+struct Entry {
+    /// The socket actor, for commands.
+    commands: Recipient<ConnCommand>,
+    /// Milliseconds since the tracker's epoch when the client last proved alive.
+    alive: Arc<AtomicU64>,
+    /// Cuts the TCP socket when the actor cannot run.
+    killer: Option<Arc<Killer>>,
+}
+
+/// Liveness stamp shared between a socket actor and the tracker.
+#[derive(Clone)]
+pub struct Liveness {
+    epoch: Instant,
+    alive: Arc<AtomicU64>,
+}
+
+impl Liveness {
+    /// Records that the client proved alive now.
+    pub fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.alive.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// Every open WebSocket connection of the node.
+#[derive(Clone)]
+pub struct Connections {
+    inner: Arc<Mutex<HashMap<ConnId, Entry>>>,
+    epoch: Instant,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Connections {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Connections {
+            inner: Arc::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Entry>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (each operation is one insert/remove), so a poisoned lock is usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a connection; returns its liveness stamp.
+    pub fn add(
+        &self,
+        id: ConnId,
+        commands: Recipient<ConnCommand>,
+        killer: Option<Arc<Killer>>,
+    ) -> Liveness {
+        let live = Liveness {
+            epoch: self.epoch,
+            alive: Arc::new(AtomicU64::new(0)),
+        };
+        live.touch();
+        self.lock().insert(
+            id,
+            Entry {
+                commands,
+                alive: Arc::clone(&live.alive),
+                killer,
+            },
+        );
+        live
+    }
+
+    /// Removes a connection (its actor stopped).
+    pub fn remove(&self, id: ConnId) {
+        self.lock().remove(&id);
+    }
+
+    /// Number of open connections.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ids of every open connection.
+    pub fn ids(&self) -> Vec<ConnId> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// Sends `cmd` to the given connections that are still open.
+    pub fn command(&self, ids: &[ConnId], cmd: ConnCommand) {
+        let map = self.lock();
+        for id in ids {
+            if let Some(e) = map.get(id) {
+                e.commands.do_send(cmd);
+            }
+        }
+    }
+
+    /// Cuts every connection silent for longer than `silence`; returns how many.
+    ///
+    /// The socket actors close silent clients themselves with a close frame;
+    /// this only catches those whose actor is stalled behind a full socket.
+    pub fn sweep(&self, silence: Duration) -> usize {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let limit = silence.as_millis() as u64;
+        let map = self.lock();
+        let mut cut = 0;
+        for e in map.values() {
+            if now.saturating_sub(e.alive.load(Ordering::Relaxed)) > limit {
+                if let Some(k) = &e.killer {
+                    k.kill();
+                    cut += 1;
+                }
+            }
+        }
+        cut
+    }
+}

@@ -1,0 +1,14 @@
+//! relay: a WebSocket pairing relay. A mac registers and gets a short code, a
+//! browser joins with it, and frames flow between them both ways, surviving
+//! reconnects. `server::start` runs a node; see README.md and PROTOCOL.md.
+
+pub mod config;
+pub mod conns;
+pub mod metrics;
+pub mod pipe;
+pub mod registry;
+pub mod server;
+pub mod shutdown;
+pub mod socket;
+
+pub use config::Config;

@@ -1,0 +1,264 @@
+//! Prometheus metrics of one node. Owns the registry and every metric; labels
+//! come from small fixed sets (never a code or session id).
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use relay_protocol::{ErrorCode, Role};
+
+/// Why a connection ended; the `reason` label of `relay_disconnects_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client closed or dropped the connection.
+    ClientGone,
+    /// No pong within the heartbeat timeout.
+    HeartbeatTimeout,
+    /// No `register`/`join`/`resume` within the handshake timeout.
+    HandshakeTimeout,
+    /// Too many malformed messages in a row (1008).
+    Malformed,
+    /// A frame over the size limit (1009).
+    TooLarge,
+    /// Broken WebSocket framing (1002).
+    ProtocolError,
+    /// The client stopped reading (1013).
+    SlowConsumer,
+    /// A newer connection resumed the same side (4001).
+    Replaced,
+    /// The node drained (1012).
+    Drained,
+    /// The session ended for good (1000).
+    SessionOver,
+}
+
+impl DisconnectReason {
+    /// Every reason, for pre-registering label values.
+    pub const ALL: [DisconnectReason; 10] = [
+        Self::ClientGone,
+        Self::HeartbeatTimeout,
+        Self::HandshakeTimeout,
+        Self::Malformed,
+        Self::TooLarge,
+        Self::ProtocolError,
+        Self::SlowConsumer,
+        Self::Replaced,
+        Self::Drained,
+        Self::SessionOver,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientGone => "client_gone",
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::Malformed => "malformed",
+            Self::TooLarge => "too_large",
+            Self::ProtocolError => "protocol_error",
+            Self::SlowConsumer => "slow_consumer",
+            Self::Replaced => "replaced",
+            Self::Drained => "drained",
+            Self::SessionOver => "session_over",
+        }
+    }
+}
+
+/// Result label values of `relay_joins_total`.
+pub const JOIN_RESULTS: [&str; 7] = [
+    "ok",
+    "invalid_code",
+    "expired_code",
+    "already_joined",
+    "rate_limited",
+    "unavailable",
+    "shutting_down",
+];
+
+/// Result label values of `relay_resumes_total`.
+pub const RESUME_RESULTS: [&str; 6] = [
+    "ok",
+    "takeover",
+    "invalid_resume",
+    "resume_expired",
+    "mac_disconnected",
+    "shutting_down",
+];
+
+/// Every metric of the node, registered in its own registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections by role (`role` = mac | browser).
+    pub connections_open: IntGaugeVec,
+    /// Sessions that exist (registered and not yet over).
+    pub sessions_live: IntGauge,
+    /// Codes handed out by `registered`.
+    pub codes_issued: IntCounter,
+    /// Codes whose joining window passed.
+    pub codes_expired: IntCounter,
+    /// Joins by result.
+    pub joins: IntCounterVec,
+    /// Resumes by result.
+    pub resumes: IntCounterVec,
+    /// Data frames relayed between two sockets of this node.
+    pub frames_local: IntCounter,
+    /// Bytes of data frames relayed between two sockets of this node.
+    pub bytes_local: IntCounter,
+    /// `error` messages sent, by code.
+    pub errors: IntCounterVec,
+    /// Connections ended, by reason.
+    pub disconnects: IntCounterVec,
+    /// Sides whose resume buffer overflowed while they were away.
+    pub resume_buffer_overflows: IntCounter,
+    /// 1 while the node drains.
+    pub draining: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    ///
+    /// # Errors
+    /// A prometheus error if two metrics share a name (a programming error).
+    pub fn new(node_id: &str) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "relay_build_info",
+                "Build of this node; the value is always 1.",
+            ),
+            &["version", "node"],
+        )?;
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), node_id])
+            .set(1);
+        registry.register(Box::new(build))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        let connections_open = IntGaugeVec::new(
+            Opts::new(
+                "relay_connections_open",
+                "Open WebSocket connections by role.",
+            ),
+            &["role"],
+        )?;
+        let frames = IntCounterVec::new(
+            Opts::new(
+                "relay_frames_relayed_total",
+                "Data frames relayed, by path.",
+            ),
+            &["path"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "relay_bytes_relayed_total",
+                "Bytes of data frames relayed, by path.",
+            ),
+            &["path"],
+        )?;
+        let m = Metrics {
+            sessions_live: IntGauge::new(
+                "relay_sessions_live",
+                "Sessions registered and not over.",
+            )?,
+            codes_issued: IntCounter::new("relay_codes_issued_total", "Codes handed out.")?,
+            codes_expired: IntCounter::new(
+                "relay_codes_expired_total",
+                "Codes whose joining window passed.",
+            )?,
+            joins: IntCounterVec::new(
+                Opts::new("relay_joins_total", "Join attempts by result."),
+                &["result"],
+            )?,
+            resumes: IntCounterVec::new(
+                Opts::new("relay_resumes_total", "Resume attempts by result."),
+                &["result"],
+            )?,
+            frames_local: frames.with_label_values(&["local"]),
+            bytes_local: bytes.with_label_values(&["local"]),
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "relay_errors_sent_total",
+                    "Error messages sent to clients, by code.",
+                ),
+                &["code"],
+            )?,
+            disconnects: IntCounterVec::new(
+                Opts::new("relay_disconnects_total", "Connections ended, by reason."),
+                &["reason"],
+            )?,
+            resume_buffer_overflows: IntCounter::new(
+                "relay_resume_buffer_overflows_total",
+                "Absent sides whose resume buffer overflowed (their session ended).",
+            )?,
+            draining: IntGauge::new("relay_draining", "1 while the node drains after SIGTERM.")?,
+            connections_open,
+            registry,
+        };
+        m.registry.register(Box::new(m.connections_open.clone()))?;
+        m.registry.register(Box::new(m.sessions_live.clone()))?;
+        m.registry.register(Box::new(m.codes_issued.clone()))?;
+        m.registry.register(Box::new(m.codes_expired.clone()))?;
+        m.registry.register(Box::new(m.joins.clone()))?;
+        m.registry.register(Box::new(m.resumes.clone()))?;
+        m.registry.register(Box::new(frames))?;
+        m.registry.register(Box::new(bytes))?;
+        m.registry.register(Box::new(m.errors.clone()))?;
+        m.registry.register(Box::new(m.disconnects.clone()))?;
+        m.registry
+            .register(Box::new(m.resume_buffer_overflows.clone()))?;
+        m.registry.register(Box::new(m.draining.clone()))?;
+
+        // Pre-create every label value so dashboards see zeros, not gaps.
+        for role in [Role::Mac, Role::Browser] {
+            m.connections_open.with_label_values(&[role.as_str()]);
+        }
+        for r in JOIN_RESULTS {
+            m.joins.with_label_values(&[r]);
+        }
+        for r in RESUME_RESULTS {
+            m.resumes.with_label_values(&[r]);
+        }
+        for c in ErrorCode::ALL {
+            m.errors.with_label_values(&[c.as_str()]);
+        }
+        for r in DisconnectReason::ALL {
+            m.disconnects.with_label_values(&[r.as_str()]);
+        }
+        Ok(m)
+    }
+
+    /// Counts one ended connection.
+    pub fn disconnected(&self, reason: DisconnectReason) {
+        self.disconnects.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// Counts one `error` message sent.
+    pub fn error_sent(&self, code: ErrorCode) {
+        self.errors.with_label_values(&[code.as_str()]).inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // An encode error would mean a metric with invalid UTF-8 names, which we never create.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_register_and_render() {
+        let m = Metrics::new("test").unwrap();
+        m.frames_local.inc();
+        let text = m.render();
+        assert!(text.contains("relay_frames_relayed_total{path=\"local\"} 1"));
+        assert!(text.contains("relay_connections_open{role=\"mac\"} 0"));
+        assert!(text.contains("relay_build_info"));
+    }
+}

@@ -1,0 +1,654 @@
+//! One direction of a session: the frames one side sends toward the other.
+//!
+//! A pipe is the replay buffer and the delivery queue at once. The sending
+//! socket pushes data frames into it and wakes the receiving socket, which
+//! writes them out; frames stay until the receiver proves it read them (a
+//! WebSocket ping carrying the entry position is answered only after
+//! everything before it was read). So a frame survives its receiver's
+//! connection dropping, and the same bytes bound a slow reader.
+//!
+//! The registry creates pipes and changes their state (attach, away, end);
+//! the sockets only push, drain and acknowledge. The registry is never on the
+//! per-frame path.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use bytestring::ByteString;
+use relay_protocol::CloseCode;
+
+use crate::conns::{ConnId, Killer};
+
+/// Bookkeeping bytes charged per queued entry, so a flood of tiny frames is
+/// bounded by memory actually used, not only by payload bytes.
+pub const ENTRY_OVERHEAD: usize = 64;
+
+/// A data frame, relayed verbatim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A binary frame.
+    Binary(Bytes),
+    /// A `data` text frame, exactly as the sender wrote it.
+    Text(ByteString),
+}
+
+impl Frame {
+    /// Payload length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Binary(b) => b.len(),
+            Frame::Text(t) => t.len(),
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a control event does to the receiving socket once written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventEffect {
+    /// Nothing; the client is only told.
+    None,
+    /// The socket's session is over but the socket stays (mac after `code_expired`).
+    Detach,
+    /// The socket closes with this code after the message.
+    Close(CloseCode),
+}
+
+/// One queued item toward the receiver.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A data frame with its per-direction sequence number.
+    Data {
+        /// 1-based count of data frames toward this receiver.
+        seq: u64,
+        /// The frame.
+        frame: Frame,
+    },
+    /// A control message (JSON text), ordered with the data frames around it.
+    Event {
+        /// The message text.
+        text: ByteString,
+        /// What the socket does after writing it.
+        effect: EventEffect,
+    },
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Position in this pipe, strictly increasing; what ack markers carry.
+    pos: u64,
+    /// For data: its seq. For events: the seq of the last data frame before it.
+    seq: u64,
+    item: Item,
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        ENTRY_OVERHEAD
+            + match &self.item {
+                Item::Data { frame, .. } => frame.len(),
+                Item::Event { text, .. } => text.len(),
+            }
+    }
+}
+
+/// Wakes a receiving socket: there is something new in its pipe.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+/// The socket currently reading a pipe.
+#[derive(Clone)]
+pub struct Receiver {
+    /// Its connection.
+    pub conn: ConnId,
+    /// Where to send [`Wake`].
+    pub wake: Recipient<Wake>,
+    /// Cuts its TCP socket if it stops reading.
+    pub killer: Option<Arc<Killer>>,
+}
+
+enum State {
+    /// No receiver on that side (no browser yet, or it left): pushes are refused.
+    NoReceiver,
+    /// A socket reads the pipe.
+    Attached(Receiver),
+    /// The receiver dropped and may resume; pushes are queued within limits.
+    Away {
+        /// Frames pushed since it went away.
+        frames: usize,
+        /// Bytes pushed since it went away.
+        bytes: usize,
+    },
+    /// The session is over; pushes are refused.
+    Closed,
+}
+
+/// Bounds of one pipe.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes queued for an attached receiver before it counts as a slow consumer.
+    pub max_buffered: usize,
+    /// Frames queued for an absent receiver before its session ends.
+    pub away_frames: usize,
+    /// Bytes queued for an absent receiver before its session ends.
+    pub away_bytes: usize,
+}
+
+/// What became of a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued for the receiver (attached or away).
+    Queued,
+    /// Queued; the receiver has more unread than allowed and is being closed (1013).
+    SlowConsumer(ConnId),
+    /// No receiver: the frame was refused (`NOT_PAIRED`).
+    NotPaired,
+    /// The absent receiver's buffer overflowed: the frame was dropped and its
+    /// side must end (`RESUME_EXPIRED`). Reported once; later pushes see `NotPaired`.
+    Overflow,
+}
+
+/// Why a receiver could not attach at the `lastSeq` it gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gap {
+    /// It claims frames that were never sent.
+    Ahead {
+        /// Data frames sent toward it so far.
+        sent: u64,
+    },
+    /// It claims to miss frames it already acknowledged.
+    Behind {
+        /// Oldest frame still held.
+        oldest: u64,
+    },
+    /// The pipe is closed (the session, or this side of it, ended).
+    Closed,
+}
+
+struct Inner {
+    /// Data frames accepted from the sending side (its resume `lastSeq`).
+    accepted: u64,
+    /// Data frames queued toward the receiving side so far.
+    seq: u64,
+    /// Position of the next entry.
+    next_pos: u64,
+    entries: VecDeque<Entry>,
+    /// Cost of `entries`.
+    bytes: usize,
+    state: State,
+    /// A [`Wake`] is in the receiver's mailbox and not yet handled.
+    wake_pending: bool,
+    /// The receiver cut as a slow consumer, until another one attaches.
+    cut: Option<ConnId>,
+}
+
+/// One direction of a session. Shared by the registry and the two sockets.
+pub struct Pipe {
+    inner: Mutex<Inner>,
+    limits: Limits,
+}
+
+/// How long a slow consumer's socket may still read its close frame before
+/// the TCP connection is cut.
+pub const SLOW_CONSUMER_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A receiver's standing toward its pipe, as seen when it drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// It is the attached receiver.
+    Reading,
+    /// The session is over; write what is left, then stop.
+    Closed,
+    /// It was cut as a slow consumer: close with 1013.
+    Cut,
+    /// Another connection reads the pipe now (or none does).
+    NotMine,
+}
+
+/// What a receiver took out of its pipe in one drain.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Items to write, in order, with their positions.
+    pub items: Vec<(u64, Item)>,
+}
+
+impl Pipe {
+    /// A pipe with no receiver yet.
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Pipe {
+            inner: Mutex::new(Inner {
+                accepted: 0,
+                seq: 0,
+                next_pos: 1,
+                entries: VecDeque::new(),
+                bytes: 0,
+                state: State::NoReceiver,
+                wake_pending: false,
+                cut: None,
+            }),
+            limits,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every method leaves Inner consistent before it can panic, so the
+        // data behind a poisoned lock is still valid.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sender side: queues one data frame toward the receiver.
+    pub fn push(&self, frame: Frame) -> Pushed {
+        let mut g = self.lock();
+        let cost = ENTRY_OVERHEAD + frame.len();
+        match &mut g.state {
+            State::NoReceiver | State::Closed => return Pushed::NotPaired,
+            State::Away { frames, bytes } => {
+                if *frames + 1 > self.limits.away_frames || *bytes + cost > self.limits.away_bytes {
+                    // The absent side has been gone too long to hold more: end
+                    // it rather than drop frames silently.
+                    g.state = State::Closed;
+                    g.accepted += 1;
+                    return Pushed::Overflow;
+                }
+                *frames += 1;
+                *bytes += cost;
+            }
+            State::Attached(_) => {}
+        }
+        g.accepted += 1;
+        g.seq += 1;
+        let (pos, seq) = (g.next_pos, g.seq);
+        g.next_pos += 1;
+        g.bytes += cost;
+        g.entries.push_back(Entry {
+            pos,
+            seq,
+            item: Item::Data { seq, frame },
+        });
+
+        let over = g.bytes > self.limits.max_buffered;
+        let pending = g.wake_pending;
+        if let State::Attached(rx) = &g.state {
+            let rx = rx.clone();
+            if over {
+                // Slow consumer: from now on frames count against the away
+                // limits, so memory stays bounded while the socket is cut.
+                g.state = State::Away {
+                    frames: 0,
+                    bytes: 0,
+                };
+                g.wake_pending = true;
+                g.cut = Some(rx.conn);
+                drop(g);
+                // The wake lets a running socket close itself with 1013; the
+                // kill reaches one whose actor is stalled behind its full socket.
+                rx.wake.do_send(Wake);
+                if let Some(k) = &rx.killer {
+                    k.kill_after(SLOW_CONSUMER_LINGER);
+                }
+                return Pushed::SlowConsumer(rx.conn);
+            }
+            if !pending {
+                g.wake_pending = true;
+                drop(g);
+                rx.wake.do_send(Wake);
+            }
+        }
+        Pushed::Queued
+    }
+
+    /// Registry side: queues a control message toward the receiver, ordered
+    /// after every data frame pushed before it. Dropped if the pipe is closed.
+    pub fn push_event(&self, text: ByteString, effect: EventEffect) {
+        let mut g = self.lock();
+        if matches!(g.state, State::Closed) {
+            return;
+        }
+        let (pos, seq) = (g.next_pos, g.seq);
+        g.next_pos += 1;
+        let entry = Entry {
+            pos,
+            seq,
+            item: Item::Event { text, effect },
+        };
+        g.bytes += entry.cost();
+        g.entries.push_back(entry);
+        self.wake_locked(g);
+    }
+
+    fn wake_locked(&self, mut g: MutexGuard<'_, Inner>) {
+        if let State::Attached(rx) = &g.state {
+            if !g.wake_pending {
+                let wake = rx.wake.clone();
+                g.wake_pending = true;
+                drop(g);
+                wake.do_send(Wake);
+            }
+        }
+    }
+
+    /// Registry side: `rx` reads the pipe from now on, having received
+    /// `last_seq` data frames. Returns the position it has written up to.
+    ///
+    /// # Errors
+    /// [`Gap`] when `last_seq` does not fit what was sent and acknowledged.
+    pub fn attach(&self, rx: Receiver, last_seq: u64) -> Result<u64, Gap> {
+        let mut g = self.lock();
+        if matches!(g.state, State::Closed) {
+            return Err(Gap::Closed);
+        }
+        if last_seq > g.seq {
+            return Err(Gap::Ahead { sent: g.seq });
+        }
+        let oldest = g
+            .entries
+            .iter()
+            .find_map(|e| matches!(e.item, Item::Data { .. }).then_some(e.seq))
+            .unwrap_or(g.seq + 1);
+        if last_seq + 1 < oldest {
+            return Err(Gap::Behind { oldest });
+        }
+        // The client has every data frame up to last_seq and, by TCP order,
+        // every event queued before the last of those.
+        while let Some(front) = g.entries.front() {
+            let received = match front.item {
+                Item::Data { seq, .. } => seq <= last_seq,
+                Item::Event { .. } => front.seq < last_seq,
+            };
+            if !received {
+                break;
+            }
+            let cost = front.cost();
+            g.entries.pop_front();
+            g.bytes -= cost;
+        }
+        let written = g.entries.front().map_or(g.next_pos, |e| e.pos) - 1;
+        g.state = State::Attached(rx);
+        g.wake_pending = false;
+        g.cut = None;
+        self.wake_locked(g);
+        Ok(written)
+    }
+
+    /// Registry side: the receiver `conn` dropped; keep queueing within the
+    /// away limits. Returns false if `conn` was not the attached receiver.
+    pub fn detach(&self, conn: ConnId) -> bool {
+        let mut g = self.lock();
+        match &g.state {
+            State::Attached(rx) if rx.conn == conn => {
+                g.state = State::Away {
+                    frames: 0,
+                    bytes: 0,
+                };
+                g.wake_pending = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Registry side: the receiving side is gone for good; drop what was
+    /// queued for it and refuse pushes until a new receiver is attached with
+    /// [`Pipe::reset_receiver`] and [`Pipe::attach`].
+    pub fn end_receiver(&self) {
+        let mut g = self.lock();
+        g.entries.clear();
+        g.bytes = 0;
+        g.state = State::NoReceiver;
+        g.wake_pending = false;
+    }
+
+    /// Registry side: a new receiver (a new browser) starts counting from 0.
+    pub fn reset_receiver(&self) {
+        let mut g = self.lock();
+        g.entries.clear();
+        g.bytes = 0;
+        g.seq = 0;
+        g.state = State::Away {
+            frames: 0,
+            bytes: 0,
+        };
+        g.wake_pending = false;
+    }
+
+    /// Registry side: a new sender (a new browser) starts counting from 0.
+    pub fn reset_sender(&self) {
+        self.lock().accepted = 0;
+    }
+
+    /// Registry side: the session is over; nothing more is queued or written.
+    pub fn close(&self) {
+        let mut g = self.lock();
+        if let State::Attached(_) = g.state {
+            // Keep the queue: the receiver may still have events (the
+            // session's last message) to write.
+            g.state = State::Closed;
+            return;
+        }
+        g.entries.clear();
+        g.bytes = 0;
+        g.state = State::Closed;
+    }
+
+    /// Data frames accepted from the sending side so far.
+    pub fn accepted(&self) -> u64 {
+        self.lock().accepted
+    }
+
+    /// Whether `conn` is the attached receiver.
+    pub fn is_attached(&self, conn: ConnId) -> bool {
+        matches!(&self.lock().state, State::Attached(rx) if rx.conn == conn)
+    }
+
+    /// Receiver side: everything queued after position `after`, if `conn`
+    /// still reads this pipe. Clears the pending-wake flag, so a later push
+    /// wakes the receiver again.
+    pub fn drain(&self, conn: ConnId, after: u64, out: &mut Drained) -> Status {
+        let mut g = self.lock();
+        let status = match &g.state {
+            State::Attached(rx) if rx.conn == conn => Status::Reading,
+            // A closed pipe still lets its last receiver write the final events.
+            State::Closed => Status::Closed,
+            _ if g.cut == Some(conn) => return Status::Cut,
+            _ => return Status::NotMine,
+        };
+        g.wake_pending = false;
+        // Entries are sorted by position; skip those already written.
+        let start = g.entries.partition_point(|e| e.pos <= after);
+        out.items.extend(
+            g.entries
+                .iter()
+                .skip(start)
+                .map(|e| (e.pos, e.item.clone())),
+        );
+        status
+    }
+
+    /// Whether `conn` was cut from this pipe as a slow consumer.
+    pub fn was_cut(&self, conn: ConnId) -> bool {
+        self.lock().cut == Some(conn)
+    }
+
+    /// Receiver side: the client read everything up to position `pos`.
+    pub fn ack(&self, pos: u64) {
+        let mut g = self.lock();
+        while let Some(front) = g.entries.front() {
+            if front.pos > pos {
+                break;
+            }
+            let cost = front.cost();
+            g.entries.pop_front();
+            g.bytes -= cost;
+        }
+    }
+
+    /// Bytes currently held (queued and unacknowledged), with overhead.
+    pub fn held_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Entries currently held.
+    pub fn held_entries(&self) -> usize {
+        self.lock().entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_buffered: 10_000,
+            away_frames: 3,
+            away_bytes: 1_000_000,
+        }
+    }
+
+    fn data(n: u8) -> Frame {
+        Frame::Binary(Bytes::from(vec![n]))
+    }
+
+    fn seqs(d: &Drained) -> Vec<u64> {
+        d.items
+            .iter()
+            .filter_map(|(_, i)| match i {
+                Item::Data { seq, .. } => Some(*seq),
+                Item::Event { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn push_without_receiver_is_refused() {
+        let p = Pipe::new(limits());
+        assert_eq!(p.push(data(1)), Pushed::NotPaired);
+        assert_eq!(p.accepted(), 0);
+    }
+
+    #[test]
+    fn away_queue_is_bounded() {
+        let p = Pipe::new(limits());
+        p.reset_receiver(); // away, as a freshly joined browser before attach
+        for i in 0..3 {
+            assert_eq!(p.push(data(i)), Pushed::Queued);
+        }
+        assert_eq!(p.push(data(9)), Pushed::Overflow);
+        assert_eq!(p.push(data(9)), Pushed::NotPaired);
+        assert_eq!(p.accepted(), 4);
+    }
+
+    #[test]
+    fn replay_starts_after_last_seq_and_acks_trim() {
+        let p = Pipe::new(Limits {
+            away_frames: 100,
+            ..limits()
+        });
+        p.reset_receiver();
+        for i in 0..5 {
+            p.push(data(i));
+        }
+        // Resume having received 2 of 5: replay 3, 4, 5.
+        let (rx, _) = test_receiver();
+        let written = p.attach(rx, 2).unwrap();
+        let mut d = Drained::default();
+        p.drain(ConnId(1), written, &mut d);
+        assert_eq!(seqs(&d), vec![3, 4, 5]);
+        let last = d.items.last().unwrap().0;
+        p.ack(last);
+        assert_eq!(p.held_entries(), 0);
+        assert_eq!(p.held_bytes(), 0);
+    }
+
+    #[test]
+    fn resume_with_impossible_last_seq_is_a_gap() {
+        let p = Pipe::new(Limits {
+            away_frames: 100,
+            ..limits()
+        });
+        p.reset_receiver();
+        for i in 0..5 {
+            p.push(data(i));
+        }
+        let (rx, _) = test_receiver();
+        assert_eq!(p.attach(rx.clone(), 6), Err(Gap::Ahead { sent: 5 }));
+        p.attach(rx.clone(), 0).unwrap();
+        p.ack(3); // client acknowledged frames 1..=3
+        p.detach(rx.conn);
+        assert_eq!(p.attach(rx, 1), Err(Gap::Behind { oldest: 4 }));
+    }
+
+    #[test]
+    fn events_stay_in_order_with_data() {
+        let p = Pipe::new(Limits {
+            away_frames: 100,
+            ..limits()
+        });
+        p.reset_receiver();
+        p.push(data(1));
+        p.push_event("ev".into(), EventEffect::None);
+        p.push(data(2));
+        let (rx, _) = test_receiver();
+        let w = p.attach(rx, 0).unwrap();
+        let mut d = Drained::default();
+        p.drain(ConnId(1), w, &mut d);
+        let kinds: Vec<_> = d
+            .items
+            .iter()
+            .map(|(_, i)| match i {
+                Item::Data { seq, .. } => format!("d{seq}"),
+                Item::Event { .. } => "ev".to_string(),
+            })
+            .collect();
+        assert_eq!(kinds, ["d1", "ev", "d2"]);
+    }
+
+    #[test]
+    fn slow_consumer_is_detected_and_bounded() {
+        let p = Pipe::new(Limits {
+            max_buffered: 3 * (ENTRY_OVERHEAD + 1),
+            ..limits()
+        });
+        p.reset_receiver();
+        let (rx, _) = test_receiver();
+        p.attach(rx, 0).unwrap();
+        for i in 0..3 {
+            assert_eq!(p.push(data(i)), Pushed::Queued);
+        }
+        assert_eq!(p.push(data(3)), Pushed::SlowConsumer(ConnId(1)));
+        // Now away: the away limits (3 frames) apply.
+        for i in 0..3 {
+            assert_eq!(p.push(data(i)), Pushed::Queued);
+        }
+        assert_eq!(p.push(data(9)), Pushed::Overflow);
+    }
+
+    /// A receiver whose wakes go to a throwaway actor.
+    fn test_receiver() -> (Receiver, ()) {
+        struct Sink;
+        impl Actor for Sink {
+            type Context = Context<Self>;
+        }
+        impl Handler<Wake> for Sink {
+            type Result = ();
+            fn handle(&mut self, _: Wake, _: &mut Context<Self>) {}
+        }
+        let sys = actix::System::new();
+        let addr = sys.block_on(async { Sink.start() });
+        (
+            Receiver {
+                conn: ConnId(1),
+                wake: addr.recipient(),
+                killer: None,
+            },
+            (),
+        )
+    }
+}

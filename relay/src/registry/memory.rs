@@ -1,0 +1,565 @@
+//! The in-memory registry of a single node (the embedded default): codes,
+//! sessions, sides and their timers, in one actor. It never awaits a socket;
+//! it tells them things through their pipes and `do_send` only.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use relay_protocol::code::{ALPHABET, CODE_LEN};
+use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
+use tracing::{debug, info, warn};
+
+use super::secret::{self, TokenHash};
+use super::tombstones::Tombstones;
+use super::{
+    Departure, Gone, Join, Joined, Link, Overflowed, Refusal, Register, Registered, Resume,
+    Resumed, SessionId,
+};
+use crate::conns::{ConnCommand, ConnId};
+use crate::metrics::Metrics;
+use crate::pipe::{EventEffect, Gap, Limits, Pipe};
+
+/// How long ended sessions and expired codes are remembered, so late clients
+/// learn what happened (`RESUME_EXPIRED`, `EXPIRED_CODE`) rather than "unknown".
+const REMEMBER_FOR: Duration = Duration::from_secs(600);
+
+/// Most ended sides and expired codes remembered; beyond it the oldest are
+/// forgotten (their clients then see `INVALID_RESUME` / `INVALID_CODE`).
+const REMEMBER_MAX: usize = 100_000;
+
+/// Attempts at drawing a code not in use before giving up with `UNAVAILABLE`.
+/// With 4.8×10^8 codes this only fails when the code space is nearly full.
+const CODE_ATTEMPTS: usize = 32;
+
+/// How often idle rate-limiter entries are dropped.
+const LIMITER_CLEANUP: Duration = Duration::from_secs(60);
+
+/// Settings of the registry.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// How long a code is valid for joining.
+    pub code_ttl: Duration,
+    /// How long a dropped side is kept for resume.
+    pub grace: Duration,
+    /// Join attempts a minute per address; 0 = unlimited.
+    pub join_rate: u32,
+    /// Bounds of every pipe.
+    pub limits: Limits,
+}
+
+/// One side of a session.
+struct Side {
+    token: TokenHash,
+    /// The connection reading this side's pipe, if one is open.
+    conn: Option<(ConnId, Recipient<ConnCommand>)>,
+    /// Ends the side when the grace period passes while it is away.
+    grace_timer: Option<SpawnHandle>,
+}
+
+struct Session {
+    id: SessionId,
+    code: SessionCode,
+    /// Whether the code can still be joined with.
+    code_live: bool,
+    code_timer: Option<SpawnHandle>,
+    mac: Side,
+    browser: Option<Side>,
+    to_mac: Arc<Pipe>,
+    to_browser: Arc<Pipe>,
+}
+
+impl Session {
+    fn side_mut(&mut self, role: Role) -> Option<&mut Side> {
+        match role {
+            Role::Mac => Some(&mut self.mac),
+            Role::Browser => self.browser.as_mut(),
+        }
+    }
+
+    /// Pipe toward `role`.
+    fn pipe_to(&self, role: Role) -> &Arc<Pipe> {
+        match role {
+            Role::Mac => &self.to_mac,
+            Role::Browser => &self.to_browser,
+        }
+    }
+
+    fn link(&self, role: Role, written: u64) -> Link {
+        Link {
+            session_id: Arc::clone(&self.id),
+            role,
+            inbound: Arc::clone(self.pipe_to(role)),
+            outbound: Arc::clone(self.pipe_to(role.peer())),
+            written,
+        }
+    }
+
+    /// Tells the side `role` something, if that side exists.
+    fn tell(&self, role: Role, msg: &ServerMessage, effect: EventEffect) {
+        if role == Role::Browser && self.browser.is_none() {
+            return;
+        }
+        self.pipe_to(role)
+            .push_event(ByteString::from(msg.to_text()), effect);
+    }
+}
+
+/// Why a side's session cannot be resumed any more.
+#[derive(Clone, Copy)]
+struct Ended {
+    token: TokenHash,
+    code: ErrorCode,
+}
+
+/// The single-node registry actor.
+pub struct MemoryRegistry {
+    settings: RegistrySettings,
+    metrics: Arc<Metrics>,
+    sessions: HashMap<SessionId, Session>,
+    /// Live codes (joinable) to their session.
+    codes: HashMap<SessionCode, SessionId>,
+    expired_codes: Tombstones<SessionCode, ()>,
+    ended: Tombstones<(SessionId, Role), Ended>,
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl MemoryRegistry {
+    /// A registry with no sessions.
+    pub fn new(settings: RegistrySettings, metrics: Arc<Metrics>) -> Self {
+        let limiter =
+            NonZeroU32::new(settings.join_rate).map(|n| RateLimiter::keyed(Quota::per_minute(n)));
+        MemoryRegistry {
+            settings,
+            metrics,
+            sessions: HashMap::new(),
+            codes: HashMap::new(),
+            expired_codes: Tombstones::new(REMEMBER_FOR, REMEMBER_MAX),
+            ended: Tombstones::new(REMEMBER_FOR, REMEMBER_MAX),
+            limiter,
+        }
+    }
+
+    fn new_code(&self) -> Option<SessionCode> {
+        (0..CODE_ATTEMPTS).find_map(|_| {
+            let drawn = nanoid::format(nanoid::rngs::default, &ALPHABET, CODE_LEN);
+            let code = SessionCode::from_canonical(drawn).ok()?;
+            // Recently expired codes are not reissued either: a person who
+            // types an old code must not land in someone else's session.
+            (!self.codes.contains_key(&code) && !self.expired_codes.contains(&code)).then_some(code)
+        })
+    }
+
+    fn remember_ended(&mut self, id: &SessionId, role: Role, token: TokenHash, code: ErrorCode) {
+        self.ended
+            .insert((Arc::clone(id), role), Ended { token, code });
+    }
+
+    /// The code's joining window passed.
+    fn code_expired(&mut self, id: &SessionId, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get_mut(id) else {
+            return;
+        };
+        s.code_timer = None;
+        if !s.code_live {
+            return;
+        }
+        s.code_live = false;
+        self.codes.remove(&s.code);
+        self.expired_codes.insert(s.code.clone(), ());
+        self.metrics.codes_expired.inc();
+        debug!(session = %id, "code expired");
+        if s.browser.is_none() {
+            self.end_session_code_expired(id, ctx);
+        }
+    }
+
+    /// Ends a session whose code expired with no browser: the mac may register again.
+    fn end_session_code_expired(&mut self, id: &SessionId, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.remove(id) else {
+            return;
+        };
+        let msg = ServerMessage::CodeExpired {
+            code: s.code.to_string(),
+        };
+        s.tell(Role::Mac, &msg, EventEffect::Detach);
+        self.finish(s, ctx, ErrorCode::ResumeExpired);
+    }
+
+    /// Drops a removed session's timers and pipes; remembers its sides.
+    fn finish(&mut self, s: Session, ctx: &mut Context<Self>, mac_code: ErrorCode) {
+        if s.code_live {
+            self.codes.remove(&s.code);
+        }
+        for h in [s.code_timer, s.mac.grace_timer].into_iter().flatten() {
+            ctx.cancel_future(h);
+        }
+        self.remember_ended(&s.id, Role::Mac, s.mac.token, mac_code);
+        if let Some(b) = &s.browser {
+            if let Some(h) = b.grace_timer {
+                ctx.cancel_future(h);
+            }
+            self.remember_ended(&s.id, Role::Browser, b.token, ErrorCode::MacDisconnected);
+        }
+        s.to_mac.close();
+        s.to_browser.close();
+        self.metrics.sessions_live.dec();
+    }
+
+    /// A side is gone for good.
+    fn end_side(
+        &mut self,
+        id: &SessionId,
+        role: Role,
+        reason: PeerLeftReason,
+        ctx: &mut Context<Self>,
+    ) {
+        match role {
+            Role::Mac => {
+                let Some(s) = self.sessions.remove(id) else {
+                    return;
+                };
+                info!(session = %id, reason = reason.as_str(), "mac left; session over");
+                let msg = ServerMessage::error(ErrorCode::MacDisconnected);
+                s.tell(
+                    Role::Browser,
+                    &msg,
+                    EventEffect::Close(CloseCode::SessionOver),
+                );
+                self.finish(s, ctx, ErrorCode::ResumeExpired);
+            }
+            Role::Browser => {
+                let Some(s) = self.sessions.get_mut(id) else {
+                    return;
+                };
+                let Some(b) = s.browser.take() else { return };
+                if let Some(h) = b.grace_timer {
+                    ctx.cancel_future(h);
+                }
+                info!(session = %id, reason = reason.as_str(), "browser left");
+                s.to_browser.end_receiver();
+                s.tell(
+                    Role::Mac,
+                    &ServerMessage::PeerLeft { reason },
+                    EventEffect::None,
+                );
+                let code_live = s.code_live;
+                self.remember_ended(id, Role::Browser, b.token, ErrorCode::ResumeExpired);
+                if !code_live {
+                    // No browser can join any more: the mac needs a new code.
+                    self.end_session_code_expired(id, ctx);
+                }
+            }
+        }
+    }
+
+    fn refuse_resume(&self, id: &str, role: Role, token: &str) -> Refusal {
+        let key: (SessionId, Role) = (Arc::from(id), role);
+        match self.ended.get(&key) {
+            Some(e) if e.token.matches(token) => match e.code {
+                ErrorCode::MacDisconnected => Refusal {
+                    code: ErrorCode::MacDisconnected,
+                    message: None,
+                    close: Some(CloseCode::SessionOver),
+                },
+                code => code.into(),
+            },
+            _ => ErrorCode::InvalidResume.into(),
+        }
+    }
+}
+
+impl Actor for MemoryRegistry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Sockets wait for set-up answers; a deep mailbox keeps bursts of
+        // pairings from queueing at the sender side.
+        ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(LIMITER_CLEANUP, |act, _| {
+            if let Some(l) = &act.limiter {
+                l.retain_recent();
+                l.shrink_to_fit();
+            }
+            let now = std::time::Instant::now();
+            act.ended.prune(now);
+            act.expired_codes.prune(now);
+        });
+    }
+}
+
+fn unix_ms_in(d: Duration) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (now + d).as_millis() as u64
+}
+
+impl Handler<Register> for MemoryRegistry {
+    type Result = Result<Registered, Refusal>;
+
+    fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) -> Self::Result {
+        let Some(code) = self.new_code() else {
+            warn!(live = self.codes.len(), "no free code found");
+            return Err(ErrorCode::Unavailable.into());
+        };
+        let id: SessionId = Arc::from(secret::session_id());
+        let token = secret::resume_token();
+        let to_mac = Pipe::new(self.settings.limits);
+        let to_browser = Pipe::new(self.settings.limits);
+        // unwrap-free: a new pipe accepts any receiver at 0.
+        let written = to_mac.attach(msg.client.receiver(), 0).unwrap_or(0);
+        let timer_id = Arc::clone(&id);
+        let code_timer = ctx.run_later(self.settings.code_ttl, move |act, ctx| {
+            act.code_expired(&timer_id, ctx)
+        });
+        let s = Session {
+            id: Arc::clone(&id),
+            code: code.clone(),
+            code_live: true,
+            code_timer: Some(code_timer),
+            mac: Side {
+                token: TokenHash::of(&token),
+                conn: Some((msg.client.conn, msg.client.commands.clone())),
+                grace_timer: None,
+            },
+            browser: None,
+            to_mac,
+            to_browser,
+        };
+        let link = s.link(Role::Mac, written);
+        self.codes.insert(code.clone(), Arc::clone(&id));
+        self.sessions.insert(Arc::clone(&id), s);
+        self.metrics.codes_issued.inc();
+        self.metrics.sessions_live.inc();
+        info!(session = %id, conn = %msg.client.conn, client_id = msg.client_id.as_deref().unwrap_or(""), "registered");
+        Ok(Registered {
+            code: code.to_string(),
+            expires_at: unix_ms_in(self.settings.code_ttl),
+            resume_token: token,
+            link,
+        })
+    }
+}
+
+impl Handler<Join> for MemoryRegistry {
+    type Result = Result<Joined, Refusal>;
+
+    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
+        let result = self.join(msg);
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(r) => match r.code {
+                ErrorCode::InvalidCode => "invalid_code",
+                ErrorCode::ExpiredCode => "expired_code",
+                ErrorCode::AlreadyJoined => "already_joined",
+                ErrorCode::RateLimited => "rate_limited",
+                _ => "unavailable",
+            },
+        };
+        self.metrics.joins.with_label_values(&[label]).inc();
+        result
+    }
+}
+
+impl MemoryRegistry {
+    fn join(&mut self, msg: Join) -> Result<Joined, Refusal> {
+        if let Some(l) = &self.limiter {
+            if l.check_key(&msg.client.addr).is_err() {
+                return Err(ErrorCode::RateLimited.into());
+            }
+        }
+        let code = SessionCode::parse(&msg.code).map_err(|e| {
+            Refusal::with(
+                ErrorCode::InvalidCode,
+                format!(
+                    "That is not a session code ({e}). Codes are 6 letters and digits; type the code shown on the Mac."
+                ),
+            )
+        })?;
+        let Some(id) = self.codes.get(&code).cloned() else {
+            return Err(if self.expired_codes.contains(&code) {
+                ErrorCode::ExpiredCode.into()
+            } else {
+                ErrorCode::InvalidCode.into()
+            });
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Err(ErrorCode::InvalidCode.into());
+        };
+        if s.browser.is_some() {
+            return Err(ErrorCode::AlreadyJoined.into());
+        }
+        let token = secret::resume_token();
+        s.to_browser.reset_receiver();
+        let written = s.to_browser.attach(msg.client.receiver(), 0).unwrap_or(0);
+        s.to_mac.reset_sender();
+        s.browser = Some(Side {
+            token: TokenHash::of(&token),
+            conn: Some((msg.client.conn, msg.client.commands.clone())),
+            grace_timer: None,
+        });
+        s.tell(Role::Mac, &ServerMessage::PeerJoined, EventEffect::None);
+        if s.mac.conn.is_none() {
+            s.tell(
+                Role::Browser,
+                &ServerMessage::PeerDisconnected,
+                EventEffect::None,
+            );
+        }
+        info!(session = %id, conn = %msg.client.conn, "browser joined");
+        Ok(Joined {
+            resume_token: token,
+            link: s.link(Role::Browser, written),
+        })
+    }
+
+    fn resume(&mut self, msg: Resume, ctx: &mut Context<Self>) -> Result<Resumed, Refusal> {
+        let Resume {
+            client,
+            role,
+            session_id,
+            resume_token,
+            last_seq,
+        } = msg;
+        let Some(s) = self.sessions.get_mut(session_id.as_str()) else {
+            return Err(self.refuse_resume(&session_id, role, &resume_token));
+        };
+        let Some(side) = s
+            .side_mut(role)
+            .filter(|side| side.token.matches(&resume_token))
+        else {
+            return Err(self.refuse_resume(&session_id, role, &resume_token));
+        };
+        let old = side.conn.take();
+        let grace = side.grace_timer.take();
+        let written = match s.pipe_to(role).attach(client.receiver(), last_seq) {
+            Ok(w) => w,
+            Err(gap) => {
+                // Put the side back as it was: a bad resume changes nothing.
+                let side = s.side_mut(role).expect("side checked above");
+                side.conn = old;
+                side.grace_timer = grace;
+                let why = match gap {
+                    Gap::Closed => return Err(ErrorCode::ResumeExpired.into()),
+                    Gap::Ahead { sent } => {
+                        format!("lastSeq {last_seq} is more than the {sent} frames sent to you")
+                    }
+                    Gap::Behind { oldest } => format!(
+                        "lastSeq {last_seq} is behind frames you already acknowledged (the oldest held is {oldest})"
+                    ),
+                };
+                return Err(Refusal::with(
+                    ErrorCode::InvalidResume,
+                    format!("This session cannot be resumed: {why}. Start a new session."),
+                ));
+            }
+        };
+        let side = s.side_mut(role).expect("side checked above");
+        side.conn = Some((client.conn, client.commands.clone()));
+        if let Some(h) = grace {
+            ctx.cancel_future(h);
+        }
+        let result = match old {
+            Some((old_conn, commands)) => {
+                // The old connection still looked open: the token holder takes over.
+                info!(session = %s.id, role = role.as_str(), old = %old_conn, new = %client.conn, "resume took over");
+                commands.do_send(ConnCommand::Replaced);
+                "takeover"
+            }
+            None => {
+                info!(session = %s.id, role = role.as_str(), conn = %client.conn, "resumed");
+                s.tell(role.peer(), &ServerMessage::PeerResumed, EventEffect::None);
+                "ok"
+            }
+        };
+        self.metrics.resumes.with_label_values(&[result]).inc();
+        let accepted = s.pipe_to(role.peer()).accepted();
+        Ok(Resumed {
+            accepted,
+            link: s.link(role, written),
+        })
+    }
+}
+
+impl Handler<Resume> for MemoryRegistry {
+    type Result = Result<Resumed, Refusal>;
+
+    fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) -> Self::Result {
+        let result = self.resume(msg, ctx);
+        if let Err(r) = &result {
+            let label = match r.code {
+                ErrorCode::ResumeExpired => "resume_expired",
+                ErrorCode::MacDisconnected => "mac_disconnected",
+                _ => "invalid_resume",
+            };
+            self.metrics.resumes.with_label_values(&[label]).inc();
+        }
+        result
+    }
+}
+
+impl Handler<Gone> for MemoryRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Gone, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get_mut(&msg.session_id) else {
+            return;
+        };
+        let Some(side) = s.side_mut(msg.role) else {
+            return;
+        };
+        if side.conn.as_ref().map(|(c, _)| *c) != Some(msg.conn) {
+            return; // an older connection of a side that was taken over
+        }
+        side.conn = None;
+        match msg.how {
+            Departure::Left => self.end_side(&msg.session_id, msg.role, PeerLeftReason::Left, ctx),
+            Departure::Closed => {
+                self.end_side(&msg.session_id, msg.role, PeerLeftReason::Closed, ctx)
+            }
+            Departure::Dropped => {
+                s.pipe_to(msg.role).detach(msg.conn);
+                let id = Arc::clone(&msg.session_id);
+                let role = msg.role;
+                let timer = ctx.run_later(self.settings.grace, move |act, ctx| {
+                    if let Some(side) = act.sessions.get_mut(&id).and_then(|s| s.side_mut(role)) {
+                        side.grace_timer = None;
+                    }
+                    debug!(session = %id, role = role.as_str(), "grace period over");
+                    act.end_side(&id, role, PeerLeftReason::Timeout, ctx);
+                });
+                let side = s.side_mut(msg.role).expect("side checked above");
+                side.grace_timer = Some(timer);
+                s.tell(
+                    msg.role.peer(),
+                    &ServerMessage::PeerDisconnected,
+                    EventEffect::None,
+                );
+                info!(session = %s.id, role = msg.role.as_str(), conn = %msg.conn, "side away");
+            }
+        }
+    }
+}
+
+impl Handler<Overflowed> for MemoryRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Overflowed, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get_mut(&msg.session_id) else {
+            return;
+        };
+        if s.side_mut(msg.role).is_none() {
+            return;
+        }
+        // The pipe closed when it overflowed, so the side cannot have resumed since.
+        self.metrics.resume_buffer_overflows.inc();
+        warn!(session = %msg.session_id, role = msg.role.as_str(), "resume buffer overflowed; ending side");
+        self.end_side(&msg.session_id, msg.role, PeerLeftReason::Timeout, ctx);
+    }
+}

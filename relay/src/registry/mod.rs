@@ -1,0 +1,267 @@
+//! The registry: who owns which code, session and side. Socket actors talk to
+//! it only through [`RegistryHandle`] and the messages below, so the storage
+//! behind it (in memory on one node now, Redis for a cluster later) can change
+//! without touching them. It is asked at set-up time (register, join, resume)
+//! and told when sides leave; it is never on the per-frame path.
+
+mod memory;
+mod secret;
+mod tombstones;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use relay_protocol::{CloseCode, ErrorCode, Role};
+
+pub use memory::{MemoryRegistry, RegistrySettings};
+
+use crate::conns::{ConnCommand, ConnId, Killer};
+use crate::pipe::{Pipe, Receiver, Wake};
+
+/// Longest a socket waits for the registry before answering `UNAVAILABLE`.
+/// The in-memory registry answers in microseconds; a slow answer means it is overloaded.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Identifies a session; sent to clients as `sessionId`.
+pub type SessionId = Arc<str>;
+
+/// The connection asking, as the registry needs to know it.
+#[derive(Clone)]
+pub struct Client {
+    /// The connection.
+    pub conn: ConnId,
+    /// Its address (for join rate limiting).
+    pub addr: IpAddr,
+    /// Where its pipe sends [`Wake`].
+    pub wake: Recipient<Wake>,
+    /// Where the registry sends [`ConnCommand`] (replaced by a resume).
+    pub commands: Recipient<ConnCommand>,
+    /// Cuts its TCP socket if it stops reading.
+    pub killer: Option<Arc<Killer>>,
+}
+
+impl Client {
+    /// This client as the reader of a pipe.
+    pub fn receiver(&self) -> Receiver {
+        Receiver {
+            conn: self.conn,
+            wake: self.wake.clone(),
+            killer: self.killer.clone(),
+        }
+    }
+}
+
+/// A socket's place in a session, handed out by register, join and resume.
+#[derive(Clone)]
+pub struct Link {
+    /// The session.
+    pub session_id: SessionId,
+    /// Which side the socket is.
+    pub role: Role,
+    /// Frames toward this socket.
+    pub inbound: Arc<Pipe>,
+    /// Frames from this socket toward the peer.
+    pub outbound: Arc<Pipe>,
+    /// Position in `inbound` the client already has; write what follows.
+    pub written: u64,
+}
+
+/// A refused request: the error for the client, and whether to close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The protocol error code.
+    pub code: ErrorCode,
+    /// A specific sentence, or `None` for the code's standard one.
+    pub message: Option<String>,
+    /// Close the connection with this code after the error.
+    pub close: Option<CloseCode>,
+}
+
+impl From<ErrorCode> for Refusal {
+    fn from(code: ErrorCode) -> Self {
+        Refusal {
+            code,
+            message: None,
+            close: None,
+        }
+    }
+}
+
+impl Refusal {
+    /// A refusal with a specific sentence.
+    pub fn with(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: Some(message.into()),
+            close: None,
+        }
+    }
+}
+
+/// Mac: asks for a code.
+#[derive(Message)]
+#[rtype(result = "Result<Registered, Refusal>")]
+pub struct Register {
+    /// Who asks.
+    pub client: Client,
+    /// The app's optional id, only logged.
+    pub client_id: Option<String>,
+}
+
+/// Answer to [`Register`].
+pub struct Registered {
+    /// The code to show.
+    pub code: String,
+    /// When the code stops being valid for joining (unix ms).
+    pub expires_at: u64,
+    /// Secret for resume, sent to the client once.
+    pub resume_token: String,
+    /// The socket's place in the session.
+    pub link: Link,
+}
+
+/// Browser: joins with a code as typed.
+#[derive(Message)]
+#[rtype(result = "Result<Joined, Refusal>")]
+pub struct Join {
+    /// Who asks.
+    pub client: Client,
+    /// The code as typed.
+    pub code: String,
+}
+
+/// Answer to [`Join`].
+pub struct Joined {
+    /// Secret for resume, sent to the client once.
+    pub resume_token: String,
+    /// The socket's place in the session.
+    pub link: Link,
+}
+
+/// Either side: takes its session back.
+#[derive(Message)]
+#[rtype(result = "Result<Resumed, Refusal>")]
+pub struct Resume {
+    /// Who asks.
+    pub client: Client,
+    /// The endpoint it came in on.
+    pub role: Role,
+    /// `sessionId` it was given.
+    pub session_id: String,
+    /// `resumeToken` it was given.
+    pub resume_token: String,
+    /// Data frames it has received.
+    pub last_seq: u64,
+}
+
+/// Answer to [`Resume`].
+pub struct Resumed {
+    /// Data frames the relay accepted from this side.
+    pub accepted: u64,
+    /// The socket's place in the session.
+    pub link: Link,
+}
+
+/// How a side's connection ended, as the socket saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// It sent `leave`: gone for good at once.
+    Left,
+    /// It closed with 1000: gone for good at once.
+    Closed,
+    /// It dropped: keep its session for the grace period.
+    Dropped,
+}
+
+/// A socket that held a session ended.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Gone {
+    /// The session.
+    pub session_id: SessionId,
+    /// The side.
+    pub role: Role,
+    /// The connection; ignored unless it is still the side's current one.
+    pub conn: ConnId,
+    /// How it ended.
+    pub how: Departure,
+}
+
+/// Frames for an absent side overflowed its resume buffer: end that side.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Overflowed {
+    /// The session.
+    pub session_id: SessionId,
+    /// The absent side.
+    pub role: Role,
+}
+
+/// The registry as the sockets see it: one recipient per message, so any
+/// actor that handles them all can stand behind it.
+#[derive(Clone)]
+pub struct RegistryHandle {
+    register: Recipient<Register>,
+    join: Recipient<Join>,
+    resume: Recipient<Resume>,
+    gone: Recipient<Gone>,
+    overflowed: Recipient<Overflowed>,
+}
+
+impl RegistryHandle {
+    /// A handle to any registry actor.
+    pub fn new<A>(addr: &Addr<A>) -> Self
+    where
+        A: Actor<Context = Context<A>>
+            + Handler<Register>
+            + Handler<Join>
+            + Handler<Resume>
+            + Handler<Gone>
+            + Handler<Overflowed>,
+    {
+        RegistryHandle {
+            register: addr.clone().recipient(),
+            join: addr.clone().recipient(),
+            resume: addr.clone().recipient(),
+            gone: addr.clone().recipient(),
+            overflowed: addr.clone().recipient(),
+        }
+    }
+
+    /// Asks for a code; `UNAVAILABLE` if the registry does not answer in time.
+    pub async fn register(&self, msg: Register) -> Result<Registered, Refusal> {
+        flatten(self.register.send(msg).timeout(REQUEST_TIMEOUT).await)
+    }
+
+    /// Joins; `UNAVAILABLE` if the registry does not answer in time.
+    pub async fn join(&self, msg: Join) -> Result<Joined, Refusal> {
+        flatten(self.join.send(msg).timeout(REQUEST_TIMEOUT).await)
+    }
+
+    /// Resumes; `UNAVAILABLE` if the registry does not answer in time.
+    pub async fn resume(&self, msg: Resume) -> Result<Resumed, Refusal> {
+        flatten(self.resume.send(msg).timeout(REQUEST_TIMEOUT).await)
+    }
+
+    /// Tells the registry a side's socket ended.
+    pub fn gone(&self, msg: Gone) {
+        self.gone.do_send(msg);
+    }
+
+    /// Tells the registry an absent side's buffer overflowed.
+    pub fn overflowed(&self, msg: Overflowed) {
+        self.overflowed.do_send(msg);
+    }
+}
+
+fn flatten<T>(r: Result<Result<T, Refusal>, MailboxError>) -> Result<T, Refusal> {
+    match r {
+        Ok(inner) => inner,
+        Err(e) => {
+            tracing::warn!(error = %e, "registry did not answer");
+            Err(ErrorCode::Unavailable.into())
+        }
+    }
+}

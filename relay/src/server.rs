@@ -1,0 +1,278 @@
+//! The HTTP side of a node: routes, the shared state handlers see, and the
+//! node's life from bind to drained exit.
+
+use std::any::Any;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::dev::{Extensions, ServerHandle};
+use actix_web::http::header;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use relay_protocol::Role;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::conns::{Connections, Killer, RawSocket};
+use crate::metrics::Metrics;
+use crate::pipe::Limits;
+use crate::registry::{MemoryRegistry, RegistryHandle, RegistrySettings};
+use crate::{shutdown, socket};
+
+/// Floor of the HTTP request-head timeout (see `client_request_timeout` below).
+const MIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every request handler and socket actor of the node shares.
+pub struct AppState {
+    /// The node's settings.
+    pub config: Arc<Config>,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The registry the sockets ask.
+    pub registry: RegistryHandle,
+    /// Every open WebSocket.
+    pub conns: Connections,
+    /// Set once the node starts draining.
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    /// Whether the node is draining (no new sessions).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// A node that is serving.
+pub struct Node {
+    /// The address it listens on (the real port when configured with port 0).
+    pub addr: SocketAddr,
+    /// Shared state, for draining and inspection.
+    pub state: Arc<AppState>,
+    handle: ServerHandle,
+    server: actix_web::dev::Server,
+}
+
+/// Binds the listener and starts serving; call from inside an actix system.
+///
+/// # Errors
+/// When the address cannot be bound or the metrics cannot be registered.
+pub fn start(config: Config) -> anyhow::Result<Node> {
+    let config = Arc::new(config);
+    let node_id = config.effective_node_id();
+    let metrics = Arc::new(Metrics::new(&node_id)?);
+    let settings = RegistrySettings {
+        code_ttl: config.code_ttl,
+        grace: config.grace,
+        join_rate: config.join_rate,
+        limits: Limits {
+            max_buffered: config.max_buffered,
+            away_frames: config.resume_buffer_frames,
+            away_bytes: config.resume_buffer_bytes,
+        },
+    };
+    let registry = MemoryRegistry::new(settings, Arc::clone(&metrics)).start();
+    let state = Arc::new(AppState {
+        config: Arc::clone(&config),
+        metrics,
+        registry: RegistryHandle::new(&registry),
+        conns: Connections::new(),
+        draining: AtomicBool::new(false),
+    });
+
+    let listener = TcpListener::bind(config.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let workers = if config.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        config.workers
+    };
+
+    let data = web::Data::from(Arc::clone(&state));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/mac", web::get().to(mac))
+            .route("/browser", web::get().to(browser))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics_text))
+            .default_service(web::to(not_found))
+    })
+    .workers(workers)
+    .disable_signals()
+    .on_connect(remember_socket)
+    // A client must send its whole HTTP request within the handshake timeout.
+    // actix measures this from a clock it refreshes every 500 ms, so shorter
+    // values could refuse a prompt client: keep a floor.
+    .client_request_timeout(config.handshake_timeout.max(MIN_REQUEST_TIMEOUT))
+    .client_disconnect_timeout(Duration::from_secs(1))
+    // Sockets are closed by the drain before the server stops; what is left
+    // after that gets one second.
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+
+    info!(
+        addr = %addr,
+        node = %node_id,
+        registry = "memory",
+        workers,
+        code_ttl = %humantime::format_duration(config.code_ttl),
+        grace = %humantime::format_duration(config.grace),
+        max_frame = config.max_frame,
+        join_rate = config.join_rate,
+        heartbeat_interval = %humantime::format_duration(config.heartbeat_interval),
+        heartbeat_timeout = %humantime::format_duration(config.heartbeat_timeout),
+        handshake_timeout = %humantime::format_duration(config.handshake_timeout),
+        resume_buffer_frames = config.resume_buffer_frames,
+        resume_buffer_bytes = config.resume_buffer_bytes,
+        drain_timeout = %humantime::format_duration(config.drain_timeout),
+        trust_forwarded_for = config.trust_forwarded_for,
+        max_buffered = config.max_buffered,
+        max_malformed = config.max_malformed,
+        "relay listening"
+    );
+
+    // Backstop for sockets whose actor cannot run its own heartbeat (see conns).
+    let sweep_state = Arc::clone(&state);
+    let silence = config.heartbeat_interval + config.heartbeat_timeout * 2;
+    actix::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let cut = sweep_state.conns.sweep(silence);
+            if cut > 0 {
+                warn!(cut, "cut sockets whose clients stopped reading");
+            }
+        }
+    });
+
+    Ok(Node {
+        addr,
+        state,
+        handle,
+        server,
+    })
+}
+
+impl Node {
+    /// Serves until SIGTERM or SIGINT, drains, and returns once stopped.
+    ///
+    /// # Errors
+    /// When the signal handlers cannot be installed or the server fails.
+    pub async fn run_until_signalled(self) -> anyhow::Result<()> {
+        let Node {
+            state,
+            handle,
+            server,
+            ..
+        } = self;
+        let server = actix::spawn(server);
+        shutdown::wait_for_signal().await?;
+        shutdown::drain(&state).await;
+        handle.stop(true).await;
+        server.await??;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Keeps the raw descriptor of every accepted connection, so a WebSocket
+/// handler can duplicate it (see [`Killer`]), and turns off Nagle's delay.
+fn remember_socket(conn: &dyn Any, ext: &mut Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        let _ = tcp.set_nodelay(true);
+        ext.insert(RawSocket(tcp.as_raw_fd()));
+    }
+}
+
+/// The client's address: the peer, or with `RELAY_TRUST_FORWARDED_FOR` the
+/// last `X-Forwarded-For` entry (the one the trusted load balancer added).
+fn client_addr(req: &HttpRequest, trust_forwarded_for: bool) -> IpAddr {
+    let peer = req
+        .peer_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    if !trust_forwarded_for {
+        return peer;
+    }
+    req.headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .last()
+        .unwrap_or(peer)
+}
+
+async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    role: Role,
+) -> Result<HttpResponse, actix_web::Error> {
+    let addr = client_addr(&req, state.config.trust_forwarded_for);
+    let killer = req
+        .conn_data::<RawSocket>()
+        .and_then(|raw| Killer::from_raw(*raw));
+    socket::accept(&req, body, role, addr, state.into_inner(), killer)
+}
+
+async fn mac(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    upgrade(req, body, state, Role::Mac).await
+}
+
+async fn browser(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    upgrade(req, body, state, Role::Browser).await
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.is_draining() {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("draining\n")
+    } else {
+        HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n")
+    }
+}
+
+async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    let wants_ws = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let body = if wants_ws {
+        "invalid path: WebSocket endpoints are /mac and /browser\n"
+    } else {
+        "not found\n"
+    };
+    HttpResponse::NotFound()
+        .content_type("text/plain")
+        .body(body)
+}

@@ -1,0 +1,13 @@
+//! The relay wire protocol (v1): the types every relay node, client library
+//! and test speaks. `PROTOCOL.md` beside this crate is the contract; this
+//! crate is its executable form and never does I/O.
+
+pub mod close;
+pub mod code;
+pub mod error;
+pub mod message;
+
+pub use close::CloseCode;
+pub use code::{CodeError, SessionCode};
+pub use error::ErrorCode;
+pub use message::{ClientMessage, PeerLeftReason, Role, ServerMessage};

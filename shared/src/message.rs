@@ -1,0 +1,304 @@
+//! Control messages: JSON objects in text frames with a snake_case `type`
+//! and camelCase fields. Parse once at the edge with [`ClientMessage::parse`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+/// Which side of a session a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The host (a desktop app) on `/mac`: registers and shows the code.
+    Mac,
+    /// The peer (a browser tab) on `/browser`: joins with the code.
+    Browser,
+}
+
+impl Role {
+    /// The other side of the session.
+    pub const fn peer(self) -> Role {
+        match self {
+            Role::Mac => Role::Browser,
+            Role::Browser => Role::Mac,
+        }
+    }
+
+    /// Lower-case name, as used in metric labels and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Mac => "mac",
+            Role::Browser => "browser",
+        }
+    }
+}
+
+/// A message a client sends to the relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
+pub enum ClientMessage {
+    /// Mac: ask for a session code.
+    Register {
+        /// Optional id the app keeps across runs; only logged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+    },
+    /// Browser: join the session with this code (as typed).
+    Join {
+        /// The code as the person typed it.
+        code: String,
+    },
+    /// Either side: take a session back after a dropped connection.
+    Resume {
+        /// `sessionId` from `registered`/`joined`.
+        session_id: String,
+        /// `resumeToken` from `registered`/`joined`.
+        resume_token: String,
+        /// Data frames this client has received in the session.
+        last_seq: u64,
+    },
+    /// Data as text; relayed verbatim to the peer.
+    Data {
+        /// Application payload.
+        payload: String,
+    },
+    /// App-level ping; answered with `pong` carrying the same `ts`.
+    Ping {
+        /// Any number, echoed back.
+        ts: serde_json::Number,
+    },
+    /// End this side of the session for good, at once.
+    Leave,
+}
+
+impl ClientMessage {
+    /// Parses one text frame.
+    ///
+    /// # Errors
+    /// The serde error when the text is not a known, well-typed message.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Serialises to the text of a frame.
+    pub fn to_text(&self) -> String {
+        // unwrap: these types hold only strings and numbers, which always serialise.
+        #[allow(clippy::unwrap_used)]
+        serde_json::to_string(self).unwrap()
+    }
+}
+
+/// Why the browser is gone for good (`peer_left`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerLeftReason {
+    /// Its connection closed with 1000 (it meant to go).
+    Closed,
+    /// It dropped and did not resume within the grace period.
+    Timeout,
+    /// It sent `leave`.
+    Left,
+}
+
+impl PeerLeftReason {
+    /// Lower-case name, as on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Timeout => "timeout",
+            Self::Left => "left",
+        }
+    }
+}
+
+/// A message the relay sends to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
+pub enum ServerMessage {
+    /// To the mac: its code and the secrets to resume.
+    Registered {
+        /// The code to show.
+        code: String,
+        /// When the code stops being valid for joining (unix ms).
+        expires_at: u64,
+        /// Id of the session, for `resume`.
+        session_id: String,
+        /// Secret for `resume`; never shown to the user.
+        resume_token: String,
+    },
+    /// To the browser: it joined.
+    Joined {
+        /// Id of the session, for `resume`.
+        session_id: String,
+        /// Secret for `resume`.
+        resume_token: String,
+    },
+    /// To the mac: a browser joined.
+    PeerJoined,
+    /// To the mac: the browser is gone for good.
+    PeerLeft {
+        /// Why it left.
+        reason: PeerLeftReason,
+    },
+    /// The peer's connection dropped; it may resume within the grace period.
+    PeerDisconnected,
+    /// The peer is back.
+    PeerResumed,
+    /// To the mac: the code expired with no browser; `register` again for a new one.
+    CodeExpired {
+        /// The code that expired.
+        code: String,
+    },
+    /// Answer to `resume`; replayed frames follow.
+    Resumed {
+        /// The session resumed.
+        session_id: String,
+        /// Data frames the relay accepted from this client; re-send those after it.
+        last_seq: u64,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// The `ts` of the ping.
+        ts: serde_json::Number,
+    },
+    /// Something went wrong; `code` says what.
+    Error {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// What to do, for a person.
+        message: String,
+    },
+    /// Data as text from the peer (relayed verbatim, so clients parse it here).
+    Data {
+        /// Application payload.
+        payload: String,
+    },
+}
+
+impl ServerMessage {
+    /// An `error` message with the code's standard sentence.
+    pub fn error(code: ErrorCode) -> Self {
+        Self::Error {
+            code,
+            message: code.default_message().to_owned(),
+        }
+    }
+
+    /// An `error` message with a specific sentence.
+    pub fn error_with(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Serialises to the text of a frame.
+    pub fn to_text(&self) -> String {
+        // unwrap: these types hold only strings and numbers, which always serialise.
+        #[allow(clippy::unwrap_used)]
+        serde_json::to_string(self).unwrap()
+    }
+
+    /// Parses one text frame from the relay.
+    ///
+    /// # Errors
+    /// The serde error when the text is not a known message.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_parse_from_the_wire() {
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"register"}"#).unwrap(),
+            ClientMessage::Register { client_id: None }
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"register","clientId":"abc"}"#).unwrap(),
+            ClientMessage::Register {
+                client_id: Some("abc".into())
+            }
+        );
+        assert_eq!(
+            ClientMessage::parse(
+                r#"{"type":"resume","sessionId":"s","resumeToken":"t","lastSeq":7}"#
+            )
+            .unwrap(),
+            ClientMessage::Resume {
+                session_id: "s".into(),
+                resume_token: "t".into(),
+                last_seq: 7
+            }
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"leave","extra":1}"#).unwrap(),
+            ClientMessage::Leave
+        );
+        let ping = ClientMessage::parse(r#"{"type":"ping","ts":1700000000123}"#).unwrap();
+        let ClientMessage::Ping { ts } = ping else {
+            panic!("not a ping")
+        };
+        assert_eq!(ts.to_string(), "1700000000123");
+    }
+
+    #[test]
+    fn malformed_client_messages_are_errors() {
+        for text in [
+            "",
+            "not json",
+            "[]",
+            "{}",
+            r#"{"type":"nope"}"#,
+            r#"{"type":"join"}"#,
+            r#"{"type":"join","code":7}"#,
+            r#"{"type":"resume","sessionId":"s","resumeToken":"t","lastSeq":-1}"#,
+            r#"{"type":"data","payload":{"a":1}}"#,
+            r#"{"type":"ping","ts":"x"}"#,
+            r#"{"type":"Register"}"#,
+        ] {
+            assert!(ClientMessage::parse(text).is_err(), "{text:?} parsed");
+        }
+    }
+
+    #[test]
+    fn server_messages_use_camel_case_fields() {
+        let text = ServerMessage::Registered {
+            code: "H4F7KN".into(),
+            expires_at: 1,
+            session_id: "s".into(),
+            resume_token: "t".into(),
+        }
+        .to_text();
+        assert_eq!(
+            text,
+            r#"{"type":"registered","code":"H4F7KN","expiresAt":1,"sessionId":"s","resumeToken":"t"}"#
+        );
+        assert_eq!(
+            ServerMessage::PeerLeft {
+                reason: PeerLeftReason::Timeout
+            }
+            .to_text(),
+            r#"{"type":"peer_left","reason":"timeout"}"#
+        );
+        assert_eq!(
+            ServerMessage::error(ErrorCode::NotPaired).to_text(),
+            format!(
+                r#"{{"type":"error","code":"NOT_PAIRED","message":"{}"}}"#,
+                ErrorCode::NotPaired.default_message()
+            )
+        );
+    }
+}
