@@ -1,1 +1,108 @@
-//! placeholder
+//! Data frames: relayed verbatim, in order, both ways at once.
+
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{Relay, Stream, WAIT, pair};
+
+/// Frames of random kinds and sizes; text ones are `data` messages with odd payloads.
+fn frames(seed: u64, n: usize) -> Vec<Message> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            if rng.random_bool(0.5) {
+                let len = rng.random_range(0..=16 * 1024);
+                let mut b = vec![0u8; len];
+                rng.fill(&mut b[..]);
+                Message::binary(b)
+            } else {
+                let len = rng.random_range(0..=2048);
+                let payload: String = (0..len)
+                    .map(|_| match rng.random_range(0..6) {
+                        0 => '"',
+                        1 => 'é',
+                        2 => '\n',
+                        3 => '😀',
+                        _ => rng.random_range('a'..='z'),
+                    })
+                    .collect();
+                // Extra fields and spacing must survive too: the relay does not re-encode.
+                Message::text(format!(
+                    "{{ \"type\" : \"data\", \"payload\": {}, \"n\": {i} }}",
+                    json!(payload)
+                ))
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_thousand_frames_of_random_sizes_both_ways_verbatim_in_order() {
+    let relay = Relay::start(&[]);
+    let p = pair(&relay).await;
+    let to_browser = frames(1, 1000);
+    let to_mac = frames(2, 1000);
+
+    let (mut mac_tx, mut mac_rx) = p.mac.into_inner().split();
+    let (mut browser_tx, mut browser_rx) = p.browser.into_inner().split();
+
+    let send_mac = {
+        let frames = to_browser.clone();
+        async move {
+            for f in frames {
+                mac_tx.send(f).await.expect("mac sends");
+            }
+            mac_tx
+        }
+    };
+    let send_browser = {
+        let frames = to_mac.clone();
+        async move {
+            for f in frames {
+                browser_tx.send(f).await.expect("browser sends");
+            }
+            browser_tx
+        }
+    };
+    let recv = |expected: Vec<Message>, mut rx: futures_util::stream::SplitStream<Stream>| async move {
+        for (i, want) in expected.into_iter().enumerate() {
+            let got = loop {
+                let m = tokio::time::timeout(WAIT, rx.next())
+                    .await
+                    .expect("frame in time")
+                    .expect("stream open")
+                    .expect("frame ok");
+                if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
+                    break m;
+                }
+            };
+            assert!(got == want, "frame {i} differs: got {} bytes, want {} bytes", got.len(), want.len());
+        }
+        rx
+    };
+    let (_, _, _, _) = tokio::join!(
+        send_mac,
+        send_browser,
+        recv(to_browser.clone(), browser_rx),
+        recv(to_mac.clone(), mac_rx)
+    );
+    let total: usize = to_browser.iter().chain(&to_mac).map(Message::len).sum();
+    assert!(relay.metric("relay_bytes_relayed_total{path=\"local\"}").await as usize >= total / 2);
+    assert_eq!(relay.metric("relay_frames_relayed_total{path=\"local\"}").await, 2000.0);
+}
+
+#[tokio::test]
+async fn empty_and_limit_sized_frames_pass() {
+    let relay = Relay::start(&[("RELAY_MAX_FRAME", "128KiB")]);
+    let mut p = pair(&relay).await;
+    p.mac.binary(Vec::new()).await;
+    p.mac.binary(vec![0xAB; 128 * 1024]).await;
+    p.browser.text(r#"{"type":"data","payload":""}"#).await;
+    use crate::support::Got;
+    assert_eq!(p.browser.recv().await, Got::Binary(Vec::new()));
+    assert_eq!(p.browser.recv().await, Got::Binary(vec![0xAB; 128 * 1024]));
+    assert_eq!(p.mac.recv().await, Got::Text(r#"{"type":"data","payload":""}"#.into()));
+}

@@ -187,6 +187,9 @@ impl Drop for Relay {
     }
 }
 
+/// The stream type of a test client.
+pub type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
 /// What a client received.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Got {
@@ -213,6 +216,11 @@ impl Ws {
             .expect("connect in time")
             .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
         Ws { stream }
+    }
+
+    /// The underlying stream, e.g. to split it into halves.
+    pub fn into_inner(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        self.stream
     }
 
     /// Wraps an already connected stream.
