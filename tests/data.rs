@@ -46,8 +46,8 @@ async fn a_thousand_frames_of_random_sizes_both_ways_verbatim_in_order() {
     let to_browser = frames(1, 1000);
     let to_mac = frames(2, 1000);
 
-    let (mut mac_tx, mut mac_rx) = p.mac.into_inner().split();
-    let (mut browser_tx, mut browser_rx) = p.browser.into_inner().split();
+    let (mut mac_tx, mac_rx) = p.mac.into_inner().split();
+    let (mut browser_tx, browser_rx) = p.browser.into_inner().split();
 
     let send_mac = {
         let frames = to_browser.clone();
@@ -79,7 +79,12 @@ async fn a_thousand_frames_of_random_sizes_both_ways_verbatim_in_order() {
                     break m;
                 }
             };
-            assert!(got == want, "frame {i} differs: got {} bytes, want {} bytes", got.len(), want.len());
+            assert!(
+                got == want,
+                "frame {i} differs: got {} bytes, want {} bytes",
+                got.len(),
+                want.len()
+            );
         }
         rx
     };
@@ -90,8 +95,18 @@ async fn a_thousand_frames_of_random_sizes_both_ways_verbatim_in_order() {
         recv(to_mac.clone(), mac_rx)
     );
     let total: usize = to_browser.iter().chain(&to_mac).map(Message::len).sum();
-    assert!(relay.metric("relay_bytes_relayed_total{path=\"local\"}").await as usize >= total / 2);
-    assert_eq!(relay.metric("relay_frames_relayed_total{path=\"local\"}").await, 2000.0);
+    assert!(
+        relay
+            .metric("relay_bytes_relayed_total{path=\"local\"}")
+            .await as usize
+            >= total / 2
+    );
+    assert_eq!(
+        relay
+            .metric("relay_frames_relayed_total{path=\"local\"}")
+            .await,
+        2000.0
+    );
 }
 
 #[tokio::test]
@@ -104,5 +119,8 @@ async fn empty_and_limit_sized_frames_pass() {
     use crate::support::Got;
     assert_eq!(p.browser.recv().await, Got::Binary(Vec::new()));
     assert_eq!(p.browser.recv().await, Got::Binary(vec![0xAB; 128 * 1024]));
-    assert_eq!(p.mac.recv().await, Got::Text(r#"{"type":"data","payload":""}"#.into()));
+    assert_eq!(
+        p.mac.recv().await,
+        Got::Text(r#"{"type":"data","payload":""}"#.into())
+    );
 }

@@ -1,5 +1,7 @@
 //! Integration tests: real relay processes, real WebSocket clients, real sockets.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 mod support;
 
 mod bad_input;

@@ -17,7 +17,11 @@ fn frame(seq: u64) -> Message {
 
 fn seq_of(m: &[u8]) -> u64 {
     let seq = u64::from_be_bytes(m[..8].try_into().unwrap());
-    assert_eq!(m.len(), 8 + (seq as usize * 37) % 900, "frame {seq} has the wrong length");
+    assert_eq!(
+        m.len(),
+        8 + (seq as usize * 37) % 900,
+        "frame {seq} has the wrong length"
+    );
     seq
 }
 
@@ -52,7 +56,13 @@ async fn send_range(tx: &mut SplitSink<Stream, Message>, from: u64, to: u64) {
 
 fn assert_sequence(seqs: &[u64], n: u64, who: &str) {
     for (i, s) in seqs.iter().enumerate() {
-        assert_eq!(*s, i as u64 + 1, "{who}: frame {} should be {} (lost, duplicated or reordered)", s, i + 1);
+        assert_eq!(
+            *s,
+            i as u64 + 1,
+            "{who}: frame {} should be {} (lost, duplicated or reordered)",
+            s,
+            i + 1
+        );
     }
     assert_eq!(seqs.len() as u64, n, "{who}: frame count");
 }
@@ -77,7 +87,11 @@ async fn resume_mid_stream(mover_is_mac: bool, how: Leave) {
     } else {
         (p.session_id.clone(), p.browser_token.clone(), "/browser")
     };
-    let (mover, stayer) = if mover_is_mac { (p.mac, p.browser) } else { (p.browser, p.mac) };
+    let (mover, stayer) = if mover_is_mac {
+        (p.mac, p.browser)
+    } else {
+        (p.browser, p.mac)
+    };
 
     // The stayer sends all its frames and collects all of the mover's.
     let (mut s_tx, mut s_rx) = stayer.into_inner().split();
@@ -100,11 +114,15 @@ async fn resume_mid_stream(mover_is_mac: bool, how: Leave) {
 
     // Second connection: resume from what it has, re-send what the relay lacks.
     let mut ws = Ws::connect(&relay.url(mover_path)).await;
-    ws.json(resume_msg(&session, &token, first.len() as u64)).await;
+    ws.json(resume_msg(&session, &token, first.len() as u64))
+        .await;
     let resumed = ws.expect("resumed").await;
     assert_eq!(resumed["sessionId"], session.as_str());
     let accepted = resumed["lastSeq"].as_u64().expect("lastSeq");
-    assert!(accepted <= 400, "relay cannot have accepted more than was sent");
+    assert!(
+        accepted <= 400,
+        "relay cannot have accepted more than was sent"
+    );
     let (mut m_tx, mut m_rx) = ws.into_inner().split();
     let resend = tokio::spawn(async move {
         send_range(&mut m_tx, accepted + 1, N_MOVE).await;
@@ -127,9 +145,14 @@ async fn resume_mid_stream(mover_is_mac: bool, how: Leave) {
         // The replaced connection still holds unread frames; it ends with 4001.
         assert_eq!(old.until_closed().await, Some(4001));
     }
-    stayer_send.await.unwrap();
-    resend.await.unwrap();
-    assert_eq!(relay.metric("relay_disconnects_total{reason=\"slow_consumer\"}").await, 0.0);
+    let _sink = stayer_send.await.unwrap();
+    let _sink2 = resend.await.unwrap();
+    assert_eq!(
+        relay
+            .metric("relay_disconnects_total{reason=\"slow_consumer\"}")
+            .await,
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -165,7 +188,10 @@ async fn away_buffer_overflow_ends_the_side_with_resume_expired() {
     let mut back = relay.browser().await;
     back.json(resume_msg(&session, &token, 0)).await;
     back.expect_error("RESUME_EXPIRED").await;
-    assert_eq!(relay.metric("relay_resume_buffer_overflows_total").await, 1.0);
+    assert_eq!(
+        relay.metric("relay_resume_buffer_overflows_total").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -175,9 +201,14 @@ async fn an_impossible_last_seq_is_refused_and_changes_nothing() {
     p.mac.binary(vec![1]).await;
     assert_eq!(p.browser.recv().await, Got::Binary(vec![1]));
     let mut thief = relay.browser().await;
-    thief.json(resume_msg(&p.session_id, &p.browser_token, 99)).await;
+    thief
+        .json(resume_msg(&p.session_id, &p.browser_token, 99))
+        .await;
     let err = thief.expect_error("INVALID_RESUME").await;
-    assert!(err["message"].as_str().unwrap().contains("lastSeq"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("lastSeq"),
+        "{err}"
+    );
     // The live browser was not replaced.
     p.mac.binary(vec![2]).await;
     assert_eq!(p.browser.recv().await, Got::Binary(vec![2]));

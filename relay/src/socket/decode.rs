@@ -128,6 +128,17 @@ impl<S> Frames<S> {
     }
 }
 
+/// The payload length the next frame's header announces, once enough of the
+/// header is buffered.
+fn announced_len(buf: &[u8]) -> Option<u64> {
+    let len7 = buf.get(1)? & 0x7f;
+    match len7 {
+        126 => Some(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as u64),
+        127 => Some(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)),
+        n => Some(n as u64),
+    }
+}
+
 impl<S, E> Stream for Frames<S>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -140,6 +151,12 @@ where
             return Poll::Ready(None);
         }
         loop {
+            // actix's parser only reports an oversized frame once all of it
+            // is buffered; refuse it from its header instead.
+            if announced_len(&this.buf).is_some_and(|len| len > this.max as u64) {
+                this.done = true;
+                return Poll::Ready(Some(Inbound::TooLarge));
+            }
             match this.codec.decode(&mut this.buf) {
                 Err(ProtocolError::Overflow) => {
                     this.done = true;
@@ -223,7 +240,7 @@ mod tests {
             );
             assert!(matches!(&items[1], Inbound::Ping(p) if &p[..] == b"p"));
             assert!(matches!(&items[2], Inbound::Text(t) if t == "fragmented"));
-            assert!(matches!(&items[3], Inbound::Binary(b) if &b[..] == [0, 255]));
+            assert!(matches!(&items[3], Inbound::Binary(b) if b[..] == [0, 255]));
             assert_eq!(items.len(), 4);
         }
     }
@@ -246,6 +263,16 @@ mod tests {
         wire.extend(frame(true, 0, &[0; 600]));
         wire.extend(frame(true, 1, b"never read"));
         let items = read_all(wire, 1000, 1024);
+        assert!(matches!(items[..], [Inbound::TooLarge]), "{items:?}");
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_from_its_header() {
+        // Only the header of a 1 TiB frame: refused without waiting for the body.
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        let items = read_all(header, 3, 1024);
         assert!(matches!(items[..], [Inbound::TooLarge]), "{items:?}");
     }
 

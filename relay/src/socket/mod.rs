@@ -45,6 +45,9 @@ pub fn accept(
     state: Arc<AppState>,
     killer: Option<Killer>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    // actix-web-actors also accepts draft versions 7 and 8 and any key;
+    // hold clients to RFC 6455 (version 13, a 16-byte base64 key).
+    actix_http::ws::verify_handshake(req.head())?;
     let mut res = ws::handshake(req)?;
     let socket = Socket {
         id: ConnId::next(),
