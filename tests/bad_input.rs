@@ -380,3 +380,38 @@ async fn paths_other_than_the_endpoints_are_refused() {
     }
     let _ = Got::Ended;
 }
+
+#[tokio::test]
+async fn a_browser_that_vanishes_right_after_join_is_noticed() {
+    let relay = Relay::start(&[("RELAY_GRACE", "300ms")]);
+    // The reset may reach the relay before or after it reads the join; try
+    // until the join went through, which is the case under test.
+    for attempt in 1..=20 {
+        let mut r = crate::support::register(&relay).await;
+        let mut raw = Raw::upgrade(relay.addr, "/browser").await;
+        raw.frame(
+            true,
+            1,
+            json!({"type": "join", "code": r.code})
+                .to_string()
+                .as_bytes(),
+            true,
+        )
+        .await;
+        raw.s.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(raw); // reset, possibly before the relay answered the join
+        relay
+            .wait_metric("relay_connections_open{role=\"browser\"}", |v| v == 0.0)
+            .await;
+        if relay.metric("relay_joins_total{result=\"ok\"}").await == 0.0 {
+            r.ws.close(1000).await;
+            continue;
+        }
+        r.ws.expect("peer_joined").await;
+        r.ws.expect("peer_disconnected").await;
+        assert_eq!(r.ws.expect("peer_left").await["reason"], "timeout");
+        eprintln!("join went through on attempt {attempt}");
+        return;
+    }
+    panic!("the join never reached the relay before the reset");
+}

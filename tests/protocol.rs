@@ -402,3 +402,32 @@ async fn metrics_count_the_flow() {
         3.0
     );
 }
+
+#[tokio::test]
+async fn heartbeat_drops_a_client_that_stops_answering_pings() {
+    let relay = Relay::start(&[
+        ("RELAY_HEARTBEAT_INTERVAL", "200ms"),
+        ("RELAY_HEARTBEAT_TIMEOUT", "200ms"),
+        ("RELAY_GRACE", "60s"),
+    ]);
+    let mut p = pair(&relay).await;
+    // The mac keeps reading (its client answers pings); the browser goes silent.
+    let _silent = p.browser;
+    p.mac.expect("peer_disconnected").await;
+    assert_eq!(
+        relay
+            .metric("relay_disconnects_total{reason=\"heartbeat_timeout\"}")
+            .await,
+        1.0
+    );
+    // A client that answers stays: several heartbeat rounds of app-level pings later, still paired.
+    for ts in 0..10 {
+        p.mac.json(json!({"type": "ping", "ts": ts})).await;
+        assert_eq!(p.mac.expect("pong").await["ts"], ts);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        relay.metric("relay_connections_open{role=\"mac\"}").await,
+        1.0
+    );
+}

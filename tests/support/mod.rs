@@ -167,6 +167,19 @@ impl Relay {
             .unwrap_or_else(|| panic!("no sample {sample} in metrics"))
     }
 
+    /// Polls `sample` until `done(value)` holds (fails the test after [`WAIT`]).
+    pub async fn wait_metric(&self, sample: &str, done: impl Fn(f64) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.metric(sample).await;
+            if done(v) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{sample} stayed at {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether the log holds a line containing `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.logs.lock().unwrap().iter().any(|l| l.contains(needle))

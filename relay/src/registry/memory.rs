@@ -37,6 +37,9 @@ const REMEMBER_MAX: usize = 100_000;
 /// With 4.8×10^8 codes this only fails when the code space is nearly full.
 const CODE_ATTEMPTS: usize = 32;
 
+/// How often sides are checked for a socket that vanished without `Gone`.
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How often idle rate-limiter entries are dropped.
 const LIMITER_CLEANUP: Duration = Duration::from_secs(60);
 
@@ -281,6 +284,7 @@ impl Actor for MemoryRegistry {
         // Sockets wait for set-up answers; a deep mailbox keeps bursts of
         // pairings from queueing at the sender side.
         ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(REAP_INTERVAL, |act, ctx| act.reap_dead_connections(ctx));
         ctx.run_interval(LIMITER_CLEANUP, |act, _| {
             if let Some(l) = &act.limiter {
                 l.retain_recent();
@@ -508,6 +512,42 @@ impl Handler<Gone> for MemoryRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Gone, ctx: &mut Context<Self>) {
+        self.gone(msg, ctx);
+    }
+}
+
+impl MemoryRegistry {
+    /// Treats sides whose socket actor stopped without saying so as dropped.
+    ///
+    /// A socket that dies while waiting for an answer (its client vanished
+    /// right after `join`) never learns it joined, so it never sends `Gone`.
+    fn reap_dead_connections(&mut self, ctx: &mut Context<Self>) {
+        let dead: Vec<Gone> = self
+            .sessions
+            .values()
+            .flat_map(|s| {
+                let sides = [
+                    (Role::Mac, Some(&s.mac)),
+                    (Role::Browser, s.browser.as_ref()),
+                ];
+                sides.into_iter().filter_map(move |(role, side)| {
+                    let (conn, commands) = side?.conn.as_ref()?;
+                    (!commands.connected()).then(|| Gone {
+                        session_id: Arc::clone(&s.id),
+                        role,
+                        conn: *conn,
+                        how: Departure::Dropped,
+                    })
+                })
+            })
+            .collect();
+        for g in dead {
+            debug!(session = %g.session_id, role = g.role.as_str(), conn = %g.conn, "reaped a vanished connection");
+            self.gone(g, ctx);
+        }
+    }
+
+    fn gone(&mut self, msg: Gone, ctx: &mut Context<Self>) {
         let Some(s) = self.sessions.get_mut(&msg.session_id) else {
             return;
         };
