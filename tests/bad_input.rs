@@ -398,7 +398,7 @@ async fn a_browser_that_vanishes_right_after_join_is_noticed() {
             true,
         )
         .await;
-        raw.s.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        raw.s.set_zero_linger().unwrap();
         drop(raw); // reset, possibly before the relay answered the join
         relay
             .wait_metric("relay_connections_open{role=\"browser\"}", |v| v == 0.0)

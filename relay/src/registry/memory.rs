@@ -9,19 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use bytestring::ByteString;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use relay_protocol::code::{ALPHABET, CODE_LEN};
 use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
 use tracing::{debug, info, warn};
 
 use super::secret::{self, TokenHash};
+use super::session::{Ended, Session, Side};
 use super::tombstones::Tombstones;
 use super::{
-    Departure, Gone, Join, Joined, Link, Overflowed, Refusal, Register, Registered, Resume,
-    Resumed, SessionId,
+    Departure, Gone, Join, Joined, Overflowed, Refusal, Register, Registered, Resume, Resumed,
+    SessionId,
 };
-use crate::conns::{ConnCommand, ConnId};
+use crate::conns::ConnCommand;
 use crate::metrics::Metrics;
 use crate::pipe::{EventEffect, Gap, Limits, Pipe};
 
@@ -54,70 +54,6 @@ pub struct RegistrySettings {
     pub join_rate: u32,
     /// Bounds of every pipe.
     pub limits: Limits,
-}
-
-/// One side of a session.
-struct Side {
-    token: TokenHash,
-    /// The connection reading this side's pipe, if one is open.
-    conn: Option<(ConnId, Recipient<ConnCommand>)>,
-    /// Ends the side when the grace period passes while it is away.
-    grace_timer: Option<SpawnHandle>,
-}
-
-struct Session {
-    id: SessionId,
-    code: SessionCode,
-    /// Whether the code can still be joined with.
-    code_live: bool,
-    code_timer: Option<SpawnHandle>,
-    mac: Side,
-    browser: Option<Side>,
-    to_mac: Arc<Pipe>,
-    to_browser: Arc<Pipe>,
-}
-
-impl Session {
-    fn side_mut(&mut self, role: Role) -> Option<&mut Side> {
-        match role {
-            Role::Mac => Some(&mut self.mac),
-            Role::Browser => self.browser.as_mut(),
-        }
-    }
-
-    /// Pipe toward `role`.
-    fn pipe_to(&self, role: Role) -> &Arc<Pipe> {
-        match role {
-            Role::Mac => &self.to_mac,
-            Role::Browser => &self.to_browser,
-        }
-    }
-
-    fn link(&self, role: Role, written: u64) -> Link {
-        Link {
-            session_id: Arc::clone(&self.id),
-            role,
-            inbound: Arc::clone(self.pipe_to(role)),
-            outbound: Arc::clone(self.pipe_to(role.peer())),
-            written,
-        }
-    }
-
-    /// Tells the side `role` something, if that side exists.
-    fn tell(&self, role: Role, msg: &ServerMessage, effect: EventEffect) {
-        if role == Role::Browser && self.browser.is_none() {
-            return;
-        }
-        self.pipe_to(role)
-            .push_event(ByteString::from(msg.to_text()), effect);
-    }
-}
-
-/// Why a side's session cannot be resumed any more.
-#[derive(Clone, Copy)]
-struct Ended {
-    token: TokenHash,
-    code: ErrorCode,
 }
 
 /// The single-node registry actor.
@@ -275,103 +211,7 @@ impl MemoryRegistry {
             _ => ErrorCode::InvalidResume.into(),
         }
     }
-}
 
-impl Actor for MemoryRegistry {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        // Sockets wait for set-up answers; a deep mailbox keeps bursts of
-        // pairings from queueing at the sender side.
-        ctx.set_mailbox_capacity(4096);
-        ctx.run_interval(REAP_INTERVAL, |act, ctx| act.reap_dead_connections(ctx));
-        ctx.run_interval(LIMITER_CLEANUP, |act, _| {
-            if let Some(l) = &act.limiter {
-                l.retain_recent();
-                l.shrink_to_fit();
-            }
-            let now = std::time::Instant::now();
-            act.ended.prune(now);
-            act.expired_codes.prune(now);
-        });
-    }
-}
-
-fn unix_ms_in(d: Duration) -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    (now + d).as_millis() as u64
-}
-
-impl Handler<Register> for MemoryRegistry {
-    type Result = Result<Registered, Refusal>;
-
-    fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) -> Self::Result {
-        let Some(code) = self.new_code() else {
-            warn!(live = self.codes.len(), "no free code found");
-            return Err(ErrorCode::Unavailable.into());
-        };
-        let id: SessionId = Arc::from(secret::session_id());
-        let token = secret::resume_token();
-        let to_mac = Pipe::new(self.settings.limits);
-        let to_browser = Pipe::new(self.settings.limits);
-        // unwrap-free: a new pipe accepts any receiver at 0.
-        let written = to_mac.attach(msg.client.receiver(), 0).unwrap_or(0);
-        let timer_id = Arc::clone(&id);
-        let code_timer = ctx.run_later(self.settings.code_ttl, move |act, ctx| {
-            act.code_expired(&timer_id, ctx)
-        });
-        let s = Session {
-            id: Arc::clone(&id),
-            code: code.clone(),
-            code_live: true,
-            code_timer: Some(code_timer),
-            mac: Side {
-                token: TokenHash::of(&token),
-                conn: Some((msg.client.conn, msg.client.commands.clone())),
-                grace_timer: None,
-            },
-            browser: None,
-            to_mac,
-            to_browser,
-        };
-        let link = s.link(Role::Mac, written);
-        self.codes.insert(code.clone(), Arc::clone(&id));
-        self.sessions.insert(Arc::clone(&id), s);
-        self.metrics.codes_issued.inc();
-        self.metrics.sessions_live.inc();
-        info!(session = %id, conn = %msg.client.conn, client_id = msg.client_id.as_deref().unwrap_or(""), "registered");
-        Ok(Registered {
-            code: code.to_string(),
-            expires_at: unix_ms_in(self.settings.code_ttl),
-            resume_token: token,
-            link,
-        })
-    }
-}
-
-impl Handler<Join> for MemoryRegistry {
-    type Result = Result<Joined, Refusal>;
-
-    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
-        let result = self.join(msg);
-        let label = match &result {
-            Ok(_) => "ok",
-            Err(r) => match r.code {
-                ErrorCode::InvalidCode => "invalid_code",
-                ErrorCode::ExpiredCode => "expired_code",
-                ErrorCode::AlreadyJoined => "already_joined",
-                ErrorCode::RateLimited => "rate_limited",
-                _ => "unavailable",
-            },
-        };
-        self.metrics.joins.with_label_values(&[label]).inc();
-        result
-    }
-}
-
-impl MemoryRegistry {
     fn join(&mut self, msg: Join) -> Result<Joined, Refusal> {
         if let Some(l) = &self.limiter {
             if l.check_key(&msg.client.addr).is_err() {
@@ -489,34 +329,7 @@ impl MemoryRegistry {
             link: s.link(role, written),
         })
     }
-}
 
-impl Handler<Resume> for MemoryRegistry {
-    type Result = Result<Resumed, Refusal>;
-
-    fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) -> Self::Result {
-        let result = self.resume(msg, ctx);
-        if let Err(r) = &result {
-            let label = match r.code {
-                ErrorCode::ResumeExpired => "resume_expired",
-                ErrorCode::MacDisconnected => "mac_disconnected",
-                _ => "invalid_resume",
-            };
-            self.metrics.resumes.with_label_values(&[label]).inc();
-        }
-        result
-    }
-}
-
-impl Handler<Gone> for MemoryRegistry {
-    type Result = ();
-
-    fn handle(&mut self, msg: Gone, ctx: &mut Context<Self>) {
-        self.gone(msg, ctx);
-    }
-}
-
-impl MemoryRegistry {
     /// Treats sides whose socket actor stopped without saying so as dropped.
     ///
     /// A socket that dies while waiting for an answer (its client vanished
@@ -584,6 +397,125 @@ impl MemoryRegistry {
                 info!(session = %s.id, role = msg.role.as_str(), conn = %msg.conn, "side away");
             }
         }
+    }
+}
+
+impl Actor for MemoryRegistry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Sockets wait for set-up answers; a deep mailbox keeps bursts of
+        // pairings from queueing at the sender side.
+        ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(REAP_INTERVAL, |act, ctx| act.reap_dead_connections(ctx));
+        ctx.run_interval(LIMITER_CLEANUP, |act, _| {
+            if let Some(l) = &act.limiter {
+                l.retain_recent();
+                l.shrink_to_fit();
+            }
+            let now = std::time::Instant::now();
+            act.ended.prune(now);
+            act.expired_codes.prune(now);
+        });
+    }
+}
+
+fn unix_ms_in(d: Duration) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (now + d).as_millis() as u64
+}
+
+impl Handler<Register> for MemoryRegistry {
+    type Result = Result<Registered, Refusal>;
+
+    fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) -> Self::Result {
+        let Some(code) = self.new_code() else {
+            warn!(live = self.codes.len(), "no free code found");
+            return Err(ErrorCode::Unavailable.into());
+        };
+        let id: SessionId = Arc::from(secret::session_id());
+        let token = secret::resume_token();
+        let to_mac = Pipe::new(self.settings.limits);
+        let to_browser = Pipe::new(self.settings.limits);
+        // unwrap-free: a new pipe accepts any receiver at 0.
+        let written = to_mac.attach(msg.client.receiver(), 0).unwrap_or(0);
+        let timer_id = Arc::clone(&id);
+        let code_timer = ctx.run_later(self.settings.code_ttl, move |act, ctx| {
+            act.code_expired(&timer_id, ctx)
+        });
+        let s = Session {
+            id: Arc::clone(&id),
+            code: code.clone(),
+            code_live: true,
+            code_timer: Some(code_timer),
+            mac: Side {
+                token: TokenHash::of(&token),
+                conn: Some((msg.client.conn, msg.client.commands.clone())),
+                grace_timer: None,
+            },
+            browser: None,
+            to_mac,
+            to_browser,
+        };
+        let link = s.link(Role::Mac, written);
+        self.codes.insert(code.clone(), Arc::clone(&id));
+        self.sessions.insert(Arc::clone(&id), s);
+        self.metrics.codes_issued.inc();
+        self.metrics.sessions_live.inc();
+        info!(session = %id, conn = %msg.client.conn, client_id = msg.client_id.as_deref().unwrap_or(""), "registered");
+        Ok(Registered {
+            code: code.to_string(),
+            expires_at: unix_ms_in(self.settings.code_ttl),
+            resume_token: token,
+            link,
+        })
+    }
+}
+
+impl Handler<Join> for MemoryRegistry {
+    type Result = Result<Joined, Refusal>;
+
+    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
+        let result = self.join(msg);
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(r) => match r.code {
+                ErrorCode::InvalidCode => "invalid_code",
+                ErrorCode::ExpiredCode => "expired_code",
+                ErrorCode::AlreadyJoined => "already_joined",
+                ErrorCode::RateLimited => "rate_limited",
+                _ => "unavailable",
+            },
+        };
+        self.metrics.joins.with_label_values(&[label]).inc();
+        result
+    }
+}
+
+impl Handler<Resume> for MemoryRegistry {
+    type Result = Result<Resumed, Refusal>;
+
+    fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) -> Self::Result {
+        let result = self.resume(msg, ctx);
+        if let Err(r) = &result {
+            let label = match r.code {
+                ErrorCode::ResumeExpired => "resume_expired",
+                ErrorCode::MacDisconnected => "mac_disconnected",
+                _ => "invalid_resume",
+            };
+            self.metrics.resumes.with_label_values(&[label]).inc();
+        }
+        result
+    }
+}
+
+impl Handler<Gone> for MemoryRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Gone, ctx: &mut Context<Self>) {
+        self.gone(msg, ctx);
     }
 }
 

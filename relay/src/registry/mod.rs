@@ -6,6 +6,7 @@
 
 mod memory;
 mod secret;
+mod session;
 mod tombstones;
 
 use std::net::IpAddr;
