@@ -124,3 +124,47 @@ async fn empty_and_limit_sized_frames_pass() {
         Got::Text(r#"{"type":"data","payload":""}"#.into())
     );
 }
+
+#[tokio::test]
+async fn a_fast_sender_is_paced_to_a_slow_reader_without_loss() {
+    // 48 MiB through a relay that may buffer 4 MiB for a reader: the sender
+    // must be held back (flow control), not the reader cut.
+    let relay = Relay::start(&[
+        ("RELAY_MAX_BUFFERED", "4MiB"),
+        ("RELAY_HEARTBEAT_TIMEOUT", "2s"),
+    ]);
+    let p = pair(&relay).await;
+    const FRAMES: u32 = 768;
+    let (mut tx, _mac_rx) = p.mac.into_inner().split();
+    let (_btx, mut rx) = p.browser.into_inner().split();
+    let sender = tokio::spawn(async move {
+        for i in 0..FRAMES {
+            let mut frame = vec![0u8; 64 * 1024];
+            frame[..4].copy_from_slice(&i.to_be_bytes());
+            tx.send(Message::binary(frame)).await.expect("send");
+        }
+        tx
+    });
+    let mut next = 0u32;
+    while next < FRAMES {
+        let m = tokio::time::timeout(WAIT, rx.next())
+            .await
+            .expect("frame in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Binary(b) = m {
+            assert_eq!(u32::from_be_bytes(b[..4].try_into().unwrap()), next);
+            next += 1;
+            if next % 8 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    }
+    let _tx = sender.await.unwrap();
+    assert_eq!(
+        relay
+            .metric("relay_disconnects_total{reason=\"slow_consumer\"}")
+            .await,
+        0.0
+    );
+}

@@ -14,6 +14,7 @@ async fn sigterm_drains_every_client_then_exits() {
     let mut idle = relay.browser().await; // connected, no session yet
 
     relay.sigterm();
+    relay.wait_logged("drain started").await;
     // Batches are spread over half the drain timeout, so the node is still up here.
     let (status, body) = relay.get("/readyz").await;
     assert_eq!((status, body.trim()), (503, "draining"));

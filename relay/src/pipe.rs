@@ -7,12 +7,21 @@
 //! everything before it was read). So a frame survives its receiver's
 //! connection dropping, and the same bytes bound a slow reader.
 //!
+//! Flow control: when more than the backlog limit waits to be written (the
+//! receiver's socket is not taking data), the sender's [`Gate`] closes and it
+//! stops reading its client until the receiver drains. A receiver that holds
+//! more than `max_buffered` unread and acknowledges nothing for the stall
+//! time is cut as a slow consumer (1013).
+//!
 //! The registry creates pipes and changes their state (attach, away, end);
 //! the sockets only push, drain and acknowledge. The registry is never on the
 //! per-frame path.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -24,6 +33,10 @@ use crate::conns::{ConnId, Killer};
 /// Bookkeeping bytes charged per queued entry, so a flood of tiny frames is
 /// bounded by memory actually used, not only by payload bytes.
 pub const ENTRY_OVERHEAD: usize = 64;
+
+/// How long a slow consumer's socket may still read its close frame before
+/// the TCP connection is cut.
+pub const SLOW_CONSUMER_LINGER: Duration = Duration::from_secs(2);
 
 /// A data frame, relayed verbatim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +116,52 @@ impl Entry {
 #[rtype(result = "()")]
 pub struct Wake;
 
+/// A sender's valve: while closed, the socket reads nothing more from its client.
+#[derive(Debug, Default)]
+pub struct Gate {
+    closed: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Gate {
+    /// An open gate.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Gate::default())
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Opens the gate and wakes the reader waiting on it.
+    pub fn open(&self) {
+        self.closed.store(false, Ordering::SeqCst);
+        let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Whether the gate is closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Ready when the gate is open; otherwise remembers `cx` to be woken.
+    pub fn poll_open(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if !self.is_closed() {
+            return Poll::Ready(());
+        }
+        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        // It may have opened between the check and storing the waker.
+        if self.is_closed() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
+
 /// The socket currently reading a pipe.
 #[derive(Clone)]
 pub struct Receiver {
@@ -133,12 +192,32 @@ enum State {
 /// Bounds of one pipe.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Bytes queued for an attached receiver before it counts as a slow consumer.
+    /// Bytes a receiver may hold unread before it may be cut as a slow consumer.
     pub max_buffered: usize,
+    /// How long a receiver over `max_buffered` may go without acknowledging
+    /// anything before it is cut.
+    pub stall: Duration,
     /// Frames queued for an absent receiver before its session ends.
     pub away_frames: usize,
     /// Bytes queued for an absent receiver before its session ends.
     pub away_bytes: usize,
+}
+
+impl Limits {
+    /// Bytes waiting to be written beyond which the sender is paused.
+    fn backlog(&self) -> usize {
+        (self.max_buffered / 4).max(64 * 1024)
+    }
+
+    /// Bytes held beyond which a receiver is cut at once, acknowledging or not.
+    ///
+    /// Held bytes include what sits in kernel buffers on both ends (several
+    /// MiB on a fast link), so a reading client can exceed `max_buffered`
+    /// briefly; this cap only stops growth whose acknowledgements cannot
+    /// arrive (the receiver's own reading is paused by flow control).
+    fn hard_cap(&self) -> usize {
+        self.max_buffered.saturating_mul(4)
+    }
 }
 
 /// What became of a pushed frame.
@@ -146,7 +225,10 @@ pub struct Limits {
 pub enum Pushed {
     /// Queued for the receiver (attached or away).
     Queued,
-    /// Queued; the receiver has more unread than allowed and is being closed (1013).
+    /// Queued; the receiver is behind, so the sender's gate is now closed
+    /// until it catches up.
+    Backlogged,
+    /// Queued; the receiver held more than allowed and is being closed (1013).
     SlowConsumer(ConnId),
     /// No receiver: the frame was refused (`NOT_PAIRED`).
     NotPaired,
@@ -172,33 +254,6 @@ pub enum Gap {
     Closed,
 }
 
-struct Inner {
-    /// Data frames accepted from the sending side (its resume `lastSeq`).
-    accepted: u64,
-    /// Data frames queued toward the receiving side so far.
-    seq: u64,
-    /// Position of the next entry.
-    next_pos: u64,
-    entries: VecDeque<Entry>,
-    /// Cost of `entries`.
-    bytes: usize,
-    state: State,
-    /// A [`Wake`] is in the receiver's mailbox and not yet handled.
-    wake_pending: bool,
-    /// The receiver cut as a slow consumer, until another one attaches.
-    cut: Option<ConnId>,
-}
-
-/// One direction of a session. Shared by the registry and the two sockets.
-pub struct Pipe {
-    inner: Mutex<Inner>,
-    limits: Limits,
-}
-
-/// How long a slow consumer's socket may still read its close frame before
-/// the TCP connection is cut.
-pub const SLOW_CONSUMER_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// A receiver's standing toward its pipe, as seen when it drains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -219,6 +274,51 @@ pub struct Drained {
     pub items: Vec<(u64, Item)>,
 }
 
+struct Inner {
+    /// Data frames accepted from the sending side (its resume `lastSeq`).
+    accepted: u64,
+    /// Data frames queued toward the receiving side so far.
+    seq: u64,
+    /// Position of the next entry.
+    next_pos: u64,
+    entries: VecDeque<Entry>,
+    /// Cost of `entries` (held: unwritten and unacknowledged).
+    bytes: usize,
+    /// Cost of the entries not yet handed to the receiver.
+    unwritten: usize,
+    state: State,
+    /// A [`Wake`] is in the receiver's mailbox and not yet handled.
+    wake_pending: bool,
+    /// The receiver cut as a slow consumer, until another one attaches.
+    cut: Option<ConnId>,
+    /// The sender waiting for the receiver to catch up.
+    blocked: Option<Arc<Gate>>,
+    /// When the receiver last acknowledged something (or attached).
+    last_ack: Instant,
+}
+
+impl Inner {
+    fn open_blocked(&mut self) {
+        if let Some(g) = self.blocked.take() {
+            g.open();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+        self.unwritten = 0;
+        self.wake_pending = false;
+        self.open_blocked();
+    }
+}
+
+/// One direction of a session. Shared by the registry and the two sockets.
+pub struct Pipe {
+    inner: Mutex<Inner>,
+    limits: Limits,
+}
+
 impl Pipe {
     /// A pipe with no receiver yet.
     pub fn new(limits: Limits) -> Arc<Self> {
@@ -229,9 +329,12 @@ impl Pipe {
                 next_pos: 1,
                 entries: VecDeque::new(),
                 bytes: 0,
+                unwritten: 0,
                 state: State::NoReceiver,
                 wake_pending: false,
                 cut: None,
+                blocked: None,
+                last_ack: Instant::now(),
             }),
             limits,
         })
@@ -243,8 +346,9 @@ impl Pipe {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sender side: queues one data frame toward the receiver.
-    pub fn push(&self, frame: Frame) -> Pushed {
+    /// Sender side: queues one data frame toward the receiver. `gate` is the
+    /// sender's, closed here if the receiver falls behind.
+    pub fn push(&self, frame: Frame, gate: &Arc<Gate>) -> Pushed {
         let mut g = self.lock();
         let cost = ENTRY_OVERHEAD + frame.len();
         match &mut g.state {
@@ -267,41 +371,72 @@ impl Pipe {
         let (pos, seq) = (g.next_pos, g.seq);
         g.next_pos += 1;
         g.bytes += cost;
+        g.unwritten += cost;
         g.entries.push_back(Entry {
             pos,
             seq,
             item: Item::Data { seq, frame },
         });
 
-        let over = g.bytes > self.limits.max_buffered;
-        let pending = g.wake_pending;
-        if let State::Attached(rx) = &g.state {
-            let rx = rx.clone();
-            if over {
-                // Slow consumer: from now on frames count against the away
-                // limits, so memory stays bounded while the socket is cut.
-                g.state = State::Away {
-                    frames: 0,
-                    bytes: 0,
-                };
-                g.wake_pending = true;
-                g.cut = Some(rx.conn);
-                drop(g);
-                // The wake lets a running socket close itself with 1013; the
-                // kill reaches one whose actor is stalled behind its full socket.
-                rx.wake.do_send(Wake);
-                if let Some(k) = &rx.killer {
-                    k.kill_after(SLOW_CONSUMER_LINGER);
-                }
-                return Pushed::SlowConsumer(rx.conn);
-            }
-            if !pending {
-                g.wake_pending = true;
-                drop(g);
-                rx.wake.do_send(Wake);
-            }
+        let State::Attached(rx) = &g.state else {
+            return Pushed::Queued;
+        };
+        let rx = rx.clone();
+        if g.bytes > self.limits.hard_cap() {
+            return Pushed::SlowConsumer(self.cut(g, rx));
         }
-        Pushed::Queued
+        let backlogged = g.unwritten > self.limits.backlog();
+        if backlogged {
+            // Closed under the lock, so the receiver's drain cannot open it first.
+            gate.close();
+            g.blocked = Some(Arc::clone(gate));
+        }
+        let wake = !g.wake_pending;
+        g.wake_pending = true;
+        drop(g);
+        if wake {
+            rx.wake.do_send(Wake);
+        }
+        if backlogged {
+            Pushed::Backlogged
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    /// Cuts the attached receiver as a slow consumer; returns its connection.
+    fn cut(&self, mut g: MutexGuard<'_, Inner>, rx: Receiver) -> ConnId {
+        // From now on frames count against the away limits, so memory stays
+        // bounded while the socket is cut.
+        g.state = State::Away {
+            frames: 0,
+            bytes: 0,
+        };
+        g.wake_pending = true;
+        g.cut = Some(rx.conn);
+        g.open_blocked();
+        drop(g);
+        // The wake lets a running socket close itself with 1013; the kill
+        // reaches one whose actor is stalled behind its full socket.
+        rx.wake.do_send(Wake);
+        if let Some(k) = &rx.killer {
+            k.kill_after(SLOW_CONSUMER_LINGER);
+        }
+        rx.conn
+    }
+
+    /// Sender side, while its gate is closed: cuts the receiver if it holds
+    /// more than `max_buffered` and acknowledged nothing for the stall time.
+    pub fn cut_if_stalled(&self) -> Option<ConnId> {
+        let g = self.lock();
+        let State::Attached(rx) = &g.state else {
+            return None;
+        };
+        if g.bytes <= self.limits.max_buffered || g.last_ack.elapsed() < self.limits.stall {
+            return None;
+        }
+        let rx = rx.clone();
+        Some(self.cut(g, rx))
     }
 
     /// Registry side: queues a control message toward the receiver, ordered
@@ -319,6 +454,7 @@ impl Pipe {
             item: Item::Event { text, effect },
         };
         g.bytes += entry.cost();
+        g.unwritten += entry.cost();
         g.entries.push_back(entry);
         self.wake_locked(g);
     }
@@ -370,9 +506,12 @@ impl Pipe {
             g.bytes -= cost;
         }
         let written = g.entries.front().map_or(g.next_pos, |e| e.pos) - 1;
+        // Everything still held is unwritten for the new connection.
+        g.unwritten = g.bytes;
         g.state = State::Attached(rx);
         g.wake_pending = false;
         g.cut = None;
+        g.last_ack = Instant::now();
         self.wake_locked(g);
         Ok(written)
     }
@@ -388,6 +527,7 @@ impl Pipe {
                     bytes: 0,
                 };
                 g.wake_pending = false;
+                g.open_blocked();
                 true
             }
             _ => false,
@@ -399,23 +539,19 @@ impl Pipe {
     /// [`Pipe::reset_receiver`] and [`Pipe::attach`].
     pub fn end_receiver(&self) {
         let mut g = self.lock();
-        g.entries.clear();
-        g.bytes = 0;
+        g.clear();
         g.state = State::NoReceiver;
-        g.wake_pending = false;
     }
 
     /// Registry side: a new receiver (a new browser) starts counting from 0.
     pub fn reset_receiver(&self) {
         let mut g = self.lock();
-        g.entries.clear();
-        g.bytes = 0;
+        g.clear();
         g.seq = 0;
         g.state = State::Away {
             frames: 0,
             bytes: 0,
         };
-        g.wake_pending = false;
     }
 
     /// Registry side: a new sender (a new browser) starts counting from 0.
@@ -426,14 +562,14 @@ impl Pipe {
     /// Registry side: the session is over; nothing more is queued or written.
     pub fn close(&self) {
         let mut g = self.lock();
+        g.open_blocked();
         if let State::Attached(_) = g.state {
             // Keep the queue: the receiver may still have events (the
             // session's last message) to write.
             g.state = State::Closed;
             return;
         }
-        g.entries.clear();
-        g.bytes = 0;
+        g.clear();
         g.state = State::Closed;
     }
 
@@ -442,14 +578,9 @@ impl Pipe {
         self.lock().accepted
     }
 
-    /// Whether `conn` is the attached receiver.
-    pub fn is_attached(&self, conn: ConnId) -> bool {
-        matches!(&self.lock().state, State::Attached(rx) if rx.conn == conn)
-    }
-
     /// Receiver side: everything queued after position `after`, if `conn`
     /// still reads this pipe. Clears the pending-wake flag, so a later push
-    /// wakes the receiver again.
+    /// wakes the receiver again, and lets a waiting sender go on.
     pub fn drain(&self, conn: ConnId, after: u64, out: &mut Drained) -> Status {
         let mut g = self.lock();
         let status = match &g.state {
@@ -468,6 +599,8 @@ impl Pipe {
                 .skip(start)
                 .map(|e| (e.pos, e.item.clone())),
         );
+        g.unwritten = 0;
+        g.open_blocked();
         status
     }
 
@@ -479,6 +612,7 @@ impl Pipe {
     /// Receiver side: the client read everything up to position `pos`.
     pub fn ack(&self, pos: u64) {
         let mut g = self.lock();
+        let mut progressed = false;
         while let Some(front) = g.entries.front() {
             if front.pos > pos {
                 break;
@@ -486,6 +620,10 @@ impl Pipe {
             let cost = front.cost();
             g.entries.pop_front();
             g.bytes -= cost;
+            progressed = true;
+        }
+        if progressed {
+            g.last_ack = Instant::now();
         }
     }
 
@@ -506,7 +644,8 @@ mod tests {
 
     fn limits() -> Limits {
         Limits {
-            max_buffered: 10_000,
+            max_buffered: 1_000_000,
+            stall: Duration::from_secs(3600),
             away_frames: 3,
             away_bytes: 1_000_000,
         }
@@ -526,112 +665,8 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn push_without_receiver_is_refused() {
-        let p = Pipe::new(limits());
-        assert_eq!(p.push(data(1)), Pushed::NotPaired);
-        assert_eq!(p.accepted(), 0);
-    }
-
-    #[test]
-    fn away_queue_is_bounded() {
-        let p = Pipe::new(limits());
-        p.reset_receiver(); // away, as a freshly joined browser before attach
-        for i in 0..3 {
-            assert_eq!(p.push(data(i)), Pushed::Queued);
-        }
-        assert_eq!(p.push(data(9)), Pushed::Overflow);
-        assert_eq!(p.push(data(9)), Pushed::NotPaired);
-        assert_eq!(p.accepted(), 4);
-    }
-
-    #[test]
-    fn replay_starts_after_last_seq_and_acks_trim() {
-        let p = Pipe::new(Limits {
-            away_frames: 100,
-            ..limits()
-        });
-        p.reset_receiver();
-        for i in 0..5 {
-            p.push(data(i));
-        }
-        // Resume having received 2 of 5: replay 3, 4, 5.
-        let (rx, _) = test_receiver();
-        let written = p.attach(rx, 2).unwrap();
-        let mut d = Drained::default();
-        p.drain(ConnId(1), written, &mut d);
-        assert_eq!(seqs(&d), vec![3, 4, 5]);
-        let last = d.items.last().unwrap().0;
-        p.ack(last);
-        assert_eq!(p.held_entries(), 0);
-        assert_eq!(p.held_bytes(), 0);
-    }
-
-    #[test]
-    fn resume_with_impossible_last_seq_is_a_gap() {
-        let p = Pipe::new(Limits {
-            away_frames: 100,
-            ..limits()
-        });
-        p.reset_receiver();
-        for i in 0..5 {
-            p.push(data(i));
-        }
-        let (rx, _) = test_receiver();
-        assert_eq!(p.attach(rx.clone(), 6), Err(Gap::Ahead { sent: 5 }));
-        p.attach(rx.clone(), 0).unwrap();
-        p.ack(3); // client acknowledged frames 1..=3
-        p.detach(rx.conn);
-        assert_eq!(p.attach(rx, 1), Err(Gap::Behind { oldest: 4 }));
-    }
-
-    #[test]
-    fn events_stay_in_order_with_data() {
-        let p = Pipe::new(Limits {
-            away_frames: 100,
-            ..limits()
-        });
-        p.reset_receiver();
-        p.push(data(1));
-        p.push_event("ev".into(), EventEffect::None);
-        p.push(data(2));
-        let (rx, _) = test_receiver();
-        let w = p.attach(rx, 0).unwrap();
-        let mut d = Drained::default();
-        p.drain(ConnId(1), w, &mut d);
-        let kinds: Vec<_> = d
-            .items
-            .iter()
-            .map(|(_, i)| match i {
-                Item::Data { seq, .. } => format!("d{seq}"),
-                Item::Event { .. } => "ev".to_string(),
-            })
-            .collect();
-        assert_eq!(kinds, ["d1", "ev", "d2"]);
-    }
-
-    #[test]
-    fn slow_consumer_is_detected_and_bounded() {
-        let p = Pipe::new(Limits {
-            max_buffered: 3 * (ENTRY_OVERHEAD + 1),
-            ..limits()
-        });
-        p.reset_receiver();
-        let (rx, _) = test_receiver();
-        p.attach(rx, 0).unwrap();
-        for i in 0..3 {
-            assert_eq!(p.push(data(i)), Pushed::Queued);
-        }
-        assert_eq!(p.push(data(3)), Pushed::SlowConsumer(ConnId(1)));
-        // Now away: the away limits (3 frames) apply.
-        for i in 0..3 {
-            assert_eq!(p.push(data(i)), Pushed::Queued);
-        }
-        assert_eq!(p.push(data(9)), Pushed::Overflow);
-    }
-
-    /// A receiver whose wakes go to a throwaway actor.
-    fn test_receiver() -> (Receiver, ()) {
+    /// Runs `f` inside an actix system with a receiver whose wakes go nowhere.
+    fn with_receiver(f: impl FnOnce(Receiver, Arc<Gate>)) {
         struct Sink;
         impl Actor for Sink {
             type Context = Context<Self>;
@@ -640,15 +675,178 @@ mod tests {
             type Result = ();
             fn handle(&mut self, _: Wake, _: &mut Context<Self>) {}
         }
-        let sys = actix::System::new();
-        let addr = sys.block_on(async { Sink.start() });
-        (
-            Receiver {
-                conn: ConnId(1),
-                wake: addr.recipient(),
-                killer: None,
-            },
-            (),
-        )
+        actix::System::new().block_on(async {
+            let addr = Sink.start();
+            f(
+                Receiver {
+                    conn: ConnId(1),
+                    wake: addr.recipient(),
+                    killer: None,
+                },
+                Gate::new(),
+            );
+        });
+    }
+
+    #[test]
+    fn push_without_receiver_is_refused() {
+        let p = Pipe::new(limits());
+        assert_eq!(p.push(data(1), &Gate::new()), Pushed::NotPaired);
+        assert_eq!(p.accepted(), 0);
+    }
+
+    #[test]
+    fn away_queue_is_bounded() {
+        let p = Pipe::new(limits());
+        let gate = Gate::new();
+        p.reset_receiver(); // away, as a freshly joined browser before attach
+        for i in 0..3 {
+            assert_eq!(p.push(data(i), &gate), Pushed::Queued);
+        }
+        assert_eq!(p.push(data(9), &gate), Pushed::Overflow);
+        assert_eq!(p.push(data(9), &gate), Pushed::NotPaired);
+        assert_eq!(p.accepted(), 4);
+        assert!(
+            !gate.is_closed(),
+            "an absent receiver never pauses the sender"
+        );
+    }
+
+    #[test]
+    fn replay_starts_after_last_seq_and_acks_trim() {
+        with_receiver(|rx, gate| {
+            let p = Pipe::new(Limits {
+                away_frames: 100,
+                ..limits()
+            });
+            p.reset_receiver();
+            for i in 0..5 {
+                p.push(data(i), &gate);
+            }
+            // Resume having received 2 of 5: replay 3, 4, 5.
+            let written = p.attach(rx, 2).unwrap();
+            let mut d = Drained::default();
+            assert_eq!(p.drain(ConnId(1), written, &mut d), Status::Reading);
+            assert_eq!(seqs(&d), vec![3, 4, 5]);
+            p.ack(d.items.last().unwrap().0);
+            assert_eq!(p.held_entries(), 0);
+            assert_eq!(p.held_bytes(), 0);
+        });
+    }
+
+    #[test]
+    fn resume_with_impossible_last_seq_is_a_gap() {
+        with_receiver(|rx, gate| {
+            let p = Pipe::new(Limits {
+                away_frames: 100,
+                ..limits()
+            });
+            p.reset_receiver();
+            for i in 0..5 {
+                p.push(data(i), &gate);
+            }
+            assert_eq!(p.attach(rx.clone(), 6), Err(Gap::Ahead { sent: 5 }));
+            p.attach(rx.clone(), 0).unwrap();
+            p.ack(3); // client acknowledged frames 1..=3
+            p.detach(rx.conn);
+            assert_eq!(p.attach(rx.clone(), 1), Err(Gap::Behind { oldest: 4 }));
+            p.close();
+            assert_eq!(p.attach(rx, 5), Err(Gap::Closed));
+        });
+    }
+
+    #[test]
+    fn events_stay_in_order_with_data() {
+        with_receiver(|rx, gate| {
+            let p = Pipe::new(Limits {
+                away_frames: 100,
+                ..limits()
+            });
+            p.reset_receiver();
+            p.push(data(1), &gate);
+            p.push_event("ev".into(), EventEffect::None);
+            p.push(data(2), &gate);
+            let w = p.attach(rx, 0).unwrap();
+            let mut d = Drained::default();
+            p.drain(ConnId(1), w, &mut d);
+            let kinds: Vec<_> = d
+                .items
+                .iter()
+                .map(|(_, i)| match i {
+                    Item::Data { seq, .. } => format!("d{seq}"),
+                    Item::Event { .. } => "ev".to_string(),
+                })
+                .collect();
+            assert_eq!(kinds, ["d1", "ev", "d2"]);
+        });
+    }
+
+    #[test]
+    fn a_backlog_closes_the_sender_gate_until_the_receiver_drains() {
+        with_receiver(|rx, gate| {
+            let p = Pipe::new(Limits {
+                max_buffered: 4 * 65536,
+                ..limits()
+            });
+            p.reset_receiver();
+            p.attach(rx, 0).unwrap();
+            let big = Frame::Binary(Bytes::from(vec![0u8; 40_000]));
+            assert_eq!(p.push(big.clone(), &gate), Pushed::Queued);
+            assert_eq!(p.push(big.clone(), &gate), Pushed::Backlogged);
+            assert!(gate.is_closed());
+            let mut d = Drained::default();
+            p.drain(ConnId(1), 0, &mut d);
+            assert!(!gate.is_closed(), "a drain lets the sender go on");
+        });
+    }
+
+    #[test]
+    fn a_stalled_receiver_over_the_limit_is_cut() {
+        with_receiver(|rx, gate| {
+            let p = Pipe::new(Limits {
+                max_buffered: 100_000,
+                stall: Duration::ZERO,
+                ..limits()
+            });
+            p.reset_receiver();
+            p.attach(rx, 0).unwrap();
+            let big = Frame::Binary(Bytes::from(vec![0u8; 60_000]));
+            p.push(big.clone(), &gate);
+            assert_eq!(p.cut_if_stalled(), None, "under the limit");
+            p.push(big.clone(), &gate);
+            assert_eq!(p.cut_if_stalled(), Some(ConnId(1)));
+            assert!(p.was_cut(ConnId(1)));
+            assert!(!gate.is_closed(), "the cut lets the sender go on");
+            // Now away: the away limits (3 frames) apply.
+            for _ in 0..3 {
+                assert_eq!(p.push(data(0), &gate), Pushed::Queued);
+            }
+            assert_eq!(p.push(data(9), &gate), Pushed::Overflow);
+        });
+    }
+
+    #[test]
+    fn the_hard_cap_cuts_at_once() {
+        with_receiver(|rx, gate| {
+            let p = Pipe::new(Limits {
+                max_buffered: 100_000,
+                ..limits()
+            });
+            p.reset_receiver();
+            p.attach(rx, 0).unwrap();
+            let big = Frame::Binary(Bytes::from(vec![0u8; 60_000]));
+            let mut results = Vec::new();
+            for _ in 0..8 {
+                // Drain between pushes, so only the unacknowledged bytes grow.
+                results.push(p.push(big.clone(), &gate));
+                p.drain(ConnId(1), u64::MAX, &mut Drained::default());
+            }
+            // 400,000 bytes is the cap: the seventh frame crosses it.
+            assert_eq!(results[6], Pushed::SlowConsumer(ConnId(1)), "{results:?}");
+            assert!(
+                results[..6].iter().all(|r| *r == Pushed::Queued),
+                "{results:?}"
+            );
+        });
     }
 }

@@ -70,6 +70,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         join_rate: config.join_rate,
         limits: Limits {
             max_buffered: config.max_buffered,
+            stall: config.heartbeat_timeout,
             away_frames: config.resume_buffer_frames,
             away_bytes: config.resume_buffer_bytes,
         },

@@ -180,6 +180,15 @@ impl Relay {
         }
     }
 
+    /// Waits until the log holds a line containing `needle` (fails after [`WAIT`]).
+    pub async fn wait_logged(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.logged(needle) {
+            assert!(Instant::now() < deadline, "never logged {needle:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Whether the log holds a line containing `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.logs.lock().unwrap().iter().any(|l| l.contains(needle))

@@ -15,6 +15,8 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::Stream;
 
+use crate::pipe::Gate;
+
 /// One thing read from a client.
 #[derive(Debug)]
 pub enum Inbound {
@@ -45,6 +47,8 @@ struct Partial {
 /// The stream of [`Inbound`] items of one connection.
 pub struct Frames<S> {
     body: S,
+    /// Closed while the peer is behind: nothing more is read from the client.
+    gate: std::sync::Arc<Gate>,
     codec: Codec,
     buf: BytesMut,
     max: usize,
@@ -56,10 +60,12 @@ pub struct Frames<S> {
 }
 
 impl<S> Frames<S> {
-    /// Reads frames of at most `max` bytes (whole messages too) from `body`.
-    pub fn new(body: S, max: usize) -> Self {
+    /// Reads frames of at most `max` bytes (whole messages too) from
+    /// `body`, while `gate` is open.
+    pub fn new(body: S, max: usize, gate: std::sync::Arc<Gate>) -> Self {
         Frames {
             body,
+            gate,
             codec: Codec::new().max_size(max),
             buf: BytesMut::with_capacity(4096),
             max,
@@ -150,6 +156,9 @@ where
         if this.done {
             return Poll::Ready(None);
         }
+        if this.gate.poll_open(cx).is_pending() {
+            return Poll::Pending;
+        }
         loop {
             // actix's parser only reports an oversized frame once all of it
             // is buffered; refuse it from its header instead.
@@ -220,7 +229,7 @@ mod tests {
             .chunks(chunk)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
-        let frames = Frames::new(stream::iter(chunks), max);
+        let frames = Frames::new(stream::iter(chunks), max, Gate::new());
         actix::System::new().block_on(frames.collect())
     }
 

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::conns::{ConnCommand, ConnId, Killer, Liveness};
 use crate::metrics::DisconnectReason;
-use crate::pipe::{Drained, EventEffect, Frame, Item, Pushed, Status, Wake};
+use crate::pipe::{Drained, EventEffect, Frame, Gate, Item, Pushed, Status, Wake};
 use crate::registry::{Client, Departure, Gone, Join, Link, Overflowed, Refusal, Register, Resume};
 use crate::server::AppState;
 use decode::{Frames, Inbound};
@@ -32,6 +32,9 @@ const MARKER_BYTES: usize = 64 * 1024;
 /// Written frames after which the socket sends a position ping anyway, so a
 /// stream of small frames is acknowledged often enough to trim the buffer.
 const MARKER_FRAMES: u32 = 64;
+
+/// How often a paused sender checks whether its peer stopped reading.
+const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Accepts a WebSocket on `/mac` or `/browser` and starts its actor.
 ///
@@ -55,6 +58,8 @@ pub fn accept(
         addr,
         state,
         killer: killer.map(Arc::new),
+        gate: Gate::new(),
+        stall_watch: None,
         live: None,
         body: Some(body),
         link: None,
@@ -85,6 +90,10 @@ pub struct Socket {
     state: Arc<AppState>,
     /// Cuts the TCP socket when the actor cannot run (see `conns`).
     killer: Option<Arc<Killer>>,
+    /// Closed by the peer's pipe while the peer is behind; pauses reading.
+    gate: Arc<Gate>,
+    /// Checks the peer for a stall while the gate is closed.
+    stall_watch: Option<SpawnHandle>,
     /// Stamped on every sign of life from the client.
     live: Option<Liveness>,
     /// The request body, until `started` turns it into the frame stream.
@@ -118,7 +127,7 @@ impl Actor for Socket {
     fn started(&mut self, ctx: &mut Self::Context) {
         let cfg = Arc::clone(&self.state.config);
         if let Some(body) = self.body.take() {
-            ctx.add_stream(Frames::new(body, cfg.max_frame));
+            ctx.add_stream(Frames::new(body, cfg.max_frame, Arc::clone(&self.gate)));
         }
         let addr = ctx.address();
         self.live = Some(
@@ -143,7 +152,9 @@ impl Actor for Socket {
             act.send_marker(ctx);
             let sent = Instant::now();
             ctx.run_later(timeout, move |act, ctx| {
-                if act.last_pong < sent {
+                // A paused socket reads nothing, its pongs included; its
+                // client was sending, so it is alive.
+                if act.last_pong < sent && !act.gate.is_closed() {
                     act.close(
                         ctx,
                         CloseCode::GoingAway,
@@ -384,6 +395,42 @@ impl Socket {
         }
     }
 
+    /// While the gate is closed (the peer is behind), checks every second
+    /// whether the peer stopped reading altogether, and keeps this socket
+    /// counted as alive: it reads nothing, but its client is not silent.
+    fn watch_stall(&mut self, ctx: &mut WebsocketContext<Self>) {
+        if self.stall_watch.is_some() {
+            return;
+        }
+        self.stall_watch = Some(ctx.run_interval(STALL_CHECK, |act, ctx| {
+            if !act.gate.is_closed() {
+                if let Some(h) = act.stall_watch.take() {
+                    ctx.cancel_future(h);
+                }
+                return;
+            }
+            if let Some(live) = &act.live {
+                live.touch();
+            }
+            if let Some(peer) = act.link.as_ref().and_then(|l| l.outbound.cut_if_stalled()) {
+                act.peer_cut(peer);
+            }
+        }));
+    }
+
+    /// The peer was cut as a slow consumer: tell the registry now, as its
+    /// socket may be stalled and only notice when the TCP cut reaches it.
+    fn peer_cut(&self, peer: ConnId) {
+        let Some(link) = &self.link else { return };
+        warn!(conn = %peer, peer_of = %self.id, "peer stopped reading; cutting it");
+        self.state.registry.gone(Gone {
+            session_id: Arc::clone(&link.session_id),
+            role: self.role.peer(),
+            conn: peer,
+            how: Departure::Dropped,
+        });
+    }
+
     /// A data frame from the client.
     fn on_data(&mut self, frame: Frame, ctx: &mut WebsocketContext<Self>) {
         let Some(link) = &self.link else {
@@ -391,10 +438,20 @@ impl Socket {
             return;
         };
         let len = frame.len() as u64;
-        match link.outbound.push(frame) {
-            Pushed::Queued | Pushed::SlowConsumer(_) => {
+        match link.outbound.push(frame, &self.gate) {
+            Pushed::Queued => {
                 self.state.metrics.frames_local.inc();
                 self.state.metrics.bytes_local.inc_by(len);
+            }
+            Pushed::SlowConsumer(peer) => {
+                self.state.metrics.frames_local.inc();
+                self.state.metrics.bytes_local.inc_by(len);
+                self.peer_cut(peer);
+            }
+            Pushed::Backlogged => {
+                self.state.metrics.frames_local.inc();
+                self.state.metrics.bytes_local.inc_by(len);
+                self.watch_stall(ctx);
             }
             Pushed::NotPaired => self.send_error(ctx, ErrorCode::NotPaired, None),
             Pushed::Overflow => self.state.registry.overflowed(Overflowed {
