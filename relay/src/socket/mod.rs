@@ -304,6 +304,38 @@ impl Socket {
         }
     }
 
+    /// Asks the registry for a place in a session, reading nothing else from
+    /// the client until it answers (so frames sent right after the request
+    /// are handled once the socket is in the session). On success, replies
+    /// and writes whatever is already queued; on refusal, says why.
+    fn ask<T: 'static>(
+        &mut self,
+        ctx: &mut WebsocketContext<Self>,
+        request: impl Future<Output = Result<T, Refusal>> + 'static,
+        accept: fn(T) -> (Link, ServerMessage),
+    ) {
+        ctx.wait(
+            request
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(v) => {
+                        let (link, reply) = accept(v);
+                        act.linked(link, ctx);
+                        act.send(ctx, &reply);
+                        act.flush(ctx);
+                    }
+                    Err(r) => {
+                        // A person may retype a code: a socket still in its handshake
+                        // gets the full handshake time again.
+                        if act.handshake_timer.is_some() {
+                            act.arm_handshake_timer(ctx);
+                        }
+                        act.refuse(ctx, r);
+                    }
+                }),
+        );
+    }
+
     /// Takes a place in a session and writes whatever is already queued.
     fn linked(&mut self, link: Link, ctx: &mut WebsocketContext<Self>) {
         self.cancel_handshake_timer(ctx);
@@ -515,21 +547,15 @@ impl Socket {
                     client_id,
                 };
                 let registry = self.state.registry.clone();
-                let fut = async move { registry.register(msg).await };
-                ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-                    Ok(r) => {
-                        let reply = ServerMessage::Registered {
-                            code: r.code,
-                            expires_at: r.expires_at,
-                            session_id: r.link.session_id.to_string(),
-                            resume_token: r.resume_token,
-                        };
-                        act.linked(r.link, ctx);
-                        act.send(ctx, &reply);
-                        act.flush(ctx);
-                    }
-                    Err(r) => act.refuse(ctx, r),
-                }));
+                self.ask(ctx, async move { registry.register(msg).await }, |r| {
+                    let reply = ServerMessage::Registered {
+                        code: r.code,
+                        expires_at: r.expires_at,
+                        session_id: r.link.session_id.to_string(),
+                        resume_token: r.resume_token,
+                    };
+                    (r.link, reply)
+                });
             }
             (ClientMessage::Join { code }, Role::Browser) => {
                 self.malformed = 0;
@@ -538,23 +564,13 @@ impl Socket {
                     code,
                 };
                 let registry = self.state.registry.clone();
-                let fut = async move { registry.join(msg).await };
-                ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-                    Ok(j) => {
-                        let reply = ServerMessage::Joined {
-                            session_id: j.link.session_id.to_string(),
-                            resume_token: j.resume_token,
-                        };
-                        act.linked(j.link, ctx);
-                        act.send(ctx, &reply);
-                        act.flush(ctx);
-                    }
-                    Err(r) => {
-                        // A person may retype the code: give them the handshake time again.
-                        act.arm_handshake_timer(ctx);
-                        act.refuse(ctx, r);
-                    }
-                }));
+                self.ask(ctx, async move { registry.join(msg).await }, |j| {
+                    let reply = ServerMessage::Joined {
+                        session_id: j.link.session_id.to_string(),
+                        resume_token: j.resume_token,
+                    };
+                    (j.link, reply)
+                });
             }
             (
                 ClientMessage::Resume {
@@ -573,19 +589,13 @@ impl Socket {
                     last_seq,
                 };
                 let registry = self.state.registry.clone();
-                let fut = async move { registry.resume(msg).await };
-                ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-                    Ok(r) => {
-                        let reply = ServerMessage::Resumed {
-                            session_id: r.link.session_id.to_string(),
-                            last_seq: r.accepted,
-                        };
-                        act.linked(r.link, ctx);
-                        act.send(ctx, &reply);
-                        act.flush(ctx);
-                    }
-                    Err(r) => act.refuse(ctx, r),
-                }));
+                self.ask(ctx, async move { registry.resume(msg).await }, |r| {
+                    let reply = ServerMessage::Resumed {
+                        session_id: r.link.session_id.to_string(),
+                        last_seq: r.accepted,
+                    };
+                    (r.link, reply)
+                });
             }
             (ClientMessage::Register { .. }, Role::Browser) => {
                 self.malformed(
