@@ -1,5 +1,7 @@
 //! The `relay` binary: parses settings, sets up logging, runs a node.
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 use relay::Config;
 use relay::config::LogFormat;
@@ -49,7 +51,8 @@ fn init_logging(config: &Config) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
