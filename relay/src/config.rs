@@ -13,9 +13,18 @@ pub struct Config {
     #[arg(long, env = "RELAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Redis URL shared by the nodes of a cluster; empty runs one node with an in-memory registry.
+    /// Redis shared by the nodes of a cluster (`redis://`, `rediss://`, or
+    /// `redis+sentinel://host:port,host:port/service`); empty runs one node with an in-memory registry.
     #[arg(long, env = "RELAY_REDIS_URL", default_value = "")]
     pub redis_url: String,
+
+    /// Longest a Redis command may take before it counts as failed.
+    #[arg(long, env = "RELAY_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// How long a node's lease in Redis lasts without renewal; a node silent this long is dead.
+    #[arg(long, env = "RELAY_LEASE_TTL", default_value = "3s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
 
     /// Name of this node in logs and metrics; empty uses $HOSTNAME or a random name.
     #[arg(long, env = "RELAY_NODE_ID", default_value = "")]
@@ -147,9 +156,10 @@ impl Config {
     /// A sentence naming the setting to change.
     pub fn validate(&self) -> Result<(), String> {
         if !self.redis_url.is_empty() {
-            return Err("RELAY_REDIS_URL is set, but this build runs one node only \
-                        (clustering through Redis is not built yet); unset it to run the in-memory relay"
-                .into());
+            crate::cluster::RedisTarget::parse(&self.redis_url)?;
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err("RELAY_LEASE_TTL must be at least 1s".into());
         }
         if self.max_frame < 64 {
             return Err("RELAY_MAX_FRAME must be at least 64 bytes".into());
@@ -162,6 +172,7 @@ impl Config {
         }
         for (name, d) in [
             ("RELAY_CODE_TTL", self.code_ttl),
+            ("RELAY_REDIS_TIMEOUT", self.redis_timeout),
             ("RELAY_HEARTBEAT_INTERVAL", self.heartbeat_interval),
             ("RELAY_HEARTBEAT_TIMEOUT", self.heartbeat_timeout),
             ("RELAY_HANDSHAKE_TIMEOUT", self.handshake_timeout),

@@ -2,7 +2,8 @@
 //! come from small fixed sets (never a code or session id).
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use relay_protocol::{ErrorCode, Role};
 
@@ -111,7 +112,39 @@ pub struct Metrics {
     pub resume_buffer_overflows: IntCounter,
     /// 1 while the node drains.
     pub draining: IntGauge,
+    /// Data frames sent to another node through Redis.
+    pub frames_remote: IntCounter,
+    /// Bytes of data frames sent to another node through Redis.
+    pub bytes_remote: IntCounter,
+    /// 1 while the Redis command connection is up (cluster mode).
+    pub redis_up: IntGauge,
+    /// Failed Redis commands, by operation.
+    pub redis_errors: IntCounterVec,
+    /// Redis command latency, by operation.
+    pub redis_seconds: HistogramVec,
+    /// Pub/sub messages received on this node's channel.
+    pub pubsub_in: IntCounter,
+    /// Pub/sub messages published.
+    pub pubsub_out: IntCounter,
+    /// Bytes queued for publishing.
+    pub bus_queued_bytes: IntGauge,
+    /// Envelopes from other nodes that could not be read.
+    pub bus_malformed: IntCounter,
+    /// Times this node's own probe did not come back (it resubscribed).
+    pub probe_failures: IntCounter,
+    /// Nodes whose lease is live, as last seen by this node.
+    pub nodes_live: IntGauge,
+    /// Lease renewals that failed.
+    pub lease_failures: IntCounter,
+    /// Dead nodes this node cleaned up after.
+    pub nodes_reaped: IntCounter,
 }
+
+/// Operation label values of the Redis metrics.
+pub const REDIS_OPS: [&str; 12] = [
+    "publish", "register", "join", "resume", "away", "end", "expire", "grace", "lease", "nodes",
+    "checkpoint", "reap",
+];
 
 impl Metrics {
     /// Creates and registers every metric.
@@ -157,7 +190,35 @@ impl Metrics {
             ),
             &["path"],
         )?;
+        let redis_errors = IntCounterVec::new(
+            Opts::new("relay_redis_errors_total", "Failed Redis commands, by operation."),
+            &["op"],
+        )?;
+        let redis_seconds = HistogramVec::new(
+            HistogramOpts::new("relay_redis_command_seconds", "Redis command latency, by operation.")
+                .buckets(vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            &["op"],
+        )?;
         let m = Metrics {
+            frames_remote: frames.with_label_values(&["redis"]),
+            bytes_remote: bytes.with_label_values(&["redis"]),
+            redis_up: IntGauge::new("relay_redis_up", "1 while the Redis connection is up (cluster mode).")?,
+            redis_errors,
+            redis_seconds,
+            pubsub_in: IntCounter::new("relay_pubsub_messages_in_total", "Pub/sub messages received.")?,
+            pubsub_out: IntCounter::new("relay_pubsub_messages_out_total", "Pub/sub messages published.")?,
+            bus_queued_bytes: IntGauge::new("relay_bus_queued_bytes", "Bytes waiting to be published.")?,
+            bus_malformed: IntCounter::new(
+                "relay_bus_malformed_total",
+                "Envelopes from other nodes that could not be read.",
+            )?,
+            probe_failures: IntCounter::new(
+                "relay_pubsub_probe_failures_total",
+                "Times the node's own probe did not come back (it resubscribed).",
+            )?,
+            nodes_live: IntGauge::new("relay_cluster_nodes_live", "Nodes with a live lease, as seen by this node.")?,
+            lease_failures: IntCounter::new("relay_lease_failures_total", "Lease renewals that failed.")?,
+            nodes_reaped: IntCounter::new("relay_nodes_reaped_total", "Dead nodes this node cleaned up after.")?,
             sessions_live: IntGauge::new(
                 "relay_sessions_live",
                 "Sessions registered and not over.",
@@ -209,6 +270,20 @@ impl Metrics {
         m.registry
             .register(Box::new(m.resume_buffer_overflows.clone()))?;
         m.registry.register(Box::new(m.draining.clone()))?;
+        m.registry.register(Box::new(m.redis_up.clone()))?;
+        m.registry.register(Box::new(m.redis_errors.clone()))?;
+        m.registry.register(Box::new(m.redis_seconds.clone()))?;
+        m.registry.register(Box::new(m.pubsub_in.clone()))?;
+        m.registry.register(Box::new(m.pubsub_out.clone()))?;
+        m.registry.register(Box::new(m.bus_queued_bytes.clone()))?;
+        m.registry.register(Box::new(m.bus_malformed.clone()))?;
+        m.registry.register(Box::new(m.probe_failures.clone()))?;
+        m.registry.register(Box::new(m.nodes_live.clone()))?;
+        m.registry.register(Box::new(m.lease_failures.clone()))?;
+        m.registry.register(Box::new(m.nodes_reaped.clone()))?;
+        for op in REDIS_OPS {
+            m.redis_errors.with_label_values(&[op]);
+        }
 
         // Pre-create every label value so dashboards see zeros, not gaps.
         for role in [Role::Mac, Role::Browser] {

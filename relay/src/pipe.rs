@@ -28,7 +28,10 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use relay_protocol::CloseCode;
 
+use crate::cluster::bus::Bus;
+use crate::cluster::envelope::Envelope;
 use crate::conns::{ConnId, Killer};
+use relay_protocol::Role;
 
 /// Bookkeeping bytes charged per queued entry, so a flood of tiny frames is
 /// bounded by memory actually used, not only by payload bytes.
@@ -129,7 +132,8 @@ impl Gate {
         Arc::new(Gate::default())
     }
 
-    fn close(&self) {
+    /// Closes the gate: the reader stops at its next frame.
+    pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
     }
 
@@ -187,6 +191,22 @@ enum State {
     },
     /// The session is over; pushes are refused.
     Closed,
+    /// The receiver is on another node: frames are published to it and
+    /// kept here until it acknowledges them (the replay source if it moves).
+    Remote(Peer),
+}
+
+/// The other node of a cross-node direction, and how to reach it.
+#[derive(Clone)]
+pub struct Peer {
+    /// The bus to publish on.
+    pub bus: Arc<Bus>,
+    /// The node on the other end.
+    pub node: Arc<str>,
+    /// The session.
+    pub sid: Arc<str>,
+    /// The side this pipe delivers to.
+    pub to: Role,
 }
 
 /// Bounds of one pipe.
@@ -223,11 +243,18 @@ impl Limits {
 /// What became of a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
-    /// Queued for the receiver (attached or away).
-    Queued,
+    /// Queued for the receiver (attached or away); `remote` when it was
+    /// published to the receiver's node.
+    Queued {
+        /// Sent through Redis to another node.
+        remote: bool,
+    },
     /// Queued; the receiver is behind, so the sender's gate is now closed
     /// until it catches up.
-    Backlogged,
+    Backlogged {
+        /// Sent through Redis to another node.
+        remote: bool,
+    },
     /// Queued; the receiver held more than allowed and is being closed (1013).
     SlowConsumer(ConnId),
     /// No receiver: the frame was refused (`NOT_PAIRED`).
@@ -235,6 +262,37 @@ pub enum Pushed {
     /// The absent receiver's buffer overflowed: the frame was dropped and its
     /// side must end (`RESUME_EXPIRED`). Reported once; later pushes see `NotPaired`.
     Overflow,
+}
+
+/// What became of a frame from another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FromPeer {
+    /// Queued for the receiver.
+    Queued,
+    /// Already had it (a resend).
+    Duplicate,
+    /// Frames before it are missing; ask the sender's node to resend from `next`.
+    Gap {
+        /// The pairing number expected next.
+        next: u64,
+    },
+    /// The receiver's side is over; nothing to deliver to.
+    Dropped,
+    /// Queued, and the receiver was cut as a slow consumer.
+    Cut(ConnId),
+}
+
+fn data_envelope(peer: &Peer, p: u64, item: &Item) -> Envelope {
+    let frame = match item {
+        Item::Data { frame, .. } => frame.clone(),
+        Item::Event { text, .. } => Frame::Text(text.clone()),
+    };
+    Envelope::Frame {
+        sid: peer.sid.to_string(),
+        to: peer.to,
+        p,
+        frame,
+    }
 }
 
 /// Why a receiver could not attach at the `lastSeq` it gave.
@@ -295,6 +353,11 @@ struct Inner {
     blocked: Option<Arc<Gate>>,
     /// When the receiver last acknowledged something (or attached).
     last_ack: Instant,
+    /// `seq` when the current pairing started: a frame's pairing number is
+    /// `seq - base`, the same on both nodes of a cross-node direction.
+    base: u64,
+    /// For a pipe fed from another node: where the sender's node waits for acks.
+    ack_to: Option<Peer>,
 }
 
 impl Inner {
@@ -335,6 +398,8 @@ impl Pipe {
                 cut: None,
                 blocked: None,
                 last_ack: Instant::now(),
+                base: 0,
+                ack_to: None,
             }),
             limits,
         })
@@ -364,7 +429,7 @@ impl Pipe {
                 *frames += 1;
                 *bytes += cost;
             }
-            State::Attached(_) => {}
+            State::Attached(_) | State::Remote(_) => {}
         }
         g.accepted += 1;
         g.seq += 1;
@@ -372,14 +437,32 @@ impl Pipe {
         g.next_pos += 1;
         g.bytes += cost;
         g.unwritten += cost;
-        g.entries.push_back(Entry {
-            pos,
-            seq,
-            item: Item::Data { seq, frame },
-        });
+        let item = Item::Data { seq, frame };
+        if let State::Remote(peer) = &g.state {
+            let env = data_envelope(peer, seq - g.base, &item);
+            let peer = peer.clone();
+            g.entries.push_back(Entry { pos, seq, item });
+            g.unwritten = 0;
+            // Kept until the remote receiver acknowledges: bounded like a local backlog.
+            let backlogged = g.bytes > self.limits.backlog();
+            if backlogged {
+                gate.close();
+                g.blocked = Some(Arc::clone(gate));
+            }
+            drop(g);
+            if !peer.bus.send(&peer.node, env) {
+                peer.bus.hold(gate);
+            }
+            return if backlogged {
+                Pushed::Backlogged { remote: true }
+            } else {
+                Pushed::Queued { remote: true }
+            };
+        }
+        g.entries.push_back(Entry { pos, seq, item });
 
         let State::Attached(rx) = &g.state else {
-            return Pushed::Queued;
+            return Pushed::Queued { remote: false };
         };
         let rx = rx.clone();
         if g.bytes > self.limits.hard_cap() {
@@ -398,9 +481,9 @@ impl Pipe {
             rx.wake.do_send(Wake);
         }
         if backlogged {
-            Pushed::Backlogged
+            Pushed::Backlogged { remote: false }
         } else {
-            Pushed::Queued
+            Pushed::Queued { remote: false }
         }
     }
 
@@ -468,6 +551,29 @@ impl Pipe {
                 wake.do_send(Wake);
             }
         }
+    }
+
+    /// Whether a receiver with `last_seq` frames could attach (read only).
+    ///
+    /// # Errors
+    /// The [`Gap`] [`Pipe::attach`] would report.
+    pub fn check(&self, last_seq: u64) -> Result<(), Gap> {
+        let g = self.lock();
+        if matches!(g.state, State::Closed) {
+            return Err(Gap::Closed);
+        }
+        if last_seq > g.seq {
+            return Err(Gap::Ahead { sent: g.seq });
+        }
+        let oldest = g
+            .entries
+            .iter()
+            .find_map(|e| matches!(e.item, Item::Data { .. }).then_some(e.seq))
+            .unwrap_or(g.seq + 1);
+        if last_seq + 1 < oldest {
+            return Err(Gap::Behind { oldest });
+        }
+        Ok(())
     }
 
     /// Registry side: `rx` reads the pipe from now on, having received
@@ -548,15 +654,18 @@ impl Pipe {
         let mut g = self.lock();
         g.clear();
         g.seq = 0;
-        g.state = State::Away {
-            frames: 0,
-            bytes: 0,
-        };
+        g.base = 0;
+        g.state = State::Away { frames: 0, bytes: 0 };
     }
 
     /// Registry side: a new sender (a new browser) starts counting from 0.
     pub fn reset_sender(&self) {
         self.lock().accepted = 0;
+    }
+
+    /// Registry side: the sender's count, when it moved here from another node.
+    pub fn set_accepted(&self, accepted: u64) {
+        self.lock().accepted = accepted;
     }
 
     /// Registry side: the session is over; nothing more is queued or written.
@@ -571,6 +680,231 @@ impl Pipe {
         }
         g.clear();
         g.state = State::Closed;
+    }
+
+    /// Receiver side of a cross-node direction: a frame published by the
+    /// sender's node, with its pairing number `p`. Duplicates (a resend) are
+    /// dropped; a gap means envelopes were lost and the sender must resend.
+    pub fn push_from_peer(&self, p: u64, frame: Frame) -> FromPeer {
+        let mut g = self.lock();
+        let have = g.seq - g.base;
+        if p <= have {
+            return FromPeer::Duplicate;
+        }
+        if p > have + 1 {
+            return FromPeer::Gap { next: have + 1 };
+        }
+        if matches!(g.state, State::Closed | State::NoReceiver) {
+            return FromPeer::Dropped;
+        }
+        let cost = ENTRY_OVERHEAD + frame.len();
+        g.seq += 1;
+        g.accepted += 1;
+        let (pos, seq) = (g.next_pos, g.seq);
+        g.next_pos += 1;
+        g.bytes += cost;
+        g.unwritten += cost;
+        g.entries.push_back(Entry { pos, seq, item: Item::Data { seq, frame } });
+        if g.bytes > self.limits.hard_cap() {
+            if let State::Attached(rx) = &g.state {
+                let rx = rx.clone();
+                return FromPeer::Cut(self.cut(g, rx));
+            }
+        }
+        self.wake_locked(g);
+        FromPeer::Queued
+    }
+
+    /// Sender side of a cross-node direction: the remote receiver read every
+    /// frame up to pairing number `p`.
+    pub fn ack_from_peer(&self, p: u64) {
+        let mut g = self.lock();
+        let upto = g.base + p;
+        while let Some(front) = g.entries.front() {
+            let done = match front.item {
+                Item::Data { seq, .. } => seq <= upto,
+                Item::Event { .. } => front.seq < upto,
+            };
+            if !done {
+                break;
+            }
+            let cost = front.cost();
+            g.entries.pop_front();
+            g.bytes -= cost;
+            g.last_ack = Instant::now();
+        }
+        if g.bytes <= self.limits.backlog() / 2 {
+            g.open_blocked();
+        }
+    }
+
+    /// Sender side: the receiver is (now) on another node and has every
+    /// frame up to pairing number `p_last`; send it the rest, then keep
+    /// publishing there.
+    ///
+    /// # Errors
+    /// [`Gap`] when `p_last` does not fit what was sent and acknowledged.
+    pub fn send_to_peer(&self, peer: Peer, p_last: u64) -> Result<(), Gap> {
+        let mut g = self.lock();
+        if matches!(g.state, State::Closed) {
+            return Err(Gap::Closed);
+        }
+        let last_seq = g.base + p_last;
+        if last_seq > g.seq {
+            return Err(Gap::Ahead { sent: g.seq - g.base });
+        }
+        let oldest = g
+            .entries
+            .iter()
+            .find_map(|e| matches!(e.item, Item::Data { .. }).then_some(e.seq))
+            .unwrap_or(g.seq + 1);
+        if last_seq + 1 < oldest {
+            return Err(Gap::Behind { oldest: oldest - g.base });
+        }
+        // Events are not carried across nodes (the receiver's node makes its own).
+        while let Some(front) = g.entries.front() {
+            let received = match front.item {
+                Item::Data { seq, .. } => seq <= last_seq,
+                Item::Event { .. } => true,
+            };
+            if !received {
+                break;
+            }
+            let cost = front.cost();
+            g.entries.pop_front();
+            g.bytes -= cost;
+        }
+        let base = g.base;
+        let envs: Vec<Envelope> = g
+            .entries
+            .iter()
+            .filter(|e| matches!(e.item, Item::Data { .. }))
+            .map(|e| data_envelope(&peer, e.seq - base, &e.item))
+            .collect();
+        g.entries.retain(|e| matches!(e.item, Item::Data { .. }));
+        g.bytes = g.entries.iter().map(Entry::cost).sum();
+        g.state = State::Remote(peer.clone());
+        g.unwritten = 0;
+        g.cut = None;
+        g.wake_pending = false;
+        g.last_ack = Instant::now();
+        drop(g);
+        for env in envs {
+            peer.bus.send(&peer.node, env);
+        }
+        Ok(())
+    }
+
+    /// Sender side: publishes again every held frame from pairing number
+    /// `from` on (envelopes were lost; the receiver drops what it has).
+    pub fn resend_to_peer(&self, from: u64) {
+        let g = self.lock();
+        let State::Remote(peer) = &g.state else { return };
+        let base = g.base;
+        let envs: Vec<Envelope> = g
+            .entries
+            .iter()
+            .filter(|e| matches!(e.item, Item::Data { .. }) && e.seq - base >= from)
+            .map(|e| data_envelope(peer, e.seq - base, &e.item))
+            .collect();
+        let peer = peer.clone();
+        drop(g);
+        for env in envs {
+            peer.bus.send(&peer.node, env);
+        }
+    }
+
+    /// The node this pipe publishes to, if its receiver is remote.
+    pub fn remote_node(&self) -> Option<Arc<str>> {
+        match &self.lock().state {
+            State::Remote(p) => Some(Arc::clone(&p.node)),
+            _ => None,
+        }
+    }
+
+    /// Sender side: the remote receiver went away; keep its frames within
+    /// the away limits until it comes back somewhere.
+    pub fn peer_away(&self) {
+        let mut g = self.lock();
+        if matches!(g.state, State::Remote(_)) {
+            g.state = State::Away { frames: 0, bytes: 0 };
+            g.open_blocked();
+        }
+    }
+
+    /// Starts a new pairing on this direction: frames are numbered from 1
+    /// again (`seq - base`), on both nodes.
+    pub fn start_pairing(&self) {
+        let mut g = self.lock();
+        g.base = g.seq;
+    }
+
+    /// Sets where acknowledgements of this (remotely fed) pipe are sent.
+    pub fn set_ack_to(&self, peer: Option<Peer>) {
+        self.lock().ack_to = peer;
+    }
+
+    /// The node acknowledgements go to, for a remotely fed pipe.
+    pub fn ack_node(&self) -> Option<Arc<str>> {
+        self.lock().ack_to.as_ref().map(|p| Arc::clone(&p.node))
+    }
+
+    /// Frames of the current pairing queued into this pipe so far.
+    pub fn pairing_count(&self) -> u64 {
+        let g = self.lock();
+        g.seq - g.base
+    }
+
+    /// `seq` at the start of the current pairing.
+    pub fn base(&self) -> u64 {
+        self.lock().base
+    }
+
+    /// A pipe fed from another node, for a receiver that already has
+    /// `last_seq` frames, the current pairing having started at `base`.
+    /// It queues (away) until a receiver attaches.
+    pub fn fed_from_peer(limits: Limits, last_seq: u64, base: u64, ack_to: Peer) -> Arc<Self> {
+        let pipe = Pipe::new(limits);
+        {
+            let mut g = pipe.lock();
+            g.seq = last_seq;
+            g.base = base.min(last_seq);
+            g.state = State::Away { frames: 0, bytes: 0 };
+            g.ack_to = Some(ack_to);
+        }
+        pipe
+    }
+
+    /// Takes the control messages queued for the receiver out of the pipe
+    /// (to hand them to the node it moved to).
+    pub fn take_events(&self) -> Vec<String> {
+        let mut g = self.lock();
+        let mut out = Vec::new();
+        let mut kept = VecDeque::with_capacity(g.entries.len());
+        for e in g.entries.drain(..) {
+            match &e.item {
+                Item::Event { text, .. } => out.push(text.to_string()),
+                Item::Data { .. } => kept.push_back(e),
+            }
+        }
+        g.entries = kept;
+        g.bytes = g.entries.iter().map(Entry::cost).sum();
+        out
+    }
+
+    /// A pipe that publishes to a receiver on another node, continuing a
+    /// pairing of which `p` frames were already sent, the sender having
+    /// `accepted` frames accepted in all.
+    pub fn sending_to_peer(limits: Limits, peer: Peer, p: u64, accepted: u64) -> Arc<Self> {
+        let pipe = Pipe::new(limits);
+        {
+            let mut g = pipe.lock();
+            g.seq = p;
+            g.base = 0;
+            g.accepted = accepted;
+            g.state = State::Remote(peer);
+        }
+        pipe
     }
 
     /// Data frames accepted from the sending side so far.
@@ -612,19 +946,50 @@ impl Pipe {
     /// Receiver side: the client read everything up to position `pos`.
     pub fn ack(&self, pos: u64) {
         let mut g = self.lock();
-        let mut progressed = false;
+        let mut acked_seq = None;
         while let Some(front) = g.entries.front() {
             if front.pos > pos {
                 break;
             }
+            if let Item::Data { seq, .. } = front.item {
+                acked_seq = Some(seq);
+            }
             let cost = front.cost();
             g.entries.pop_front();
             g.bytes -= cost;
-            progressed = true;
-        }
-        if progressed {
             g.last_ack = Instant::now();
         }
+        // A remotely fed pipe tells the sender's node, which may then forget.
+        if let (Some(seq), Some(peer)) = (acked_seq, &g.ack_to) {
+            if seq > g.base {
+                let env = Envelope::Ack {
+                    sid: peer.sid.to_string(),
+                    to: peer.to,
+                    p: seq - g.base,
+                };
+                let peer = peer.clone();
+                drop(g);
+                peer.bus.send(&peer.node, env);
+            }
+        }
+    }
+
+    /// Receiver side, fed from another node: cuts the receiver if it holds
+    /// more than `max_buffered` and acknowledged nothing for the stall time
+    /// (there is no local sender to notice).
+    pub fn cut_if_stalled_receiver(&self) -> Option<ConnId> {
+        let g = self.lock();
+        if g.ack_to.is_none() {
+            return None;
+        }
+        let State::Attached(rx) = &g.state else {
+            return None;
+        };
+        if g.bytes <= self.limits.max_buffered || g.last_ack.elapsed() < self.limits.stall {
+            return None;
+        }
+        let rx = rx.clone();
+        Some(self.cut(g, rx))
     }
 
     /// Bytes currently held (queued and unacknowledged), with overhead.
@@ -701,7 +1066,7 @@ mod tests {
         let gate = Gate::new();
         p.reset_receiver(); // away, as a freshly joined browser before attach
         for i in 0..3 {
-            assert_eq!(p.push(data(i), &gate), Pushed::Queued);
+            assert_eq!(p.push(data(i), &gate), Pushed::Queued { remote: false });
         }
         assert_eq!(p.push(data(9), &gate), Pushed::Overflow);
         assert_eq!(p.push(data(9), &gate), Pushed::NotPaired);
@@ -791,8 +1156,8 @@ mod tests {
             p.reset_receiver();
             p.attach(rx, 0).unwrap();
             let big = Frame::Binary(Bytes::from(vec![0u8; 40_000]));
-            assert_eq!(p.push(big.clone(), &gate), Pushed::Queued);
-            assert_eq!(p.push(big.clone(), &gate), Pushed::Backlogged);
+            assert_eq!(p.push(big.clone(), &gate), Pushed::Queued { remote: false });
+            assert_eq!(p.push(big.clone(), &gate), Pushed::Backlogged { remote: false });
             assert!(gate.is_closed());
             let mut d = Drained::default();
             p.drain(ConnId(1), 0, &mut d);
@@ -819,7 +1184,7 @@ mod tests {
             assert!(!gate.is_closed(), "the cut lets the sender go on");
             // Now away: the away limits (3 frames) apply.
             for _ in 0..3 {
-                assert_eq!(p.push(data(0), &gate), Pushed::Queued);
+                assert_eq!(p.push(data(0), &gate), Pushed::Queued { remote: false });
             }
             assert_eq!(p.push(data(9), &gate), Pushed::Overflow);
         });
@@ -844,7 +1209,7 @@ mod tests {
             // 400,000 bytes is the cap: the seventh frame crosses it.
             assert_eq!(results[6], Pushed::SlowConsumer(ConnId(1)), "{results:?}");
             assert!(
-                results[..6].iter().all(|r| *r == Pushed::Queued),
+                results[..6].iter().all(|r| *r == Pushed::Queued { remote: false }),
                 "{results:?}"
             );
         });

@@ -19,7 +19,9 @@ use crate::config::Config;
 use crate::conns::{Connections, Killer, RawSocket};
 use crate::metrics::Metrics;
 use crate::pipe::Limits;
-use crate::registry::{MemoryRegistry, RegistryHandle, RegistrySettings};
+use crate::cluster::bus::Bus;
+use crate::cluster::{Redis, RedisTarget};
+use crate::registry::{ClusterRegistry, MemoryRegistry, RegistryHandle, RegistrySettings};
 use crate::{shutdown, socket};
 
 /// Floor of the HTTP request-head timeout (see `client_request_timeout` below).
@@ -37,12 +39,34 @@ pub struct AppState {
     pub conns: Connections,
     /// Set once the node starts draining.
     pub draining: AtomicBool,
+    /// Redis and the bus, in cluster mode.
+    pub cluster: Option<ClusterHealth>,
+}
+
+/// What decides whether a cluster node can take sessions.
+pub struct ClusterHealth {
+    /// The Redis connection.
+    pub redis: Arc<Redis>,
+    /// The pub/sub bus.
+    pub bus: Arc<Bus>,
 }
 
 impl AppState {
     /// Whether the node is draining (no new sessions).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Why the node cannot take new sessions now, if it cannot.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if self.is_draining() {
+            return Some("draining");
+        }
+        match &self.cluster {
+            Some(c) if !c.redis.is_up() => Some("redis unreachable"),
+            Some(c) if !c.bus.is_listening() => Some("pub/sub not delivering"),
+            _ => None,
+        }
     }
 }
 
@@ -75,13 +99,33 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
             away_bytes: config.resume_buffer_bytes,
         },
     };
-    let registry = MemoryRegistry::new(settings, Arc::clone(&metrics)).start();
+    let (registry, cluster) = if config.redis_url.is_empty() {
+        let addr = MemoryRegistry::new(settings, Arc::clone(&metrics)).start();
+        (RegistryHandle::new(&addr), None)
+    } else {
+        let target = RedisTarget::parse(&config.redis_url).map_err(anyhow::Error::msg)?;
+        let redis = Redis::start(target, config.redis_timeout, Arc::clone(&metrics));
+        let node: Arc<str> = Arc::from(node_id.as_str());
+        let (addr, bus) = ClusterRegistry::start(
+            settings,
+            Arc::clone(&metrics),
+            node,
+            Arc::clone(&redis),
+            config.lease_ttl,
+        );
+        (RegistryHandle::new(&addr), Some(ClusterHealth { redis, bus }))
+    };
+    let registry_kind = match &cluster {
+        Some(c) => format!("redis ({})", c.redis.describe()),
+        None => "memory".to_owned(),
+    };
     let state = Arc::new(AppState {
         config: Arc::clone(&config),
         metrics,
-        registry: RegistryHandle::new(&registry),
+        registry,
         conns: Connections::new(),
         draining: AtomicBool::new(false),
+        cluster,
     });
 
     let listener = TcpListener::bind(config.listen)
@@ -122,7 +166,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
     info!(
         addr = %addr,
         node = %node_id,
-        registry = "memory",
+        registry = %registry_kind,
         workers,
         code_ttl = %humantime::format_duration(config.code_ttl),
         grace = %humantime::format_duration(config.grace),
@@ -245,14 +289,11 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.is_draining() {
-        HttpResponse::ServiceUnavailable()
+    match state.not_ready() {
+        Some(why) => HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
-            .body("draining\n")
-    } else {
-        HttpResponse::Ok()
-            .content_type("text/plain")
-            .body("ready\n")
+            .body(format!("{why}\n")),
+        None => HttpResponse::Ok().content_type("text/plain").body("ready\n"),
     }
 }
 

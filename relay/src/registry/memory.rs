@@ -326,6 +326,7 @@ impl MemoryRegistry {
         let accepted = s.pipe_to(role.peer()).accepted();
         Ok(Resumed {
             accepted,
+            events: Vec::new(),
             link: s.link(role, written),
         })
     }

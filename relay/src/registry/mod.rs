@@ -4,6 +4,7 @@
 //! without touching them. It is asked at set-up time (register, join, resume)
 //! and told when sides leave; it is never on the per-frame path.
 
+mod cluster;
 mod memory;
 mod secret;
 mod session;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use relay_protocol::{CloseCode, ErrorCode, Role};
 
+pub use cluster::ClusterRegistry;
 pub use memory::{MemoryRegistry, RegistrySettings};
 
 use crate::conns::{ConnCommand, ConnId, Killer};
@@ -161,6 +163,9 @@ pub struct Resume {
 pub struct Resumed {
     /// Data frames the relay accepted from this side.
     pub accepted: u64,
+    /// Control messages to write right after `resumed` (what happened while
+    /// the side was away, when it comes back on another node).
+    pub events: Vec<String>,
     /// The socket's place in the session.
     pub link: Link,
 }

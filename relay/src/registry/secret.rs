@@ -24,6 +24,11 @@ impl TokenHash {
         TokenHash(Sha256::digest(token.as_bytes()).into())
     }
 
+    /// The hash in hex, as stored in Redis.
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Whether `token` hashes to this, in time independent of where they differ.
     pub fn matches(&self, token: &str) -> bool {
         Self::of(token).0.ct_eq(&self.0).into()

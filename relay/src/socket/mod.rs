@@ -312,16 +312,19 @@ impl Socket {
         &mut self,
         ctx: &mut WebsocketContext<Self>,
         request: impl Future<Output = Result<T, Refusal>> + 'static,
-        accept: fn(T) -> (Link, ServerMessage),
+        accept: fn(T) -> (Link, ServerMessage, Vec<String>),
     ) {
         ctx.wait(
             request
                 .into_actor(self)
                 .map(move |res, act, ctx| match res {
                     Ok(v) => {
-                        let (link, reply) = accept(v);
+                        let (link, reply, events) = accept(v);
                         act.linked(link, ctx);
                         act.send(ctx, &reply);
+                        for e in events {
+                            ctx.text(e);
+                        }
                         act.flush(ctx);
                     }
                     Err(r) => {
@@ -470,19 +473,24 @@ impl Socket {
             return;
         };
         let len = frame.len() as u64;
+        let metrics = &self.state.metrics;
+        let count = |remote: bool| {
+            let (frames, bytes) = if remote {
+                (&metrics.frames_remote, &metrics.bytes_remote)
+            } else {
+                (&metrics.frames_local, &metrics.bytes_local)
+            };
+            frames.inc();
+            bytes.inc_by(len);
+        };
         match link.outbound.push(frame, &self.gate) {
-            Pushed::Queued => {
-                self.state.metrics.frames_local.inc();
-                self.state.metrics.bytes_local.inc_by(len);
-            }
+            Pushed::Queued { remote } => count(remote),
             Pushed::SlowConsumer(peer) => {
-                self.state.metrics.frames_local.inc();
-                self.state.metrics.bytes_local.inc_by(len);
+                count(false);
                 self.peer_cut(peer);
             }
-            Pushed::Backlogged => {
-                self.state.metrics.frames_local.inc();
-                self.state.metrics.bytes_local.inc_by(len);
+            Pushed::Backlogged { remote } => {
+                count(remote);
                 self.watch_stall(ctx);
             }
             Pushed::NotPaired => self.send_error(ctx, ErrorCode::NotPaired, None),
@@ -554,7 +562,7 @@ impl Socket {
                         session_id: r.link.session_id.to_string(),
                         resume_token: r.resume_token,
                     };
-                    (r.link, reply)
+                    (r.link, reply, Vec::new())
                 });
             }
             (ClientMessage::Join { code }, Role::Browser) => {
@@ -569,7 +577,7 @@ impl Socket {
                         session_id: j.link.session_id.to_string(),
                         resume_token: j.resume_token,
                     };
-                    (j.link, reply)
+                    (j.link, reply, Vec::new())
                 });
             }
             (
@@ -594,7 +602,7 @@ impl Socket {
                         session_id: r.link.session_id.to_string(),
                         last_seq: r.accepted,
                     };
-                    (r.link, reply)
+                    (r.link, reply, r.events)
                 });
             }
             (ClientMessage::Register { .. }, Role::Browser) => {

@@ -1,0 +1,235 @@
+//! The registry's shared state in Redis, changed only by these Lua scripts so
+//! that every change is atomic cluster-wide (one code per session, one browser
+//! per session, one node ending a side or expiring a code).
+//!
+//! Keys, all under `relay:`:
+//! - `code:<CODE>` -> session id, while the code can be joined.
+//! - `xcode:<CODE>` -> a code that expired (10 min), for `EXPIRED_CODE`.
+//! - `s:<sid>` hash: `code`, `live` (1 while joinable), and per side
+//!   (`m_` mac, `b_` browser): `tok` (SHA-256 of the resume token), `at`
+//!   (node), `conn`, `state` (`here`/`away`), `acc` (checkpoint of frames
+//!   accepted from it); `m_rbase`/`m_sbase`: the mac's receive and send
+//!   counts when the current browser joined.
+//! - `end:<sid>:<role>` -> `<ERROR_CODE>|<token hash>` of a side that ended (10 min).
+//! - `expiries` zset: session id by code expiry time.
+//! - `grace` zset: `<sid>|<role>` by the end of the side's grace period.
+//! - `sides:<node>` set: `<sid>|<role>` of the sides homed on a node.
+//! - `lease:<node>`, `nodes` set: node liveness.
+
+use redis::Script;
+
+/// Shared Lua that ends one side; expects `s`, `sid`, `role`, `pre`, `f`
+/// (HMGET of at, conn, tok, peer at, peer state, live, code, peer tok) and
+/// `ttl` (end-key lifetime in ms) to be set, and returns the script's reply.
+const END_SIDE: &str = r#"
+  redis.call('ZREM', pre .. 'grace', sid .. '|' .. role)
+  if f[1] then redis.call('SREM', pre .. 'sides:' .. f[1], sid .. '|' .. role) end
+  if role == 'browser' then
+    redis.call('HDEL', s, 'b_tok', 'b_at', 'b_conn', 'b_state', 'b_acc')
+    redis.call('SET', pre .. 'end:' .. sid .. ':browser', 'RESUME_EXPIRED|' .. f[3], 'PX', ttl)
+    return {'ok', f[4] or '', f[5] or '', f[6] or '0', f[7] or '', f[1] or ''}
+  end
+  redis.call('DEL', s)
+  if f[6] == '1' then redis.call('DEL', pre .. 'code:' .. f[7]) end
+  redis.call('ZREM', pre .. 'expiries', sid)
+  redis.call('SET', pre .. 'end:' .. sid .. ':mac', 'RESUME_EXPIRED|' .. f[3], 'PX', ttl)
+  if f[8] then
+    redis.call('SET', pre .. 'end:' .. sid .. ':browser', 'MAC_DISCONNECTED|' .. f[8], 'PX', ttl)
+    redis.call('ZREM', pre .. 'grace', sid .. '|browser')
+    if f[4] then redis.call('SREM', pre .. 'sides:' .. f[4], sid .. '|browser') end
+  end
+  return {'ok', f[4] or '', f[5] or '', f[6] or '0', f[7] or '', f[1] or ''}
+"#;
+
+/// Shared Lua that reads a side: sets `pre`, `sid`, `role`, `s`, `p`, `q`, `f`.
+const READ_SIDE: &str = r#"
+  local pre, sid, role = ARGV[1], ARGV[2], ARGV[3]
+  local s = pre .. 's:' .. sid
+  local p = (role == 'mac') and 'm_' or 'b_'
+  local q = (role == 'mac') and 'b_' or 'm_'
+  local f = redis.call('HMGET', s, p .. 'at', p .. 'conn', p .. 'tok', q .. 'at', q .. 'state', 'live', 'code', q .. 'tok', p .. 'state')
+"#;
+
+/// Every script of the registry, loaded once.
+pub struct Scripts {
+    /// Creates a session with a code, if the code is free.
+    pub register: Script,
+    /// Claims the browser side of a session by code.
+    pub join: Script,
+    /// Takes a side over with its token.
+    pub resume: Script,
+    /// Marks a side away and starts its grace period.
+    pub away: Script,
+    /// Ends a side for good (the mac's end ends the session).
+    pub end_side: Script,
+    /// Ends a side whose grace period is over, if no one did yet.
+    pub grace_end: Script,
+    /// Expires a code, once; ends the session if no browser joined.
+    pub expire_code: Script,
+    /// Marks the sides of a dead node away, once.
+    pub dead_node: Script,
+    /// Writes a checkpoint field if the session still exists.
+    pub checkpoint: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scripts {
+    /// Builds the scripts (they are sent to Redis on first use).
+    pub fn new() -> Self {
+        Scripts {
+            // KEYS: code, xcode, session, expiries, sides:<node>
+            // ARGV: sid, code, tok, node, conn, code_ttl_ms, expires_at_ms, session_ttl_ms
+            register: Script::new(
+                r#"
+                if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+                if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[6]) then return 0 end
+                redis.call('HSET', KEYS[3], 'code', ARGV[2], 'live', '1', 'm_tok', ARGV[3],
+                  'm_at', ARGV[4], 'm_conn', ARGV[5], 'm_state', 'here', 'm_acc', '0',
+                  'm_rbase', '0', 'm_sbase', '0')
+                redis.call('PEXPIRE', KEYS[3], ARGV[8])
+                redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
+                redis.call('SADD', KEYS[5], ARGV[1] .. '|mac')
+                return 1
+                "#,
+            ),
+            // KEYS: code, xcode   ARGV: pre, tok, node, conn, session_ttl_ms
+            join: Script::new(
+                r#"
+                local pre = ARGV[1]
+                local sid = redis.call('GET', KEYS[1])
+                if not sid then
+                  if redis.call('EXISTS', KEYS[2]) == 1 then return {'expired'} end
+                  return {'invalid'}
+                end
+                local s = pre .. 's:' .. sid
+                local f = redis.call('HMGET', s, 'live', 'b_tok', 'm_at', 'm_state')
+                if f[1] ~= '1' then return {'expired'} end
+                if f[2] then return {'taken'} end
+                redis.call('HSET', s, 'b_tok', ARGV[2], 'b_at', ARGV[3], 'b_conn', ARGV[4],
+                  'b_state', 'here', 'b_acc', '0')
+                redis.call('PEXPIRE', s, ARGV[5])
+                redis.call('SADD', pre .. 'sides:' .. ARGV[3], sid .. '|browser')
+                return {'ok', sid, f[3] or '', f[4] or ''}
+                "#,
+            ),
+            // ARGV: pre, sid, role, tok, node, conn, session_ttl_ms
+            resume: Script::new(&format!(
+                r#"
+                {READ_SIDE}
+                if f[3] ~= ARGV[4] then
+                  local e = redis.call('GET', pre .. 'end:' .. sid .. ':' .. role)
+                  if e then
+                    local sep = string.find(e, '|', 1, true)
+                    if sep and string.sub(e, sep + 1) == ARGV[4] then
+                      return {{'ended', string.sub(e, 1, sep - 1)}}
+                    end
+                  end
+                  return {{'invalid'}}
+                end
+                redis.call('HSET', s, p .. 'at', ARGV[5], p .. 'conn', ARGV[6], p .. 'state', 'here')
+                redis.call('PEXPIRE', s, ARGV[7])
+                redis.call('ZREM', pre .. 'grace', sid .. '|' .. role)
+                if f[1] ~= ARGV[5] then
+                  if f[1] then redis.call('SREM', pre .. 'sides:' .. f[1], sid .. '|' .. role) end
+                  redis.call('SADD', pre .. 'sides:' .. ARGV[5], sid .. '|' .. role)
+                end
+                local c = redis.call('HMGET', s, p .. 'acc', 'm_rbase', 'm_sbase')
+                return {{'ok', f[1] or '', f[2] or '', f[9] or '', f[4] or '', f[5] or '',
+                  f[7] or '', f[6] or '0', c[1] or '0', c[2] or '0', c[3] or '0'}}
+                "#
+            )),
+            // ARGV: pre, sid, role, node, conn, grace_deadline_ms
+            away: Script::new(&format!(
+                r#"
+                {READ_SIDE}
+                if f[1] ~= ARGV[4] or f[2] ~= ARGV[5] then return {{'stale'}} end
+                redis.call('HSET', s, p .. 'state', 'away')
+                redis.call('ZADD', pre .. 'grace', ARGV[6], sid .. '|' .. role)
+                return {{'ok', f[4] or '', f[5] or ''}}
+                "#
+            )),
+            // ARGV: pre, sid, role, node, conn ('' = whoever holds it), end_ttl_ms
+            end_side: Script::new(&format!(
+                r#"
+                {READ_SIDE}
+                if not f[3] then return {{'gone'}} end
+                if ARGV[5] ~= '' and (f[1] ~= ARGV[4] or f[2] ~= ARGV[5]) then return {{'stale'}} end
+                local ttl = ARGV[6]
+                {END_SIDE}
+                "#
+            )),
+            // ARGV: pre, sid, role, end_ttl_ms
+            grace_end: Script::new(&format!(
+                r#"
+                {READ_SIDE}
+                if redis.call('ZREM', pre .. 'grace', sid .. '|' .. role) == 0 then return {{'skip'}} end
+                if not f[3] or f[9] ~= 'away' then return {{'skip'}} end
+                local ttl = ARGV[4]
+                {END_SIDE}
+                "#
+            )),
+            // ARGV: pre, sid, claim ('1' = the code timer fired), end_ttl_ms, xcode_ttl_ms
+            expire_code: Script::new(
+                r#"
+                local pre, sid = ARGV[1], ARGV[2]
+                local s = pre .. 's:' .. sid
+                if ARGV[3] == '1' and redis.call('ZREM', pre .. 'expiries', sid) == 0 then return {'skip'} end
+                local f = redis.call('HMGET', s, 'live', 'code', 'b_tok', 'm_at', 'm_state', 'm_tok')
+                if not f[6] then return {'skip'} end
+                if f[1] == '1' then
+                  redis.call('HSET', s, 'live', '0')
+                  redis.call('DEL', pre .. 'code:' .. f[2])
+                  redis.call('SET', pre .. 'xcode:' .. f[2], '1', 'PX', ARGV[5])
+                end
+                if f[3] then return {'paired'} end
+                redis.call('DEL', s)
+                redis.call('ZREM', pre .. 'grace', sid .. '|mac')
+                redis.call('ZREM', pre .. 'expiries', sid)
+                if f[4] then redis.call('SREM', pre .. 'sides:' .. f[4], sid .. '|mac') end
+                redis.call('SET', pre .. 'end:' .. sid .. ':mac', 'RESUME_EXPIRED|' .. f[6], 'PX', ARGV[4])
+                return {'ended', f[4] or '', f[5] or '', f[2] or ''}
+                "#,
+            ),
+            // ARGV: pre, node, grace_deadline_ms
+            dead_node: Script::new(
+                r#"
+                local pre, node = ARGV[1], ARGV[2]
+                if redis.call('SREM', pre .. 'nodes', node) == 0 then return {} end
+                local out = {}
+                for _, m in ipairs(redis.call('SMEMBERS', pre .. 'sides:' .. node)) do
+                  local sep = string.find(m, '|', 1, true)
+                  local sid, role = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
+                  local s = pre .. 's:' .. sid
+                  local p = (role == 'mac') and 'm_' or 'b_'
+                  local q = (role == 'mac') and 'b_' or 'm_'
+                  local f = redis.call('HMGET', s, p .. 'at', p .. 'state', q .. 'at', q .. 'state')
+                  if f[1] == node then
+                    if f[2] == 'here' then
+                      redis.call('HSET', s, p .. 'state', 'away')
+                      redis.call('ZADD', pre .. 'grace', ARGV[3], m)
+                    end
+                    table.insert(out, sid)
+                    table.insert(out, role)
+                    table.insert(out, f[3] or '')
+                  end
+                end
+                redis.call('DEL', pre .. 'sides:' .. node)
+                return out
+                "#,
+            ),
+            // KEYS: session   ARGV: field, value [, field, value]
+            checkpoint: Script::new(
+                r#"
+                if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+                redis.call('HSET', KEYS[1], unpack(ARGV))
+                return 1
+                "#,
+            ),
+        }
+    }
+}

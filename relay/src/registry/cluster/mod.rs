@@ -1,0 +1,371 @@
+//! The cluster registry: the same messages as the in-memory registry, with
+//! the shared state in Redis (changed only through `cluster::scripts`) and
+//! node-to-node messages on the bus.
+//!
+//! Each node holds, per session, only what concerns the sides homed on it:
+//! - a side's inbound pipe: delivery to its socket, fed by a local sender or
+//!   by the sender's node over the bus;
+//! - a side's outbound pipe toward a peer on another node: frames are
+//!   published there and kept until the peer acknowledges them, so the peer
+//!   can be replayed to wherever it resumes, even if its node dies.
+//!
+//! A pair on one node is two local pipes, exactly as in the in-memory
+//! registry, and never touches Redis for its frames.
+//!
+//! Modules: `requests` answers the sockets (register, join, resume, gone),
+//! `peers` handles what other nodes say, `chores` runs the periodic work
+//! (code expiry, grace periods, dead nodes, resends, checkpoints).
+
+mod chores;
+mod peers;
+mod requests;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use relay_protocol::{Role, ServerMessage};
+use tokio::sync::oneshot;
+
+use super::{Link, RegistrySettings, SessionId};
+use crate::cluster::bus::{Bus, Dispatch};
+use crate::cluster::envelope::{Control, Envelope};
+use crate::cluster::scripts::Scripts;
+use crate::cluster::{PREFIX, Redis, lease};
+use crate::conns::{ConnCommand, ConnId};
+use crate::metrics::Metrics;
+use crate::pipe::{EventEffect, FromPeer, Peer, Pipe};
+
+/// How long ended sides and expired codes are remembered in Redis.
+const REMEMBER_MS: u64 = 600_000;
+
+/// Lifetime of a session's hash in Redis, refreshed on every change: a
+/// session no node touches for this long (every node died) is forgotten.
+const SESSION_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// How long a resuming node waits for the other nodes' handover.
+const HANDOVER_WAIT: Duration = Duration::from_secs(2);
+
+/// The pipes of this node, by session and the side they deliver to: what the
+/// bus dispatcher looks up for every frame and ack, without the registry.
+#[derive(Default, Clone)]
+pub struct Directory {
+    pipes: Arc<Mutex<HashMap<(SessionId, Role), Arc<Pipe>>>>,
+}
+
+impl Directory {
+    fn get(&self, sid: &str, to: Role) -> Option<Arc<Pipe>> {
+        let map = self.pipes.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(Arc::from(sid), to)).cloned()
+    }
+
+    fn set(&self, sid: &SessionId, to: Role, pipe: Option<&Arc<Pipe>>) {
+        let mut map = self.pipes.lock().unwrap_or_else(|p| p.into_inner());
+        match pipe {
+            Some(p) => map.insert((Arc::clone(sid), to), Arc::clone(p)),
+            None => map.remove(&(Arc::clone(sid), to)),
+        };
+    }
+
+    fn all(&self) -> Vec<Arc<Pipe>> {
+        let map = self.pipes.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
+    }
+}
+
+/// A side homed on this node.
+struct Here {
+    /// Its open connection, if any (none while away).
+    conn: Option<(ConnId, Recipient<ConnCommand>)>,
+}
+
+/// What this node holds of one session.
+struct Local {
+    id: SessionId,
+    /// The mac, if homed here.
+    mac: Option<Here>,
+    /// The browser, if homed here.
+    browser: Option<Here>,
+    /// Where the peer of a local side is homed, if on another node.
+    mac_node: Option<Arc<str>>,
+    browser_node: Option<Arc<str>>,
+    /// The pipe toward each side held on this node (see the module docs).
+    to_mac: Option<Arc<Pipe>>,
+    to_browser: Option<Arc<Pipe>>,
+}
+
+impl Local {
+    fn new(id: SessionId) -> Self {
+        Local {
+            id,
+            mac: None,
+            browser: None,
+            mac_node: None,
+            browser_node: None,
+            to_mac: None,
+            to_browser: None,
+        }
+    }
+
+    fn side(&self, role: Role) -> Option<&Here> {
+        match role {
+            Role::Mac => self.mac.as_ref(),
+            Role::Browser => self.browser.as_ref(),
+        }
+    }
+
+    fn side_mut(&mut self, role: Role) -> &mut Option<Here> {
+        match role {
+            Role::Mac => &mut self.mac,
+            Role::Browser => &mut self.browser,
+        }
+    }
+
+    fn pipe(&self, role: Role) -> Option<&Arc<Pipe>> {
+        match role {
+            Role::Mac => self.to_mac.as_ref(),
+            Role::Browser => self.to_browser.as_ref(),
+        }
+    }
+
+    fn node_of(&self, role: Role) -> Option<&Arc<str>> {
+        match role {
+            Role::Mac => self.mac_node.as_ref(),
+            Role::Browser => self.browser_node.as_ref(),
+        }
+    }
+
+    fn set_node(&mut self, role: Role, node: Option<Arc<str>>) {
+        match role {
+            Role::Mac => self.mac_node = node,
+            Role::Browser => self.browser_node = node,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.mac.is_none() && self.browser.is_none()
+    }
+
+    fn link(&self, role: Role, written: u64) -> Option<Link> {
+        Some(Link {
+            session_id: Arc::clone(&self.id),
+            role,
+            inbound: Arc::clone(self.pipe(role)?),
+            outbound: Arc::clone(self.pipe(role.peer())?),
+            written,
+        })
+    }
+
+    /// Tells a side homed here something, through its pipe (in order with its data).
+    fn tell(&self, role: Role, msg: &ServerMessage, effect: EventEffect) {
+        if self.side(role).is_some() {
+            if let Some(p) = self.pipe(role) {
+                p.push_event(ByteString::from(msg.to_text()), effect);
+            }
+        }
+    }
+}
+
+/// A resume waiting for other nodes' handovers.
+struct Pending {
+    waiting: usize,
+    replies: Vec<Control>,
+    done: Option<oneshot::Sender<Vec<Control>>>,
+}
+
+/// The registry of a cluster node.
+pub struct ClusterRegistry {
+    settings: RegistrySettings,
+    metrics: Arc<Metrics>,
+    node: Arc<str>,
+    redis: Arc<Redis>,
+    bus: Arc<Bus>,
+    scripts: Arc<Scripts>,
+    dir: Directory,
+    sessions: HashMap<SessionId, Local>,
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    pending: HashMap<u64, Pending>,
+    next_request: u64,
+}
+
+/// A message from another node, for the registry.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FromPeerNode(Control);
+
+/// A node's lease lapsed.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct NodeDead(String);
+
+/// This node's subscription came back after a break.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Resubscribed;
+
+impl ClusterRegistry {
+    /// Starts the registry of `node`, with its bus and lease.
+    pub fn start(
+        settings: RegistrySettings,
+        metrics: Arc<Metrics>,
+        node: Arc<str>,
+        redis: Arc<Redis>,
+        lease_ttl: Duration,
+    ) -> (Addr<Self>, Arc<Bus>) {
+        let dir = Directory::default();
+        let limiter =
+            NonZeroU32::new(settings.join_rate).map(|n| RateLimiter::keyed(Quota::per_minute(n)));
+        let mut bus_out = None;
+        let addr = ClusterRegistry::create(|ctx| {
+            let addr = ctx.address();
+            let dispatch = dispatcher(dir.clone(), addr.clone(), Arc::clone(&metrics));
+            let resub = addr.clone();
+            let bus = Bus::start(
+                Arc::clone(&node),
+                Arc::clone(&redis),
+                Arc::clone(&metrics),
+                dispatch,
+                Arc::new(move || resub.do_send(Resubscribed)),
+            );
+            let dead = addr.clone();
+            lease::start(
+                Arc::clone(&node),
+                lease_ttl,
+                Arc::clone(&redis),
+                Arc::clone(&metrics),
+                Arc::new(move |n| dead.do_send(NodeDead(n))),
+            );
+            bus_out = Some(Arc::clone(&bus));
+            ClusterRegistry {
+                settings,
+                metrics,
+                node,
+                redis,
+                bus,
+                scripts: Arc::new(Scripts::new()),
+                dir,
+                sessions: HashMap::new(),
+                limiter,
+                pending: HashMap::new(),
+                next_request: 1,
+            }
+        });
+        // unwrap-free: `create` runs the closure before returning.
+        let bus = bus_out.expect("the registry closure ran");
+        (addr, bus)
+    }
+
+    /// A handle to publish toward `role` of `sid` on `node`.
+    fn peer(&self, sid: &SessionId, role: Role, node: &Arc<str>) -> Peer {
+        Peer { bus: Arc::clone(&self.bus), node: Arc::clone(node), sid: Arc::clone(sid), to: role }
+    }
+
+    /// Sends a control message to `node` (handled here if it is this node).
+    fn send(&self, node: &Arc<str>, c: Control, ctx: &mut Context<Self>) {
+        if *node == self.node {
+            ctx.notify(FromPeerNode(c));
+        } else {
+            self.bus.send(node, Envelope::Control(c));
+        }
+    }
+
+    /// Sets the pipe toward `role` in `local` and the directory.
+    fn set_pipe(&self, local: &mut Local, role: Role, pipe: Option<Arc<Pipe>>) {
+        self.dir.set(&local.id, role, pipe.as_ref());
+        match role {
+            Role::Mac => local.to_mac = pipe,
+            Role::Browser => local.to_browser = pipe,
+        }
+    }
+
+    /// Forgets a session on this node, closing what it held.
+    fn forget(&mut self, sid: &SessionId) {
+        if let Some(mut local) = self.sessions.remove(sid) {
+            for role in [Role::Mac, Role::Browser] {
+                if let Some(p) = local.pipe(role) {
+                    p.close();
+                }
+                self.set_pipe(&mut local, role, None);
+            }
+        }
+    }
+
+    /// Forgets the sessions this node no longer holds any side of.
+    fn forget_if_empty(&mut self, sid: &SessionId) {
+        if self.sessions.get(sid).is_some_and(Local::is_empty) {
+            self.forget(sid);
+        }
+    }
+
+    fn session_key(sid: &str) -> String {
+        format!("{PREFIX}s:{sid}")
+    }
+
+    /// Writes counters of a session to Redis (fire and forget).
+    fn checkpoint(&self, sid: &SessionId, fields: Vec<(&'static str, u64)>) {
+        let redis = Arc::clone(&self.redis);
+        let scripts = Arc::clone(&self.scripts);
+        let key = Self::session_key(sid);
+        actix::spawn(async move {
+            let mut inv = scripts.checkpoint.key(key);
+            for (f, v) in fields {
+                inv.arg(f).arg(v);
+            }
+            let _ = redis.query::<i64>("checkpoint", &inv).await;
+        });
+    }
+}
+
+impl Actor for ClusterRegistry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4096);
+        chores::schedule(self, ctx);
+        // A previous process with this node id may have died within its
+        // lease (a quick restart): its sides are not here any more.
+        ctx.notify(NodeDead(self.node.to_string()));
+    }
+}
+
+/// Handles what arrives on this node's channel: frames and acks straight into
+/// the pipes, control messages to the registry.
+fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metrics>) -> Dispatch {
+    Arc::new(move |env| match env {
+        Envelope::Frame { sid, to, p, frame } => {
+            let Some(pipe) = dir.get(&sid, to) else { return };
+            match pipe.push_from_peer(p, frame) {
+                FromPeer::Queued | FromPeer::Duplicate | FromPeer::Dropped => {}
+                FromPeer::Gap { next } => {
+                    metrics.bus_malformed.inc();
+                    if let Some(node) = pipe.ack_node() {
+                        registry.do_send(FromPeerNode(Control::Resend {
+                            sid,
+                            to,
+                            from: next,
+                        }));
+                        let _ = node;
+                    }
+                }
+                FromPeer::Cut(conn) => registry.do_send(super::Gone {
+                    session_id: Arc::from(sid.as_str()),
+                    role: to,
+                    conn,
+                    how: super::Departure::Dropped,
+                }),
+            }
+        }
+        Envelope::Ack { sid, to, p } => {
+            if let Some(pipe) = dir.get(&sid, to) {
+                pipe.ack_from_peer(p);
+            }
+        }
+        Envelope::Control(c) => registry.do_send(FromPeerNode(c)),
+        Envelope::Probe { .. } => {}
+    })
+}

@@ -1,0 +1,242 @@
+//! What other nodes tell this node's registry: a browser joined, a side went
+//! away, moved, ended; a code expired; a node died or lost messages.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use redis::Value;
+use relay_protocol::{Role, ServerMessage};
+use tracing::{info, warn};
+
+use super::requests::{field, now_ms};
+use super::{ClusterRegistry, FromPeerNode, Here, Local, NodeDead, Resubscribed};
+use crate::cluster::PREFIX;
+use crate::cluster::envelope::Control;
+use crate::conns::ConnCommand;
+use crate::pipe::{EventEffect, Pipe};
+use crate::registry::SessionId;
+
+impl Handler<FromPeerNode> for ClusterRegistry {
+    type Result = ();
+
+    fn handle(&mut self, FromPeerNode(c): FromPeerNode, ctx: &mut Context<Self>) {
+        match c {
+            Control::Joined { sid, node } => self.peer_joined(&sid, node),
+            Control::Away { sid, role } => self.peer_away(&sid, role),
+            Control::Moved { sid, role, node, p_last, was_away, request } => {
+                self.side_moved(&sid, role, node, p_last, was_away, request, ctx)
+            }
+            c @ Control::Handover { .. } => {
+                if let Control::Handover { request, .. } = &c {
+                    let request = *request;
+                    self.handover(request, c);
+                }
+            }
+            Control::Ended { sid, role, reason } => self.side_ended(&Arc::from(sid.as_str()), role, reason, ctx),
+            Control::CodeExpired { sid, code } => self.code_expired_here(&Arc::from(sid.as_str()), &code),
+            Control::Replace { sid, role, conn } => {
+                if let Some(Here { conn: Some((c, cmd)) }) =
+                    self.sessions.get(&Arc::from(sid.as_str()) as &SessionId).and_then(|l| l.side(role))
+                {
+                    if c.0 == conn {
+                        cmd.do_send(ConnCommand::Replaced);
+                    }
+                }
+            }
+            Control::Resend { sid, to, from } => {
+                // Sent by the receiver's node when it saw a gap; or to ourselves
+                // by the dispatcher, forwarding it to the sender's node.
+                if let Some(p) = self.dir_get(&sid, to) {
+                    match p.ack_node() {
+                        Some(n) => {
+                            let c = Control::Resend { sid, to, from };
+                            self.bus.send(&n, crate::cluster::envelope::Envelope::Control(c));
+                        }
+                        None => p.resend_to_peer(from),
+                    }
+                }
+            }
+            Control::Resync { node } => {
+                let node: Arc<str> = Arc::from(node.as_str());
+                for p in self.dir.all() {
+                    if p.remote_node().as_deref() == Some(&*node) {
+                        p.resend_to_peer(0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ClusterRegistry {
+    fn dir_get(&self, sid: &str, to: Role) -> Option<Arc<Pipe>> {
+        self.sessions.get(&Arc::from(sid) as &SessionId).and_then(|l| l.pipe(to).cloned())
+    }
+
+    /// On the mac's node: a browser joined the mac's session on `node`.
+    fn peer_joined(&mut self, sid: &str, node: String) {
+        let id: SessionId = Arc::from(sid);
+        let node: Arc<str> = Arc::from(node.as_str());
+        let Some(mut local) = self.sessions.remove(&id) else { return };
+        if local.mac.is_none() {
+            self.sessions.insert(id, local);
+            return;
+        }
+let Some(to_b) = local.to_browser.clone() else {
+            self.sessions.insert(id, local);
+            return;
+        };
+        let accepted = to_b.accepted();
+        // The browser's frames to the mac: a new pairing, fed from its node.
+        let to_m = local.to_mac.clone();
+        let Some(to_m) = to_m else {
+            self.sessions.insert(id, local);
+            return;
+        };
+        to_m.start_pairing();
+        to_m.set_ack_to(Some(self.peer(&id, Role::Mac, &node)));
+// The mac's frames to the browser: published to its node, from 1.
+        // Changed in place: the mac's socket holds this pipe.
+        to_b.reset_receiver();
+        let _ = to_b.send_to_peer(self.peer(&id, Role::Browser, &node), 0);
+        local.browser = None;
+        local.browser_node = Some(Arc::clone(&node));
+        local.tell(Role::Mac, &ServerMessage::PeerJoined, EventEffect::None);
+        self.checkpoint(&id, vec![("m_rbase", to_m.base()), ("m_sbase", accepted)]);
+        info!(session = %id, browser_node = %node, "browser joined on another node");
+        self.sessions.insert(id, local);
+    }
+
+    /// On the node of a side's peer: that side went away.
+    fn peer_away(&mut self, sid: &str, role: Role) {
+        let id: SessionId = Arc::from(sid);
+        let Some(local) = self.sessions.get(&id) else { return };
+        if let Some(p) = local.pipe(role) {
+            p.peer_away();
+        }
+        local.tell(role.peer(), &ServerMessage::PeerDisconnected, EventEffect::None);
+    }
+
+    /// On the side's old node and/or its peer's node: the side moved to `node`.
+    #[allow(clippy::too_many_arguments)]
+    fn side_moved(
+        &mut self,
+        sid: &str,
+        role: Role,
+        node: String,
+        p_last: u64,
+        was_away: bool,
+        request: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        let id: SessionId = Arc::from(sid);
+        let node: Arc<str> = Arc::from(node.as_str());
+        let mut events = Vec::new();
+        let mut received = None;
+        let mut error = None;
+        if let Some(mut local) = self.sessions.remove(&id) {
+            let side_here = local.side(role).is_some();
+            let peer_here = local.side(role.peer()).is_some();
+            if side_here {
+                if let Some(Here { conn: Some((_, cmd)) }) = local.side_mut(role).take() {
+                    cmd.do_send(ConnCommand::Replaced);
+                }
+                if let Some(p) = local.pipe(role) {
+                    events = p.take_events();
+                }
+            }
+            if peer_here {
+                // Frames toward the side are replayed to its new node.
+                if let Some(p) = local.pipe(role).cloned() {
+                    if let Err(gap) = p.send_to_peer(self.peer(&id, role, &node), p_last) {
+                        error = Some(format!("its frames cannot be replayed ({gap:?})"));
+                    }
+                }
+                if let Some(p) = local.pipe(role.peer()) {
+                    p.set_ack_to(Some(self.peer(&id, role.peer(), &node)));
+                    received = Some(p.pairing_count());
+                }
+                local.set_node(role, Some(Arc::clone(&node)));
+                if was_away {
+                    local.tell(role.peer(), &ServerMessage::PeerResumed, EventEffect::None);
+                }
+                self.sessions.insert(Arc::clone(&id), local);
+            } else {
+                // Nothing of the session stays here.
+                self.sessions.insert(Arc::clone(&id), local);
+                self.forget(&id);
+            }
+        }
+        let reply = Control::Handover { sid: sid.to_owned(), role, received, events, error, request };
+        self.send(&node, reply, ctx);
+    }
+
+    /// On the mac's node: its code expired with no browser; the session is over.
+    pub(super) fn code_expired_here(&mut self, id: &SessionId, code: &str) {
+        let Some(local) = self.sessions.get(id) else { return };
+        local.tell(Role::Mac, &ServerMessage::CodeExpired { code: code.to_owned() }, EventEffect::Detach);
+        if local.mac.is_some() {
+            self.metrics.sessions_live.dec();
+        }
+        self.forget(id);
+    }
+}
+
+impl Handler<NodeDead> for ClusterRegistry {
+    type Result = ();
+
+    fn handle(&mut self, NodeDead(dead): NodeDead, ctx: &mut Context<Self>) {
+        let redis = Arc::clone(&self.redis);
+        let scripts = Arc::clone(&self.scripts);
+        let deadline = now_ms() + self.settings.grace.as_millis() as u64;
+        let node = dead.clone();
+        let reap = async move {
+            redis
+                .query::<Vec<Value>>("reap", scripts.dead_node.arg(PREFIX).arg(&node).arg(deadline))
+                .await
+        };
+        ctx.spawn(reap.into_actor(self).map(move |res, act, ctx| {
+            let Ok(list) = res else { return };
+            if list.is_empty() {
+                return; // another node cleaned up, or nothing was there
+            }
+            act.metrics.nodes_reaped.inc();
+            warn!(node = %dead, sides = list.len() / 3, "node died; its sides are away");
+            for i in (0..list.len()).step_by(3) {
+                let sid = field(&list, i);
+                let role = if field(&list, i + 1) == "mac" { Role::Mac } else { Role::Browser };
+                let peer_node = field(&list, i + 2);
+                if peer_node.is_empty() {
+                    continue;
+                }
+                let c = Control::Away { sid, role };
+                act.send(&Arc::from(peer_node.as_str()), c, ctx);
+            }
+        }));
+    }
+}
+
+impl Handler<Resubscribed> for ClusterRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: Resubscribed, ctx: &mut Context<Self>) {
+        // Messages published to us while we were not listening are lost: ask
+        // every node to send again what it holds for us.
+        let redis = Arc::clone(&self.redis);
+        let bus = Arc::clone(&self.bus);
+        let me = self.node.to_string();
+        let ask = async move {
+            let nodes: Vec<String> = redis
+                .query("nodes", ::redis::cmd("SMEMBERS").arg(format!("{PREFIX}nodes")))
+                .await
+                .unwrap_or_default();
+            for n in nodes {
+                if n != me {
+                    bus.send(&Arc::from(n.as_str()), crate::cluster::envelope::Envelope::Control(Control::Resync { node: me.clone() }));
+                }
+            }
+        };
+        ctx.spawn(ask.into_actor(self));
+        let _ = Local::new;
+    }
+}

@@ -1,0 +1,819 @@
+//! The socket-facing messages of the cluster registry: register, join,
+//! resume, gone, overflowed. Each runs its Lua script, then changes what this
+//! node holds and tells the other nodes concerned.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use redis::Value;
+use relay_protocol::code::{ALPHABET, CODE_LEN};
+use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
+use tracing::{debug, info, warn};
+
+use super::{
+    ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending, REMEMBER_MS, SESSION_TTL_MS,
+};
+use crate::cluster::PREFIX;
+use crate::cluster::envelope::{Control, EndReason};
+use crate::conns::ConnCommand;
+use crate::pipe::{EventEffect, Gap, Pipe};
+use crate::registry::secret::{self, TokenHash};
+use crate::registry::{
+    Departure, Gone, Join, Joined, Overflowed, Refusal, Register, Registered, Resume, Resumed,
+    SessionId,
+};
+
+/// Attempts at a free code before answering `UNAVAILABLE`.
+const CODE_ATTEMPTS: usize = 8;
+
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// A string field of a script reply (empty when missing).
+pub(super) fn field(v: &[Value], i: usize) -> String {
+    match v.get(i) {
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(Value::SimpleString(s)) => s.clone(),
+        Some(Value::Int(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+pub(super) fn num(v: &[Value], i: usize) -> u64 {
+    field(v, i).parse().unwrap_or(0)
+}
+
+pub(super) fn role_name(r: Role) -> &'static str {
+    r.as_str()
+}
+
+fn unavailable(e: &redis::RedisError) -> Refusal {
+    warn!(error = %e, "Redis command failed");
+    ErrorCode::Unavailable.into()
+}
+
+impl ClusterRegistry {
+    /// Whether new sessions can be taken (Redis reachable, bus listening).
+    fn healthy(&self) -> bool {
+        self.redis.is_up() && self.bus.is_listening()
+    }
+}
+
+impl Handler<Register> for ClusterRegistry {
+    type Result = ResponseActFuture<Self, Result<Registered, Refusal>>;
+
+    fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> Self::Result {
+        if !self.healthy() {
+            return Box::pin(fut::ready(Err(ErrorCode::Unavailable.into())));
+        }
+        let redis = Arc::clone(&self.redis);
+        let scripts = Arc::clone(&self.scripts);
+        let node = Arc::clone(&self.node);
+        let ttl = self.settings.code_ttl;
+        let conn = msg.client.conn;
+        let attempt = async move {
+            let sid = secret::session_id();
+            let token = secret::resume_token();
+            let hash = TokenHash::of(&token).hex();
+            for _ in 0..CODE_ATTEMPTS {
+                let code = nanoid::format(nanoid::rngs::default, &ALPHABET, CODE_LEN);
+                let expires_at = now_ms() + ttl.as_millis() as u64;
+                let created: i64 = redis
+                    .query(
+                        "register",
+                        scripts
+                            .register
+                            .key(format!("{PREFIX}code:{code}"))
+                            .key(format!("{PREFIX}xcode:{code}"))
+                            .key(format!("{PREFIX}s:{sid}"))
+                            .key(format!("{PREFIX}expiries"))
+                            .key(format!("{PREFIX}sides:{node}"))
+                            .arg(&sid)
+                            .arg(&code)
+                            .arg(&hash)
+                            .arg(&*node)
+                            .arg(conn.0)
+                            .arg(ttl.as_millis() as u64 + 1000)
+                            .arg(expires_at)
+                            .arg(SESSION_TTL_MS),
+                    )
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                if created == 1 {
+                    return Ok((sid, token, code, expires_at));
+                }
+            }
+            warn!("no free code found");
+            Err::<(String, String, String, u64), Refusal>(ErrorCode::Unavailable.into())
+        };
+        Box::pin(attempt.into_actor(self).map(move |res, act, _| {
+            let (sid, token, code, expires_at) = res?;
+            let id: SessionId = Arc::from(sid.as_str());
+            let mut local = Local::new(Arc::clone(&id));
+            let to_mac = Pipe::new(act.settings.limits);
+            let written = to_mac.attach(msg.client.receiver(), 0).unwrap_or(0);
+            act.set_pipe(&mut local, Role::Mac, Some(to_mac));
+            act.set_pipe(&mut local, Role::Browser, Some(Pipe::new(act.settings.limits)));
+            local.mac = Some(Here { conn: Some((msg.client.conn, msg.client.commands.clone())) });
+            let link = local.link(Role::Mac, written).ok_or(ErrorCode::Unavailable)?;
+            act.sessions.insert(id, local);
+            act.metrics.codes_issued.inc();
+            act.metrics.sessions_live.inc();
+            info!(session = %sid, conn = %msg.client.conn, client_id = msg.client_id.as_deref().unwrap_or(""), "registered");
+            Ok(Registered { code, expires_at, resume_token: token, link })
+        }))
+    }
+}
+
+impl Handler<Join> for ClusterRegistry {
+    type Result = ResponseActFuture<Self, Result<Joined, Refusal>>;
+
+    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
+        let early = if let Some(l) = self.limiter.as_ref().filter(|l| l.check_key(&msg.client.addr).is_err()) {
+            let _ = l;
+            Some(Refusal::from(ErrorCode::RateLimited))
+        } else if !self.healthy() {
+            Some(ErrorCode::Unavailable.into())
+        } else {
+            None
+        };
+        let code = match (early, SessionCode::parse(&msg.code)) {
+            (Some(r), _) => return self.join_done(Err(r)),
+            (None, Err(e)) => {
+                return self.join_done(Err(Refusal::with(
+                    ErrorCode::InvalidCode,
+                    format!(
+                        "That is not a session code ({e}). Codes are 6 letters and digits; type the code shown on the Mac."
+                    ),
+                )));
+            }
+            (None, Ok(c)) => c,
+        };
+        let redis = Arc::clone(&self.redis);
+        let scripts = Arc::clone(&self.scripts);
+        let node = Arc::clone(&self.node);
+        let token = secret::resume_token();
+        let hash = TokenHash::of(&token).hex();
+        let conn = msg.client.conn;
+        let claim = async move {
+            let reply: Vec<Value> = redis
+                .query(
+                    "join",
+                    scripts
+                        .join
+                        .key(format!("{PREFIX}code:{code}"))
+                        .key(format!("{PREFIX}xcode:{code}"))
+                        .arg(PREFIX)
+                        .arg(&hash)
+                        .arg(&*node)
+                        .arg(conn.0)
+                        .arg(SESSION_TTL_MS),
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            match field(&reply, 0).as_str() {
+                "ok" => Ok((field(&reply, 1), field(&reply, 2), field(&reply, 3))),
+                "expired" => Err(ErrorCode::ExpiredCode.into()),
+                "taken" => Err(ErrorCode::AlreadyJoined.into()),
+                _ => Err(ErrorCode::InvalidCode.into()),
+            }
+        };
+        Box::pin(claim.into_actor(self).map(move |res, act, ctx| {
+            let result = res.and_then(|(sid, mac_node, mac_state)| {
+                act.joined(&sid, &mac_node, &mac_state, &msg, token, ctx)
+            });
+            act.count_join(&result);
+            result
+        }))
+    }
+}
+
+impl ClusterRegistry {
+    fn count_join(&self, result: &Result<Joined, Refusal>) {
+        let label = match result {
+            Ok(_) => "ok",
+            Err(r) => match r.code {
+                ErrorCode::InvalidCode => "invalid_code",
+                ErrorCode::ExpiredCode => "expired_code",
+                ErrorCode::AlreadyJoined => "already_joined",
+                ErrorCode::RateLimited => "rate_limited",
+                _ => "unavailable",
+            },
+        };
+        self.metrics.joins.with_label_values(&[label]).inc();
+    }
+
+    fn join_done(&self, r: Result<Joined, Refusal>) -> ResponseActFuture<Self, Result<Joined, Refusal>> {
+        self.count_join(&r);
+        Box::pin(fut::ready(r))
+    }
+
+    /// The browser won the session `sid`: set it up here.
+    fn joined(
+        &mut self,
+        sid: &str,
+        mac_node: &str,
+        mac_state: &str,
+        msg: &Join,
+        token: String,
+        ctx: &mut Context<Self>,
+    ) -> Result<Joined, Refusal> {
+        let id: SessionId = Arc::from(sid);
+        let limits = self.settings.limits;
+        let mac_here = *mac_node == *self.node
+            && self.sessions.get(&id).is_some_and(|l| l.mac.is_some());
+        let rx = msg.client.receiver();
+        let here = Here { conn: Some((msg.client.conn, msg.client.commands.clone())) };
+        if mac_here {
+            // A pair on one node: local pipes, as on a single node.
+            let local = self.sessions.get_mut(&id).ok_or(ErrorCode::InvalidCode)?;
+            let (to_b, to_m) = (local.to_browser.clone(), local.to_mac.clone());
+            let (Some(to_b), Some(to_m)) = (to_b, to_m) else {
+                return Err(ErrorCode::InvalidCode.into());
+            };
+            to_b.reset_receiver();
+            let written = to_b.attach(rx, 0).unwrap_or(0);
+            to_m.reset_sender();
+            to_m.start_pairing();
+            local.browser = Some(here);
+            local.browser_node = None;
+            local.tell(Role::Mac, &ServerMessage::PeerJoined, EventEffect::None);
+            if local.mac.as_ref().is_some_and(|m| m.conn.is_none()) {
+                local.tell(Role::Browser, &ServerMessage::PeerDisconnected, EventEffect::None);
+            }
+            let link = local.link(Role::Browser, written).ok_or(ErrorCode::InvalidCode)?;
+            let fields = vec![("m_rbase", to_m.base()), ("m_sbase", to_b.accepted())];
+            self.checkpoint(&id, fields);
+            info!(session = %sid, conn = %msg.client.conn, "browser joined (same node)");
+            return Ok(Joined { resume_token: token, link });
+        }
+        // The mac is on another node (or nowhere: its node died).
+        let mac_node: Arc<str> = Arc::from(mac_node);
+        let mut local = self.sessions.remove(&id).unwrap_or_else(|| Local::new(Arc::clone(&id)));
+        let to_b = Pipe::fed_from_peer(limits, 0, 0, self.peer(&id, Role::Browser, &mac_node));
+        let written = to_b.attach(rx, 0).unwrap_or(0);
+        let to_m = Pipe::sending_to_peer(limits, self.peer(&id, Role::Mac, &mac_node), 0, 0);
+        if mac_state != "here" {
+            to_m.peer_away();
+        }
+        self.set_pipe(&mut local, Role::Browser, Some(to_b));
+        self.set_pipe(&mut local, Role::Mac, Some(to_m));
+        local.browser = Some(here);
+        local.mac_node = Some(Arc::clone(&mac_node));
+        if mac_state != "here" {
+            local.tell(Role::Browser, &ServerMessage::PeerDisconnected, EventEffect::None);
+        }
+        let link = local.link(Role::Browser, written).ok_or(ErrorCode::InvalidCode)?;
+        self.sessions.insert(Arc::clone(&id), local);
+        self.send(&mac_node, Control::Joined { sid: sid.to_owned(), node: self.node.to_string() }, ctx);
+        info!(session = %sid, conn = %msg.client.conn, mac_node = %mac_node, "browser joined (cross-node)");
+        Ok(Joined { resume_token: token, link })
+    }
+}
+
+/// What the resume script said.
+struct ResumeFacts {
+    old_node: String,
+    old_conn: u64,
+    old_state: String,
+    peer_node: String,
+    peer_state: String,
+    acc_checkpoint: u64,
+    m_rbase: u64,
+    m_sbase: u64,
+}
+
+impl Handler<Resume> for ClusterRegistry {
+    type Result = ResponseActFuture<Self, Result<Resumed, Refusal>>;
+
+    fn handle(&mut self, msg: Resume, _: &mut Context<Self>) -> Self::Result {
+        if !self.healthy() {
+            return self.resume_done(Err(ErrorCode::Unavailable.into()));
+        }
+        // A side homed here can have its lastSeq checked before anything changes.
+        let id: SessionId = Arc::from(msg.session_id.as_str());
+        if let Some(local) = self.sessions.get(&id) {
+            if local.side(msg.role).is_some() && local.node_of(msg.role.peer()).is_none() {
+                if let Some(pipe) = local.pipe(msg.role) {
+                    if let Err(gap) = pipe.check(msg.last_seq) {
+                        return self.resume_done(Err(gap_refusal(gap, msg.last_seq)));
+                    }
+                }
+            }
+        }
+        let redis = Arc::clone(&self.redis);
+        let scripts = Arc::clone(&self.scripts);
+        let node = Arc::clone(&self.node);
+        let hash = TokenHash::of(&msg.resume_token).hex();
+        let (sid, role, conn) = (msg.session_id.clone(), msg.role, msg.client.conn);
+        let claim = async move {
+            let reply: Vec<Value> = redis
+                .query(
+                    "resume",
+                    scripts
+                        .resume
+                        .arg(PREFIX)
+                        .arg(&sid)
+                        .arg(role_name(role))
+                        .arg(&hash)
+                        .arg(&*node)
+                        .arg(conn.0)
+                        .arg(SESSION_TTL_MS),
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            match field(&reply, 0).as_str() {
+                "ok" => Ok(ResumeFacts {
+                    old_node: field(&reply, 1),
+                    old_conn: num(&reply, 2),
+                    old_state: field(&reply, 3),
+                    peer_node: field(&reply, 4),
+                    peer_state: field(&reply, 5),
+                    acc_checkpoint: num(&reply, 8),
+                    m_rbase: num(&reply, 9),
+                    m_sbase: num(&reply, 10),
+                }),
+                "ended" => Err(match field(&reply, 1).as_str() {
+                    "MAC_DISCONNECTED" => Refusal {
+                        code: ErrorCode::MacDisconnected,
+                        message: None,
+                        close: Some(CloseCode::SessionOver),
+                    },
+                    _ => ErrorCode::ResumeExpired.into(),
+                }),
+                _ => Err(ErrorCode::InvalidResume.into()),
+            }
+        };
+        Box::pin(
+            claim
+                .into_actor(self)
+                .then(move |res, act, ctx| {
+                    let step: ResponseActFuture<Self, Result<Resumed, Refusal>> = match res {
+                        Err(r) => Box::pin(fut::ready(Err(r))),
+                        Ok(facts) => act.resume_here(msg, facts, ctx),
+                    };
+                    step
+                })
+                .map(|res, act, _| {
+                    act.count_resume(&res);
+                    res
+                }),
+        )
+    }
+}
+
+fn gap_refusal(gap: Gap, last_seq: u64) -> Refusal {
+    let why = match gap {
+        Gap::Closed => return ErrorCode::ResumeExpired.into(),
+        Gap::Ahead { sent } => format!("lastSeq {last_seq} is more than the {sent} frames sent to you"),
+        Gap::Behind { oldest } => format!(
+            "lastSeq {last_seq} is behind frames you already acknowledged (the oldest held is {oldest})"
+        ),
+    };
+    Refusal::with(ErrorCode::InvalidResume, format!("This session cannot be resumed: {why}. Start a new session."))
+}
+
+impl ClusterRegistry {
+    fn count_resume(&self, res: &Result<Resumed, Refusal>) {
+        let label = match res {
+            Ok(_) => "ok",
+            Err(r) => match r.code {
+                ErrorCode::ResumeExpired => "resume_expired",
+                ErrorCode::MacDisconnected => "mac_disconnected",
+                ErrorCode::Unavailable => "unavailable",
+                _ => "invalid_resume",
+            },
+        };
+        self.metrics.resumes.with_label_values(&[label]).inc();
+    }
+
+    fn resume_done(&self, r: Result<Resumed, Refusal>) -> ResponseActFuture<Self, Result<Resumed, Refusal>> {
+        self.count_resume(&r);
+        Box::pin(fut::ready(r))
+    }
+
+    /// The resume script gave side `msg.role` to this node: gather its frames.
+    fn resume_here(
+        &mut self,
+        msg: Resume,
+        facts: ResumeFacts,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<Resumed, Refusal>> {
+        let id: SessionId = Arc::from(msg.session_id.as_str());
+        let role = msg.role;
+        let me = Arc::clone(&self.node);
+        let was_away = facts.old_state != "here";
+        let old_node: Option<Arc<str>> = (!facts.old_node.is_empty()).then(|| Arc::from(facts.old_node.as_str()));
+        let peer_node: Option<Arc<str>> =
+            (!facts.peer_node.is_empty()).then(|| Arc::from(facts.peer_node.as_str()));
+        let rbase = if role == Role::Mac { facts.m_rbase } else { 0 };
+        let sbase = if role == Role::Mac { facts.m_sbase } else { 0 };
+        let p_last = msg.last_seq.saturating_sub(rbase);
+
+        let mut local = self.sessions.remove(&id).unwrap_or_else(|| Local::new(Arc::clone(&id)));
+        // The old connection, if it is on this node and still open, is replaced.
+        if old_node.as_deref() == Some(&*me) {
+            if let Some(Here { conn: Some((c, cmd)) }) = local.side_mut(role).take() {
+                if c.0 == facts.old_conn && c != msg.client.conn {
+                    cmd.do_send(ConnCommand::Replaced);
+                }
+            }
+        } else {
+            *local.side_mut(role) = None;
+        }
+        let peer_here = local.side(role.peer()).is_some();
+        local.set_node(role, None);
+
+        // Nodes that must hand over: the side's old node and the peer's node.
+        let mut ask: Vec<Arc<str>> = Vec::new();
+        for n in [&old_node, &peer_node].into_iter().flatten() {
+            if **n != *me && !ask.contains(n) {
+                ask.push(Arc::clone(n));
+            }
+        }
+        // Frames toward the side: local pipe if the peer is here, else one fed
+        // by the peer's node (which replays from p_last).
+        if !peer_here {
+            if let Some(pn) = peer_node.as_ref().filter(|n| ***n != *me) {
+                let fed = Pipe::fed_from_peer(
+                    self.settings.limits,
+                    msg.last_seq,
+                    rbase,
+                    self.peer(&id, role.peer(), pn),
+                );
+                self.set_pipe(&mut local, role, Some(fed));
+                local.set_node(role.peer(), Some(Arc::clone(pn)));
+            } else if local.pipe(role).is_none() {
+                // No peer (a mac alone): an empty pipe at the side's count.
+                let p = Pipe::new(self.settings.limits);
+                p.reset_receiver();
+                self.set_pipe(&mut local, role, Some(p));
+            }
+        }
+        *local.side_mut(role) = Some(Here { conn: Some((msg.client.conn, msg.client.commands.clone())) });
+        self.sessions.insert(Arc::clone(&id), local);
+
+        let request = self.next_request;
+        self.next_request += 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending.insert(request, Pending { waiting: ask.len(), replies: Vec::new(), done: Some(tx) });
+        if ask.is_empty() {
+            self.finish_pending(request);
+        }
+        for n in &ask {
+            self.send(
+                n,
+                Control::Moved {
+                    sid: msg.session_id.clone(),
+                    role,
+                    node: me.to_string(),
+                    p_last,
+                    was_away,
+                    request,
+                },
+                ctx,
+            );
+        }
+        let wait = async move { tokio::time::timeout(HANDOVER_WAIT, rx).await };
+        Box::pin(wait.into_actor(self).map(move |replies, act, ctx| {
+            act.pending.remove(&request);
+            let replies = match replies {
+                Ok(Ok(r)) => r,
+                _ => {
+                    warn!(session = %id, "handover did not come in time; going on with what is here");
+                    Vec::new()
+                }
+            };
+            act.resumed(msg, facts, replies, sbase, p_last, ctx)
+        }))
+    }
+
+    /// All handovers are in (or the wait is over): finish the resume.
+    #[allow(clippy::too_many_arguments)]
+    fn resumed(
+        &mut self,
+        msg: Resume,
+        facts: ResumeFacts,
+        replies: Vec<Control>,
+        sbase: u64,
+        p_last: u64,
+        ctx: &mut Context<Self>,
+    ) -> Result<Resumed, Refusal> {
+        let id: SessionId = Arc::from(msg.session_id.as_str());
+        let role = msg.role;
+        let mut events = Vec::new();
+        let mut received = None;
+        for r in replies {
+            if let Control::Handover { received: rec, events: ev, error, .. } = r {
+                if let Some(e) = error {
+                    warn!(session = %id, error = %e, "peer node cannot replay");
+                    self.side_lost(&id, role, &msg, ctx);
+                    return Err(Refusal::with(ErrorCode::InvalidResume, format!("This session cannot be resumed: {e}. Start a new session.")));
+                }
+                events.extend(ev);
+                received = received.or(rec);
+            }
+        }
+        let limits = self.settings.limits;
+        let peer_node = self.sessions.get(&id).and_then(|l| l.node_of(role.peer()).cloned());
+        let Some(local) = self.sessions.get_mut(&id) else {
+            return Err(ErrorCode::ResumeExpired.into());
+        };
+        if local.side(role).and_then(|h| h.conn.as_ref()).map(|(c, _)| *c) != Some(msg.client.conn) {
+            // Something ended or replaced the side while the handover ran.
+            return Err(ErrorCode::ResumeExpired.into());
+        }
+        let peer_here = local.side(role.peer()).is_some();
+        let accepted_p;
+        if peer_here {
+            // The peer is here: the pipe toward the side is local now.
+            let to_side = local.pipe(role).cloned().ok_or(ErrorCode::ResumeExpired)?;
+            let to_peer = local.pipe(role.peer()).cloned().ok_or(ErrorCode::ResumeExpired)?;
+            to_peer.set_ack_to(None);
+            accepted_p = to_peer.pairing_count();
+            to_peer.set_accepted(sbase + accepted_p);
+            let written = to_side.attach(msg.client.receiver(), msg.last_seq).map_err(|g| gap_refusal(g, msg.last_seq))?;
+            if facts.old_state != "here" {
+                local.tell(role.peer(), &ServerMessage::PeerResumed, EventEffect::None);
+            }
+            let link = local.link(role, written).ok_or(ErrorCode::ResumeExpired)?;
+            info!(session = %id, role = role.as_str(), "resumed (peer on this node)");
+            return Ok(Resumed { accepted: sbase + accepted_p, events, link });
+        }
+        // The peer is elsewhere (or there is none).
+        let to_side = local.pipe(role).cloned().ok_or(ErrorCode::ResumeExpired)?;
+        match peer_node {
+            Some(pn) => {
+                accepted_p = received.unwrap_or_else(|| facts.acc_checkpoint.saturating_sub(sbase));
+                let out = Pipe::sending_to_peer(limits, self.peer(&id, role.peer(), &pn), accepted_p, sbase + accepted_p);
+                if facts.peer_state != "here" {
+                    out.peer_away();
+                }
+                if let Some(local) = self.sessions.get_mut(&id) {
+                    let mut l = std::mem::replace(local, Local::new(Arc::clone(&id)));
+                    self.set_pipe(&mut l, role.peer(), Some(out));
+                    *self.sessions.get_mut(&id).ok_or(ErrorCode::ResumeExpired)? = l;
+                }
+            }
+            None => {
+                // A mac alone: frames it sends are refused until a browser joins.
+                accepted_p = 0;
+                let out = Pipe::new(limits);
+                out.set_accepted(sbase.max(facts.acc_checkpoint));
+                if let Some(local) = self.sessions.get_mut(&id) {
+                    let mut l = std::mem::replace(local, Local::new(Arc::clone(&id)));
+                    if l.pipe(role.peer()).is_none() {
+                        self.set_pipe(&mut l, role.peer(), Some(out));
+                    }
+                    *self.sessions.get_mut(&id).ok_or(ErrorCode::ResumeExpired)? = l;
+                }
+            }
+        }
+        let local = self.sessions.get(&id).ok_or(ErrorCode::ResumeExpired)?;
+        let written = to_side.attach(msg.client.receiver(), msg.last_seq).map_err(|g| gap_refusal(g, msg.last_seq))?;
+        let link = local.link(role, written).ok_or(ErrorCode::ResumeExpired)?;
+        let accepted = local.pipe(role.peer()).map_or(sbase + accepted_p, |p| p.accepted());
+        debug!(session = %id, role = role.as_str(), p_last, accepted, "resumed (cross-node)");
+        info!(session = %id, role = role.as_str(), "resumed");
+        Ok(Resumed { accepted, events, link })
+    }
+
+    /// A resume failed after the script moved the side here: mark it away
+    /// again so its grace period runs.
+    fn side_lost(&mut self, id: &SessionId, role: Role, msg: &Resume, ctx: &mut Context<Self>) {
+        if let Some(local) = self.sessions.get_mut(id) {
+            *local.side_mut(role) = None;
+        }
+        self.forget_if_empty(id);
+        self.mark_away(id, role, msg.client.conn.0, ctx);
+    }
+
+    /// Collects a handover reply; finishes the resume when all are in.
+    pub(super) fn handover(&mut self, request: u64, reply: Control) {
+        let Some(p) = self.pending.get_mut(&request) else { return };
+        p.replies.push(reply);
+        p.waiting = p.waiting.saturating_sub(1);
+        if p.waiting == 0 {
+            self.finish_pending(request);
+        }
+    }
+
+    fn finish_pending(&mut self, request: u64) {
+        if let Some(p) = self.pending.get_mut(&request) {
+            if let Some(done) = p.done.take() {
+                let _ = done.send(std::mem::take(&mut p.replies));
+            }
+        }
+    }
+
+    /// Runs the away script for a side of this node, starting its grace period.
+    pub(super) fn mark_away(&self, id: &SessionId, role: Role, conn: u64, _: &mut Context<Self>) {
+        let redis = Arc::clone(&self.redis);
+        let scripts = Arc::clone(&self.scripts);
+        let node = Arc::clone(&self.node);
+        let deadline = requests_deadline(self.settings.grace);
+        let sid = id.to_string();
+        actix::spawn(async move {
+            let r: Result<Vec<Value>, _> = redis
+                .query(
+                    "away",
+                    scripts
+                        .away
+                        .arg(PREFIX)
+                        .arg(&sid)
+                        .arg(role_name(role))
+                        .arg(&*node)
+                        .arg(conn)
+                        .arg(deadline),
+                )
+                .await;
+            if let Err(e) = r {
+                warn!(session = %sid, error = %e, "could not start the grace period in Redis");
+            }
+        });
+    }
+}
+
+fn requests_deadline(grace: std::time::Duration) -> u64 {
+    now_ms() + grace.as_millis() as u64
+}
+
+impl Handler<Gone> for ClusterRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Gone, ctx: &mut Context<Self>) {
+        let Some(local) = self.sessions.get_mut(&msg.session_id) else { return };
+        let Some(here) = local.side_mut(msg.role).as_mut() else { return };
+        if here.conn.as_ref().map(|(c, _)| *c) != Some(msg.conn) {
+            return; // an older connection of a side that was taken over
+        }
+        here.conn = None;
+        match msg.how {
+            Departure::Left => self.end_here(msg.session_id, msg.role, msg.conn.0, EndReason::Left, ctx),
+            Departure::Closed => self.end_here(msg.session_id, msg.role, msg.conn.0, EndReason::Closed, ctx),
+            Departure::Dropped => {
+                let role = msg.role;
+                if let Some(p) = local.pipe(role) {
+                    p.detach(msg.conn);
+                }
+                match local.node_of(role.peer()).cloned() {
+                    Some(pn) => {
+                        let c = Control::Away { sid: msg.session_id.to_string(), role };
+                        self.send(&pn, c, ctx);
+                    }
+                    None => local.tell(role.peer(), &ServerMessage::PeerDisconnected, EventEffect::None),
+                }
+                info!(session = %msg.session_id, role = role.as_str(), conn = %msg.conn, "side away");
+                self.mark_away(&msg.session_id, role, msg.conn.0, ctx);
+            }
+        }
+    }
+}
+
+impl ClusterRegistry {
+    /// A side homed here ends for good (leave, close 1000): end it in Redis,
+    /// then tell whoever holds the peer.
+    fn end_here(&mut self, id: SessionId, role: Role, conn: u64, reason: EndReason, ctx: &mut Context<Self>) {
+        let redis = Arc::clone(&self.redis);
+        let scripts = Arc::clone(&self.scripts);
+        let node = Arc::clone(&self.node);
+        let sid = id.to_string();
+        let conn_arg = conn.to_string();
+        let end = async move {
+            redis
+                .query::<Vec<Value>>(
+                    "end",
+                    scripts
+                        .end_side
+                        .arg(PREFIX)
+                        .arg(&sid)
+                        .arg(role_name(role))
+                        .arg(&*node)
+                        .arg(conn_arg)
+                        .arg(REMEMBER_MS),
+                )
+                .await
+        };
+        ctx.spawn(end.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(reply) if field(&reply, 0) == "ok" => {
+                let peer_node = field(&reply, 1);
+                let live = field(&reply, 3) == "1";
+                act.side_ended(&id, role, reason, ctx);
+                if !peer_node.is_empty() && *peer_node != *act.node {
+                    let c = Control::Ended { sid: id.to_string(), role, reason };
+                    act.send(&Arc::from(peer_node.as_str()), c, ctx);
+                }
+                if role == Role::Browser && !live {
+                    act.expire_unjoinable(&id, ctx);
+                }
+            }
+            Ok(_) => act.side_ended(&id, role, reason, ctx),
+            Err(e) => {
+                warn!(session = %id, error = %e, "could not end the side in Redis; ending it here");
+                act.side_ended(&id, role, reason, ctx);
+            }
+        }));
+    }
+
+    /// What this node does when side `role` of `id` ended for good, wherever
+    /// it was: drop the side if it was here, tell its peer if the peer is here.
+    pub(super) fn side_ended(&mut self, id: &SessionId, role: Role, reason: EndReason, _: &mut Context<Self>) {
+        let Some(mut local) = self.sessions.remove(id) else { return };
+        let peer_here = local.side(role.peer()).is_some();
+        *local.side_mut(role) = None;
+        local.set_node(role, None);
+        match role {
+            Role::Mac => {
+                if peer_here {
+                    let msg = ServerMessage::error(ErrorCode::MacDisconnected);
+                    local.tell(Role::Browser, &msg, EventEffect::Close(CloseCode::SessionOver));
+                }
+                if local.mac.is_none() && local.browser.is_some() {
+                    self.metrics.sessions_live.dec();
+                }
+                self.sessions.insert(Arc::clone(id), local);
+                self.forget(id);
+                return;
+            }
+            Role::Browser => {
+if peer_here {
+                    // The mac stays: no receiver for its frames until a new
+                    // browser (changed in place: the mac's socket holds it).
+                    if let Some(p) = &local.to_browser {
+                        p.end_receiver();
+                    }
+                    if let Some(p) = &local.to_mac {
+                        p.set_ack_to(None);
+                    }
+                    let left = match reason {
+                        EndReason::Left => PeerLeftReason::Left,
+                        EndReason::Closed => PeerLeftReason::Closed,
+                        EndReason::Timeout => PeerLeftReason::Timeout,
+                    };
+                    local.tell(Role::Mac, &ServerMessage::PeerLeft { reason: left }, EventEffect::None);
+                    if let Some(p) = &local.to_browser {
+                        self.checkpoint(id, vec![("m_sbase", p.accepted())]);
+                    }
+                }
+                info!(session = %id, reason = ?reason, "browser left");
+                self.sessions.insert(Arc::clone(id), local);
+                self.forget_if_empty(id);
+            }
+        }
+    }
+
+    /// The browser left after the code expired: nobody can join any more, so
+    /// the session ends and the mac is told `code_expired`.
+    pub(super) fn expire_unjoinable(&self, id: &SessionId, ctx: &mut Context<Self>) {
+        self.run_expire(id, false, ctx);
+    }
+}
+
+impl Handler<Overflowed> for ClusterRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Overflowed, ctx: &mut Context<Self>) {
+        self.metrics.resume_buffer_overflows.inc();
+        warn!(session = %msg.session_id, role = msg.role.as_str(), "resume buffer overflowed; ending side");
+        // The absent side may be homed anywhere: end it unconditionally.
+        let redis = Arc::clone(&self.redis);
+        let scripts = Arc::clone(&self.scripts);
+        let sid = msg.session_id.to_string();
+        let role = msg.role;
+        let id = msg.session_id;
+        let end = async move {
+            redis
+                .query::<Vec<Value>>(
+                    "end",
+                    scripts.end_side.arg(PREFIX).arg(&sid).arg(role_name(role)).arg("").arg("").arg(REMEMBER_MS),
+                )
+                .await
+        };
+        ctx.spawn(end.into_actor(self).map(move |res, act, ctx| {
+            act.side_ended(&id, role, EndReason::Timeout, ctx);
+            if let Ok(reply) = res {
+                if field(&reply, 0) == "ok" {
+                    let c = Control::Ended { sid: id.to_string(), role, reason: EndReason::Timeout };
+                    for n in [field(&reply, 1), field(&reply, 5)] {
+                        if !n.is_empty() && *n != *act.node {
+                            act.send(&Arc::from(n.as_str()), c.clone(), ctx);
+                        }
+                    }
+                    if role == Role::Browser && field(&reply, 3) != "1" {
+                        act.expire_unjoinable(&id, ctx);
+                    }
+                }
+            }
+        }));
+    }
+}
+
+impl Local {
+    /// Replaces this value; used to edit a session while `self` is borrowed elsewhere.
+    #[allow(dead_code)]
+    fn take(&mut self) -> Local {
+        std::mem::replace(self, Local::new(Arc::clone(&self.id)))
+    }
+}
