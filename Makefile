@@ -5,7 +5,7 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt build clean toolchain
+.PHONY: help run test lint fmt build clean toolchain deps cluster
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -19,8 +19,25 @@ run: toolchain ## Build and start one relay node on :8080 (in-memory registry)
 build: toolchain ## Build release binaries into target/release
 	$(CARGO) build --locked --release --bin relay
 
-test: toolchain lint ## Lint, then run every unit and integration test
+test: toolchain deps lint ## Lint, then run every unit and integration test
 	$(CARGO) test --locked --workspace --all-targets
+
+# The cluster tests and `make cluster` run a real Redis and haproxy. haproxy
+# is in /usr/sbin, which a normal user's PATH may lack.
+DEPS := redis-server redis-sentinel haproxy
+
+deps: ## Install the Debian packages the cluster needs (redis-server, redis-sentinel, haproxy) if missing
+	@PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \
+	for p in $(DEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "deps: $(DEPS) installed"; exit 0; fi; \
+	sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	echo "deps: missing:$$missing"; \
+	echo "deps: $${sudo:+sudo }apt-get update" && $$sudo apt-get update && \
+	echo "deps: $${sudo:+sudo }apt-get install -y$$missing" && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing
+
+cluster: build deps ## Start Redis, three relay nodes and haproxy on :8080 (Ctrl-C stops them)
+	deploy/local/cluster.sh
 
 lint: toolchain ## Check formatting and clippy (warnings are errors)
 	$(CARGO) fmt --all -- --check

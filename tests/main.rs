@@ -5,6 +5,7 @@
 mod support;
 
 mod bad_input;
+mod cluster;
 mod codes;
 mod data;
 mod drain;

@@ -142,8 +142,18 @@ pub struct Metrics {
 
 /// Operation label values of the Redis metrics.
 pub const REDIS_OPS: [&str; 12] = [
-    "publish", "register", "join", "resume", "away", "end", "expire", "grace", "lease", "nodes",
-    "checkpoint", "reap",
+    "publish",
+    "register",
+    "join",
+    "resume",
+    "away",
+    "end",
+    "expire",
+    "grace",
+    "lease",
+    "nodes",
+    "checkpoint",
+    "reap",
 ];
 
 impl Metrics {
@@ -191,23 +201,43 @@ impl Metrics {
             &["path"],
         )?;
         let redis_errors = IntCounterVec::new(
-            Opts::new("relay_redis_errors_total", "Failed Redis commands, by operation."),
+            Opts::new(
+                "relay_redis_errors_total",
+                "Failed Redis commands, by operation.",
+            ),
             &["op"],
         )?;
         let redis_seconds = HistogramVec::new(
-            HistogramOpts::new("relay_redis_command_seconds", "Redis command latency, by operation.")
-                .buckets(vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            HistogramOpts::new(
+                "relay_redis_command_seconds",
+                "Redis command latency, by operation.",
+            )
+            .buckets(vec![
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
             &["op"],
         )?;
         let m = Metrics {
             frames_remote: frames.with_label_values(&["redis"]),
             bytes_remote: bytes.with_label_values(&["redis"]),
-            redis_up: IntGauge::new("relay_redis_up", "1 while the Redis connection is up (cluster mode).")?,
+            redis_up: IntGauge::new(
+                "relay_redis_up",
+                "1 while the Redis connection is up (cluster mode).",
+            )?,
             redis_errors,
             redis_seconds,
-            pubsub_in: IntCounter::new("relay_pubsub_messages_in_total", "Pub/sub messages received.")?,
-            pubsub_out: IntCounter::new("relay_pubsub_messages_out_total", "Pub/sub messages published.")?,
-            bus_queued_bytes: IntGauge::new("relay_bus_queued_bytes", "Bytes waiting to be published.")?,
+            pubsub_in: IntCounter::new(
+                "relay_pubsub_messages_in_total",
+                "Pub/sub messages received.",
+            )?,
+            pubsub_out: IntCounter::new(
+                "relay_pubsub_messages_out_total",
+                "Pub/sub messages published.",
+            )?,
+            bus_queued_bytes: IntGauge::new(
+                "relay_bus_queued_bytes",
+                "Bytes waiting to be published.",
+            )?,
             bus_malformed: IntCounter::new(
                 "relay_bus_malformed_total",
                 "Envelopes from other nodes that could not be read.",
@@ -216,9 +246,18 @@ impl Metrics {
                 "relay_pubsub_probe_failures_total",
                 "Times the node's own probe did not come back (it resubscribed).",
             )?,
-            nodes_live: IntGauge::new("relay_cluster_nodes_live", "Nodes with a live lease, as seen by this node.")?,
-            lease_failures: IntCounter::new("relay_lease_failures_total", "Lease renewals that failed.")?,
-            nodes_reaped: IntCounter::new("relay_nodes_reaped_total", "Dead nodes this node cleaned up after.")?,
+            nodes_live: IntGauge::new(
+                "relay_cluster_nodes_live",
+                "Nodes with a live lease, as seen by this node.",
+            )?,
+            lease_failures: IntCounter::new(
+                "relay_lease_failures_total",
+                "Lease renewals that failed.",
+            )?,
+            nodes_reaped: IntCounter::new(
+                "relay_nodes_reaped_total",
+                "Dead nodes this node cleaned up after.",
+            )?,
             sessions_live: IntGauge::new(
                 "relay_sessions_live",
                 "Sessions registered and not over.",

@@ -358,6 +358,9 @@ struct Inner {
     base: u64,
     /// For a pipe fed from another node: where the sender's node waits for acks.
     ack_to: Option<Peer>,
+    /// Highest position handed to a socket to write: an event at or before it
+    /// was probably received, even if not yet acknowledged.
+    drained_pos: u64,
 }
 
 impl Inner {
@@ -400,6 +403,7 @@ impl Pipe {
                 last_ack: Instant::now(),
                 base: 0,
                 ack_to: None,
+                drained_pos: 0,
             }),
             limits,
         })
@@ -600,9 +604,13 @@ impl Pipe {
         // The client has every data frame up to last_seq and, by TCP order,
         // every event queued before the last of those.
         while let Some(front) = g.entries.front() {
+            // An event right after the last frame it has was received if it was
+            // written out (so a resumed client does not hear it twice).
             let received = match front.item {
                 Item::Data { seq, .. } => seq <= last_seq,
-                Item::Event { .. } => front.seq < last_seq,
+                Item::Event { .. } => {
+                    front.seq < last_seq || (front.seq == last_seq && front.pos <= g.drained_pos)
+                }
             };
             if !received {
                 break;
@@ -655,7 +663,10 @@ impl Pipe {
         g.clear();
         g.seq = 0;
         g.base = 0;
-        g.state = State::Away { frames: 0, bytes: 0 };
+        g.state = State::Away {
+            frames: 0,
+            bytes: 0,
+        };
     }
 
     /// Registry side: a new sender (a new browser) starts counting from 0.
@@ -704,7 +715,11 @@ impl Pipe {
         g.next_pos += 1;
         g.bytes += cost;
         g.unwritten += cost;
-        g.entries.push_back(Entry { pos, seq, item: Item::Data { seq, frame } });
+        g.entries.push_back(Entry {
+            pos,
+            seq,
+            item: Item::Data { seq, frame },
+        });
         if g.bytes > self.limits.hard_cap() {
             if let State::Attached(rx) = &g.state {
                 let rx = rx.clone();
@@ -719,6 +734,10 @@ impl Pipe {
     /// frame up to pairing number `p`.
     pub fn ack_from_peer(&self, p: u64) {
         let mut g = self.lock();
+        if g.ack_to.is_some() {
+            // A pipe fed from another node only takes its own receiver's acks.
+            return;
+        }
         let upto = g.base + p;
         while let Some(front) = g.entries.front() {
             let done = match front.item {
@@ -751,7 +770,9 @@ impl Pipe {
         }
         let last_seq = g.base + p_last;
         if last_seq > g.seq {
-            return Err(Gap::Ahead { sent: g.seq - g.base });
+            return Err(Gap::Ahead {
+                sent: g.seq - g.base,
+            });
         }
         let oldest = g
             .entries
@@ -759,7 +780,9 @@ impl Pipe {
             .find_map(|e| matches!(e.item, Item::Data { .. }).then_some(e.seq))
             .unwrap_or(g.seq + 1);
         if last_seq + 1 < oldest {
-            return Err(Gap::Behind { oldest: oldest - g.base });
+            return Err(Gap::Behind {
+                oldest: oldest - g.base,
+            });
         }
         // Events are not carried across nodes (the receiver's node makes its own).
         while let Some(front) = g.entries.front() {
@@ -799,7 +822,9 @@ impl Pipe {
     /// `from` on (envelopes were lost; the receiver drops what it has).
     pub fn resend_to_peer(&self, from: u64) {
         let g = self.lock();
-        let State::Remote(peer) = &g.state else { return };
+        let State::Remote(peer) = &g.state else {
+            return;
+        };
         let base = g.base;
         let envs: Vec<Envelope> = g
             .entries
@@ -827,7 +852,10 @@ impl Pipe {
     pub fn peer_away(&self) {
         let mut g = self.lock();
         if matches!(g.state, State::Remote(_)) {
-            g.state = State::Away { frames: 0, bytes: 0 };
+            g.state = State::Away {
+                frames: 0,
+                bytes: 0,
+            };
             g.open_blocked();
         }
     }
@@ -869,7 +897,10 @@ impl Pipe {
             let mut g = pipe.lock();
             g.seq = last_seq;
             g.base = base.min(last_seq);
-            g.state = State::Away { frames: 0, bytes: 0 };
+            g.state = State::Away {
+                frames: 0,
+                bytes: 0,
+            };
             g.ack_to = Some(ack_to);
         }
         pipe
@@ -877,13 +908,20 @@ impl Pipe {
 
     /// Takes the control messages queued for the receiver out of the pipe
     /// (to hand them to the node it moved to).
-    pub fn take_events(&self) -> Vec<String> {
+    pub fn take_events(&self, last_seq: u64) -> Vec<String> {
         let mut g = self.lock();
         let mut out = Vec::new();
         let mut kept = VecDeque::with_capacity(g.entries.len());
-        for e in g.entries.drain(..) {
+        let drained = g.drained_pos;
+        for e in std::mem::take(&mut g.entries) {
             match &e.item {
-                Item::Event { text, .. } => out.push(text.to_string()),
+                // Same rule as `attach`: skip what the client surely or probably has.
+                Item::Event { text, .. } => {
+                    let had = e.seq < last_seq || (e.seq == last_seq && e.pos <= drained);
+                    if !had {
+                        out.push(text.to_string());
+                    }
+                }
                 Item::Data { .. } => kept.push_back(e),
             }
         }
@@ -933,6 +971,9 @@ impl Pipe {
                 .skip(start)
                 .map(|e| (e.pos, e.item.clone())),
         );
+        if let Some(last) = g.entries.back() {
+            g.drained_pos = g.drained_pos.max(last.pos);
+        }
         g.unwritten = 0;
         g.open_blocked();
         status
@@ -979,9 +1020,7 @@ impl Pipe {
     /// (there is no local sender to notice).
     pub fn cut_if_stalled_receiver(&self) -> Option<ConnId> {
         let g = self.lock();
-        if g.ack_to.is_none() {
-            return None;
-        }
+        g.ack_to.as_ref()?;
         let State::Attached(rx) = &g.state else {
             return None;
         };
@@ -1157,7 +1196,10 @@ mod tests {
             p.attach(rx, 0).unwrap();
             let big = Frame::Binary(Bytes::from(vec![0u8; 40_000]));
             assert_eq!(p.push(big.clone(), &gate), Pushed::Queued { remote: false });
-            assert_eq!(p.push(big.clone(), &gate), Pushed::Backlogged { remote: false });
+            assert_eq!(
+                p.push(big.clone(), &gate),
+                Pushed::Backlogged { remote: false }
+            );
             assert!(gate.is_closed());
             let mut d = Drained::default();
             p.drain(ConnId(1), 0, &mut d);
@@ -1209,7 +1251,9 @@ mod tests {
             // 400,000 bytes is the cap: the seventh frame crosses it.
             assert_eq!(results[6], Pushed::SlowConsumer(ConnId(1)), "{results:?}");
             assert!(
-                results[..6].iter().all(|r| *r == Pushed::Queued { remote: false }),
+                results[..6]
+                    .iter()
+                    .all(|r| *r == Pushed::Queued { remote: false }),
                 "{results:?}"
             );
         });

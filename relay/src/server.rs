@@ -15,12 +15,12 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use relay_protocol::Role;
 use tracing::{info, warn};
 
+use crate::cluster::bus::Bus;
+use crate::cluster::{Redis, RedisTarget};
 use crate::config::Config;
 use crate::conns::{Connections, Killer, RawSocket};
 use crate::metrics::Metrics;
 use crate::pipe::Limits;
-use crate::cluster::bus::Bus;
-use crate::cluster::{Redis, RedisTarget};
 use crate::registry::{ClusterRegistry, MemoryRegistry, RegistryHandle, RegistrySettings};
 use crate::{shutdown, socket};
 
@@ -113,7 +113,10 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
             Arc::clone(&redis),
             config.lease_ttl,
         );
-        (RegistryHandle::new(&addr), Some(ClusterHealth { redis, bus }))
+        (
+            RegistryHandle::new(&addr),
+            Some(ClusterHealth { redis, bus }),
+        )
     };
     let registry_kind = match &cluster {
         Some(c) => format!("redis ({})", c.redis.describe()),
@@ -293,7 +296,9 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Some(why) => HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
             .body(format!("{why}\n")),
-        None => HttpResponse::Ok().content_type("text/plain").body("ready\n"),
+        None => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n"),
     }
 }
 

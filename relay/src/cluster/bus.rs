@@ -125,7 +125,15 @@ impl Bus {
         };
         let queued = self.queued.fetch_add(size, Ordering::Relaxed) + size;
         self.metrics.bus_queued_bytes.set(queued as i64);
-        if self.tx.send(Outgoing { node: Arc::clone(node), env, size }).is_err() {
+        if self
+            .tx
+            .send(Outgoing {
+                node: Arc::clone(node),
+                env,
+                size,
+            })
+            .is_err()
+        {
             self.queued.fetch_sub(size, Ordering::Relaxed);
         }
         queued <= HIGH_WATER
@@ -134,7 +142,10 @@ impl Bus {
     /// Closes `gate` until the queue drains below its low mark.
     pub fn hold(&self, gate: &Arc<Gate>) {
         gate.close();
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::clone(gate));
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(gate));
         // The publisher may have drained between the check and now.
         if self.queued.load(Ordering::Relaxed) < LOW_WATER {
             self.release();
@@ -158,7 +169,11 @@ impl Bus {
         self.listening.load(Ordering::Relaxed)
     }
 
-    async fn publish_loop(self: Arc<Self>, redis: Arc<Redis>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    async fn publish_loop(
+        self: Arc<Self>,
+        redis: Arc<Redis>,
+        mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    ) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
@@ -208,7 +223,12 @@ impl Bus {
         }
     }
 
-    async fn subscribe_loop(self: Arc<Self>, redis: Arc<Redis>, dispatch: Dispatch, on_resubscribe: OnResubscribe) {
+    async fn subscribe_loop(
+        self: Arc<Self>,
+        redis: Arc<Redis>,
+        dispatch: Dispatch,
+        on_resubscribe: OnResubscribe,
+    ) {
         let ch = channel(&self.node);
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
@@ -279,7 +299,10 @@ impl Bus {
             let seen = self.probe_seen.load(Ordering::Relaxed);
             if nonce > seen + PROBES_MISSED && self.listening.swap(false, Ordering::Relaxed) {
                 self.metrics.probe_failures.inc();
-                warn!(sent = nonce, seen, "own probes are not coming back; resubscribing");
+                warn!(
+                    sent = nonce,
+                    seen, "own probes are not coming back; resubscribing"
+                );
                 self.resubscribe.notify_one();
             }
         }

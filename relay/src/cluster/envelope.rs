@@ -254,7 +254,9 @@ impl Envelope {
                 Some(Envelope::Ack { sid, to, p })
             }
             CONTROL => serde_json::from_slice(&b).ok().map(Envelope::Control),
-            PROBE => Some(Envelope::Probe { nonce: get_u64(&mut b)? }),
+            PROBE => Some(Envelope::Probe {
+                nonce: get_u64(&mut b)?,
+            }),
             _ => None,
         }
     }
@@ -301,7 +303,11 @@ mod tests {
                 p: u64::MAX,
                 frame: Frame::Text(r#"{"type":"data","payload":"é"}"#.into()),
             },
-            Envelope::Ack { sid: "s2".into(), to: Role::Mac, p: 3 },
+            Envelope::Ack {
+                sid: "s2".into(),
+                to: Role::Mac,
+                p: 3,
+            },
             Envelope::Control(Control::Ended {
                 sid: "s3".into(),
                 role: Role::Browser,
@@ -320,7 +326,12 @@ mod tests {
 
     #[test]
     fn garbage_is_skipped_not_panicked_on() {
-        for junk in [&b""[..], b"\x00\x00\x00\x05abc", b"\x00\x00\x00\x01\x09", b"\xff\xff\xff\xff"] {
+        for junk in [
+            &b""[..],
+            b"\x00\x00\x00\x05abc",
+            b"\x00\x00\x00\x01\x09",
+            b"\xff\xff\xff\xff",
+        ] {
             let (_, _) = Envelope::decode_all(Bytes::copy_from_slice(junk));
         }
         let (ok, bad) = Envelope::decode_all(Bytes::from_static(b"\x00\x00\x00\x02\x01\x05"));

@@ -20,7 +20,13 @@ pub type OnDead = Arc<dyn Fn(String) + Send + Sync>;
 /// Keeps this node's lease and watches the others'. `on_dead` is called for
 /// each lapsed node (every live node may see it; the registry's script makes
 /// sure only one cleans up).
-pub fn start(node: Arc<str>, ttl: Duration, redis: Arc<Redis>, metrics: Arc<Metrics>, on_dead: OnDead) {
+pub fn start(
+    node: Arc<str>,
+    ttl: Duration,
+    redis: Arc<Redis>,
+    metrics: Arc<Metrics>,
+    on_dead: OnDead,
+) {
     actix::spawn(async move {
         let mut tick = tokio::time::interval(CHECK_EVERY.min(ttl / 3));
         let lease = format!("{PREFIX}lease:{node}");
@@ -43,7 +49,10 @@ pub fn start(node: Arc<str>, ttl: Duration, redis: Arc<Redis>, metrics: Arc<Metr
                 metrics.lease_failures.inc();
                 continue;
             }
-            let members: Vec<String> = match redis.query("nodes", ::redis::cmd("SMEMBERS").arg(&nodes)).await {
+            let members: Vec<String> = match redis
+                .query("nodes", ::redis::cmd("SMEMBERS").arg(&nodes))
+                .await
+            {
                 Ok(m) => m,
                 Err(_) => continue,
             };
@@ -55,7 +64,9 @@ pub fn start(node: Arc<str>, ttl: Duration, redis: Arc<Redis>, metrics: Arc<Metr
                 Ok(a) => a,
                 Err(_) => continue,
             };
-            metrics.nodes_live.set(alive.iter().filter(|a| **a).count() as i64);
+            metrics
+                .nodes_live
+                .set(alive.iter().filter(|a| **a).count() as i64);
             for (m, live) in members.into_iter().zip(alive) {
                 if !live && *m != *node {
                     warn!(node = %m, "node lease lapsed");

@@ -50,10 +50,13 @@ impl RedisTarget {
     /// A sentence saying what is wrong with the URL.
     pub fn parse(url: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("RELAY_REDIS_URL {:?}: {why}", redact(url));
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected scheme://..."))?;
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected scheme://..."))?;
         match scheme {
             "redis" | "rediss" => {
-                url.into_connection_info().map_err(|e| bad(&e.to_string()))?;
+                url.into_connection_info()
+                    .map_err(|e| bad(&e.to_string()))?;
                 Ok(RedisTarget::Direct(url.to_owned()))
             }
             "redis+sentinel" | "rediss+sentinel" => {
@@ -71,7 +74,9 @@ impl RedisTarget {
                     bad("name the monitored service: redis+sentinel://host:26379/mymaster")
                 })?;
                 let db = match parts.next() {
-                    Some(d) if !d.is_empty() => d.parse().map_err(|_| bad("db must be a number"))?,
+                    Some(d) if !d.is_empty() => {
+                        d.parse().map_err(|_| bad("db must be a number"))?
+                    }
                     _ => 0,
                 };
                 let inner = if tls { "rediss" } else { "redis" };
@@ -84,11 +89,21 @@ impl RedisTarget {
                     return Err(bad("list at least one sentinel host:port"));
                 }
                 for s in &sentinels {
-                    s.as_str().into_connection_info().map_err(|e| bad(&e.to_string()))?;
+                    s.as_str()
+                        .into_connection_info()
+                        .map_err(|e| bad(&e.to_string()))?;
                 }
-                Ok(RedisTarget::Sentinel { sentinels, service: service.to_owned(), password, db, tls })
+                Ok(RedisTarget::Sentinel {
+                    sentinels,
+                    service: service.to_owned(),
+                    password,
+                    db,
+                    tls,
+                })
             }
-            _ => Err(bad("use redis://, rediss://, redis+sentinel:// or rediss+sentinel://")),
+            _ => Err(bad(
+                "use redis://, rediss://, redis+sentinel:// or rediss+sentinel://",
+            )),
         }
     }
 
@@ -96,12 +111,19 @@ impl RedisTarget {
     async fn client(&self) -> RedisResult<Client> {
         match self {
             RedisTarget::Direct(url) => Client::open(url.as_str()),
-            RedisTarget::Sentinel { sentinels, service, password, db, tls } => {
+            RedisTarget::Sentinel {
+                sentinels,
+                service,
+                password,
+                db,
+                tls,
+            } => {
                 let mut info = redis::RedisConnectionInfo::default().set_db(*db);
                 if let Some(p) = password {
                     info = info.set_password(p);
                 }
-                let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+                let mut node =
+                    SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
                 if *tls {
                     node = node.set_tls_mode(redis::TlsMode::Secure);
                 }
@@ -120,7 +142,9 @@ impl RedisTarget {
     pub fn describe(&self) -> String {
         match self {
             RedisTarget::Direct(url) => redact(url),
-            RedisTarget::Sentinel { sentinels, service, .. } => {
+            RedisTarget::Sentinel {
+                sentinels, service, ..
+            } => {
                 format!("sentinel {} service {service}", sentinels.join(","))
             }
         }
@@ -217,7 +241,9 @@ impl Redis {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
-        let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         // A connection that cannot answer PING is not up.
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(conn)
@@ -228,7 +254,11 @@ impl Redis {
     ///
     /// # Errors
     /// The Redis error, or a timeout, or "not connected".
-    pub async fn query<T: FromRedisValue>(&self, op: &'static str, cmd: &impl Queryable) -> RedisResult<T> {
+    pub async fn query<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &impl Queryable,
+    ) -> RedisResult<T> {
         let Some(mut conn) = self.conn.read().unwrap_or_else(|p| p.into_inner()).clone() else {
             self.metrics.redis_errors.with_label_values(&[op]).inc();
             return Err(not_connected());
@@ -245,7 +275,11 @@ impl Redis {
         };
         if let Err(e) = &result {
             self.metrics.redis_errors.with_label_values(&[op]).inc();
-            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+            if e.is_io_error()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+            {
                 self.broken.notify_one();
             }
         }
@@ -285,7 +319,10 @@ fn not_connected() -> redis::RedisError {
 }
 
 fn timeout_error() -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis did not answer in time"))
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "Redis did not answer in time",
+    ))
 }
 
 #[cfg(test)]
@@ -294,12 +331,30 @@ mod tests {
 
     #[test]
     fn urls_parse() {
-        assert!(matches!(RedisTarget::parse("redis://127.0.0.1:6379"), Ok(RedisTarget::Direct(_))));
-        assert!(matches!(RedisTarget::parse("rediss://h:6380/2"), Ok(RedisTarget::Direct(_))));
+        assert!(matches!(
+            RedisTarget::parse("redis://127.0.0.1:6379"),
+            Ok(RedisTarget::Direct(_))
+        ));
+        assert!(matches!(
+            RedisTarget::parse("rediss://h:6380/2"),
+            Ok(RedisTarget::Direct(_))
+        ));
         let s = RedisTarget::parse("redis+sentinel://:pw@a:26379,b:26380/mymaster/3").unwrap();
-        let RedisTarget::Sentinel { sentinels, service, password, db, tls } = s else { panic!() };
+        let RedisTarget::Sentinel {
+            sentinels,
+            service,
+            password,
+            db,
+            tls,
+        } = s
+        else {
+            panic!()
+        };
         assert_eq!(sentinels, ["redis://a:26379", "redis://b:26380"]);
-        assert_eq!((service.as_str(), password.as_deref(), db, tls), ("mymaster", Some("pw"), 3, false));
+        assert_eq!(
+            (service.as_str(), password.as_deref(), db, tls),
+            ("mymaster", Some("pw"), 3, false)
+        );
         assert!(RedisTarget::parse("redis+sentinel://a:26379").is_err());
         assert!(RedisTarget::parse("http://x").is_err());
         assert!(RedisTarget::parse("nonsense").is_err());

@@ -138,9 +138,14 @@ impl Scripts {
                   if f[1] then redis.call('SREM', pre .. 'sides:' .. f[1], sid .. '|' .. role) end
                   redis.call('SADD', pre .. 'sides:' .. ARGV[5], sid .. '|' .. role)
                 end
-                local c = redis.call('HMGET', s, p .. 'acc', 'm_rbase', 'm_sbase')
+local c = redis.call('HMGET', s, p .. 'acc', 'm_rbase', 'm_sbase')
+                local function alive(n)
+                  if not n or n == '' then return '0' end
+                  return tostring(redis.call('EXISTS', pre .. 'lease:' .. n))
+                end
                 return {{'ok', f[1] or '', f[2] or '', f[9] or '', f[4] or '', f[5] or '',
-                  f[7] or '', f[6] or '0', c[1] or '0', c[2] or '0', c[3] or '0'}}
+                  f[7] or '', f[6] or '0', c[1] or '0', c[2] or '0', c[3] or '0',
+                  alive(f[1]), alive(f[4])}}
                 "#
             )),
             // ARGV: pre, sid, role, node, conn, grace_deadline_ms

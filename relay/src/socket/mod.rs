@@ -493,7 +493,10 @@ impl Socket {
                 count(remote);
                 self.watch_stall(ctx);
             }
-            Pushed::NotPaired => self.send_error(ctx, ErrorCode::NotPaired, None),
+            Pushed::NotPaired => {
+                debug!(conn = %self.id, "data refused: not paired");
+                self.send_error(ctx, ErrorCode::NotPaired, None)
+            }
             Pushed::Overflow => self.state.registry.overflowed(Overflowed {
                 session_id: Arc::clone(&link.session_id),
                 role: self.role.peer(),

@@ -48,7 +48,9 @@ impl ClusterRegistry {
                     .arg(0)
                     .arg(POLL_BATCH);
             }
-            redis.query::<(Vec<String>, Vec<String>)>("expire", &pipe).await
+            redis
+                .query::<(Vec<String>, Vec<String>)>("expire", &pipe)
+                .await
         };
         ctx.spawn(due.into_actor(self).map(|res, act, ctx| {
             let Ok((codes, graces)) = res else { return };
@@ -56,8 +58,14 @@ impl ClusterRegistry {
                 act.run_expire(&Arc::from(sid.as_str()), true, ctx);
             }
             for member in graces {
-                let Some((sid, role)) = member.split_once('|') else { continue };
-                let role = if role == "mac" { Role::Mac } else { Role::Browser };
+                let Some((sid, role)) = member.split_once('|') else {
+                    continue;
+                };
+                let role = if role == "mac" {
+                    Role::Mac
+                } else {
+                    Role::Browser
+                };
                 act.run_grace_end(Arc::from(sid), role, ctx);
             }
         }));
@@ -97,7 +105,10 @@ impl ClusterRegistry {
                 if mac_node.is_empty() {
                     return;
                 }
-                let c = Control::CodeExpired { sid: id.to_string(), code };
+                let c = Control::CodeExpired {
+                    sid: id.to_string(),
+                    code,
+                };
                 act.send(&Arc::from(mac_node.as_str()), c, ctx);
             }
         }));
@@ -112,7 +123,12 @@ impl ClusterRegistry {
             redis
                 .query::<Vec<Value>>(
                     "grace",
-                    scripts.grace_end.arg(PREFIX).arg(&sid).arg(role.as_str()).arg(REMEMBER_MS),
+                    scripts
+                        .grace_end
+                        .arg(PREFIX)
+                        .arg(&sid)
+                        .arg(role.as_str())
+                        .arg(REMEMBER_MS),
                 )
                 .await
         };
@@ -122,7 +138,11 @@ impl ClusterRegistry {
                 return;
             }
             debug!(session = %id, role = role.as_str(), "grace period over");
-            let c = Control::Ended { sid: id.to_string(), role, reason: EndReason::Timeout };
+            let c = Control::Ended {
+                sid: id.to_string(),
+                role,
+                reason: EndReason::Timeout,
+            };
             let mut told = Vec::new();
             for n in [field(&reply, 5), field(&reply, 1)] {
                 if !n.is_empty() && !told.contains(&n) {
@@ -141,9 +161,17 @@ impl ClusterRegistry {
         let mut dead = Vec::new();
         for (id, local) in &self.sessions {
             for role in [Role::Mac, Role::Browser] {
-                if let Some(super::Here { conn: Some((c, cmd)) }) = local.side(role) {
+                if let Some(super::Here {
+                    conn: Some((c, cmd)),
+                }) = local.side(role)
+                {
                     if !cmd.connected() {
-                        dead.push(Gone { session_id: Arc::clone(id), role, conn: *c, how: Departure::Dropped });
+                        dead.push(Gone {
+                            session_id: Arc::clone(id),
+                            role,
+                            conn: *c,
+                            how: Departure::Dropped,
+                        });
                     }
                 }
             }

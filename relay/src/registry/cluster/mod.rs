@@ -55,8 +55,11 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(2);
 /// bus dispatcher looks up for every frame and ack, without the registry.
 #[derive(Default, Clone)]
 pub struct Directory {
-    pipes: Arc<Mutex<HashMap<(SessionId, Role), Arc<Pipe>>>>,
+    pipes: Arc<Mutex<PipeMap>>,
 }
+
+/// Pipes by session and the side they deliver to.
+type PipeMap = HashMap<(SessionId, Role), Arc<Pipe>>;
 
 impl Directory {
     fn get(&self, sid: &str, to: Role) -> Option<Arc<Pipe>> {
@@ -262,7 +265,12 @@ impl ClusterRegistry {
 
     /// A handle to publish toward `role` of `sid` on `node`.
     fn peer(&self, sid: &SessionId, role: Role, node: &Arc<str>) -> Peer {
-        Peer { bus: Arc::clone(&self.bus), node: Arc::clone(node), sid: Arc::clone(sid), to: role }
+        Peer {
+            bus: Arc::clone(&self.bus),
+            node: Arc::clone(node),
+            sid: Arc::clone(sid),
+            to: role,
+        }
     }
 
     /// Sends a control message to `node` (handled here if it is this node).
@@ -338,10 +346,17 @@ impl Actor for ClusterRegistry {
 fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metrics>) -> Dispatch {
     Arc::new(move |env| match env {
         Envelope::Frame { sid, to, p, frame } => {
-            let Some(pipe) = dir.get(&sid, to) else { return };
+            let Some(pipe) = dir.get(&sid, to) else {
+                tracing::debug!(session = %sid, to = to.as_str(), p, "frame for a session not held here");
+                return;
+            };
             match pipe.push_from_peer(p, frame) {
-                FromPeer::Queued | FromPeer::Duplicate | FromPeer::Dropped => {}
+                FromPeer::Queued => {}
+                FromPeer::Duplicate | FromPeer::Dropped => {
+                    tracing::debug!(session = %sid, to = to.as_str(), p, "frame from another node dropped (duplicate or no receiver)");
+                }
                 FromPeer::Gap { next } => {
+                    tracing::debug!(session = %sid, to = to.as_str(), p, next, "gap in frames from another node");
                     metrics.bus_malformed.inc();
                     if let Some(node) = pipe.ack_node() {
                         registry.do_send(FromPeerNode(Control::Resend {

@@ -23,20 +23,33 @@ impl Handler<FromPeerNode> for ClusterRegistry {
         match c {
             Control::Joined { sid, node } => self.peer_joined(&sid, node),
             Control::Away { sid, role } => self.peer_away(&sid, role),
-            Control::Moved { sid, role, node, p_last, was_away, request } => {
-                self.side_moved(&sid, role, node, p_last, was_away, request, ctx)
-            }
+            Control::Moved {
+                sid,
+                role,
+                node,
+                p_last,
+                was_away,
+                request,
+            } => self.side_moved(&sid, role, node, p_last, was_away, request, ctx),
             c @ Control::Handover { .. } => {
                 if let Control::Handover { request, .. } = &c {
                     let request = *request;
                     self.handover(request, c);
                 }
             }
-            Control::Ended { sid, role, reason } => self.side_ended(&Arc::from(sid.as_str()), role, reason, ctx),
-            Control::CodeExpired { sid, code } => self.code_expired_here(&Arc::from(sid.as_str()), &code),
+            Control::Ended { sid, role, reason } => {
+                self.side_ended(&Arc::from(sid.as_str()), role, reason, ctx)
+            }
+            Control::CodeExpired { sid, code } => {
+                self.code_expired_here(&Arc::from(sid.as_str()), &code)
+            }
             Control::Replace { sid, role, conn } => {
-                if let Some(Here { conn: Some((c, cmd)) }) =
-                    self.sessions.get(&Arc::from(sid.as_str()) as &SessionId).and_then(|l| l.side(role))
+                if let Some(Here {
+                    conn: Some((c, cmd)),
+                }) = self
+                    .sessions
+                    .get(&Arc::from(sid.as_str()) as &SessionId)
+                    .and_then(|l| l.side(role))
                 {
                     if c.0 == conn {
                         cmd.do_send(ConnCommand::Replaced);
@@ -50,7 +63,8 @@ impl Handler<FromPeerNode> for ClusterRegistry {
                     match p.ack_node() {
                         Some(n) => {
                             let c = Control::Resend { sid, to, from };
-                            self.bus.send(&n, crate::cluster::envelope::Envelope::Control(c));
+                            self.bus
+                                .send(&n, crate::cluster::envelope::Envelope::Control(c));
                         }
                         None => p.resend_to_peer(from),
                     }
@@ -70,19 +84,23 @@ impl Handler<FromPeerNode> for ClusterRegistry {
 
 impl ClusterRegistry {
     fn dir_get(&self, sid: &str, to: Role) -> Option<Arc<Pipe>> {
-        self.sessions.get(&Arc::from(sid) as &SessionId).and_then(|l| l.pipe(to).cloned())
+        self.sessions
+            .get(&Arc::from(sid) as &SessionId)
+            .and_then(|l| l.pipe(to).cloned())
     }
 
     /// On the mac's node: a browser joined the mac's session on `node`.
     fn peer_joined(&mut self, sid: &str, node: String) {
         let id: SessionId = Arc::from(sid);
         let node: Arc<str> = Arc::from(node.as_str());
-        let Some(mut local) = self.sessions.remove(&id) else { return };
+        let Some(mut local) = self.sessions.remove(&id) else {
+            return;
+        };
         if local.mac.is_none() {
             self.sessions.insert(id, local);
             return;
         }
-let Some(to_b) = local.to_browser.clone() else {
+        let Some(to_b) = local.to_browser.clone() else {
             self.sessions.insert(id, local);
             return;
         };
@@ -95,7 +113,7 @@ let Some(to_b) = local.to_browser.clone() else {
         };
         to_m.start_pairing();
         to_m.set_ack_to(Some(self.peer(&id, Role::Mac, &node)));
-// The mac's frames to the browser: published to its node, from 1.
+        // The mac's frames to the browser: published to its node, from 1.
         // Changed in place: the mac's socket holds this pipe.
         to_b.reset_receiver();
         let _ = to_b.send_to_peer(self.peer(&id, Role::Browser, &node), 0);
@@ -110,11 +128,17 @@ let Some(to_b) = local.to_browser.clone() else {
     /// On the node of a side's peer: that side went away.
     fn peer_away(&mut self, sid: &str, role: Role) {
         let id: SessionId = Arc::from(sid);
-        let Some(local) = self.sessions.get(&id) else { return };
+        let Some(local) = self.sessions.get(&id) else {
+            return;
+        };
         if let Some(p) = local.pipe(role) {
             p.peer_away();
         }
-        local.tell(role.peer(), &ServerMessage::PeerDisconnected, EventEffect::None);
+        local.tell(
+            role.peer(),
+            &ServerMessage::PeerDisconnected,
+            EventEffect::None,
+        );
     }
 
     /// On the side's old node and/or its peer's node: the side moved to `node`.
@@ -138,11 +162,14 @@ let Some(to_b) = local.to_browser.clone() else {
             let side_here = local.side(role).is_some();
             let peer_here = local.side(role.peer()).is_some();
             if side_here {
-                if let Some(Here { conn: Some((_, cmd)) }) = local.side_mut(role).take() {
+                if let Some(Here {
+                    conn: Some((_, cmd)),
+                }) = local.side_mut(role).take()
+                {
                     cmd.do_send(ConnCommand::Replaced);
                 }
                 if let Some(p) = local.pipe(role) {
-                    events = p.take_events();
+                    events = p.take_events(p.base() + p_last);
                 }
             }
             if peer_here {
@@ -167,14 +194,29 @@ let Some(to_b) = local.to_browser.clone() else {
                 self.forget(&id);
             }
         }
-        let reply = Control::Handover { sid: sid.to_owned(), role, received, events, error, request };
+        let reply = Control::Handover {
+            sid: sid.to_owned(),
+            role,
+            received,
+            events,
+            error,
+            request,
+        };
         self.send(&node, reply, ctx);
     }
 
     /// On the mac's node: its code expired with no browser; the session is over.
     pub(super) fn code_expired_here(&mut self, id: &SessionId, code: &str) {
-        let Some(local) = self.sessions.get(id) else { return };
-        local.tell(Role::Mac, &ServerMessage::CodeExpired { code: code.to_owned() }, EventEffect::Detach);
+        let Some(local) = self.sessions.get(id) else {
+            return;
+        };
+        local.tell(
+            Role::Mac,
+            &ServerMessage::CodeExpired {
+                code: code.to_owned(),
+            },
+            EventEffect::Detach,
+        );
         if local.mac.is_some() {
             self.metrics.sessions_live.dec();
         }
@@ -192,7 +234,10 @@ impl Handler<NodeDead> for ClusterRegistry {
         let node = dead.clone();
         let reap = async move {
             redis
-                .query::<Vec<Value>>("reap", scripts.dead_node.arg(PREFIX).arg(&node).arg(deadline))
+                .query::<Vec<Value>>(
+                    "reap",
+                    scripts.dead_node.arg(PREFIX).arg(&node).arg(deadline),
+                )
                 .await
         };
         ctx.spawn(reap.into_actor(self).map(move |res, act, ctx| {
@@ -204,7 +249,11 @@ impl Handler<NodeDead> for ClusterRegistry {
             warn!(node = %dead, sides = list.len() / 3, "node died; its sides are away");
             for i in (0..list.len()).step_by(3) {
                 let sid = field(&list, i);
-                let role = if field(&list, i + 1) == "mac" { Role::Mac } else { Role::Browser };
+                let role = if field(&list, i + 1) == "mac" {
+                    Role::Mac
+                } else {
+                    Role::Browser
+                };
                 let peer_node = field(&list, i + 2);
                 if peer_node.is_empty() {
                     continue;
@@ -227,12 +276,20 @@ impl Handler<Resubscribed> for ClusterRegistry {
         let me = self.node.to_string();
         let ask = async move {
             let nodes: Vec<String> = redis
-                .query("nodes", ::redis::cmd("SMEMBERS").arg(format!("{PREFIX}nodes")))
+                .query(
+                    "nodes",
+                    ::redis::cmd("SMEMBERS").arg(format!("{PREFIX}nodes")),
+                )
                 .await
                 .unwrap_or_default();
             for n in nodes {
                 if n != me {
-                    bus.send(&Arc::from(n.as_str()), crate::cluster::envelope::Envelope::Control(Control::Resync { node: me.clone() }));
+                    bus.send(
+                        &Arc::from(n.as_str()),
+                        crate::cluster::envelope::Envelope::Control(Control::Resync {
+                            node: me.clone(),
+                        }),
+                    );
                 }
             }
         };

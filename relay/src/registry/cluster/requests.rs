@@ -11,9 +11,7 @@ use relay_protocol::code::{ALPHABET, CODE_LEN};
 use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
 use tracing::{debug, info, warn};
 
-use super::{
-    ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending, REMEMBER_MS, SESSION_TTL_MS,
-};
+use super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending, REMEMBER_MS, SESSION_TTL_MS};
 use crate::cluster::PREFIX;
 use crate::cluster::envelope::{Control, EndReason};
 use crate::conns::ConnCommand;
@@ -28,7 +26,10 @@ use crate::registry::{
 const CODE_ATTEMPTS: usize = 8;
 
 pub(super) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 /// A string field of a script reply (empty when missing).
@@ -131,7 +132,11 @@ impl Handler<Join> for ClusterRegistry {
     type Result = ResponseActFuture<Self, Result<Joined, Refusal>>;
 
     fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
-        let early = if let Some(l) = self.limiter.as_ref().filter(|l| l.check_key(&msg.client.addr).is_err()) {
+        let early = if let Some(l) = self
+            .limiter
+            .as_ref()
+            .filter(|l| l.check_key(&msg.client.addr).is_err())
+        {
             let _ = l;
             Some(Refusal::from(ErrorCode::RateLimited))
         } else if !self.healthy() {
@@ -205,7 +210,10 @@ impl ClusterRegistry {
         self.metrics.joins.with_label_values(&[label]).inc();
     }
 
-    fn join_done(&self, r: Result<Joined, Refusal>) -> ResponseActFuture<Self, Result<Joined, Refusal>> {
+    fn join_done(
+        &self,
+        r: Result<Joined, Refusal>,
+    ) -> ResponseActFuture<Self, Result<Joined, Refusal>> {
         self.count_join(&r);
         Box::pin(fut::ready(r))
     }
@@ -222,10 +230,12 @@ impl ClusterRegistry {
     ) -> Result<Joined, Refusal> {
         let id: SessionId = Arc::from(sid);
         let limits = self.settings.limits;
-        let mac_here = *mac_node == *self.node
-            && self.sessions.get(&id).is_some_and(|l| l.mac.is_some());
+        let mac_here =
+            *mac_node == *self.node && self.sessions.get(&id).is_some_and(|l| l.mac.is_some());
         let rx = msg.client.receiver();
-        let here = Here { conn: Some((msg.client.conn, msg.client.commands.clone())) };
+        let here = Here {
+            conn: Some((msg.client.conn, msg.client.commands.clone())),
+        };
         if mac_here {
             // A pair on one node: local pipes, as on a single node.
             let local = self.sessions.get_mut(&id).ok_or(ErrorCode::InvalidCode)?;
@@ -241,17 +251,29 @@ impl ClusterRegistry {
             local.browser_node = None;
             local.tell(Role::Mac, &ServerMessage::PeerJoined, EventEffect::None);
             if local.mac.as_ref().is_some_and(|m| m.conn.is_none()) {
-                local.tell(Role::Browser, &ServerMessage::PeerDisconnected, EventEffect::None);
+                local.tell(
+                    Role::Browser,
+                    &ServerMessage::PeerDisconnected,
+                    EventEffect::None,
+                );
             }
-            let link = local.link(Role::Browser, written).ok_or(ErrorCode::InvalidCode)?;
+            let link = local
+                .link(Role::Browser, written)
+                .ok_or(ErrorCode::InvalidCode)?;
             let fields = vec![("m_rbase", to_m.base()), ("m_sbase", to_b.accepted())];
             self.checkpoint(&id, fields);
             info!(session = %sid, conn = %msg.client.conn, "browser joined (same node)");
-            return Ok(Joined { resume_token: token, link });
+            return Ok(Joined {
+                resume_token: token,
+                link,
+            });
         }
         // The mac is on another node (or nowhere: its node died).
         let mac_node: Arc<str> = Arc::from(mac_node);
-        let mut local = self.sessions.remove(&id).unwrap_or_else(|| Local::new(Arc::clone(&id)));
+        let mut local = self
+            .sessions
+            .remove(&id)
+            .unwrap_or_else(|| Local::new(Arc::clone(&id)));
         let to_b = Pipe::fed_from_peer(limits, 0, 0, self.peer(&id, Role::Browser, &mac_node));
         let written = to_b.attach(rx, 0).unwrap_or(0);
         let to_m = Pipe::sending_to_peer(limits, self.peer(&id, Role::Mac, &mac_node), 0, 0);
@@ -263,13 +285,29 @@ impl ClusterRegistry {
         local.browser = Some(here);
         local.mac_node = Some(Arc::clone(&mac_node));
         if mac_state != "here" {
-            local.tell(Role::Browser, &ServerMessage::PeerDisconnected, EventEffect::None);
+            local.tell(
+                Role::Browser,
+                &ServerMessage::PeerDisconnected,
+                EventEffect::None,
+            );
         }
-        let link = local.link(Role::Browser, written).ok_or(ErrorCode::InvalidCode)?;
+        let link = local
+            .link(Role::Browser, written)
+            .ok_or(ErrorCode::InvalidCode)?;
         self.sessions.insert(Arc::clone(&id), local);
-        self.send(&mac_node, Control::Joined { sid: sid.to_owned(), node: self.node.to_string() }, ctx);
+        self.send(
+            &mac_node,
+            Control::Joined {
+                sid: sid.to_owned(),
+                node: self.node.to_string(),
+            },
+            ctx,
+        );
         info!(session = %sid, conn = %msg.client.conn, mac_node = %mac_node, "browser joined (cross-node)");
-        Ok(Joined { resume_token: token, link })
+        Ok(Joined {
+            resume_token: token,
+            link,
+        })
     }
 }
 
@@ -283,6 +321,9 @@ struct ResumeFacts {
     acc_checkpoint: u64,
     m_rbase: u64,
     m_sbase: u64,
+    /// Whether the side's old node and the peer's node hold a live lease.
+    old_alive: bool,
+    peer_alive: bool,
 }
 
 impl Handler<Resume> for ClusterRegistry {
@@ -334,6 +375,8 @@ impl Handler<Resume> for ClusterRegistry {
                     acc_checkpoint: num(&reply, 8),
                     m_rbase: num(&reply, 9),
                     m_sbase: num(&reply, 10),
+                    old_alive: field(&reply, 11) == "1",
+                    peer_alive: field(&reply, 12) == "1",
                 }),
                 "ended" => Err(match field(&reply, 1).as_str() {
                     "MAC_DISCONNECTED" => Refusal {
@@ -367,12 +410,17 @@ impl Handler<Resume> for ClusterRegistry {
 fn gap_refusal(gap: Gap, last_seq: u64) -> Refusal {
     let why = match gap {
         Gap::Closed => return ErrorCode::ResumeExpired.into(),
-        Gap::Ahead { sent } => format!("lastSeq {last_seq} is more than the {sent} frames sent to you"),
+        Gap::Ahead { sent } => {
+            format!("lastSeq {last_seq} is more than the {sent} frames sent to you")
+        }
         Gap::Behind { oldest } => format!(
             "lastSeq {last_seq} is behind frames you already acknowledged (the oldest held is {oldest})"
         ),
     };
-    Refusal::with(ErrorCode::InvalidResume, format!("This session cannot be resumed: {why}. Start a new session."))
+    Refusal::with(
+        ErrorCode::InvalidResume,
+        format!("This session cannot be resumed: {why}. Start a new session."),
+    )
 }
 
 impl ClusterRegistry {
@@ -389,7 +437,10 @@ impl ClusterRegistry {
         self.metrics.resumes.with_label_values(&[label]).inc();
     }
 
-    fn resume_done(&self, r: Result<Resumed, Refusal>) -> ResponseActFuture<Self, Result<Resumed, Refusal>> {
+    fn resume_done(
+        &self,
+        r: Result<Resumed, Refusal>,
+    ) -> ResponseActFuture<Self, Result<Resumed, Refusal>> {
         self.count_resume(&r);
         Box::pin(fut::ready(r))
     }
@@ -405,17 +456,24 @@ impl ClusterRegistry {
         let role = msg.role;
         let me = Arc::clone(&self.node);
         let was_away = facts.old_state != "here";
-        let old_node: Option<Arc<str>> = (!facts.old_node.is_empty()).then(|| Arc::from(facts.old_node.as_str()));
+        let old_node: Option<Arc<str>> =
+            (!facts.old_node.is_empty()).then(|| Arc::from(facts.old_node.as_str()));
         let peer_node: Option<Arc<str>> =
             (!facts.peer_node.is_empty()).then(|| Arc::from(facts.peer_node.as_str()));
         let rbase = if role == Role::Mac { facts.m_rbase } else { 0 };
         let sbase = if role == Role::Mac { facts.m_sbase } else { 0 };
         let p_last = msg.last_seq.saturating_sub(rbase);
 
-        let mut local = self.sessions.remove(&id).unwrap_or_else(|| Local::new(Arc::clone(&id)));
+        let mut local = self
+            .sessions
+            .remove(&id)
+            .unwrap_or_else(|| Local::new(Arc::clone(&id)));
         // The old connection, if it is on this node and still open, is replaced.
         if old_node.as_deref() == Some(&*me) {
-            if let Some(Here { conn: Some((c, cmd)) }) = local.side_mut(role).take() {
+            if let Some(Here {
+                conn: Some((c, cmd)),
+            }) = local.side_mut(role).take()
+            {
                 if c.0 == facts.old_conn && c != msg.client.conn {
                     cmd.do_send(ConnCommand::Replaced);
                 }
@@ -425,11 +483,17 @@ impl ClusterRegistry {
         }
         let peer_here = local.side(role.peer()).is_some();
         local.set_node(role, None);
+        if role == Role::Mac && old_node.as_deref() != Some(&*me) {
+            self.metrics.sessions_live.inc();
+        }
 
         // Nodes that must hand over: the side's old node and the peer's node.
+        // A node without a live lease is dead: waiting for it would only delay.
         let mut ask: Vec<Arc<str>> = Vec::new();
-        for n in [&old_node, &peer_node].into_iter().flatten() {
-            if **n != *me && !ask.contains(n) {
+        let candidates = [(&old_node, facts.old_alive), (&peer_node, facts.peer_alive)];
+        for (n, alive) in candidates {
+            let Some(n) = n else { continue };
+            if alive && **n != *me && !ask.contains(n) {
                 ask.push(Arc::clone(n));
             }
         }
@@ -437,11 +501,12 @@ impl ClusterRegistry {
         // by the peer's node (which replays from p_last).
         if !peer_here {
             if let Some(pn) = peer_node.as_ref().filter(|n| ***n != *me) {
+                // Acks of what the side reads go to the peer's node, about `role`.
                 let fed = Pipe::fed_from_peer(
                     self.settings.limits,
                     msg.last_seq,
                     rbase,
-                    self.peer(&id, role.peer(), pn),
+                    self.peer(&id, role, pn),
                 );
                 self.set_pipe(&mut local, role, Some(fed));
                 local.set_node(role.peer(), Some(Arc::clone(pn)));
@@ -452,13 +517,22 @@ impl ClusterRegistry {
                 self.set_pipe(&mut local, role, Some(p));
             }
         }
-        *local.side_mut(role) = Some(Here { conn: Some((msg.client.conn, msg.client.commands.clone())) });
+        *local.side_mut(role) = Some(Here {
+            conn: Some((msg.client.conn, msg.client.commands.clone())),
+        });
         self.sessions.insert(Arc::clone(&id), local);
 
         let request = self.next_request;
         self.next_request += 1;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.pending.insert(request, Pending { waiting: ask.len(), replies: Vec::new(), done: Some(tx) });
+        self.pending.insert(
+            request,
+            Pending {
+                waiting: ask.len(),
+                replies: Vec::new(),
+                done: Some(tx),
+            },
+        );
         if ask.is_empty() {
             self.finish_pending(request);
         }
@@ -478,12 +552,12 @@ impl ClusterRegistry {
         }
         let wait = async move { tokio::time::timeout(HANDOVER_WAIT, rx).await };
         Box::pin(wait.into_actor(self).map(move |replies, act, ctx| {
-            act.pending.remove(&request);
+            let partial = act.pending.remove(&request).map(|p| p.replies).unwrap_or_default();
             let replies = match replies {
                 Ok(Ok(r)) => r,
                 _ => {
                     warn!(session = %id, "handover did not come in time; going on with what is here");
-                    Vec::new()
+                    partial
                 }
             };
             act.resumed(msg, facts, replies, sbase, p_last, ctx)
@@ -506,22 +580,39 @@ impl ClusterRegistry {
         let mut events = Vec::new();
         let mut received = None;
         for r in replies {
-            if let Control::Handover { received: rec, events: ev, error, .. } = r {
+            if let Control::Handover {
+                received: rec,
+                events: ev,
+                error,
+                ..
+            } = r
+            {
                 if let Some(e) = error {
                     warn!(session = %id, error = %e, "peer node cannot replay");
                     self.side_lost(&id, role, &msg, ctx);
-                    return Err(Refusal::with(ErrorCode::InvalidResume, format!("This session cannot be resumed: {e}. Start a new session.")));
+                    return Err(Refusal::with(
+                        ErrorCode::InvalidResume,
+                        format!("This session cannot be resumed: {e}. Start a new session."),
+                    ));
                 }
                 events.extend(ev);
                 received = received.or(rec);
             }
         }
         let limits = self.settings.limits;
-        let peer_node = self.sessions.get(&id).and_then(|l| l.node_of(role.peer()).cloned());
+        let peer_node = self
+            .sessions
+            .get(&id)
+            .and_then(|l| l.node_of(role.peer()).cloned());
         let Some(local) = self.sessions.get_mut(&id) else {
             return Err(ErrorCode::ResumeExpired.into());
         };
-        if local.side(role).and_then(|h| h.conn.as_ref()).map(|(c, _)| *c) != Some(msg.client.conn) {
+        if local
+            .side(role)
+            .and_then(|h| h.conn.as_ref())
+            .map(|(c, _)| *c)
+            != Some(msg.client.conn)
+        {
             // Something ended or replaced the side while the handover ran.
             return Err(ErrorCode::ResumeExpired.into());
         }
@@ -530,24 +621,38 @@ impl ClusterRegistry {
         if peer_here {
             // The peer is here: the pipe toward the side is local now.
             let to_side = local.pipe(role).cloned().ok_or(ErrorCode::ResumeExpired)?;
-            let to_peer = local.pipe(role.peer()).cloned().ok_or(ErrorCode::ResumeExpired)?;
+            let to_peer = local
+                .pipe(role.peer())
+                .cloned()
+                .ok_or(ErrorCode::ResumeExpired)?;
             to_peer.set_ack_to(None);
             accepted_p = to_peer.pairing_count();
             to_peer.set_accepted(sbase + accepted_p);
-            let written = to_side.attach(msg.client.receiver(), msg.last_seq).map_err(|g| gap_refusal(g, msg.last_seq))?;
+            let written = to_side
+                .attach(msg.client.receiver(), msg.last_seq)
+                .map_err(|g| gap_refusal(g, msg.last_seq))?;
             if facts.old_state != "here" {
                 local.tell(role.peer(), &ServerMessage::PeerResumed, EventEffect::None);
             }
             let link = local.link(role, written).ok_or(ErrorCode::ResumeExpired)?;
             info!(session = %id, role = role.as_str(), "resumed (peer on this node)");
-            return Ok(Resumed { accepted: sbase + accepted_p, events, link });
+            return Ok(Resumed {
+                accepted: sbase + accepted_p,
+                events,
+                link,
+            });
         }
         // The peer is elsewhere (or there is none).
         let to_side = local.pipe(role).cloned().ok_or(ErrorCode::ResumeExpired)?;
         match peer_node {
             Some(pn) => {
                 accepted_p = received.unwrap_or_else(|| facts.acc_checkpoint.saturating_sub(sbase));
-                let out = Pipe::sending_to_peer(limits, self.peer(&id, role.peer(), &pn), accepted_p, sbase + accepted_p);
+                let out = Pipe::sending_to_peer(
+                    limits,
+                    self.peer(&id, role.peer(), &pn),
+                    accepted_p,
+                    sbase + accepted_p,
+                );
                 if facts.peer_state != "here" {
                     out.peer_away();
                 }
@@ -572,12 +677,20 @@ impl ClusterRegistry {
             }
         }
         let local = self.sessions.get(&id).ok_or(ErrorCode::ResumeExpired)?;
-        let written = to_side.attach(msg.client.receiver(), msg.last_seq).map_err(|g| gap_refusal(g, msg.last_seq))?;
+        let written = to_side
+            .attach(msg.client.receiver(), msg.last_seq)
+            .map_err(|g| gap_refusal(g, msg.last_seq))?;
         let link = local.link(role, written).ok_or(ErrorCode::ResumeExpired)?;
-        let accepted = local.pipe(role.peer()).map_or(sbase + accepted_p, |p| p.accepted());
+        let accepted = local
+            .pipe(role.peer())
+            .map_or(sbase + accepted_p, |p| p.accepted());
         debug!(session = %id, role = role.as_str(), p_last, accepted, "resumed (cross-node)");
         info!(session = %id, role = role.as_str(), "resumed");
-        Ok(Resumed { accepted, events, link })
+        Ok(Resumed {
+            accepted,
+            events,
+            link,
+        })
     }
 
     /// A resume failed after the script moved the side here: mark it away
@@ -592,7 +705,9 @@ impl ClusterRegistry {
 
     /// Collects a handover reply; finishes the resume when all are in.
     pub(super) fn handover(&mut self, request: u64, reply: Control) {
-        let Some(p) = self.pending.get_mut(&request) else { return };
+        let Some(p) = self.pending.get_mut(&request) else {
+            return;
+        };
         p.replies.push(reply);
         p.waiting = p.waiting.saturating_sub(1);
         if p.waiting == 0 {
@@ -644,15 +759,23 @@ impl Handler<Gone> for ClusterRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Gone, ctx: &mut Context<Self>) {
-        let Some(local) = self.sessions.get_mut(&msg.session_id) else { return };
-        let Some(here) = local.side_mut(msg.role).as_mut() else { return };
+        let Some(local) = self.sessions.get_mut(&msg.session_id) else {
+            return;
+        };
+        let Some(here) = local.side_mut(msg.role).as_mut() else {
+            return;
+        };
         if here.conn.as_ref().map(|(c, _)| *c) != Some(msg.conn) {
             return; // an older connection of a side that was taken over
         }
         here.conn = None;
         match msg.how {
-            Departure::Left => self.end_here(msg.session_id, msg.role, msg.conn.0, EndReason::Left, ctx),
-            Departure::Closed => self.end_here(msg.session_id, msg.role, msg.conn.0, EndReason::Closed, ctx),
+            Departure::Left => {
+                self.end_here(msg.session_id, msg.role, msg.conn.0, EndReason::Left, ctx)
+            }
+            Departure::Closed => {
+                self.end_here(msg.session_id, msg.role, msg.conn.0, EndReason::Closed, ctx)
+            }
             Departure::Dropped => {
                 let role = msg.role;
                 if let Some(p) = local.pipe(role) {
@@ -660,10 +783,17 @@ impl Handler<Gone> for ClusterRegistry {
                 }
                 match local.node_of(role.peer()).cloned() {
                     Some(pn) => {
-                        let c = Control::Away { sid: msg.session_id.to_string(), role };
+                        let c = Control::Away {
+                            sid: msg.session_id.to_string(),
+                            role,
+                        };
                         self.send(&pn, c, ctx);
                     }
-                    None => local.tell(role.peer(), &ServerMessage::PeerDisconnected, EventEffect::None),
+                    None => local.tell(
+                        role.peer(),
+                        &ServerMessage::PeerDisconnected,
+                        EventEffect::None,
+                    ),
                 }
                 info!(session = %msg.session_id, role = role.as_str(), conn = %msg.conn, "side away");
                 self.mark_away(&msg.session_id, role, msg.conn.0, ctx);
@@ -675,7 +805,14 @@ impl Handler<Gone> for ClusterRegistry {
 impl ClusterRegistry {
     /// A side homed here ends for good (leave, close 1000): end it in Redis,
     /// then tell whoever holds the peer.
-    fn end_here(&mut self, id: SessionId, role: Role, conn: u64, reason: EndReason, ctx: &mut Context<Self>) {
+    fn end_here(
+        &mut self,
+        id: SessionId,
+        role: Role,
+        conn: u64,
+        reason: EndReason,
+        ctx: &mut Context<Self>,
+    ) {
         let redis = Arc::clone(&self.redis);
         let scripts = Arc::clone(&self.scripts);
         let node = Arc::clone(&self.node);
@@ -702,7 +839,11 @@ impl ClusterRegistry {
                 let live = field(&reply, 3) == "1";
                 act.side_ended(&id, role, reason, ctx);
                 if !peer_node.is_empty() && *peer_node != *act.node {
-                    let c = Control::Ended { sid: id.to_string(), role, reason };
+                    let c = Control::Ended {
+                        sid: id.to_string(),
+                        role,
+                        reason,
+                    };
                     act.send(&Arc::from(peer_node.as_str()), c, ctx);
                 }
                 if role == Role::Browser && !live {
@@ -719,26 +860,38 @@ impl ClusterRegistry {
 
     /// What this node does when side `role` of `id` ended for good, wherever
     /// it was: drop the side if it was here, tell its peer if the peer is here.
-    pub(super) fn side_ended(&mut self, id: &SessionId, role: Role, reason: EndReason, _: &mut Context<Self>) {
-        let Some(mut local) = self.sessions.remove(id) else { return };
+    pub(super) fn side_ended(
+        &mut self,
+        id: &SessionId,
+        role: Role,
+        reason: EndReason,
+        _: &mut Context<Self>,
+    ) {
+        let Some(mut local) = self.sessions.remove(id) else {
+            return;
+        };
         let peer_here = local.side(role.peer()).is_some();
+        if role == Role::Mac && local.mac.is_some() {
+            // `sessions_live` counts sessions whose mac is homed on this node.
+            self.metrics.sessions_live.dec();
+        }
         *local.side_mut(role) = None;
         local.set_node(role, None);
         match role {
             Role::Mac => {
                 if peer_here {
                     let msg = ServerMessage::error(ErrorCode::MacDisconnected);
-                    local.tell(Role::Browser, &msg, EventEffect::Close(CloseCode::SessionOver));
-                }
-                if local.mac.is_none() && local.browser.is_some() {
-                    self.metrics.sessions_live.dec();
+                    local.tell(
+                        Role::Browser,
+                        &msg,
+                        EventEffect::Close(CloseCode::SessionOver),
+                    );
                 }
                 self.sessions.insert(Arc::clone(id), local);
                 self.forget(id);
-                return;
             }
             Role::Browser => {
-if peer_here {
+                if peer_here {
                     // The mac stays: no receiver for its frames until a new
                     // browser (changed in place: the mac's socket holds it).
                     if let Some(p) = &local.to_browser {
@@ -752,7 +905,11 @@ if peer_here {
                         EndReason::Closed => PeerLeftReason::Closed,
                         EndReason::Timeout => PeerLeftReason::Timeout,
                     };
-                    local.tell(Role::Mac, &ServerMessage::PeerLeft { reason: left }, EventEffect::None);
+                    local.tell(
+                        Role::Mac,
+                        &ServerMessage::PeerLeft { reason: left },
+                        EventEffect::None,
+                    );
                     if let Some(p) = &local.to_browser {
                         self.checkpoint(id, vec![("m_sbase", p.accepted())]);
                     }
@@ -787,7 +944,14 @@ impl Handler<Overflowed> for ClusterRegistry {
             redis
                 .query::<Vec<Value>>(
                     "end",
-                    scripts.end_side.arg(PREFIX).arg(&sid).arg(role_name(role)).arg("").arg("").arg(REMEMBER_MS),
+                    scripts
+                        .end_side
+                        .arg(PREFIX)
+                        .arg(&sid)
+                        .arg(role_name(role))
+                        .arg("")
+                        .arg("")
+                        .arg(REMEMBER_MS),
                 )
                 .await
         };
@@ -795,7 +959,11 @@ impl Handler<Overflowed> for ClusterRegistry {
             act.side_ended(&id, role, EndReason::Timeout, ctx);
             if let Ok(reply) = res {
                 if field(&reply, 0) == "ok" {
-                    let c = Control::Ended { sid: id.to_string(), role, reason: EndReason::Timeout };
+                    let c = Control::Ended {
+                        sid: id.to_string(),
+                        role,
+                        reason: EndReason::Timeout,
+                    };
                     for n in [field(&reply, 1), field(&reply, 5)] {
                         if !n.is_empty() && *n != *act.node {
                             act.send(&Arc::from(n.as_str()), c.clone(), ctx);

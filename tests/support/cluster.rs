@@ -1,0 +1,833 @@
+//! Fixtures for the cluster tests: a real `redis-server`, relay nodes sharing
+//! it, and a real haproxy in front of them, each on a free 127.0.0.1 port.
+//! Every process is killed and every temp dir removed on drop, also when the
+//! test panics; a panicking test prints the last log lines of each process.
+//!
+//! Nodes are started here rather than with [`super::Relay`] because cluster
+//! tests need what `Relay` keeps private: the pid (SIGKILL) and a restart.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Pair, Registered, WAIT, Ws};
+
+/// How often a fixture polls a state it cannot be told about (a port that
+/// starts answering, a process that exits).
+const POLL: Duration = Duration::from_millis(20);
+
+/// The haproxy settings shared with `make cluster`; see [`Lb`].
+const HAPROXY_CFG: &str = include_str!("../../deploy/local/haproxy.cfg");
+
+/// A port that was free a moment ago. Another process may take it before it is
+/// used, so every fixture that uses one retries with a new port on failure.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A fresh, empty directory under the system temp dir; removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(kind: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("relay-test-{kind}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends `signal` (e.g. "TERM", "KILL") to `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Waits (blocking) for `child` to exit; fails the test after `WAIT * 2`.
+fn wait_child(child: &mut Child, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + WAIT * 2;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what} did not exit");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Kills `child` (SIGKILL) and reaps it; nothing happens if it already exited.
+fn kill_child(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The last `n` lines of a log file, for a failing test's output.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The path of program `name`: from PATH, else from /usr/sbin or /sbin,
+/// where Debian puts haproxy and a normal user's PATH may not look.
+fn program(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// A plain HTTP GET to `addr`: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("HTTP answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Waits (blocking) until `GET /readyz` on `addr` answers 200: a node that
+/// logged its address may still be connecting to Redis, and a test, like a
+/// load balancer, should not send it clients before then.
+fn wait_ready(addr: SocketAddr, what: &str) -> Result<(), String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let last = match readyz(addr) {
+            Ok(200) => return Ok(()),
+            Ok(status) => format!("/readyz answered {status}"),
+            Err(e) => e,
+        };
+        if Instant::now() > deadline {
+            return Err(format!("{what} not ready in time: {last}"));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The status of `GET /readyz` on `addr`, over a blocking socket.
+fn readyz(addr: SocketAddr) -> Result<u16, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not HTTP: {text:?}"))
+}
+
+/// Connects a WebSocket, returning the error instead of failing the test:
+/// for clients that reconnect and may meet a node that just went away.
+pub async fn try_connect(url: &str) -> Result<Ws, String> {
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await {
+        Ok(Ok((stream, _))) => Ok(Ws::from_stream(stream)),
+        Ok(Err(e)) => Err(format!("connect to {url}: {e}")),
+        Err(_) => Err(format!("connect to {url}: no answer in time")),
+    }
+}
+
+/// Connects a mac to `url` (e.g. `node.url("/mac")`) and registers it.
+pub async fn register_at(url: &str) -> Registered {
+    let mut ws = Ws::connect(url).await;
+    ws.json(json!({"type": "register"})).await;
+    let r = ws.expect("registered").await;
+    Registered {
+        ws,
+        code: r["code"].as_str().expect("code").to_owned(),
+        session_id: r["sessionId"].as_str().expect("sessionId").to_owned(),
+        token: r["resumeToken"].as_str().expect("resumeToken").to_owned(),
+    }
+}
+
+/// Registers a mac at `mac_url`, joins a browser at `browser_url`, and
+/// consumes `joined`/`peer_joined`.
+pub async fn pair_at(mac_url: &str, browser_url: &str) -> Pair {
+    let Registered {
+        ws: mut mac,
+        code,
+        session_id,
+        token,
+    } = register_at(mac_url).await;
+    let mut browser = Ws::connect(browser_url).await;
+    browser.json(json!({"type": "join", "code": code})).await;
+    let j = browser.expect("joined").await;
+    assert_eq!(j["sessionId"], session_id.as_str());
+    mac.expect("peer_joined").await;
+    Pair {
+        mac,
+        browser,
+        code,
+        session_id,
+        mac_token: token,
+        browser_token: j["resumeToken"].as_str().expect("token").to_owned(),
+    }
+}
+
+/// Whether a Redis server answers PING on `port` (RESP over a raw socket: the
+/// tests need no Redis client).
+fn redis_pings(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 5];
+    s.read_exact(&mut answer).is_ok() && &answer == b"+PONG"
+}
+
+/// The pid of the Redis server answering on `port` (from `INFO server`), to
+/// tell ours from one another test started on a port that was free a moment ago.
+fn redis_pid(port: u16) -> Option<u32> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n").ok()?;
+    let mut text = String::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        if let Some(rest) = text.split("process_id:").nth(1) {
+            if let Some((pid, _)) = rest.split_once("\r\n") {
+                return pid.trim().parse().ok();
+            }
+        }
+    }
+}
+
+/// A real `redis-server` on a free 127.0.0.1 port, with no persistence: a
+/// restart comes back empty, as a replaced Redis would. Its log is
+/// `redis.log` in its temp dir.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        let dir = TempDir::new("redis");
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            match spawn_redis(port, dir.path()) {
+                Ok(child) => {
+                    return RedisServer {
+                        child: Some(child),
+                        port,
+                        dir,
+                    };
+                }
+                // Most likely the port was taken meanwhile: try another.
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-server did not start: {last}");
+    }
+
+    /// `redis://127.0.0.1:PORT`, the value of `RELAY_REDIS_URL`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on (the same across [`Self::start_again`]).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether it answers PING now.
+    pub fn pings(&self) -> bool {
+        redis_pings(self.port)
+    }
+
+    /// Stops it with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("redis is running");
+        signal(child.id(), "TERM");
+        wait_child(&mut child, "redis-server");
+    }
+
+    /// Starts it again on the same port, empty, after [`Self::stop`].
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "redis is still running");
+        let child = spawn_redis(self.port, self.dir.path())
+            .unwrap_or_else(|e| panic!("redis-server did not start again: {e}"));
+        self.child = Some(child);
+    }
+}
+
+/// Starts `redis-server` on `port` and waits for PONG; the error says why not.
+fn spawn_redis(port: u16, dir: &Path) -> Result<Child, String> {
+    let log = dir.join("redis.log");
+    let mut child = Command::new(program("redis-server"))
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .args(["--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run redis-server (is it installed? `make deps`): {e}"))?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Err(format!("exited with {status}:\n{}", tail(&log, 20)));
+        }
+        if redis_pings(port) {
+            if redis_pid(port) == Some(child.id()) {
+                return Ok(child);
+            }
+            kill_child(&mut child);
+            return Err(format!("port {port} is another Redis's"));
+        }
+        if Instant::now() > deadline {
+            kill_child(&mut child);
+            return Err(format!("no PONG in time:\n{}", tail(&log, 20)));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            kill_child(child);
+        }
+        if std::thread::panicking() {
+            eprintln!("---- redis log (last lines) ----");
+            eprintln!("{}", tail(&self.dir.path().join("redis.log"), 30));
+        }
+    }
+}
+
+/// One relay process, started with the same defaults as [`super::Relay`].
+pub struct Node {
+    /// `RELAY_NODE_ID`.
+    pub id: String,
+    /// The address it listens on (may change across [`Self::restart`]).
+    pub addr: SocketAddr,
+    env: Vec<(String, String)>,
+    child: Child,
+    logs: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Node {
+    /// Starts a node named `id` with the test defaults and `env` on top, and
+    /// waits until its `/readyz` answers 200.
+    pub fn start(id: &str, env: &[(&str, &str)]) -> Node {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let logs = Arc::new(Mutex::new(VecDeque::new()));
+        let (child, addr) = spawn_relay(id, &env, "127.0.0.1:0", &logs)
+            .unwrap_or_else(|e| panic!("{id} did not start: {e}"));
+        Node {
+            id: id.to_owned(),
+            addr,
+            env,
+            child,
+            logs,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `ws://addr/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Connects a mac.
+    pub async fn mac(&self) -> Ws {
+        Ws::connect(&self.url("/mac")).await
+    }
+
+    /// Connects a browser.
+    pub async fn browser(&self) -> Ws {
+        Ws::connect(&self.url("/browser")).await
+    }
+
+    /// A plain HTTP GET: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).await
+    }
+
+    /// Polls `path` until it answers `status` (fails the test after [`WAIT`]).
+    pub async fn wait_status(&self, path: &str, status: u16) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (got, body) = self.get(path).await;
+            if got == status {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} {path} stayed {got} {body:?}, expected {status}",
+                self.id
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The value of a sample in /metrics, e.g. `relay_joins_total{result="ok"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sample {sample} in {}'s metrics", self.id))
+    }
+
+    /// Polls `sample` until `done(value)` holds (fails the test after [`WAIT`]).
+    pub async fn wait_metric(&self, sample: &str, done: impl Fn(f64) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.metric(sample).await;
+            if done(v) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sample} stayed at {v} on {}",
+                self.id
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Whether the log holds a line containing `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Waits until the log holds a line containing `needle` (fails after [`WAIT`]).
+    pub async fn wait_logged(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.logged(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged {needle:?}",
+                self.id
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Sends SIGTERM (the node drains, then exits).
+    pub fn sigterm(&self) {
+        signal(self.pid(), "TERM");
+    }
+
+    /// Sends SIGKILL and reaps the process: a node that dies without a word.
+    pub fn sigkill(&mut self) {
+        signal(self.pid(), "KILL");
+        wait_child(&mut self.child, &self.id);
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
+    }
+
+    /// Waits for the process to exit, serving the test's other tasks meanwhile.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT * 2;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.id);
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Starts a fresh process with the same node id and env, killing the old
+    /// one if it still runs, and waits until it is ready. It takes the old
+    /// address when it can (so a load balancer's config stays right), else a
+    /// new port: check [`Self::addr`].
+    pub fn restart(&mut self) {
+        kill_child(&mut self.child);
+        self.logs
+            .lock()
+            .unwrap()
+            .push_back(format!("---- {} restarted ----", self.id));
+        let (child, addr) = spawn_relay(&self.id, &self.env, &self.addr.to_string(), &self.logs)
+            .or_else(|_| spawn_relay(&self.id, &self.env, "127.0.0.1:0", &self.logs))
+            .unwrap_or_else(|e| panic!("{} did not start again: {e}", self.id));
+        self.child = child;
+        self.addr = addr;
+    }
+}
+
+/// Starts the relay binary listening on `listen` and waits for its
+/// "relay listening" line; its stderr lines go to `logs`.
+fn spawn_relay(
+    id: &str,
+    env: &[(String, String)],
+    listen: &str,
+    logs: &Arc<Mutex<VecDeque<String>>>,
+) -> Result<(Child, SocketAddr), String> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay"));
+    cmd.env_clear()
+        .env("RELAY_LISTEN", listen)
+        .env("RELAY_LOG_FORMAT", "json")
+        .env("RELAY_LOG", "relay=debug,info")
+        .env("RELAY_NODE_ID", id)
+        // Tests join often from 127.0.0.1.
+        .env("RELAY_JOIN_RATE", "0")
+        .env("RELAY_WORKERS", "2");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the relay binary");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let keep = Arc::clone(logs);
+    std::thread::spawn(move || {
+        // Dropping `tx` when stderr ends tells the waiter the process died.
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(t) = &tx {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["fields"]["message"] == "relay listening" {
+                        let addr = v["fields"]["addr"].as_str().unwrap_or("").to_owned();
+                        let _ = t.send(addr);
+                        tx = None;
+                    }
+                }
+            }
+            let mut l = keep.lock().unwrap();
+            if l.len() > 2000 {
+                l.pop_front();
+            }
+            l.push_back(line);
+        }
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(a) => {
+            let addr = a.parse().expect("listening address");
+            if let Err(e) = wait_ready(addr, id) {
+                kill_child(&mut child);
+                return Err(e);
+            }
+            Ok((child, addr))
+        }
+        Err(_) => {
+            kill_child(&mut child);
+            let l = logs.lock().unwrap();
+            let last: Vec<&str> = l.iter().rev().take(20).rev().map(String::as_str).collect();
+            Err(format!(
+                "no \"relay listening\" line; last lines:\n{}",
+                last.join("\n")
+            ))
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!("---- {} log (last lines) ----", self.id);
+            let logs = self.logs.lock().unwrap();
+            for l in logs.iter().skip(
+                logs.len().saturating_sub(
+                    std::env::var("RELAY_TEST_LOG_LINES")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(80),
+                ),
+            ) {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// A Redis server and relay nodes `node-1` ... `node-N` sharing it. Nodes are
+/// numbered from 1, like their ids: `cluster.node(1)` is `node-1`.
+pub struct Cluster {
+    // Nodes first: they are dropped before the Redis they use.
+    nodes: Vec<Node>,
+    /// The shared Redis.
+    pub redis: RedisServer,
+}
+
+impl Cluster {
+    /// Starts Redis and `n` nodes with `RELAY_REDIS_URL` set, plus `env`.
+    pub fn start(n: usize, env: &[(&str, &str)]) -> Cluster {
+        let redis = RedisServer::start();
+        let url = redis.url();
+        let mut all: Vec<(&str, &str)> = vec![("RELAY_REDIS_URL", url.as_str())];
+        all.extend_from_slice(env);
+        // Nodes start side by side: each waits for its Redis connection.
+        let nodes = std::thread::scope(|scope| {
+            let all = &all;
+            let starting: Vec<_> = (1..=n)
+                .map(|i| scope.spawn(move || Node::start(&format!("node-{i}"), all)))
+                .collect();
+            starting
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        Cluster { nodes, redis }
+    }
+
+    /// Node `n` (from 1).
+    pub fn node(&self, n: usize) -> &Node {
+        assert!((1..=self.nodes.len()).contains(&n), "no node {n}");
+        &self.nodes[n - 1]
+    }
+
+    /// Node `n` (from 1), to signal or restart it.
+    pub fn node_mut(&mut self, n: usize) -> &mut Node {
+        assert!((1..=self.nodes.len()).contains(&n), "no node {n}");
+        &mut self.nodes[n - 1]
+    }
+
+    /// Every node, in order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Every node's address, in order (for [`Lb`]).
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    /// SIGKILLs node `n` (from 1).
+    pub fn kill(&mut self, n: usize) {
+        self.node_mut(n).sigkill();
+    }
+}
+
+/// A real haproxy in front of relay nodes, with the settings of
+/// `deploy/local/haproxy.cfg`: round robin, no stickiness, nodes whose
+/// `/readyz` fails leave the rotation within half a second. Its log is
+/// `haproxy.log` in its temp dir.
+pub struct Lb {
+    port: u16,
+    child: Child,
+    /// Processes of earlier configs, finishing their open connections.
+    retired: Vec<Child>,
+    dir: TempDir,
+}
+
+impl Lb {
+    /// Starts haproxy on a free port in front of `backends`.
+    pub fn start(backends: &[SocketAddr]) -> Lb {
+        let dir = TempDir::new("haproxy");
+        let (child, port) = spawn_haproxy(dir.path(), backends);
+        Lb {
+            port,
+            child,
+            retired: Vec::new(),
+            dir,
+        }
+    }
+
+    /// `ws://127.0.0.1:PORT/path`. The port changes with
+    /// [`Self::reconfigure`], so take the URL again after it.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Whether haproxy's log holds a line containing `needle`, e.g.
+    /// `"node-1 is DOWN"` once a health check took a node out of the rotation.
+    pub fn logged(&self, needle: &str) -> bool {
+        std::fs::read_to_string(self.dir.path().join("haproxy.log"))
+            .unwrap_or_default()
+            .contains(needle)
+    }
+
+    /// Waits until haproxy's log holds `needle` (fails after [`WAIT`]).
+    pub async fn wait_logged(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.logged(needle) {
+            assert!(Instant::now() < deadline, "haproxy never logged {needle:?}");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// A plain HTTP GET through the balancer: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr(), path).await
+    }
+
+    /// Replaces the backend list (e.g. after a node came back on a new port):
+    /// a new haproxy starts on a new port and the old one stops listening but
+    /// keeps forwarding the connections it has until they end, as a reload
+    /// would.
+    pub fn reconfigure(&mut self, backends: &[SocketAddr]) {
+        let (child, port) = spawn_haproxy(self.dir.path(), backends);
+        let old = std::mem::replace(&mut self.child, child);
+        // SIGUSR1 is haproxy's soft stop.
+        signal(old.id(), "USR1");
+        self.retired.push(old);
+        self.port = port;
+    }
+}
+
+/// The shared haproxy config with its `bind` line and `server` lines replaced.
+fn haproxy_config(port: u16, backends: &[SocketAddr]) -> String {
+    let mut out = String::new();
+    let mut servers_written = false;
+    for line in HAPROXY_CFG.lines() {
+        let t = line.trim_start();
+        if t.starts_with("bind ") {
+            out.push_str(&format!("    bind 127.0.0.1:{port}\n"));
+        } else if t.starts_with("server ") {
+            if !servers_written {
+                for (i, a) in backends.iter().enumerate() {
+                    out.push_str(&format!("    server node-{} {a}\n", i + 1));
+                }
+                servers_written = true;
+            }
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(servers_written, "haproxy.cfg has no server lines");
+    out
+}
+
+/// Starts haproxy in the foreground on a free port and waits until the port
+/// accepts connections.
+fn spawn_haproxy(dir: &Path, backends: &[SocketAddr]) -> (Child, u16) {
+    let mut last = String::new();
+    for attempt in 0..5 {
+        let port = free_port();
+        let cfg = dir.join(format!("haproxy-{port}.cfg"));
+        std::fs::write(&cfg, haproxy_config(port, backends)).expect("write haproxy config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("haproxy.log"))
+            .expect("open haproxy log");
+        let mut child = Command::new(program("haproxy"))
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run haproxy (is it installed? `make deps`): {e}"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                // Most likely the port was taken meanwhile: try another.
+                last = format!(
+                    "attempt {attempt} exited with {status}:\n{}",
+                    tail(&dir.join("haproxy.log"), 20)
+                );
+                break;
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                return (child, port);
+            }
+            if Instant::now() > deadline {
+                kill_child(&mut child);
+                panic!(
+                    "haproxy did not listen in time:\n{}",
+                    tail(&dir.join("haproxy.log"), 20)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+    panic!("haproxy did not start: {last}");
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+        for c in &mut self.retired {
+            kill_child(c);
+        }
+        if std::thread::panicking() {
+            eprintln!("---- haproxy log (last lines) ----");
+            eprintln!("{}", tail(&self.dir.path().join("haproxy.log"), 40));
+        }
+    }
+}
