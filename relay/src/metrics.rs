@@ -130,6 +130,8 @@ pub struct Metrics {
     pub bus_queued_bytes: IntGauge,
     /// Envelopes from other nodes that could not be read.
     pub bus_malformed: IntCounter,
+    /// Frames from other nodes that arrived after a gap (lost envelopes; resent).
+    pub bus_gaps: IntCounter,
     /// Times this node's own probe did not come back (it resubscribed).
     pub probe_failures: IntCounter,
     /// Nodes whose lease is live, as last seen by this node.
@@ -242,6 +244,10 @@ impl Metrics {
                 "relay_bus_malformed_total",
                 "Envelopes from other nodes that could not be read.",
             )?,
+            bus_gaps: IntCounter::new(
+                "relay_bus_gaps_total",
+                "Frames from other nodes that came after missing ones (lost envelopes, resent).",
+            )?,
             probe_failures: IntCounter::new(
                 "relay_pubsub_probe_failures_total",
                 "Times the node's own probe did not come back (it resubscribed).",
@@ -316,6 +322,7 @@ impl Metrics {
         m.registry.register(Box::new(m.pubsub_out.clone()))?;
         m.registry.register(Box::new(m.bus_queued_bytes.clone()))?;
         m.registry.register(Box::new(m.bus_malformed.clone()))?;
+        m.registry.register(Box::new(m.bus_gaps.clone()))?;
         m.registry.register(Box::new(m.probe_failures.clone()))?;
         m.registry.register(Box::new(m.nodes_live.clone()))?;
         m.registry.register(Box::new(m.lease_failures.clone()))?;

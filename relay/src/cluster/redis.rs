@@ -275,11 +275,7 @@ impl Redis {
         };
         if let Err(e) = &result {
             self.metrics.redis_errors.with_label_values(&[op]).inc();
-            if e.is_io_error()
-                || e.is_timeout()
-                || e.is_connection_dropped()
-                || e.is_connection_refusal()
-            {
+            if connection_broken(e) {
                 self.broken.notify_one();
             }
         }
@@ -312,6 +308,21 @@ impl Queryable for redis::ScriptInvocation<'_> {
     async fn run(&self, conn: &mut MultiplexedConnection) -> RedisResult<redis::Value> {
         self.invoke_async(conn).await
     }
+}
+
+/// Whether an error means the connection (or the server's role) is no good:
+/// reconnect, asking Sentinel again. A master demoted by a failover answers
+/// writes with READONLY; one cut off from its replicas with MASTERDOWN.
+fn connection_broken(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
 }
 
 fn not_connected() -> redis::RedisError {

@@ -150,6 +150,15 @@ impl Local {
         }
     }
 
+    /// Sets the pipe toward `role`, in the session and the directory.
+    fn set_pipe(&mut self, dir: &Directory, role: Role, pipe: Option<Arc<Pipe>>) {
+        dir.set(&self.id, role, pipe.as_ref());
+        match role {
+            Role::Mac => self.to_mac = pipe,
+            Role::Browser => self.to_browser = pipe,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.mac.is_none() && self.browser.is_none()
     }
@@ -282,15 +291,6 @@ impl ClusterRegistry {
         }
     }
 
-    /// Sets the pipe toward `role` in `local` and the directory.
-    fn set_pipe(&self, local: &mut Local, role: Role, pipe: Option<Arc<Pipe>>) {
-        self.dir.set(&local.id, role, pipe.as_ref());
-        match role {
-            Role::Mac => local.to_mac = pipe,
-            Role::Browser => local.to_browser = pipe,
-        }
-    }
-
     /// Forgets a session on this node, closing what it held.
     fn forget(&mut self, sid: &SessionId) {
         if let Some(mut local) = self.sessions.remove(sid) {
@@ -298,7 +298,7 @@ impl ClusterRegistry {
                 if let Some(p) = local.pipe(role) {
                     p.close();
                 }
-                self.set_pipe(&mut local, role, None);
+                local.set_pipe(&self.dir, role, None);
             }
         }
     }
@@ -356,16 +356,15 @@ fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metr
                     tracing::debug!(session = %sid, to = to.as_str(), p, "frame from another node dropped (duplicate or no receiver)");
                 }
                 FromPeer::Gap { next } => {
+                    // Envelopes were lost (a publish failed, or our subscription
+                    // broke): the registry asks the sender's node to resend.
                     tracing::debug!(session = %sid, to = to.as_str(), p, next, "gap in frames from another node");
-                    metrics.bus_malformed.inc();
-                    if let Some(node) = pipe.ack_node() {
-                        registry.do_send(FromPeerNode(Control::Resend {
-                            sid,
-                            to,
-                            from: next,
-                        }));
-                        let _ = node;
-                    }
+                    metrics.bus_gaps.inc();
+                    registry.do_send(FromPeerNode(Control::Resend {
+                        sid,
+                        to,
+                        from: next,
+                    }));
                 }
                 FromPeer::Cut(conn) => registry.do_send(super::Gone {
                     session_id: Arc::from(sid.as_str()),

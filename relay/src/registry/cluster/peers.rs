@@ -9,7 +9,7 @@ use relay_protocol::{Role, ServerMessage};
 use tracing::{info, warn};
 
 use super::requests::{field, now_ms};
-use super::{ClusterRegistry, FromPeerNode, Here, Local, NodeDead, Resubscribed};
+use super::{ClusterRegistry, FromPeerNode, Here, NodeDead, Resubscribed};
 use crate::cluster::PREFIX;
 use crate::cluster::envelope::Control;
 use crate::conns::ConnCommand;
@@ -294,6 +294,5 @@ impl Handler<Resubscribed> for ClusterRegistry {
             }
         };
         ctx.spawn(ask.into_actor(self));
-        let _ = Local::new;
     }
 }

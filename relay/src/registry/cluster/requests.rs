@@ -115,8 +115,8 @@ impl Handler<Register> for ClusterRegistry {
             let mut local = Local::new(Arc::clone(&id));
             let to_mac = Pipe::new(act.settings.limits);
             let written = to_mac.attach(msg.client.receiver(), 0).unwrap_or(0);
-            act.set_pipe(&mut local, Role::Mac, Some(to_mac));
-            act.set_pipe(&mut local, Role::Browser, Some(Pipe::new(act.settings.limits)));
+            local.set_pipe(&act.dir, Role::Mac, Some(to_mac));
+            local.set_pipe(&act.dir, Role::Browser, Some(Pipe::new(act.settings.limits)));
             local.mac = Some(Here { conn: Some((msg.client.conn, msg.client.commands.clone())) });
             let link = local.link(Role::Mac, written).ok_or(ErrorCode::Unavailable)?;
             act.sessions.insert(id, local);
@@ -280,8 +280,8 @@ impl ClusterRegistry {
         if mac_state != "here" {
             to_m.peer_away();
         }
-        self.set_pipe(&mut local, Role::Browser, Some(to_b));
-        self.set_pipe(&mut local, Role::Mac, Some(to_m));
+        local.set_pipe(&self.dir, Role::Browser, Some(to_b));
+        local.set_pipe(&self.dir, Role::Mac, Some(to_m));
         local.browser = Some(here);
         local.mac_node = Some(Arc::clone(&mac_node));
         if mac_state != "here" {
@@ -508,13 +508,13 @@ impl ClusterRegistry {
                     rbase,
                     self.peer(&id, role, pn),
                 );
-                self.set_pipe(&mut local, role, Some(fed));
+                local.set_pipe(&self.dir, role, Some(fed));
                 local.set_node(role.peer(), Some(Arc::clone(pn)));
             } else if local.pipe(role).is_none() {
                 // No peer (a mac alone): an empty pipe at the side's count.
                 let p = Pipe::new(self.settings.limits);
                 p.reset_receiver();
-                self.set_pipe(&mut local, role, Some(p));
+                local.set_pipe(&self.dir, role, Some(p));
             }
         }
         *local.side_mut(role) = Some(Here {
@@ -657,9 +657,7 @@ impl ClusterRegistry {
                     out.peer_away();
                 }
                 if let Some(local) = self.sessions.get_mut(&id) {
-                    let mut l = std::mem::replace(local, Local::new(Arc::clone(&id)));
-                    self.set_pipe(&mut l, role.peer(), Some(out));
-                    *self.sessions.get_mut(&id).ok_or(ErrorCode::ResumeExpired)? = l;
+                    local.set_pipe(&self.dir, role.peer(), Some(out));
                 }
             }
             None => {
@@ -667,12 +665,12 @@ impl ClusterRegistry {
                 accepted_p = 0;
                 let out = Pipe::new(limits);
                 out.set_accepted(sbase.max(facts.acc_checkpoint));
-                if let Some(local) = self.sessions.get_mut(&id) {
-                    let mut l = std::mem::replace(local, Local::new(Arc::clone(&id)));
-                    if l.pipe(role.peer()).is_none() {
-                        self.set_pipe(&mut l, role.peer(), Some(out));
-                    }
-                    *self.sessions.get_mut(&id).ok_or(ErrorCode::ResumeExpired)? = l;
+                if let Some(local) = self
+                    .sessions
+                    .get_mut(&id)
+                    .filter(|l| l.pipe(role.peer()).is_none())
+                {
+                    local.set_pipe(&self.dir, role.peer(), Some(out));
                 }
             }
         }
@@ -975,13 +973,5 @@ impl Handler<Overflowed> for ClusterRegistry {
                 }
             }
         }));
-    }
-}
-
-impl Local {
-    /// Replaces this value; used to edit a session while `self` is borrowed elsewhere.
-    #[allow(dead_code)]
-    fn take(&mut self) -> Local {
-        std::mem::replace(self, Local::new(Arc::clone(&self.id)))
     }
 }
