@@ -106,8 +106,8 @@ impl Bus {
             metrics,
         });
         actix::spawn(Arc::clone(&bus).publish_loop(Arc::clone(&redis), rx));
-        actix::spawn(Arc::clone(&bus).subscribe_loop(redis, dispatch, on_resubscribe));
-        actix::spawn(Arc::clone(&bus).probe_loop());
+        actix::spawn(Arc::clone(&bus).subscribe_loop(Arc::clone(&redis), dispatch, on_resubscribe));
+        actix::spawn(Arc::clone(&bus).probe_loop(redis));
         bus
     }
 
@@ -289,21 +289,31 @@ impl Bus {
         }
     }
 
-    async fn probe_loop(self: Arc<Self>) {
+    async fn probe_loop(self: Arc<Self>, redis: Arc<Redis>) {
         let mut tick = tokio::time::interval(PROBE_EVERY);
         loop {
             tick.tick().await;
+            if !redis.is_up() {
+                // Nothing can be published; the subscription is redone when Redis is back.
+                self.listening.store(false, Ordering::Relaxed);
+                continue;
+            }
             let nonce = self.probe_sent.fetch_add(1, Ordering::Relaxed) + 1;
             let me = Arc::clone(&self.node);
             self.send(&me, Envelope::Probe { nonce });
             let seen = self.probe_seen.load(Ordering::Relaxed);
-            if nonce > seen + PROBES_MISSED && self.listening.swap(false, Ordering::Relaxed) {
-                self.metrics.probe_failures.inc();
-                warn!(
-                    sent = nonce,
-                    seen, "own probes are not coming back; resubscribing"
-                );
-                self.resubscribe.notify_one();
+            if nonce > seen + PROBES_MISSED {
+                // Resubscribe when the probes stop, and again every few
+                // seconds while they stay away.
+                let was_listening = self.listening.swap(false, Ordering::Relaxed);
+                if was_listening || (nonce - seen) % 5 == 0 {
+                    self.metrics.probe_failures.inc();
+                    warn!(
+                        sent = nonce,
+                        seen, "own probes are not coming back; resubscribing"
+                    );
+                    self.resubscribe.notify_one();
+                }
             }
         }
     }
