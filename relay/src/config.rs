@@ -18,6 +18,10 @@ pub struct Config {
     #[arg(long, env = "RELAY_REDIS_URL", default_value = "")]
     pub redis_url: String,
 
+    /// PEM file of the CA that signed Redis's TLS certificate (`rediss://`); empty trusts the system's roots.
+    #[arg(long, env = "RELAY_REDIS_CA", default_value = "")]
+    pub redis_ca: String,
+
     /// Longest a Redis command may take before it counts as failed.
     #[arg(long, env = "RELAY_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub redis_timeout: Duration,

@@ -86,6 +86,10 @@ pub struct Node {
 /// When the address cannot be bound or the metrics cannot be registered.
 pub fn start(config: Config) -> anyhow::Result<Node> {
     let config = Arc::new(config);
+    // Bind first: a failure here must come before any actor or task exists.
+    let listener = TcpListener::bind(config.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
     let node_id = config.effective_node_id();
     let metrics = Arc::new(Metrics::new(&node_id)?);
     let settings = RegistrySettings {
@@ -103,7 +107,13 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         let addr = MemoryRegistry::new(settings, Arc::clone(&metrics)).start();
         (RegistryHandle::new(&addr), None)
     } else {
-        let target = RedisTarget::parse(&config.redis_url).map_err(anyhow::Error::msg)?;
+        let mut target = RedisTarget::parse(&config.redis_url).map_err(anyhow::Error::msg)?;
+        if !config.redis_ca.is_empty() {
+            let ca = std::fs::read(&config.redis_ca).map_err(|e| {
+                anyhow::anyhow!("cannot read RELAY_REDIS_CA {}: {e}", config.redis_ca)
+            })?;
+            target = target.with_ca(ca).map_err(anyhow::Error::msg)?;
+        }
         let redis = Redis::start(target, config.redis_timeout, Arc::clone(&metrics));
         let node: Arc<str> = Arc::from(node_id.as_str());
         let (addr, bus) = ClusterRegistry::start(
@@ -131,9 +141,6 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         cluster,
     });
 
-    let listener = TcpListener::bind(config.listen)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr()?;
     let workers = if config.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {

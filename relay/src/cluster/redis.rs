@@ -24,8 +24,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Where Redis is, parsed from `RELAY_REDIS_URL`.
 #[derive(Debug, Clone)]
 pub enum RedisTarget {
-    /// One server: `redis://host:port/db` or `rediss://` for TLS.
-    Direct(String),
+    /// One server: `redis://host:port/db` or `rediss://` for TLS, with the CA
+    /// to trust for TLS if not the system's.
+    Direct(String, Option<Vec<u8>>),
     /// A master found through Sentinel:
     /// `redis+sentinel://[:password@]host:port,host:port/service[/db]`
     /// (`rediss+sentinel://` for TLS to every server).
@@ -57,7 +58,7 @@ impl RedisTarget {
             "redis" | "rediss" => {
                 url.into_connection_info()
                     .map_err(|e| bad(&e.to_string()))?;
-                Ok(RedisTarget::Direct(url.to_owned()))
+                Ok(RedisTarget::Direct(url.to_owned(), None))
             }
             "redis+sentinel" | "rediss+sentinel" => {
                 let tls = scheme.starts_with("rediss");
@@ -107,10 +108,30 @@ impl RedisTarget {
         }
     }
 
+    /// Trusts `ca` (PEM) for TLS to a single server.
+    ///
+    /// # Errors
+    /// When the target is Sentinel (not supported with a custom CA yet).
+    pub fn with_ca(self, ca: Vec<u8>) -> Result<Self, String> {
+        match self {
+            RedisTarget::Direct(url, _) => Ok(RedisTarget::Direct(url, Some(ca))),
+            RedisTarget::Sentinel { .. } => Err(
+                "RELAY_REDIS_CA works with redis:// and rediss:// URLs, not with Sentinel".into(),
+            ),
+        }
+    }
+
     /// A client for the current master.
     async fn client(&self) -> RedisResult<Client> {
         match self {
-            RedisTarget::Direct(url) => Client::open(url.as_str()),
+            RedisTarget::Direct(url, None) => Client::open(url.as_str()),
+            RedisTarget::Direct(url, Some(ca)) => Client::build_with_tls(
+                url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
             RedisTarget::Sentinel {
                 sentinels,
                 service,
@@ -141,7 +162,7 @@ impl RedisTarget {
     /// The URL with any password hidden, for logs.
     pub fn describe(&self) -> String {
         match self {
-            RedisTarget::Direct(url) => redact(url),
+            RedisTarget::Direct(url, _) => redact(url),
             RedisTarget::Sentinel {
                 sentinels, service, ..
             } => {
@@ -173,6 +194,9 @@ impl Redis {
     /// Starts connecting in the background; the handle is usable at once
     /// (commands fail until the first connection is up).
     pub fn start(target: RedisTarget, timeout: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
+        // rediss:// needs a TLS crypto provider; rustls cannot pick one by
+        // itself when several crates could provide it. Installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let redis = Arc::new(Redis {
             target,
             timeout,
@@ -344,11 +368,11 @@ mod tests {
     fn urls_parse() {
         assert!(matches!(
             RedisTarget::parse("redis://127.0.0.1:6379"),
-            Ok(RedisTarget::Direct(_))
+            Ok(RedisTarget::Direct(_, None))
         ));
         assert!(matches!(
             RedisTarget::parse("rediss://h:6380/2"),
-            Ok(RedisTarget::Direct(_))
+            Ok(RedisTarget::Direct(_, None))
         ));
         let s = RedisTarget::parse("redis+sentinel://:pw@a:26379,b:26380/mymaster/3").unwrap();
         let RedisTarget::Sentinel {
