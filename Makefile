@@ -22,14 +22,16 @@ build: toolchain ## Build release binaries into target/release
 test: toolchain deps lint ## Lint, then run every unit and integration test
 	$(CARGO) test --locked --workspace --all-targets
 
-# The cluster tests and `make cluster` run a real Redis and haproxy. haproxy
-# is in /usr/sbin, which a normal user's PATH may lack.
-DEPS := redis-server redis-sentinel haproxy
+# The cluster tests and `make cluster` run real Redis servers, Sentinels and
+# haproxy; the tests also drop packets with nftables and make TLS
+# certificates with openssl. Each entry is command:package. haproxy and nft
+# are in /usr/sbin, which a normal user's PATH may lack.
+DEPS := redis-server:redis-server redis-sentinel:redis-sentinel haproxy:haproxy nft:nftables openssl:openssl
 
-deps: ## Install the Debian packages the cluster needs (redis-server, redis-sentinel, haproxy) if missing
+deps: ## Install the Debian packages the tests and the cluster need, if missing
 	@PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \
-	for p in $(DEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -z "$$missing" ]; then echo "deps: $(DEPS) installed"; exit 0; fi; \
+	for d in $(DEPS); do command -v $${d%%:*} >/dev/null 2>&1 || missing="$$missing $${d#*:}"; done; \
+	if [ -z "$$missing" ]; then echo "deps: all installed"; exit 0; fi; \
 	sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
 	echo "deps: missing:$$missing"; \
 	echo "deps: $${sudo:+sudo }apt-get update" && $$sudo apt-get update && \

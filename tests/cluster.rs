@@ -17,7 +17,10 @@ mod balancer;
 mod failover;
 mod fixtures;
 mod pairing;
+mod probe;
 mod resume;
+mod sentinel;
+mod tls;
 
 /// A binary data frame carrying `seq`, padded to a length that varies with it.
 pub fn seq_frame(seq: u64) -> Message {
@@ -69,7 +72,7 @@ pub async fn collect(
                     }
                 }
                 panic!(
-                    "only {} of {count} frames came (runs: {ranges:?})",
+                    "only {} of {count} frames came (runs: {ranges:?}; control messages: {seen:?})",
                     seqs.len()
                 )
             })

@@ -1,10 +1,12 @@
 //! The cluster fixtures themselves, on single in-memory nodes where a cluster
 //! is not needed: when a cluster test fails, these say whether Redis and
-//! haproxy behave as the tests assume.
+//! haproxy (and Sentinel) behave as the tests assume.
 
 use serde_json::json;
 
-use crate::support::cluster::{Lb, Node, RedisServer, register_at};
+use crate::support::cluster::{
+    Lb, Node, RedisServer, Resp, SentinelSet, redis_command, register_at,
+};
 
 #[test]
 fn redis_stops_and_starts_again_on_the_same_port() {
@@ -53,4 +55,39 @@ async fn the_balancer_round_robins_skips_nodes_that_are_not_ready_and_reconfigur
     let _one_more = register_at(&lb.url("/mac")).await;
     b.wait_metric(MACS, |v| v == 5.0).await;
     drop(first);
+}
+
+#[test]
+fn a_sentinel_set_fails_over_when_asked_and_when_its_master_dies() {
+    let mut set = SentinelSet::start();
+    let ports = set.server_ports();
+    let first = set.master_port();
+    assert!(ports.contains(&first), "{first} is not one of {ports:?}");
+    let hosts = set
+        .url()
+        .strip_prefix("redis+sentinel://")
+        .and_then(|r| r.strip_suffix("/relaymaster"))
+        .map(|h| h.split(',').count());
+    assert_eq!(hosts, Some(3), "{}", set.url());
+    // A write on the master reaches the replica.
+    let ok = redis_command(first, &["SET", "k", "1"]).expect("SET");
+    assert_eq!(ok, Resp::Simple("OK".into()));
+
+    // Planned: the old master ends up a replica of the new one, with the data.
+    set.failover();
+    let second = set.master_port();
+    assert_ne!(second, first);
+    let on_old = redis_command(first, &["GET", "k"]).expect("GET");
+    assert_eq!(on_old, Resp::Bulk(Some("1".into())));
+    let refused = redis_command(first, &["SET", "k", "2"]).expect("SET");
+    assert!(
+        matches!(&refused, Resp::Error(e) if e.starts_with("READONLY")),
+        "the demoted master took a write: {refused:?}"
+    );
+
+    // Unplanned: the master dies and the replica takes over, with the data.
+    set.kill_master();
+    assert_eq!(set.master_port(), first);
+    let on_new = redis_command(first, &["GET", "k"]).expect("GET");
+    assert_eq!(on_new, Resp::Bulk(Some("1".into())));
 }

@@ -315,8 +315,14 @@ impl RedisServer {
 
 /// Starts `redis-server` on `port` and waits for PONG; the error says why not.
 fn spawn_redis(port: u16, dir: &Path) -> Result<Child, String> {
+    spawn_redis_with(port, dir, &[])
+}
+
+/// [`spawn_redis`] with `extra` arguments (e.g. `--replicaof`), which may
+/// override the defaults.
+fn spawn_redis_with(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
     let log = dir.join("redis.log");
-    let mut child = Command::new(program("redis-server"))
+    let child = Command::new(program("redis-server"))
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
@@ -326,15 +332,23 @@ fn spawn_redis(port: u16, dir: &Path) -> Result<Child, String> {
         .arg(dir)
         .arg("--logfile")
         .arg(&log)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot run redis-server (is it installed? `make deps`): {e}"))?;
+    await_pong(child, port, &log)
+}
+
+/// Waits until `child` (a Redis server or Sentinel) answers PING on `port`;
+/// kills it and says why if it exits, does not answer in time, or the answer
+/// comes from another process that took the port.
+fn await_pong(mut child: Child, port: u16, log: &Path) -> Result<Child, String> {
     let deadline = Instant::now() + WAIT;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
-            return Err(format!("exited with {status}:\n{}", tail(&log, 20)));
+            return Err(format!("exited with {status}:\n{}", tail(log, 20)));
         }
         if redis_pings(port) {
             if redis_pid(port) == Some(child.id()) {
@@ -345,7 +359,7 @@ fn spawn_redis(port: u16, dir: &Path) -> Result<Child, String> {
         }
         if Instant::now() > deadline {
             kill_child(&mut child);
-            return Err(format!("no PONG in time:\n{}", tail(&log, 20)));
+            return Err(format!("no PONG in time:\n{}", tail(log, 20)));
         }
         std::thread::sleep(POLL);
     }
@@ -621,29 +635,53 @@ impl Drop for Node {
 pub struct Cluster {
     // Nodes first: they are dropped before the Redis they use.
     nodes: Vec<Node>,
-    /// The shared Redis.
-    pub redis: RedisServer,
+    /// The shared Redis the cluster started ([`Self::start`]).
+    pub redis: OwnRedis,
+}
+
+/// The Redis a [`Cluster`] started, used as a [`RedisServer`]
+/// (`cluster.redis.stop()`); there is none in a cluster made with
+/// [`Cluster::start_with_redis_url`], and using it there fails the test.
+pub struct OwnRedis(Option<RedisServer>);
+
+impl std::ops::Deref for OwnRedis {
+    type Target = RedisServer;
+
+    fn deref(&self) -> &RedisServer {
+        self.0
+            .as_ref()
+            .expect("this cluster has no Redis of its own (start_with_redis_url)")
+    }
+}
+
+impl std::ops::DerefMut for OwnRedis {
+    fn deref_mut(&mut self) -> &mut RedisServer {
+        self.0
+            .as_mut()
+            .expect("this cluster has no Redis of its own (start_with_redis_url)")
+    }
 }
 
 impl Cluster {
     /// Starts Redis and `n` nodes with `RELAY_REDIS_URL` set, plus `env`.
     pub fn start(n: usize, env: &[(&str, &str)]) -> Cluster {
         let redis = RedisServer::start();
-        let url = redis.url();
-        let mut all: Vec<(&str, &str)> = vec![("RELAY_REDIS_URL", url.as_str())];
-        all.extend_from_slice(env);
-        // Nodes start side by side: each waits for its Redis connection.
-        let nodes = std::thread::scope(|scope| {
-            let all = &all;
-            let starting: Vec<_> = (1..=n)
-                .map(|i| scope.spawn(move || Node::start(&format!("node-{i}"), all)))
-                .collect();
-            starting
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        });
-        Cluster { nodes, redis }
+        let nodes = start_nodes(n, &redis.url(), env);
+        Cluster {
+            nodes,
+            redis: OwnRedis(Some(redis)),
+        }
+    }
+
+    /// Starts `n` nodes using the Redis at `url` (e.g. a [`SentinelSet`]'s),
+    /// plus `env`; the caller owns that Redis and must keep it running while
+    /// the cluster lives (declare it before the cluster, so it is dropped
+    /// after).
+    pub fn start_with_redis_url(n: usize, url: &str, env: &[(&str, &str)]) -> Cluster {
+        Cluster {
+            nodes: start_nodes(n, url, env),
+            redis: OwnRedis(None),
+        }
     }
 
     /// Node `n` (from 1).
@@ -672,6 +710,23 @@ impl Cluster {
     pub fn kill(&mut self, n: usize) {
         self.node_mut(n).sigkill();
     }
+}
+
+/// Starts nodes `node-1` ... `node-n` with `RELAY_REDIS_URL=url` plus `env`,
+/// side by side: each waits for its Redis connection.
+fn start_nodes(n: usize, url: &str, env: &[(&str, &str)]) -> Vec<Node> {
+    let mut all: Vec<(&str, &str)> = vec![("RELAY_REDIS_URL", url)];
+    all.extend_from_slice(env);
+    std::thread::scope(|scope| {
+        let all = &all;
+        let starting: Vec<_> = (1..=n)
+            .map(|i| scope.spawn(move || Node::start(&format!("node-{i}"), all)))
+            .collect();
+        starting
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
 }
 
 /// A real haproxy in front of relay nodes, with the settings of
@@ -828,6 +883,501 @@ impl Drop for Lb {
         if std::thread::panicking() {
             eprintln!("---- haproxy log (last lines) ----");
             eprintln!("{}", tail(&self.dir.path().join("haproxy.log"), 40));
+        }
+    }
+}
+
+/// A Redis reply (RESP2), as far as the fixtures read them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resp {
+    /// `+OK`
+    Simple(String),
+    /// `-ERR ...`
+    Error(String),
+    /// `:1`
+    Int(i64),
+    /// `$3\r\nfoo` (None: the null bulk string).
+    Bulk(Option<String>),
+    /// `*2\r\n...` (None: the null array).
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    /// The text of a simple or bulk string.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Resp::Simple(s) | Resp::Bulk(Some(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The elements of an array (none for anything else).
+    pub fn items(&self) -> &[Resp] {
+        match self {
+            Resp::Array(Some(v)) => v,
+            _ => &[],
+        }
+    }
+
+    /// A flat array of names and values (as `SENTINEL MASTER` answers), as pairs.
+    pub fn fields(&self) -> Vec<(&str, &str)> {
+        self.items()
+            .chunks(2)
+            .filter_map(|kv| Some((kv.first()?.text()?, kv.get(1)?.text()?)))
+            .collect()
+    }
+}
+
+/// Sends one command to the Redis server or Sentinel on 127.0.0.1:`port` over
+/// a fresh raw socket and reads its reply: the fixtures need no Redis client,
+/// and a fresh connection never reads a stale answer.
+pub fn redis_command(port: u16, args: &[&str]) -> Result<Resp, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .map_err(|e| format!("connect to {port}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    (&s).write_all(req.as_bytes())
+        .map_err(|e| format!("write to {port}: {e}"))?;
+    read_resp(&mut BufReader::new(s)).map_err(|e| format!("{args:?} to {port}: {e}"))
+}
+
+/// Reads one RESP2 reply.
+fn read_resp(r: &mut impl BufRead) -> Result<Resp, String> {
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| e.to_string())?;
+    let line = line
+        .strip_suffix("\r\n")
+        .ok_or_else(|| format!("cut reply {line:?}"))?;
+    let Some(kind) = line.chars().next() else {
+        return Err("empty reply line".into());
+    };
+    let rest = &line[1..];
+    let number = || {
+        rest.parse::<i64>()
+            .map_err(|_| format!("bad number in {line:?}"))
+    };
+    Ok(match kind {
+        '+' => Resp::Simple(rest.to_owned()),
+        '-' => Resp::Error(rest.to_owned()),
+        ':' => Resp::Int(number()?),
+        '$' => match usize::try_from(number()?) {
+            Err(_) => Resp::Bulk(None),
+            Ok(len) => {
+                let mut buf = vec![0u8; len + 2];
+                r.read_exact(&mut buf).map_err(|e| e.to_string())?;
+                buf.truncate(len);
+                Resp::Bulk(Some(String::from_utf8_lossy(&buf).into_owned()))
+            }
+        },
+        '*' => match usize::try_from(number()?) {
+            Err(_) => Resp::Array(None),
+            Ok(n) => Resp::Array(Some(
+                (0..n).map(|_| read_resp(r)).collect::<Result<_, _>>()?,
+            )),
+        },
+        _ => return Err(format!("not RESP: {line:?}")),
+    })
+}
+
+/// The value of `field` in an `INFO` answer (`role:master` -> "master").
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// `INFO <section>` of the server on `port`.
+fn redis_info(port: u16, section: &str) -> Result<String, String> {
+    match redis_command(port, &["INFO", section])? {
+        Resp::Bulk(Some(text)) => Ok(text),
+        other => Err(format!("INFO {section} on {port} answered {other:?}")),
+    }
+}
+
+/// Polls `check` until it holds; fails the test after `bound` with the last
+/// reason it gave. For states a fixture cannot be told about, such as what
+/// the sentinels have concluded.
+fn wait_until(what: &str, bound: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + bound;
+    loop {
+        let why = match check() {
+            Ok(()) => return,
+            Err(why) => why,
+        };
+        assert!(Instant::now() < deadline, "{what}: not in time: {why}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The name under which the sentinels of a [`SentinelSet`] monitor its master.
+pub const SENTINEL_SERVICE: &str = "relaymaster";
+
+/// One process of a [`SentinelSet`].
+struct Member {
+    /// Running until killed; None once killed.
+    child: Option<Child>,
+    port: u16,
+    /// Its log, in its own directory (with a sentinel's config).
+    log: PathBuf,
+}
+
+impl Member {
+    /// SIGKILLs and reaps it (nothing if it was killed before).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_child(&mut child);
+        }
+    }
+}
+
+/// A Sentinel-managed Redis, all on free 127.0.0.1 ports: a master, one
+/// replica of it, and three `redis-sentinel`s monitoring it as
+/// [`SENTINEL_SERVICE`] with quorum 2, so a failover works as in production,
+/// just faster (the master counts as down after 1 s). Nothing persists. Every
+/// process is killed on drop, the sentinels first so they do not react to the
+/// servers going; a panicking test prints the end of each log.
+pub struct SentinelSet {
+    servers: Vec<Member>,
+    sentinels: Vec<Member>,
+    dir: TempDir,
+}
+
+impl SentinelSet {
+    /// Starts the master, then the replica, and once it is in sync the
+    /// sentinels; returns when the set is whole: the replica in sync and
+    /// every sentinel naming the master and knowing the replica and the two
+    /// other sentinels (which a failover needs: a quorum to agree the master
+    /// is down and a majority to elect the sentinel that fails it over).
+    pub fn start() -> SentinelSet {
+        // Built up in place, so whatever started is killed if a later step panics.
+        let mut set = SentinelSet {
+            servers: Vec::new(),
+            sentinels: Vec::new(),
+            dir: TempDir::new("sentinel"),
+        };
+        set.start_server(None);
+        let master = set.servers[0].port;
+        set.start_server(Some(master));
+        // A sentinel finds replicas in the master's INFO, which it reads at
+        // once and then only every 10 s: start it after the replica is there.
+        wait_until("replica in sync", WAIT, || set.replica_in_sync(master));
+        for _ in 0..3 {
+            set.start_sentinel(master);
+        }
+        wait_until("sentinels agree", WAIT, || set.whole(master));
+        set
+    }
+
+    /// `redis+sentinel://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3/relaymaster`,
+    /// the value of `RELAY_REDIS_URL`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+sentinel://{}/{SENTINEL_SERVICE}", hosts.join(","))
+    }
+
+    /// The master's port, as the first sentinel that answers names it.
+    pub fn master_port(&self) -> u16 {
+        let mut last = String::new();
+        for s in &self.sentinels {
+            match sentinel_master(s.port) {
+                Ok(port) => return port,
+                Err(e) => last = e,
+            }
+        }
+        panic!("no sentinel names the master: {last}");
+    }
+
+    /// The ports of the two servers (the master's and the replica's, in
+    /// either order).
+    pub fn server_ports(&self) -> Vec<u16> {
+        self.servers.iter().map(|s| s.port).collect()
+    }
+
+    /// Waits until the replica has everything the master had when called.
+    /// Redis replicates asynchronously, so a test that wants what it wrote
+    /// before a failover to outlive it waits for this first: a write lost
+    /// with a killed master is Redis's doing, not the relay's.
+    pub fn wait_replicated(&self) {
+        let master = self.master_port();
+        let info = redis_info(master, "replication").expect("INFO replication of the master");
+        let written: u64 = info_field(&info, "master_repl_offset")
+            .and_then(|o| o.parse().ok())
+            .expect("master_repl_offset");
+        wait_until("replica caught up", WAIT, || {
+            let replica = self.other_server(master);
+            let info = redis_info(replica, "replication")?;
+            let has: u64 = info_field(&info, "slave_repl_offset")
+                .and_then(|o| o.parse().ok())
+                .ok_or_else(|| format!("no slave_repl_offset from {replica}"))?;
+            if has >= written {
+                Ok(())
+            } else {
+                Err(format!("replica at {has} of {written}"))
+            }
+        });
+    }
+
+    /// A planned failover (`SENTINEL FAILOVER`): the replica becomes the
+    /// master and the old master its replica. Returns when the set is whole
+    /// again around the new master. That takes about ten seconds: the
+    /// sentinels name the new master within one, but demote the old one only
+    /// once it has claimed to be master for 8 s (checked every 10 s), and
+    /// until then it still takes writes from whoever is connected to it.
+    /// Redis closes every client connection of a master it demotes; clients
+    /// then ask the sentinels again.
+    pub fn failover(&mut self) {
+        let old = self.master_port();
+        let new = self.other_server(old);
+        let s = self.sentinels[0].port;
+        match redis_command(s, &["SENTINEL", "FAILOVER", SENTINEL_SERVICE]) {
+            Ok(Resp::Simple(ok)) if ok == "OK" => {}
+            other => panic!("SENTINEL FAILOVER answered {other:?}"),
+        }
+        wait_until("sentinels name the new master", WAIT, || {
+            self.sentinels_name(new)
+        });
+        wait_until("the old master demoted and in sync", WAIT * 2, || {
+            self.whole(new)
+        });
+    }
+
+    /// An unplanned failover: SIGKILLs the master and returns when the
+    /// sentinels have promoted the replica (a few seconds: 1 s to count the
+    /// master as down, then agreement, election and promotion). The set has
+    /// no replica afterwards.
+    pub fn kill_master(&mut self) {
+        let old = self.master_port();
+        let new = self.other_server(old);
+        let i = self.server_index(old);
+        assert!(
+            self.servers[i].child.is_some(),
+            "the master was killed before"
+        );
+        self.servers[i].kill();
+        wait_until("sentinels promote the replica", WAIT * 2, || {
+            self.sentinels_name(new)?;
+            let info = redis_info(new, "replication")?;
+            match info_field(&info, "role") {
+                Some("master") => Ok(()),
+                role => Err(format!("{new} is still {role:?}")),
+            }
+        });
+    }
+
+    /// The index in `servers` of the one on `port`.
+    fn server_index(&self, port: u16) -> usize {
+        self.servers
+            .iter()
+            .position(|s| s.port == port)
+            .unwrap_or_else(|| panic!("no server of the set on port {port}"))
+    }
+
+    /// The port of the server that is not on `port`.
+    fn other_server(&self, port: u16) -> u16 {
+        let _ = self.server_index(port);
+        self.servers
+            .iter()
+            .map(|s| s.port)
+            .find(|&p| p != port)
+            .expect("two servers")
+    }
+
+    /// Starts a server (a replica of `master`, if given) on a free port.
+    fn start_server(&mut self, master: Option<u16>) {
+        let dir = self
+            .dir
+            .path()
+            .join(format!("server-{}", self.servers.len() + 1));
+        std::fs::create_dir_all(&dir).expect("create server dir");
+        // Diskless full syncs start at once rather than after 5 s, for both
+        // servers: either may be the master after a failover.
+        let mut extra: Vec<String> = vec!["--repl-diskless-sync-delay".into(), "0".into()];
+        if let Some(m) = master {
+            extra.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
+        }
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            match spawn_redis_with(port, &dir, &extra) {
+                Ok(child) => {
+                    self.servers.push(Member {
+                        child: Some(child),
+                        port,
+                        log: dir.join("redis.log"),
+                    });
+                    return;
+                }
+                // Most likely the port was taken meanwhile: try another.
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-server for the sentinel set did not start: {last}");
+    }
+
+    /// Starts a sentinel monitoring `master` on a free port.
+    fn start_sentinel(&mut self, master: u16) {
+        let dir = self
+            .dir
+            .path()
+            .join(format!("sentinel-{}", self.sentinels.len() + 1));
+        std::fs::create_dir_all(&dir).expect("create sentinel dir");
+        let conf = dir.join("sentinel.conf");
+        let log = dir.join("sentinel.log");
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            // Written afresh for each try: the sentinel rewrites its config
+            // file (its state: epochs, known replicas and sentinels), so the
+            // file must be its own and writable.
+            let text = format!(
+                "port {port}\n\
+                 bind 127.0.0.1\n\
+                 daemonize no\n\
+                 dir {dir}\n\
+                 logfile {log}\n\
+                 sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {master} 2\n\
+                 sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n\
+                 sentinel failover-timeout {SENTINEL_SERVICE} 5000\n\
+                 sentinel parallel-syncs {SENTINEL_SERVICE} 1\n",
+                dir = dir.display(),
+                log = log.display(),
+            );
+            std::fs::write(&conf, text).expect("write sentinel config");
+            let spawned = Command::new(program("redis-sentinel"))
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| {
+                    format!("cannot run redis-sentinel (is it installed? `make deps`): {e}")
+                })
+                .and_then(|child| await_pong(child, port, &log));
+            match spawned {
+                Ok(child) => {
+                    self.sentinels.push(Member {
+                        child: Some(child),
+                        port,
+                        log,
+                    });
+                    return;
+                }
+                // Most likely the port was taken meanwhile: try another.
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-sentinel did not start: {last}");
+    }
+
+    /// Whether the server on `master` is a master with one replica, and the
+    /// other server of the set (if alive) is that replica with its link up.
+    fn replica_in_sync(&self, master: u16) -> Result<(), String> {
+        let info = redis_info(master, "replication")?;
+        let role = info_field(&info, "role");
+        let connected = info_field(&info, "connected_slaves");
+        if role != Some("master") || connected != Some("1") {
+            return Err(format!(
+                "{master}: role {role:?}, connected_slaves {connected:?}"
+            ));
+        }
+        for s in self.servers.iter().filter(|s| s.port != master) {
+            if s.child.is_none() {
+                continue;
+            }
+            let info = redis_info(s.port, "replication")?;
+            let state = (
+                info_field(&info, "role"),
+                info_field(&info, "master_port"),
+                info_field(&info, "master_link_status"),
+            );
+            if state != (Some("slave"), Some(master.to_string().as_str()), Some("up")) {
+                return Err(format!(
+                    "{}: (role, master_port, master_link_status) {state:?}",
+                    s.port
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every sentinel's get-master-addr-by-name says `master`.
+    fn sentinels_name(&self, master: u16) -> Result<(), String> {
+        for s in &self.sentinels {
+            let named = sentinel_master(s.port)?;
+            if named != master {
+                return Err(format!("sentinel {} names {named}", s.port));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the set is whole around `master`: the replica in sync, and
+    /// every sentinel naming `master`, seeing it healthy, and knowing the
+    /// replica and both other sentinels.
+    fn whole(&self, master: u16) -> Result<(), String> {
+        self.replica_in_sync(master)?;
+        let port = master.to_string();
+        let want = [Some(port.as_str()), Some("master"), Some("1"), Some("2")];
+        for s in &self.sentinels {
+            let answer = redis_command(s.port, &["SENTINEL", "MASTER", SENTINEL_SERVICE])?;
+            let fields = answer.fields();
+            let get = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+            let view = [
+                get("port"),
+                get("flags"),
+                get("num-slaves"),
+                get("num-other-sentinels"),
+            ];
+            if view != want {
+                return Err(format!(
+                    "sentinel {}: [port, flags, num-slaves, num-other-sentinels] {view:?}",
+                    s.port
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The master's port as the sentinel on `port` names it
+/// (`SENTINEL get-master-addr-by-name`).
+fn sentinel_master(port: u16) -> Result<u16, String> {
+    let answer = redis_command(
+        port,
+        &["SENTINEL", "get-master-addr-by-name", SENTINEL_SERVICE],
+    )?;
+    answer
+        .items()
+        .get(1)
+        .and_then(Resp::text)
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("sentinel {port} answered {answer:?}"))
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        // Sentinels first: they would otherwise see the master go and react.
+        for m in self.sentinels.iter_mut().chain(self.servers.iter_mut()) {
+            m.kill();
+        }
+        if std::thread::panicking() {
+            for (kind, members) in [("redis", &self.servers), ("sentinel", &self.sentinels)] {
+                for m in members {
+                    eprintln!("---- {kind} {} log (last lines) ----", m.port);
+                    eprintln!("{}", tail(&m.log, 30));
+                }
+            }
         }
     }
 }

@@ -17,20 +17,31 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// What to do with a node whose lease lapsed.
 pub type OnDead = Arc<dyn Fn(String) + Send + Sync>;
 
+/// What to do when this node finds itself missing from the live set: other
+/// nodes took it for dead (Redis was out longer than the lease, or a failover
+/// lost its renewals) and marked its sides away.
+pub type OnRejoined = Arc<dyn Fn() + Send + Sync>;
+
 /// Keeps this node's lease and watches the others'. `on_dead` is called for
 /// each lapsed node (every live node may see it; the registry's script makes
 /// sure only one cleans up).
+///
+/// After a Redis outage or failover every node's lease may have lapsed at
+/// once; so no node judges others until it has itself been connected for a
+/// whole lease (time for them to renew too).
 pub fn start(
     node: Arc<str>,
     ttl: Duration,
     redis: Arc<Redis>,
     metrics: Arc<Metrics>,
     on_dead: OnDead,
+    on_rejoined: OnRejoined,
 ) {
     actix::spawn(async move {
         let mut tick = tokio::time::interval(CHECK_EVERY.min(ttl / 3));
         let lease = format!("{PREFIX}lease:{node}");
         let nodes = format!("{PREFIX}nodes");
+        let mut first = true;
         loop {
             tick.tick().await;
             let mut renew = ::redis::pipe();
@@ -43,10 +54,20 @@ pub fn start(
                 .ignore()
                 .cmd("SADD")
                 .arg(&nodes)
-                .arg(&*node)
-                .ignore();
-            if redis.query::<()>("lease", &renew).await.is_err() {
-                metrics.lease_failures.inc();
+                .arg(&*node);
+            let added: (i64,) = match redis.query("lease", &renew).await {
+                Ok(a) => a,
+                Err(_) => {
+                    metrics.lease_failures.inc();
+                    continue;
+                }
+            };
+            if added.0 == 1 && !first {
+                warn!("this node had been taken for dead; reclaiming its sessions");
+                on_rejoined();
+            }
+            first = false;
+            if redis.connected_for() < ttl + CHECK_EVERY {
                 continue;
             }
             let members: Vec<String> = match redis

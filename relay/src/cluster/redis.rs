@@ -186,6 +186,8 @@ pub struct Redis {
     timeout: Duration,
     conn: RwLock<Option<MultiplexedConnection>>,
     up: AtomicBool,
+    /// When the current connection was made.
+    since: std::sync::Mutex<Instant>,
     broken: Notify,
     metrics: Arc<Metrics>,
 }
@@ -202,6 +204,7 @@ impl Redis {
             timeout,
             conn: RwLock::new(None),
             up: AtomicBool::new(false),
+            since: std::sync::Mutex::new(Instant::now()),
             broken: Notify::new(),
             metrics,
         });
@@ -228,6 +231,17 @@ impl Redis {
         self.timeout
     }
 
+    /// How long the command connection has been up (zero while down).
+    pub fn connected_for(&self) -> Duration {
+        if !self.is_up() {
+            return Duration::ZERO;
+        }
+        self.since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
     /// Whether the command connection is up.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
@@ -239,6 +253,7 @@ impl Redis {
             match self.connect().await {
                 Ok(conn) => {
                     *self.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                    *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                     self.up.store(true, Ordering::Relaxed);
                     self.metrics.redis_up.set(1);
                     info!(redis = %self.describe(), "connected to Redis");

@@ -70,6 +70,8 @@ pub struct Scripts {
     pub dead_node: Script,
     /// Writes a checkpoint field if the session still exists.
     pub checkpoint: Script,
+    /// Claims a side back for its node after others took the node for dead.
+    pub reclaim: Script,
 }
 
 impl Default for Scripts {
@@ -227,6 +229,18 @@ local c = redis.call('HMGET', s, p .. 'acc', 'm_rbase', 'm_sbase')
                 return out
                 "#,
             ),
+            // ARGV: pre, sid, role, node, conn
+            reclaim: Script::new(&format!(
+                r#"
+                {READ_SIDE}
+                if not f[3] then return {{'gone'}} end
+                if f[1] ~= ARGV[4] then return {{'moved'}} end
+                redis.call('HSET', s, p .. 'state', 'here', p .. 'conn', ARGV[5])
+                redis.call('ZREM', pre .. 'grace', sid .. '|' .. role)
+                redis.call('SADD', pre .. 'sides:' .. ARGV[4], sid .. '|' .. role)
+                return {{'ok', f[4] or '', f[5] or ''}}
+                "#
+            )),
             // KEYS: session   ARGV: field, value [, field, value]
             checkpoint: Script::new(
                 r#"

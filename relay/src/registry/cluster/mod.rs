@@ -215,6 +215,11 @@ struct FromPeerNode(Control);
 #[rtype(result = "()")]
 struct NodeDead(String);
 
+/// Other nodes took this one for dead: claim its sides back.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Reclaim;
+
 /// This node's subscription came back after a break.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -245,12 +250,14 @@ impl ClusterRegistry {
                 Arc::new(move || resub.do_send(Resubscribed)),
             );
             let dead = addr.clone();
+            let back = addr.clone();
             lease::start(
                 Arc::clone(&node),
                 lease_ttl,
                 Arc::clone(&redis),
                 Arc::clone(&metrics),
                 Arc::new(move |n| dead.do_send(NodeDead(n))),
+                Arc::new(move || back.do_send(Reclaim)),
             );
             bus_out = Some(Arc::clone(&bus));
             ClusterRegistry {

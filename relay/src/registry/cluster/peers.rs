@@ -131,6 +131,10 @@ impl ClusterRegistry {
         let Some(local) = self.sessions.get(&id) else {
             return;
         };
+        if local.side(role).is_some_and(|h| h.conn.is_some()) {
+            // Stale news: the side is connected here (this node was taken for dead).
+            return;
+        }
         if let Some(p) = local.pipe(role) {
             p.peer_away();
         }
@@ -294,5 +298,65 @@ impl Handler<Resubscribed> for ClusterRegistry {
             }
         };
         ctx.spawn(ask.into_actor(self));
+    }
+}
+
+impl Handler<super::Reclaim> for ClusterRegistry {
+    type Result = ();
+
+    /// Other nodes took this one for dead and marked its sides away: claim
+    /// every connected side back, and have each peer's node point its pipe
+    /// here again (a resume the node makes on its clients' behalf).
+    fn handle(&mut self, _: super::Reclaim, ctx: &mut Context<Self>) {
+        let mut sides = Vec::new();
+        for (id, local) in &self.sessions {
+            for role in [Role::Mac, Role::Browser] {
+                if let Some(Here { conn: Some((c, _)) }) = local.side(role) {
+                    let p_last = local.pipe(role).map_or(0, |p| p.pairing_count());
+                    sides.push((Arc::clone(id), role, c.0, p_last));
+                }
+            }
+        }
+        for (id, role, conn, p_last) in sides {
+            let redis = Arc::clone(&self.redis);
+            let scripts = Arc::clone(&self.scripts);
+            let node = Arc::clone(&self.node);
+            let sid = id.to_string();
+            let claim = async move {
+                redis
+                    .query::<Vec<Value>>(
+                        "reap",
+                        scripts
+                            .reclaim
+                            .arg(PREFIX)
+                            .arg(&sid)
+                            .arg(role.as_str())
+                            .arg(&*node)
+                            .arg(conn),
+                    )
+                    .await
+            };
+            ctx.spawn(claim.into_actor(self).map(move |res, act, ctx| {
+                let Ok(reply) = res else { return };
+                if field(&reply, 0) != "ok" {
+                    warn!(session = %id, role = role.as_str(), status = %field(&reply, 0), "could not reclaim a side");
+                    return;
+                }
+                let peer_node = field(&reply, 1);
+                if peer_node.is_empty() || *peer_node == *act.node {
+                    return;
+                }
+                let c = Control::Moved {
+                    sid: id.to_string(),
+                    role,
+                    node: act.node.to_string(),
+                    p_last,
+                    was_away: true,
+                    // No resume waits for this answer.
+                    request: 0,
+                };
+                act.send(&Arc::from(peer_node.as_str()), c, ctx);
+            }));
+        }
     }
 }
