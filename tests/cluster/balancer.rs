@@ -36,6 +36,9 @@ struct Side {
     drained: usize,
     /// Successful resumes.
     resumes: usize,
+    /// App-level pings sent, and whether the last one was answered.
+    pings: u64,
+    ponged: bool,
 }
 
 impl Side {
@@ -52,11 +55,18 @@ impl Side {
             told_to_go: false,
             drained: 0,
             resumes: 0,
+            pings: 0,
+            ponged: false,
         }
     }
 
     /// Sends `n` more frames and reads until it has as many as it sent in
     /// all (both sides step together), resuming whenever its connection goes.
+    ///
+    /// Each round ends with an app-level ping: its pong proves the relay read
+    /// everything written before it, so a connection closed right after a
+    /// step cannot hold frames the relay never took (the peer would wait for
+    /// them while this side, done reading, would not notice the close).
     async fn step(&mut self, lb: &Lb, n: u64) {
         let first = self.sent.len() as u64 + 1;
         self.sent.extend((first..first + n).map(seq_frame));
@@ -65,11 +75,20 @@ impl Side {
             if self.stream.is_none() {
                 self.resume(lb).await;
             }
-            if self.write().await && self.read(want).await {
+            if self.write().await && self.ping().await && self.read(want).await {
                 return;
             }
             self.stream = None;
         }
+    }
+
+    /// Sends an app-level ping; `read` waits for its pong.
+    async fn ping(&mut self) -> bool {
+        self.pings += 1;
+        self.ponged = false;
+        let ping = serde_json::json!({"type": "ping", "ts": self.pings});
+        let s = self.stream.as_mut().expect("connected");
+        s.send(Message::text(ping.to_string())).await.is_ok()
     }
 
     /// Writes what the current connection has not had; false if it is gone.
@@ -84,10 +103,11 @@ impl Side {
         true
     }
 
-    /// Reads until `want` frames came in; false if the connection went first.
+    /// Reads until `want` frames and the last ping's pong came in; false if
+    /// the connection went first.
     async fn read(&mut self, want: u64) -> bool {
         let s = self.stream.as_mut().expect("connected");
-        while self.got < want {
+        while self.got < want || !self.ponged {
             let m = tokio::time::timeout(WAIT, s.next())
                 .await
                 .unwrap_or_else(|_| {
@@ -109,6 +129,8 @@ impl Side {
                     match v["type"].as_str() {
                         // The peer's node went away and it came back.
                         Some("peer_disconnected" | "peer_resumed") => {}
+                        Some("pong") if v["ts"] == self.pings => self.ponged = true,
+                        Some("pong") => {}
                         Some("error") if v["code"] == "SHUTTING_DOWN" => self.told_to_go = true,
                         _ => panic!("{}: unexpected {v}", self.name),
                     }
