@@ -217,3 +217,36 @@ async fn a_code_expires_once_for_the_whole_cluster() {
     let again = r.ws.expect("registered").await;
     assert_ne!(again["code"], r.code.as_str());
 }
+
+#[tokio::test]
+async fn a_pair_on_one_node_never_sends_its_frames_through_redis() {
+    let c = Cluster::start(2, &[]);
+    let node = c.node(1);
+    let p = pair_at(&node.url("/mac"), &node.url("/browser")).await;
+    let _ = exchange(p.mac, p.browser, 7, 500).await;
+    assert_eq!(
+        node.metric("relay_frames_relayed_total{path=\"local\"}")
+            .await,
+        1000.0
+    );
+    assert_eq!(
+        node.metric("relay_frames_relayed_total{path=\"redis\"}")
+            .await,
+        0.0
+    );
+    // A cross-node pair does go through Redis, counted on the sending node.
+    let q = pair_at(&c.node(1).url("/mac"), &c.node(2).url("/browser")).await;
+    let _ = exchange(q.mac, q.browser, 9, 100).await;
+    assert_eq!(
+        c.node(1)
+            .metric("relay_frames_relayed_total{path=\"redis\"}")
+            .await,
+        100.0
+    );
+    assert_eq!(
+        c.node(2)
+            .metric("relay_frames_relayed_total{path=\"redis\"}")
+            .await,
+        100.0
+    );
+}
