@@ -431,3 +431,70 @@ async fn heartbeat_drops_a_client_that_stops_answering_pings() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn an_admin_listener_takes_metrics_off_the_main_port() {
+    let relay = Relay::start(&[("RELAY_ADMIN_LISTEN", "127.0.0.1:0")]);
+    let admin: std::net::SocketAddr = relay.start_fields()["admin"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(relay.get("/metrics").await.0, 404);
+    assert_eq!(relay.get("/healthz").await.0, 200);
+    assert_eq!(relay.get("/readyz").await.0, 200);
+    let on_admin = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let metrics = on_admin("/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("relay_connections_open"));
+    assert!(on_admin("/readyz").await.starts_with("HTTP/1.1 200"));
+    assert!(on_admin("/mac").await.starts_with("HTTP/1.1 404"));
+}
+
+#[tokio::test]
+async fn metrics_count_sessions_by_state_buffers_latency_and_limits() {
+    let relay = Relay::start(&[("RELAY_JOIN_RATE", "2")]);
+    let _alone = register(&relay).await;
+    let mut p = pair(&relay).await;
+    for i in 0..10u8 {
+        p.mac.binary(vec![i; 100]).await;
+    }
+    for _ in 0..10 {
+        p.browser.recv().await;
+    }
+    assert_eq!(relay.metric("relay_sessions{state=\"waiting\"}").await, 1.0);
+    assert_eq!(relay.metric("relay_sessions{state=\"paired\"}").await, 1.0);
+    assert_eq!(relay.metric("relay_sessions{state=\"away\"}").await, 0.0);
+    assert_eq!(
+        relay
+            .metric("relay_frame_latency_seconds_count{path=\"local\"}")
+            .await,
+        10.0
+    );
+    // Written but not yet acknowledged (no position ping was due): held for replay.
+    assert!(relay.metric("relay_buffered_frames").await >= 1.0);
+    assert!(relay.metric("relay_buffered_bytes").await >= 1000.0);
+    p.browser.drop_connection();
+    p.mac.expect("peer_disconnected").await;
+    assert_eq!(relay.metric("relay_sessions{state=\"away\"}").await, 1.0);
+    // The limit is 2 joins a minute: the pair used one, these two more go over.
+    let mut b = relay.browser().await;
+    for _ in 0..2 {
+        b.json(json!({"type": "join", "code": "333333"})).await;
+        b.expect("error").await;
+    }
+    assert_eq!(
+        relay
+            .metric("relay_rate_limited_total{limit=\"join\"}")
+            .await,
+        1.0
+    );
+}

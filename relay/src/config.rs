@@ -13,6 +13,11 @@ pub struct Config {
     #[arg(long, env = "RELAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Separate address for `/metrics`, `/healthz` and `/readyz` (one the load
+    /// balancer does not expose); empty serves them on the main listener.
+    #[arg(long, env = "RELAY_ADMIN_LISTEN", default_value = "")]
+    pub admin_listen: String,
+
     /// Redis shared by the nodes of a cluster (`redis://`, `rediss://`, or
     /// `redis+sentinel://host:port,host:port/service`); empty runs one node with an in-memory registry.
     #[arg(long, env = "RELAY_REDIS_URL", default_value = "")]
@@ -161,6 +166,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if !self.redis_url.is_empty() {
             crate::cluster::RedisTarget::parse(&self.redis_url)?;
+        }
+        if !self.admin_listen.is_empty() && self.admin_listen.parse::<SocketAddr>().is_err() {
+            return Err(format!(
+                "RELAY_ADMIN_LISTEN {:?} is not an address; write one like 0.0.0.0:9090",
+                self.admin_listen
+            ));
         }
         if self.lease_ttl < Duration::from_secs(1) {
             return Err("RELAY_LEASE_TTL must be at least 1s".into());

@@ -112,6 +112,16 @@ pub struct Metrics {
     pub resume_buffer_overflows: IntCounter,
     /// 1 while the node drains.
     pub draining: IntGauge,
+    /// Sessions by state (`waiting`, `paired`, `away`), set at each scrape.
+    pub sessions: IntGaugeVec,
+    /// Frames held in this node's pipes (queued or unacknowledged), set at each scrape.
+    pub buffered_frames: IntGauge,
+    /// Bytes held in this node's pipes, set at each scrape.
+    pub buffered_bytes: IntGauge,
+    /// Time from a frame entering this node to its being written to the receiving socket, by path.
+    pub relay_seconds: HistogramVec,
+    /// Requests refused by a rate limit, by limit.
+    pub rate_limited: IntCounterVec,
     /// Data frames sent to another node through Redis.
     pub frames_remote: IntCounter,
     /// Bytes of data frames sent to another node through Redis.
@@ -219,7 +229,41 @@ impl Metrics {
             ]),
             &["op"],
         )?;
+        let relay_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "relay_frame_latency_seconds",
+                "Time from a frame entering this node (read from a socket, or from Redis) to its being written to the receiving socket.",
+            )
+            .buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["path"],
+        )?;
         let m = Metrics {
+            sessions: IntGaugeVec::new(
+                Opts::new(
+                    "relay_sessions",
+                    "Sessions by state, on the node of their mac.",
+                ),
+                &["state"],
+            )?,
+            buffered_frames: IntGauge::new(
+                "relay_buffered_frames",
+                "Frames held in this node's pipes (queued, or sent and not yet acknowledged).",
+            )?,
+            buffered_bytes: IntGauge::new(
+                "relay_buffered_bytes",
+                "Bytes held in this node's pipes (queued, or sent and not yet acknowledged).",
+            )?,
+            relay_seconds,
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "relay_rate_limited_total",
+                    "Requests refused by a rate limit, by limit.",
+                ),
+                &["limit"],
+            )?,
             frames_remote: frames.with_label_values(&["redis"]),
             bytes_remote: bytes.with_label_values(&["redis"]),
             redis_up: IntGauge::new(
@@ -316,6 +360,18 @@ impl Metrics {
             .register(Box::new(m.resume_buffer_overflows.clone()))?;
         m.registry.register(Box::new(m.draining.clone()))?;
         m.registry.register(Box::new(m.redis_up.clone()))?;
+        m.registry.register(Box::new(m.sessions.clone()))?;
+        m.registry.register(Box::new(m.buffered_frames.clone()))?;
+        m.registry.register(Box::new(m.buffered_bytes.clone()))?;
+        m.registry.register(Box::new(m.relay_seconds.clone()))?;
+        m.registry.register(Box::new(m.rate_limited.clone()))?;
+        for state in ["waiting", "paired", "away"] {
+            m.sessions.with_label_values(&[state]);
+        }
+        for path in ["local", "redis"] {
+            m.relay_seconds.with_label_values(&[path]);
+        }
+        m.rate_limited.with_label_values(&["join"]);
         m.registry.register(Box::new(m.redis_errors.clone()))?;
         m.registry.register(Box::new(m.redis_seconds.clone()))?;
         m.registry.register(Box::new(m.pubsub_in.clone()))?;
@@ -358,6 +414,17 @@ impl Metrics {
     /// Counts one `error` message sent.
     pub fn error_sent(&self, code: ErrorCode) {
         self.errors.with_label_values(&[code.as_str()]).inc();
+    }
+
+    /// Sets the gauges the registry counts at a scrape.
+    pub fn set_stats(&self, st: &crate::registry::SessionStats) {
+        self.sessions
+            .with_label_values(&["waiting"])
+            .set(st.waiting);
+        self.sessions.with_label_values(&["paired"]).set(st.paired);
+        self.sessions.with_label_values(&["away"]).set(st.away);
+        self.buffered_frames.set(st.buffered_frames);
+        self.buffered_bytes.set(st.buffered_bytes);
     }
 
     /// The text exposition of every metric.

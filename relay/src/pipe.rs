@@ -102,6 +102,8 @@ struct Entry {
     /// For data: its seq. For events: the seq of the last data frame before it.
     seq: u64,
     item: Item,
+    /// When it entered the pipe (for the frame latency histogram).
+    at: Instant,
 }
 
 impl Entry {
@@ -328,8 +330,10 @@ pub enum Status {
 /// What a receiver took out of its pipe in one drain.
 #[derive(Debug, Default)]
 pub struct Drained {
-    /// Items to write, in order, with their positions.
-    pub items: Vec<(u64, Item)>,
+    /// Items to write, in order, with their positions and when they were queued.
+    pub items: Vec<(u64, Item, Instant)>,
+    /// The pipe is fed from another node (for the latency histogram's path).
+    pub remote: bool,
 }
 
 struct Inner {
@@ -445,7 +449,12 @@ impl Pipe {
         if let State::Remote(peer) = &g.state {
             let env = data_envelope(peer, seq - g.base, &item);
             let peer = peer.clone();
-            g.entries.push_back(Entry { pos, seq, item });
+            g.entries.push_back(Entry {
+                pos,
+                seq,
+                item,
+                at: Instant::now(),
+            });
             g.unwritten = 0;
             // Kept until the remote receiver acknowledges: bounded like a local backlog.
             let backlogged = g.bytes > self.limits.backlog();
@@ -463,7 +472,12 @@ impl Pipe {
                 Pushed::Queued { remote: true }
             };
         }
-        g.entries.push_back(Entry { pos, seq, item });
+        g.entries.push_back(Entry {
+            pos,
+            seq,
+            item,
+            at: Instant::now(),
+        });
 
         let State::Attached(rx) = &g.state else {
             return Pushed::Queued { remote: false };
@@ -539,6 +553,7 @@ impl Pipe {
             pos,
             seq,
             item: Item::Event { text, effect },
+            at: Instant::now(),
         };
         g.bytes += entry.cost();
         g.unwritten += entry.cost();
@@ -719,6 +734,7 @@ impl Pipe {
             pos,
             seq,
             item: Item::Data { seq, frame },
+            at: Instant::now(),
         });
         if g.bytes > self.limits.hard_cap() {
             if let State::Attached(rx) = &g.state {
@@ -969,11 +985,12 @@ impl Pipe {
             g.entries
                 .iter()
                 .skip(start)
-                .map(|e| (e.pos, e.item.clone())),
+                .map(|e| (e.pos, e.item.clone(), e.at)),
         );
         if let Some(last) = g.entries.back() {
             g.drained_pos = g.drained_pos.max(last.pos);
         }
+        out.remote = g.ack_to.is_some();
         g.unwritten = 0;
         g.open_blocked();
         status
@@ -1062,7 +1079,7 @@ mod tests {
     fn seqs(d: &Drained) -> Vec<u64> {
         d.items
             .iter()
-            .filter_map(|(_, i)| match i {
+            .filter_map(|(_, i, _)| match i {
                 Item::Data { seq, .. } => Some(*seq),
                 Item::Event { .. } => None,
             })
@@ -1176,7 +1193,7 @@ mod tests {
             let kinds: Vec<_> = d
                 .items
                 .iter()
-                .map(|(_, i)| match i {
+                .map(|(_, i, _)| match i {
                     Item::Data { seq, .. } => format!("d{seq}"),
                     Item::Event { .. } => "ev".to_string(),
                 })

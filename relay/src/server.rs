@@ -78,6 +78,8 @@ pub struct Node {
     pub state: Arc<AppState>,
     handle: ServerHandle,
     server: actix_web::dev::Server,
+    /// The admin listener's server, if one is configured.
+    admin: Option<actix_web::dev::Server>,
 }
 
 /// Binds the listener and starts serving; call from inside an actix system.
@@ -90,6 +92,14 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
     let listener = TcpListener::bind(config.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
+    let admin_listener = match config.admin_listen.as_str() {
+        "" => None,
+        a => Some(TcpListener::bind(a).map_err(|e| anyhow::anyhow!("cannot listen on {a}: {e}"))?),
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     let node_id = config.effective_node_id();
     let metrics = Arc::new(Metrics::new(&node_id)?);
     let settings = RegistrySettings {
@@ -148,15 +158,21 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
     };
 
     let data = web::Data::from(Arc::clone(&state));
+    // With an admin listener, /metrics is served only there.
+    let metrics_on_main = admin_listener.is_none();
     let server = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(data.clone())
             .route("/mac", web::get().to(mac))
             .route("/browser", web::get().to(browser))
             .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics_text))
-            .default_service(web::to(not_found))
+            .route("/readyz", web::get().to(readyz));
+        let app = if metrics_on_main {
+            app.route("/metrics", web::get().to(metrics_text))
+        } else {
+            app
+        };
+        app.default_service(web::to(not_found))
     })
     .workers(workers)
     .disable_signals()
@@ -172,27 +188,48 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
     .listen(listener)?
     .run();
     let handle = server.handle();
+    let admin = match admin_listener {
+        None => None,
+        Some(l) => {
+            let data = web::Data::from(Arc::clone(&state));
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(data.clone())
+                    .route("/healthz", web::get().to(healthz))
+                    .route("/readyz", web::get().to(readyz))
+                    .route("/metrics", web::get().to(metrics_text))
+                    .default_service(web::to(not_found))
+            })
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(1)
+            .listen(l)?
+            .run();
+            Some(server)
+        }
+    };
 
     info!(
-        addr = %addr,
-        node = %node_id,
-        registry = %registry_kind,
-        workers,
-        code_ttl = %humantime::format_duration(config.code_ttl),
-        grace = %humantime::format_duration(config.grace),
-        max_frame = config.max_frame,
-        join_rate = config.join_rate,
-        heartbeat_interval = %humantime::format_duration(config.heartbeat_interval),
-        heartbeat_timeout = %humantime::format_duration(config.heartbeat_timeout),
-        handshake_timeout = %humantime::format_duration(config.handshake_timeout),
-        resume_buffer_frames = config.resume_buffer_frames,
-        resume_buffer_bytes = config.resume_buffer_bytes,
-        drain_timeout = %humantime::format_duration(config.drain_timeout),
-        trust_forwarded_for = config.trust_forwarded_for,
-        max_buffered = config.max_buffered,
-        max_malformed = config.max_malformed,
-        "relay listening"
-    );
+    addr = %addr,
+            admin = %admin_addr.map_or_else(|| "main listener".to_owned(), |a| a.to_string()),
+            node = %node_id,
+            registry = %registry_kind,
+            workers,
+            code_ttl = %humantime::format_duration(config.code_ttl),
+            grace = %humantime::format_duration(config.grace),
+            max_frame = config.max_frame,
+            join_rate = config.join_rate,
+            heartbeat_interval = %humantime::format_duration(config.heartbeat_interval),
+            heartbeat_timeout = %humantime::format_duration(config.heartbeat_timeout),
+            handshake_timeout = %humantime::format_duration(config.handshake_timeout),
+            resume_buffer_frames = config.resume_buffer_frames,
+            resume_buffer_bytes = config.resume_buffer_bytes,
+            drain_timeout = %humantime::format_duration(config.drain_timeout),
+            trust_forwarded_for = config.trust_forwarded_for,
+            max_buffered = config.max_buffered,
+            max_malformed = config.max_malformed,
+            "relay listening"
+        );
 
     // Backstop for sockets whose actor cannot run its own heartbeat (see conns).
     let sweep_state = Arc::clone(&state);
@@ -213,6 +250,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         state,
         handle,
         server,
+        admin,
     })
 }
 
@@ -226,13 +264,20 @@ impl Node {
             state,
             handle,
             server,
+            admin,
             ..
         } = self;
         let server = actix::spawn(server);
+        // The admin server answers probes and scrapes until the very end.
+        let admin = admin.map(|a| (a.handle(), actix::spawn(a)));
         shutdown::wait_for_signal().await?;
         shutdown::drain(&state).await;
         handle.stop(true).await;
         server.await??;
+        if let Some((h, task)) = admin {
+            h.stop(true).await;
+            task.await??;
+        }
         info!("stopped");
         Ok(())
     }
@@ -310,6 +355,8 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    let stats = state.registry.stats().await;
+    state.metrics.set_stats(&stats);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())

@@ -182,6 +182,16 @@ impl Relay {
         }
     }
 
+    /// The fields of the start line ("relay listening").
+    pub fn start_fields(&self) -> Value {
+        let logs = self.logs.lock().unwrap();
+        logs.iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["fields"]["message"] == "relay listening")
+            .map(|v| v["fields"].clone())
+            .expect("a start line")
+    }
+
     /// Waits until the log holds a line containing `needle` (fails after [`WAIT`]).
     pub async fn wait_logged(&self, needle: &str) {
         let deadline = Instant::now() + WAIT;

@@ -486,7 +486,10 @@ impl Handler<Join> for MemoryRegistry {
                 ErrorCode::InvalidCode => "invalid_code",
                 ErrorCode::ExpiredCode => "expired_code",
                 ErrorCode::AlreadyJoined => "already_joined",
-                ErrorCode::RateLimited => "rate_limited",
+                ErrorCode::RateLimited => {
+                    self.metrics.rate_limited.with_label_values(&["join"]).inc();
+                    "rate_limited"
+                }
                 _ => "unavailable",
             },
         };
@@ -534,5 +537,26 @@ impl Handler<Overflowed> for MemoryRegistry {
         self.metrics.resume_buffer_overflows.inc();
         warn!(session = %msg.session_id, role = msg.role.as_str(), "resume buffer overflowed; ending side");
         self.end_side(&msg.session_id, msg.role, PeerLeftReason::Timeout, ctx);
+    }
+}
+
+impl Handler<super::Stats> for MemoryRegistry {
+    type Result = MessageResult<super::Stats>;
+
+    fn handle(&mut self, _: super::Stats, _: &mut Context<Self>) -> Self::Result {
+        let mut st = super::SessionStats::default();
+        for s in self.sessions.values() {
+            let mac_here = s.mac.conn.is_some();
+            match &s.browser {
+                None => st.waiting += 1,
+                Some(b) if mac_here && b.conn.is_some() => st.paired += 1,
+                Some(_) => st.away += 1,
+            }
+            for p in [&s.to_mac, &s.to_browser] {
+                st.buffered_frames += p.held_entries() as i64;
+                st.buffered_bytes += p.held_bytes() as i64;
+            }
+        }
+        MessageResult(st)
     }
 }

@@ -214,6 +214,28 @@ pub struct RegistryHandle {
     resume: Recipient<Resume>,
     gone: Recipient<Gone>,
     overflowed: Recipient<Overflowed>,
+    stats: Recipient<Stats>,
+}
+
+/// Asks the registry for counts, for `/metrics`.
+#[derive(Message)]
+#[rtype(result = "SessionStats")]
+pub struct Stats;
+
+/// What the registry counts at a scrape. In a cluster, sessions count on the
+/// node where their mac is; buffers on the node that holds them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SessionStats {
+    /// Registered, no browser yet (or it left).
+    pub waiting: i64,
+    /// Both sides connected.
+    pub paired: i64,
+    /// A side dropped and may resume.
+    pub away: i64,
+    /// Frames held in this node's pipes (queued or not yet acknowledged).
+    pub buffered_frames: i64,
+    /// Bytes held in this node's pipes.
+    pub buffered_bytes: i64,
 }
 
 impl RegistryHandle {
@@ -225,7 +247,8 @@ impl RegistryHandle {
             + Handler<Join>
             + Handler<Resume>
             + Handler<Gone>
-            + Handler<Overflowed>,
+            + Handler<Overflowed>
+            + Handler<Stats>,
     {
         RegistryHandle {
             register: addr.clone().recipient(),
@@ -233,6 +256,7 @@ impl RegistryHandle {
             resume: addr.clone().recipient(),
             gone: addr.clone().recipient(),
             overflowed: addr.clone().recipient(),
+            stats: addr.clone().recipient(),
         }
     }
 
@@ -254,6 +278,16 @@ impl RegistryHandle {
     /// Tells the registry a side's socket ended.
     pub fn gone(&self, msg: Gone) {
         self.gone.do_send(msg);
+    }
+
+    /// Counts sessions by state and buffered frames; zeros if the registry
+    /// does not answer in time.
+    pub async fn stats(&self) -> SessionStats {
+        self.stats
+            .send(Stats)
+            .timeout(REQUEST_TIMEOUT)
+            .await
+            .unwrap_or_default()
     }
 
     /// Tells the registry an absent side's buffer overflowed.

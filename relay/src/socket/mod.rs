@@ -65,6 +65,7 @@ pub fn accept(
         link: None,
         generation: 0,
         written: 0,
+        measured: 0,
         marker_bytes: 0,
         marker_frames: 0,
         malformed: 0,
@@ -104,6 +105,8 @@ pub struct Socket {
     generation: u32,
     /// Position in the inbound pipe written to the client so far.
     written: u64,
+    /// Highest position whose latency was observed.
+    measured: u64,
     /// Bytes and frames written since the last position ping.
     marker_bytes: usize,
     marker_frames: u32,
@@ -344,6 +347,7 @@ impl Socket {
         self.cancel_handshake_timer(ctx);
         self.generation = self.generation.wrapping_add(1);
         self.written = link.written;
+        self.measured = link.written;
         self.marker_bytes = 0;
         self.marker_frames = 0;
         self.link = Some(link);
@@ -368,10 +372,20 @@ impl Socket {
             Status::NotMine => return,
             Status::Reading | Status::Closed => {}
         }
-        for (pos, item) in d.items.drain(..) {
+        let latency = self
+            .state
+            .metrics
+            .relay_seconds
+            .with_label_values(&[if d.remote { "redis" } else { "local" }]);
+        for (pos, item, queued_at) in d.items.drain(..) {
             self.written = pos;
             match item {
                 Item::Data { frame, .. } => {
+                    // Frames written again after a resume were measured the first time.
+                    if pos > self.measured {
+                        latency.observe(queued_at.elapsed().as_secs_f64());
+                        self.measured = pos;
+                    }
                     self.marker_bytes += frame.len();
                     self.marker_frames += 1;
                     match frame {

@@ -360,3 +360,34 @@ impl Handler<super::Reclaim> for ClusterRegistry {
         }
     }
 }
+
+impl Handler<crate::registry::Stats> for ClusterRegistry {
+    type Result = MessageResult<crate::registry::Stats>;
+
+    fn handle(&mut self, _: crate::registry::Stats, _: &mut Context<Self>) -> Self::Result {
+        let mut st = crate::registry::SessionStats::default();
+        for local in self.sessions.values() {
+            // Sessions count on their mac's node.
+            if let Some(mac) = &local.mac {
+                let browser_gone = local.browser.is_none() && local.browser_node.is_none();
+                let browser_away = match (&local.browser, &local.to_browser) {
+                    (Some(b), _) => b.conn.is_none(),
+                    (None, Some(p)) => local.browser_node.is_some() && p.remote_node().is_none(),
+                    _ => false,
+                };
+                if browser_gone {
+                    st.waiting += 1;
+                } else if mac.conn.is_none() || browser_away {
+                    st.away += 1;
+                } else {
+                    st.paired += 1;
+                }
+            }
+        }
+        for p in self.dir.all() {
+            st.buffered_frames += p.held_entries() as i64;
+            st.buffered_bytes += p.held_bytes() as i64;
+        }
+        MessageResult(st)
+    }
+}

@@ -203,7 +203,10 @@ impl ClusterRegistry {
                 ErrorCode::InvalidCode => "invalid_code",
                 ErrorCode::ExpiredCode => "expired_code",
                 ErrorCode::AlreadyJoined => "already_joined",
-                ErrorCode::RateLimited => "rate_limited",
+                ErrorCode::RateLimited => {
+                    self.metrics.rate_limited.with_label_values(&["join"]).inc();
+                    "rate_limited"
+                }
                 _ => "unavailable",
             },
         };
