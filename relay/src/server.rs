@@ -166,7 +166,9 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
             .route("/mac", web::get().to(mac))
             .route("/browser", web::get().to(browser))
             .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz));
+            .route("/readyz", web::get().to(readyz))
+            .route("/", web::get().to(page))
+            .route("/client.js", web::get().to(client_js));
         let app = if metrics_on_main {
             app.route("/metrics", web::get().to(metrics_text))
         } else {
@@ -339,6 +341,30 @@ async fn browser(
     upgrade(req, body, state, Role::Browser).await
 }
 
+/// The browser side's page (`relay/static/index.html`), built into the binary.
+const PAGE: &str = include_str!("../static/index.html");
+
+/// The browser client module (`relay/static/client.js`), built into the binary.
+const CLIENT_JS: &str = include_str!("../static/client.js");
+
+async fn page(req: HttpRequest) -> HttpResponse {
+    // `/` is not a WebSocket endpoint: an upgrade there is refused (404).
+    if wants_websocket(&req) {
+        return not_found(req).await;
+    }
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(PAGE)
+}
+
+async fn client_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(CLIENT_JS)
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
@@ -362,13 +388,15 @@ async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
-async fn not_found(req: HttpRequest) -> HttpResponse {
-    let wants_ws = req
-        .headers()
+fn wants_websocket(req: &HttpRequest) -> bool {
+    req.headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let body = if wants_ws {
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    let body = if wants_websocket(&req) {
         "invalid path: WebSocket endpoints are /mac and /browser\n"
     } else {
         "not found\n"

@@ -1,0 +1,2 @@
+// The relay's browser client (being written).
+export {};
