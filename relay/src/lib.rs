@@ -2,6 +2,7 @@
 //! browser joins with it, and frames flow between them both ways, surviving
 //! reconnects. `server::start` runs a node; see README.md and PROTOCOL.md.
 
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod conns;

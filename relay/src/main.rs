@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 
 use clap::{Parser, Subcommand};
 use relay::Config;
+use relay::cli::ClientArgs;
 use relay::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
@@ -21,14 +22,28 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a relay node (the default when no command is given).
-    Serve(Config),
+    Serve(Box<Config>),
+    /// Be the mac: register, print the code on stderr, then pipe stdin to the
+    /// browser and its data to stdout.
+    Host(ClientArgs),
+    /// Be the browser: join with CODE, then pipe stdin to the mac and its data to stdout.
+    Join {
+        #[command(flatten)]
+        args: ClientArgs,
+        /// The code shown by the mac (case, spaces and `-` do not matter).
+        code: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = match cli.command {
-        Some(Command::Serve(c)) => c,
+        Some(Command::Serve(c)) => *c,
         None => cli.serve,
+        Some(Command::Host(args)) => std::process::exit(client_main(|| relay::cli::host(args))),
+        Some(Command::Join { args, code }) => {
+            std::process::exit(client_main(|| relay::cli::join(args, code)))
+        }
     };
     if let Err(e) = config.validate() {
         eprintln!("relay: {e}");
@@ -39,6 +54,34 @@ fn main() -> anyhow::Result<()> {
         let node = relay::server::start(config)?;
         node.run_until_signalled().await
     })
+}
+
+/// Runs a client subcommand on its own runtime; returns its exit status.
+fn client_main<F, Fut>(f: F) -> i32
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = i32>,
+{
+    let filter = EnvFilter::try_from_env("RELAY_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => {
+            let status = rt.block_on(f());
+            // Do not wait for the thread blocked reading stdin.
+            rt.shutdown_background();
+            status
+        }
+        Err(e) => {
+            eprintln!("relay: cannot start: {e}");
+            1
+        }
+    }
 }
 
 fn init_logging(config: &Config) {

@@ -2,6 +2,8 @@
 //! and test speaks. `PROTOCOL.md` beside this crate is the contract; this
 //! crate is its executable form and never does I/O.
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod close;
 pub mod code;
 pub mod error;

@@ -1,0 +1,469 @@
+//! The client's connection task: connect, take the session (register, join
+//! or resume), pump frames both ways, and on a drop decide from the close
+//! code whether to reconnect. One task per client; the application talks to
+//! it through [`super::Client`] and hears from it through [`super::Events`].
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::debug;
+
+use super::backoff::{AfterClose, Next, Reconnector, after_close};
+use super::outbox::{OutFrame, Outbox};
+use super::{Command, Config, Data, Ended, Event, SendError, State};
+use crate::{ClientMessage, ErrorCode, Role, ServerMessage};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Close code a client sends when it reconnects on purpose: not 1000, so the
+/// relay keeps the session for the grace period.
+const RECONNECTING: u16 = 4002;
+
+/// How one connection ended.
+enum Outcome {
+    /// Reconnect as the close code says.
+    Closed(AfterClose),
+    /// The application asked to reconnect now.
+    Reconnect,
+    /// The session is over.
+    Ended(Ended),
+}
+
+pub(super) struct Task {
+    config: Config,
+    role: Role,
+    /// Browser: the code to join with (until joined).
+    code: Option<String>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    state: watch::Sender<State>,
+    latency: watch::Sender<Option<std::time::Duration>>,
+    /// `sessionId` and `resumeToken`, once registered or joined.
+    session: Option<(String, String)>,
+    /// Mac: register on the next connection.
+    want_register: bool,
+    /// Data frames received in the session (the `lastSeq` to resume with).
+    received: u64,
+    outbox: Outbox,
+    /// A peer is there to take data (it may be away; the relay keeps its frames).
+    paired: bool,
+    reconnector: Reconnector,
+    next_url: usize,
+    next_ping: u64,
+    pings: HashMap<u64, Instant>,
+}
+
+impl Task {
+    pub(super) fn new(
+        config: Config,
+        role: Role,
+        code: Option<String>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+        state: watch::Sender<State>,
+        latency: watch::Sender<Option<std::time::Duration>>,
+    ) -> Self {
+        let reconnector = Reconnector::new(config.backoff, config.max_retries);
+        let outbox = Outbox::new(config.outbox);
+        Task {
+            config,
+            want_register: role == Role::Mac,
+            role,
+            code,
+            commands,
+            events,
+            state,
+            latency,
+            session: None,
+            received: 0,
+            outbox,
+            paired: false,
+            reconnector,
+            next_url: 0,
+            next_ping: 0,
+            pings: HashMap::new(),
+        }
+    }
+
+    async fn emit(&self, e: Event) {
+        // The application dropped its events: nothing to tell.
+        let _ = self.events.send(e).await;
+    }
+
+    async fn set_state(&self, s: State) {
+        if *self.state.borrow() != s {
+            let _ = self.state.send(s);
+            self.emit(Event::State(s)).await;
+        }
+    }
+
+    fn url(&mut self) -> String {
+        let base = self.config.urls[self.next_url % self.config.urls.len()]
+            .trim_end_matches('/')
+            .to_owned();
+        self.next_url += 1;
+        let path = match self.role {
+            Role::Mac => "/mac",
+            Role::Browser => "/browser",
+        };
+        format!("{base}{path}")
+    }
+
+    async fn connect(&mut self) -> Result<Ws, String> {
+        let url = self.url();
+        let attempt = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true);
+        match tokio::time::timeout(self.config.connect_timeout, attempt).await {
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(e)) => Err(format!("{url}: {e}")),
+            Err(_) => Err(format!(
+                "{url}: no connection within {:?}",
+                self.config.connect_timeout
+            )),
+        }
+    }
+
+    /// Waits before the next attempt; false when the client gives up or the
+    /// application leaves meanwhile.
+    async fn wait_to_retry(&mut self, how: AfterClose) -> bool {
+        match self.reconnector.failed(how, rand::random::<f64>()) {
+            Next::GiveUp => {
+                self.end(Ended::GaveUp(self.reconnector.attempt())).await;
+                false
+            }
+            Next::Retry(delay) => {
+                self.set_state(State::Reconnecting {
+                    attempt: self.reconnector.attempt(),
+                })
+                .await;
+                let sleep = tokio::time::sleep(delay);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => return true,
+                        cmd = self.commands.recv() => match cmd {
+                            None | Some(Command::Leave) => {
+                                self.end(Ended::Left).await;
+                                return false;
+                            }
+                            Some(Command::Reconnect) => return true,
+                            Some(Command::Register) => self.want_register = true,
+                            Some(Command::Send(f, reply)) => {
+                                let _ = reply.send(self.queue(f));
+                            }
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    async fn end(&mut self, why: Ended) {
+        let _ = self.state.send(State::Disconnected);
+        self.emit(Event::State(State::Disconnected)).await;
+        self.emit(Event::Ended(why)).await;
+    }
+
+    fn queue(&mut self, f: OutFrame) -> Result<(), SendError> {
+        if !self.paired {
+            return Err(SendError::NotPaired);
+        }
+        self.outbox.push(f).map_err(SendError::from)
+    }
+
+    /// Runs one connection; returns how it ended.
+    async fn session(&mut self, ws: Ws) -> Outcome {
+        let (mut tx, mut rx) = ws.split();
+        let hello = match (&self.session, self.role) {
+            (Some((id, token)), _) => Some(ClientMessage::Resume {
+                session_id: id.clone(),
+                resume_token: token.clone(),
+                last_seq: self.received,
+            }),
+            (None, Role::Mac) if self.want_register => {
+                Some(ClientMessage::Register { client_id: None })
+            }
+            (None, Role::Mac) => None,
+            (None, Role::Browser) => self.code.clone().map(|code| ClientMessage::Join { code }),
+        };
+        if let Some(m) = hello {
+            if tx.send(Message::text(m.to_text())).await.is_err() {
+                return Outcome::Closed(AfterClose::Reconnect);
+            }
+        }
+        let mut taken = false; // the session is up on this connection
+        let mut ticker = tokio::time::interval(self.config.ping_every);
+        ticker.tick().await;
+        loop {
+            if taken && self.paired {
+                if let Err(o) = self.flush(&mut tx).await {
+                    return o;
+                }
+            }
+            tokio::select! {
+                msg = rx.next() => match self.on_message(msg, &mut tx, &mut taken).await {
+                    Ok(()) => {}
+                    Err(o) => return o,
+                },
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Send(f, reply)) => {
+                        let _ = reply.send(self.queue(f));
+                    }
+                    Some(Command::Register) => {
+                        if self.role == Role::Mac && self.session.is_none() {
+                            let m = ClientMessage::Register { client_id: None };
+                            if tx.send(Message::text(m.to_text())).await.is_err() {
+                                return Outcome::Closed(AfterClose::Reconnect);
+                            }
+                        }
+                    }
+                    Some(Command::Reconnect) => {
+                        close(&mut tx, RECONNECTING).await;
+                        return Outcome::Reconnect;
+                    }
+                    None | Some(Command::Leave) => {
+                        let _ = tx.send(Message::text(ClientMessage::Leave.to_text())).await;
+                        let _ = tokio::time::timeout(self.config.connect_timeout, async {
+                            while let Some(Ok(m)) = rx.next().await {
+                                if matches!(m, Message::Close(_)) {
+                                    break;
+                                }
+                            }
+                        })
+                        .await;
+                        return Outcome::Ended(Ended::Left);
+                    }
+                },
+                _ = ticker.tick() => {
+                    if taken {
+                        self.next_ping += 1;
+                        let ts = self.next_ping;
+                        self.pings.insert(ts, Instant::now());
+                        self.outbox.ping_sent(ts);
+                        let m = ClientMessage::Ping { ts: ts.into() };
+                        if tx.send(Message::text(m.to_text())).await.is_err() {
+                            return Outcome::Closed(AfterClose::Reconnect);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes what waits; when too much is unconfirmed, asks for a pong first.
+    async fn flush(&mut self, tx: &mut SplitSink<Ws, Message>) -> Result<(), Outcome> {
+        while let Some(f) = self.outbox.next_to_send() {
+            let m = match f {
+                OutFrame::Text(t) => Message::text(t),
+                OutFrame::Binary(b) => Message::binary(b),
+            };
+            if tx.feed(m).await.is_err() {
+                return Err(Outcome::Closed(AfterClose::Reconnect));
+            }
+        }
+        if self.outbox.blocked() && self.pings.len() < 2 {
+            self.next_ping += 1;
+            let ts = self.next_ping;
+            self.pings.insert(ts, Instant::now());
+            self.outbox.ping_sent(ts);
+            let m = ClientMessage::Ping { ts: ts.into() };
+            if tx.feed(Message::text(m.to_text())).await.is_err() {
+                return Err(Outcome::Closed(AfterClose::Reconnect));
+            }
+        }
+        tx.flush()
+            .await
+            .map_err(|_| Outcome::Closed(AfterClose::Reconnect))
+    }
+
+    async fn on_message(
+        &mut self,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        tx: &mut SplitSink<Ws, Message>,
+        taken: &mut bool,
+    ) -> Result<(), Outcome> {
+        let msg = match msg {
+            Some(Ok(m)) => m,
+            None | Some(Err(_)) => return Err(Outcome::Closed(AfterClose::Reconnect)),
+        };
+        match msg {
+            Message::Binary(b) => {
+                self.received += 1;
+                self.emit(Event::Data(Data::Binary(b))).await;
+            }
+            Message::Text(t) => match ServerMessage::parse(&t) {
+                Ok(m) => self.on_control(m, tx, taken).await?,
+                Err(e) => debug!(error = %e, "unreadable message from the relay"),
+            },
+            Message::Close(frame) => {
+                let code = frame.map(|f| u16::from(f.code));
+                return Err(match after_close(code) {
+                    AfterClose::Stop => Outcome::Ended(Ended::Closed(code.unwrap_or(1000))),
+                    how => Outcome::Closed(how),
+                });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn on_control(
+        &mut self,
+        m: ServerMessage,
+        tx: &mut SplitSink<Ws, Message>,
+        taken: &mut bool,
+    ) -> Result<(), Outcome> {
+        match m {
+            ServerMessage::Data { payload } => {
+                self.received += 1;
+                self.emit(Event::Data(Data::Text(payload))).await;
+            }
+            ServerMessage::Registered {
+                code,
+                expires_at,
+                session_id,
+                resume_token,
+            } => {
+                // A new session: counts start over.
+                self.session = Some((session_id, resume_token));
+                self.outbox = Outbox::new(self.config.outbox);
+                self.want_register = false;
+                self.received = 0;
+                self.took(taken).await;
+                self.emit(Event::Registered { code, expires_at }).await;
+            }
+            ServerMessage::Joined {
+                session_id,
+                resume_token,
+            } => {
+                self.session = Some((session_id, resume_token));
+                self.code = None;
+                self.paired = true;
+                self.took(taken).await;
+                self.emit(Event::Joined).await;
+            }
+            ServerMessage::Resumed { last_seq, .. } => {
+                let r = self.outbox.resumed(last_seq);
+                self.took(taken).await;
+                self.emit(Event::Resumed).await;
+                if r.lost > 0 {
+                    self.emit(Event::Lost(r.lost)).await;
+                }
+            }
+            ServerMessage::PeerJoined => {
+                self.paired = true;
+                self.emit(Event::PeerJoined).await;
+            }
+            ServerMessage::PeerLeft { reason } => {
+                // Stop sending; a ping tells which frames in flight the relay refused.
+                self.paired = false;
+                self.sync(tx).await?;
+                self.emit(Event::PeerLeft(reason)).await;
+            }
+            ServerMessage::PeerDisconnected => self.emit(Event::PeerDisconnected).await,
+            ServerMessage::PeerResumed => self.emit(Event::PeerResumed).await,
+            ServerMessage::CodeExpired { code } => {
+                self.session = None;
+                self.paired = false;
+                self.emit(Event::CodeExpired { code }).await;
+            }
+            ServerMessage::Pong { ts } => {
+                if let Some(ts) = ts.as_u64() {
+                    if let Some(at) = self.pings.remove(&ts) {
+                        let rtt = at.elapsed();
+                        let _ = self.latency.send(Some(rtt));
+                        self.emit(Event::Latency(rtt)).await;
+                    }
+                    self.outbox.pong(ts);
+                }
+            }
+            ServerMessage::Error { code, message } => return self.on_error(code, message).await,
+        }
+        Ok(())
+    }
+
+    async fn took(&mut self, taken: &mut bool) {
+        *taken = true;
+        self.pings.clear();
+        self.reconnector.connected();
+        self.set_state(State::Connected).await;
+    }
+
+    async fn sync(&mut self, tx: &mut SplitSink<Ws, Message>) -> Result<(), Outcome> {
+        self.next_ping += 1;
+        let ts = self.next_ping;
+        self.pings.insert(ts, Instant::now());
+        self.outbox.ping_sent(ts);
+        let m = ClientMessage::Ping { ts: ts.into() };
+        tx.send(Message::text(m.to_text()))
+            .await
+            .map_err(|_| Outcome::Closed(AfterClose::Reconnect))
+    }
+
+    async fn on_error(&mut self, code: ErrorCode, message: String) -> Result<(), Outcome> {
+        match code {
+            ErrorCode::NotPaired => {
+                self.outbox.not_paired();
+                self.emit(Event::Error { code, message }).await;
+                Ok(())
+            }
+            ErrorCode::MacDisconnected => Err(Outcome::Ended(Ended::MacDisconnected)),
+            // The close that follows says to reconnect (1012); or for
+            // UNAVAILABLE, the client backs off and tries again.
+            ErrorCode::ShuttingDown => Ok(()),
+            ErrorCode::Unavailable => Err(Outcome::Closed(AfterClose::Reconnect)),
+            ErrorCode::InvalidCode
+            | ErrorCode::ExpiredCode
+            | ErrorCode::AlreadyJoined
+            | ErrorCode::RateLimited
+            | ErrorCode::InvalidResume
+            | ErrorCode::ResumeExpired => Err(Outcome::Ended(Ended::Refused { code, message })),
+            ErrorCode::InvalidMessage | ErrorCode::MessageTooLarge => {
+                self.emit(Event::Error { code, message }).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn close(tx: &mut SplitSink<Ws, Message>, code: u16) {
+    let frame = CloseFrame {
+        code: WsCloseCode::from(code),
+        reason: "".into(),
+    };
+    let _ = tx.send(Message::Close(Some(frame))).await;
+}
+
+pub(super) async fn run(mut t: Task) {
+    loop {
+        let ws = match t.connect().await {
+            Ok(ws) => ws,
+            Err(e) => {
+                debug!(error = %e, "connect failed");
+                if t.wait_to_retry(AfterClose::Reconnect).await {
+                    continue;
+                }
+                return;
+            }
+        };
+        match t.session(ws).await {
+            Outcome::Ended(why) => {
+                t.end(why).await;
+                return;
+            }
+            Outcome::Reconnect => {}
+            Outcome::Closed(how) => {
+                if !t.wait_to_retry(how).await {
+                    return;
+                }
+            }
+        }
+    }
+}

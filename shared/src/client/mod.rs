@@ -1,0 +1,304 @@
+//! A client of the relay that survives dropped networks, node restarts and
+//! load-balancer reshuffles: it reconnects with backoff, resumes the session,
+//! re-sends what the relay did not get and hands the application every data
+//! frame exactly once, in order.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use relay_protocol::client::{Client, Config, Event};
+//!
+//! // The mac side: get a code, show it, then talk.
+//! let (mac, mut events) = Client::mac(Config::new("ws://relay.example:8080"));
+//! while let Some(ev) = events.next().await {
+//!     match ev {
+//!         Event::Registered { code, .. } => println!("type {code} in the browser"),
+//!         Event::PeerJoined => mac.send_text("hello").await?,
+//!         Event::Data(d) => println!("got {d:?}"),
+//!         Event::Ended(why) => { println!("over: {why}"); break }
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The browser side is the same with [`Client::browser`] and a code. Only
+//! available with the crate's `client` feature.
+
+pub mod backoff;
+mod conn;
+pub mod outbox;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+pub use backoff::{AfterClose, Backoff, Next, Reconnector};
+pub use outbox::{OutboxLimits, QueueFull};
+
+use crate::{ErrorCode, PeerLeftReason, Role};
+
+/// How a client connects and reconnects.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Base URLs of the relay (`ws://host:port`), tried in turn on each
+    /// (re)connect; the role's path (`/mac`, `/browser`) is appended.
+    pub urls: Vec<String>,
+    /// Longest one connection attempt (TCP, TLS, WebSocket handshake) may take.
+    pub connect_timeout: Duration,
+    /// Delays between reconnect attempts.
+    pub backoff: Backoff,
+    /// Reconnect attempts in a row before giving up; `None` = never give up.
+    pub max_retries: Option<u32>,
+    /// Bounds of what waits to be sent while reconnecting.
+    pub outbox: OutboxLimits,
+    /// Interval of app-level pings (latency, and proof the relay read our frames).
+    pub ping_every: Duration,
+}
+
+impl Config {
+    /// Defaults: 10 s connect timeout, 1 s→30 s backoff with 75–125 % jitter,
+    /// unlimited retries, 1000 frames / 8 MiB outbound queue, a ping every 5 s.
+    pub fn new(url: impl Into<String>) -> Self {
+        Config {
+            urls: vec![url.into()],
+            connect_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            max_retries: None,
+            outbox: OutboxLimits::default(),
+            ping_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where the connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// The first connection is being made.
+    Connecting,
+    /// Connected, and the session (if any) taken back.
+    Connected,
+    /// The connection dropped; the next attempt is number `attempt`.
+    Reconnecting {
+        /// Attempts since the last success.
+        attempt: u32,
+    },
+    /// Not connected and not trying: the session ended or the client gave up.
+    Disconnected,
+}
+
+/// A data frame from the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Data {
+    /// The `payload` of a `data` text frame.
+    Text(String),
+    /// A binary frame.
+    Binary(Bytes),
+}
+
+/// Why a session ended for this client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ended {
+    /// This client called [`Client::leave`].
+    #[error("left")]
+    Left,
+    /// The mac ended the session (browser side).
+    #[error("the mac ended the session")]
+    MacDisconnected,
+    /// The relay refused the client (e.g. `INVALID_CODE`) or the session cannot be resumed.
+    #[error("{code}: {message}")]
+    Refused {
+        /// The protocol's error code.
+        code: ErrorCode,
+        /// The relay's sentence.
+        message: String,
+    },
+    /// The relay closed the connection with a code that means stop.
+    #[error("closed by the relay ({0})")]
+    Closed(u16),
+    /// Reconnecting gave up after the configured number of attempts.
+    #[error("gave up reconnecting after {0} attempts")]
+    GaveUp(u32),
+}
+
+/// Something that happened, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The connection state changed.
+    State(State),
+    /// Mac: the code to show, valid until `expires_at` (unix ms).
+    Registered {
+        /// The code.
+        code: String,
+        /// When it stops being valid for joining.
+        expires_at: u64,
+    },
+    /// Mac: the code expired with no browser; call [`Client::register`] for a new one.
+    CodeExpired {
+        /// The code that expired.
+        code: String,
+    },
+    /// Browser: joined the session.
+    Joined,
+    /// Mac: a browser joined.
+    PeerJoined,
+    /// Mac: the browser is gone for good.
+    PeerLeft(PeerLeftReason),
+    /// The peer dropped and may come back.
+    PeerDisconnected,
+    /// The peer came back.
+    PeerResumed,
+    /// The session was taken back on a new connection.
+    Resumed,
+    /// A data frame from the peer.
+    Data(Data),
+    /// Round trip of the last app-level ping.
+    Latency(Duration),
+    /// An error the session survives (e.g. `NOT_PAIRED`).
+    Error {
+        /// The protocol's error code.
+        code: ErrorCode,
+        /// The relay's sentence.
+        message: String,
+    },
+    /// Frames the relay lost that this client could no longer re-send.
+    Lost(u64),
+    /// The session is over for this client; no more events follow.
+    Ended(Ended),
+}
+
+/// Why a frame was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// No peer to send to (mac before a browser joined, or after it left).
+    #[error("no peer is connected; wait for one to join")]
+    NotPaired,
+    /// The outbound queue is full while reconnecting.
+    #[error(transparent)]
+    Full(#[from] QueueFull),
+    /// The session is over.
+    #[error("the session is over")]
+    Ended,
+}
+
+/// Commands from the application to the connection task.
+#[derive(Debug)]
+enum Command {
+    Send(
+        outbox::OutFrame,
+        tokio::sync::oneshot::Sender<Result<(), SendError>>,
+    ),
+    Register,
+    Reconnect,
+    Leave,
+}
+
+/// The application's handle on a client; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    state: watch::Receiver<State>,
+    latency: watch::Receiver<Option<Duration>>,
+}
+
+/// The stream of [`Event`]s of one client.
+#[derive(Debug)]
+pub struct Events(mpsc::Receiver<Event>);
+
+impl Events {
+    /// The next event; `None` after [`Event::Ended`].
+    pub async fn next(&mut self) -> Option<Event> {
+        self.0.recv().await
+    }
+}
+
+/// Events queued for the application before the client stops reading the
+/// relay (so a slow application slows the relay down instead of using memory).
+const EVENT_QUEUE: usize = 1024;
+
+impl Client {
+    /// Starts a mac: connects, registers, and keeps the session up.
+    pub fn mac(config: Config) -> (Client, Events) {
+        Self::start(config, Role::Mac, None)
+    }
+
+    /// Starts a browser: connects, joins with `code` (as typed), and keeps the session up.
+    pub fn browser(config: Config, code: impl Into<String>) -> (Client, Events) {
+        Self::start(config, Role::Browser, Some(code.into()))
+    }
+
+    fn start(config: Config, role: Role, code: Option<String>) -> (Client, Events) {
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let (state_tx, state_rx) = watch::channel(State::Connecting);
+        let (lat_tx, lat_rx) = watch::channel(None);
+        tokio::spawn(conn::run(conn::Task::new(
+            config, role, code, cmd_rx, ev_tx, state_tx, lat_tx,
+        )));
+        (
+            Client {
+                commands: cmd_tx,
+                state: state_rx,
+                latency: lat_rx,
+            },
+            Events(ev_rx),
+        )
+    }
+
+    /// Sends `payload` as a `data` text frame. While reconnecting it is queued
+    /// (bounded); it reaches the peer exactly once, in order.
+    ///
+    /// # Errors
+    /// [`SendError`] when there is no peer, the queue is full, or the session is over.
+    pub async fn send_text(&self, payload: &str) -> Result<(), SendError> {
+        let text = serde_json::json!({"type": "data", "payload": payload}).to_string();
+        self.send(outbox::OutFrame::Text(text)).await
+    }
+
+    /// Sends `data` as a binary frame (see [`Client::send_text`]).
+    ///
+    /// # Errors
+    /// [`SendError`] as for [`Client::send_text`].
+    pub async fn send_binary(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
+        self.send(outbox::OutFrame::Binary(data.into())).await
+    }
+
+    async fn send(&self, f: outbox::OutFrame) -> Result<(), SendError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::Send(f, tx))
+            .await
+            .map_err(|_| SendError::Ended)?;
+        rx.await.map_err(|_| SendError::Ended)?
+    }
+
+    /// Mac: asks for a new code (after [`Event::CodeExpired`]).
+    pub async fn register(&self) {
+        let _ = self.commands.send(Command::Register).await;
+    }
+
+    /// Drops the connection and reconnects at once, resuming the session.
+    pub async fn reconnect(&self) {
+        let _ = self.commands.send(Command::Reconnect).await;
+    }
+
+    /// Ends this side of the session for good.
+    pub async fn leave(&self) {
+        let _ = self.commands.send(Command::Leave).await;
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// A receiver that sees every state change.
+    pub fn watch_state(&self) -> watch::Receiver<State> {
+        self.state.clone()
+    }
+
+    /// Round trip of the last app-level ping, if one was answered.
+    pub fn latency(&self) -> Option<Duration> {
+        *self.latency.borrow()
+    }
+}
