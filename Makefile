@@ -5,10 +5,10 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt build clean toolchain deps cluster
+.PHONY: help run test lint fmt build clean toolchain deps cluster browser-test browser-test-run
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 toolchain:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs), then run make again" >&2; exit 1; }
@@ -19,14 +19,29 @@ run: toolchain ## Build and start one relay node on :8080 (in-memory registry)
 build: toolchain ## Build release binaries into target/release
 	$(CARGO) build --locked --release --bin relay
 
-test: toolchain deps lint ## Lint, then run every unit and integration test
+test: toolchain deps lint ## Lint, then run every unit, integration and browser test
 	$(CARGO) test --locked --workspace --all-targets
+	$(MAKE) browser-test-run
+
+# The browser client and page (relay/static/) in Node and in headless Chromium
+# (Debian's, never a downloaded one), against the debug relay binary that
+# `cargo test` builds. npm ci installs what tests/browser/package-lock.json pins.
+RELAY_BIN ?= $(CURDIR)/target/debug/relay
+
+browser-test: toolchain deps ## Build the debug relay, then test the browser page in headless Chromium
+	$(CARGO) build --locked --bin relay
+	$(MAKE) browser-test-run
+
+browser-test-run:
+	cd tests/browser && npm ci --no-audit --no-fund --prefer-offline
+	cd tests/browser && RELAY_BIN=$(RELAY_BIN) node --test
 
 # The cluster tests and `make cluster` run real Redis servers, Sentinels and
 # haproxy; the tests also drop packets with nftables and make TLS
-# certificates with openssl. Each entry is command:package. haproxy and nft
-# are in /usr/sbin, which a normal user's PATH may lack.
-DEPS := redis-server:redis-server redis-sentinel:redis-sentinel haproxy:haproxy nft:nftables openssl:openssl
+# certificates with openssl; the browser test drives Debian's chromium. Each
+# entry is command:package. haproxy and nft are in /usr/sbin, which a normal
+# user's PATH may lack.
+DEPS := redis-server:redis-server redis-sentinel:redis-sentinel haproxy:haproxy nft:nftables openssl:openssl chromium:chromium
 
 deps: ## Install the Debian packages the tests and the cluster need, if missing
 	@PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \

@@ -1,0 +1,549 @@
+// The browser page (relay/static/index.html + client.js) in real headless
+// Chromium against a real relay cluster: a Redis, two relay nodes sharing it,
+// the page on node 1 through a TCP proxy this test controls, and a Mac-side
+// WebSocket client on node 2. The page pairs, messages go both ways, node 1 is
+// killed (SIGKILL) and started again on the same port: the page shows the
+// "Connection lost" banner meanwhile, the banner goes away by itself, and
+// every message sent by either side before, during and after the outage
+// arrives exactly once, in order. Screenshots go to target/test-artifacts/.
+//
+// Needs: the debug relay binary (RELAY_BIN, default target/debug/relay),
+// redis-server and /usr/bin/chromium (`make deps`). Every process started here
+// is killed at the end, also on failure; every wait is bounded.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { chromium } from 'playwright-core';
+import { WebSocket } from 'ws';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const RELAY_BIN = path.resolve(ROOT, process.env.RELAY_BIN ?? 'target/debug/relay');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const ARTIFACTS = path.join(ROOT, 'target', 'test-artifacts');
+/** Longest any single wait may take. */
+const WAIT = 15_000;
+/** Longest the page may take to come back after node 1 is up again (backoff up to 8 s × 1.25). */
+const RECONNECT_WAIT = 30_000;
+
+// ---- small helpers -------------------------------------------------------
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(check, what, ms = WAIT) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Every child process started by this file, killed at the end whatever happens. */
+const children = new Set();
+process.on('exit', () => {
+  for (const c of children) {
+    try {
+      c.kill('SIGKILL');
+    } catch {
+      // Gone already.
+    }
+  }
+});
+
+function track(child) {
+  children.add(child);
+  child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  child.exited.then(() => children.delete(child));
+  return child;
+}
+
+/** `promise`, or an error after `ms` (the timer does not outlive it). */
+async function within(promise, ms, what) {
+  let timer;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function kill(child) {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGKILL');
+  await within(child.exited, WAIT, `pid ${child.pid} to exit`);
+}
+
+function tail(lines, n = 40) {
+  return lines.slice(-n).join('\n');
+}
+
+/** GET http://addr/path → status (or the error's message). */
+function httpStatus(port, p) {
+  return new Promise((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port, path: p, timeout: 2000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', (e) => resolve(e.message));
+  });
+}
+
+// ---- Redis -----------------------------------------------------------------
+
+function redisPings(port) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    let buf = '';
+    const done = (ok) => {
+      s.destroy();
+      resolve(ok);
+    };
+    s.setTimeout(1000, () => done(false));
+    s.on('error', () => done(false));
+    s.on('connect', () => s.write('*1\r\n$4\r\nPING\r\n'));
+    s.on('data', (d) => {
+      buf += d;
+      if (buf.includes('\r\n')) done(buf.startsWith('+PONG'));
+    });
+  });
+}
+
+async function startRedis(dir) {
+  let last = '';
+  for (let i = 0; i < 5; i++) {
+    const port = await freePort();
+    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+      '--daemonize', 'no', '--dir', dir, '--logfile', path.join(dir, 'redis.log')];
+    const child = track(spawn('redis-server', args, { stdio: 'ignore' }));
+    const spawnError = new Promise((resolve) => child.once('error', (e) => resolve(e)));
+    const ok = await Promise.race([
+      waitFor(() => redisPings(port), `redis on ${port}`, WAIT).then(() => true, () => false),
+      child.exited.then(() => false),
+      spawnError.then((e) => { last = `cannot run redis-server (is it installed? make deps): ${e.message}`; return false; }),
+    ]);
+    if (ok) return { child, port, url: `redis://127.0.0.1:${port}` };
+    await kill(child);
+    last ||= `redis-server on ${port} did not answer`;
+  }
+  throw new Error(last);
+}
+
+// ---- relay nodes -------------------------------------------------------------
+
+class Node {
+  constructor(id, redisUrl) {
+    this.id = id;
+    this.redisUrl = redisUrl;
+    this.logs = [];
+    this.child = null;
+    this.port = null;
+  }
+
+  /** Starts the relay on `listen` and waits until /readyz answers 200. */
+  async start(listen = '127.0.0.1:0') {
+    const env = {
+      RELAY_LISTEN: listen,
+      RELAY_LOG_FORMAT: 'json',
+      RELAY_LOG: 'relay=debug,info',
+      RELAY_NODE_ID: this.id,
+      RELAY_REDIS_URL: this.redisUrl,
+      RELAY_JOIN_RATE: '0',
+      RELAY_WORKERS: '2',
+    };
+    const child = track(spawn(RELAY_BIN, [], { env, stdio: ['ignore', 'ignore', 'pipe'] }));
+    this.child = child;
+    this.logs.push(`---- ${this.id} started on ${listen} ----`);
+    let pending = '';
+    const listening = new Promise((resolve, reject) => {
+      child.once('error', (e) => reject(new Error(`cannot run ${RELAY_BIN} (build it: cargo build --bin relay): ${e.message}`)));
+      child.exited.then(({ code, signal }) => reject(new Error(`${this.id} exited (${code ?? signal}) before listening:\n${tail(this.logs)}`)));
+      child.stderr.setEncoding('utf8');
+      child.stderr.on('data', (chunk) => {
+        pending += chunk;
+        const lines = pending.split('\n');
+        pending = lines.pop();
+        for (const line of lines) {
+          this.logs.push(line);
+          if (this.logs.length > 3000) this.logs.shift();
+          try {
+            const v = JSON.parse(line);
+            if (v.fields?.message === 'relay listening') resolve(v.fields.addr);
+          } catch {
+            // Not JSON: keep it for the log tail only.
+          }
+        }
+      });
+    });
+    const addr = await within(listening, WAIT, `${this.id} to log "relay listening"`).catch((e) => {
+      throw new Error(`${e.message}\n${tail(this.logs)}`);
+    });
+    this.port = Number(addr.split(':').pop());
+    await waitFor(async () => (await httpStatus(this.port, '/readyz')) === 200, `${this.id} /readyz 200`);
+    return this;
+  }
+
+  /** SIGKILL: the node dies without a word. */
+  async sigkill() {
+    await kill(this.child);
+  }
+
+  /** Starts it again on the same port if it can, else on a new one. */
+  async restart() {
+    for (let i = 0; i < 10; i++) {
+      try {
+        return await this.start(`127.0.0.1:${this.port}`);
+      } catch (e) {
+        await kill(this.child);
+        this.logs.push(`---- restart on ${this.port} failed: ${e.message.split('\n')[0]} ----`);
+        await sleep(200);
+      }
+    }
+    return this.start('127.0.0.1:0');
+  }
+}
+
+// ---- a TCP proxy in front of node 1 ------------------------------------------
+
+function startProxy(target) {
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(target.port, '127.0.0.1');
+    sockets.add(client);
+    sockets.add(upstream);
+    const cut = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    for (const s of [client, upstream]) {
+      s.on('error', cut);
+      s.on('close', cut);
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  return new Promise((resolve, reject) => {
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      resolve({
+        port: server.address().port,
+        close() {
+          for (const s of sockets) s.destroy();
+          return new Promise((r) => server.close(() => r()));
+        },
+      });
+    });
+  });
+}
+
+// ---- the Mac side: a plain WebSocket client ----------------------------------
+
+class Mac {
+  constructor(url) {
+    this.got = [];
+    this.ws = new WebSocket(url);
+    this.ws.on('message', (data, isBinary) => {
+      this.got.push(isBinary ? { binary: Buffer.from(data) } : JSON.parse(data.toString()));
+    });
+    this.ws.on('error', () => {});
+  }
+
+  async opened() {
+    await waitFor(() => this.ws.readyState === WebSocket.OPEN, 'the Mac connection');
+    return this;
+  }
+
+  send(obj) {
+    this.ws.send(JSON.stringify(obj));
+  }
+
+  data(payload) {
+    this.send({ type: 'data', payload });
+  }
+
+  binary(text) {
+    this.ws.send(Buffer.from(text), { binary: true });
+  }
+
+  /** Waits for a control message of `type`; returns it. */
+  expect(type) {
+    return waitFor(() => this.got.find((m) => m.type === type), `the Mac to receive ${type}`);
+  }
+
+  /** The data payloads received, in order. */
+  payloads() {
+    return this.got.filter((m) => m.type === 'data').map((m) => m.payload);
+  }
+
+  /** Data frames received (text and binary). */
+  dataCount() {
+    return this.got.filter((m) => m.type === 'data' || m.binary).length;
+  }
+
+  async close() {
+    this.ws.terminate();
+  }
+}
+
+// ---- the page ----------------------------------------------------------------
+
+const incoming = (page) => page.$$eval('#log li.msg.in .body', (els) => els.map((e) => e.textContent));
+const state = (page) => page.$eval('#status', (e) => e.dataset.state);
+const bannerShown = (page) => page.$eval('#banner', (e) => e.dataset.shown === 'true');
+
+async function sendFromPage(page, text) {
+  await page.getByLabel('Message', { exact: true }).fill(text);
+  await page.getByRole('button', { name: 'Send', exact: true }).click();
+}
+
+async function waitIncoming(page, want, what) {
+  await waitFor(async () => {
+    const got = await incoming(page);
+    return want.every((w) => got.includes(w));
+  }, what, RECONNECT_WAIT).catch(async (e) => {
+    throw new Error(`${e.message}; the page shows ${JSON.stringify(await incoming(page))}`);
+  });
+}
+
+// ---- the test ------------------------------------------------------------------
+
+test('the page pairs, survives its relay node dying, and loses no message', { timeout: 150_000 }, async () => {
+  for (const [what, p] of [['relay binary', RELAY_BIN], ['chromium', CHROMIUM]]) {
+    assert.ok(fs.existsSync(p), `${what} missing at ${p} (make deps; cargo build --bin relay)`);
+  }
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-browser-test-'));
+  const profile = path.join(tmp, 'chromium-profile');
+  fs.mkdirSync(profile);
+  let redis;
+  let proxy;
+  let context;
+  let mac;
+  const nodes = [];
+  const pageErrors = [];
+  const consoleLines = [];
+  try {
+    redis = await startRedis(tmp);
+    const node2 = await new Node('node-2', redis.url).start();
+    nodes.push(node2);
+    const node1 = await new Node('node-1', redis.url).start();
+    nodes.push(node1);
+    const target = { port: node1.port };
+    proxy = await startProxy(target);
+
+    // The Mac registers on node 2.
+    mac = await new Mac(`ws://127.0.0.1:${node2.port}/mac`).opened();
+    mac.send({ type: 'register' });
+    const { code } = await mac.expect('registered');
+    assert.match(code, /^[346789ABCDEFGHJKLMNPQRTUVWXY]{6}$/);
+
+    // The browser opens the page on node 1 (through the proxy).
+    context = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+        '--no-first-run', '--disable-sync'],
+      viewport: { width: 900, height: 760 },
+      timeout: WAIT,
+    });
+    context.setDefaultTimeout(WAIT);
+    const page = context.pages()[0] ?? (await context.newPage());
+    page.on('pageerror', (e) => pageErrors.push(String(e)));
+    page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+    await page.goto(`http://127.0.0.1:${proxy.port}/`);
+    assert.equal(await page.title(), 'Relay · connect to your Mac');
+    assert.equal(await state(page), 'disconnected');
+
+    // Type the code as a person might: lower case, with a dash.
+    const typed = `${code.slice(0, 3)}-${code.slice(3)}`.toLowerCase();
+    await page.getByLabel('Code shown on the Mac').fill(typed);
+    await page.getByRole('button', { name: 'Connect' }).click();
+    await waitFor(async () => (await state(page)) === 'connected', 'the page to connect');
+    await mac.expect('peer_joined');
+    assert.equal(await page.isVisible('#ov-waiting'), false);
+    await waitFor(async () => /^\d+ ms$/.test(await page.textContent('#latency')), 'the latency');
+
+    // Messages both ways.
+    await sendFromPage(page, 'b1');
+    await sendFromPage(page, 'b2');
+    mac.data('m1');
+    mac.binary('m2');
+    await waitFor(() => mac.payloads().length === 2, 'the Mac to get b1, b2');
+    await waitIncoming(page, ['m1', 'm2'], 'the page to show m1, m2');
+    assert.match(await page.locator('#log li.msg.in').nth(1).textContent(), /binary, 2 bytes/);
+
+    // Node 1 dies. The page loses its connection and says so.
+    await node1.sigkill();
+    mac.data('m3'); // sent before node 2 knows
+    await waitFor(() => bannerShown(page), 'the "Connection lost" banner');
+    assert.equal(await page.textContent('#banner strong'), 'Connection lost. Reconnecting…');
+    assert.equal(await page.getAttribute('#banner', 'role'), 'status');
+    assert.equal(await state(page), 'reconnecting');
+    await sendFromPage(page, 'b3');
+    await sendFromPage(page, 'b4');
+    assert.equal(await page.locator('#log li.queued').count(), 2, 'sent while away: queued');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'browser-banner.png') });
+    await mac.expect('peer_disconnected');
+    mac.data('m4');
+    mac.binary('m5');
+    assert.ok(await bannerShown(page), 'still down: the banner stays');
+
+    // Node 1 comes back on the same port: the page resumes by itself.
+    await node1.restart();
+    target.port = node1.port;
+    await waitFor(async () => !(await bannerShown(page)) && (await state(page)) === 'connected',
+      'the banner to go away', RECONNECT_WAIT);
+    await mac.expect('peer_resumed');
+    await waitIncoming(page, ['m3', 'm4', 'm5'], 'the page to show m3-m5');
+    await waitFor(() => mac.payloads().length === 4, 'the Mac to get b3, b4');
+    assert.equal(await page.locator('#log li.queued').count(), 0);
+
+    // And after.
+    await sendFromPage(page, 'b5');
+    mac.data('m6');
+    await waitIncoming(page, ['m6'], 'the page to show m6');
+    await waitFor(() => mac.payloads().length === 5, 'the Mac to get b5');
+
+    // The Mac drops: the page shows it away; it comes back (resume) and nothing is lost.
+    const registered = mac.got.find((m) => m.type === 'registered');
+    await mac.close();
+    await waitFor(() => page.isVisible('#ov-away'), 'the "Mac is away" overlay');
+    await sendFromPage(page, 'b6');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'browser-away.png') });
+    const macReceived = mac.dataCount();
+    const before = mac.payloads();
+    mac = await new Mac(`ws://127.0.0.1:${node2.port}/mac`).opened();
+    mac.send({ type: 'resume', sessionId: registered.sessionId, resumeToken: registered.resumeToken, lastSeq: macReceived });
+    await mac.expect('resumed');
+    await waitFor(() => mac.payloads().includes('b6'), 'the Mac to get b6 after resuming');
+    await waitFor(async () => !(await page.isVisible('#ov-away')), 'the "Mac is away" overlay to go');
+    mac.data('m7');
+    await waitIncoming(page, ['m7'], 'the page to show m7');
+
+    // Exactly once, in order, both ways.
+    await sleep(300);
+    assert.deepEqual([...before, ...mac.payloads()], ['b1', 'b2', 'b3', 'b4', 'b5', 'b6']);
+    assert.deepEqual(await incoming(page), ['m1', 'm2', 'm3', 'm4', 'm5', 'm6', 'm7']);
+    assert.ok((await page.textContent('#log')).includes('Connection back.'));
+    await page.screenshot({ path: path.join(ARTIFACTS, 'browser.png') });
+
+    // The Mac leaves: session over, read-only.
+    mac.send({ type: 'leave' });
+    await waitFor(() => page.isVisible('#ov-over'), 'the "Session over" overlay');
+    assert.equal(await page.textContent('#ov-over-text'), 'The Mac ended the session.');
+    assert.equal(await page.isVisible('#composer'), false, 'read-only');
+    assert.deepEqual(await incoming(page), ['m1', 'm2', 'm3', 'm4', 'm5', 'm6', 'm7'], 'the log stays');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'browser-over.png') });
+
+    assert.deepEqual(pageErrors, [], 'no uncaught errors in the page');
+  } catch (e) {
+    for (const n of nodes) console.error(`---- ${n.id} log (last lines) ----\n${tail(n.logs, 60)}`);
+    console.error(`---- page console ----\n${tail(consoleLines, 60)}`);
+    if (pageErrors.length) console.error(`---- page errors ----\n${pageErrors.join('\n')}`);
+    throw e;
+  } finally {
+    await mac?.close();
+    await context?.close().catch(() => {});
+    await proxy?.close();
+    for (const n of nodes) await n.sigkill();
+    await kill(redis?.child);
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
+test('after a reload the page resumes; a capped page gives up, offers Retry, and shows why the session ended', { timeout: 90_000 }, async () => {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-browser-test-'));
+  const profile = path.join(tmp, 'chromium-profile');
+  fs.mkdirSync(profile);
+  let context;
+  let mac;
+  const pageErrors = [];
+  // One node, sessions in memory: a restart forgets them.
+  const node = new Node('single', '');
+  try {
+    await node.start();
+    mac = await new Mac(`ws://127.0.0.1:${node.port}/mac`).opened();
+    mac.send({ type: 'register' });
+    const { code } = await mac.expect('registered');
+
+    context = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+        '--no-first-run', '--disable-sync'],
+      viewport: { width: 900, height: 760 },
+      timeout: WAIT,
+    });
+    context.setDefaultTimeout(WAIT);
+    const page = context.pages()[0] ?? (await context.newPage());
+    page.on('pageerror', (e) => pageErrors.push(String(e)));
+    // ?retries=1: give up after one failed attempt.
+    await page.goto(`http://127.0.0.1:${node.port}/?retries=1`);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'browser-join.png') });
+    await page.getByLabel('Code shown on the Mac').fill(code.toLowerCase());
+    await page.getByRole('button', { name: 'Connect' }).click();
+    await waitFor(async () => (await state(page)) === 'connected', 'the page to connect');
+    mac.data('m1');
+    await waitIncoming(page, ['m1'], 'the page to show m1');
+
+    // A reload takes the session back (sessionStorage) without replaying m1.
+    await page.reload();
+    await waitFor(async () => (await state(page)) === 'connected', 'the page to resume after the reload');
+    await mac.expect('peer_resumed');
+    mac.data('m2');
+    await waitIncoming(page, ['m2'], 'the page to show m2');
+    await sendFromPage(page, 'b1');
+    await waitFor(() => mac.payloads().includes('b1'), 'the Mac to get b1');
+    assert.deepEqual(await incoming(page), ['m2'], 'nothing replayed twice');
+
+    // The node dies; after one failed attempt the page gives up and offers Retry.
+    await node.sigkill();
+    await waitFor(() => page.isVisible('#ov-gaveup'), 'the "Could not reconnect" overlay', RECONNECT_WAIT);
+    assert.equal(await state(page), 'disconnected');
+    assert.equal(await bannerShown(page), false);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'browser-gaveup.png') });
+
+    // The node is back but has forgotten the session: Retry leads to "Session over" with the reason.
+    await node.restart();
+    await page.getByRole('button', { name: 'Retry' }).click();
+    await waitFor(() => page.isVisible('#ov-over'), 'the "Session over" overlay');
+    assert.equal(await page.textContent('#ov-over-text'), 'The relay no longer knows this session.');
+    assert.deepEqual(pageErrors, [], 'no uncaught errors in the page');
+  } catch (e) {
+    console.error(`---- ${node.id} log (last lines) ----\n${tail(node.logs, 60)}`);
+    throw e;
+  } finally {
+    await mac?.close();
+    await context?.close().catch(() => {});
+    await node.sigkill();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+});
