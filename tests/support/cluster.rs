@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Pair, Registered, WAIT, Ws};
@@ -567,28 +567,7 @@ fn spawn_relay(
         .spawn()
         .expect("start the relay binary");
     let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let keep = Arc::clone(logs);
-    std::thread::spawn(move || {
-        // Dropping `tx` when stderr ends tells the waiter the process died.
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(t) = &tx {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["fields"]["message"] == "relay listening" {
-                        let addr = v["fields"]["addr"].as_str().unwrap_or("").to_owned();
-                        let _ = t.send(addr);
-                        tx = None;
-                    }
-                }
-            }
-            let mut l = keep.lock().unwrap();
-            if l.len() > 2000 {
-                l.pop_front();
-            }
-            l.push_back(line);
-        }
-    });
+    let rx = super::tail_logs(stderr, logs);
     match rx.recv_timeout(WAIT) {
         Ok(a) => {
             let addr = a.parse().expect("listening address");

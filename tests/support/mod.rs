@@ -22,6 +22,42 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// A relay's last stderr lines, newest last.
+pub type Logs = Arc<Mutex<VecDeque<String>>>;
+
+/// Keeps the last lines of a relay's stderr in `logs` and sends the address
+/// from its "relay listening" line; the sender drops if the relay dies first.
+pub fn tail_logs(
+    stderr: std::process::ChildStderr,
+    logs: &Logs,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let keep = Arc::clone(logs);
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // Kept before the start is announced, so start_fields() always finds it.
+            {
+                let mut l = keep.lock().unwrap_or_else(|e| e.into_inner());
+                if l.len() > 2000 {
+                    l.pop_front();
+                }
+                l.push_back(line.clone());
+            }
+            if let Some(t) = &tx {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["fields"]["message"] == "relay listening" {
+                        let addr = v["fields"]["addr"].as_str().unwrap_or("").to_owned();
+                        let _ = t.send(addr);
+                        tx = None;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// Longest any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -56,27 +92,7 @@ impl Relay {
             .expect("start the relay binary");
         let stderr = child.stderr.take().expect("stderr piped");
         let logs = Arc::new(Mutex::new(VecDeque::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let keep = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(t) = &tx {
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        if v["fields"]["message"] == "relay listening" {
-                            let addr = v["fields"]["addr"].as_str().unwrap_or("").to_owned();
-                            let _ = t.send(addr);
-                            tx = None;
-                        }
-                    }
-                }
-                let mut l = keep.lock().unwrap();
-                if l.len() > 2000 {
-                    l.pop_front();
-                }
-                l.push_back(line);
-            }
-        });
+        let rx = tail_logs(stderr, &logs);
         let addr = match rx.recv_timeout(WAIT) {
             Ok(a) => a.parse().expect("listening address"),
             Err(_) => {
