@@ -33,6 +33,13 @@ use crate::cluster::envelope::Envelope;
 use crate::conns::{ConnId, Killer};
 use relay_protocol::Role;
 
+/// One data frame in this many is timed for the latency histogram.
+pub const LATENCY_SAMPLE: u64 = 16;
+
+fn stamp(seq: u64) -> Option<Instant> {
+    (seq % LATENCY_SAMPLE == 0).then(Instant::now)
+}
+
 /// Bookkeeping bytes charged per queued entry, so a flood of tiny frames is
 /// bounded by memory actually used, not only by payload bytes.
 pub const ENTRY_OVERHEAD: usize = 64;
@@ -102,8 +109,10 @@ struct Entry {
     /// For data: its seq. For events: the seq of the last data frame before it.
     seq: u64,
     item: Item,
-    /// When it entered the pipe (for the frame latency histogram).
-    at: Instant,
+    /// When it entered the pipe, for one data frame in [`LATENCY_SAMPLE`]
+    /// (the latency histogram): a clock read per frame would cost more than
+    /// the rest of the frame's bookkeeping.
+    at: Option<Instant>,
 }
 
 impl Entry {
@@ -330,8 +339,9 @@ pub enum Status {
 /// What a receiver took out of its pipe in one drain.
 #[derive(Debug, Default)]
 pub struct Drained {
-    /// Items to write, in order, with their positions and when they were queued.
-    pub items: Vec<(u64, Item, Instant)>,
+    /// Items to write, in order, with their positions and, for sampled data
+    /// frames, when they were queued.
+    pub items: Vec<(u64, Item, Option<Instant>)>,
     /// The pipe is fed from another node (for the latency histogram's path).
     pub remote: bool,
 }
@@ -453,7 +463,7 @@ impl Pipe {
                 pos,
                 seq,
                 item,
-                at: Instant::now(),
+                at: stamp(seq),
             });
             g.unwritten = 0;
             // Kept until the remote receiver acknowledges: bounded like a local backlog.
@@ -476,15 +486,17 @@ impl Pipe {
             pos,
             seq,
             item,
-            at: Instant::now(),
+            at: stamp(seq),
         });
 
-        let State::Attached(rx) = &g.state else {
+        if !matches!(g.state, State::Attached(_)) {
             return Pushed::Queued { remote: false };
-        };
-        let rx = rx.clone();
+        }
         if g.bytes > self.limits.hard_cap() {
-            return Pushed::SlowConsumer(self.cut(g, rx));
+            if let State::Attached(rx) = &g.state {
+                let rx = rx.clone();
+                return Pushed::SlowConsumer(self.cut(g, rx));
+            }
         }
         let backlogged = g.unwritten > self.limits.backlog();
         if backlogged {
@@ -492,11 +504,15 @@ impl Pipe {
             gate.close();
             g.blocked = Some(Arc::clone(gate));
         }
-        let wake = !g.wake_pending;
-        g.wake_pending = true;
-        drop(g);
-        if wake {
-            rx.wake.do_send(Wake);
+        // Only the push that finds no wake-up pending sends one (and pays for
+        // cloning the receiver's address); the others ride on it.
+        if !g.wake_pending {
+            g.wake_pending = true;
+            if let State::Attached(rx) = &g.state {
+                let wake = rx.wake.clone();
+                drop(g);
+                wake.do_send(Wake);
+            }
         }
         if backlogged {
             Pushed::Backlogged { remote: false }
@@ -553,7 +569,7 @@ impl Pipe {
             pos,
             seq,
             item: Item::Event { text, effect },
-            at: Instant::now(),
+            at: None,
         };
         g.bytes += entry.cost();
         g.unwritten += entry.cost();
@@ -734,7 +750,7 @@ impl Pipe {
             pos,
             seq,
             item: Item::Data { seq, frame },
-            at: Instant::now(),
+            at: stamp(seq),
         });
         if g.bytes > self.limits.hard_cap() {
             if let State::Attached(rx) = &g.state {

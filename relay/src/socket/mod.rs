@@ -377,13 +377,16 @@ impl Socket {
             .metrics
             .relay_seconds
             .with_label_values(&[if d.remote { "redis" } else { "local" }]);
+        // One clock read for the whole batch.
+        let mut now: Option<Instant> = None;
         for (pos, item, queued_at) in d.items.drain(..) {
             self.written = pos;
             match item {
                 Item::Data { frame, .. } => {
                     // Frames written again after a resume were measured the first time.
-                    if pos > self.measured {
-                        latency.observe(queued_at.elapsed().as_secs_f64());
+                    if let Some(at) = queued_at.filter(|_| pos > self.measured) {
+                        let now = *now.get_or_insert_with(Instant::now);
+                        latency.observe(now.saturating_duration_since(at).as_secs_f64());
                         self.measured = pos;
                     }
                     self.marker_bytes += frame.len();
