@@ -6,6 +6,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod conns;
+pub mod load;
 pub mod metrics;
 pub mod pipe;
 pub mod registry;

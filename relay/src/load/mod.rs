@@ -1,0 +1,126 @@
+//! The load generator behind `relay-load`: opens pairs through the protocol
+//! against one or more relay URLs and measures what operators choose a relay
+//! by. Every scenario is bounded in pairs and time and stops by itself; the
+//! results print as a table and can be written as JSON.
+//!
+//! Scenarios (`--scenario`):
+//! - `setup`: pairs set up a second (register, join, peer_joined).
+//! - `throughput`: frames and bytes a second, each mac sending as fast as it can.
+//! - `latency`: at a fixed offered rate, the delay from the moment each frame
+//!   was due to be sent to its arrival (coordinated-omission aware).
+//! - `idle`: relay memory per idle paired connection (from its `/metrics`).
+//! - `storm`: a node killed under the pairs: time until all resumed, frames lost.
+
+mod pairs;
+mod report;
+mod scenarios;
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+pub use report::Report;
+
+/// Which measurement to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Pair set-up rate.
+    Setup,
+    /// Frames a second as fast as the relay takes them.
+    Throughput,
+    /// Latency quantiles at a fixed offered rate.
+    Latency,
+    /// Relay memory per idle paired connection.
+    Idle,
+    /// A node killed under the pairs: time to resume, frames lost.
+    Storm,
+}
+
+/// Load generator for the relay: opens pairs of mac and browser connections
+/// through the protocol and measures set-up rate, throughput, latency, memory
+/// per connection or recovery from a killed node. Each run is bounded and
+/// prints a table; `--json` also writes the results to a file.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "relay-load", version)]
+pub struct Args {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Scenario::Throughput)]
+    pub scenario: Scenario,
+    /// Relay URL(s), `ws://host:port`. Macs use the first; browsers use the
+    /// second if given (cross-node pairs when they are two nodes).
+    #[arg(long = "url", required = true)]
+    pub urls: Vec<String>,
+    /// Share of pairs whose browser uses the second URL (0 to 1); the rest stay on the first.
+    #[arg(long, default_value_t = 1.0)]
+    pub cross_share: f64,
+    /// Pairs to open.
+    #[arg(long, default_value_t = 10)]
+    pub pairs: usize,
+    /// Payload size of each frame, in bytes (16 at least: it carries a sequence number and a time).
+    #[arg(long, default_value = "64", value_parser = crate::config::parse_bytes)]
+    pub size: usize,
+    /// How long to send (throughput, latency, storm).
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub duration: Duration,
+    /// Offered rate for `latency`, frames a second over all pairs.
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+    /// Pairs set up at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Send both ways (each browser sends too), for throughput.
+    #[arg(long)]
+    pub both_ways: bool,
+    /// Source addresses to spread connections over (to get past one
+    /// address's ~28k ephemeral ports): e.g. 127.0.0.1,127.0.0.2.
+    #[arg(long, value_delimiter = ',')]
+    pub source: Vec<std::net::IpAddr>,
+    /// `/metrics` URL of the relay (for `idle`); default from the first `--url`.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
+    /// Shell command that kills the node of the first URL (for `storm`).
+    #[arg(long)]
+    pub kill: Option<String>,
+    /// URL the macs fall back to once their node is killed (for `storm`).
+    #[arg(long)]
+    pub fallback: Option<String>,
+    /// Hard limit on the whole run; it stops with what it measured.
+    #[arg(long, default_value = "5m", value_parser = crate::config::parse_duration)]
+    pub timeout: Duration,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// A label for the results (e.g. "relay same-node").
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs the chosen scenario within the run's time limit.
+///
+/// # Errors
+/// When the relay cannot be reached or the scenario cannot complete.
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    if args.size < 16 {
+        anyhow::bail!("--size must be at least 16 bytes (a sequence number and a timestamp)");
+    }
+    let limit = args.timeout;
+    let work = async {
+        match args.scenario {
+            Scenario::Setup => scenarios::setup(&args).await,
+            Scenario::Throughput => scenarios::throughput(&args).await,
+            Scenario::Latency => scenarios::latency(&args).await,
+            Scenario::Idle => scenarios::idle(&args).await,
+            Scenario::Storm => scenarios::storm(&args).await,
+        }
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!(
+            "the run took longer than --timeout {}",
+            humantime::format_duration(limit)
+        ),
+    }
+}
