@@ -771,6 +771,7 @@ impl Pipe {
             return;
         }
         let upto = g.base + p;
+        let mut acked = false;
         while let Some(front) = g.entries.front() {
             let done = match front.item {
                 Item::Data { seq, .. } => seq <= upto,
@@ -782,6 +783,9 @@ impl Pipe {
             let cost = front.cost();
             g.entries.pop_front();
             g.bytes -= cost;
+            acked = true;
+        }
+        if acked {
             g.last_ack = Instant::now();
         }
         if g.bytes <= self.limits.backlog() / 2 {
@@ -1020,6 +1024,7 @@ impl Pipe {
     /// Receiver side: the client read everything up to position `pos`.
     pub fn ack(&self, pos: u64) {
         let mut g = self.lock();
+        let before = g.entries.len();
         let mut acked_seq = None;
         while let Some(front) = g.entries.front() {
             if front.pos > pos {
@@ -1031,6 +1036,8 @@ impl Pipe {
             let cost = front.cost();
             g.entries.pop_front();
             g.bytes -= cost;
+        }
+        if acked_seq.is_some() || g.entries.len() != before {
             g.last_ack = Instant::now();
         }
         // A remotely fed pipe tells the sender's node, which may then forget.

@@ -237,7 +237,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
     let sweep_state = Arc::clone(&state);
     let silence = config.heartbeat_interval + config.heartbeat_timeout * 2;
     actix::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(crate::conns::SWEEP_EVERY);
         loop {
             tick.tick().await;
             let cut = sweep_state.conns.sweep(silence);
