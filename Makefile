@@ -5,7 +5,7 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt build clean toolchain deps cluster browser-test browser-test-run
+.PHONY: help run test lint fmt build clean toolchain deps cluster browser-test browser-test-run bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -38,10 +38,11 @@ browser-test-run:
 
 # The cluster tests and `make cluster` run real Redis servers, Sentinels and
 # haproxy; the tests also drop packets with nftables and make TLS
-# certificates with openssl; the browser test drives Debian's chromium. Each
-# entry is command:package. haproxy and nft are in /usr/sbin, which a normal
+# certificates with openssl; the browser test drives Debian's chromium with
+# node; the bench runs redis-benchmark and python3. Each entry is command:package. haproxy and nft are in /usr/sbin, which a normal
 # user's PATH may lack.
-DEPS := redis-server:redis-server redis-sentinel:redis-sentinel haproxy:haproxy nft:nftables openssl:openssl chromium:chromium
+DEPS := redis-server:redis-server redis-sentinel:redis-sentinel redis-benchmark:redis-tools haproxy:haproxy \
+	nft:nftables openssl:openssl chromium:chromium node:nodejs npm:npm python3:python3
 
 deps: ## Install the Debian packages the tests and the cluster need, if missing
 	@PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \
@@ -55,6 +56,11 @@ deps: ## Install the Debian packages the tests and the cluster need, if missing
 
 cluster: build deps ## Start Redis, three relay nodes and haproxy on :8080 (Ctrl-C stops them)
 	deploy/local/cluster.sh
+
+# Release binaries, the relay against ws-forwarder and redis-benchmark on
+# 127.0.0.1, a report with ratios and plots in target/bench/ (see BENCHMARKS.md).
+bench: toolchain deps ## Measure throughput, latency, set-up rate, memory and a reconnect storm (~6 min)
+	tests/bench/run.sh
 
 lint: toolchain ## Check formatting and clippy (warnings are errors)
 	$(CARGO) fmt --all -- --check

@@ -81,6 +81,9 @@ pub async fn open(mac_url: &str, browser_url: &str, sources: &[IpAddr]) -> anyho
     let mut mac = connect(mac_url, "/mac", sources).await?;
     mac.send(Message::text(r#"{"type":"register"}"#)).await?;
     let reg = next_json(&mut mac).await?;
+    if reg["type"] != "registered" {
+        bail!("register answered {reg}");
+    }
     let code = reg["code"]
         .as_str()
         .with_context(|| format!("register answered {reg}"))?

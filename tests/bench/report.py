@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Turns the JSON results of tests/bench/run.sh into report.md and SVG plots.
+
+Absolute numbers move from run to run on a shared machine, so every figure is
+also given as a ratio to a reference measured in the same run.
+"""
+import html
+import json
+import os
+import platform
+import subprocess
+import sys
+
+
+def load(out):
+    res = {}
+    for f in sorted(os.listdir(os.path.join(out, "json"))):
+        with open(os.path.join(out, "json", f)) as fh:
+            res[f[:-5]] = json.load(fh)["results"]
+    return res
+
+
+def bars_svg(title, groups, series, values, unit, path):
+    """Grouped bar chart: values[(group, series)] -> number."""
+    colors = ["#7f7f7f", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd"]
+    w, h, left, bottom, top = 720, 360, 70, 60, 40
+    top_v = max([v for v in values.values() if v is not None] + [1e-9]) * 1.15
+    gw = (w - left - 20) / len(groups)
+    bw = gw * 0.8 / len(series)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{w/2}" y="22" text-anchor="middle" font-size="15">{html.escape(title)}</text>']
+    plot_h = h - bottom - top
+    for i in range(5):
+        v = top_v * i / 4
+        y = h - bottom - plot_h * i / 4
+        out.append(f'<line x1="{left}" x2="{w-20}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left-6}" y="{y+4:.1f}" text-anchor="end">{v:.3g}</text>')
+    out.append(f'<text x="16" y="{top + plot_h/2}" transform="rotate(-90 16 {top + plot_h/2})" text-anchor="middle">{html.escape(unit)}</text>')
+    for gi, g in enumerate(groups):
+        x0 = left + gi * gw + gw * 0.1
+        for si, s in enumerate(series):
+            v = values.get((g, s))
+            if v is None:
+                continue
+            bh = plot_h * v / top_v
+            x = x0 + si * bw
+            out.append(f'<rect x="{x:.1f}" y="{h-bottom-bh:.1f}" width="{bw*0.92:.1f}" height="{bh:.1f}" fill="{colors[si % len(colors)]}"/>')
+            out.append(f'<text x="{x + bw*0.46:.1f}" y="{h-bottom-bh-4:.1f}" text-anchor="middle" font-size="10">{v:.3g}</text>')
+        out.append(f'<text x="{left + gi*gw + gw/2:.1f}" y="{h-bottom+16}" text-anchor="middle">{html.escape(g)}</text>')
+    lx = left
+    for si, s in enumerate(series):
+        out.append(f'<rect x="{lx}" y="{h-22}" width="12" height="12" fill="{colors[si % len(colors)]}"/>')
+        out.append(f'<text x="{lx+16}" y="{h-12}">{html.escape(s)}</text>')
+        lx += 24 + 7 * len(s)
+    out.append("</svg>")
+    with open(path, "w") as fh:
+        fh.write("\n".join(out))
+
+
+def main():
+    out = sys.argv[1]
+    r = load(out)
+    get = lambda k, f: r.get(k, {}).get(f)
+    rows = []
+
+    def row(what, value, unit, ref=None, ref_label="", target="", ok=None):
+        ratio = f"{value / ref:.0%} of {ref_label}" if (value is not None and ref) else ""
+        mark = "" if ok is None else ("met" if ok else "**missed**")
+        fmt = "-" if value is None else (f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}")
+        rows.append(f"| {what} | {fmt} {unit} | {ratio} | {target} | {mark} |")
+
+    rps1, rps16 = get("redis-P1", "requests_per_second"), get("redis-P16", "requests_per_second")
+    row("redis-benchmark PUBLISH, plain", rps1, "req/s")
+    row("redis-benchmark PUBLISH, -P 16", rps16, "req/s")
+
+    def rate(k):
+        p, s = get(k, "pairs"), get(k, "seconds")
+        return p / s if p and s else None
+    fs, rs = rate("setup-forwarder"), rate("setup-relay")
+    row("pair set-ups, one node", rs, "pairs/s", fs, "forwarder", ">= 5,000 pairs/s", rs is not None and rs >= 5000)
+    row("pair set-ups, forwarder", fs, "pairs/s")
+    cpu = get("setup-relay-cpu", "relay_cpu_seconds")
+    if cpu:
+        cap = get("setup-relay-cpu", "pairs") / cpu * (os.cpu_count() or 1)
+        row(f"pair set-ups one node could take (relay CPU per set-up x {os.cpu_count()} cores)", cap, "pairs/s",
+            None, "", ">= 5,000 pairs/s", cap >= 5000)
+
+    for size in ["64", "1KiB", "64KiB"]:
+        fwd, one = get(f"tp-{size}-forwarder", "frames_per_second"), get(f"tp-{size}-relay", "frames_per_second")
+        same, cross = get(f"tp-{size}-same", "frames_per_second"), get(f"tp-{size}-cross", "frames_per_second")
+        row(f"throughput {size}, forwarder", fwd, "frames/s")
+        row(f"throughput {size}, relay one node", one, "frames/s", fwd, "forwarder", ">= 80 % of forwarder",
+            None if not (one and fwd) else one / fwd >= 0.8)
+        row(f"throughput {size}, cluster same node", same, "frames/s", fwd, "forwarder")
+        row(f"throughput {size}, cluster cross node", cross, "frames/s", same, "same node", ">= 50 % of same node",
+            None if not (cross and same) else cross / same >= 0.5)
+
+    p99 = get("lat-relay", "p99_us")
+    offered = get("lat-relay", "offered_rate")
+    for k, label in [("lat-relay", "relay one node"), ("lat-forwarder", "forwarder"), ("lat-cross", "relay cross node")]:
+        for q in ["p50_us", "p99_us", "p999_us", "max_us"]:
+            v = get(k, q)
+            ref = get("lat-forwarder", q) if k != "lat-forwarder" else None
+            tgt, ok = "", None
+            if k == "lat-relay" and q == "p99_us":
+                tgt, ok = "< 2,000 us at half peak", v is not None and v < 2000
+            row(f"latency 1 KiB {label} {q[:-3]} (offered {get(k, 'offered_rate') or 0:,} f/s)", v, "us", ref, "forwarder", tgt, ok)
+
+    per = get("idle-relay", "bytes_per_connection")
+    conns = get("idle-relay", "connections")
+    row(f"memory per idle paired connection ({conns or 0:,} held)", per, "B", None, "", "<= 10,240 B at 100k connections",
+        None if per is None else per <= 10240)
+
+    row("storm: seconds until every mac resumed", get("storm", "seconds_until_all_resumed"), "s")
+    row(f"storm: macs resumed (of {get('storm', 'pairs') or 0})", get("storm", "resumed"), "")
+    row("storm: frames lost", get("storm", "frames_lost"), "", None, "", "0", get("storm", "frames_lost") == 0)
+    row("storm: frames duplicated", get("storm", "frames_duplicated"), "")
+
+    # Plots: throughput as a share of the forwarder (sizes differ by orders of magnitude), latency quantiles.
+    series = ["forwarder", "relay one node", "cluster same node", "cluster cross node"]
+    keys = ["forwarder", "relay", "same", "cross"]
+    vals = {}
+    for size in ["64", "1KiB", "64KiB"]:
+        fwd = get(f"tp-{size}-forwarder", "frames_per_second")
+        for s, k in zip(series, keys):
+            v = get(f"tp-{size}-{k}", "frames_per_second")
+            vals[(f"{size} frames", s)] = (100 * v / fwd) if (v and fwd) else None
+    bars_svg("Throughput, % of the minimal forwarder (same run)", [f"{s} frames" for s in ["64", "1KiB", "64KiB"]],
+             series, vals, "% of forwarder frames/s", os.path.join(out, "throughput.svg"))
+    lat = {}
+    for q in ["p50_us", "p99_us", "p999_us"]:
+        for s, k in [("forwarder", "lat-forwarder"), ("relay one node", "lat-relay"), ("relay cross node", "lat-cross")]:
+            lat[(q[:-3], s)] = get(k, q)
+    bars_svg(f"Latency, 1 KiB frames at half the relay's peak ({offered or 0:,} f/s; cross node at a quarter)",
+             ["p50", "p99", "p999"], ["forwarder", "relay one node", "relay cross node"], lat, "microseconds",
+             os.path.join(out, "latency.svg"))
+
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(out, "report.md"), "w") as fh:
+        fh.write("# relay benchmark report\n\n")
+        fh.write(f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; "
+                 "all processes on 127.0.0.1 in one run.\n\n")
+        fh.write("| measurement | value | ratio (same run) | target | |\n|---|---|---|---|---|\n")
+        fh.write("\n".join(rows) + "\n\n![throughput](throughput.svg)\n\n![latency](latency.svg)\n")
+    print(open(os.path.join(out, "report.md")).read())
+
+
+if __name__ == "__main__":
+    main()
