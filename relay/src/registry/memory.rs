@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -14,6 +14,7 @@ use relay_protocol::code::{ALPHABET, CODE_LEN};
 use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
 use tracing::{debug, info, warn};
 
+use super::deadlines::Deadlines;
 use super::secret::{self, TokenHash};
 use super::session::{Ended, Session, Side};
 use super::tombstones::Tombstones;
@@ -56,6 +57,15 @@ pub struct RegistrySettings {
     pub limits: Limits,
 }
 
+/// What a passed deadline does.
+#[derive(Debug)]
+enum Timer {
+    /// The session's code can no longer be joined.
+    Code(SessionId),
+    /// The side stayed away for the whole grace period.
+    Grace(SessionId, Role),
+}
+
 /// The single-node registry actor.
 pub struct MemoryRegistry {
     settings: RegistrySettings,
@@ -66,6 +76,9 @@ pub struct MemoryRegistry {
     expired_codes: Tombstones<SessionCode, ()>,
     ended: Tombstones<(SessionId, Role), Ended>,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    timers: Deadlines<Timer>,
+    /// The one actix timer, set for the earliest deadline.
+    armed: Option<(Instant, SpawnHandle)>,
 }
 
 impl MemoryRegistry {
@@ -81,7 +94,57 @@ impl MemoryRegistry {
             expired_codes: Tombstones::new(REMEMBER_FOR, REMEMBER_MAX),
             ended: Tombstones::new(REMEMBER_FOR, REMEMBER_MAX),
             limiter,
+            timers: Deadlines::default(),
+            armed: None,
         }
+    }
+
+    /// Schedules `what` after `after` and returns its key.
+    fn schedule(
+        &mut self,
+        after: Duration,
+        what: Timer,
+        ctx: &mut Context<Self>,
+    ) -> super::deadlines::Key {
+        let key = self.timers.insert(Instant::now() + after, what);
+        self.arm(ctx);
+        key
+    }
+
+    /// Sets the actix timer for the earliest deadline, if it is not set for it already.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        let Some(next) = self.timers.next() else {
+            return;
+        };
+        if let Some((at, h)) = self.armed {
+            if at <= next {
+                return;
+            }
+            ctx.cancel_future(h);
+        }
+        let wait = next.saturating_duration_since(Instant::now());
+        let h = ctx.run_later(wait, |act, ctx| {
+            act.armed = None;
+            act.fire(ctx);
+        });
+        self.armed = Some((next, h));
+    }
+
+    /// Acts on every passed deadline, then re-arms for the next.
+    fn fire(&mut self, ctx: &mut Context<Self>) {
+        for t in self.timers.take_due(Instant::now()) {
+            match t {
+                Timer::Code(id) => self.code_expired(&id),
+                Timer::Grace(id, role) => {
+                    if let Some(side) = self.sessions.get_mut(&id).and_then(|s| s.side_mut(role)) {
+                        side.grace_timer = None;
+                    }
+                    debug!(session = %id, role = role.as_str(), "grace period over");
+                    self.end_side(&id, role, PeerLeftReason::Timeout);
+                }
+            }
+        }
+        self.arm(ctx);
     }
 
     fn new_code(&self) -> Option<SessionCode> {
@@ -100,7 +163,7 @@ impl MemoryRegistry {
     }
 
     /// The code's joining window passed.
-    fn code_expired(&mut self, id: &SessionId, ctx: &mut Context<Self>) {
+    fn code_expired(&mut self, id: &SessionId) {
         let Some(s) = self.sessions.get_mut(id) else {
             return;
         };
@@ -114,12 +177,12 @@ impl MemoryRegistry {
         self.metrics.codes_expired.inc();
         debug!(session = %id, "code expired");
         if s.browser.is_none() {
-            self.end_session_code_expired(id, ctx);
+            self.end_session_code_expired(id);
         }
     }
 
     /// Ends a session whose code expired with no browser: the mac may register again.
-    fn end_session_code_expired(&mut self, id: &SessionId, ctx: &mut Context<Self>) {
+    fn end_session_code_expired(&mut self, id: &SessionId) {
         let Some(s) = self.sessions.remove(id) else {
             return;
         };
@@ -127,21 +190,21 @@ impl MemoryRegistry {
             code: s.code.to_string(),
         };
         s.tell(Role::Mac, &msg, EventEffect::Detach);
-        self.finish(s, ctx, ErrorCode::ResumeExpired);
+        self.finish(s, ErrorCode::ResumeExpired);
     }
 
     /// Drops a removed session's timers and pipes; remembers its sides.
-    fn finish(&mut self, s: Session, ctx: &mut Context<Self>, mac_code: ErrorCode) {
+    fn finish(&mut self, s: Session, mac_code: ErrorCode) {
         if s.code_live {
             self.codes.remove(&s.code);
         }
-        for h in [s.code_timer, s.mac.grace_timer].into_iter().flatten() {
-            ctx.cancel_future(h);
+        for k in [s.code_timer, s.mac.grace_timer].into_iter().flatten() {
+            self.timers.remove(k);
         }
         self.remember_ended(&s.id, Role::Mac, s.mac.token, mac_code);
         if let Some(b) = &s.browser {
-            if let Some(h) = b.grace_timer {
-                ctx.cancel_future(h);
+            if let Some(k) = b.grace_timer {
+                self.timers.remove(k);
             }
             self.remember_ended(&s.id, Role::Browser, b.token, ErrorCode::MacDisconnected);
         }
@@ -151,13 +214,7 @@ impl MemoryRegistry {
     }
 
     /// A side is gone for good.
-    fn end_side(
-        &mut self,
-        id: &SessionId,
-        role: Role,
-        reason: PeerLeftReason,
-        ctx: &mut Context<Self>,
-    ) {
+    fn end_side(&mut self, id: &SessionId, role: Role, reason: PeerLeftReason) {
         match role {
             Role::Mac => {
                 let Some(s) = self.sessions.remove(id) else {
@@ -170,15 +227,15 @@ impl MemoryRegistry {
                     &msg,
                     EventEffect::Close(CloseCode::SessionOver),
                 );
-                self.finish(s, ctx, ErrorCode::ResumeExpired);
+                self.finish(s, ErrorCode::ResumeExpired);
             }
             Role::Browser => {
                 let Some(s) = self.sessions.get_mut(id) else {
                     return;
                 };
                 let Some(b) = s.browser.take() else { return };
-                if let Some(h) = b.grace_timer {
-                    ctx.cancel_future(h);
+                if let Some(k) = b.grace_timer {
+                    self.timers.remove(k);
                 }
                 info!(session = %id, reason = reason.as_str(), "browser left");
                 s.to_browser.end_receiver();
@@ -191,7 +248,7 @@ impl MemoryRegistry {
                 self.remember_ended(id, Role::Browser, b.token, ErrorCode::ResumeExpired);
                 if !code_live {
                     // No browser can join any more: the mac needs a new code.
-                    self.end_session_code_expired(id, ctx);
+                    self.end_session_code_expired(id);
                 }
             }
         }
@@ -263,7 +320,7 @@ impl MemoryRegistry {
         })
     }
 
-    fn resume(&mut self, msg: Resume, ctx: &mut Context<Self>) -> Result<Resumed, Refusal> {
+    fn resume(&mut self, msg: Resume) -> Result<Resumed, Refusal> {
         let Resume {
             client,
             role,
@@ -306,8 +363,8 @@ impl MemoryRegistry {
         };
         let side = s.side_mut(role).expect("side checked above");
         side.conn = Some((client.conn, client.commands.clone()));
-        if let Some(h) = grace {
-            ctx.cancel_future(h);
+        if let Some(k) = grace {
+            self.timers.remove(k);
         }
         let result = match old {
             Some((old_conn, commands)) => {
@@ -373,23 +430,17 @@ impl MemoryRegistry {
         }
         side.conn = None;
         match msg.how {
-            Departure::Left => self.end_side(&msg.session_id, msg.role, PeerLeftReason::Left, ctx),
-            Departure::Closed => {
-                self.end_side(&msg.session_id, msg.role, PeerLeftReason::Closed, ctx)
-            }
+            Departure::Left => self.end_side(&msg.session_id, msg.role, PeerLeftReason::Left),
+            Departure::Closed => self.end_side(&msg.session_id, msg.role, PeerLeftReason::Closed),
             Departure::Dropped => {
                 s.pipe_to(msg.role).detach(msg.conn);
-                let id = Arc::clone(&msg.session_id);
-                let role = msg.role;
-                let timer = ctx.run_later(self.settings.grace, move |act, ctx| {
-                    if let Some(side) = act.sessions.get_mut(&id).and_then(|s| s.side_mut(role)) {
-                        side.grace_timer = None;
-                    }
-                    debug!(session = %id, role = role.as_str(), "grace period over");
-                    act.end_side(&id, role, PeerLeftReason::Timeout, ctx);
-                });
+                let timer = Timer::Grace(Arc::clone(&msg.session_id), msg.role);
+                let key = self.schedule(self.settings.grace, timer, ctx);
+                let Some(s) = self.sessions.get_mut(&msg.session_id) else {
+                    return;
+                };
                 let side = s.side_mut(msg.role).expect("side checked above");
-                side.grace_timer = Some(timer);
+                side.grace_timer = Some(key);
                 s.tell(
                     msg.role.peer(),
                     &ServerMessage::PeerDisconnected,
@@ -442,10 +493,7 @@ impl Handler<Register> for MemoryRegistry {
         let to_browser = Pipe::new(self.settings.limits);
         // unwrap-free: a new pipe accepts any receiver at 0.
         let written = to_mac.attach(msg.client.receiver(), 0).unwrap_or(0);
-        let timer_id = Arc::clone(&id);
-        let code_timer = ctx.run_later(self.settings.code_ttl, move |act, ctx| {
-            act.code_expired(&timer_id, ctx)
-        });
+        let code_timer = self.schedule(self.settings.code_ttl, Timer::Code(Arc::clone(&id)), ctx);
         let s = Session {
             id: Arc::clone(&id),
             code: code.clone(),
@@ -501,8 +549,8 @@ impl Handler<Join> for MemoryRegistry {
 impl Handler<Resume> for MemoryRegistry {
     type Result = Result<Resumed, Refusal>;
 
-    fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) -> Self::Result {
-        let result = self.resume(msg, ctx);
+    fn handle(&mut self, msg: Resume, _: &mut Context<Self>) -> Self::Result {
+        let result = self.resume(msg);
         if let Err(r) = &result {
             let label = match r.code {
                 ErrorCode::ResumeExpired => "resume_expired",
@@ -526,7 +574,7 @@ impl Handler<Gone> for MemoryRegistry {
 impl Handler<Overflowed> for MemoryRegistry {
     type Result = ();
 
-    fn handle(&mut self, msg: Overflowed, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Overflowed, _: &mut Context<Self>) {
         let Some(s) = self.sessions.get_mut(&msg.session_id) else {
             return;
         };
@@ -536,7 +584,7 @@ impl Handler<Overflowed> for MemoryRegistry {
         // The pipe closed when it overflowed, so the side cannot have resumed since.
         self.metrics.resume_buffer_overflows.inc();
         warn!(session = %msg.session_id, role = msg.role.as_str(), "resume buffer overflowed; ending side");
-        self.end_side(&msg.session_id, msg.role, PeerLeftReason::Timeout, ctx);
+        self.end_side(&msg.session_id, msg.role, PeerLeftReason::Timeout);
     }
 }
 

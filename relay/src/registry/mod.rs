@@ -5,6 +5,7 @@
 //! and told when sides leave; it is never on the per-frame path.
 
 mod cluster;
+mod deadlines;
 mod memory;
 mod secret;
 mod session;

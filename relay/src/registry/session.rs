@@ -7,6 +7,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use relay_protocol::{ErrorCode, Role, ServerMessage, SessionCode};
 
+use super::deadlines::Key;
 use super::secret::TokenHash;
 use super::{Link, SessionId};
 use crate::conns::{ConnCommand, ConnId};
@@ -18,7 +19,7 @@ pub(super) struct Side {
     /// The connection reading this side's pipe, if one is open.
     pub(super) conn: Option<(ConnId, Recipient<ConnCommand>)>,
     /// Ends the side when the grace period passes while it is away.
-    pub(super) grace_timer: Option<SpawnHandle>,
+    pub(super) grace_timer: Option<Key>,
 }
 
 /// A registered mac, with or without a browser.
@@ -27,7 +28,7 @@ pub(super) struct Session {
     pub(super) code: SessionCode,
     /// Whether the code can still be joined with.
     pub(super) code_live: bool,
-    pub(super) code_timer: Option<SpawnHandle>,
+    pub(super) code_timer: Option<Key>,
     pub(super) mac: Side,
     pub(super) browser: Option<Side>,
     pub(super) to_mac: Arc<Pipe>,
