@@ -50,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(2);
     }
     init_logging(&config);
+    raise_open_files_limit();
     actix_web::rt::System::new().block_on(async move {
         let node = relay::server::start(config)?;
         node.run_until_signalled().await
@@ -81,6 +82,16 @@ where
             eprintln!("relay: cannot start: {e}");
             1
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: every connection
+/// takes two descriptors (its socket and the duplicate that can cut it), and
+/// the usual soft limit of 1024 would cap a node near 500 connections.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(open_files = n, max_connections = n / 2, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
     }
 }
 
