@@ -73,8 +73,8 @@ B_PORT=$(free_port); start_relay node-b "$B_PORT" RELAY_REDIS_URL="redis://127.0
 FWD=ws://127.0.0.1:$FWD_PORT ONE=ws://127.0.0.1:$ONE_PORT
 A=ws://127.0.0.1:$A_PORT B=ws://127.0.0.1:$B_PORT
 
-if [ -n "$QUICK" ]; then DUR=1s LAT=2s SETUP=200 IDLE=200 STORM=20 N=20000; \
-else DUR=5s LAT=10s SETUP=3000 IDLE=4000 STORM=300 N=200000; fi
+if [ -n "$QUICK" ]; then DUR=1s LAT=2s SETUP=200 IDLE=200 STORM=20 N=20000 ROUNDS=1; \
+else DUR=5s LAT=10s SETUP=3000 IDLE=4000 STORM=300 N=200000 ROUNDS=3; fi
 
 load() { # json-name, args...
   local name=$1; shift
@@ -94,40 +94,52 @@ json.dump({"scenario": "redis_publish", "label": "P'"$p"'", "results": {"request
   cat "$OUT/json/redis-P$p.json" >&2; echo >&2
 done
 
-cpu_seconds() { # port: the relay's process_cpu_seconds_total
-  python3 -c '
-import sys, urllib.request
-for line in urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode().splitlines():
-    if line.startswith("process_cpu_seconds_total "):
-        print(line.split()[1])
-' "$1"
+cpu_seconds() { # pid: user + system CPU seconds (/proc; the metric counts whole seconds)
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$1/stat"
 }
 
 say "pair set-up rate"
 load setup-forwarder --scenario setup --url "$FWD" --pairs "$SETUP" --label forwarder
-CPU0=$(cpu_seconds "$ONE_PORT")
+CPU0=$(cpu_seconds "$PID_single")
 load setup-relay --scenario setup --url "$ONE" --pairs "$SETUP" --label relay
-CPU1=$(cpu_seconds "$ONE_PORT")
+CPU1=$(cpu_seconds "$PID_single")
 # The load tool shares the cores, so the rate it reaches is its own limit as
 # much as the relay's; the relay's CPU per set-up gives what a node could do.
 python3 -c "import json,sys; json.dump({'scenario':'setup_cpu','label':'relay','results':{'pairs':$SETUP,'relay_cpu_seconds':$CPU1-$CPU0}}, open('$OUT/json/setup-relay-cpu.json','w'))"
 
-say "throughput: 64 B, 1 KiB, 64 KiB; forwarder, relay same-node, relay cross-node"
-for size in 64 1KiB 64KiB; do
-  load "tp-$size-forwarder" --scenario throughput --url "$FWD" --size "$size" --duration "$DUR" --pairs 16 --label forwarder
-  load "tp-$size-relay" --scenario throughput --url "$ONE" --size "$size" --duration "$DUR" --pairs 16 --label "relay one node"
-  load "tp-$size-same" --scenario throughput --url "$A" --url "$B" --cross-share 0 --size "$size" --duration "$DUR" --pairs 16 --label "relay cluster, same node"
-  load "tp-$size-cross" --scenario throughput --url "$A" --url "$B" --size "$size" --duration "$DUR" --pairs 16 --label "relay cluster, cross node"
+say "throughput: 64 B, 1 KiB, 64 KiB; forwarder, relay same-node, relay cross-node; $ROUNDS interleaved rounds"
+# Rounds interleave the targets so a noisy minute hits all of them; the
+# report takes each target's median.
+for round in $(seq 1 "$ROUNDS"); do
+  for size in 64 1KiB 64KiB; do
+    tp() { load "tp-$size-$1-r$round" --scenario throughput --size "$size" --duration "$DUR" --pairs 16 "${@:2}"; }
+    tp forwarder --url "$FWD" --label forwarder
+    tp relay --url "$ONE" --label "relay one node"
+    tp same --url "$A" --url "$B" --cross-share 0 --label "relay cluster, same node"
+    tp cross --url "$A" --url "$B" --label "relay cluster, cross node"
+  done
 done
 
+# Latency and memory are measured on a fresh node: sessions left in their
+# grace period by the runs above, and a heap already grown by them, would
+# skew both.
+fresh_single() {
+  kill -9 "$PID_single" 2>/dev/null || true
+  ONE_PORT=$(free_port); start_relay single "$ONE_PORT"; ONE=ws://127.0.0.1:$ONE_PORT
+}
+
 say "latency at half of the relay's measured 1 KiB peak"
-PEAK=$(python3 -c "import json; print(int(json.load(open('$OUT/json/tp-1KiB-relay.json'))['results']['frames_per_second']))")
+fresh_single
+PEAK=$(python3 -c "
+import glob, json, statistics
+print(int(statistics.median(json.load(open(f))['results']['frames_per_second'] for f in glob.glob('$OUT/json/tp-1KiB-relay-r*.json'))))")
 HALF=$((PEAK / 2))
 load lat-relay --scenario latency --url "$ONE" --size 1KiB --rate "$HALF" --duration "$LAT" --pairs 16 --label relay
 load lat-forwarder --scenario latency --url "$FWD" --size 1KiB --rate "$HALF" --duration "$LAT" --pairs 16 --label forwarder
 load lat-cross --scenario latency --url "$A" --url "$B" --size 1KiB --rate "$((HALF / 2))" --duration "$LAT" --pairs 16 --label "relay cross node (quarter peak)"
 
 say "memory per idle paired connection"
+fresh_single
 load idle-relay --scenario idle --url "$ONE" --pairs "$IDLE" --concurrency 128 --label relay
 
 say "reconnect storm: node A killed under its macs"

@@ -109,6 +109,19 @@ pub(super) async fn setup(args: &Args) -> anyhow::Result<Report> {
     Ok(r)
 }
 
+/// The next binary message (pings are answered on the way).
+async fn next_binary(ws: &mut pairs::Ws) -> anyhow::Result<bytes::Bytes> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => return Ok(b),
+            Some(Ok(Message::Close(c))) => anyhow::bail!("closed: {c:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("connection ended"),
+        }
+    }
+}
+
 async fn close_all(pairs: Vec<Pair>) {
     // Close politely but do not wait long: the relay cleans up either way.
     let closing = stream::iter(pairs).for_each_concurrent(256, |mut p| async move {
@@ -365,20 +378,36 @@ pub(super) async fn idle(args: &Args) -> anyhow::Result<Report> {
         ),
     };
     let before = relay_rss(&metrics).await?;
-    let (pairs, took) = open_all(args).await?;
+    let (mut pairs, took) = open_all(args).await?;
     // Let the relay settle (allocator, first pings) before reading again.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = relay_rss(&metrics).await?;
-    let grown = (after - before).max(0.0);
+    let fresh = relay_rss(&metrics).await?;
+    // Then one frame each way: a connection that carried traffic keeps
+    // whatever buffers that grew, which is what a real idle pair costs.
+    stream::iter(pairs.iter_mut())
+        .for_each_concurrent(args.concurrency, |p| async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                p.mac.send(pairs::frame(1, 0, args.size)).await?;
+                next_binary(&mut p.browser).await?;
+                p.browser.send(pairs::frame(1, 0, args.size)).await?;
+                next_binary(&mut p.mac).await
+            })
+            .await;
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = relay_rss(&metrics).await?;
     let n = pairs.len().max(1) as f64;
+    let per_conn = |rss: f64| (rss - before).max(0.0) / (2.0 * n);
     let mut r = Report::new("idle", &args.label);
     r.add("pairs", pairs.len() as u64, "");
     r.add("connections", 2 * pairs.len() as u64, "");
     r.add("setup_seconds", took.as_secs_f64(), "s");
     r.add("rss_before_mib", before / 1048576.0, "MiB");
-    r.add("rss_after_mib", after / 1048576.0, "MiB");
-    r.add("bytes_per_pair", grown / n, "B");
-    r.add("bytes_per_connection", grown / (2.0 * n), "B");
+    r.add("rss_connected_mib", fresh / 1048576.0, "MiB");
+    r.add("rss_after_traffic_mib", used / 1048576.0, "MiB");
+    r.add("bytes_per_connection_fresh", per_conn(fresh), "B");
+    r.add("bytes_per_connection", per_conn(used), "B");
     close_all(pairs).await;
     Ok(r)
 }
