@@ -5,7 +5,7 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt build clean toolchain deps cluster browser-test browser-test-run bench
+.PHONY: help run test lint fmt build clean toolchain deps cluster ops-tools ops-check prom-test browser-test browser-test-run bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -19,7 +19,7 @@ run: toolchain ## Build and start one relay node on :8080 (in-memory registry)
 build: toolchain ## Build release binaries into target/release
 	$(CARGO) build --locked --release --bin relay
 
-test: toolchain deps lint ## Lint, then run every unit, integration and browser test
+test: toolchain deps lint ops-check ## Lint, check the deployment files, then run every unit, integration and browser test
 	$(CARGO) test --locked --workspace --all-targets
 	$(MAKE) browser-test-run
 
@@ -39,14 +39,18 @@ browser-test-run:
 # The cluster tests and `make cluster` run real Redis servers, Sentinels and
 # haproxy; the tests also drop packets with nftables and make TLS
 # certificates with openssl; the browser test drives Debian's chromium with
-# node; the bench runs redis-benchmark and python3. Each entry is command:package. haproxy and nft are in /usr/sbin, which a normal
-# user's PATH may lack.
+# node; the bench runs redis-benchmark and python3; ops-check and the
+# Prometheus test (tests/cluster/prometheus.rs) run promtool and prometheus.
+# Each entry is command:package. haproxy and nft are in /usr/sbin, which a
+# normal user's PATH may lack.
 DEPS := redis-server:redis-server redis-sentinel:redis-sentinel redis-benchmark:redis-tools haproxy:haproxy \
-	nft:nftables openssl:openssl chromium:chromium node:nodejs npm:npm python3:python3
+	nft:nftables openssl:openssl chromium:chromium node:nodejs npm:npm python3:python3 \
+	promtool:prometheus prometheus:prometheus
 
 deps: ## Install the Debian packages the tests and the cluster need, if missing
 	@PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \
 	for d in $(DEPS); do command -v $${d%%:*} >/dev/null 2>&1 || missing="$$missing $${d#*:}"; done; \
+	python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -z "$$missing" ]; then echo "deps: all installed"; exit 0; fi; \
 	sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
 	echo "deps: missing:$$missing"; \
@@ -61,6 +65,30 @@ cluster: build deps ## Start Redis, three relay nodes and haproxy on :8080 (Ctrl
 # 127.0.0.1, a report with ratios and plots in target/bench/ (see BENCHMARKS.md).
 bench: toolchain deps ## Measure throughput, latency, set-up rate, memory and a reconnect storm (~6 min)
 	tests/bench/run.sh
+
+# The Python tools of ops-check (deploy/check/requirements.txt, pinned) live
+# in a virtualenv under target/, rebuilt when the requirements change.
+PYTHON ?= python3
+OPS_VENV := target/ops-venv
+
+$(OPS_VENV)/.installed: deploy/check/requirements.txt
+	@rm -rf $(OPS_VENV)
+	@$(PYTHON) -m venv $(OPS_VENV) || { echo "ops-tools: '$(PYTHON) -m venv' failed; 'make deps' installs python3-venv" >&2; exit 1; }
+	$(OPS_VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/check/requirements.txt
+	@touch $@
+
+ops-tools: deps $(OPS_VENV)/.installed ## Install the Python tools of ops-check into target/ops-venv
+
+ops-check: deps ops-tools ## Check the alert rules, dashboard, Helm chart, Kubernetes manifests and Dockerfile
+	promtool check rules deploy/prometheus/relay-rules.yml
+	promtool test rules deploy/prometheus/relay-rules.test.yml
+	$(OPS_VENV)/bin/python deploy/check/ops_check.py dashboard
+	$(OPS_VENV)/bin/python deploy/check/ops_check.py chart
+	$(OPS_VENV)/bin/python deploy/check/ops_check.py manifests
+	$(OPS_VENV)/bin/hadolint deploy/Dockerfile
+
+prom-test: toolchain deps ## Just the test where Prometheus scrapes a cluster and every dashboard query has data
+	$(CARGO) test --locked --test integration cluster::prometheus
 
 lint: toolchain ## Check formatting and clippy (warnings are errors)
 	$(CARGO) fmt --all -- --check

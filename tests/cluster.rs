@@ -18,6 +18,7 @@ mod failover;
 mod fixtures;
 mod pairing;
 mod probe;
+mod prometheus;
 mod resume;
 mod sentinel;
 mod tls;
