@@ -65,14 +65,17 @@ impl DisconnectReason {
 }
 
 /// Result label values of `relay_joins_total`.
-pub const JOIN_RESULTS: [&str; 7] = [
+///
+/// A draining node refuses new connections before they can ask (counted in
+/// `relay_errors_sent_total{code="SHUTTING_DOWN"}`), so there is no
+/// `shutting_down` result.
+pub const JOIN_RESULTS: [&str; 6] = [
     "ok",
     "invalid_code",
     "expired_code",
     "already_joined",
     "rate_limited",
     "unavailable",
-    "shutting_down",
 ];
 
 /// Result label values of `relay_resumes_total`.
@@ -82,7 +85,7 @@ pub const RESUME_RESULTS: [&str; 6] = [
     "invalid_resume",
     "resume_expired",
     "mac_disconnected",
-    "shutting_down",
+    "unavailable",
 ];
 
 /// Every metric of the node, registered in its own registry.

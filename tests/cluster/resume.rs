@@ -93,3 +93,28 @@ async fn a_browser_resumes_on_another_node_with_nothing_lost() {
 async fn a_mac_resumes_on_another_node_with_nothing_lost() {
     resume_on_a_third_node(true).await;
 }
+
+/// A resume while the side's old connection still looks open (on another
+/// node) takes it over: the old one closes with 4001, the metric says takeover.
+#[tokio::test]
+async fn a_resume_over_a_live_connection_on_another_node_is_a_counted_takeover() {
+    let c = Cluster::start(2, &[]);
+    let mut p = pair_at(&c.node(1).url("/mac"), &c.node(2).url("/browser")).await;
+    let mut ws = Ws::connect(&c.node(2).url("/mac")).await;
+    ws.json(resume_msg(&p.session_id, &p.mac_token, 0)).await;
+    ws.expect("resumed").await;
+    assert_eq!(p.mac.until_closed().await, Some(4001));
+    assert_eq!(
+        c.node(2)
+            .metric("relay_resumes_total{result=\"takeover\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        c.node(2).metric("relay_resumes_total{result=\"ok\"}").await,
+        0.0
+    );
+    // The new connection carries the session: the browser's frames reach it.
+    p.browser.data("after takeover").await;
+    assert_eq!(ws.recv_json().await["payload"], "after takeover");
+}

@@ -392,21 +392,24 @@ impl Handler<Resume> for ClusterRegistry {
                 _ => Err(ErrorCode::InvalidResume.into()),
             }
         };
-        Box::pin(
-            claim
-                .into_actor(self)
-                .then(move |res, act, ctx| {
-                    let step: ResponseActFuture<Self, Result<Resumed, Refusal>> = match res {
-                        Err(r) => Box::pin(fut::ready(Err(r))),
-                        Ok(facts) => act.resume_here(msg, facts, ctx),
-                    };
-                    step
-                })
-                .map(|res, act, _| {
-                    act.count_resume(&res);
-                    res
-                }),
-        )
+        Box::pin(claim.into_actor(self).then(move |res, act, ctx| {
+            let step: ResponseActFuture<Self, Result<Resumed, Refusal>> = match res {
+                Err(r) => {
+                    let res = Err(r);
+                    act.count_resume(&res, false);
+                    Box::pin(fut::ready(res))
+                }
+                Ok(facts) => {
+                    // The side still looked connected: this resume takes it over.
+                    let takeover = facts.old_state == "here";
+                    Box::pin(act.resume_here(msg, facts, ctx).map(move |res, act, _| {
+                        act.count_resume(&res, takeover);
+                        res
+                    }))
+                }
+            };
+            step
+        }))
     }
 }
 
@@ -427,8 +430,9 @@ fn gap_refusal(gap: Gap, last_seq: u64) -> Refusal {
 }
 
 impl ClusterRegistry {
-    fn count_resume(&self, res: &Result<Resumed, Refusal>) {
+    fn count_resume(&self, res: &Result<Resumed, Refusal>, takeover: bool) {
         let label = match res {
+            Ok(_) if takeover => "takeover",
             Ok(_) => "ok",
             Err(r) => match r.code {
                 ErrorCode::ResumeExpired => "resume_expired",
@@ -444,7 +448,7 @@ impl ClusterRegistry {
         &self,
         r: Result<Resumed, Refusal>,
     ) -> ResponseActFuture<Self, Result<Resumed, Refusal>> {
-        self.count_resume(&r);
+        self.count_resume(&r, false);
         Box::pin(fut::ready(r))
     }
 
