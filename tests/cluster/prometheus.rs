@@ -16,7 +16,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::cluster::{Cluster, free_port, pair_at, register_at};
 use crate::support::{Got, Pair, WAIT, Ws, resume_msg};
@@ -73,7 +72,8 @@ impl Prometheus {
 
     /// A GET of the HTTP API; the answer's `data`, failing the test on an error.
     async fn api(&self, path_and_query: &str) -> Value {
-        let (status, body) = http10_get(self.port, path_and_query).await;
+        let (status, body) =
+            crate::support::http_get(([127, 0, 0, 1], self.port).into(), path_and_query).await;
         let v: Value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("{path_and_query}: not JSON ({e}): {body}"));
         assert!(
@@ -167,32 +167,6 @@ fn ready(port: u16) -> bool {
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200")
-}
-
-/// A plain HTTP/1.0 GET on 127.0.0.1:`port` (no chunked answers): (status, body).
-async fn http10_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(("127.0.0.1", port)))
-        .await
-        .expect("connect in time")
-        .expect("connect to prometheus");
-    let req = format!("GET {path} HTTP/1.0\r\nHost: prometheus\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .expect("HTTP answer in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not HTTP: {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// Percent-encodes a query parameter.
