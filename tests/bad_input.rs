@@ -422,3 +422,60 @@ async fn a_browser_that_vanishes_right_after_join_is_noticed() {
     }
     panic!("the join never reached the relay before the reset");
 }
+
+#[tokio::test]
+async fn compression_is_never_negotiated() {
+    // No permessage-deflate means no compression bomb: a frame's size on
+    // the wire is its size in memory, and RELAY_MAX_FRAME bounds both.
+    let relay = Relay::start(&[]);
+    let mut r = Raw::connect(relay.addr).await;
+    let req = request("/mac", "13").replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+    );
+    r.send(req.as_bytes()).await;
+    let head = r.http_head().await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "{head}"
+    );
+    // A frame with RSV1 set (a compressed frame) is broken framing.
+    r.send(&[0xc1, 0x82, 0, 0, 0, 0, b'h', b'i']).await;
+    assert_eq!(r.close_code().await, Some(1002));
+    still_serving(&relay).await;
+}
+
+#[tokio::test]
+async fn oversized_request_heads_are_refused() {
+    let relay = Relay::start(&[]);
+    // One huge header, then very many small ones.
+    let huge = format!(
+        "GET /mac HTTP/1.1\r\nHost: relay\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let many = format!(
+        "GET /mac HTTP/1.1\r\nHost: relay\r\n{}\r\n",
+        (0..500)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    for req in [huge, many] {
+        let mut r = Raw::connect(relay.addr).await;
+        r.send(req.as_bytes()).await;
+        let head = r.http_head().await;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            (400..500).contains(&status) || head.is_empty(),
+            "{} bytes got {head:?}",
+            req.len()
+        );
+    }
+    still_serving(&relay).await;
+}

@@ -11,5 +11,7 @@ mod cluster;
 mod codes;
 mod data;
 mod drain;
+mod limits;
 mod protocol;
 mod resume;
+mod tls;

@@ -87,6 +87,41 @@ pub struct Config {
     #[arg(long, env = "RELAY_LOG", default_value = "info")]
     pub log: String,
 
+    /// Failed joins (unknown or expired code) a minute allowed across the whole
+    /// cluster before every join is refused with `RATE_LIMITED` for the rest of
+    /// that minute: the ceiling on code guessing from many addresses; 0 turns it off.
+    #[arg(long, env = "RELAY_FAILED_JOIN_LIMIT", default_value_t = 300)]
+    pub failed_join_limit: u32,
+
+    /// Control messages (`register`, `join`, `resume`, `ping`, `leave`) a second
+    /// allowed from one connection; over it they get `RATE_LIMITED`. 0 turns it off.
+    #[arg(long, env = "RELAY_MESSAGE_RATE", default_value_t = 20)]
+    pub message_rate: u32,
+
+    /// Most WebSockets this node holds; more get HTTP 503. 0 derives it from the
+    /// open-files limit (two descriptors per connection).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: u32,
+
+    /// Most WebSockets one client address holds on this node; more get HTTP 503.
+    /// 0 turns it off (do so behind a proxy that hides client addresses).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_ADDR", default_value_t = 256)]
+    pub max_connections_per_addr: u32,
+
+    /// Comma-separated origins allowed to open `/browser` (e.g.
+    /// `https://app.example.com,https://*.example.com`); others are closed with
+    /// 1008. Empty allows every origin. The relay's own page is always allowed.
+    #[arg(long, env = "RELAY_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
+
+    /// PEM certificate chain to serve TLS (`wss://`) on the main listener; empty serves plain `ws://`.
+    #[arg(long, env = "RELAY_TLS_CERT", default_value = "")]
+    pub tls_cert: String,
+
+    /// PEM private key for `RELAY_TLS_CERT`.
+    #[arg(long, env = "RELAY_TLS_KEY", default_value = "")]
+    pub tls_key: String,
+
     /// Take the client address from the last `X-Forwarded-For` entry (only behind a trusted load balancer).
     #[arg(long, env = "RELAY_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub trust_forwarded_for: bool,
@@ -173,6 +208,10 @@ impl Config {
                 self.admin_listen
             ));
         }
+        crate::admission::Origins::parse(&self.allowed_origins)?;
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            return Err("RELAY_TLS_CERT and RELAY_TLS_KEY go together: set both or neither".into());
+        }
         if self.lease_ttl < Duration::from_secs(1) {
             return Err("RELAY_LEASE_TTL must be at least 1s".into());
         }
@@ -220,6 +259,11 @@ mod tests {
         assert_eq!(c.max_buffered, 8 << 20);
         assert_eq!(c.max_malformed, 10);
         assert!(!c.trust_forwarded_for);
+        assert_eq!(c.failed_join_limit, 300);
+        assert_eq!(c.message_rate, 20);
+        assert_eq!(c.max_connections, 0);
+        assert_eq!(c.max_connections_per_addr, 256);
+        assert!(c.allowed_origins.is_empty() && c.tls_cert.is_empty());
         assert!(c.validate().is_ok());
     }
 

@@ -2,6 +2,7 @@
 //! browser joins with it, and frames flow between them both ways, surviving
 //! reconnects. `server::start` runs a node; see README.md and PROTOCOL.md.
 
+pub mod admission;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -13,5 +14,6 @@ pub mod registry;
 pub mod server;
 pub mod shutdown;
 pub mod socket;
+pub mod tls;
 
 pub use config::Config;

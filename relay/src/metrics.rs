@@ -30,11 +30,13 @@ pub enum DisconnectReason {
     Drained,
     /// The session ended for good (1000).
     SessionOver,
+    /// A `/browser` upgrade from an origin not in `RELAY_ALLOWED_ORIGINS` (1008).
+    OriginRefused,
 }
 
 impl DisconnectReason {
     /// Every reason, for pre-registering label values.
-    pub const ALL: [DisconnectReason; 10] = [
+    pub const ALL: [DisconnectReason; 11] = [
         Self::ClientGone,
         Self::HeartbeatTimeout,
         Self::HandshakeTimeout,
@@ -45,6 +47,7 @@ impl DisconnectReason {
         Self::Replaced,
         Self::Drained,
         Self::SessionOver,
+        Self::OriginRefused,
     ];
 
     /// The label value.
@@ -60,6 +63,7 @@ impl DisconnectReason {
             Self::Replaced => "replaced",
             Self::Drained => "drained",
             Self::SessionOver => "session_over",
+            Self::OriginRefused => "origin_refused",
         }
     }
 }
@@ -153,6 +157,10 @@ pub struct Metrics {
     pub lease_failures: IntCounter,
     /// Dead nodes this node cleaned up after.
     pub nodes_reaped: IntCounter,
+    /// WebSocket upgrades refused before they started (`reason` = node_full | address_full).
+    pub connections_refused: IntCounterVec,
+    /// The most WebSockets this node takes (`RELAY_MAX_CONNECTIONS`, or derived from the open-files limit).
+    pub connections_limit: IntGauge,
 }
 
 /// Operation label values of the Redis metrics.
@@ -345,6 +353,17 @@ impl Metrics {
                 "relay_resume_buffer_overflows_total",
                 "Absent sides whose resume buffer overflowed (their session ended).",
             )?,
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "relay_connections_refused_total",
+                    "WebSocket upgrades refused with HTTP 503 because a connection ceiling was reached, by ceiling.",
+                ),
+                &["reason"],
+            )?,
+            connections_limit: IntGauge::new(
+                "relay_connections_limit",
+                "The most WebSockets this node takes before refusing with 503.",
+            )?,
             draining: IntGauge::new("relay_draining", "1 while the node drains after SIGTERM.")?,
             connections_open,
             registry,
@@ -374,7 +393,18 @@ impl Metrics {
         for path in ["local", "redis"] {
             m.relay_seconds.with_label_values(&[path]);
         }
-        m.rate_limited.with_label_values(&["join"]);
+        for limit in ["join", "failed_joins", "messages"] {
+            m.rate_limited.with_label_values(&[limit]);
+        }
+        m.registry
+            .register(Box::new(m.connections_refused.clone()))?;
+        m.registry.register(Box::new(m.connections_limit.clone()))?;
+        for full in [
+            crate::admission::Full::Node,
+            crate::admission::Full::Address,
+        ] {
+            m.connections_refused.with_label_values(&[full.as_str()]);
+        }
         m.registry.register(Box::new(m.redis_errors.clone()))?;
         m.registry.register(Box::new(m.redis_seconds.clone()))?;
         m.registry.register(Box::new(m.pubsub_in.clone()))?;

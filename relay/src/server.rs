@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
+use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::dev::{Extensions, ServerHandle};
 use actix_web::http::header;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use relay_protocol::Role;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Full, Origins};
 use crate::cluster::bus::Bus;
 use crate::cluster::{Redis, RedisTarget};
 use crate::config::Config;
@@ -41,6 +43,10 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Redis and the bus, in cluster mode.
     pub cluster: Option<ClusterHealth>,
+    /// The connection ceilings.
+    pub admission: Arc<Admission>,
+    /// The origins allowed to open `/browser`.
+    pub origins: Origins,
 }
 
 /// What decides whether a cluster node can take sessions.
@@ -106,6 +112,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         code_ttl: config.code_ttl,
         grace: config.grace,
         join_rate: config.join_rate,
+        failed_join_limit: config.failed_join_limit,
         limits: Limits {
             max_buffered: config.max_buffered,
             stall: config.heartbeat_timeout,
@@ -142,6 +149,12 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         Some(c) => format!("redis ({})", c.redis.describe()),
         None => "memory".to_owned(),
     };
+    let origins = Origins::parse(&config.allowed_origins).map_err(anyhow::Error::msg)?;
+    let max_connections = match config.max_connections {
+        0 => connections_the_fd_limit_allows(),
+        n => n,
+    };
+    metrics.connections_limit.set(i64::from(max_connections));
     let state = Arc::new(AppState {
         config: Arc::clone(&config),
         metrics,
@@ -149,6 +162,11 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         conns: Connections::new(),
         draining: AtomicBool::new(false),
         cluster,
+        admission: Arc::new(Admission::new(
+            max_connections,
+            config.max_connections_per_addr,
+        )),
+        origins,
     });
 
     let workers = if config.workers == 0 {
@@ -186,8 +204,13 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
     .client_disconnect_timeout(Duration::from_secs(1))
     // Sockets are closed by the drain before the server stops; what is left
     // after that gets one second.
-    .shutdown_timeout(1)
-    .listen(listener)?
+    .shutdown_timeout(1);
+    let server = match (config.tls_cert.as_str(), config.tls_key.as_str()) {
+        ("", _) | (_, "") => server.listen(listener)?,
+        (cert, key) => server
+            .tls_handshake_timeout(config.handshake_timeout)
+            .listen_rustls_0_23(listener, crate::tls::server_config(cert, key)?)?,
+    }
     .run();
     let handle = server.handle();
     let admin = match admin_listener {
@@ -228,8 +251,14 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
             resume_buffer_bytes = config.resume_buffer_bytes,
             drain_timeout = %humantime::format_duration(config.drain_timeout),
             trust_forwarded_for = config.trust_forwarded_for,
+            tls = !config.tls_cert.is_empty(),
             max_buffered = config.max_buffered,
             max_malformed = config.max_malformed,
+            max_connections,
+            max_connections_per_addr = config.max_connections_per_addr,
+            failed_join_limit = config.failed_join_limit,
+            message_rate = config.message_rate,
+            allowed_origins = %if state.origins.allows_all() { "any" } else { config.allowed_origins.as_str() },
             "relay listening"
         );
 
@@ -288,7 +317,13 @@ impl Node {
 /// Keeps the raw descriptor of every accepted connection, so a WebSocket
 /// handler can duplicate it (see [`Killer`]), and turns off Nagle's delay.
 fn remember_socket(conn: &dyn Any, ext: &mut Extensions) {
-    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+    let tcp = conn
+        .downcast_ref::<actix_web::rt::net::TcpStream>()
+        .or_else(|| {
+            conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>()
+                .map(|tls| tls.get_ref().0)
+        });
+    if let Some(tcp) = tcp {
         let _ = tcp.set_nodelay(true);
         ext.insert(RawSocket(tcp.as_raw_fd()));
     }
@@ -312,6 +347,19 @@ fn client_addr(req: &HttpRequest, trust_forwarded_for: bool) -> IpAddr {
         .unwrap_or(peer)
 }
 
+/// Descriptors kept free for Redis, listeners and logs when the connection
+/// ceiling is derived from the open-files limit.
+const RESERVED_FDS: u64 = 64;
+
+/// The most WebSockets the open-files limit lets this process hold: each
+/// takes two descriptors (the socket and the duplicate [`Killer`] keeps).
+fn connections_the_fd_limit_allows() -> u32 {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    u32::try_from(soft.saturating_sub(RESERVED_FDS) / 2)
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
 async fn upgrade(
     req: HttpRequest,
     body: web::Payload,
@@ -319,10 +367,46 @@ async fn upgrade(
     role: Role,
 ) -> Result<HttpResponse, actix_web::Error> {
     let addr = client_addr(&req, state.config.trust_forwarded_for);
-    let killer = req
-        .conn_data::<RawSocket>()
-        .and_then(|raw| Killer::from_raw(*raw));
-    socket::accept(&req, body, role, addr, state.into_inner(), killer)
+    // Refuse before the upgrade, so a full node spends nothing on the socket.
+    let slot = match state.admission.admit(addr) {
+        Ok(slot) => slot,
+        Err(full) => {
+            state
+                .metrics
+                .connections_refused
+                .with_label_values(&[full.as_str()])
+                .inc();
+            debug!(addr = %addr, reason = full.as_str(), "connection refused");
+            let body = match full {
+                Full::Node => "node full: it holds its maximum of connections; retry later\n",
+                Full::Address => "too many connections from your address; close some, then retry\n",
+            };
+            return Ok(HttpResponse::ServiceUnavailable()
+                .insert_header((header::RETRY_AFTER, "5"))
+                .content_type("text/plain")
+                .body(body));
+        }
+    };
+    let origin_allowed = role != Role::Browser || {
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .map(|v| v.to_str().unwrap_or(""));
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok());
+        state.origins.allows(origin, host)
+    };
+    let arrival = socket::Arrival {
+        addr,
+        slot,
+        origin_allowed,
+        killer: req
+            .conn_data::<RawSocket>()
+            .and_then(|raw| Killer::from_raw(*raw)),
+    };
+    socket::accept(&req, body, role, arrival, state.into_inner())
 }
 
 async fn mac(

@@ -52,7 +52,7 @@ PY
 
 start_relay() { # name, port, extra env...
   local name=$1 port=$2; shift 2
-  env RELAY_LISTEN="127.0.0.1:$port" RELAY_JOIN_RATE=0 RELAY_LOG=warn RELAY_NODE_ID="$name" "$@" \
+  env RELAY_LISTEN="127.0.0.1:$port" RELAY_JOIN_RATE=0 RELAY_MAX_CONNECTIONS_PER_ADDR=0 RELAY_LOG=warn RELAY_NODE_ID="$name" "$@" \
     "$BIN/relay" >"$OUT/logs/$name.log" 2>&1 &
   PIDS+=($!); eval "PID_${name//-/_}=$!"
   wait_port "127.0.0.1:$port" "$name"

@@ -2,95 +2,11 @@
 //! `RELAY_REDIS_CA`. The certificates are made here with openssl; Debian's
 //! redis-server is built with TLS.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::support::certs::Certs;
 use crate::support::cluster::{Cluster, free_port, pair_at};
 use crate::support::{Got, WAIT};
-
-/// A directory of throwaway certificates; removed on drop.
-struct Certs(PathBuf);
-
-impl Certs {
-    fn make() -> Certs {
-        let dir = std::env::temp_dir().join(format!(
-            "relay-test-tls-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let run = |args: &[&str]| {
-            let ok = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("openssl (Debian package openssl) must be installed");
-            assert!(ok.success(), "openssl {args:?} failed");
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=relay-test-ca",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "srv.key",
-            "-out",
-            "srv.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "srv.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-        ]);
-        Certs(dir)
-    }
-
-    fn path(&self, f: &str) -> String {
-        self.0.join(f).to_string_lossy().into_owned()
-    }
-
-    fn dir(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A redis-server that speaks only TLS; killed on drop.
 struct TlsRedis(Child);

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod cluster;
 
 use std::collections::VecDeque;
@@ -82,6 +83,17 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A duration from the environment variable `var` (humantime: `45s`, `10m`,
+/// `1h`), or `default` when it is unset: how long the chaos and soak tests
+/// run (`make chaos`, `make soak` set them; `make test` takes the defaults).
+pub fn duration_from_env(var: &str, default: Duration) -> Duration {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => humantime::parse_duration(v.trim())
+            .unwrap_or_else(|e| panic!("{var}={v:?} is not a duration like 45s or 10m: {e}")),
+        _ => default,
+    }
 }
 
 /// Longest any single wait in a test may take before the test fails.

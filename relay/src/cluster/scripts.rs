@@ -99,18 +99,30 @@ impl Scripts {
                 return 1
                 "#,
             ),
-            // KEYS: code, xcode   ARGV: pre, tok, node, conn, session_ttl_ms
+            // KEYS: code, xcode, failed-join count of this minute
+            // ARGV: pre, tok, node, conn, session_ttl_ms, failed-join limit (0: none)
+            // An unknown or expired code counts as a failed join; once the
+            // minute's count reaches the limit every join is refused
+            // ('ceiling') until the count key's minute is over.
             join: Script::new(
                 r#"
                 local pre = ARGV[1]
+                local limit = tonumber(ARGV[6])
+                if limit > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') >= limit then
+                  return {'ceiling'}
+                end
+                local function failed(why)
+                  if redis.call('INCR', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], 120000) end
+                  return {why}
+                end
                 local sid = redis.call('GET', KEYS[1])
                 if not sid then
-                  if redis.call('EXISTS', KEYS[2]) == 1 then return {'expired'} end
-                  return {'invalid'}
+                  if redis.call('EXISTS', KEYS[2]) == 1 then return failed('expired') end
+                  return failed('invalid')
                 end
                 local s = pre .. 's:' .. sid
                 local f = redis.call('HMGET', s, 'live', 'b_tok', 'm_at', 'm_state')
-                if f[1] ~= '1' then return {'expired'} end
+                if f[1] ~= '1' then return failed('expired') end
                 if f[2] then return {'taken'} end
                 redis.call('HSET', s, 'b_tok', ARGV[2], 'b_at', ARGV[3], 'b_conn', ARGV[4],
                   'b_state', 'here', 'b_acc', '0')

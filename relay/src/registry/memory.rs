@@ -15,6 +15,7 @@ use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, 
 use tracing::{debug, info, warn};
 
 use super::deadlines::Deadlines;
+use super::guessing::{CEILING_MESSAGE, FailedJoins, current_minute};
 use super::secret::{self, TokenHash};
 use super::session::{Ended, Session, Side};
 use super::tombstones::Tombstones;
@@ -53,6 +54,8 @@ pub struct RegistrySettings {
     pub grace: Duration,
     /// Join attempts a minute per address; 0 = unlimited.
     pub join_rate: u32,
+    /// Failed joins a minute (cluster-wide in a cluster); 0 = unlimited.
+    pub failed_join_limit: u32,
     /// Bounds of every pipe.
     pub limits: Limits,
 }
@@ -76,6 +79,8 @@ pub struct MemoryRegistry {
     expired_codes: Tombstones<SessionCode, ()>,
     ended: Tombstones<(SessionId, Role), Ended>,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// The ceiling on failed joins (code guessing).
+    failed_joins: FailedJoins,
     timers: Deadlines<Timer>,
     /// The one actix timer, set for the earliest deadline.
     armed: Option<(Instant, SpawnHandle)>,
@@ -86,6 +91,7 @@ impl MemoryRegistry {
     pub fn new(settings: RegistrySettings, metrics: Arc<Metrics>) -> Self {
         let limiter =
             NonZeroU32::new(settings.join_rate).map(|n| RateLimiter::keyed(Quota::per_minute(n)));
+        let failed_joins = FailedJoins::new(settings.failed_join_limit);
         MemoryRegistry {
             settings,
             metrics,
@@ -94,6 +100,7 @@ impl MemoryRegistry {
             expired_codes: Tombstones::new(REMEMBER_FOR, REMEMBER_MAX),
             ended: Tombstones::new(REMEMBER_FOR, REMEMBER_MAX),
             limiter,
+            failed_joins,
             timers: Deadlines::default(),
             armed: None,
         }
@@ -272,8 +279,17 @@ impl MemoryRegistry {
     fn join(&mut self, msg: Join) -> Result<Joined, Refusal> {
         if let Some(l) = &self.limiter {
             if l.check_key(&msg.client.addr).is_err() {
+                self.metrics.rate_limited.with_label_values(&["join"]).inc();
                 return Err(ErrorCode::RateLimited.into());
             }
+        }
+        let minute = current_minute();
+        if self.failed_joins.refuses(minute) {
+            self.metrics
+                .rate_limited
+                .with_label_values(&["failed_joins"])
+                .inc();
+            return Err(Refusal::with(ErrorCode::RateLimited, CEILING_MESSAGE));
         }
         let code = SessionCode::parse(&msg.code).map_err(|e| {
             Refusal::with(
@@ -284,6 +300,7 @@ impl MemoryRegistry {
             )
         })?;
         let Some(id) = self.codes.get(&code).cloned() else {
+            self.failed_joins.failed(minute);
             return Err(if self.expired_codes.contains(&code) {
                 ErrorCode::ExpiredCode.into()
             } else {
@@ -534,10 +551,7 @@ impl Handler<Join> for MemoryRegistry {
                 ErrorCode::InvalidCode => "invalid_code",
                 ErrorCode::ExpiredCode => "expired_code",
                 ErrorCode::AlreadyJoined => "already_joined",
-                ErrorCode::RateLimited => {
-                    self.metrics.rate_limited.with_label_values(&["join"]).inc();
-                    "rate_limited"
-                }
+                ErrorCode::RateLimited => "rate_limited",
                 _ => "unavailable",
             },
         };

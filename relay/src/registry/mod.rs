@@ -6,6 +6,7 @@
 
 mod cluster;
 mod deadlines;
+pub(crate) mod guessing;
 mod memory;
 mod secret;
 mod session;

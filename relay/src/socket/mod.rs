@@ -6,6 +6,7 @@
 mod decode;
 
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,9 +15,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web_actors::ws::{self, CloseReason, WebsocketContext};
 use bytes::Bytes;
 use bytestring::ByteString;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use relay_protocol::{ClientMessage, CloseCode, ErrorCode, Role, ServerMessage};
 use tracing::{debug, info, warn};
 
+use crate::admission::Slot;
 use crate::conns::{ConnCommand, ConnId, Killer, Liveness};
 use crate::metrics::DisconnectReason;
 use crate::pipe::{Drained, EventEffect, Frame, Gate, Item, Pushed, Status, Wake};
@@ -36,6 +39,18 @@ const MARKER_FRAMES: u32 = 64;
 /// How often a paused sender checks whether its peer stopped reading.
 const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// What the HTTP side learned about a connection before its upgrade.
+pub struct Arrival {
+    /// Client address, for join rate limiting.
+    pub addr: IpAddr,
+    /// Its place under the connection ceilings, given back when the socket ends.
+    pub slot: Slot,
+    /// False for a `/browser` upgrade from an origin the allow-list refuses.
+    pub origin_allowed: bool,
+    /// Cuts the TCP socket when the actor cannot run (see `conns`).
+    pub killer: Option<Killer>,
+}
+
 /// Accepts a WebSocket on `/mac` or `/browser` and starts its actor.
 ///
 /// # Errors
@@ -44,10 +59,15 @@ pub fn accept(
     req: &HttpRequest,
     body: web::Payload,
     role: Role,
-    addr: IpAddr,
+    arrival: Arrival,
     state: Arc<AppState>,
-    killer: Option<Killer>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    let Arrival {
+        addr,
+        slot,
+        origin_allowed,
+        killer,
+    } = arrival;
     // actix-web-actors also accepts draft versions 7 and 8 and any key;
     // hold clients to RFC 6455 (version 13, a 16-byte base64 key).
     actix_http::ws::verify_handshake(req.head())?;
@@ -58,6 +78,8 @@ pub fn accept(
         addr,
         state,
         killer: killer.map(Arc::new),
+        _slot: slot,
+        origin_allowed,
         gate: Gate::new(),
         stall_watch: None,
         live: None,
@@ -69,6 +91,7 @@ pub fn accept(
         marker_bytes: 0,
         marker_frames: 0,
         malformed: 0,
+        message_rate: None,
         last_pong: Instant::now(),
         handshake_timer: None,
         ending: None,
@@ -91,6 +114,9 @@ pub struct Socket {
     state: Arc<AppState>,
     /// Cuts the TCP socket when the actor cannot run (see `conns`).
     killer: Option<Arc<Killer>>,
+    /// Held for its drop, which frees the place under the connection ceilings.
+    _slot: Slot,
+    origin_allowed: bool,
     /// Closed by the peer's pipe while the peer is behind; pauses reading.
     gate: Arc<Gate>,
     /// Checks the peer for a stall while the gate is closed.
@@ -110,8 +136,10 @@ pub struct Socket {
     /// Bytes and frames written since the last position ping.
     marker_bytes: usize,
     marker_frames: u32,
-    /// Malformed messages in a row.
+    /// Malformed (or over-rate) messages in a row.
     malformed: u32,
+    /// Paces control messages (`RELAY_MESSAGE_RATE`); made on the first one.
+    message_rate: Option<DefaultDirectRateLimiter>,
     last_pong: Instant,
     handshake_timer: Option<SpawnHandle>,
     /// Why the connection is ending, once it is.
@@ -145,6 +173,15 @@ impl Actor for Socket {
             .inc();
         debug!(conn = %self.id, role = self.role.as_str(), addr = %self.addr, "connected");
 
+        if !self.origin_allowed {
+            self.close(
+                ctx,
+                CloseCode::Policy,
+                DisconnectReason::OriginRefused,
+                "origin not allowed",
+            );
+            return;
+        }
         if self.state.is_draining() {
             self.drain(ctx);
             return;
@@ -273,8 +310,26 @@ impl Socket {
 
     /// A malformed or out-of-place message: say so, and close after too many in a row.
     fn malformed(&mut self, ctx: &mut WebsocketContext<Self>, why: &str) {
+        self.misbehaved(ctx, ErrorCode::InvalidMessage, why);
+    }
+
+    /// Whether one more control message fits the per-connection rate.
+    fn within_message_rate(&mut self) -> bool {
+        let rate = self.state.config.message_rate;
+        let Some(per_second) = NonZeroU32::new(rate) else {
+            return true;
+        };
+        self.message_rate
+            .get_or_insert_with(|| RateLimiter::direct(Quota::per_second(per_second)))
+            .check()
+            .is_ok()
+    }
+
+    /// A message refused with `code`; like malformed ones, too many in a row
+    /// close the connection (1008), so a flood cannot queue unbounded replies.
+    fn misbehaved(&mut self, ctx: &mut WebsocketContext<Self>, code: ErrorCode, why: &str) {
         self.malformed += 1;
-        self.send_error(ctx, ErrorCode::InvalidMessage, Some(why));
+        self.send_error(ctx, code, Some(why));
         if self.malformed >= self.state.config.max_malformed {
             warn!(conn = %self.id, count = self.malformed, "closing after malformed messages");
             self.close(
@@ -532,6 +587,19 @@ impl Socket {
                 return;
             }
         };
+        if !matches!(msg, ClientMessage::Data { .. }) && !self.within_message_rate() {
+            self.state
+                .metrics
+                .rate_limited
+                .with_label_values(&["messages"])
+                .inc();
+            let why = format!(
+                "Too many control messages on this connection; send at most {} a second.",
+                self.state.config.message_rate
+            );
+            self.misbehaved(ctx, ErrorCode::RateLimited, &why);
+            return;
+        }
         let in_session = self.link.is_some();
         match (msg, self.role) {
             (ClientMessage::Data { .. }, _) => {

@@ -16,6 +16,7 @@ use crate::cluster::PREFIX;
 use crate::cluster::envelope::{Control, EndReason};
 use crate::conns::ConnCommand;
 use crate::pipe::{EventEffect, Gap, Pipe};
+use crate::registry::guessing::{CEILING_MESSAGE, current_minute};
 use crate::registry::secret::{self, TokenHash};
 use crate::registry::{
     Departure, Gone, Join, Joined, Overflowed, Refusal, Register, Registered, Resume, Resumed,
@@ -138,6 +139,7 @@ impl Handler<Join> for ClusterRegistry {
             .filter(|l| l.check_key(&msg.client.addr).is_err())
         {
             let _ = l;
+            self.metrics.rate_limited.with_label_values(&["join"]).inc();
             Some(Refusal::from(ErrorCode::RateLimited))
         } else if !self.healthy() {
             Some(ErrorCode::Unavailable.into())
@@ -162,6 +164,8 @@ impl Handler<Join> for ClusterRegistry {
         let token = secret::resume_token();
         let hash = TokenHash::of(&token).hex();
         let conn = msg.client.conn;
+        let metrics = Arc::clone(&self.metrics);
+        let failed_join_limit = self.settings.failed_join_limit;
         let claim = async move {
             let reply: Vec<Value> = redis
                 .query(
@@ -170,16 +174,25 @@ impl Handler<Join> for ClusterRegistry {
                         .join
                         .key(format!("{PREFIX}code:{code}"))
                         .key(format!("{PREFIX}xcode:{code}"))
+                        .key(format!("{PREFIX}failedjoins:{}", current_minute()))
                         .arg(PREFIX)
                         .arg(&hash)
                         .arg(&*node)
                         .arg(conn.0)
-                        .arg(SESSION_TTL_MS),
+                        .arg(SESSION_TTL_MS)
+                        .arg(failed_join_limit),
                 )
                 .await
                 .map_err(|e| unavailable(&e))?;
             match field(&reply, 0).as_str() {
                 "ok" => Ok((field(&reply, 1), field(&reply, 2), field(&reply, 3))),
+                "ceiling" => {
+                    metrics
+                        .rate_limited
+                        .with_label_values(&["failed_joins"])
+                        .inc();
+                    Err(Refusal::with(ErrorCode::RateLimited, CEILING_MESSAGE))
+                }
                 "expired" => Err(ErrorCode::ExpiredCode.into()),
                 "taken" => Err(ErrorCode::AlreadyJoined.into()),
                 _ => Err(ErrorCode::InvalidCode.into()),
@@ -203,10 +216,7 @@ impl ClusterRegistry {
                 ErrorCode::InvalidCode => "invalid_code",
                 ErrorCode::ExpiredCode => "expired_code",
                 ErrorCode::AlreadyJoined => "already_joined",
-                ErrorCode::RateLimited => {
-                    self.metrics.rate_limited.with_label_values(&["join"]).inc();
-                    "rate_limited"
-                }
+                ErrorCode::RateLimited => "rate_limited",
                 _ => "unavailable",
             },
         };
