@@ -101,7 +101,7 @@ pub struct Metrics {
     pub sessions_live: IntGauge,
     /// Codes handed out by `registered`.
     pub codes_issued: IntCounter,
-    /// Codes whose joining window passed.
+    /// Codes whose joining window passed with no browser joined.
     pub codes_expired: IntCounter,
     /// Joins by result.
     pub joins: IntCounterVec,
@@ -326,7 +326,7 @@ impl Metrics {
             codes_issued: IntCounter::new("relay_codes_issued_total", "Codes handed out.")?,
             codes_expired: IntCounter::new(
                 "relay_codes_expired_total",
-                "Codes whose joining window passed.",
+                "Codes whose joining window passed with no browser joined.",
             )?,
             joins: IntCounterVec::new(
                 Opts::new("relay_joins_total", "Join attempts by result."),

@@ -277,7 +277,19 @@ impl RedisServer {
         wait_child(&mut child, "redis-server");
     }
 
-    /// Starts it again on the same port, empty, after [`Self::stop`].
+    /// Stops it with `SHUTDOWN SAVE` and waits for it to exit: its data is
+    /// written to disk first, so [`Self::start_again`] brings it back with
+    /// every key it had (as a Redis with persistence comes back from a
+    /// restart), which makes the stop an outage rather than a loss of data.
+    pub fn stop_saving(&mut self) {
+        let mut child = self.child.take().expect("redis is running");
+        // A successful SHUTDOWN closes the connection without a reply.
+        let _ = redis_command(self.port, &["SHUTDOWN", "SAVE"]);
+        wait_child(&mut child, "redis-server");
+    }
+
+    /// Starts it again on the same port after [`Self::stop`] (empty) or
+    /// [`Self::stop_saving`] (with the data it saved).
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "redis is still running");
         let child = spawn_redis(self.port, self.dir.path())
@@ -467,6 +479,26 @@ impl Node {
         }
     }
 
+    /// Resident memory of the process, in bytes (`VmRSS` in /proc).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("read /proc status of {}: {e}", self.id));
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kb * 1024
+    }
+
+    /// How many file descriptors the process has open (entries of /proc/PID/fd).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap_or_else(|e| panic!("read /proc fds of {}: {e}", self.id))
+            .count()
+    }
+
     /// Sends SIGTERM (the node drains, then exits).
     pub fn sigterm(&self) {
         signal(self.pid(), "TERM");
@@ -529,6 +561,10 @@ fn spawn_relay(
         .env("RELAY_NODE_ID", id)
         // Tests join often from 127.0.0.1.
         .env("RELAY_JOIN_RATE", "0")
+        // One address, many connections and joins: the abuse limits get
+        // their own tests (tests/limits.rs), which set them.
+        .env("RELAY_MAX_CONNECTIONS_PER_ADDR", "0")
+        .env("RELAY_FAILED_JOIN_LIMIT", "0")
         .env("RELAY_WORKERS", "2");
     for (k, v) in env {
         cmd.env(k, v);
@@ -750,6 +786,55 @@ impl Lb {
         signal(old.id(), "USR1");
         self.retired.push(old);
         self.port = port;
+    }
+}
+
+impl Lb {
+    /// Replaces the backend list on the same port, as `haproxy -sf` reloads
+    /// in production: the new process binds beside the old one
+    /// (`SO_REUSEPORT`) and then tells it to stop listening; the old one keeps
+    /// forwarding the connections it has until they end. Clients that know
+    /// only the balancer's URL (a client library's config) keep working,
+    /// which [`Self::reconfigure`] (a new port) cannot give them.
+    pub fn reload(&mut self, backends: &[SocketAddr]) {
+        let dir = self.dir.path();
+        let cfg = dir.join(format!(
+            "haproxy-{}-reload-{}.cfg",
+            self.port,
+            self.retired.len()
+        ));
+        std::fs::write(&cfg, haproxy_config(self.port, backends)).expect("write haproxy config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("haproxy.log"))
+            .expect("open haproxy log");
+        let mut child = Command::new(program("haproxy"))
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .arg("-sf")
+            .arg(self.child.id().to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run haproxy (is it installed? `make deps`): {e}"));
+        // The old process listens until the new one has bound and told it
+        // to stop, so a connect proves nothing: a new process that could
+        // not bind exits at once, which is what is watched for.
+        let settle = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < settle {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!(
+                    "haproxy reload exited with {status}:\n{}",
+                    tail(&dir.join("haproxy.log"), 20)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+        let old = std::mem::replace(&mut self.child, child);
+        self.retired.push(old);
     }
 }
 

@@ -118,6 +118,10 @@ impl Relay {
             .env("RELAY_NODE_ID", "test")
             // Most tests join often from 127.0.0.1; the rate-limit test sets its own.
             .env("RELAY_JOIN_RATE", "0")
+            // One address, many connections and joins: the abuse limits get
+            // their own tests (tests/limits.rs), which set them.
+            .env("RELAY_MAX_CONNECTIONS_PER_ADDR", "0")
+            .env("RELAY_FAILED_JOIN_LIMIT", "0")
             .env("RELAY_WORKERS", "2");
         for (k, v) in env {
             cmd.env(k, v);

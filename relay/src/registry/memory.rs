@@ -181,9 +181,10 @@ impl MemoryRegistry {
         s.code_live = false;
         self.codes.remove(&s.code);
         self.expired_codes.insert(s.code.clone(), ());
-        self.metrics.codes_expired.inc();
         debug!(session = %id, "code expired");
         if s.browser.is_none() {
+            // Counted only unjoined, so issued → joined → expired is a funnel.
+            self.metrics.codes_expired.inc();
             self.end_session_code_expired(id);
         }
     }

@@ -95,7 +95,8 @@ impl ClusterRegistry {
         ctx.spawn(run.into_actor(self).map(move |res, act, ctx| {
             let Ok(reply) = res else { return };
             let status = field(&reply, 0);
-            if claim && status != "skip" {
+            // Counted only unjoined ("ended"), so issued → joined → expired is a funnel.
+            if claim && status == "ended" {
                 act.metrics.codes_expired.inc();
             }
             if status == "ended" {
