@@ -56,8 +56,17 @@ pub async fn connect(base: &str, path: &str, sources: &[IpAddr]) -> anyhow::Resu
         .with_context(|| format!("connect to {addr}"))?;
     tcp.set_nodelay(true)?;
     let url = format!("ws://{hostport}{path}");
-    let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp).await?;
-    Ok(ws)
+    match tokio_tungstenite::client_async(url.as_str(), tcp).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) if res.status().as_u16() == 503 => {
+            bail!(
+                "{url}: refused with 503: the relay's connection ceiling is reached \
+                 (RELAY_MAX_CONNECTIONS_PER_ADDR per client address, RELAY_MAX_CONNECTIONS per node); \
+                 spread the load over --source addresses or raise the ceiling"
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The next text message as JSON (pings are answered on the way).
