@@ -268,6 +268,10 @@ def chart():
             ({"redis": {"url": "localhost:6379"}}, "a Redis URL without a scheme"),
             ({"redis": {"dev": {"enabled": False}}}, "no Redis at all"),
             ({"terminationGracePeriodSeconds": 20}, "a grace period shorter than the drain"),
+            ({"relay": {"allowedOrigins": "app.example.com"}}, "an allowed origin without a scheme"),
+            ({"tls": {"secret": "relay-tls", "cert": "tls.crt"}}, "a misspelt TLS setting"),
+            ({"ingress": {"enabled": True}, "relay": {"trustForwardedFor": False, "maxConnectionsPerAddr": 256}},
+             "an Ingress whose address every client would share against maxConnectionsPerAddr"),
         ]:
             try:
                 ch.render(merge(ch.values, bad), name="relay", namespace="relay", is_install=True)
@@ -306,7 +310,7 @@ def check_chart_objects(label, values, objs):
     result = check_relay_deployment(label, dep, services)
     if not result:
         return
-    _, env, labels = result
+    container, env, labels = result
     check_not_selected(label, objs, labels)
 
     hpa = by_kind.get("HorizontalPodAutoscaler", [])
@@ -358,6 +362,31 @@ def check_chart_objects(label, values, objs):
             want = f"0.0.0.0:{value}"
         if got != want:
             problem(label, f"relay.{key}={value!r} but {var}={got!r}")
+
+    # tls.secret: that Secret mounted read-only, RELAY_TLS_CERT and
+    # RELAY_TLS_KEY naming its tls.crt and tls.key, and the Ingress speaking
+    # HTTPS to the pods; without it both settings are empty (plain ws://).
+    secret = merged.get("tls", {}).get("secret", "")
+    cert = env.get("RELAY_TLS_CERT", {}).get("value")
+    key = env.get("RELAY_TLS_KEY", {}).get("value")
+    if not secret:
+        if (cert, key) != ("", ""):
+            problem(label, f"no tls.secret but RELAY_TLS_CERT={cert!r} and RELAY_TLS_KEY={key!r}; want both \"\"")
+    else:
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"].get("volumes", [])}
+        mounts = [m for m in container.get("volumeMounts", [])
+                  if volumes.get(m["name"], {}).get("secret", {}).get("secretName") == secret]
+        if len(mounts) != 1 or not mounts[0].get("readOnly"):
+            problem(label, f"tls.secret {secret!r} must be mounted once, read-only, in the relay container")
+        else:
+            path = mounts[0]["mountPath"].rstrip("/")
+            if (cert, key) != (f"{path}/tls.crt", f"{path}/tls.key"):
+                problem(label, f"RELAY_TLS_CERT={cert!r} and RELAY_TLS_KEY={key!r} must be tls.crt and tls.key "
+                               f"of the Secret {secret!r} mounted at {path}")
+        for ing in by_kind.get("Ingress", []):
+            protocol = ing["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/backend-protocol")
+            if protocol != "HTTPS":
+                problem(label, f"with tls.secret the pods speak TLS, but the Ingress's backend-protocol is {protocol!r}")
 
 
 @functools.lru_cache(maxsize=None)
