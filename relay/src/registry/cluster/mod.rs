@@ -20,7 +20,7 @@ mod chores;
 mod peers;
 mod requests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -203,6 +203,10 @@ pub struct ClusterRegistry {
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     pending: HashMap<u64, Pending>,
     next_request: u64,
+    /// Sessions with a resume in flight here, each with the resumes queued
+    /// behind it: two resumes of one session (its two sides, after their
+    /// node died) must not rebuild its local state at the same time.
+    resuming: HashMap<SessionId, VecDeque<tokio::sync::oneshot::Sender<()>>>,
 }
 
 /// A message from another node, for the registry.
@@ -272,6 +276,7 @@ impl ClusterRegistry {
                 limiter,
                 pending: HashMap::new(),
                 next_request: 1,
+                resuming: HashMap::new(),
             }
         });
         // unwrap-free: `create` runs the closure before returning.

@@ -2,6 +2,7 @@
 //! resume, gone, overflowed. Each runs its Lua script, then changes what this
 //! node holds and tells the other nodes concerned.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -343,6 +344,65 @@ impl Handler<Resume> for ClusterRegistry {
     type Result = ResponseActFuture<Self, Result<Resumed, Refusal>>;
 
     fn handle(&mut self, msg: Resume, _: &mut Context<Self>) -> Self::Result {
+        if !self.healthy() {
+            return self.resume_done(Err(ErrorCode::Unavailable.into()));
+        }
+        let id: SessionId = Arc::from(msg.session_id.as_str());
+        let Some(queue) = self.resuming.get_mut(&id) else {
+            self.resuming.insert(Arc::clone(&id), VecDeque::new());
+            return self.resume_in_turn(msg, id);
+        };
+        // The session's other side (or this side again) is resuming here:
+        // wait for it to finish, then start from the state it left.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        queue.push_back(tx);
+        let wait = async move { tokio::time::timeout(RESUME_QUEUE_WAIT, rx).await };
+        Box::pin(wait.into_actor(self).then(move |turn, act, _| {
+            let step: ResponseActFuture<Self, Result<Resumed, Refusal>> = match turn {
+                Ok(Ok(())) => act.resume_in_turn(msg, id),
+                _ => {
+                    warn!(session = %id, "a resume of this session took too long; refusing the next");
+                    act.resume_done(Err(ErrorCode::Unavailable.into()))
+                }
+            };
+            step
+        }))
+    }
+}
+
+/// Longest a resume waits for another resume of its session on this node:
+/// more than one resume can take (a Redis command, then a handover wait).
+const RESUME_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl ClusterRegistry {
+    /// Runs a resume that holds its session's turn, and passes the turn on
+    /// when it is over, whatever its outcome.
+    fn resume_in_turn(
+        &mut self,
+        msg: Resume,
+        id: SessionId,
+    ) -> ResponseActFuture<Self, Result<Resumed, Refusal>> {
+        let run = self.start_resume(msg);
+        Box::pin(run.map(move |res, act, _| {
+            act.next_resume(&id);
+            res
+        }))
+    }
+
+    /// Gives the session's turn to the next queued resume still waiting, or frees it.
+    fn next_resume(&mut self, id: &SessionId) {
+        if let Some(queue) = self.resuming.get_mut(id) {
+            while let Some(tx) = queue.pop_front() {
+                // A send fails only for a waiter that gave up; try the next.
+                if tx.send(()).is_ok() {
+                    return;
+                }
+            }
+        }
+        self.resuming.remove(id);
+    }
+
+    fn start_resume(&mut self, msg: Resume) -> ResponseActFuture<Self, Result<Resumed, Refusal>> {
         if !self.healthy() {
             return self.resume_done(Err(ErrorCode::Unavailable.into()));
         }
