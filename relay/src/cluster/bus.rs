@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::envelope::Envelope;
 use super::redis::Redis;
@@ -175,6 +175,7 @@ impl Bus {
         mut rx: mpsc::UnboundedReceiver<Outgoing>,
     ) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut failed_batches: u64 = 0;
         loop {
             if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
                 return;
@@ -209,9 +210,23 @@ impl Bus {
                 }
             }
             match redis.query::<()>("publish", &pipe).await {
-                Ok(()) => self.metrics.pubsub_out.inc_by(count),
+                Ok(()) => {
+                    self.metrics.pubsub_out.inc_by(count);
+                    if failed_batches > 0 {
+                        info!(failed_batches, "publishing again");
+                        failed_batches = 0;
+                    }
+                }
                 Err(e) => {
-                    warn!(error = %e, messages = count, "publish failed; holders will resend");
+                    // One line per outage, not one per batch: an outage
+                    // under load fails many batches a second (each is
+                    // counted in relay_redis_errors_total).
+                    if failed_batches == 0 {
+                        warn!(error = %e, messages = count, "publish failed; holders will resend (further failures until it recovers are logged at debug)");
+                    } else {
+                        debug!(error = %e, messages = count, "publish failed");
+                    }
+                    failed_batches += 1;
                     self.lost.store(true, Ordering::Relaxed);
                 }
             }
