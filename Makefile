@@ -5,7 +5,7 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt build clean toolchain deps cluster ops-tools ops-check prom-test browser-test browser-test-run bench
+.PHONY: help run test lint fmt build clean toolchain deps cluster ops-tools ops-check prom-test browser-test browser-test-run bench chaos soak fuzz
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -65,6 +65,18 @@ cluster: build deps ## Start Redis, three relay nodes and haproxy on :8080 (Ctrl
 # 127.0.0.1, a report with ratios and plots in target/bench/ (see BENCHMARKS.md).
 bench: toolchain deps ## Measure throughput, latency, set-up rate, memory and a reconnect storm (~6 min)
 	tests/bench/run.sh
+
+# The chaos and soak tests run shortened inside `make test`; these run them
+# long, in release mode, printing their reports. CHAOS_DURATION and
+# SOAK_DURATION take humantime lengths (90s, 10m, 2h).
+CHAOS_DURATION ?= 10m
+SOAK_DURATION ?= 1h
+
+chaos: toolchain deps ## Chaos test (10 min): drain, kill and restart nodes, stop Redis, under load; report per pair
+	RELAY_CHAOS_DURATION=$(CHAOS_DURATION) $(CARGO) test --locked --release --test integration chaos:: -- --nocapture --test-threads 1
+
+soak: toolchain deps ## Soak test (1 h): steady load and churn; fails if relay memory or fds grow past the bounds
+	RELAY_SOAK_DURATION=$(SOAK_DURATION) $(CARGO) test --locked --release --test integration soak:: -- --nocapture
 
 # The Python tools of ops-check (deploy/check/requirements.txt, pinned) live
 # in a virtualenv under target/, rebuilt when the requirements change.

@@ -5,6 +5,7 @@
 mod support;
 
 mod bad_input;
+mod chaos;
 mod cli;
 mod client;
 mod cluster;
@@ -14,4 +15,5 @@ mod drain;
 mod limits;
 mod protocol;
 mod resume;
+mod soak;
 mod tls;

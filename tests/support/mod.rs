@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod traffic;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
