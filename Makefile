@@ -66,6 +66,12 @@ cluster: build deps ## Start Redis, three relay nodes and haproxy on :8080 (Ctrl
 bench: toolchain deps ## Measure throughput, latency, set-up rate, memory and a reconnect storm (~6 min)
 	tests/bench/run.sh
 
+# Every parser of untrusted input under libFuzzer (fuzz/, cargo-fuzz; nightly,
+# or stable with RUSTC_BOOTSTRAP=1). FUZZ_TARGETS="a b" picks targets; a crash
+# leaves its input in fuzz/artifacts/<target>/ and fails the run.
+fuzz: toolchain ## Fuzz every parser of untrusted input for FUZZ_TIME seconds each (default 60)
+	fuzz/run.sh
+
 # The chaos and soak tests run shortened inside `make test`; these run them
 # long, in release mode, printing their reports. CHAOS_DURATION and
 # SOAK_DURATION take humantime lengths (90s, 10m, 2h).

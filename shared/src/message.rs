@@ -255,6 +255,25 @@ mod tests {
     }
 
     #[test]
+    fn ping_timestamps_come_back_as_the_same_number() {
+        // Found by `make fuzz` (client_message): without correctly rounded
+        // float parsing this read one ULP off, so `pong` echoed another number.
+        for ts in [
+            "123456789012691357802469135780",
+            "1700000000123.4567",
+            "0.30000000000000004",
+            "-2.5e-308",
+        ] {
+            let ping = ClientMessage::parse(&format!(r#"{{"type":"ping","ts":{ts}}}"#)).unwrap();
+            assert_eq!(ClientMessage::parse(&ping.to_text()).unwrap(), ping, "{ts}");
+            let ClientMessage::Ping { ts: n } = ping else {
+                panic!("not a ping")
+            };
+            assert_eq!(n.as_f64(), ts.parse::<f64>().ok(), "{ts}");
+        }
+    }
+
+    #[test]
     fn malformed_client_messages_are_errors() {
         for text in [
             "",

@@ -3,7 +3,7 @@
 //! the right code. All socket I/O of the relay is in this module; nothing
 //! outside it knows actix-web-actors.
 
-mod decode;
+pub mod decode;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
