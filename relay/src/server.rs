@@ -338,13 +338,22 @@ fn client_addr(req: &HttpRequest, trust_forwarded_for: bool) -> IpAddr {
     if !trust_forwarded_for {
         return peer;
     }
-    req.headers()
+    let values = req
+        .headers()
         .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-        .last()
-        .unwrap_or(peer)
+        .map(|v| v.to_str().unwrap_or(""));
+    last_forwarded_for(values).unwrap_or(peer)
+}
+
+/// The address the nearest proxy put in `X-Forwarded-For`: the last entry of
+/// the last header, as `ip`, `ip:port` or `[ipv6]:port`. Only that entry: the
+/// ones before it are whatever the client sent, so when the last one does
+/// not parse there is no trusted address (None), never an earlier entry.
+fn last_forwarded_for<'a>(values: impl Iterator<Item = &'a str>) -> Option<IpAddr> {
+    let last = values.last()?.rsplit(',').next()?.trim();
+    last.parse::<IpAddr>()
+        .ok()
+        .or_else(|| last.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// Descriptors kept free for Redis, listeners and logs when the connection
@@ -488,4 +497,28 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
     HttpResponse::NotFound()
         .content_type("text/plain")
         .body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_entry_the_proxy_added_counts() {
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        let one = |v: &'static str| last_forwarded_for(std::iter::once(v));
+        assert_eq!(one("203.0.113.9"), ip("203.0.113.9"));
+        assert_eq!(one("1.2.3.4, 203.0.113.9"), ip("203.0.113.9"));
+        assert_eq!(one("1.2.3.4,203.0.113.9:4711"), ip("203.0.113.9"));
+        assert_eq!(one("1.2.3.4, [2001:db8::1]:443"), ip("2001:db8::1"));
+        assert_eq!(one("1.2.3.4, 2001:db8::1"), ip("2001:db8::1"));
+        // The client wrote 1.2.3.4; what the proxy added does not parse.
+        assert_eq!(one("1.2.3.4, unknown"), None);
+        assert_eq!(one("1.2.3.4,"), None);
+        assert_eq!(
+            last_forwarded_for(["6.6.6.6", "1.2.3.4, 203.0.113.9"].into_iter()),
+            ip("203.0.113.9")
+        );
+        assert_eq!(last_forwarded_for(std::iter::empty()), None);
+    }
 }
