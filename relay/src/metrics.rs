@@ -159,6 +159,8 @@ pub struct Metrics {
     pub nodes_reaped: IntCounter,
     /// WebSocket upgrades refused before they started (`reason` = node_full | address_full).
     pub connections_refused: IntCounterVec,
+    /// 1 while the node takes new sessions (what `/readyz` answers), set at each scrape.
+    pub ready: IntGauge,
     /// The most WebSockets this node takes (`RELAY_MAX_CONNECTIONS`, or derived from the open-files limit).
     pub connections_limit: IntGauge,
 }
@@ -360,6 +362,10 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            ready: IntGauge::new(
+                "relay_ready",
+                "1 while the node takes new sessions (/readyz 200): not draining, Redis and pub/sub working.",
+            )?,
             connections_limit: IntGauge::new(
                 "relay_connections_limit",
                 "The most WebSockets this node takes before refusing with 503.",
@@ -399,6 +405,7 @@ impl Metrics {
         m.registry
             .register(Box::new(m.connections_refused.clone()))?;
         m.registry.register(Box::new(m.connections_limit.clone()))?;
+        m.registry.register(Box::new(m.ready.clone()))?;
         for full in [
             crate::admission::Full::Node,
             crate::admission::Full::Address,

@@ -476,6 +476,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
     let stats = state.registry.stats().await;
     state.metrics.set_stats(&stats);
+    state
+        .metrics
+        .ready
+        .set(i64::from(state.not_ready().is_none()));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())

@@ -71,6 +71,7 @@ async fn a_pair_on_one_node_outlives_redis_going_away_and_coming_back() {
     c.redis.stop();
     for node in c.nodes() {
         node.wait_status("/readyz", 503).await;
+        assert_eq!(node.metric("relay_ready").await, 0.0);
     }
     assert_eq!(c.node(1).get("/healthz").await.0, 200);
     // No new sessions without Redis...
@@ -92,6 +93,7 @@ async fn a_pair_on_one_node_outlives_redis_going_away_and_coming_back() {
     c.redis.start_again();
     for node in c.nodes() {
         node.wait_status("/readyz", 200).await;
+        assert_eq!(node.metric("relay_ready").await, 1.0);
     }
     let mut q = pair_at(&c.node(1).url("/mac"), &c.node(2).url("/browser")).await;
     q.mac.binary(vec![1]).await;
