@@ -145,6 +145,14 @@ fn request(path: &str, version: &str) -> String {
     )
 }
 
+/// The status code of an HTTP response head; 0 for none.
+fn status_of(head: &str) -> u16 {
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn still_serving(relay: &Relay) {
     assert_eq!(relay.get("/healthz").await.0, 200);
     let mut m = relay.mac().await;
@@ -169,11 +177,7 @@ async fn garbage_bytes_and_malformed_upgrades_get_http_errors() {
         let mut r = Raw::connect(relay.addr).await;
         r.send(&bytes).await;
         let head = r.http_head().await;
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let status = status_of(&head);
         assert!(
             (400..500).contains(&status) || head.is_empty(),
             "{:?} got {head:?}",
@@ -467,11 +471,7 @@ async fn oversized_request_heads_are_refused() {
         let mut r = Raw::connect(relay.addr).await;
         r.send(req.as_bytes()).await;
         let head = r.http_head().await;
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let status = status_of(&head);
         // actix-http's ceilings: a 128 KiB head, 96 headers.
         assert_eq!(status, 431, "{} bytes got {head:?}", req.len());
     }

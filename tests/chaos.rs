@@ -32,7 +32,7 @@ use tokio::task::{JoinHandle, block_in_place};
 
 use crate::support::cluster::{Cluster, Lb};
 use crate::support::traffic::{
-    Side, lock, pump, start_browser, start_browser_with, start_mac, start_mac_with, wait_log,
+    Side, lock, pump_both, start_browser, start_browser_with, start_mac, start_mac_with, wait_log,
 };
 use crate::support::{WAIT, duration_from_env};
 
@@ -129,19 +129,7 @@ async fn start_pairs(lb: &Lb, stop: &Arc<AtomicBool>) -> Vec<PairRun> {
     let mut pairs = Vec::new();
     for (i, (mac, browser)) in sides.into_iter().enumerate() {
         wait_log(&mac.log, &format!("pair {i}: peer_joined"), |l| l.paired).await;
-        let pumps = [(&mac, true), (&browser, false)]
-            .into_iter()
-            .map(|(s, is_mac)| {
-                tokio::spawn(pump(
-                    s.client.clone(),
-                    Arc::clone(&s.log),
-                    i,
-                    is_mac,
-                    RATE,
-                    Arc::clone(stop),
-                ))
-            })
-            .collect();
+        let pumps = pump_both(&mac, &browser, i, RATE, stop);
         pairs.push(PairRun {
             mac,
             browser,
@@ -537,19 +525,7 @@ async fn both_sides_of_a_killed_node_resume_on_one_surviving_node() {
     let (mac, code) = start_mac_with(cfg.clone(), 0).await;
     let browser = start_browser_with(cfg, 0, &code).await;
     wait_log(&mac.log, "peer_joined", |l| l.paired).await;
-    let pumps: Vec<_> = [(&mac, true), (&browser, false)]
-        .into_iter()
-        .map(|(s, is_mac)| {
-            tokio::spawn(pump(
-                s.client.clone(),
-                Arc::clone(&s.log),
-                0,
-                is_mac,
-                RATE,
-                Arc::clone(&stop),
-            ))
-        })
-        .collect();
+    let pumps = pump_both(&mac, &browser, 0, RATE, &stop);
     wait_log(&browser.log, "frames flowing", |l| {
         l.from_peer.distinct >= 20
     })

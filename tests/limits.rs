@@ -176,6 +176,16 @@ pub async fn away_from_a_minute_boundary(need: u64) {
     }
 }
 
+/// Joins with `code` on `ws` and expects the failed-join ceiling's refusal.
+pub async fn refused_by_the_failed_join_ceiling(ws: &mut Ws, code: &str) {
+    ws.json(json!({"type": "join", "code": code})).await;
+    let e = ws.expect_error("RATE_LIMITED").await;
+    assert!(
+        e["message"].as_str().unwrap().contains("wrong codes"),
+        "{e}"
+    );
+}
+
 #[tokio::test]
 async fn wrong_codes_from_many_addresses_hit_the_failed_join_ceiling() {
     let relay = Relay::start(&[
@@ -203,12 +213,7 @@ async fn wrong_codes_from_many_addresses_hit_the_failed_join_ceiling() {
     let mut late = connect_with(&url, &[("x-forwarded-for", "203.0.113.99")])
         .await
         .unwrap();
-    late.json(json!({"type": "join", "code": r.code})).await;
-    let e = late.expect_error("RATE_LIMITED").await;
-    assert!(
-        e["message"].as_str().unwrap().contains("wrong codes"),
-        "{e}"
-    );
+    refused_by_the_failed_join_ceiling(&mut late, &r.code).await;
     assert_eq!(
         relay
             .metric(r#"relay_rate_limited_total{limit="failed_joins"}"#)

@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 use crate::support::cluster::{Cluster, Node};
 use crate::support::duration_from_env;
 use crate::support::traffic::{
-    Side, config, frame, lock, pump, start_browser_with, start_mac_with, wait_log,
+    Side, config, frame, lock, pump_both, start_browser_with, start_mac_with, wait_log,
 };
 
 /// Pairs per deployment that send all the time.
@@ -180,19 +180,7 @@ async fn steady(mac_url: &str, browser_url: &str, pair: usize, stop: &Arc<Atomic
     let (mac, code) = start_mac_with(config(mac_url), pair).await;
     let browser = start_browser_with(config(browser_url), pair, &code).await;
     wait_log(&mac.log, "steady: peer_joined", |l| l.paired).await;
-    let pumps = [(&mac, true), (&browser, false)]
-        .into_iter()
-        .map(|(s, is_mac)| {
-            tokio::spawn(pump(
-                s.client.clone(),
-                Arc::clone(&s.log),
-                pair,
-                is_mac,
-                STEADY_RATE,
-                Arc::clone(stop),
-            ))
-        })
-        .collect();
+    let pumps = pump_both(&mac, &browser, pair, STEADY_RATE, stop);
     Steady {
         mac,
         browser,

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::limits::away_from_a_minute_boundary;
+use crate::limits::{away_from_a_minute_boundary, refused_by_the_failed_join_ceiling};
 use crate::support::Ws;
 use crate::support::cluster::{Cluster, register_at};
 
@@ -21,12 +21,7 @@ async fn wrong_codes_on_one_node_close_joining_on_the_others() {
     }
     for node in [a, b] {
         let mut late = Ws::connect(&node.url("/browser")).await;
-        late.json(json!({"type": "join", "code": r.code})).await;
-        let e = late.expect_error("RATE_LIMITED").await;
-        assert!(
-            e["message"].as_str().unwrap().contains("wrong codes"),
-            "{e}"
-        );
+        refused_by_the_failed_join_ceiling(&mut late, &r.code).await;
         assert_eq!(
             node.metric(r#"relay_rate_limited_total{limit="failed_joins"}"#)
                 .await,

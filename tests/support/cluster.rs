@@ -481,15 +481,7 @@ impl Node {
 
     /// Resident memory of the process, in bytes (`VmRSS` in /proc).
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_else(|e| panic!("read /proc status of {}: {e}", self.id));
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS");
-        kb * 1024
+        super::rss_of(self.pid())
     }
 
     /// How many file descriptors the process has open (entries of /proc/PID/fd).
@@ -804,20 +796,9 @@ impl Lb {
             self.retired.len()
         ));
         std::fs::write(&cfg, haproxy_config(self.port, backends)).expect("write haproxy config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("haproxy.log"))
-            .expect("open haproxy log");
-        let mut child = Command::new(program("haproxy"))
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
+        let mut child = haproxy(dir, &cfg)
             .arg("-sf")
             .arg(self.child.id().to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log file"))
-            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run haproxy (is it installed? `make deps`): {e}"));
         // The old process listens until the new one has bound and told it
@@ -862,6 +843,23 @@ fn haproxy_config(port: u16, backends: &[SocketAddr]) -> String {
     out
 }
 
+/// haproxy in the foreground with config `cfg`, appending its output to `dir`/haproxy.log.
+fn haproxy(dir: &Path, cfg: &Path) -> Command {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("haproxy.log"))
+        .expect("open haproxy log");
+    let mut cmd = Command::new(program("haproxy"));
+    cmd.arg("-db")
+        .arg("-f")
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log file"))
+        .stderr(log);
+    cmd
+}
+
 /// Starts haproxy in the foreground on a free port and waits until the port
 /// accepts connections.
 fn spawn_haproxy(dir: &Path, backends: &[SocketAddr]) -> (Child, u16) {
@@ -870,18 +868,7 @@ fn spawn_haproxy(dir: &Path, backends: &[SocketAddr]) -> (Child, u16) {
         let port = free_port();
         let cfg = dir.join(format!("haproxy-{port}.cfg"));
         std::fs::write(&cfg, haproxy_config(port, backends)).expect("write haproxy config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("haproxy.log"))
-            .expect("open haproxy log");
-        let mut child = Command::new(program("haproxy"))
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log file"))
-            .stderr(log)
+        let mut child = haproxy(dir, &cfg)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run haproxy (is it installed? `make deps`): {e}"));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -97,6 +97,19 @@ pub fn duration_from_env(var: &str, default: Duration) -> Duration {
     }
 }
 
+/// Resident memory of process `pid`, in bytes (`VmRSS` in /proc).
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc status of {pid}: {e}"));
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
 /// Longest any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -184,15 +197,7 @@ impl Relay {
 
     /// Resident memory of the process, in bytes (from /proc).
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc status");
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS");
-        kb * 1024
+        rss_of(self.child.id())
     }
 
     /// A plain HTTP GET: (status, body).

@@ -197,6 +197,29 @@ pub struct Side {
     pub listener: JoinHandle<()>,
 }
 
+/// Starts [`pump`] on both sides of pair `pair`, `rate` frames a second each way.
+pub fn pump_both(
+    mac: &Side,
+    browser: &Side,
+    pair: usize,
+    rate: u64,
+    stop: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<()>> {
+    [(mac, true), (browser, false)]
+        .into_iter()
+        .map(|(s, is_mac)| {
+            tokio::spawn(pump(
+                s.client.clone(),
+                Arc::clone(&s.log),
+                pair,
+                is_mac,
+                rate,
+                Arc::clone(stop),
+            ))
+        })
+        .collect()
+}
+
 /// Waits (bounded) until `check` holds on `log`.
 pub async fn wait_log(log: &Log, what: &str, check: impl Fn(&SideLog) -> bool) {
     let deadline = Instant::now() + WAIT;
