@@ -84,11 +84,55 @@ impl ClientMessage {
         serde_json::from_str(text)
     }
 
+    /// Whether `text` is a well-formed `data` message: exactly when
+    /// [`ClientMessage::parse`] would give [`ClientMessage::Data`], without
+    /// building the message. The relay forwards a `data` frame's text
+    /// verbatim, so it needs only this answer; the full parse of an
+    /// internally tagged enum buffers the whole document (every key, and the
+    /// payload twice) before it looks at the tag.
+    pub fn is_data(text: &str) -> bool {
+        Self::is_plain_data(text) || matches!(Self::parse(text), Ok(ClientMessage::Data { .. }))
+    }
+
+    /// True when `text` is a well-formed `data` message, found without
+    /// building it; false says nothing (e.g. duplicate keys): parse it.
+    /// One pass, no allocation for the usual data frame.
+    pub fn is_plain_data(text: &str) -> bool {
+        #[derive(Deserialize)]
+        struct DataShape<'a> {
+            #[serde(rename = "type", borrow)]
+            ty: std::borrow::Cow<'a, str>,
+            // Checked to be a string, never copied.
+            #[allow(dead_code)]
+            payload: AnyString,
+        }
+        serde_json::from_str::<DataShape<'_>>(text).is_ok_and(|d| d.ty == "data")
+    }
+
     /// Serialises to the text of a frame.
     pub fn to_text(&self) -> String {
         // unwrap: these types hold only strings and numbers, which always serialise.
         #[allow(clippy::unwrap_used)]
         serde_json::to_string(self).unwrap()
+    }
+}
+
+/// A JSON string, checked and not kept.
+struct AnyString;
+
+impl<'de> Deserialize<'de> for AnyString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = AnyString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<AnyString, E> {
+                Ok(AnyString)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -271,6 +315,33 @@ mod tests {
             };
             assert_eq!(n.as_f64(), ts.parse::<f64>().ok(), "{ts}");
         }
+    }
+
+    #[test]
+    fn is_data_agrees_with_the_full_parse() {
+        for text in [
+            r#"{"type":"data","payload":"hi"}"#,
+            r#"{"payload":"hi","type":"data"}"#,
+            r#"{"type":"data","payload":"h\u00e9 \"q\"","extra":[1,{"a":null}]}"#,
+            r#"{"type":"d\u0061ta","payload":""}"#,
+            r#" {"type":"data","payload":"x"} "#,
+            r#"{"type":"data","payload":"x"} x"#,
+            r#"{"type":"data","payload":5}"#,
+            r#"{"type":"data","payload":null}"#,
+            r#"{"type":"data"}"#,
+            r#"{"type":"data","payload":"a","payload":"b"}"#,
+            r#"{"type":"data","type":"data","payload":"a"}"#,
+            r#"{"type":"ping","ts":1,"payload":"x"}"#,
+            r#"{"type":"DATA","payload":"x"}"#,
+            r#"{"type":"data","payload":"\ud800"}"#,
+            r#"["data","x"]"#,
+            "",
+        ] {
+            let full = matches!(ClientMessage::parse(text), Ok(ClientMessage::Data { .. }));
+            assert_eq!(ClientMessage::is_data(text), full, "{text}");
+            assert!(!ClientMessage::is_plain_data(text) || full, "{text}");
+        }
+        assert!(ClientMessage::is_data(r#"{"type":"data","payload":"hi"}"#));
     }
 
     #[test]

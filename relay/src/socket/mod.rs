@@ -577,6 +577,12 @@ impl Socket {
     }
 
     fn on_text(&mut self, text: ByteString, ctx: &mut WebsocketContext<Self>) {
+        // Most text frames are data: recognised without building a message.
+        if ClientMessage::is_plain_data(&text) {
+            self.malformed = 0;
+            self.on_data(Frame::Text(text), ctx);
+            return;
+        }
         let msg = match ClientMessage::parse(&text) {
             Ok(m) => m,
             Err(e) => {
