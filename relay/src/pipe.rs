@@ -375,6 +375,12 @@ struct Inner {
     /// Highest position handed to a socket to write: an event at or before it
     /// was probably received, even if not yet acknowledged.
     drained_pos: u64,
+    /// `seq` came from a checkpoint because the node that knew it died: a
+    /// receiver may have read more than `seq`, and the sender will send
+    /// those frames again (it was told the checkpoint as its `lastSeq`).
+    seq_may_lag: bool,
+    /// Frames the sender sends again that the receiver already has: dropped.
+    skip: u64,
 }
 
 impl Inner {
@@ -418,6 +424,8 @@ impl Pipe {
                 base: 0,
                 ack_to: None,
                 drained_pos: 0,
+                seq_may_lag: false,
+                skip: 0,
             }),
             limits,
         })
@@ -450,6 +458,11 @@ impl Pipe {
             State::Attached(_) | State::Remote(_) => {}
         }
         g.accepted += 1;
+        if g.skip > 0 {
+            // A frame the receiver read before the crash, sent again.
+            g.skip -= 1;
+            return Pushed::Queued { remote: false };
+        }
         g.seq += 1;
         let (pos, seq) = (g.next_pos, g.seq);
         g.next_pos += 1;
@@ -597,7 +610,7 @@ impl Pipe {
         if matches!(g.state, State::Closed) {
             return Err(Gap::Closed);
         }
-        if last_seq > g.seq {
+        if last_seq > g.seq + g.skip && !g.seq_may_lag {
             return Err(Gap::Ahead { sent: g.seq });
         }
         let oldest = g
@@ -621,6 +634,20 @@ impl Pipe {
         if matches!(g.state, State::Closed) {
             return Err(Gap::Closed);
         }
+        if last_seq > g.seq && g.seq_may_lag {
+            // The receiver read frames this count lost with a dead node; the
+            // sender will send them again, and they are dropped then.
+            g.skip += last_seq - g.seq;
+            g.seq = last_seq;
+            g.entries.retain(|e| !matches!(e.item, Item::Data { .. }));
+            // Events queued since the crash are new to the receiver: they
+            // come after everything it has.
+            for e in &mut g.entries {
+                e.seq = last_seq;
+            }
+            g.bytes = g.entries.iter().map(Entry::cost).sum();
+        }
+        g.seq_may_lag = false;
         if last_seq > g.seq {
             return Err(Gap::Ahead { sent: g.seq });
         }
@@ -979,6 +1006,12 @@ impl Pipe {
             g.state = State::Remote(peer);
         }
         pipe
+    }
+
+    /// Registry side: this pipe's count came from a checkpoint (the node
+    /// that knew it died), so the next receiver may be ahead of it.
+    pub fn count_may_lag(&self) {
+        self.lock().seq_may_lag = true;
     }
 
     /// Data frames accepted from the sending side so far.

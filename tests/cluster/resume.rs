@@ -118,3 +118,72 @@ async fn a_resume_over_a_live_connection_on_another_node_is_a_counted_takeover()
     p.browser.data("after takeover").await;
     assert_eq!(ws.recv_json().await["payload"], "after takeover");
 }
+
+/// Both sides on a node that dies. Only the counts checkpointed in Redis at
+/// pairing survive it, so whichever side resumes first, the relay's count of
+/// frames the mac sent is behind what the browser read until the mac has
+/// re-sent what the dead node had taken. Each order must resume both, and
+/// the browser must get each frame after its lastSeq once.
+async fn both_sides_resume_after_a_crash(browser_first: bool) {
+    let mut c = Cluster::start(2, &[]);
+    let p = pair_at(&c.node(1).url("/mac"), &c.node(1).url("/browser")).await;
+    let (session, mac_token, browser_token) = (
+        p.session_id.clone(),
+        p.mac_token.clone(),
+        p.browser_token.clone(),
+    );
+    let (mut m_tx, mut m_rx) = p.mac.into_inner().split();
+    let (mut b_tx, mut b_rx) = p.browser.into_inner().split();
+    send_range(&mut m_tx, 1, 300).await;
+    send_range(&mut b_tx, 1, 200).await;
+    let (got, _) = collect(&mut b_rx, 300, None).await;
+    assert_sequence(&got, 300, "browser before the crash");
+    let (got, _) = collect(&mut m_rx, 200, None).await;
+    assert_sequence(&got, 200, "mac before the crash");
+    c.kill(1);
+
+    let mut b = Ws::connect(&c.node(2).url("/browser")).await;
+    let mut m = Ws::connect(&c.node(2).url("/mac")).await;
+    // Both resumes are sent before either answer: neither side can have
+    // re-sent anything when the other's resume is handled.
+    if browser_first {
+        b.json(resume_msg(&session, &browser_token, 300)).await;
+        m.json(resume_msg(&session, &mac_token, 200)).await;
+    } else {
+        m.json(resume_msg(&session, &mac_token, 200)).await;
+        b.json(resume_msg(&session, &browser_token, 300)).await;
+    }
+    let m_accepted = m.expect("resumed").await["lastSeq"]
+        .as_u64()
+        .expect("lastSeq");
+    let b_accepted = b.expect("resumed").await["lastSeq"]
+        .as_u64()
+        .expect("lastSeq");
+    assert!(
+        m_accepted <= 300 && b_accepted <= 200,
+        "{m_accepted} {b_accepted}"
+    );
+    let (mut m_tx, mut m_rx) = m.into_inner().split();
+    let (mut b_tx, mut b_rx) = b.into_inner().split();
+    send_range(&mut m_tx, m_accepted + 1, 400).await;
+    send_range(&mut b_tx, b_accepted + 1, 250).await;
+    let (rest, _) = collect(&mut b_rx, 100, None).await;
+    let want: Vec<u64> = (301..=400).collect();
+    assert_eq!(
+        rest, want,
+        "browser after the crash: each frame after 300 once"
+    );
+    let (rest, _) = collect(&mut m_rx, 50, None).await;
+    let want: Vec<u64> = (201..=250).collect();
+    assert_eq!(rest, want, "mac after the crash: each frame after 200 once");
+}
+
+#[tokio::test]
+async fn after_a_crash_the_browser_resumes_first_ahead_of_the_checkpoint() {
+    both_sides_resume_after_a_crash(true).await;
+}
+
+#[tokio::test]
+async fn after_a_crash_the_mac_resumes_first_and_the_browser_is_ahead_of_it() {
+    both_sides_resume_after_a_crash(false).await;
+}

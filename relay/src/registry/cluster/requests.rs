@@ -730,6 +730,11 @@ impl ClusterRegistry {
                     accepted_p,
                     sbase + accepted_p,
                 );
+                if received.is_none() {
+                    // No handover: the count is the checkpoint's, and the
+                    // peer may have read more of this side's frames.
+                    out.count_may_lag();
+                }
                 if facts.peer_state != "here" {
                     out.peer_away();
                 }
