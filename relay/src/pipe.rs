@@ -390,6 +390,26 @@ impl Inner {
         }
     }
 
+    /// A receiver with `last_seq` frames is taking this pipe. If the count
+    /// came from a checkpoint and the receiver read more (frames the count
+    /// lost with a dead node), the sender will send those again: move the
+    /// count up to the receiver's and drop them when they come.
+    fn catch_up(&mut self, last_seq: u64) {
+        if self.seq_may_lag && last_seq > self.seq {
+            self.skip += last_seq - self.seq;
+            self.seq = last_seq;
+            self.entries
+                .retain(|e| !matches!(e.item, Item::Data { .. }));
+            // Events queued since the crash are new to the receiver: they
+            // come after everything it has.
+            for e in &mut self.entries {
+                e.seq = last_seq;
+            }
+            self.bytes = self.entries.iter().map(Entry::cost).sum();
+        }
+        self.seq_may_lag = false;
+    }
+
     fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
@@ -634,20 +654,7 @@ impl Pipe {
         if matches!(g.state, State::Closed) {
             return Err(Gap::Closed);
         }
-        if last_seq > g.seq && g.seq_may_lag {
-            // The receiver read frames this count lost with a dead node; the
-            // sender will send them again, and they are dropped then.
-            g.skip += last_seq - g.seq;
-            g.seq = last_seq;
-            g.entries.retain(|e| !matches!(e.item, Item::Data { .. }));
-            // Events queued since the crash are new to the receiver: they
-            // come after everything it has.
-            for e in &mut g.entries {
-                e.seq = last_seq;
-            }
-            g.bytes = g.entries.iter().map(Entry::cost).sum();
-        }
-        g.seq_may_lag = false;
+        g.catch_up(last_seq);
         if last_seq > g.seq {
             return Err(Gap::Ahead { sent: g.seq });
         }
@@ -832,6 +839,7 @@ impl Pipe {
             return Err(Gap::Closed);
         }
         let last_seq = g.base + p_last;
+        g.catch_up(last_seq);
         if last_seq > g.seq {
             return Err(Gap::Ahead {
                 sent: g.seq - g.base,

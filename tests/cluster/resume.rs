@@ -124,8 +124,8 @@ async fn a_resume_over_a_live_connection_on_another_node_is_a_counted_takeover()
 /// frames the mac sent is behind what the browser read until the mac has
 /// re-sent what the dead node had taken. Each order must resume both, and
 /// the browser must get each frame after its lastSeq once.
-async fn both_sides_resume_after_a_crash(browser_first: bool) {
-    let mut c = Cluster::start(2, &[]);
+async fn both_sides_resume_after_a_crash(browser_first: bool, mac_node: usize) {
+    let mut c = Cluster::start(mac_node, &[]);
     let p = pair_at(&c.node(1).url("/mac"), &c.node(1).url("/browser")).await;
     let (session, mac_token, browser_token) = (
         p.session_id.clone(),
@@ -143,22 +143,28 @@ async fn both_sides_resume_after_a_crash(browser_first: bool) {
     c.kill(1);
 
     let mut b = Ws::connect(&c.node(2).url("/browser")).await;
-    let mut m = Ws::connect(&c.node(2).url("/mac")).await;
-    // Both resumes are sent before either answer: neither side can have
-    // re-sent anything when the other's resume is handled.
-    if browser_first {
+    let mut m = Ws::connect(&c.node(mac_node).url("/mac")).await;
+    // Neither side re-sends anything before both resumed: the second resume
+    // meets the first side's count as restored from the checkpoint.
+    let (m_accepted, b_accepted) = if mac_node != 2 {
+        // On two nodes: the browser's node learns of the mac's move.
         b.json(resume_msg(&session, &browser_token, 300)).await;
+        let b_resumed = b.expect("resumed").await;
         m.json(resume_msg(&session, &mac_token, 200)).await;
+        (m.expect("resumed").await, b_resumed)
     } else {
-        m.json(resume_msg(&session, &mac_token, 200)).await;
-        b.json(resume_msg(&session, &browser_token, 300)).await;
-    }
-    let m_accepted = m.expect("resumed").await["lastSeq"]
-        .as_u64()
-        .expect("lastSeq");
-    let b_accepted = b.expect("resumed").await["lastSeq"]
-        .as_u64()
-        .expect("lastSeq");
+        // On one node, both resumes sent before either answer.
+        if browser_first {
+            b.json(resume_msg(&session, &browser_token, 300)).await;
+            m.json(resume_msg(&session, &mac_token, 200)).await;
+        } else {
+            m.json(resume_msg(&session, &mac_token, 200)).await;
+            b.json(resume_msg(&session, &browser_token, 300)).await;
+        }
+        (m.expect("resumed").await, b.expect("resumed").await)
+    };
+    let m_accepted = m_accepted["lastSeq"].as_u64().expect("lastSeq");
+    let b_accepted = b_accepted["lastSeq"].as_u64().expect("lastSeq");
     assert!(
         m_accepted <= 300 && b_accepted <= 200,
         "{m_accepted} {b_accepted}"
@@ -180,10 +186,15 @@ async fn both_sides_resume_after_a_crash(browser_first: bool) {
 
 #[tokio::test]
 async fn after_a_crash_the_browser_resumes_first_ahead_of_the_checkpoint() {
-    both_sides_resume_after_a_crash(true).await;
+    both_sides_resume_after_a_crash(true, 2).await;
 }
 
 #[tokio::test]
 async fn after_a_crash_the_mac_resumes_first_and_the_browser_is_ahead_of_it() {
-    both_sides_resume_after_a_crash(false).await;
+    both_sides_resume_after_a_crash(false, 2).await;
+}
+
+#[tokio::test]
+async fn after_a_crash_the_two_sides_resume_on_two_nodes() {
+    both_sides_resume_after_a_crash(true, 3).await;
 }
