@@ -390,6 +390,27 @@ impl Inner {
         }
     }
 
+    /// Whether a receiver that has `last_seq` frames can take this pipe:
+    /// every frame after it is still held. A count that may lag (see
+    /// [`Inner::catch_up`]) takes any receiver ahead of it.
+    fn fits(&self, last_seq: u64) -> Result<(), Gap> {
+        if matches!(self.state, State::Closed) {
+            return Err(Gap::Closed);
+        }
+        if last_seq > self.seq && !self.seq_may_lag {
+            return Err(Gap::Ahead { sent: self.seq });
+        }
+        let oldest = self
+            .entries
+            .iter()
+            .find_map(|e| matches!(e.item, Item::Data { .. }).then_some(e.seq))
+            .unwrap_or(self.seq + 1);
+        if last_seq + 1 < oldest {
+            return Err(Gap::Behind { oldest });
+        }
+        Ok(())
+    }
+
     /// A receiver with `last_seq` frames is taking this pipe. If the count
     /// came from a checkpoint and the receiver read more (frames the count
     /// lost with a dead node), the sender will send those again: move the
@@ -626,22 +647,7 @@ impl Pipe {
     /// # Errors
     /// The [`Gap`] [`Pipe::attach`] would report.
     pub fn check(&self, last_seq: u64) -> Result<(), Gap> {
-        let g = self.lock();
-        if matches!(g.state, State::Closed) {
-            return Err(Gap::Closed);
-        }
-        if last_seq > g.seq + g.skip && !g.seq_may_lag {
-            return Err(Gap::Ahead { sent: g.seq });
-        }
-        let oldest = g
-            .entries
-            .iter()
-            .find_map(|e| matches!(e.item, Item::Data { .. }).then_some(e.seq))
-            .unwrap_or(g.seq + 1);
-        if last_seq + 1 < oldest {
-            return Err(Gap::Behind { oldest });
-        }
-        Ok(())
+        self.lock().fits(last_seq)
     }
 
     /// Registry side: `rx` reads the pipe from now on, having received
@@ -651,21 +657,8 @@ impl Pipe {
     /// [`Gap`] when `last_seq` does not fit what was sent and acknowledged.
     pub fn attach(&self, rx: Receiver, last_seq: u64) -> Result<u64, Gap> {
         let mut g = self.lock();
-        if matches!(g.state, State::Closed) {
-            return Err(Gap::Closed);
-        }
+        g.fits(last_seq)?;
         g.catch_up(last_seq);
-        if last_seq > g.seq {
-            return Err(Gap::Ahead { sent: g.seq });
-        }
-        let oldest = g
-            .entries
-            .iter()
-            .find_map(|e| matches!(e.item, Item::Data { .. }).then_some(e.seq))
-            .unwrap_or(g.seq + 1);
-        if last_seq + 1 < oldest {
-            return Err(Gap::Behind { oldest });
-        }
         // The client has every data frame up to last_seq and, by TCP order,
         // every event queued before the last of those.
         while let Some(front) = g.entries.front() {
@@ -835,26 +828,17 @@ impl Pipe {
     /// [`Gap`] when `p_last` does not fit what was sent and acknowledged.
     pub fn send_to_peer(&self, peer: Peer, p_last: u64) -> Result<(), Gap> {
         let mut g = self.lock();
-        if matches!(g.state, State::Closed) {
-            return Err(Gap::Closed);
-        }
         let last_seq = g.base + p_last;
+        // The peer's node counts within the pairing: so do its errors.
+        let base = g.base;
+        g.fits(last_seq).map_err(|gap| match gap {
+            Gap::Ahead { sent } => Gap::Ahead { sent: sent - base },
+            Gap::Behind { oldest } => Gap::Behind {
+                oldest: oldest - base,
+            },
+            Gap::Closed => Gap::Closed,
+        })?;
         g.catch_up(last_seq);
-        if last_seq > g.seq {
-            return Err(Gap::Ahead {
-                sent: g.seq - g.base,
-            });
-        }
-        let oldest = g
-            .entries
-            .iter()
-            .find_map(|e| matches!(e.item, Item::Data { .. }).then_some(e.seq))
-            .unwrap_or(g.seq + 1);
-        if last_seq + 1 < oldest {
-            return Err(Gap::Behind {
-                oldest: oldest - g.base,
-            });
-        }
         // Events are not carried across nodes (the receiver's node makes its own).
         while let Some(front) = g.entries.front() {
             let received = match front.item {
