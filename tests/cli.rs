@@ -38,6 +38,32 @@ async fn stderr_line(
     .unwrap_or_else(|_| panic!("no {needle:?} on stderr in time"))
 }
 
+/// Starts `relay host --url url` with `extra` flags and reads the code it
+/// prints: (the process, its stderr lines after the code, the code).
+async fn host(
+    url: &str,
+    extra: &[&str],
+) -> (
+    Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    String,
+) {
+    let args: Vec<&str> = ["host", "--url", url]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let mut host = client(&args);
+    let mut err = BufReader::new(host.stderr.take().unwrap()).lines();
+    let line = stderr_line(&mut err, "code ").await;
+    let code = line
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+    (host, err, code)
+}
+
 async fn next_line(
     l: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 ) -> Option<String> {
@@ -60,15 +86,7 @@ async fn exit_code(child: &mut Child) -> i32 {
 async fn host_and_join_pipe_lines_both_ways_and_exit_cleanly() {
     let relay = Relay::start(&[]);
     let url = format!("ws://{}", relay.addr);
-    let mut host = client(&["host", "--url", &url]);
-    let mut host_err = BufReader::new(host.stderr.take().unwrap()).lines();
-    let line = stderr_line(&mut host_err, "code ").await;
-    let code = line
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .trim_end_matches(':')
-        .to_owned();
+    let (mut host, mut host_err, code) = host(&url, &[]).await;
 
     // A person types the code as they read it: lower case, with a hyphen.
     let typed = format!("{}-{}", &code[..3], &code[3..]).to_lowercase();
@@ -110,15 +128,7 @@ async fn host_and_join_pipe_lines_both_ways_and_exit_cleanly() {
 async fn binary_mode_relays_bytes_verbatim() {
     let relay = Relay::start(&[]);
     let url = format!("ws://{}", relay.addr);
-    let mut host = client(&["host", "--url", &url, "--binary"]);
-    let mut host_err = BufReader::new(host.stderr.take().unwrap()).lines();
-    let line = stderr_line(&mut host_err, "code ").await;
-    let code = line
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .trim_end_matches(':')
-        .to_owned();
+    let (mut host, mut host_err, code) = host(&url, &["--binary"]).await;
     let mut join = client(&["join", "--url", &url, &code, "--binary"]);
     let mut join_err = BufReader::new(join.stderr.take().unwrap()).lines();
     stderr_line(&mut join_err, "joined").await;

@@ -208,32 +208,7 @@ export class RelayClient {
     this.listeners = new Map();
     /** One of State's values. */
     this.state = State.DISCONNECTED;
-    /** Retries since the last success. */
-    this.attempt = 0;
-    /** {sessionId, resumeToken} once joined. */
-    this.session = null;
-    /** The code being joined (as typed), until joined. */
-    this.code = null;
-    /** Data frames received in the session (the `lastSeq` of a resume). */
-    this.received = 0;
-    /** Data frames written in the session, as the relay numbers them. */
-    this.sent = 0;
-    /** Written frames kept to re-send: [{seq, frame, size}], oldest first. */
-    this.unacked = [];
-    this.unackedBytes = 0;
-    /** Frames waiting for a connection: [{frame, size}]. */
-    this.queue = [];
-    this.queueBytes = 0;
-    /** Round trip of the last ping, ms, or null. */
-    this.latency = null;
-    /** Whether the Mac is connected (false after `peer_disconnected`). */
-    this.peerPresent = true;
-    /** {code, message} once the session is over. */
-    this.ended = null;
-    /** Whether reconnecting gave up (maxRetries reached). */
-    this.gaveUp = false;
-    /** Whether the current session was ever connected (for the page's wording). */
-    this.everConnected = false;
+    this.resetSession();
 
     this.ws = null;
     this.phase = null; // 'join' | 'resume' | 'open' for the current socket
@@ -382,20 +357,33 @@ export class RelayClient {
 
   // ---- connection ------------------------------------------------------
 
+  /** Forgets the session: what a new client starts with. */
   resetSession() {
+    /** {sessionId, resumeToken} once joined. */
     this.session = null;
+    /** The code being joined (as typed), until joined. */
     this.code = null;
+    /** Data frames received in the session (the `lastSeq` of a resume). */
     this.received = 0;
+    /** Data frames written in the session, as the relay numbers them. */
     this.sent = 0;
+    /** Written frames kept to re-send: [{seq, frame, size}], oldest first. */
     this.unacked = [];
     this.unackedBytes = 0;
+    /** Frames waiting for a connection: [{frame, size}]. */
     this.queue = [];
     this.queueBytes = 0;
+    /** Round trip of the last ping, ms, or null. */
     this.latency = null;
+    /** Whether the Mac is connected (false after `peer_disconnected`). */
     this.peerPresent = true;
+    /** {code, message} once the session is over. */
     this.ended = null;
+    /** Whether reconnecting gave up (maxRetries reached). */
     this.gaveUp = false;
+    /** Whether the current session was ever connected (for the page's wording). */
     this.everConnected = false;
+    /** Retries since the last success. */
     this.attempt = 0;
   }
 

@@ -318,6 +318,20 @@ const incoming = (page) => page.$$eval('#log li.msg.in .body', (els) => els.map(
 const state = (page) => page.$eval('#status', (e) => e.dataset.state);
 const bannerShown = (page) => page.$eval('#banner', (e) => e.dataset.shown === 'true');
 
+/** Debian's headless Chromium with a fresh profile in `profile`, every wait bounded. */
+async function launchChromium(profile) {
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+      '--no-first-run', '--disable-sync'],
+    viewport: { width: 900, height: 760 },
+    timeout: WAIT,
+  });
+  context.setDefaultTimeout(WAIT);
+  return context;
+}
+
 async function sendFromPage(page, text) {
   await page.getByLabel('Message', { exact: true }).fill(text);
   await page.getByRole('button', { name: 'Send', exact: true }).click();
@@ -365,15 +379,7 @@ test('the page pairs, survives its relay node dying, and loses no message', { ti
     assert.match(code, /^[346789ABCDEFGHJKLMNPQRTUVWXY]{6}$/);
 
     // The browser opens the page on node 1 (through the proxy).
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-        '--no-first-run', '--disable-sync'],
-      viewport: { width: 900, height: 760 },
-      timeout: WAIT,
-    });
-    context.setDefaultTimeout(WAIT);
+    context = await launchChromium(profile);
     const page = context.pages()[0] ?? (await context.newPage());
     page.on('pageerror', (e) => pageErrors.push(String(e)));
     page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
@@ -494,15 +500,7 @@ test('after a reload the page resumes; a capped page gives up, offers Retry, and
     mac.send({ type: 'register' });
     const { code } = await mac.expect('registered');
 
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-        '--no-first-run', '--disable-sync'],
-      viewport: { width: 900, height: 760 },
-      timeout: WAIT,
-    });
-    context.setDefaultTimeout(WAIT);
+    context = await launchChromium(profile);
     const page = context.pages()[0] ?? (await context.newPage());
     page.on('pageerror', (e) => pageErrors.push(String(e)));
     // ?retries=1: give up after one failed attempt.
