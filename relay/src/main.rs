@@ -90,7 +90,8 @@ where
 /// the usual soft limit of 1024 would cap a node near 500 connections.
 fn raise_open_files_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::info!(open_files = n, max_connections = n / 2, "open files limit"),
+        // The connection ceiling it allows is in the "relay listening" line.
+        Ok(n) => tracing::info!(open_files = n, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
     }
 }
