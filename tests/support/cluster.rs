@@ -568,7 +568,7 @@ fn spawn_relay(
         .spawn()
         .expect("start the relay binary");
     let stderr = child.stderr.take().expect("stderr piped");
-    let rx = super::tail_logs(stderr, logs);
+    let rx = super::tail_logs(stderr, logs, &format!("{id}-{}", child.id()));
     match rx.recv_timeout(WAIT) {
         Ok(a) => {
             let addr = a.parse().expect("listening address");

@@ -29,15 +29,30 @@ pub type Logs = Arc<Mutex<VecDeque<String>>>;
 
 /// Keeps the last lines of a relay's stderr in `logs` and sends the address
 /// from its "relay listening" line; the sender drops if the relay dies first.
+/// With `RELAY_TEST_LOG_DIR` set, every line is also appended to
+/// `<dir>/<name>.log`, for runs too long for the last lines to explain.
 pub fn tail_logs(
     stderr: std::process::ChildStderr,
     logs: &Logs,
+    name: &str,
 ) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let keep = Arc::clone(logs);
+    let mut file = std::env::var_os("RELAY_TEST_LOG_DIR").map(|d| {
+        let path = std::path::Path::new(&d).join(format!("{name}.log"));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+    });
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(f) = &mut file {
+                use std::io::Write;
+                let _ = writeln!(f, "{line}");
+            }
             // Kept before the start is announced, so start_fields() always finds it.
             {
                 let mut l = keep.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,7 +163,7 @@ impl Relay {
             .expect("start the relay binary");
         let stderr = child.stderr.take().expect("stderr piped");
         let logs = Arc::new(Mutex::new(VecDeque::new()));
-        let rx = tail_logs(stderr, &logs);
+        let rx = tail_logs(stderr, &logs, &format!("relay-{}", child.id()));
         let addr = match rx.recv_timeout(WAIT) {
             Ok(a) => a.parse().expect("listening address"),
             Err(_) => {

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use redis::Value;
 use relay_protocol::code::{ALPHABET, CODE_LEN};
 use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending, REMEMBER_MS, SESSION_TTL_MS};
 use crate::cluster::PREFIX;
@@ -712,7 +712,7 @@ impl ClusterRegistry {
                 local.tell(role.peer(), &ServerMessage::PeerResumed, EventEffect::None);
             }
             let link = local.link(role, written).ok_or(ErrorCode::ResumeExpired)?;
-            info!(session = %id, role = role.as_str(), "resumed (peer on this node)");
+            info!(session = %id, role = role.as_str(), last_seq = msg.last_seq, accepted = sbase + accepted_p, "resumed (peer on this node)");
             return Ok(Resumed {
                 accepted: sbase + accepted_p,
                 events,
@@ -764,8 +764,7 @@ impl ClusterRegistry {
         let accepted = local
             .pipe(role.peer())
             .map_or(sbase + accepted_p, |p| p.accepted());
-        debug!(session = %id, role = role.as_str(), p_last, accepted, "resumed (cross-node)");
-        info!(session = %id, role = role.as_str(), "resumed");
+        info!(session = %id, role = role.as_str(), last_seq = msg.last_seq, p_last, accepted, "resumed");
         Ok(Resumed {
             accepted,
             events,
