@@ -758,6 +758,23 @@ impl Pipe {
         let mut g = self.lock();
         let have = g.seq - g.base;
         if p <= have {
+            // The sender's node holds each frame until an ack covers it. One
+            // the receiver already read gets no ack from its reading, so give
+            // it one here (every 16th and the last read suffice, acks being
+            // cumulative): else a node that sends many frames again after a
+            // crash fills its backlog with frames nothing will ever free.
+            let read = g
+                .entries
+                .iter()
+                .find_map(|e| match e.item {
+                    Item::Data { seq, .. } => Some(seq - 1),
+                    Item::Event { .. } => None,
+                })
+                .unwrap_or(g.seq)
+                .saturating_sub(g.base);
+            if p <= read && (p % 16 == 0 || p == read) {
+                Self::ack_to_peer(g, p);
+            }
             return FromPeer::Duplicate;
         }
         if p > have + 1 {
@@ -1066,18 +1083,25 @@ impl Pipe {
             g.last_ack = Instant::now();
         }
         // A remotely fed pipe tells the sender's node, which may then forget.
-        if let (Some(seq), Some(peer)) = (acked_seq, &g.ack_to) {
-            if seq > g.base {
-                let env = Envelope::Ack {
-                    sid: peer.sid.to_string(),
-                    to: peer.to,
-                    p: seq - g.base,
-                };
-                let peer = peer.clone();
-                drop(g);
-                peer.bus.send(&peer.node, env);
-            }
+        if let Some(seq) = acked_seq.filter(|s| *s > g.base) {
+            let p = seq - g.base;
+            Self::ack_to_peer(g, p);
         }
+    }
+
+    /// For a remotely fed pipe: tells the sender's node that the receiver
+    /// has every frame up to pairing number `p`.
+    fn ack_to_peer(g: MutexGuard<'_, Inner>, p: u64) {
+        let Some(peer) = g.ack_to.clone() else {
+            return;
+        };
+        drop(g);
+        let env = Envelope::Ack {
+            sid: peer.sid.to_string(),
+            to: peer.to,
+            p,
+        };
+        peer.bus.send(&peer.node, env);
     }
 
     /// Receiver side, fed from another node: cuts the receiver if it holds

@@ -198,3 +198,67 @@ async fn after_a_crash_the_mac_resumes_first_and_the_browser_is_ahead_of_it() {
 async fn after_a_crash_the_two_sides_resume_on_two_nodes() {
     both_sides_resume_after_a_crash(true, 3).await;
 }
+
+/// Both sides on a node that dies, and the browser's resume waits for the
+/// dead node (its lease has not lapsed yet) while the mac resumes on a third
+/// node. The browser's node learns where the mac went only during that wait,
+/// so it counts the browser's frames from the checkpoint and the browser sends
+/// them all again; the mac's node drops those it already delivered. Each one
+/// dropped must still be acknowledged, or the browser's node holds them until
+/// its backlog is full and nothing the browser sends gets through again.
+/// Frames here outweigh the backlog (a quarter of `RELAY_MAX_BUFFERED`).
+#[tokio::test]
+async fn after_a_crash_frames_sent_again_to_another_node_are_acknowledged() {
+    const FROM_MAC: u64 = 400;
+    const FROM_BROWSER: u64 = 600;
+    let mut c = Cluster::start(
+        3,
+        &[
+            ("RELAY_MAX_FRAME", "64KiB"),
+            ("RELAY_MAX_BUFFERED", "256KiB"),
+        ],
+    );
+    let p = pair_at(&c.node(1).url("/mac"), &c.node(1).url("/browser")).await;
+    let (session, mac_token, browser_token) = (
+        p.session_id.clone(),
+        p.mac_token.clone(),
+        p.browser_token.clone(),
+    );
+    let (mut m_tx, mut m_rx) = p.mac.into_inner().split();
+    let (mut b_tx, mut b_rx) = p.browser.into_inner().split();
+    send_range(&mut m_tx, 1, FROM_MAC).await;
+    send_range(&mut b_tx, 1, FROM_BROWSER).await;
+    let (got, _) = collect(&mut b_rx, FROM_MAC as usize, None).await;
+    assert_sequence(&got, FROM_MAC, "browser before the crash");
+    let (got, _) = collect(&mut m_rx, FROM_BROWSER as usize, None).await;
+    assert_sequence(&got, FROM_BROWSER, "mac before the crash");
+    c.kill(1);
+
+    // Node 1's lease outlives it by up to 3 s: node 2 waits for its handover.
+    let mut b = Ws::connect(&c.node(2).url("/browser")).await;
+    b.json(resume_msg(&session, &browser_token, FROM_MAC)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut m = Ws::connect(&c.node(3).url("/mac")).await;
+    m.json(resume_msg(&session, &mac_token, FROM_BROWSER)).await;
+    let b_accepted = b.expect("resumed").await["lastSeq"]
+        .as_u64()
+        .expect("lastSeq");
+    let m_accepted = m.expect("resumed").await["lastSeq"]
+        .as_u64()
+        .expect("lastSeq");
+    assert!(
+        m_accepted <= FROM_MAC && b_accepted <= FROM_BROWSER,
+        "{m_accepted} {b_accepted}"
+    );
+
+    let (mut m_tx, mut m_rx) = m.into_inner().split();
+    let (mut b_tx, mut b_rx) = b.into_inner().split();
+    send_range(&mut b_tx, b_accepted + 1, FROM_BROWSER + 50).await;
+    send_range(&mut m_tx, m_accepted + 1, FROM_MAC + 50).await;
+    let (rest, _) = collect(&mut m_rx, 50, None).await;
+    let want: Vec<u64> = (FROM_BROWSER + 1..=FROM_BROWSER + 50).collect();
+    assert_eq!(rest, want, "mac after the crash: each new frame once");
+    let (rest, _) = collect(&mut b_rx, 50, None).await;
+    let want: Vec<u64> = (FROM_MAC + 1..=FROM_MAC + 50).collect();
+    assert_eq!(rest, want, "browser after the crash: each new frame once");
+}
