@@ -1347,4 +1347,53 @@ mod tests {
             );
         });
     }
+
+    /// The pairing numbers of the next `n` acks on `rx` (the detached bus
+    /// forwards on a thread), checking that no other envelope follows.
+    fn acks_sent(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, Envelope)>,
+        n: usize,
+    ) -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut out = Vec::new();
+        while out.len() < n {
+            match rx.try_recv() {
+                Ok((node, Envelope::Ack { p, to, .. })) => {
+                    assert_eq!((&*node, to), ("sender", Role::Mac));
+                    out.push(p);
+                }
+                Ok(other) => panic!("not an ack: {other:?}"),
+                Err(_) => {
+                    assert!(Instant::now() < deadline, "acks so far: {out:?}");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(rx.try_recv().is_err(), "more than {out:?}");
+        out
+    }
+
+    #[test]
+    fn duplicates_from_another_node_that_the_receiver_read_are_acknowledged() {
+        let (bus, mut rx) = crate::cluster::bus::Bus::detached("receiver");
+        let peer = Peer {
+            bus,
+            node: Arc::from("sender"),
+            sid: Arc::from("s"),
+            to: Role::Mac,
+        };
+        // The receiver has read 40 frames; 3 more come and wait unread.
+        let p = Pipe::fed_from_peer(limits(), 40, 0, peer);
+        for n in 41..=43 {
+            assert_eq!(p.push_from_peer(n, data(1)), FromPeer::Queued);
+        }
+        // The sender's node sends everything again (it lost its count).
+        for n in 1..=43 {
+            assert_eq!(p.push_from_peer(n, data(1)), FromPeer::Duplicate);
+        }
+        // Read ones are acked (every 16th and the last read); unread ones are
+        // left to the receiver's own acks.
+        assert_eq!(acks_sent(&mut rx, 3), vec![16, 32, 40]);
+    }
 }

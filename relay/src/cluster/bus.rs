@@ -111,6 +111,34 @@ impl Bus {
         bus
     }
 
+    /// A bus with no Redis behind it, for unit tests: what it would publish
+    /// comes out of the receiver as (node, envelope).
+    #[cfg(test)]
+    pub fn detached(node: &str) -> (Arc<Self>, mpsc::UnboundedReceiver<(Arc<str>, Envelope)>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            while let Some(o) = rx.blocking_recv() {
+                if out_tx.send((o.node, o.env)).is_err() {
+                    return;
+                }
+            }
+        });
+        let bus = Arc::new(Bus {
+            node: Arc::from(node),
+            tx,
+            queued: AtomicUsize::new(0),
+            waiting: Mutex::new(Vec::new()),
+            lost: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
+            probe_sent: AtomicU64::new(0),
+            probe_seen: AtomicU64::new(0),
+            resubscribe: Notify::new(),
+            metrics: Arc::new(Metrics::new(node).expect("metrics")),
+        });
+        (bus, out_rx)
+    }
+
     /// This node's id.
     pub fn node(&self) -> &Arc<str> {
         &self.node

@@ -100,6 +100,10 @@ struct Local {
     /// The pipe toward each side held on this node (see the module docs).
     to_mac: Option<Arc<Pipe>>,
     to_browser: Option<Arc<Pipe>>,
+    /// Frames of the pairing that the peer has read, as its new node said
+    /// when it moved there while a local side's resume was still gathering
+    /// (no pipe toward the peer existed yet to replay).
+    peer_read: Option<u64>,
 }
 
 impl Local {
@@ -112,6 +116,7 @@ impl Local {
             browser_node: None,
             to_mac: None,
             to_browser: None,
+            peer_read: None,
         }
     }
 

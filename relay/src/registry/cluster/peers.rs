@@ -182,6 +182,10 @@ impl ClusterRegistry {
                     if let Err(gap) = p.send_to_peer(self.peer(&id, role, &node), p_last) {
                         error = Some(format!("its frames cannot be replayed ({gap:?})"));
                     }
+                } else {
+                    // The local side's resume makes that pipe when it is done:
+                    // from this count, not from the checkpoint's.
+                    local.peer_read = Some(p_last);
                 }
                 if let Some(p) = local.pipe(role.peer()) {
                     p.set_ack_to(Some(self.peer(&id, role.peer(), &node)));

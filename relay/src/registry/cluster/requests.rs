@@ -288,6 +288,8 @@ impl ClusterRegistry {
             .sessions
             .remove(&id)
             .unwrap_or_else(|| Local::new(Arc::clone(&id)));
+        // Only a move heard from now on is news to this resume.
+        local.peer_read = None;
         let to_b = Pipe::fed_from_peer(limits, 0, 0, self.peer(&id, Role::Browser, &mac_node));
         let written = to_b.attach(rx, 0).unwrap_or(0);
         let to_m = Pipe::sending_to_peer(limits, self.peer(&id, Role::Mac, &mac_node), 0, 0);
@@ -545,6 +547,8 @@ impl ClusterRegistry {
             .sessions
             .remove(&id)
             .unwrap_or_else(|| Local::new(Arc::clone(&id)));
+        // Only a move heard from now on is news to this resume.
+        local.peer_read = None;
         // The old connection, if it is on this node and still open, is replaced.
         if old_node.as_deref() == Some(&*me) {
             if let Some(Here {
@@ -721,6 +725,7 @@ impl ClusterRegistry {
         }
         // The peer is elsewhere (or there is none).
         let to_side = local.pipe(role).cloned().ok_or(ErrorCode::ResumeExpired)?;
+        let received = received.or(local.peer_read.take());
         match peer_node {
             Some(pn) => {
                 accepted_p = received.unwrap_or_else(|| facts.acc_checkpoint.saturating_sub(sbase));
