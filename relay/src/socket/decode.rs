@@ -67,7 +67,7 @@ impl<S> Frames<S> {
             body,
             gate,
             codec: Codec::new().max_size(max),
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::new(),
             max,
             partial: None,
             eof: false,
@@ -191,7 +191,14 @@ where
                     Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
                     // A body error is the connection dropping: end the stream.
                     Poll::Ready(Some(Err(_))) | Poll::Ready(None) => this.eof = true,
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        // Most of a node's connections wait most of the time:
+                        // they hold no buffer while they wait.
+                        if this.buf.is_empty() && this.buf.capacity() > 0 {
+                            this.buf = BytesMut::new();
+                        }
+                        return Poll::Pending;
+                    }
                 },
             }
         }
