@@ -119,6 +119,32 @@ async fn a_resume_over_a_live_connection_on_another_node_is_a_counted_takeover()
     assert_eq!(ws.recv_json().await["payload"], "after takeover");
 }
 
+/// Pairs a mac and a browser on node 1, has them exchange `from_mac` and
+/// `from_browser` frames, kills node 1, and returns the session id and the
+/// mac's and the browser's resume tokens.
+async fn pair_then_kill_node_1(
+    c: &mut Cluster,
+    from_mac: u64,
+    from_browser: u64,
+) -> (String, String, String) {
+    let p = pair_at(&c.node(1).url("/mac"), &c.node(1).url("/browser")).await;
+    let ids = (
+        p.session_id.clone(),
+        p.mac_token.clone(),
+        p.browser_token.clone(),
+    );
+    let (mut m_tx, mut m_rx) = p.mac.into_inner().split();
+    let (mut b_tx, mut b_rx) = p.browser.into_inner().split();
+    send_range(&mut m_tx, 1, from_mac).await;
+    send_range(&mut b_tx, 1, from_browser).await;
+    let (got, _) = collect(&mut b_rx, from_mac as usize, None).await;
+    assert_sequence(&got, from_mac, "browser before the crash");
+    let (got, _) = collect(&mut m_rx, from_browser as usize, None).await;
+    assert_sequence(&got, from_browser, "mac before the crash");
+    c.kill(1);
+    ids
+}
+
 /// Both sides on a node that dies. Only the counts checkpointed in Redis at
 /// pairing survive it, so whichever side resumes first, the relay's count of
 /// frames the mac sent is behind what the browser read until the mac has
@@ -126,21 +152,7 @@ async fn a_resume_over_a_live_connection_on_another_node_is_a_counted_takeover()
 /// the browser must get each frame after its lastSeq once.
 async fn both_sides_resume_after_a_crash(browser_first: bool, mac_node: usize) {
     let mut c = Cluster::start(mac_node, &[]);
-    let p = pair_at(&c.node(1).url("/mac"), &c.node(1).url("/browser")).await;
-    let (session, mac_token, browser_token) = (
-        p.session_id.clone(),
-        p.mac_token.clone(),
-        p.browser_token.clone(),
-    );
-    let (mut m_tx, mut m_rx) = p.mac.into_inner().split();
-    let (mut b_tx, mut b_rx) = p.browser.into_inner().split();
-    send_range(&mut m_tx, 1, 300).await;
-    send_range(&mut b_tx, 1, 200).await;
-    let (got, _) = collect(&mut b_rx, 300, None).await;
-    assert_sequence(&got, 300, "browser before the crash");
-    let (got, _) = collect(&mut m_rx, 200, None).await;
-    assert_sequence(&got, 200, "mac before the crash");
-    c.kill(1);
+    let (session, mac_token, browser_token) = pair_then_kill_node_1(&mut c, 300, 200).await;
 
     let mut b = Ws::connect(&c.node(2).url("/browser")).await;
     let mut m = Ws::connect(&c.node(mac_node).url("/mac")).await;
@@ -219,21 +231,8 @@ async fn after_a_crash_a_move_heard_during_a_resume_gives_its_count() {
             ("RELAY_MAX_BUFFERED", "256KiB"),
         ],
     );
-    let p = pair_at(&c.node(1).url("/mac"), &c.node(1).url("/browser")).await;
-    let (session, mac_token, browser_token) = (
-        p.session_id.clone(),
-        p.mac_token.clone(),
-        p.browser_token.clone(),
-    );
-    let (mut m_tx, mut m_rx) = p.mac.into_inner().split();
-    let (mut b_tx, mut b_rx) = p.browser.into_inner().split();
-    send_range(&mut m_tx, 1, FROM_MAC).await;
-    send_range(&mut b_tx, 1, FROM_BROWSER).await;
-    let (got, _) = collect(&mut b_rx, FROM_MAC as usize, None).await;
-    assert_sequence(&got, FROM_MAC, "browser before the crash");
-    let (got, _) = collect(&mut m_rx, FROM_BROWSER as usize, None).await;
-    assert_sequence(&got, FROM_BROWSER, "mac before the crash");
-    c.kill(1);
+    let (session, mac_token, browser_token) =
+        pair_then_kill_node_1(&mut c, FROM_MAC, FROM_BROWSER).await;
 
     // Node 1's lease outlives it by up to 3 s: node 2 waits for its handover.
     let mut b = Ws::connect(&c.node(2).url("/browser")).await;

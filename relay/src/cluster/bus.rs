@@ -92,6 +92,18 @@ impl Bus {
         dispatch: Dispatch,
         on_resubscribe: OnResubscribe,
     ) -> Arc<Self> {
+        let (bus, rx) = Self::unstarted(node, metrics);
+        actix::spawn(Arc::clone(&bus).publish_loop(Arc::clone(&redis), rx));
+        actix::spawn(Arc::clone(&bus).subscribe_loop(Arc::clone(&redis), dispatch, on_resubscribe));
+        actix::spawn(Arc::clone(&bus).probe_loop(redis));
+        bus
+    }
+
+    /// A bus whose queue nothing reads yet.
+    fn unstarted(
+        node: Arc<str>,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Outgoing>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let bus = Arc::new(Bus {
             node,
@@ -105,17 +117,15 @@ impl Bus {
             resubscribe: Notify::new(),
             metrics,
         });
-        actix::spawn(Arc::clone(&bus).publish_loop(Arc::clone(&redis), rx));
-        actix::spawn(Arc::clone(&bus).subscribe_loop(Arc::clone(&redis), dispatch, on_resubscribe));
-        actix::spawn(Arc::clone(&bus).probe_loop(redis));
-        bus
+        (bus, rx)
     }
 
     /// A bus with no Redis behind it, for unit tests: what it would publish
     /// comes out of the receiver as (node, envelope).
     #[cfg(test)]
     pub fn detached(node: &str) -> (Arc<Self>, mpsc::UnboundedReceiver<(Arc<str>, Envelope)>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+        let metrics = Arc::new(Metrics::new(node).expect("metrics"));
+        let (bus, mut rx) = Self::unstarted(Arc::from(node), metrics);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         std::thread::spawn(move || {
             while let Some(o) = rx.blocking_recv() {
@@ -123,18 +133,6 @@ impl Bus {
                     return;
                 }
             }
-        });
-        let bus = Arc::new(Bus {
-            node: Arc::from(node),
-            tx,
-            queued: AtomicUsize::new(0),
-            waiting: Mutex::new(Vec::new()),
-            lost: AtomicBool::new(false),
-            listening: AtomicBool::new(false),
-            probe_sent: AtomicU64::new(0),
-            probe_seen: AtomicU64::new(0),
-            resubscribe: Notify::new(),
-            metrics: Arc::new(Metrics::new(node).expect("metrics")),
         });
         (bus, out_rx)
     }
