@@ -288,8 +288,6 @@ impl ClusterRegistry {
             .sessions
             .remove(&id)
             .unwrap_or_else(|| Local::new(Arc::clone(&id)));
-        // Only a move heard from now on is news to this resume.
-        local.peer_read = None;
         let to_b = Pipe::fed_from_peer(limits, 0, 0, self.peer(&id, Role::Browser, &mac_node));
         let written = to_b.attach(rx, 0).unwrap_or(0);
         let to_m = Pipe::sending_to_peer(limits, self.peer(&id, Role::Mac, &mac_node), 0, 0);
