@@ -108,7 +108,14 @@ async fn resume_mid_stream(mover_is_mac: bool, how: Leave) {
     let old = m_rx.reunite(m_tx).expect("same stream");
     let mut old_ws = None;
     match how {
-        Leave::Drop => Ws::from_stream(old).drop_connection(),
+        Leave::Drop => {
+            Ws::from_stream(old).drop_connection();
+            // A resume that reaches the relay before it noticed the drop is
+            // a takeover, which the peer does not hear of: wait for the drop.
+            relay
+                .wait_metric(r#"relay_sessions{state="away"}"#, |v| v == 1.0)
+                .await;
+        }
         Leave::Takeover => old_ws = Some(Ws::from_stream(old)),
     }
 
