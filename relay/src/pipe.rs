@@ -400,15 +400,20 @@ impl Inner {
         if last_seq > self.seq && !self.seq_may_lag {
             return Err(Gap::Ahead { sent: self.seq });
         }
-        let oldest = self
-            .entries
-            .iter()
-            .find_map(|e| matches!(e.item, Item::Data { .. }).then_some(e.seq))
-            .unwrap_or(self.seq + 1);
+        let oldest = self.oldest_held();
         if last_seq + 1 < oldest {
             return Err(Gap::Behind { oldest });
         }
         Ok(())
+    }
+
+    /// The number of the oldest data frame held (unacknowledged), or the
+    /// next one's when none is: the receiver has every frame before it.
+    fn oldest_held(&self) -> u64 {
+        self.entries
+            .iter()
+            .find_map(|e| matches!(e.item, Item::Data { .. }).then_some(e.seq))
+            .unwrap_or(self.seq + 1)
     }
 
     /// A receiver with `last_seq` frames is taking this pipe. If the count
@@ -763,15 +768,7 @@ impl Pipe {
             // it one here (every 16th and the last read suffice, acks being
             // cumulative): else a node that sends many frames again after a
             // crash fills its backlog with frames nothing will ever free.
-            let read = g
-                .entries
-                .iter()
-                .find_map(|e| match e.item {
-                    Item::Data { seq, .. } => Some(seq - 1),
-                    Item::Event { .. } => None,
-                })
-                .unwrap_or(g.seq)
-                .saturating_sub(g.base);
+            let read = (g.oldest_held() - 1).saturating_sub(g.base);
             if p <= read && (p % 16 == 0 || p == read) {
                 Self::ack_to_peer(g, p);
             }
