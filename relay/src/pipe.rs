@@ -240,6 +240,21 @@ impl Limits {
         (self.max_buffered / 4).max(64 * 1024)
     }
 
+    /// Bytes a receiving node hands to its socket between two reports of
+    /// what it wrote to the sender's node: a fraction of the backlog, so a
+    /// paused sender hears of progress long before the receiver runs dry.
+    fn report_every(&self) -> usize {
+        self.backlog() / 8
+    }
+
+    /// Bytes held unacknowledged toward another node beyond which the sender
+    /// pauses whatever was written there: twice the receiving node's
+    /// [`Limits::hard_cap`], which cuts a receiver that stopped reading long
+    /// before, so this only guards against a receiving node gone wrong.
+    fn remote_cap(&self) -> usize {
+        self.hard_cap().saturating_mul(2)
+    }
+
     /// Bytes held beyond which a receiver is cut at once, acknowledging or not.
     ///
     /// Held bytes include what sits in kernel buffers on both ends (several
@@ -356,7 +371,10 @@ struct Inner {
     entries: VecDeque<Entry>,
     /// Cost of `entries` (held: unwritten and unacknowledged).
     bytes: usize,
-    /// Cost of the entries not yet handed to the receiver.
+    /// Cost of the entries not yet handed to the receiver (for a receiver on
+    /// another node: not yet reported written there). What flow control
+    /// weighs: it never waits for acknowledgements, which travel in the
+    /// receiver's own stream and may queue behind its paused sending.
     unwritten: usize,
     state: State,
     /// A [`Wake`] is in the receiver's mailbox and not yet handled.
@@ -381,6 +399,13 @@ struct Inner {
     seq_may_lag: bool,
     /// Frames the sender sends again that the receiver already has: dropped.
     skip: u64,
+    /// For a pipe toward another node: the receiver's node wrote every
+    /// frame up to this `seq` to its socket (acknowledged ones included).
+    peer_written: u64,
+    /// For a pipe fed from another node: the last `seq` reported written
+    /// to the sender's node, and the cost handed to the socket since.
+    reported: u64,
+    unreported: usize,
 }
 
 impl Inner {
@@ -472,6 +497,9 @@ impl Pipe {
                 drained_pos: 0,
                 seq_may_lag: false,
                 skip: 0,
+                peer_written: 0,
+                reported: 0,
+                unreported: 0,
             }),
             limits,
         })
@@ -524,9 +552,9 @@ impl Pipe {
                 item,
                 at: stamp(seq),
             });
-            g.unwritten = 0;
-            // Kept until the remote receiver acknowledges: bounded like a local backlog.
-            let backlogged = g.bytes > self.limits.backlog();
+            // Paced by what the receiver's node wrote, as a local backlog is.
+            let backlogged =
+                g.unwritten > self.limits.backlog() || g.bytes > self.limits.remote_cap();
             if backlogged {
                 gate.close();
                 g.blocked = Some(Arc::clone(gate));
@@ -804,7 +832,7 @@ impl Pipe {
     }
 
     /// Sender side of a cross-node direction: the remote receiver read every
-    /// frame up to pairing number `p`.
+    /// frame up to pairing number `p` (so its node wrote them too).
     pub fn ack_from_peer(&self, p: u64) {
         let mut g = self.lock();
         if g.ack_to.is_some() {
@@ -822,14 +850,50 @@ impl Pipe {
                 break;
             }
             let cost = front.cost();
+            let unwritten = matches!(front.item, Item::Data { seq, .. } if seq > g.peer_written);
             g.entries.pop_front();
             g.bytes -= cost;
+            if unwritten {
+                g.unwritten = g.unwritten.saturating_sub(cost);
+            }
             acked = true;
         }
+        g.peer_written = g.peer_written.max(upto);
         if acked {
             g.last_ack = Instant::now();
         }
-        if g.bytes <= self.limits.backlog() / 2 {
+        self.open_if_caught_up(&mut g);
+    }
+
+    /// Sender side of a cross-node direction: the receiver's node wrote
+    /// every frame up to pairing number `p` to its socket.
+    pub fn written_from_peer(&self, p: u64) {
+        let mut g = self.lock();
+        if g.ack_to.is_some() {
+            return;
+        }
+        let upto = g.base + p;
+        if upto <= g.peer_written {
+            return;
+        }
+        let from = g.peer_written;
+        let start = g.entries.partition_point(|e| e.seq <= from);
+        let newly: usize = g
+            .entries
+            .range(start..)
+            .take_while(|e| e.seq <= upto)
+            .filter(|e| matches!(e.item, Item::Data { .. }))
+            .map(Entry::cost)
+            .sum();
+        g.unwritten = g.unwritten.saturating_sub(newly);
+        g.peer_written = upto;
+        self.open_if_caught_up(&mut g);
+    }
+
+    /// Lets a sender paused by a cross-node backlog go on once the
+    /// receiver's node has written half of it.
+    fn open_if_caught_up(&self, g: &mut Inner) {
+        if g.unwritten <= self.limits.backlog() / 2 && g.bytes <= self.limits.remote_cap() / 2 {
             g.open_blocked();
         }
     }
@@ -876,7 +940,9 @@ impl Pipe {
         g.entries.retain(|e| matches!(e.item, Item::Data { .. }));
         g.bytes = g.entries.iter().map(Entry::cost).sum();
         g.state = State::Remote(peer.clone());
-        g.unwritten = 0;
+        // Everything still held is yet to be written at the receiver's node.
+        g.unwritten = g.bytes;
+        g.peer_written = last_seq;
         g.cut = None;
         g.wake_pending = false;
         g.last_ack = Instant::now();
@@ -971,6 +1037,7 @@ impl Pipe {
                 bytes: 0,
             };
             g.ack_to = Some(ack_to);
+            g.reported = last_seq;
         }
         pipe
     }
@@ -1009,6 +1076,7 @@ impl Pipe {
             g.seq = p;
             g.base = 0;
             g.accepted = accepted;
+            g.peer_written = p;
             g.state = State::Remote(peer);
         }
         pipe
@@ -1040,18 +1108,30 @@ impl Pipe {
         g.wake_pending = false;
         // Entries are sorted by position; skip those already written.
         let start = g.entries.partition_point(|e| e.pos <= after);
-        out.items.extend(
-            g.entries
-                .iter()
-                .skip(start)
-                .map(|e| (e.pos, e.item.clone(), e.at)),
-        );
+        let mut handed = 0;
+        let mut last_data = None;
+        for e in g.entries.range(start..) {
+            if let Item::Data { seq, .. } = e.item {
+                handed += e.cost();
+                last_data = Some(seq);
+            }
+            out.items.push((e.pos, e.item.clone(), e.at));
+        }
         if let Some(last) = g.entries.back() {
             g.drained_pos = g.drained_pos.max(last.pos);
         }
         out.remote = g.ack_to.is_some();
         g.unwritten = 0;
         g.open_blocked();
+        if let Some(seq) = last_data.filter(|s| *s > g.reported && g.ack_to.is_some()) {
+            g.unreported += handed;
+            if g.unreported >= self.limits.report_every() {
+                g.unreported = 0;
+                g.reported = seq;
+                let p = seq.saturating_sub(g.base);
+                Self::tell_peer(g, |sid, to| Envelope::Written { sid, to, p });
+            }
+        }
         status
     }
 
@@ -1089,15 +1169,17 @@ impl Pipe {
     /// For a remotely fed pipe: tells the sender's node that the receiver
     /// has every frame up to pairing number `p`.
     fn ack_to_peer(g: MutexGuard<'_, Inner>, p: u64) {
+        Self::tell_peer(g, |sid, to| Envelope::Ack { sid, to, p });
+    }
+
+    /// For a remotely fed pipe: sends the sender's node what `env` makes
+    /// of the session id and the receiving side (outside the lock).
+    fn tell_peer(g: MutexGuard<'_, Inner>, env: impl FnOnce(String, Role) -> Envelope) {
         let Some(peer) = g.ack_to.clone() else {
             return;
         };
         drop(g);
-        let env = Envelope::Ack {
-            sid: peer.sid.to_string(),
-            to: peer.to,
-            p,
-        };
+        let env = env(peer.sid.to_string(), peer.to);
         peer.bus.send(&peer.node, env);
     }
 
@@ -1392,5 +1474,80 @@ mod tests {
         // Read ones are acked (every 16th and the last read); unread ones are
         // left to the receiver's own acks.
         assert_eq!(acks_sent(&mut rx, 3), vec![16, 32, 40]);
+    }
+
+    fn detached_peer(bus: Arc<Bus>, node: &str, to: Role) -> Peer {
+        Peer {
+            bus,
+            node: Arc::from(node),
+            sid: Arc::from("s"),
+            to,
+        }
+    }
+
+    #[test]
+    fn a_sender_toward_another_node_is_paced_by_what_that_node_wrote_not_by_acks() {
+        let (bus, _rx) = crate::cluster::bus::Bus::detached("sender");
+        let limits = Limits {
+            max_buffered: 4 * 65536,
+            ..limits()
+        };
+        let p = Pipe::sending_to_peer(limits, detached_peer(bus, "receiver", Role::Browser), 0, 0);
+        let gate = Gate::new();
+        let big = Frame::Binary(Bytes::from(vec![0u8; 40_000]));
+        assert_eq!(p.push(big.clone(), &gate), Pushed::Queued { remote: true });
+        assert_eq!(
+            p.push(big.clone(), &gate),
+            Pushed::Backlogged { remote: true }
+        );
+        assert!(gate.is_closed());
+        // The receiver's node wrote both frames; its client acknowledged
+        // none (its pongs may wait behind its own paused data): go on.
+        p.written_from_peer(2);
+        assert!(!gate.is_closed(), "a written report lets the sender go on");
+        assert_eq!(p.held_entries(), 2, "frames stay held until acknowledged");
+        // An old report changes nothing; an ack frees what it covers.
+        p.written_from_peer(1);
+        p.ack_from_peer(2);
+        assert_eq!(p.held_entries(), 0);
+        assert_eq!(p.push(big, &gate), Pushed::Queued { remote: true });
+    }
+
+    #[test]
+    fn a_receiving_node_reports_what_it_wrote_every_eighth_of_the_backlog() {
+        let (bus, mut rx) = crate::cluster::bus::Bus::detached("receiver");
+        let limits = Limits {
+            max_buffered: 4 * 65536,
+            ..limits()
+        };
+        // Backlog 64 KiB: a report every 8 KiB handed to the socket.
+        let p = Pipe::fed_from_peer(limits, 0, 0, detached_peer(bus, "sender", Role::Mac));
+        with_receiver(|r, _| {
+            p.attach(r, 0).unwrap();
+            let frame = |n: usize| Frame::Binary(Bytes::from(vec![0u8; n]));
+            assert_eq!(p.push_from_peer(1, frame(4000)), FromPeer::Queued);
+            let mut d = Drained::default();
+            p.drain(ConnId(1), 0, &mut d);
+            assert_eq!(p.push_from_peer(2, frame(5000)), FromPeer::Queued);
+            p.drain(ConnId(1), d.items.last().unwrap().0, &mut d);
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let env = loop {
+            match rx.try_recv() {
+                Ok((_, env)) => break env,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("no report: {e}"),
+            }
+        };
+        assert_eq!(
+            env,
+            Envelope::Written {
+                sid: "s".into(),
+                to: Role::Mac,
+                p: 2
+            }
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(rx.try_recv().is_err(), "one report for the two drains");
     }
 }

@@ -48,6 +48,19 @@ fn frames(seed: u64, n: u64) -> Vec<Message> {
         .collect()
 }
 
+/// `n` binary frames of random sizes up to 64 KiB, each starting with its number.
+fn bulk_frames(seed: u64, n: u64) -> Vec<Message> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (1..=n)
+        .map(|seq| {
+            let mut b = seq.to_be_bytes().to_vec();
+            b.resize(8 + rng.random_range(0..=64 * 1024 - 8), 0);
+            rng.fill(&mut b[8..]);
+            Message::binary(b)
+        })
+        .collect()
+}
+
 async fn send_all(
     mut tx: SplitSink<Stream, Message>,
     frames: Vec<Message>,
@@ -88,8 +101,17 @@ async fn recv_all(
 
 /// Sends `n` random frames each way at once and checks both sides got them verbatim, in order.
 async fn exchange(mac: Ws, browser: Ws, seed: u64, n: u64) -> (Ws, Ws) {
-    let to_browser = frames(seed, n);
-    let to_mac = frames(seed + 1, n);
+    exchange_frames(mac, browser, frames(seed, n), frames(seed + 1, n)).await
+}
+
+/// Sends both lists at once, each side reading everything the other sends,
+/// and checks both sides got them verbatim, in order.
+async fn exchange_frames(
+    mac: Ws,
+    browser: Ws,
+    to_browser: Vec<Message>,
+    to_mac: Vec<Message>,
+) -> (Ws, Ws) {
     let (mac_tx, mac_rx) = mac.into_inner().split();
     let (browser_tx, browser_rx) = browser.into_inner().split();
     let (mac_tx, browser_tx, browser_rx, mac_rx) = tokio::join!(
@@ -248,5 +270,50 @@ async fn a_pair_on_one_node_never_sends_its_frames_through_redis() {
             .metric("relay_frames_relayed_total{path=\"redis\"}")
             .await,
         100.0
+    );
+}
+
+/// Both sides of a cross-node pair send bulk data at once, each reading
+/// everything the other sends: far more than the backlog either way. Flow
+/// control must pace both senders without ever stopping both (it used to:
+/// each node waited for acknowledgements that queued behind its own paused
+/// sender's unread data), and nobody is cut.
+#[tokio::test]
+async fn bulk_both_ways_at_once_across_nodes_never_stalls() {
+    let c = Cluster::start(2, &[]);
+    let p = pair_at(&c.node(1).url("/mac"), &c.node(2).url("/browser")).await;
+    let _ = exchange_frames(
+        p.mac,
+        p.browser,
+        bulk_frames(11, 1000),
+        bulk_frames(12, 1000),
+    )
+    .await;
+    for node in c.nodes() {
+        assert_eq!(
+            node.metric("relay_disconnects_total{reason=\"slow_consumer\"}")
+                .await,
+            0.0
+        );
+    }
+}
+
+/// The same bulk exchange with both sides on one node of the cluster.
+#[tokio::test]
+async fn bulk_both_ways_at_once_on_one_cluster_node_never_stalls() {
+    let c = Cluster::start(1, &[]);
+    let node = c.node(1);
+    let p = pair_at(&node.url("/mac"), &node.url("/browser")).await;
+    let _ = exchange_frames(
+        p.mac,
+        p.browser,
+        bulk_frames(13, 1000),
+        bulk_frames(14, 1000),
+    )
+    .await;
+    assert_eq!(
+        node.metric("relay_disconnects_total{reason=\"slow_consumer\"}")
+            .await,
+        0.0
     );
 }

@@ -13,6 +13,7 @@ const FRAME: u8 = 1;
 const ACK: u8 = 2;
 const CONTROL: u8 = 3;
 const PROBE: u8 = 4;
+const WRITTEN: u8 = 5;
 
 /// One message between nodes.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +38,18 @@ pub enum Envelope {
         /// The receiving side that acknowledged.
         to: Role,
         /// Highest pairing sequence number read.
+        p: u64,
+    },
+    /// The side `to`'s node wrote every frame up to `p` to its socket (sent
+    /// to the sender's node for flow control, which must not wait for [`Envelope::Ack`]:
+    /// a receiver's acks may queue behind its own paused sending). A node
+    /// that does not know this envelope skips it, falling back to acks.
+    Written {
+        /// Session id.
+        sid: String,
+        /// The receiving side.
+        to: Role,
+        /// Highest pairing sequence number written.
         p: u64,
     },
     /// Session bookkeeping between registries.
@@ -195,6 +208,12 @@ impl Envelope {
                 out.put_u8(role_byte(*to));
                 out.put_u64(*p);
             }
+            Envelope::Written { sid, to, p } => {
+                out.put_u8(WRITTEN);
+                put_sid(out, sid);
+                out.put_u8(role_byte(*to));
+                out.put_u64(*p);
+            }
             Envelope::Control(c) => {
                 out.put_u8(CONTROL);
                 // unwrap-free: these types always serialise.
@@ -247,11 +266,15 @@ impl Envelope {
                 };
                 Some(Envelope::Frame { sid, to, p, frame })
             }
-            ACK => {
+            kind @ (ACK | WRITTEN) => {
                 let sid = get_sid(&mut b)?;
                 let to = byte_role(get_u8(&mut b)?)?;
                 let p = get_u64(&mut b)?;
-                Some(Envelope::Ack { sid, to, p })
+                Some(if kind == ACK {
+                    Envelope::Ack { sid, to, p }
+                } else {
+                    Envelope::Written { sid, to, p }
+                })
             }
             CONTROL => serde_json::from_slice(&b).ok().map(Envelope::Control),
             PROBE => Some(Envelope::Probe {
@@ -307,6 +330,11 @@ mod tests {
                 sid: "s2".into(),
                 to: Role::Mac,
                 p: 3,
+            },
+            Envelope::Written {
+                sid: "s2".into(),
+                to: Role::Browser,
+                p: 9,
             },
             Envelope::Control(Control::Ended {
                 sid: "s3".into(),

@@ -396,6 +396,11 @@ fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metr
                 pipe.ack_from_peer(p);
             }
         }
+        Envelope::Written { sid, to, p } => {
+            if let Some(pipe) = dir.get(&sid, to) {
+                pipe.written_from_peer(p);
+            }
+        }
         Envelope::Control(c) => registry.do_send(FromPeerNode(c)),
         Envelope::Probe { .. } => {}
     })
