@@ -10,8 +10,11 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use relay::conns::{ConnCommand, ConnId};
+use relay::frame::Frame;
+use relay::gate::Gate;
 use relay::metrics::Metrics;
-use relay::pipe::{Frame, Gate, Limits, Wake};
+use relay::pipe::Wake;
+use relay::queue::Limits;
 use relay::registry::{
     Client, Departure, Gone, Join, Link, MemoryRegistry, Register, RegistryHandle,
     RegistrySettings, Resume,

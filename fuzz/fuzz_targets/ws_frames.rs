@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use libfuzzer_sys::fuzz_target;
-use relay::pipe::Gate;
+use relay::gate::Gate;
 use relay::socket::decode::{Frames, Inbound};
 
 fuzz_target!(|data: &[u8]| {

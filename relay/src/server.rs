@@ -22,7 +22,7 @@ use crate::cluster::{Redis, RedisTarget};
 use crate::config::Config;
 use crate::conns::{Connections, Killer, RawSocket};
 use crate::metrics::Metrics;
-use crate::pipe::Limits;
+use crate::queue::Limits;
 use crate::registry::{ClusterRegistry, MemoryRegistry, RegistryHandle, RegistrySettings};
 use crate::{shutdown, socket};
 

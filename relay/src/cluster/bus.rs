@@ -28,8 +28,8 @@ use tracing::{debug, info, warn};
 
 use super::envelope::Envelope;
 use super::redis::Redis;
+use crate::gate::Gate;
 use crate::metrics::Metrics;
-use crate::pipe::Gate;
 
 /// Queued bytes past which senders are paused.
 const HIGH_WATER: usize = 32 << 20;

@@ -7,7 +7,7 @@ use bytestring::ByteString;
 use relay_protocol::Role;
 use serde::{Deserialize, Serialize};
 
-use crate::pipe::Frame;
+use crate::frame::Frame;
 
 const FRAME: u8 = 1;
 const ACK: u8 = 2;

@@ -25,7 +25,8 @@ use super::{
 };
 use crate::conns::ConnCommand;
 use crate::metrics::Metrics;
-use crate::pipe::{EventEffect, Gap, Limits, Pipe};
+use crate::pipe::Pipe;
+use crate::queue::{EventEffect, Gap, Limits};
 
 /// How long ended sessions and expired codes are remembered, so late clients
 /// learn what happened (`RESUME_EXPIRED`, `EXPIRED_CODE`) rather than "unknown".

@@ -11,7 +11,8 @@ use super::deadlines::Key;
 use super::secret::TokenHash;
 use super::{Link, SessionId};
 use crate::conns::{ConnCommand, ConnId};
-use crate::pipe::{EventEffect, Pipe};
+use crate::pipe::Pipe;
+use crate::queue::EventEffect;
 
 /// One side of a session.
 pub(super) struct Side {

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::Stream;
 
-use crate::pipe::Gate;
+use crate::gate::Gate;
 
 /// One thing read from a client.
 #[derive(Debug)]

@@ -21,8 +21,11 @@ use tracing::{debug, info, warn};
 
 use crate::admission::Slot;
 use crate::conns::{ConnCommand, ConnId, Killer, Liveness};
+use crate::frame::Frame;
+use crate::gate::Gate;
 use crate::metrics::DisconnectReason;
-use crate::pipe::{Drained, EventEffect, Frame, Gate, Item, Pushed, Status, Wake};
+use crate::pipe::{Pushed, Wake};
+use crate::queue::{Drained, EventEffect, Item, Status};
 use crate::registry::{Client, Departure, Gone, Join, Link, Overflowed, Refusal, Register, Resume};
 use crate::server::AppState;
 use decode::{Frames, Inbound};

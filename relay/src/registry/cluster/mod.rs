@@ -39,7 +39,8 @@ use crate::cluster::scripts::Scripts;
 use crate::cluster::{PREFIX, Redis, lease};
 use crate::conns::{ConnCommand, ConnId};
 use crate::metrics::Metrics;
-use crate::pipe::{EventEffect, FromPeer, Peer, Pipe};
+use crate::pipe::{Peer, Pipe};
+use crate::queue::{EventEffect, FromPeer};
 
 /// How long ended sides and expired codes are remembered in Redis.
 const REMEMBER_MS: u64 = 600_000;
@@ -369,7 +370,7 @@ fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metr
             };
             match pipe.push_from_peer(p, frame) {
                 FromPeer::Queued => {}
-                FromPeer::Duplicate | FromPeer::Dropped => {
+                FromPeer::Duplicate { .. } | FromPeer::Dropped => {
                     tracing::debug!(session = %sid, to = to.as_str(), p, "frame from another node dropped (duplicate or no receiver)");
                 }
                 FromPeer::Gap { next } => {

@@ -13,7 +13,8 @@ use super::{ClusterRegistry, FromPeerNode, Here, NodeDead, Resubscribed};
 use crate::cluster::PREFIX;
 use crate::cluster::envelope::Control;
 use crate::conns::ConnCommand;
-use crate::pipe::{EventEffect, Pipe};
+use crate::pipe::Pipe;
+use crate::queue::EventEffect;
 use crate::registry::SessionId;
 
 impl Handler<FromPeerNode> for ClusterRegistry {

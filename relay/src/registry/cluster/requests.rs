@@ -16,7 +16,8 @@ use super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending, REMEMBER_MS, S
 use crate::cluster::PREFIX;
 use crate::cluster::envelope::{Control, EndReason};
 use crate::conns::ConnCommand;
-use crate::pipe::{EventEffect, Gap, Pipe};
+use crate::pipe::Pipe;
+use crate::queue::{EventEffect, Gap};
 use crate::registry::guessing::{CEILING_MESSAGE, current_minute};
 use crate::registry::secret::{self, TokenHash};
 use crate::registry::{

@@ -1,0 +1,28 @@
+//! A data frame as the relay carries it: the client's bytes, verbatim.
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+/// A data frame, relayed verbatim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A binary frame.
+    Binary(Bytes),
+    /// A `data` text frame, exactly as the sender wrote it.
+    Text(ByteString),
+}
+
+impl Frame {
+    /// Payload length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Binary(b) => b.len(),
+            Frame::Text(t) => t.len(),
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,513 @@
+//! One direction of a session, shared by the registry and the sockets: a
+//! [`Queue`] behind a lock, and the I/O the queue asks for. The sending
+//! socket pushes data frames into it, the receiving socket drains and
+//! acknowledges them, and the registry changes who reads it (attach, away,
+//! another node, end). This module wakes the reading socket, pauses and
+//! releases the sender's [`Gate`], cuts a slow reader's connection, and
+//! publishes frames, acknowledgements and written reports to the other node
+//! of a cross-node direction; what should happen is decided by the queue.
+//!
+//! The registry is never on the per-frame path.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use relay_protocol::Role;
+
+use crate::cluster::bus::Bus;
+use crate::cluster::envelope::Envelope;
+use crate::conns::{ConnId, Killer};
+use crate::frame::Frame;
+use crate::gate::Gate;
+use crate::queue::{self, Drained, EventEffect, FromPeer, Gap, Limits, Queue, Status};
+
+/// How long a slow consumer's socket may still read its close frame before
+/// the TCP connection is cut.
+pub const SLOW_CONSUMER_LINGER: Duration = Duration::from_secs(2);
+
+/// Wakes a receiving socket: there is something new in its pipe.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+/// The socket currently reading a pipe.
+#[derive(Clone)]
+pub struct Receiver {
+    /// Its connection.
+    pub conn: ConnId,
+    /// Where to send [`Wake`].
+    pub wake: Recipient<Wake>,
+    /// Cuts its TCP socket if it stops reading.
+    pub killer: Option<Arc<Killer>>,
+}
+
+/// The other node of a cross-node direction, and how to reach it.
+#[derive(Clone)]
+pub struct Peer {
+    /// The bus to publish on.
+    pub bus: Arc<Bus>,
+    /// The node on the other end.
+    pub node: Arc<str>,
+    /// The session.
+    pub sid: Arc<str>,
+    /// The side this pipe delivers to.
+    pub to: Role,
+}
+
+impl Peer {
+    fn send(&self, env: impl FnOnce(String, Role) -> Envelope) -> bool {
+        self.bus
+            .send(&self.node, env(self.sid.to_string(), self.to))
+    }
+
+    fn publish(&self, frames: Vec<(u64, Frame)>) {
+        for (p, frame) in frames {
+            self.send(|sid, to| Envelope::Frame { sid, to, p, frame });
+        }
+    }
+}
+
+/// What became of a pushed frame, as the sending socket sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued for the receiver (attached or away); `remote` when it was
+    /// published to the receiver's node.
+    Queued {
+        /// Sent through Redis to another node.
+        remote: bool,
+    },
+    /// Queued; the receiver is behind, so the sender's gate is now closed
+    /// until it catches up.
+    Backlogged {
+        /// Sent through Redis to another node.
+        remote: bool,
+    },
+    /// Queued; the receiver held more than allowed and is being closed (1013).
+    SlowConsumer(ConnId),
+    /// No receiver: the frame was refused (`NOT_PAIRED`).
+    NotPaired,
+    /// The absent receiver's buffer overflowed: the frame was dropped and its
+    /// side must end (`RESUME_EXPIRED`). Reported once; later pushes see `NotPaired`.
+    Overflow,
+}
+
+struct Inner {
+    queue: Queue,
+    /// The socket reading the queue on this node, while the queue has one.
+    reader: Option<Receiver>,
+    /// The sender paused by this pipe's backlog, while the queue says so.
+    blocked: Option<Arc<Gate>>,
+    /// Where frames are published while the reader is on another node.
+    remote: Option<Peer>,
+    /// For a pipe fed from another node: where acknowledgements and written
+    /// reports go.
+    ack_to: Option<Peer>,
+}
+
+/// What the queue asked for, done once the lock is released.
+#[must_use]
+struct After {
+    wake: Option<Recipient<Wake>>,
+    cut: Option<Receiver>,
+}
+
+impl After {
+    fn run(self) {
+        if let Some(w) = self.wake {
+            w.do_send(Wake);
+        }
+        if let Some(rx) = self.cut {
+            // The wake lets a running socket close itself with 1013; the kill
+            // reaches one whose actor is stalled behind its full socket.
+            rx.wake.do_send(Wake);
+            if let Some(k) = &rx.killer {
+                k.kill_after(SLOW_CONSUMER_LINGER);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Brings the I/O in line with the queue after a change: releases a
+    /// sender it no longer pauses, forgets a reader or remote node it no
+    /// longer has, and says whom to wake or cut.
+    fn settle(&mut self) -> After {
+        if !self.queue.sender_paused() {
+            if let Some(g) = self.blocked.take() {
+                g.open();
+            }
+        }
+        let wake = self
+            .queue
+            .take_wake()
+            .then(|| self.reader.as_ref().map(|r| r.wake.clone()))
+            .flatten();
+        let cut = self
+            .queue
+            .take_cut()
+            .and_then(|c| self.reader.clone().filter(|r| r.conn == c));
+        if self.queue.local_reader().is_none() {
+            self.reader = None;
+        }
+        if !self.queue.is_remote() {
+            self.remote = None;
+        }
+        After { wake, cut }
+    }
+
+    fn pause(&mut self, gate: &Arc<Gate>) {
+        // Closed under the lock, so the receiver's drain cannot open it first.
+        gate.close();
+        self.blocked = Some(Arc::clone(gate));
+    }
+}
+
+/// One direction of a session. Shared by the registry and the two sockets.
+pub struct Pipe {
+    inner: Mutex<Inner>,
+}
+
+impl Pipe {
+    fn with_queue(queue: Queue, remote: Option<Peer>, ack_to: Option<Peer>) -> Arc<Self> {
+        Arc::new(Pipe {
+            inner: Mutex::new(Inner {
+                queue,
+                reader: None,
+                blocked: None,
+                remote,
+                ack_to,
+            }),
+        })
+    }
+
+    /// A pipe with no receiver yet.
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Self::with_queue(Queue::new(limits), None, None)
+    }
+
+    /// A pipe fed from another node, for a receiver that already has
+    /// `last_seq` frames, the current pairing having started at `base`.
+    /// It queues (away) until a receiver attaches.
+    pub fn fed_from_peer(limits: Limits, last_seq: u64, base: u64, ack_to: Peer) -> Arc<Self> {
+        Self::with_queue(
+            Queue::fed_from_peer(limits, last_seq, base),
+            None,
+            Some(ack_to),
+        )
+    }
+
+    /// A pipe that publishes to a receiver on another node, continuing a
+    /// pairing of which `p` frames were already sent, the sender having
+    /// `accepted` frames accepted in all.
+    pub fn sending_to_peer(limits: Limits, peer: Peer, p: u64, accepted: u64) -> Arc<Self> {
+        Self::with_queue(
+            Queue::sending_to_peer(limits, p, accepted),
+            Some(peer),
+            None,
+        )
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every method leaves Inner consistent before it can panic, so the
+        // data behind a poisoned lock is still valid.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the queue, then does the I/O it asked for.
+    fn change<T>(&self, f: impl FnOnce(&mut Queue) -> T) -> T {
+        let mut g = self.lock();
+        let out = f(&mut g.queue);
+        let after = g.settle();
+        drop(g);
+        after.run();
+        out
+    }
+
+    /// Reads the queue.
+    fn read<T>(&self, f: impl FnOnce(&Queue) -> T) -> T {
+        f(&self.lock().queue)
+    }
+
+    /// Sender side: queues one data frame toward the receiver. `gate` is the
+    /// sender's, closed here if the receiver falls behind.
+    pub fn push(&self, frame: Frame, gate: &Arc<Gate>) -> Pushed {
+        let mut g = self.lock();
+        let (pushed, publish) = match g.queue.push(frame) {
+            queue::Pushed::Queued { backlogged } => {
+                if backlogged {
+                    g.pause(gate);
+                    (Pushed::Backlogged { remote: false }, None)
+                } else {
+                    (Pushed::Queued { remote: false }, None)
+                }
+            }
+            queue::Pushed::Publish {
+                p,
+                frame,
+                backlogged,
+            } => {
+                let env = g.remote.clone().map(|peer| (peer, p, frame));
+                if backlogged {
+                    g.pause(gate);
+                    (Pushed::Backlogged { remote: true }, env)
+                } else {
+                    (Pushed::Queued { remote: true }, env)
+                }
+            }
+            queue::Pushed::Skipped => (Pushed::Queued { remote: false }, None),
+            queue::Pushed::SlowConsumer(c) => (Pushed::SlowConsumer(c), None),
+            queue::Pushed::NotPaired => (Pushed::NotPaired, None),
+            queue::Pushed::Overflow => (Pushed::Overflow, None),
+        };
+        let after = g.settle();
+        drop(g);
+        after.run();
+        if let Some((peer, p, frame)) = publish {
+            if !peer.send(|sid, to| Envelope::Frame { sid, to, p, frame }) {
+                peer.bus.hold(gate);
+            }
+        }
+        pushed
+    }
+
+    /// Sender side, while its gate is closed: cuts the receiver if it holds
+    /// more than `max_buffered` and acknowledged nothing for the stall time.
+    pub fn cut_if_stalled(&self) -> Option<ConnId> {
+        self.change(|q| q.cut_if_stalled(Instant::now()))
+    }
+
+    /// Receiver side, fed from another node: cuts the receiver if it holds
+    /// more than `max_buffered` and acknowledged nothing for the stall time
+    /// (there is no local sender to notice).
+    pub fn cut_if_stalled_receiver(&self) -> Option<ConnId> {
+        self.change(|q| q.cut_if_stalled_fed(Instant::now()))
+    }
+
+    /// Registry side: queues a control message toward the receiver, ordered
+    /// after every data frame pushed before it. Dropped if the pipe is closed.
+    pub fn push_event(&self, text: ByteString, effect: EventEffect) {
+        self.change(|q| q.push_event(text, effect));
+    }
+
+    /// Whether a receiver with `last_seq` frames could attach (read only).
+    ///
+    /// # Errors
+    /// The [`Gap`] [`Pipe::attach`] would report.
+    pub fn check(&self, last_seq: u64) -> Result<(), Gap> {
+        self.read(|q| q.check(last_seq))
+    }
+
+    /// Registry side: `rx` reads the pipe from now on, having received
+    /// `last_seq` data frames. Returns the position it has written up to.
+    ///
+    /// # Errors
+    /// [`Gap`] when `last_seq` does not fit what was sent and acknowledged.
+    pub fn attach(&self, rx: Receiver, last_seq: u64) -> Result<u64, Gap> {
+        let mut g = self.lock();
+        let written = g.queue.attach(rx.conn, last_seq, Instant::now())?;
+        g.reader = Some(rx);
+        let after = g.settle();
+        drop(g);
+        after.run();
+        Ok(written)
+    }
+
+    /// Registry side: the receiver `conn` dropped; keep queueing within the
+    /// away limits. Returns false if `conn` was not the attached receiver.
+    pub fn detach(&self, conn: ConnId) -> bool {
+        self.change(|q| q.detach(conn))
+    }
+
+    /// Registry side: the receiving side is gone for good; drop what was
+    /// queued for it and refuse pushes until a new receiver is attached with
+    /// [`Pipe::reset_receiver`] and [`Pipe::attach`].
+    pub fn end_receiver(&self) {
+        self.change(Queue::end_reader);
+    }
+
+    /// Registry side: a new receiver (a new browser) starts counting from 0.
+    pub fn reset_receiver(&self) {
+        self.change(Queue::reset_reader);
+    }
+
+    /// Registry side: a new sender (a new browser) starts counting from 0.
+    pub fn reset_sender(&self) {
+        self.change(Queue::reset_sender);
+    }
+
+    /// Registry side: the sender's count, when it moved here from another node.
+    pub fn set_accepted(&self, accepted: u64) {
+        self.change(|q| q.set_accepted(accepted));
+    }
+
+    /// Registry side: the session is over; nothing more is queued or written.
+    pub fn close(&self) {
+        self.change(Queue::close);
+    }
+
+    /// Receiver side of a cross-node direction: a frame published by the
+    /// sender's node, with its pairing number `p`. Duplicates (a resend) are
+    /// dropped; a gap means envelopes were lost and the sender must resend.
+    pub fn push_from_peer(&self, p: u64, frame: Frame) -> FromPeer {
+        let mut g = self.lock();
+        let out = g.queue.push_from_peer(p, frame);
+        let ack = match out {
+            FromPeer::Duplicate { ack } => ack.zip(g.ack_to.clone()),
+            _ => None,
+        };
+        let after = g.settle();
+        drop(g);
+        after.run();
+        if let Some((p, peer)) = ack {
+            peer.send(|sid, to| Envelope::Ack { sid, to, p });
+        }
+        out
+    }
+
+    /// Sender side of a cross-node direction: the remote receiver read every
+    /// frame up to pairing number `p` (so its node wrote them too).
+    pub fn ack_from_peer(&self, p: u64) {
+        self.change(|q| q.ack_from_peer(p, Instant::now()));
+    }
+
+    /// Sender side of a cross-node direction: the receiver's node wrote
+    /// every frame up to pairing number `p` to its socket.
+    pub fn written_from_peer(&self, p: u64) {
+        self.change(|q| q.written_from_peer(p));
+    }
+
+    /// Sender side: the receiver is (now) on another node and has every
+    /// frame up to pairing number `p_last`; send it the rest, then keep
+    /// publishing there.
+    ///
+    /// # Errors
+    /// [`Gap`] when `p_last` does not fit what was sent and acknowledged.
+    pub fn send_to_peer(&self, peer: Peer, p_last: u64) -> Result<(), Gap> {
+        let mut g = self.lock();
+        let frames = g.queue.send_to_peer(p_last, Instant::now())?;
+        g.remote = Some(peer.clone());
+        let after = g.settle();
+        drop(g);
+        after.run();
+        peer.publish(frames);
+        Ok(())
+    }
+
+    /// Sender side: publishes again every held frame from pairing number
+    /// `from` on (envelopes were lost; the receiver drops what it has).
+    pub fn resend_to_peer(&self, from: u64) {
+        let g = self.lock();
+        let Some(peer) = g.remote.clone() else {
+            return;
+        };
+        let frames = g.queue.resend_from(from);
+        drop(g);
+        peer.publish(frames);
+    }
+
+    /// The node this pipe publishes to, if its receiver is remote.
+    pub fn remote_node(&self) -> Option<Arc<str>> {
+        self.lock().remote.as_ref().map(|p| Arc::clone(&p.node))
+    }
+
+    /// Sender side: the remote receiver went away; keep its frames within
+    /// the away limits until it comes back somewhere.
+    pub fn peer_away(&self) {
+        self.change(Queue::peer_away);
+    }
+
+    /// Starts a new pairing on this direction: frames are numbered from 1
+    /// again (`seq - base`), on both nodes.
+    pub fn start_pairing(&self) {
+        self.change(Queue::start_pairing);
+    }
+
+    /// Sets where acknowledgements of this (remotely fed) pipe are sent.
+    pub fn set_ack_to(&self, peer: Option<Peer>) {
+        let mut g = self.lock();
+        g.queue.set_fed(peer.is_some());
+        g.ack_to = peer;
+    }
+
+    /// The node acknowledgements go to, for a remotely fed pipe.
+    pub fn ack_node(&self) -> Option<Arc<str>> {
+        self.lock().ack_to.as_ref().map(|p| Arc::clone(&p.node))
+    }
+
+    /// Frames of the current pairing queued into this pipe so far.
+    pub fn pairing_count(&self) -> u64 {
+        self.read(Queue::pairing_count)
+    }
+
+    /// `seq` at the start of the current pairing.
+    pub fn base(&self) -> u64 {
+        self.read(Queue::base)
+    }
+
+    /// Takes the control messages queued for the receiver out of the pipe
+    /// (to hand them to the node it moved to).
+    pub fn take_events(&self, last_seq: u64) -> Vec<String> {
+        self.change(|q| q.take_events(last_seq))
+    }
+
+    /// Registry side: this pipe's count came from a checkpoint (the node
+    /// that knew it died), so the next receiver may be ahead of it.
+    pub fn count_may_lag(&self) {
+        self.change(Queue::count_may_lag);
+    }
+
+    /// Data frames accepted from the sending side so far.
+    pub fn accepted(&self) -> u64 {
+        self.read(Queue::accepted)
+    }
+
+    /// Receiver side: everything queued after position `after`, if `conn`
+    /// still reads this pipe. Clears the pending-wake flag, so a later push
+    /// wakes the receiver again, and lets a waiting sender go on; tells the
+    /// sender's node what was written, when it is time to.
+    pub fn drain(&self, conn: ConnId, after: u64, out: &mut Drained) -> Status {
+        let mut g = self.lock();
+        let status = g.queue.drain(conn, after, out);
+        let report = out.report_written.zip(g.ack_to.clone());
+        let settled = g.settle();
+        drop(g);
+        settled.run();
+        if let Some((p, peer)) = report {
+            peer.send(|sid, to| Envelope::Written { sid, to, p });
+        }
+        status
+    }
+
+    /// Whether `conn` was cut from this pipe as a slow consumer.
+    pub fn was_cut(&self, conn: ConnId) -> bool {
+        self.read(|q| q.was_cut(conn))
+    }
+
+    /// Receiver side: the client read everything up to position `pos`.
+    pub fn ack(&self, pos: u64) {
+        let mut g = self.lock();
+        let ack = g.queue.ack(pos, Instant::now()).zip(g.ack_to.clone());
+        let after = g.settle();
+        drop(g);
+        after.run();
+        // A remotely fed pipe tells the sender's node, which may then forget.
+        if let Some((p, peer)) = ack {
+            peer.send(|sid, to| Envelope::Ack { sid, to, p });
+        }
+    }
+
+    /// Bytes currently held (queued and unacknowledged), with overhead.
+    pub fn held_bytes(&self) -> usize {
+        self.read(Queue::held_bytes)
+    }
+
+    /// Entries currently held.
+    pub fn held_entries(&self) -> usize {
+        self.read(Queue::held_entries)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,278 @@
+//! The pipe's I/O: waking the reader, pausing and releasing the sender's
+//! gate, and what goes to another node. The queue's rules themselves are
+//! tested in `queue`.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::*;
+
+fn limits() -> Limits {
+    Limits {
+        max_buffered: 1_000_000,
+        stall: Duration::from_secs(3600),
+        away_frames: 3,
+        away_bytes: 1_000_000,
+    }
+}
+
+fn data(n: u8) -> Frame {
+    Frame::Binary(Bytes::from(vec![n]))
+}
+
+/// A reader actor that counts its wakes.
+struct Sink(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Actor for Sink {
+    type Context = Context<Self>;
+}
+
+impl Handler<Wake> for Sink {
+    type Result = ();
+    fn handle(&mut self, _: Wake, _: &mut Context<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Runs `f` inside an actix system with a receiver whose wakes are counted.
+fn with_receiver(f: impl AsyncFnOnce(Receiver, Arc<Gate>, Arc<std::sync::atomic::AtomicUsize>)) {
+    actix::System::new().block_on(async {
+        let wakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let addr = Sink(Arc::clone(&wakes)).start();
+        f(
+            Receiver {
+                conn: ConnId(1),
+                wake: addr.recipient(),
+                killer: None,
+            },
+            Gate::new(),
+            wakes,
+        )
+        .await;
+    });
+}
+
+/// Lets the actix system deliver what was sent.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+fn peer(bus: Arc<Bus>, node: &str, to: Role) -> Peer {
+    Peer {
+        bus,
+        node: Arc::from(node),
+        sid: Arc::from("s"),
+        to,
+    }
+}
+
+/// The envelopes the detached bus forwarded within a moment.
+fn sent(rx: &mut UnboundedReceiver<(Arc<str>, Envelope)>, n: usize) -> Vec<Envelope> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut out = Vec::new();
+    while out.len() < n {
+        match rx.try_recv() {
+            Ok((_, env)) => out.push(env),
+            Err(_) => {
+                assert!(Instant::now() < deadline, "sent so far: {out:?}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(rx.try_recv().is_err(), "more than {out:?}");
+    out
+}
+
+#[test]
+fn pushes_wake_the_reader_once_until_it_drains() {
+    with_receiver(async |rx, gate, wakes| {
+        let p = Pipe::new(limits());
+        p.reset_receiver();
+        p.attach(rx, 0).unwrap();
+        settle().await;
+        let after_attach = wakes.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(after_attach, 1, "attaching wakes the reader");
+        for i in 0..5 {
+            assert_eq!(p.push(data(i), &gate), Pushed::Queued { remote: false });
+        }
+        settle().await;
+        assert_eq!(
+            wakes.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "coalesced"
+        );
+        let mut d = Drained::default();
+        assert_eq!(p.drain(ConnId(1), 0, &mut d), Status::Reading);
+        assert_eq!(d.items.len(), 5);
+        p.push(data(9), &gate);
+        settle().await;
+        assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 2);
+    });
+}
+
+#[test]
+fn a_backlog_closes_the_sender_gate_until_the_receiver_drains() {
+    with_receiver(async |rx, gate, _| {
+        let p = Pipe::new(Limits {
+            max_buffered: 4 * 65536,
+            ..limits()
+        });
+        p.reset_receiver();
+        p.attach(rx, 0).unwrap();
+        let big = Frame::Binary(Bytes::from(vec![0u8; 40_000]));
+        assert_eq!(p.push(big.clone(), &gate), Pushed::Queued { remote: false });
+        assert_eq!(p.push(big, &gate), Pushed::Backlogged { remote: false });
+        assert!(gate.is_closed());
+        let mut d = Drained::default();
+        p.drain(ConnId(1), 0, &mut d);
+        assert!(!gate.is_closed(), "a drain lets the sender go on");
+    });
+}
+
+#[test]
+fn cutting_a_stalled_receiver_releases_the_sender() {
+    with_receiver(async |rx, gate, wakes| {
+        let p = Pipe::new(Limits {
+            max_buffered: 100_000,
+            stall: Duration::ZERO,
+            ..limits()
+        });
+        p.reset_receiver();
+        p.attach(rx, 0).unwrap();
+        let big = Frame::Binary(Bytes::from(vec![0u8; 60_000]));
+        p.push(big.clone(), &gate);
+        p.push(big, &gate);
+        assert!(gate.is_closed());
+        settle().await;
+        let before = wakes.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(p.cut_if_stalled(), Some(ConnId(1)));
+        assert!(!gate.is_closed(), "the cut lets the sender go on");
+        settle().await;
+        assert_eq!(
+            wakes.load(std::sync::atomic::Ordering::SeqCst),
+            before + 1,
+            "the cut reader is woken to close itself"
+        );
+        let mut d = Drained::default();
+        assert_eq!(p.drain(ConnId(1), 0, &mut d), Status::Cut);
+    });
+}
+
+#[test]
+fn a_sender_toward_another_node_publishes_and_is_paced_by_what_that_node_wrote() {
+    actix::System::new().block_on(async {
+        let (bus, mut out) = Bus::detached("sender");
+        let limits = Limits {
+            max_buffered: 4 * 65536,
+            ..limits()
+        };
+        let p = Pipe::sending_to_peer(limits, peer(bus, "receiver", Role::Browser), 0, 0);
+        assert_eq!(p.remote_node().as_deref(), Some("receiver"));
+        let gate = Gate::new();
+        let big = Frame::Binary(Bytes::from(vec![0u8; 40_000]));
+        assert_eq!(p.push(big.clone(), &gate), Pushed::Queued { remote: true });
+        assert_eq!(
+            p.push(big.clone(), &gate),
+            Pushed::Backlogged { remote: true }
+        );
+        assert!(gate.is_closed());
+        let ps: Vec<u64> = sent(&mut out, 2)
+            .into_iter()
+            .map(|e| match e {
+                Envelope::Frame { p, to, .. } => {
+                    assert_eq!(to, Role::Browser);
+                    p
+                }
+                other => panic!("not a frame: {other:?}"),
+            })
+            .collect();
+        assert_eq!(ps, [1, 2]);
+        // The receiver's node wrote both; its client acknowledged none (its
+        // pongs may wait behind its own paused data): go on.
+        p.written_from_peer(2);
+        assert!(!gate.is_closed(), "a written report lets the sender go on");
+        // Lost envelopes are published again from where the gap began.
+        p.resend_to_peer(2);
+        assert!(matches!(
+            &sent(&mut out, 1)[..],
+            [Envelope::Frame { p: 2, .. }]
+        ));
+        // Away, the frames wait for the receiver and nothing is published.
+        p.peer_away();
+        assert_eq!(p.remote_node(), None);
+        p.push(big, &gate);
+        p.resend_to_peer(0);
+        assert!(out.try_recv().is_err());
+    });
+}
+
+#[test]
+fn a_receiving_node_acknowledges_and_reports_what_it_wrote() {
+    let (bus, mut out) = Bus::detached("receiver");
+    let limits = Limits {
+        max_buffered: 4 * 65536,
+        ..limits()
+    };
+    // Backlog 64 KiB: a written report every 8 KiB handed to the socket.
+    let p = Pipe::fed_from_peer(limits, 0, 0, peer(bus, "sender", Role::Mac));
+    assert_eq!(p.ack_node().as_deref(), Some("sender"));
+    with_receiver(async |rx, _, _| {
+        p.attach(rx, 0).unwrap();
+        let frame = |n: usize| Frame::Binary(Bytes::from(vec![0u8; n]));
+        assert_eq!(p.push_from_peer(1, frame(4000)), FromPeer::Queued);
+        let mut d = Drained::default();
+        p.drain(ConnId(1), 0, &mut d);
+        assert_eq!(p.push_from_peer(2, frame(5000)), FromPeer::Queued);
+        p.drain(ConnId(1), d.items.last().unwrap().0, &mut d);
+        p.ack(d.items.last().unwrap().0);
+    });
+    let env = sent(&mut out, 2);
+    assert_eq!(
+        env,
+        [
+            Envelope::Written {
+                sid: "s".into(),
+                to: Role::Mac,
+                p: 2
+            },
+            Envelope::Ack {
+                sid: "s".into(),
+                to: Role::Mac,
+                p: 2
+            }
+        ]
+    );
+}
+
+#[test]
+fn duplicates_from_another_node_that_the_receiver_read_are_acknowledged() {
+    let (bus, mut out) = Bus::detached("receiver");
+    // The receiver has read 40 frames; 3 more come and wait unread.
+    let p = Pipe::fed_from_peer(limits(), 40, 0, peer(bus, "sender", Role::Mac));
+    for n in 41..=43 {
+        assert_eq!(p.push_from_peer(n, data(1)), FromPeer::Queued);
+    }
+    // The sender's node sends everything again (it lost its count).
+    for n in 1..=43 {
+        assert!(matches!(
+            p.push_from_peer(n, data(1)),
+            FromPeer::Duplicate { .. }
+        ));
+    }
+    // Read ones are acked (every 16th and the last read); unread ones are
+    // left to the receiver's own acks.
+    let acks: Vec<u64> = sent(&mut out, 3)
+        .into_iter()
+        .map(|e| match e {
+            Envelope::Ack { p, to, .. } => {
+                assert_eq!(to, Role::Mac);
+                p
+            }
+            other => panic!("not an ack: {other:?}"),
+        })
+        .collect();
+    assert_eq!(acks, [16, 32, 40]);
+}

@@ -1,0 +1,387 @@
+//! The queue's rules, one at a time; `props` checks them together.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+
+fn limits() -> Limits {
+    Limits {
+        max_buffered: 1_000_000,
+        stall: Duration::from_secs(3600),
+        away_frames: 3,
+        away_bytes: 1_000_000,
+    }
+}
+
+fn roomy() -> Limits {
+    Limits {
+        away_frames: 100,
+        ..limits()
+    }
+}
+
+fn data(n: u8) -> Frame {
+    Frame::Binary(Bytes::from(vec![n]))
+}
+
+fn big(n: usize) -> Frame {
+    Frame::Binary(Bytes::from(vec![0u8; n]))
+}
+
+const C: ConnId = ConnId(1);
+
+fn seqs(d: &Drained) -> Vec<u64> {
+    d.items
+        .iter()
+        .filter_map(|(_, i, _)| match i {
+            Item::Data { seq, .. } => Some(*seq),
+            Item::Event { .. } => None,
+        })
+        .collect()
+}
+
+fn drain_all(q: &mut Queue, after: u64) -> Drained {
+    let mut d = Drained::default();
+    q.drain(C, after, &mut d);
+    d
+}
+
+#[test]
+fn push_without_reader_is_refused() {
+    let mut q = Queue::new(limits());
+    assert_eq!(q.push(data(1)), Pushed::NotPaired);
+    assert_eq!(q.accepted(), 0);
+}
+
+#[test]
+fn away_queue_is_bounded() {
+    let mut q = Queue::new(limits());
+    q.reset_reader(); // away, as a freshly joined browser before attach
+    for i in 0..3 {
+        assert_eq!(q.push(data(i)), Pushed::Queued { backlogged: false });
+    }
+    assert_eq!(q.push(data(9)), Pushed::Overflow);
+    assert_eq!(q.push(data(9)), Pushed::NotPaired);
+    assert_eq!(q.accepted(), 4);
+    assert!(
+        !q.sender_paused(),
+        "an absent reader never pauses the sender"
+    );
+    assert!(!q.take_wake(), "nobody to wake");
+}
+
+#[test]
+fn replay_starts_after_last_seq_and_acks_trim() {
+    let mut q = Queue::new(roomy());
+    q.reset_reader();
+    for i in 0..5 {
+        q.push(data(i));
+    }
+    // Resume having received 2 of 5: replay 3, 4, 5.
+    let written = q.attach(C, 2, Instant::now()).unwrap();
+    assert!(q.take_wake(), "attaching asks for a wake-up");
+    let d = drain_all(&mut q, written);
+    assert_eq!(seqs(&d), vec![3, 4, 5]);
+    assert_eq!(q.ack(d.items.last().unwrap().0, Instant::now()), None);
+    assert_eq!(q.held_entries(), 0);
+    assert_eq!(q.held_bytes(), 0);
+}
+
+#[test]
+fn resume_with_impossible_last_seq_is_a_gap() {
+    let mut q = Queue::new(roomy());
+    q.reset_reader();
+    for i in 0..5 {
+        q.push(data(i));
+    }
+    let now = Instant::now();
+    assert_eq!(q.attach(C, 6, now), Err(Gap::Ahead { sent: 5 }));
+    q.attach(C, 0, now).unwrap();
+    q.ack(3, now); // the client acknowledged frames 1..=3
+    assert!(q.detach(C));
+    assert_eq!(q.attach(C, 1, now), Err(Gap::Behind { oldest: 4 }));
+    q.close();
+    assert_eq!(q.attach(C, 5, now), Err(Gap::Closed));
+}
+
+#[test]
+fn events_stay_in_order_with_data() {
+    let mut q = Queue::new(roomy());
+    q.reset_reader();
+    q.push(data(1));
+    q.push_event("ev".into(), EventEffect::None);
+    q.push(data(2));
+    let w = q.attach(C, 0, Instant::now()).unwrap();
+    let d = drain_all(&mut q, w);
+    let kinds: Vec<_> = d
+        .items
+        .iter()
+        .map(|(_, i, _)| match i {
+            Item::Data { seq, .. } => format!("d{seq}"),
+            Item::Event { .. } => "ev".to_string(),
+        })
+        .collect();
+    assert_eq!(kinds, ["d1", "ev", "d2"]);
+}
+
+#[test]
+fn an_event_written_after_the_last_frame_is_not_replayed_but_one_never_written_is() {
+    let mut q = Queue::new(roomy());
+    q.reset_reader();
+    let now = Instant::now();
+    q.attach(C, 0, now).unwrap();
+    q.push(data(1));
+    q.push_event("seen".into(), EventEffect::None);
+    drain_all(&mut q, 0);
+    q.detach(C);
+    q.push_event("unseen".into(), EventEffect::None);
+    // Back with frame 1: "seen" was handed out after it, "unseen" never was.
+    let w = q.attach(C, 1, now).unwrap();
+    let d = drain_all(&mut q, w);
+    let texts: Vec<String> = d
+        .items
+        .iter()
+        .filter_map(|(_, i, _)| match i {
+            Item::Event { text, .. } => Some(text.to_string()),
+            Item::Data { .. } => None,
+        })
+        .collect();
+    assert_eq!(texts, ["unseen"]);
+}
+
+#[test]
+fn a_backlog_pauses_the_sender_until_the_reader_drains() {
+    let mut q = Queue::new(Limits {
+        max_buffered: 4 * 65536,
+        ..limits()
+    });
+    q.reset_reader();
+    q.attach(C, 0, Instant::now()).unwrap();
+    assert_eq!(q.push(big(40_000)), Pushed::Queued { backlogged: false });
+    assert_eq!(q.push(big(40_000)), Pushed::Queued { backlogged: true });
+    assert!(q.sender_paused());
+    drain_all(&mut q, 0);
+    assert!(!q.sender_paused(), "a drain lets the sender go on");
+    assert_eq!(
+        q.held_entries(),
+        2,
+        "drained frames stay until acknowledged"
+    );
+}
+
+#[test]
+fn a_stalled_reader_over_the_limit_is_cut() {
+    let mut q = Queue::new(Limits {
+        max_buffered: 100_000,
+        stall: Duration::from_secs(10),
+        ..limits()
+    });
+    q.reset_reader();
+    let t0 = Instant::now();
+    q.attach(C, 0, t0).unwrap();
+    q.push(big(60_000));
+    let later = t0 + Duration::from_secs(11);
+    assert_eq!(q.cut_if_stalled(later), None, "under the limit");
+    q.push(big(60_000));
+    assert_eq!(q.cut_if_stalled(t0), None, "not stalled long enough");
+    assert_eq!(q.cut_if_stalled(later), Some(C));
+    assert_eq!(q.take_cut(), Some(C));
+    assert!(q.was_cut(C));
+    assert!(!q.sender_paused(), "the cut lets the sender go on");
+    assert_eq!(drain_all(&mut q, 0).items.len(), 0);
+    // Now away: the away limits (3 frames) apply.
+    for _ in 0..3 {
+        assert_eq!(q.push(data(0)), Pushed::Queued { backlogged: false });
+    }
+    assert_eq!(q.push(data(9)), Pushed::Overflow);
+}
+
+#[test]
+fn the_hard_cap_cuts_at_once() {
+    let mut q = Queue::new(Limits {
+        max_buffered: 100_000,
+        ..limits()
+    });
+    q.reset_reader();
+    q.attach(C, 0, Instant::now()).unwrap();
+    let mut results = Vec::new();
+    for _ in 0..8 {
+        // Drain between pushes, so only the unacknowledged bytes grow.
+        results.push(q.push(big(60_000)));
+        drain_all(&mut q, u64::MAX);
+    }
+    // 400,000 bytes is the cap: the seventh frame crosses it.
+    assert_eq!(results[6], Pushed::SlowConsumer(C), "{results:?}");
+    assert!(
+        results[..6]
+            .iter()
+            .all(|r| *r == Pushed::Queued { backlogged: false }),
+        "{results:?}"
+    );
+}
+
+#[test]
+fn a_queue_toward_another_node_is_paced_by_what_that_node_wrote_not_by_acks() {
+    let mut q = Queue::sending_to_peer(
+        Limits {
+            max_buffered: 4 * 65536,
+            ..limits()
+        },
+        0,
+        0,
+    );
+    let pushed = q.push(big(40_000));
+    assert!(matches!(
+        pushed,
+        Pushed::Publish {
+            p: 1,
+            backlogged: false,
+            ..
+        }
+    ));
+    assert!(matches!(
+        q.push(big(40_000)),
+        Pushed::Publish {
+            p: 2,
+            backlogged: true,
+            ..
+        }
+    ));
+    assert!(q.sender_paused());
+    q.written_from_peer(2);
+    assert!(!q.sender_paused(), "a written report releases the sender");
+    assert_eq!(q.held_entries(), 2, "frames stay held until acknowledged");
+    q.written_from_peer(1); // an old report changes nothing
+    q.ack_from_peer(2, Instant::now());
+    assert_eq!(q.held_entries(), 0);
+}
+
+#[test]
+fn acks_alone_release_a_sender_whose_peer_never_reports_writes() {
+    // A node that does not know written reports still paces by acks.
+    let mut q = Queue::sending_to_peer(
+        Limits {
+            max_buffered: 4 * 65536,
+            ..limits()
+        },
+        0,
+        0,
+    );
+    q.push(big(40_000));
+    q.push(big(40_000));
+    assert!(q.sender_paused());
+    q.ack_from_peer(1, Instant::now());
+    assert!(
+        q.sender_paused(),
+        "more than half the backlog is still unwritten"
+    );
+    q.ack_from_peer(2, Instant::now());
+    assert!(!q.sender_paused());
+}
+
+#[test]
+fn a_fed_queue_reports_written_every_eighth_of_the_backlog_and_acks_in_pairing_numbers() {
+    let mut q = Queue::fed_from_peer(
+        Limits {
+            max_buffered: 4 * 65536,
+            ..limits()
+        },
+        10,
+        10,
+    );
+    q.attach(C, 10, Instant::now()).unwrap();
+    assert_eq!(q.push_from_peer(1, big(4000)), FromPeer::Queued);
+    let d = drain_all(&mut q, 0);
+    assert!(d.remote);
+    assert_eq!(d.report_written, None, "4 KiB: not yet");
+    assert_eq!(q.push_from_peer(2, big(5000)), FromPeer::Queued);
+    let last = d.items.last().unwrap().0;
+    let d = drain_all(&mut q, last);
+    assert_eq!(d.report_written, Some(2));
+    assert_eq!(q.ack(d.items.last().unwrap().0, Instant::now()), Some(2));
+}
+
+#[test]
+fn frames_from_another_node_are_taken_in_order_once() {
+    let mut q = Queue::fed_from_peer(roomy(), 0, 0);
+    assert_eq!(q.push_from_peer(1, data(1)), FromPeer::Queued);
+    assert_eq!(q.push_from_peer(3, data(3)), FromPeer::Gap { next: 2 });
+    assert_eq!(q.push_from_peer(2, data(2)), FromPeer::Queued);
+    assert!(matches!(
+        q.push_from_peer(2, data(2)),
+        FromPeer::Duplicate { ack: None }
+    ));
+    assert_eq!(q.pairing_count(), 2);
+    q.close();
+    assert_eq!(q.push_from_peer(3, data(3)), FromPeer::Dropped);
+}
+
+#[test]
+fn moving_the_reader_to_another_node_replays_what_it_lacks() {
+    let mut q = Queue::new(roomy());
+    q.reset_reader();
+    q.attach(C, 0, Instant::now()).unwrap();
+    q.start_pairing();
+    for i in 0..4 {
+        q.push(data(i));
+    }
+    q.push_event("not carried".into(), EventEffect::None);
+    q.detach(C);
+    let replay = q.send_to_peer(2, Instant::now()).unwrap();
+    assert_eq!(replay.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [3, 4]);
+    assert!(q.is_remote());
+    assert_eq!(q.held_entries(), 2);
+    assert!(matches!(q.push(data(5)), Pushed::Publish { p: 5, .. }));
+    assert_eq!(
+        q.send_to_peer(9, Instant::now()),
+        Err(Gap::Ahead { sent: 5 })
+    );
+}
+
+#[test]
+fn a_count_that_may_lag_takes_a_reader_ahead_of_it_and_skips_what_it_has() {
+    // A checkpoint said 2 frames; the reader really read 4 before the crash.
+    let mut q = Queue::sending_to_peer(roomy(), 2, 2);
+    q.count_may_lag();
+    q.peer_away();
+    q.push_event("peer_resumed".into(), EventEffect::None);
+    q.send_to_peer(4, Instant::now()).unwrap();
+    // The sender, told 2, sends 3 and 4 again: dropped; 5 is new.
+    assert_eq!(q.push(data(3)), Pushed::Skipped);
+    assert_eq!(q.push(data(4)), Pushed::Skipped);
+    assert!(matches!(q.push(data(5)), Pushed::Publish { p: 5, .. }));
+    assert_eq!(q.accepted(), 5);
+}
+
+#[test]
+fn control_messages_move_with_a_side_that_left_but_frames_stay() {
+    let mut q = Queue::new(roomy());
+    q.reset_reader();
+    q.push(data(1));
+    q.push_event("peer_disconnected".into(), EventEffect::None);
+    q.push(data(2));
+    assert_eq!(q.take_events(0), ["peer_disconnected"]);
+    assert_eq!(q.held_entries(), 2);
+    assert_eq!(q.take_events(0), Vec::<String>::new());
+}
+
+#[test]
+fn closing_keeps_the_last_events_for_an_attached_reader_only() {
+    let mut q = Queue::new(roomy());
+    q.reset_reader();
+    q.attach(C, 0, Instant::now()).unwrap();
+    q.push_event("bye".into(), EventEffect::Close(CloseCode::SessionOver));
+    q.close();
+    assert_eq!(q.push(data(1)), Pushed::NotPaired);
+    let mut d = Drained::default();
+    assert_eq!(q.drain(C, 0, &mut d), Status::Closed);
+    assert_eq!(d.items.len(), 1);
+
+    let mut away = Queue::new(roomy());
+    away.reset_reader();
+    away.push_event("bye".into(), EventEffect::None);
+    away.close();
+    assert_eq!(away.held_entries(), 0);
+}
