@@ -3,6 +3,7 @@
 //! drain timeout so they do not all reconnect in the same second, and return
 //! once every socket is gone or the drain timeout passes.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
@@ -10,7 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{info, warn};
 
-use crate::conns::ConnCommand;
+use crate::conns::{ConnCommand, ConnId};
 use crate::server::AppState;
 
 /// Shortest gap between two drain batches; fewer, larger batches beyond it.
@@ -53,14 +54,26 @@ pub async fn drain(state: &AppState) {
     let gap = spread / batches as u32;
 
     let closing = async {
+        // Each socket is told once: it acts on the first telling as soon as
+        // it runs, and a second one queued behind it (a socket busy waiting
+        // on the registry) would send a second SHUTTING_DOWN after the close
+        // and count it twice.
+        let mut told: HashSet<ConnId> = HashSet::with_capacity(ids.len());
         for chunk in ids.chunks(per_batch) {
             state.conns.command(chunk, ConnCommand::Drain);
+            told.extend(chunk);
             sleep(gap).await;
         }
         // Stragglers (connections that arrived during the drain close
         // themselves; this catches any that did not).
         while !state.conns.is_empty() {
-            state.conns.command(&state.conns.ids(), ConnCommand::Drain);
+            let new: Vec<ConnId> = state
+                .conns
+                .ids()
+                .into_iter()
+                .filter(|id| told.insert(*id))
+                .collect();
+            state.conns.command(&new, ConnCommand::Drain);
             sleep(MIN_BATCH_GAP).await;
         }
     };
