@@ -37,7 +37,8 @@ async fn the_balancer_round_robins_skips_nodes_that_are_not_ready_and_reconfigur
     assert_eq!(a.metric(MACS).await, 2.0);
     assert_eq!(b.metric(MACS).await, 2.0);
 
-    // A draining node fails its check and leaves the rotation.
+    // A draining node leaves the rotation: it fails its check, or (its two
+    // clients told at once) has already exited.
     a.sigterm();
     lb.wait_logged("node-1 is DOWN").await;
     let mut later = Vec::new();

@@ -245,12 +245,18 @@ impl Relay {
 
     /// The fields of the start line ("relay listening").
     pub fn start_fields(&self) -> Value {
+        self.log_line("relay listening")
+            .map(|v| v["fields"].clone())
+            .expect("a start line")
+    }
+
+    /// The first log line whose message is `message`, whole (`timestamp`,
+    /// `level`, `fields`).
+    pub fn log_line(&self, message: &str) -> Option<Value> {
         let logs = self.logs.lock().unwrap();
         logs.iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["fields"]["message"] == "relay listening")
-            .map(|v| v["fields"].clone())
-            .expect("a start line")
+            .find(|v| v["fields"]["message"] == message)
     }
 
     /// Waits until the log holds a line containing `needle` (fails after [`WAIT`]).
