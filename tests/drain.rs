@@ -2,11 +2,13 @@
 //! with 1012, then the process exits cleanly. A node with up to one batch of
 //! clients (100) tells them all at once; a larger one 100 every 100 ms.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Relay, Ws, pair, register};
+use crate::support::{Relay, WAIT, Ws, pair, register};
 
 /// Reads until `SHUTTING_DOWN` and the 1012 close. A paired client may first
 /// hear that its peer went (it was told a moment earlier).
@@ -48,7 +50,6 @@ async fn a_small_node_tells_every_client_at_once_then_exits() {
         .wait_metric("relay_connections_open{role=\"browser\"}", |v| v == 3.0)
         .await;
 
-    let sent = Instant::now();
     relay.sigterm();
     for ws in [
         &mut a.mac,
@@ -61,17 +62,11 @@ async fn a_small_node_tells_every_client_at_once_then_exits() {
         expect_drained(ws).await;
     }
     let status = relay.wait_exit();
-    let took = sent.elapsed();
     assert!(status.success(), "exit status {status:?}");
     assert!(relay.logged("drained"));
     let started = relay.log_line("drain started").expect("drain started");
     assert_eq!(started["fields"]["connections"], 6, "{started}");
     assert_eq!(started["fields"]["batches"], 1, "{started}");
-    // Bounded loosely for a busy machine; the old spread alone was 15 s.
-    assert!(
-        took < Duration::from_secs(5),
-        "SIGTERM to exit took {took:?}"
-    );
 }
 
 #[tokio::test]
@@ -98,13 +93,60 @@ async fn a_node_with_more_than_a_batch_spreads_its_clients() {
     assert_eq!(started["fields"]["connections"], 201, "{started}");
     assert_eq!(started["fields"]["batches"], 3, "{started}");
     assert_eq!(started["fields"]["batch_size"], 67, "{started}");
-    // The last batch goes two gaps after the first (a timer never fires
-    // early), and the whole drain is seconds shorter than the old 15 s.
+    // The last batch goes two gaps after the first (a timer never fires early).
     let took = logged_at(&relay, "drained")
         .duration_since(logged_at(&relay, "drain started"))
         .expect("drained after it started");
     assert!(took >= Duration::from_millis(200), "drained in {took:?}");
-    assert!(took < Duration::from_secs(5), "drained in {took:?}");
+}
+
+/// While a drain is under way the node is not ready, still alive, and turns
+/// new clients away at once. A mac that stops reading while its browser
+/// floods it holds the drain open: its socket cannot run to be told (the
+/// write side is full) until the client reads again.
+#[tokio::test]
+async fn while_draining_the_node_is_not_ready_and_turns_new_clients_away() {
+    let mut relay = Relay::start(&[("RELAY_DRAIN_TIMEOUT", "60s")]);
+    let p = pair(&relay).await;
+    let (mac_tx, mut mac_rx) = p.mac.into_inner().split();
+    let (mut browser_tx, browser_rx) = p.browser.into_inner().split();
+    // The browser sends until flow control holds it back; the mac reads nothing.
+    let flood = tokio::spawn(async move {
+        let frame = Message::binary(vec![7u8; 64 * 1024]);
+        while tokio::time::timeout(Duration::from_secs(2), browser_tx.send(frame.clone()))
+            .await
+            .is_ok_and(|sent| sent.is_ok())
+        {}
+        browser_tx
+    });
+    let browser_tx = flood.await.expect("flood");
+
+    relay.sigterm();
+    relay.wait_logged("drain started").await;
+    let (status, body) = relay.get("/readyz").await;
+    assert_eq!((status, body.trim()), (503, "draining"));
+    assert_eq!(relay.get("/healthz").await.0, 200);
+    // A client arriving now is turned away at once, to reconnect elsewhere.
+    let mut late = relay.mac().await;
+    late.expect_error("SHUTTING_DOWN").await;
+    late.expect_close(1012).await;
+    assert!(
+        relay.log_line("drained").is_none(),
+        "the stalled mac holds the drain open"
+    );
+
+    // The mac reads again: its socket gets to the drain, and the node exits.
+    let close = loop {
+        match tokio::time::timeout(WAIT, mac_rx.next()).await {
+            Ok(Some(Ok(Message::Close(c)))) => break c,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the mac was not closed: {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(1012));
+    drop((mac_tx, browser_tx, browser_rx));
+    assert!(relay.wait_exit().success());
+    assert!(relay.log_line("drained").is_some());
 }
 
 #[tokio::test]

@@ -345,6 +345,10 @@ impl Socket {
     }
 
     fn drain(&mut self, ctx: &mut WebsocketContext<Self>) {
+        if self.ending.is_some() {
+            // Already closing: a second SHUTTING_DOWN would follow the close frame.
+            return;
+        }
         self.send_error(ctx, ErrorCode::ShuttingDown, None);
         self.close(
             ctx,
