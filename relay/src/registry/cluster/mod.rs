@@ -36,6 +36,7 @@ use super::{Link, RegistrySettings, SessionId};
 use crate::cluster::bus::{Bus, Dispatch};
 use crate::cluster::envelope::{Control, Envelope};
 use crate::cluster::scripts::Scripts;
+use crate::cluster::store::Store;
 use crate::cluster::{PREFIX, Redis, lease};
 use crate::conns::{ConnCommand, ConnId};
 use crate::metrics::Metrics;
@@ -43,10 +44,6 @@ use crate::pipe::{EventEffect, FromPeer, Peer, Pipe};
 
 /// How long ended sides and expired codes are remembered in Redis.
 const REMEMBER_MS: u64 = 600_000;
-
-/// Lifetime of a session's hash in Redis, refreshed on every change: a
-/// session no node touches for this long (every node died) is forgotten.
-const SESSION_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// How long a resuming node waits for the other nodes' handover.
 const HANDOVER_WAIT: Duration = Duration::from_secs(2);
@@ -203,6 +200,8 @@ pub struct ClusterRegistry {
     redis: Arc<Redis>,
     bus: Arc<Bus>,
     scripts: Arc<Scripts>,
+    /// The shared state in Redis, as this node sees it.
+    store: Arc<Store>,
     dir: Directory,
     sessions: HashMap<SessionId, Local>,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
@@ -269,6 +268,7 @@ impl ClusterRegistry {
                 Arc::new(move || back.do_send(Reclaim)),
             );
             bus_out = Some(Arc::clone(&bus));
+            let store = Arc::new(Store::new(Arc::clone(&redis), Arc::clone(&node)));
             ClusterRegistry {
                 settings,
                 metrics,
@@ -276,6 +276,7 @@ impl ClusterRegistry {
                 redis,
                 bus,
                 scripts: Arc::new(Scripts::new()),
+                store,
                 dir,
                 sessions: HashMap::new(),
                 limiter,
