@@ -14,6 +14,7 @@ use super::requests::{field, now_ms};
 use super::{ClusterRegistry, REMEMBER_MS};
 use crate::cluster::PREFIX;
 use crate::cluster::envelope::{Control, EndReason};
+use crate::cluster::store::GraceOutcome;
 use crate::registry::{Departure, Gone, SessionId};
 
 /// How often due code expiries and grace periods are looked for.
@@ -117,27 +118,13 @@ impl ClusterRegistry {
 
     /// Ends a side whose grace period passed, if it is still away.
     fn run_grace_end(&self, id: SessionId, role: Role, ctx: &mut Context<Self>) {
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let sid = id.to_string();
-        let run = async move {
-            redis
-                .query::<Vec<Value>>(
-                    "grace",
-                    scripts
-                        .grace_end
-                        .arg(PREFIX)
-                        .arg(&sid)
-                        .arg(role.as_str())
-                        .arg(REMEMBER_MS),
-                )
-                .await
-        };
+        let store = Arc::clone(&self.store);
+        let sid = Arc::clone(&id);
+        let run = async move { store.grace_end(&sid, role).await };
         ctx.spawn(run.into_actor(self).map(move |res, act, ctx| {
-            let Ok(reply) = res else { return };
-            if field(&reply, 0) != "ok" {
+            let Ok(GraceOutcome::Ended(facts)) = res else {
                 return;
-            }
+            };
             debug!(session = %id, role = role.as_str(), "grace period over");
             let c = Control::Ended {
                 sid: id.to_string(),
@@ -145,13 +132,13 @@ impl ClusterRegistry {
                 reason: EndReason::Timeout,
             };
             let mut told = Vec::new();
-            for n in [field(&reply, 5), field(&reply, 1)] {
-                if !n.is_empty() && !told.contains(&n) {
-                    act.send(&Arc::from(n.as_str()), c.clone(), ctx);
+            for n in [facts.node, facts.peer_node].into_iter().flatten() {
+                if !told.contains(&n) {
+                    act.send(&n, c.clone(), ctx);
                     told.push(n);
                 }
             }
-            if role == Role::Browser && field(&reply, 3) != "1" {
+            if role == Role::Browser && !facts.live {
                 act.expire_unjoinable(&id, ctx);
             }
         }));

@@ -36,8 +36,8 @@ use super::{Link, RegistrySettings, SessionId};
 use crate::cluster::bus::{Bus, Dispatch};
 use crate::cluster::envelope::{Control, Envelope};
 use crate::cluster::scripts::Scripts;
-use crate::cluster::store::Store;
-use crate::cluster::{PREFIX, Redis, lease};
+use crate::cluster::store::{Counter, Store};
+use crate::cluster::{Redis, lease};
 use crate::conns::{ConnCommand, ConnId};
 use crate::metrics::Metrics;
 use crate::pipe::{EventEffect, FromPeer, Peer, Pipe};
@@ -328,21 +328,12 @@ impl ClusterRegistry {
         }
     }
 
-    fn session_key(sid: &str) -> String {
-        format!("{PREFIX}s:{sid}")
-    }
-
     /// Writes counters of a session to Redis (fire and forget).
-    fn checkpoint(&self, sid: &SessionId, fields: Vec<(&'static str, u64)>) {
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let key = Self::session_key(sid);
+    fn checkpoint(&self, sid: &SessionId, counters: Vec<(Counter, u64)>) {
+        let store = Arc::clone(&self.store);
+        let sid = Arc::clone(sid);
         actix::spawn(async move {
-            let mut inv = scripts.checkpoint.key(key);
-            for (f, v) in fields {
-                inv.arg(f).arg(v);
-            }
-            let _ = redis.query::<i64>("checkpoint", &inv).await;
+            let _ = store.checkpoint(&sid, &counters).await;
         });
     }
 }

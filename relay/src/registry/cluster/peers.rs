@@ -12,6 +12,7 @@ use super::requests::{field, now_ms};
 use super::{ClusterRegistry, FromPeerNode, Here, NodeDead, Resubscribed};
 use crate::cluster::PREFIX;
 use crate::cluster::envelope::Control;
+use crate::cluster::store::{Counter, ReclaimOutcome};
 use crate::conns::ConnCommand;
 use crate::pipe::{EventEffect, Pipe};
 use crate::registry::SessionId;
@@ -120,7 +121,11 @@ impl ClusterRegistry {
         local.browser = None;
         local.browser_node = Some(Arc::clone(&node));
         local.tell(Role::Mac, &ServerMessage::PeerJoined, EventEffect::None);
-        self.checkpoint(&id, vec![("m_rbase", to_m.base()), ("m_sbase", accepted)]);
+        let counters = vec![
+            (Counter::MacReceiveBase, to_m.base()),
+            (Counter::MacSendBase, accepted),
+        ];
+        self.checkpoint(&id, counters);
         info!(session = %id, browser_node = %node, "browser joined on another node");
         self.sessions.insert(id, local);
     }
@@ -317,39 +322,23 @@ impl Handler<super::Reclaim> for ClusterRegistry {
             for role in [Role::Mac, Role::Browser] {
                 if let Some(Here { conn: Some((c, _)) }) = local.side(role) {
                     let p_last = local.pipe(role).map_or(0, |p| p.pairing_count());
-                    sides.push((Arc::clone(id), role, c.0, p_last));
+                    sides.push((Arc::clone(id), role, *c, p_last));
                 }
             }
         }
         for (id, role, conn, p_last) in sides {
-            let redis = Arc::clone(&self.redis);
-            let scripts = Arc::clone(&self.scripts);
-            let node = Arc::clone(&self.node);
-            let sid = id.to_string();
-            let claim = async move {
-                redis
-                    .query::<Vec<Value>>(
-                        "reap",
-                        scripts
-                            .reclaim
-                            .arg(PREFIX)
-                            .arg(&sid)
-                            .arg(role.as_str())
-                            .arg(&*node)
-                            .arg(conn),
-                    )
-                    .await
-            };
+            let store = Arc::clone(&self.store);
+            let sid = Arc::clone(&id);
+            let claim = async move { store.reclaim(&sid, role, conn).await };
             ctx.spawn(claim.into_actor(self).map(move |res, act, ctx| {
-                let Ok(reply) = res else { return };
-                if field(&reply, 0) != "ok" {
-                    warn!(session = %id, role = role.as_str(), status = %field(&reply, 0), "could not reclaim a side");
+                let Ok(outcome) = res else { return };
+                let ReclaimOutcome::Reclaimed { peer_node } = outcome else {
+                    warn!(session = %id, role = role.as_str(), status = outcome.as_str(), "could not reclaim a side");
                     return;
-                }
-                let peer_node = field(&reply, 1);
-                if peer_node.is_empty() || *peer_node == *act.node {
+                };
+                let Some(peer_node) = peer_node.filter(|n| **n != *act.node) else {
                     return;
-                }
+                };
                 let c = Control::Moved {
                     sid: id.to_string(),
                     role,
@@ -359,7 +348,7 @@ impl Handler<super::Reclaim> for ClusterRegistry {
                     // No resume waits for this answer.
                     request: 0,
                 };
-                act.send(&Arc::from(peer_node.as_str()), c, ctx);
+                act.send(&peer_node, c, ctx);
             }));
         }
     }

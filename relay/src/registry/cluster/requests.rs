@@ -12,13 +12,13 @@ use relay_protocol::code::{ALPHABET, CODE_LEN};
 use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
 use tracing::{info, warn};
 
-use super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending, REMEMBER_MS};
-use crate::cluster::PREFIX;
+use super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending};
 use crate::cluster::envelope::{Control, EndReason};
 use crate::cluster::store::{
-    JoinOutcome, NodeId, Registration, ResumeFacts, ResumeOutcome, SideEnd, SideState, StoreError,
+    Counter, EndOutcome, Holder, JoinOutcome, NodeId, Registration, ResumeFacts, ResumeOutcome,
+    SideEnd, SideState, StoreError,
 };
-use crate::conns::ConnCommand;
+use crate::conns::{ConnCommand, ConnId};
 use crate::pipe::{EventEffect, Gap, Pipe};
 use crate::registry::guessing::{CEILING_MESSAGE, current_minute};
 use crate::registry::secret::{self, TokenHash};
@@ -45,10 +45,6 @@ pub(super) fn field(v: &[Value], i: usize) -> String {
         Some(Value::Int(n)) => n.to_string(),
         _ => String::new(),
     }
-}
-
-pub(super) fn role_name(r: Role) -> &'static str {
-    r.as_str()
 }
 
 fn unavailable(e: &StoreError) -> Refusal {
@@ -243,8 +239,11 @@ impl ClusterRegistry {
             let link = local
                 .link(Role::Browser, written)
                 .ok_or(ErrorCode::InvalidCode)?;
-            let fields = vec![("m_rbase", to_m.base()), ("m_sbase", to_b.accepted())];
-            self.checkpoint(&id, fields);
+            let counters = vec![
+                (Counter::MacReceiveBase, to_m.base()),
+                (Counter::MacSendBase, to_b.accepted()),
+            ];
+            self.checkpoint(&id, counters);
             info!(session = %sid, conn = %msg.client.conn, "browser joined (same node)");
             return Ok(Joined {
                 resume_token: token,
@@ -707,7 +706,7 @@ impl ClusterRegistry {
             *local.side_mut(role) = None;
         }
         self.forget_if_empty(id);
-        self.mark_away(id, role, msg.client.conn.0, ctx);
+        self.mark_away(id, role, msg.client.conn, ctx);
     }
 
     /// Collects a handover reply; finishes the resume when all are in.
@@ -731,27 +730,18 @@ impl ClusterRegistry {
     }
 
     /// Runs the away script for a side of this node, starting its grace period.
-    pub(super) fn mark_away(&self, id: &SessionId, role: Role, conn: u64, _: &mut Context<Self>) {
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let node = Arc::clone(&self.node);
+    pub(super) fn mark_away(
+        &self,
+        id: &SessionId,
+        role: Role,
+        conn: ConnId,
+        _: &mut Context<Self>,
+    ) {
+        let store = Arc::clone(&self.store);
         let deadline = requests_deadline(self.settings.grace);
-        let sid = id.to_string();
+        let sid = Arc::clone(id);
         actix::spawn(async move {
-            let r: Result<Vec<Value>, _> = redis
-                .query(
-                    "away",
-                    scripts
-                        .away
-                        .arg(PREFIX)
-                        .arg(&sid)
-                        .arg(role_name(role))
-                        .arg(&*node)
-                        .arg(conn)
-                        .arg(deadline),
-                )
-                .await;
-            if let Err(e) = r {
+            if let Err(e) = store.away(&sid, role, conn, deadline).await {
                 warn!(session = %sid, error = %e, "could not start the grace period in Redis");
             }
         });
@@ -778,10 +768,10 @@ impl Handler<Gone> for ClusterRegistry {
         here.conn = None;
         match msg.how {
             Departure::Left => {
-                self.end_here(msg.session_id, msg.role, msg.conn.0, EndReason::Left, ctx)
+                self.end_here(msg.session_id, msg.role, msg.conn, EndReason::Left, ctx)
             }
             Departure::Closed => {
-                self.end_here(msg.session_id, msg.role, msg.conn.0, EndReason::Closed, ctx)
+                self.end_here(msg.session_id, msg.role, msg.conn, EndReason::Closed, ctx)
             }
             Departure::Dropped => {
                 let role = msg.role;
@@ -803,7 +793,7 @@ impl Handler<Gone> for ClusterRegistry {
                     ),
                 }
                 info!(session = %msg.session_id, role = role.as_str(), conn = %msg.conn, "side away");
-                self.mark_away(&msg.session_id, role, msg.conn.0, ctx);
+                self.mark_away(&msg.session_id, role, msg.conn, ctx);
             }
         }
     }
@@ -816,48 +806,29 @@ impl ClusterRegistry {
         &mut self,
         id: SessionId,
         role: Role,
-        conn: u64,
+        conn: ConnId,
         reason: EndReason,
         ctx: &mut Context<Self>,
     ) {
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let node = Arc::clone(&self.node);
-        let sid = id.to_string();
-        let conn_arg = conn.to_string();
-        let end = async move {
-            redis
-                .query::<Vec<Value>>(
-                    "end",
-                    scripts
-                        .end_side
-                        .arg(PREFIX)
-                        .arg(&sid)
-                        .arg(role_name(role))
-                        .arg(&*node)
-                        .arg(conn_arg)
-                        .arg(REMEMBER_MS),
-                )
-                .await
-        };
+        let store = Arc::clone(&self.store);
+        let sid = Arc::clone(&id);
+        let end = async move { store.end_side(&sid, role, Holder::Conn(conn)).await };
         ctx.spawn(end.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(reply) if field(&reply, 0) == "ok" => {
-                let peer_node = field(&reply, 1);
-                let live = field(&reply, 3) == "1";
+            Ok(EndOutcome::Ended(facts)) => {
                 act.side_ended(&id, role, reason, ctx);
-                if !peer_node.is_empty() && *peer_node != *act.node {
+                if let Some(peer_node) = facts.peer_node.filter(|n| **n != *act.node) {
                     let c = Control::Ended {
                         sid: id.to_string(),
                         role,
                         reason,
                     };
-                    act.send(&Arc::from(peer_node.as_str()), c, ctx);
+                    act.send(&peer_node, c, ctx);
                 }
-                if role == Role::Browser && !live {
+                if role == Role::Browser && !facts.live {
                     act.expire_unjoinable(&id, ctx);
                 }
             }
-            Ok(_) => act.side_ended(&id, role, reason, ctx),
+            Ok(EndOutcome::Gone | EndOutcome::Stale) => act.side_ended(&id, role, reason, ctx),
             Err(e) => {
                 warn!(session = %id, error = %e, "could not end the side in Redis; ending it here");
                 act.side_ended(&id, role, reason, ctx);
@@ -918,7 +889,7 @@ impl ClusterRegistry {
                         EventEffect::None,
                     );
                     if let Some(p) = &local.to_browser {
-                        self.checkpoint(id, vec![("m_sbase", p.accepted())]);
+                        self.checkpoint(id, vec![(Counter::MacSendBase, p.accepted())]);
                     }
                 }
                 info!(session = %id, reason = ?reason, "browser left");
@@ -942,43 +913,26 @@ impl Handler<Overflowed> for ClusterRegistry {
         self.metrics.resume_buffer_overflows.inc();
         warn!(session = %msg.session_id, role = msg.role.as_str(), "resume buffer overflowed; ending side");
         // The absent side may be homed anywhere: end it unconditionally.
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let sid = msg.session_id.to_string();
+        let store = Arc::clone(&self.store);
         let role = msg.role;
         let id = msg.session_id;
-        let end = async move {
-            redis
-                .query::<Vec<Value>>(
-                    "end",
-                    scripts
-                        .end_side
-                        .arg(PREFIX)
-                        .arg(&sid)
-                        .arg(role_name(role))
-                        .arg("")
-                        .arg("")
-                        .arg(REMEMBER_MS),
-                )
-                .await
-        };
+        let sid = Arc::clone(&id);
+        let end = async move { store.end_side(&sid, role, Holder::Any).await };
         ctx.spawn(end.into_actor(self).map(move |res, act, ctx| {
             act.side_ended(&id, role, EndReason::Timeout, ctx);
-            if let Ok(reply) = res {
-                if field(&reply, 0) == "ok" {
-                    let c = Control::Ended {
-                        sid: id.to_string(),
-                        role,
-                        reason: EndReason::Timeout,
-                    };
-                    for n in [field(&reply, 1), field(&reply, 5)] {
-                        if !n.is_empty() && *n != *act.node {
-                            act.send(&Arc::from(n.as_str()), c.clone(), ctx);
-                        }
+            if let Ok(EndOutcome::Ended(facts)) = res {
+                let c = Control::Ended {
+                    sid: id.to_string(),
+                    role,
+                    reason: EndReason::Timeout,
+                };
+                for n in [facts.peer_node, facts.node].into_iter().flatten() {
+                    if *n != *act.node {
+                        act.send(&n, c.clone(), ctx);
                     }
-                    if role == Role::Browser && field(&reply, 3) != "1" {
-                        act.expire_unjoinable(&id, ctx);
-                    }
+                }
+                if role == Role::Browser && !facts.live {
+                    act.expire_unjoinable(&id, ctx);
                 }
             }
         }));
