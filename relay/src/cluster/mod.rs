@@ -8,8 +8,6 @@ pub mod envelope;
 pub mod lease;
 pub mod redis;
 pub(crate) mod scripts;
-// Until the registry calls it, in the commits that follow.
-#[allow(dead_code, unused_imports)]
 pub(crate) mod store;
 
 pub use self::redis::{Redis, RedisTarget};

@@ -27,13 +27,13 @@ use std::time::Duration;
 
 use redis::{ScriptInvocation, Value};
 use relay_protocol::{ErrorCode, Role};
+use tracing::warn;
 
-pub(crate) use self::chores::{DeadSide, Due, ExpireOutcome, Expiry};
+// What the registry names; the other reply types it only takes apart.
+pub(crate) use self::chores::{ExpireOutcome, Expiry};
 pub(crate) use self::pairing::{JoinOutcome, Registration, ResumeFacts, ResumeOutcome};
 use self::reply::Malformed;
-pub(crate) use self::sides::{
-    AwayOutcome, Checkpointed, Counter, EndFacts, EndOutcome, GraceOutcome, Holder, ReclaimOutcome,
-};
+pub(crate) use self::sides::{Counter, EndOutcome, GraceOutcome, Holder, ReclaimOutcome};
 use super::Redis;
 use super::scripts::Scripts;
 
@@ -267,7 +267,13 @@ impl Store {
             .query(op.label(), cmd)
             .await
             .map_err(|source| StoreError::Redis { op, source })?;
-        parse(&reply).map_err(|why| StoreError::malformed(op, why, &reply))
+        parse(&reply).map_err(|why| {
+            let e = StoreError::malformed(op, why, &reply);
+            // Logged here because some callers only skip a failed call, and
+            // this one means the Lua and this module disagree.
+            warn!(op = op.name(), error = %e, "malformed Redis reply");
+            e
+        })
     }
 
     /// A script invocation of one of the scripts that read a side (resume,

@@ -1,6 +1,6 @@
 //! The cluster registry: the same messages as the in-memory registry, with
-//! the shared state in Redis (changed only through `cluster::scripts`) and
-//! node-to-node messages on the bus.
+//! the shared state in Redis (read and changed only through `cluster::store`,
+//! which runs the `cluster::scripts`) and node-to-node messages on the bus.
 //!
 //! Each node holds, per session, only what concerns the sides homed on it:
 //! - a side's inbound pipe: delivery to its socket, fed by a local sender or
@@ -35,15 +35,11 @@ use tokio::sync::oneshot;
 use super::{Link, RegistrySettings, SessionId};
 use crate::cluster::bus::{Bus, Dispatch};
 use crate::cluster::envelope::{Control, Envelope};
-use crate::cluster::scripts::Scripts;
 use crate::cluster::store::{Counter, Store};
 use crate::cluster::{Redis, lease};
 use crate::conns::{ConnCommand, ConnId};
 use crate::metrics::Metrics;
 use crate::pipe::{EventEffect, FromPeer, Peer, Pipe};
-
-/// How long ended sides and expired codes are remembered in Redis.
-const REMEMBER_MS: u64 = 600_000;
 
 /// How long a resuming node waits for the other nodes' handover.
 const HANDOVER_WAIT: Duration = Duration::from_secs(2);
@@ -199,7 +195,6 @@ pub struct ClusterRegistry {
     node: Arc<str>,
     redis: Arc<Redis>,
     bus: Arc<Bus>,
-    scripts: Arc<Scripts>,
     /// The shared state in Redis, as this node sees it.
     store: Arc<Store>,
     dir: Directory,
@@ -275,7 +270,6 @@ impl ClusterRegistry {
                 node,
                 redis,
                 bus,
-                scripts: Arc::new(Scripts::new()),
                 store,
                 dir,
                 sessions: HashMap::new(),

@@ -4,13 +4,11 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use redis::Value;
 use relay_protocol::{Role, ServerMessage};
 use tracing::{info, warn};
 
-use super::requests::{field, now_ms};
+use super::requests::now_ms;
 use super::{ClusterRegistry, FromPeerNode, Here, NodeDead, Resubscribed};
-use crate::cluster::PREFIX;
 use crate::cluster::envelope::Control;
 use crate::cluster::store::{Counter, ReclaimOutcome};
 use crate::conns::ConnCommand;
@@ -241,38 +239,26 @@ impl Handler<NodeDead> for ClusterRegistry {
     type Result = ();
 
     fn handle(&mut self, NodeDead(dead): NodeDead, ctx: &mut Context<Self>) {
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
+        let store = Arc::clone(&self.store);
         let deadline = now_ms() + self.settings.grace.as_millis() as u64;
         let node = dead.clone();
-        let reap = async move {
-            redis
-                .query::<Vec<Value>>(
-                    "reap",
-                    scripts.dead_node.arg(PREFIX).arg(&node).arg(deadline),
-                )
-                .await
-        };
+        let reap = async move { store.dead_node(&node, deadline).await };
         ctx.spawn(reap.into_actor(self).map(move |res, act, ctx| {
-            let Ok(list) = res else { return };
-            if list.is_empty() {
+            let Ok(sides) = res else { return };
+            if sides.is_empty() {
                 return; // another node cleaned up, or nothing was there
             }
             act.metrics.nodes_reaped.inc();
-            warn!(node = %dead, sides = list.len() / 3, "node died; its sides are away");
-            for i in (0..list.len()).step_by(3) {
-                let sid = field(&list, i);
-                let role = if field(&list, i + 1) == "mac" {
-                    Role::Mac
-                } else {
-                    Role::Browser
-                };
-                let peer_node = field(&list, i + 2);
-                if peer_node.is_empty() {
+            warn!(node = %dead, sides = sides.len(), "node died; its sides are away");
+            for side in sides {
+                let Some(peer_node) = side.peer_node else {
                     continue;
-                }
-                let c = Control::Away { sid, role };
-                act.send(&Arc::from(peer_node.as_str()), c, ctx);
+                };
+                let c = Control::Away {
+                    sid: side.sid.to_string(),
+                    role: side.role,
+                };
+                act.send(&peer_node, c, ctx);
             }
         }));
     }
@@ -284,23 +270,17 @@ impl Handler<Resubscribed> for ClusterRegistry {
     fn handle(&mut self, _: Resubscribed, ctx: &mut Context<Self>) {
         // Messages published to us while we were not listening are lost: ask
         // every node to send again what it holds for us.
-        let redis = Arc::clone(&self.redis);
+        let store = Arc::clone(&self.store);
         let bus = Arc::clone(&self.bus);
-        let me = self.node.to_string();
+        let me = Arc::clone(&self.node);
         let ask = async move {
-            let nodes: Vec<String> = redis
-                .query(
-                    "nodes",
-                    ::redis::cmd("SMEMBERS").arg(format!("{PREFIX}nodes")),
-                )
-                .await
-                .unwrap_or_default();
+            let nodes = store.nodes().await.unwrap_or_default();
             for n in nodes {
                 if n != me {
                     bus.send(
-                        &Arc::from(n.as_str()),
+                        &n,
                         crate::cluster::envelope::Envelope::Control(Control::Resync {
-                            node: me.clone(),
+                            node: me.to_string(),
                         }),
                     );
                 }

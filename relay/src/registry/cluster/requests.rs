@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use redis::Value;
 use relay_protocol::code::{ALPHABET, CODE_LEN};
 use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
 use tracing::{info, warn};
@@ -15,8 +14,8 @@ use tracing::{info, warn};
 use super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending};
 use crate::cluster::envelope::{Control, EndReason};
 use crate::cluster::store::{
-    Counter, EndOutcome, Holder, JoinOutcome, NodeId, Registration, ResumeFacts, ResumeOutcome,
-    SideEnd, SideState, StoreError,
+    Counter, EndOutcome, Expiry, Holder, JoinOutcome, NodeId, Registration, ResumeFacts,
+    ResumeOutcome, SideEnd, SideState, StoreError,
 };
 use crate::conns::{ConnCommand, ConnId};
 use crate::pipe::{EventEffect, Gap, Pipe};
@@ -35,16 +34,6 @@ pub(super) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64
-}
-
-/// A string field of a script reply (empty when missing).
-pub(super) fn field(v: &[Value], i: usize) -> String {
-    match v.get(i) {
-        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(Value::SimpleString(s)) => s.clone(),
-        Some(Value::Int(n)) => n.to_string(),
-        _ => String::new(),
-    }
 }
 
 fn unavailable(e: &StoreError) -> Refusal {
@@ -902,7 +891,7 @@ impl ClusterRegistry {
     /// The browser left after the code expired: nobody can join any more, so
     /// the session ends and the mac is told `code_expired`.
     pub(super) fn expire_unjoinable(&self, id: &SessionId, ctx: &mut Context<Self>) {
-        self.run_expire(id, false, ctx);
+        self.run_expire(id, Expiry::Unjoinable, ctx);
     }
 }
 
