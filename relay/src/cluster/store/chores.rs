@@ -226,7 +226,7 @@ mod tests {
     use relay_protocol::SessionCode;
 
     use super::super::testing::{TestRedis, dump};
-    use super::super::{Holder, JoinOutcome};
+    use super::super::{EndOutcome, Holder, JoinOutcome};
     use super::*;
     use crate::conns::ConnId;
     use crate::registry::secret::TokenHash;
@@ -297,7 +297,7 @@ mod tests {
 
         // The browser leaves: nobody can join any more, the session ends.
         let left = n1.end_side("s1", Role::Browser, Holder::Any).await.unwrap();
-        let super::super::EndOutcome::Ended(facts) = left else {
+        let EndOutcome::Ended(facts) = left else {
             panic!("not ended: {left:?}")
         };
         assert!(!facts.live);

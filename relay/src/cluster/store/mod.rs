@@ -11,7 +11,8 @@
 //!
 //! Files: `pairing` (register, join, resume), `sides` (away, end, grace,
 //! reclaim, checkpoint), `chores` (code expiry, dead nodes, the due poll,
-//! the node list), `reply` (reading a reply field by field).
+//! the node list), `reply` (reading a reply field by field), and for tests
+//! `testing` (a throwaway `redis-server`).
 
 mod chores;
 mod pairing;

@@ -251,6 +251,7 @@ fn parse_resume(reply: &Value) -> Result<ResumeOutcome, Malformed> {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{TestRedis, dump};
+    use super::super::{Counter, EndOutcome, ExpireOutcome, Expiry, Holder};
     use super::*;
 
     fn token(n: u8) -> TokenHash {
@@ -382,10 +383,8 @@ mod tests {
         assert_eq!(join("GHJKLM", 3).await, JoinOutcome::Invalid);
         // The code's timer fired: it is remembered as expired.
         assert_eq!(
-            n1.expire_code("s1", super::super::Expiry::Due)
-                .await
-                .unwrap(),
-            super::super::ExpireOutcome::Ended {
+            n1.expire_code("s1", Expiry::Due).await.unwrap(),
+            ExpireOutcome::Ended {
                 mac_node: Some(Arc::from("n1")),
                 code: "ABCDEF".into(),
             }
@@ -459,10 +458,7 @@ mod tests {
         // The counts written by checkpoints come back.
         n3.checkpoint(
             "s1",
-            &[
-                (super::super::Counter::MacReceiveBase, 5),
-                (super::super::Counter::MacSendBase, 8),
-            ],
+            &[(Counter::MacReceiveBase, 5), (Counter::MacSendBase, 8)],
         )
         .await
         .unwrap();
@@ -520,11 +516,8 @@ mod tests {
             .await
             .unwrap();
         // The mac leaves: the browser's session is over.
-        let ended = n1.end_side("s1", Role::Mac, super::super::Holder::Conn(ConnId(1)));
-        assert!(matches!(
-            ended.await.unwrap(),
-            super::super::EndOutcome::Ended(_)
-        ));
+        let ended = n1.end_side("s1", Role::Mac, Holder::Conn(ConnId(1)));
+        assert!(matches!(ended.await.unwrap(), EndOutcome::Ended(_)));
         let out = n2.resume("s1", Role::Browser, &token(2), ConnId(8)).await;
         assert_eq!(out.unwrap(), ResumeOutcome::Ended(SideEnd::MacDisconnected));
         let out = n2.resume("s1", Role::Mac, &token(1), ConnId(8)).await;
