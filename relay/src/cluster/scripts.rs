@@ -1,6 +1,7 @@
 //! The registry's shared state in Redis, changed only by these Lua scripts so
 //! that every change is atomic cluster-wide (one code per session, one browser
-//! per session, one node ending a side or expiring a code).
+//! per session, one node ending a side or expiring a code). Only
+//! `cluster::store` calls them and reads their replies.
 //!
 //! Keys, all under `relay:`:
 //! - `code:<CODE>` -> session id, while the code can be joined.
@@ -51,27 +52,27 @@ const READ_SIDE: &str = r#"
 "#;
 
 /// Every script of the registry, loaded once.
-pub struct Scripts {
+pub(crate) struct Scripts {
     /// Creates a session with a code, if the code is free.
-    pub register: Script,
+    pub(crate) register: Script,
     /// Claims the browser side of a session by code.
-    pub join: Script,
+    pub(crate) join: Script,
     /// Takes a side over with its token.
-    pub resume: Script,
+    pub(crate) resume: Script,
     /// Marks a side away and starts its grace period.
-    pub away: Script,
+    pub(crate) away: Script,
     /// Ends a side for good (the mac's end ends the session).
-    pub end_side: Script,
+    pub(crate) end_side: Script,
     /// Ends a side whose grace period is over, if no one did yet.
-    pub grace_end: Script,
+    pub(crate) grace_end: Script,
     /// Expires a code, once; ends the session if no browser joined.
-    pub expire_code: Script,
+    pub(crate) expire_code: Script,
     /// Marks the sides of a dead node away, once.
-    pub dead_node: Script,
+    pub(crate) dead_node: Script,
     /// Writes a checkpoint field if the session still exists.
-    pub checkpoint: Script,
+    pub(crate) checkpoint: Script,
     /// Claims a side back for its node after others took the node for dead.
-    pub reclaim: Script,
+    pub(crate) reclaim: Script,
 }
 
 impl Default for Scripts {
@@ -82,7 +83,7 @@ impl Default for Scripts {
 
 impl Scripts {
     /// Builds the scripts (they are sent to Redis on first use).
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Scripts {
             // KEYS: code, xcode, session, expiries, sides:<node>
             // ARGV: sid, code, tok, node, conn, code_ttl_ms, expires_at_ms, session_ttl_ms

@@ -8,7 +8,7 @@ mod cluster;
 mod deadlines;
 pub(crate) mod guessing;
 mod memory;
-mod secret;
+pub(crate) mod secret;
 mod session;
 mod tombstones;
 

@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use redis::Value;
 use relay_protocol::Role;
 use tracing::debug;
 
-use super::requests::{field, now_ms};
-use super::{ClusterRegistry, REMEMBER_MS};
-use crate::cluster::PREFIX;
+use super::ClusterRegistry;
+use super::requests::now_ms;
 use crate::cluster::envelope::{Control, EndReason};
+use crate::cluster::store::{ExpireOutcome, Expiry, GraceOutcome};
 use crate::registry::{Departure, Gone, SessionId};
 
 /// How often due code expiries and grace periods are looked for.
@@ -35,109 +34,55 @@ impl ClusterRegistry {
         if !self.redis.is_up() {
             return;
         }
-        let redis = Arc::clone(&self.redis);
+        let store = Arc::clone(&self.store);
         let now = now_ms();
-        let due = async move {
-            let mut pipe = ::redis::pipe();
-            for set in ["expiries", "grace"] {
-                pipe.cmd("ZRANGEBYSCORE")
-                    .arg(format!("{PREFIX}{set}"))
-                    .arg("-inf")
-                    .arg(now)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(POLL_BATCH);
-            }
-            redis
-                .query::<(Vec<String>, Vec<String>)>("expire", &pipe)
-                .await
-        };
+        let due = async move { store.due(now, POLL_BATCH).await };
         ctx.spawn(due.into_actor(self).map(|res, act, ctx| {
-            let Ok((codes, graces)) = res else { return };
-            for sid in codes {
-                act.run_expire(&Arc::from(sid.as_str()), true, ctx);
+            let Ok(due) = res else { return };
+            for sid in due.codes {
+                act.run_expire(&sid, Expiry::Due, ctx);
             }
-            for member in graces {
-                let Some((sid, role)) = member.split_once('|') else {
-                    continue;
-                };
-                let role = if role == "mac" {
-                    Role::Mac
-                } else {
-                    Role::Browser
-                };
-                act.run_grace_end(Arc::from(sid), role, ctx);
+            for (sid, role) in due.graces {
+                act.run_grace_end(sid, role, ctx);
             }
         }));
     }
 
-    /// Expires a session's code (`claim`: because its timer fired, once
-    /// cluster-wide), ending the session if no browser is in it.
-    pub(super) fn run_expire(&self, id: &SessionId, claim: bool, ctx: &mut Context<Self>) {
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let sid = id.to_string();
+    /// Expires a session's code (see [`Expiry`]), ending the session if no
+    /// browser is in it.
+    pub(super) fn run_expire(&self, id: &SessionId, why: Expiry, ctx: &mut Context<Self>) {
+        let store = Arc::clone(&self.store);
         let id = Arc::clone(id);
-        let run = async move {
-            redis
-                .query::<Vec<Value>>(
-                    "expire",
-                    scripts
-                        .expire_code
-                        .arg(PREFIX)
-                        .arg(&sid)
-                        .arg(if claim { "1" } else { "0" })
-                        .arg(REMEMBER_MS)
-                        .arg(REMEMBER_MS),
-                )
-                .await
-        };
+        let sid = Arc::clone(&id);
+        let run = async move { store.expire_code(&sid, why).await };
         ctx.spawn(run.into_actor(self).map(move |res, act, ctx| {
-            let Ok(reply) = res else { return };
-            let status = field(&reply, 0);
-            // Counted only unjoined ("ended"), so issued → joined → expired is a funnel.
-            if claim && status == "ended" {
+            let Ok(ExpireOutcome::Ended { mac_node, code }) = res else {
+                return;
+            };
+            // Counted only unjoined (ended), so issued → joined → expired is a funnel.
+            if why == Expiry::Due {
                 act.metrics.codes_expired.inc();
             }
-            if status == "ended" {
-                let mac_node = field(&reply, 1);
-                let code = field(&reply, 3);
-                debug!(session = %id, "code expired with no browser");
-                if mac_node.is_empty() {
-                    return;
-                }
+            debug!(session = %id, "code expired with no browser");
+            if let Some(mac_node) = mac_node {
                 let c = Control::CodeExpired {
                     sid: id.to_string(),
                     code,
                 };
-                act.send(&Arc::from(mac_node.as_str()), c, ctx);
+                act.send(&mac_node, c, ctx);
             }
         }));
     }
 
     /// Ends a side whose grace period passed, if it is still away.
     fn run_grace_end(&self, id: SessionId, role: Role, ctx: &mut Context<Self>) {
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let sid = id.to_string();
-        let run = async move {
-            redis
-                .query::<Vec<Value>>(
-                    "grace",
-                    scripts
-                        .grace_end
-                        .arg(PREFIX)
-                        .arg(&sid)
-                        .arg(role.as_str())
-                        .arg(REMEMBER_MS),
-                )
-                .await
-        };
+        let store = Arc::clone(&self.store);
+        let sid = Arc::clone(&id);
+        let run = async move { store.grace_end(&sid, role).await };
         ctx.spawn(run.into_actor(self).map(move |res, act, ctx| {
-            let Ok(reply) = res else { return };
-            if field(&reply, 0) != "ok" {
+            let Ok(GraceOutcome::Ended(facts)) = res else {
                 return;
-            }
+            };
             debug!(session = %id, role = role.as_str(), "grace period over");
             let c = Control::Ended {
                 sid: id.to_string(),
@@ -145,13 +90,13 @@ impl ClusterRegistry {
                 reason: EndReason::Timeout,
             };
             let mut told = Vec::new();
-            for n in [field(&reply, 5), field(&reply, 1)] {
-                if !n.is_empty() && !told.contains(&n) {
-                    act.send(&Arc::from(n.as_str()), c.clone(), ctx);
+            for n in [facts.node, facts.peer_node].into_iter().flatten() {
+                if !told.contains(&n) {
+                    act.send(&n, c.clone(), ctx);
                     told.push(n);
                 }
             }
-            if role == Role::Browser && field(&reply, 3) != "1" {
+            if role == Role::Browser && !facts.live {
                 act.expire_unjoinable(&id, ctx);
             }
         }));

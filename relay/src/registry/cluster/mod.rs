@@ -1,6 +1,6 @@
 //! The cluster registry: the same messages as the in-memory registry, with
-//! the shared state in Redis (changed only through `cluster::scripts`) and
-//! node-to-node messages on the bus.
+//! the shared state in Redis (read and changed only through `cluster::store`,
+//! which runs the `cluster::scripts`) and node-to-node messages on the bus.
 //!
 //! Each node holds, per session, only what concerns the sides homed on it:
 //! - a side's inbound pipe: delivery to its socket, fed by a local sender or
@@ -35,19 +35,12 @@ use tokio::sync::oneshot;
 use super::{Link, RegistrySettings, SessionId};
 use crate::cluster::bus::{Bus, Dispatch};
 use crate::cluster::envelope::{Control, Envelope};
-use crate::cluster::scripts::Scripts;
-use crate::cluster::{PREFIX, Redis, lease};
+use crate::cluster::store::{Counter, Store};
+use crate::cluster::{Redis, lease};
 use crate::conns::{ConnCommand, ConnId};
 use crate::metrics::Metrics;
 use crate::pipe::{Peer, Pipe};
 use crate::queue::{EventEffect, FromPeer};
-
-/// How long ended sides and expired codes are remembered in Redis.
-const REMEMBER_MS: u64 = 600_000;
-
-/// Lifetime of a session's hash in Redis, refreshed on every change: a
-/// session no node touches for this long (every node died) is forgotten.
-const SESSION_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// How long a resuming node waits for the other nodes' handover.
 const HANDOVER_WAIT: Duration = Duration::from_secs(2);
@@ -203,7 +196,8 @@ pub struct ClusterRegistry {
     node: Arc<str>,
     redis: Arc<Redis>,
     bus: Arc<Bus>,
-    scripts: Arc<Scripts>,
+    /// The shared state in Redis, as this node sees it.
+    store: Arc<Store>,
     dir: Directory,
     sessions: HashMap<SessionId, Local>,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
@@ -270,13 +264,14 @@ impl ClusterRegistry {
                 Arc::new(move || back.do_send(Reclaim)),
             );
             bus_out = Some(Arc::clone(&bus));
+            let store = Arc::new(Store::new(Arc::clone(&redis), Arc::clone(&node)));
             ClusterRegistry {
                 settings,
                 metrics,
                 node,
                 redis,
                 bus,
-                scripts: Arc::new(Scripts::new()),
+                store,
                 dir,
                 sessions: HashMap::new(),
                 limiter,
@@ -328,21 +323,12 @@ impl ClusterRegistry {
         }
     }
 
-    fn session_key(sid: &str) -> String {
-        format!("{PREFIX}s:{sid}")
-    }
-
     /// Writes counters of a session to Redis (fire and forget).
-    fn checkpoint(&self, sid: &SessionId, fields: Vec<(&'static str, u64)>) {
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let key = Self::session_key(sid);
+    fn checkpoint(&self, sid: &SessionId, counters: Vec<(Counter, u64)>) {
+        let store = Arc::clone(&self.store);
+        let sid = Arc::clone(sid);
         actix::spawn(async move {
-            let mut inv = scripts.checkpoint.key(key);
-            for (f, v) in fields {
-                inv.arg(f).arg(v);
-            }
-            let _ = redis.query::<i64>("checkpoint", &inv).await;
+            let _ = store.checkpoint(&sid, &counters).await;
         });
     }
 }

@@ -4,14 +4,13 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use redis::Value;
 use relay_protocol::{Role, ServerMessage};
 use tracing::{info, warn};
 
-use super::requests::{field, now_ms};
+use super::requests::now_ms;
 use super::{ClusterRegistry, FromPeerNode, Here, NodeDead, Resubscribed};
-use crate::cluster::PREFIX;
 use crate::cluster::envelope::Control;
+use crate::cluster::store::{Counter, ReclaimOutcome};
 use crate::conns::ConnCommand;
 use crate::pipe::Pipe;
 use crate::queue::EventEffect;
@@ -121,7 +120,11 @@ impl ClusterRegistry {
         local.browser = None;
         local.browser_node = Some(Arc::clone(&node));
         local.tell(Role::Mac, &ServerMessage::PeerJoined, EventEffect::None);
-        self.checkpoint(&id, vec![("m_rbase", to_m.base()), ("m_sbase", accepted)]);
+        let counters = vec![
+            (Counter::MacReceiveBase, to_m.base()),
+            (Counter::MacSendBase, accepted),
+        ];
+        self.checkpoint(&id, counters);
         info!(session = %id, browser_node = %node, "browser joined on another node");
         self.sessions.insert(id, local);
     }
@@ -237,38 +240,26 @@ impl Handler<NodeDead> for ClusterRegistry {
     type Result = ();
 
     fn handle(&mut self, NodeDead(dead): NodeDead, ctx: &mut Context<Self>) {
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
+        let store = Arc::clone(&self.store);
         let deadline = now_ms() + self.settings.grace.as_millis() as u64;
         let node = dead.clone();
-        let reap = async move {
-            redis
-                .query::<Vec<Value>>(
-                    "reap",
-                    scripts.dead_node.arg(PREFIX).arg(&node).arg(deadline),
-                )
-                .await
-        };
+        let reap = async move { store.dead_node(&node, deadline).await };
         ctx.spawn(reap.into_actor(self).map(move |res, act, ctx| {
-            let Ok(list) = res else { return };
-            if list.is_empty() {
+            let Ok(sides) = res else { return };
+            if sides.is_empty() {
                 return; // another node cleaned up, or nothing was there
             }
             act.metrics.nodes_reaped.inc();
-            warn!(node = %dead, sides = list.len() / 3, "node died; its sides are away");
-            for i in (0..list.len()).step_by(3) {
-                let sid = field(&list, i);
-                let role = if field(&list, i + 1) == "mac" {
-                    Role::Mac
-                } else {
-                    Role::Browser
-                };
-                let peer_node = field(&list, i + 2);
-                if peer_node.is_empty() {
+            warn!(node = %dead, sides = sides.len(), "node died; its sides are away");
+            for side in sides {
+                let Some(peer_node) = side.peer_node else {
                     continue;
-                }
-                let c = Control::Away { sid, role };
-                act.send(&Arc::from(peer_node.as_str()), c, ctx);
+                };
+                let c = Control::Away {
+                    sid: side.sid.to_string(),
+                    role: side.role,
+                };
+                act.send(&peer_node, c, ctx);
             }
         }));
     }
@@ -280,23 +271,17 @@ impl Handler<Resubscribed> for ClusterRegistry {
     fn handle(&mut self, _: Resubscribed, ctx: &mut Context<Self>) {
         // Messages published to us while we were not listening are lost: ask
         // every node to send again what it holds for us.
-        let redis = Arc::clone(&self.redis);
+        let store = Arc::clone(&self.store);
         let bus = Arc::clone(&self.bus);
-        let me = self.node.to_string();
+        let me = Arc::clone(&self.node);
         let ask = async move {
-            let nodes: Vec<String> = redis
-                .query(
-                    "nodes",
-                    ::redis::cmd("SMEMBERS").arg(format!("{PREFIX}nodes")),
-                )
-                .await
-                .unwrap_or_default();
+            let nodes = store.nodes().await.unwrap_or_default();
             for n in nodes {
                 if n != me {
                     bus.send(
-                        &Arc::from(n.as_str()),
+                        &n,
                         crate::cluster::envelope::Envelope::Control(Control::Resync {
-                            node: me.clone(),
+                            node: me.to_string(),
                         }),
                     );
                 }
@@ -318,39 +303,23 @@ impl Handler<super::Reclaim> for ClusterRegistry {
             for role in [Role::Mac, Role::Browser] {
                 if let Some(Here { conn: Some((c, _)) }) = local.side(role) {
                     let p_last = local.pipe(role).map_or(0, |p| p.pairing_count());
-                    sides.push((Arc::clone(id), role, c.0, p_last));
+                    sides.push((Arc::clone(id), role, *c, p_last));
                 }
             }
         }
         for (id, role, conn, p_last) in sides {
-            let redis = Arc::clone(&self.redis);
-            let scripts = Arc::clone(&self.scripts);
-            let node = Arc::clone(&self.node);
-            let sid = id.to_string();
-            let claim = async move {
-                redis
-                    .query::<Vec<Value>>(
-                        "reap",
-                        scripts
-                            .reclaim
-                            .arg(PREFIX)
-                            .arg(&sid)
-                            .arg(role.as_str())
-                            .arg(&*node)
-                            .arg(conn),
-                    )
-                    .await
-            };
+            let store = Arc::clone(&self.store);
+            let sid = Arc::clone(&id);
+            let claim = async move { store.reclaim(&sid, role, conn).await };
             ctx.spawn(claim.into_actor(self).map(move |res, act, ctx| {
-                let Ok(reply) = res else { return };
-                if field(&reply, 0) != "ok" {
-                    warn!(session = %id, role = role.as_str(), status = %field(&reply, 0), "could not reclaim a side");
+                let Ok(outcome) = res else { return };
+                let ReclaimOutcome::Reclaimed { peer_node } = outcome else {
+                    warn!(session = %id, role = role.as_str(), status = outcome.as_str(), "could not reclaim a side");
                     return;
-                }
-                let peer_node = field(&reply, 1);
-                if peer_node.is_empty() || *peer_node == *act.node {
+                };
+                let Some(peer_node) = peer_node.filter(|n| **n != *act.node) else {
                     return;
-                }
+                };
                 let c = Control::Moved {
                     sid: id.to_string(),
                     role,
@@ -360,7 +329,7 @@ impl Handler<super::Reclaim> for ClusterRegistry {
                     // No resume waits for this answer.
                     request: 0,
                 };
-                act.send(&Arc::from(peer_node.as_str()), c, ctx);
+                act.send(&peer_node, c, ctx);
             }));
         }
     }

@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use redis::Value;
 use relay_protocol::code::{ALPHABET, CODE_LEN};
 use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
 use tracing::{info, warn};
 
-use super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending, REMEMBER_MS, SESSION_TTL_MS};
-use crate::cluster::PREFIX;
+use super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending};
 use crate::cluster::envelope::{Control, EndReason};
-use crate::conns::ConnCommand;
+use crate::cluster::store::{
+    Counter, EndOutcome, Expiry, Holder, JoinOutcome, NodeId, Registration, ResumeFacts,
+    ResumeOutcome, SideEnd, SideState, StoreError,
+};
+use crate::conns::{ConnCommand, ConnId};
 use crate::pipe::Pipe;
 use crate::queue::{EventEffect, Gap};
 use crate::registry::guessing::{CEILING_MESSAGE, current_minute};
@@ -35,25 +37,7 @@ pub(super) fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A string field of a script reply (empty when missing).
-pub(super) fn field(v: &[Value], i: usize) -> String {
-    match v.get(i) {
-        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(Value::SimpleString(s)) => s.clone(),
-        Some(Value::Int(n)) => n.to_string(),
-        _ => String::new(),
-    }
-}
-
-pub(super) fn num(v: &[Value], i: usize) -> u64 {
-    field(v, i).parse().unwrap_or(0)
-}
-
-pub(super) fn role_name(r: Role) -> &'static str {
-    r.as_str()
-}
-
-fn unavailable(e: &redis::RedisError) -> Refusal {
+fn unavailable(e: &StoreError) -> Refusal {
     warn!(error = %e, "Redis command failed");
     ErrorCode::Unavailable.into()
 }
@@ -72,40 +56,21 @@ impl Handler<Register> for ClusterRegistry {
         if !self.healthy() {
             return Box::pin(fut::ready(Err(ErrorCode::Unavailable.into())));
         }
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let node = Arc::clone(&self.node);
+        let store = Arc::clone(&self.store);
         let ttl = self.settings.code_ttl;
         let conn = msg.client.conn;
         let attempt = async move {
             let sid = secret::session_id();
             let token = secret::resume_token();
-            let hash = TokenHash::of(&token).hex();
+            let hash = TokenHash::of(&token);
             for _ in 0..CODE_ATTEMPTS {
                 let code = nanoid::format(nanoid::rngs::default, &ALPHABET, CODE_LEN);
                 let expires_at = now_ms() + ttl.as_millis() as u64;
-                let created: i64 = redis
-                    .query(
-                        "register",
-                        scripts
-                            .register
-                            .key(format!("{PREFIX}code:{code}"))
-                            .key(format!("{PREFIX}xcode:{code}"))
-                            .key(format!("{PREFIX}s:{sid}"))
-                            .key(format!("{PREFIX}expiries"))
-                            .key(format!("{PREFIX}sides:{node}"))
-                            .arg(&sid)
-                            .arg(&code)
-                            .arg(&hash)
-                            .arg(&*node)
-                            .arg(conn.0)
-                            .arg(ttl.as_millis() as u64 + 1000)
-                            .arg(expires_at)
-                            .arg(SESSION_TTL_MS),
-                    )
+                let made = store
+                    .register(&sid, &code, &hash, conn, ttl, expires_at)
                     .await
                     .map_err(|e| unavailable(&e))?;
-                if created == 1 {
+                if made == Registration::Created {
                     return Ok((sid, token, code, expires_at));
                 }
             }
@@ -160,49 +125,38 @@ impl Handler<Join> for ClusterRegistry {
             }
             (None, Ok(c)) => c,
         };
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let node = Arc::clone(&self.node);
+        let store = Arc::clone(&self.store);
         let token = secret::resume_token();
-        let hash = TokenHash::of(&token).hex();
+        let hash = TokenHash::of(&token);
         let conn = msg.client.conn;
         let metrics = Arc::clone(&self.metrics);
         let failed_join_limit = self.settings.failed_join_limit;
         let claim = async move {
-            let reply: Vec<Value> = redis
-                .query(
-                    "join",
-                    scripts
-                        .join
-                        .key(format!("{PREFIX}code:{code}"))
-                        .key(format!("{PREFIX}xcode:{code}"))
-                        .key(format!("{PREFIX}failedjoins:{}", current_minute()))
-                        .arg(PREFIX)
-                        .arg(&hash)
-                        .arg(&*node)
-                        .arg(conn.0)
-                        .arg(SESSION_TTL_MS)
-                        .arg(failed_join_limit),
-                )
+            let outcome = store
+                .join(&code, &hash, conn, current_minute(), failed_join_limit)
                 .await
                 .map_err(|e| unavailable(&e))?;
-            match field(&reply, 0).as_str() {
-                "ok" => Ok((field(&reply, 1), field(&reply, 2), field(&reply, 3))),
-                "ceiling" => {
+            match outcome {
+                JoinOutcome::Joined {
+                    sid,
+                    mac_node,
+                    mac_state,
+                } => Ok((sid, mac_node, mac_state)),
+                JoinOutcome::Ceiling => {
                     metrics
                         .rate_limited
                         .with_label_values(&["failed_joins"])
                         .inc();
                     Err(Refusal::with(ErrorCode::RateLimited, CEILING_MESSAGE))
                 }
-                "expired" => Err(ErrorCode::ExpiredCode.into()),
-                "taken" => Err(ErrorCode::AlreadyJoined.into()),
-                _ => Err(ErrorCode::InvalidCode.into()),
+                JoinOutcome::Expired => Err(ErrorCode::ExpiredCode.into()),
+                JoinOutcome::Taken => Err(ErrorCode::AlreadyJoined.into()),
+                JoinOutcome::Invalid => Err(ErrorCode::InvalidCode.into()),
             }
         };
         Box::pin(claim.into_actor(self).map(move |res, act, ctx| {
             let result = res.and_then(|(sid, mac_node, mac_state)| {
-                act.joined(&sid, &mac_node, &mac_state, &msg, token, ctx)
+                act.joined(&sid, mac_node, mac_state, &msg, token, ctx)
             });
             act.count_join(&result);
             result
@@ -236,14 +190,14 @@ impl ClusterRegistry {
     /// The browser won the session `sid`: set it up here.
     fn joined(
         &mut self,
-        sid: &str,
-        mac_node: &str,
-        mac_state: &str,
+        sid: &SessionId,
+        mac_node: NodeId,
+        mac_state: SideState,
         msg: &Join,
         token: String,
         ctx: &mut Context<Self>,
     ) -> Result<Joined, Refusal> {
-        let id: SessionId = Arc::from(sid);
+        let id = Arc::clone(sid);
         let limits = self.settings.limits;
         let mac_here =
             *mac_node == *self.node && self.sessions.get(&id).is_some_and(|l| l.mac.is_some());
@@ -275,8 +229,11 @@ impl ClusterRegistry {
             let link = local
                 .link(Role::Browser, written)
                 .ok_or(ErrorCode::InvalidCode)?;
-            let fields = vec![("m_rbase", to_m.base()), ("m_sbase", to_b.accepted())];
-            self.checkpoint(&id, fields);
+            let counters = vec![
+                (Counter::MacReceiveBase, to_m.base()),
+                (Counter::MacSendBase, to_b.accepted()),
+            ];
+            self.checkpoint(&id, counters);
             info!(session = %sid, conn = %msg.client.conn, "browser joined (same node)");
             return Ok(Joined {
                 resume_token: token,
@@ -284,7 +241,6 @@ impl ClusterRegistry {
             });
         }
         // The mac is on another node (or nowhere: its node died).
-        let mac_node: Arc<str> = Arc::from(mac_node);
         let mut local = self
             .sessions
             .remove(&id)
@@ -292,14 +248,14 @@ impl ClusterRegistry {
         let to_b = Pipe::fed_from_peer(limits, 0, 0, self.peer(&id, Role::Browser, &mac_node));
         let written = to_b.attach(rx, 0).unwrap_or(0);
         let to_m = Pipe::sending_to_peer(limits, self.peer(&id, Role::Mac, &mac_node), 0, 0);
-        if mac_state != "here" {
+        if mac_state == SideState::Away {
             to_m.peer_away();
         }
         local.set_pipe(&self.dir, Role::Browser, Some(to_b));
         local.set_pipe(&self.dir, Role::Mac, Some(to_m));
         local.browser = Some(here);
         local.mac_node = Some(Arc::clone(&mac_node));
-        if mac_state != "here" {
+        if mac_state == SideState::Away {
             local.tell(
                 Role::Browser,
                 &ServerMessage::PeerDisconnected,
@@ -313,7 +269,7 @@ impl ClusterRegistry {
         self.send(
             &mac_node,
             Control::Joined {
-                sid: sid.to_owned(),
+                sid: sid.to_string(),
                 node: self.node.to_string(),
             },
             ctx,
@@ -324,21 +280,6 @@ impl ClusterRegistry {
             link,
         })
     }
-}
-
-/// What the resume script said.
-struct ResumeFacts {
-    old_node: String,
-    old_conn: u64,
-    old_state: String,
-    peer_node: String,
-    peer_state: String,
-    acc_checkpoint: u64,
-    m_rbase: u64,
-    m_sbase: u64,
-    /// Whether the side's old node and the peer's node hold a live lease.
-    old_alive: bool,
-    peer_alive: bool,
 }
 
 impl Handler<Resume> for ClusterRegistry {
@@ -418,49 +359,23 @@ impl ClusterRegistry {
                 }
             }
         }
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let node = Arc::clone(&self.node);
-        let hash = TokenHash::of(&msg.resume_token).hex();
+        let store = Arc::clone(&self.store);
+        let hash = TokenHash::of(&msg.resume_token);
         let (sid, role, conn) = (msg.session_id.clone(), msg.role, msg.client.conn);
         let claim = async move {
-            let reply: Vec<Value> = redis
-                .query(
-                    "resume",
-                    scripts
-                        .resume
-                        .arg(PREFIX)
-                        .arg(&sid)
-                        .arg(role_name(role))
-                        .arg(&hash)
-                        .arg(&*node)
-                        .arg(conn.0)
-                        .arg(SESSION_TTL_MS),
-                )
+            let outcome = store
+                .resume(&sid, role, &hash, conn)
                 .await
                 .map_err(|e| unavailable(&e))?;
-            match field(&reply, 0).as_str() {
-                "ok" => Ok(ResumeFacts {
-                    old_node: field(&reply, 1),
-                    old_conn: num(&reply, 2),
-                    old_state: field(&reply, 3),
-                    peer_node: field(&reply, 4),
-                    peer_state: field(&reply, 5),
-                    acc_checkpoint: num(&reply, 8),
-                    m_rbase: num(&reply, 9),
-                    m_sbase: num(&reply, 10),
-                    old_alive: field(&reply, 11) == "1",
-                    peer_alive: field(&reply, 12) == "1",
+            match outcome {
+                ResumeOutcome::Resumed(facts) => Ok(facts),
+                ResumeOutcome::Ended(end @ SideEnd::MacDisconnected) => Err(Refusal {
+                    code: end.code(),
+                    message: None,
+                    close: Some(CloseCode::SessionOver),
                 }),
-                "ended" => Err(match field(&reply, 1).as_str() {
-                    "MAC_DISCONNECTED" => Refusal {
-                        code: ErrorCode::MacDisconnected,
-                        message: None,
-                        close: Some(CloseCode::SessionOver),
-                    },
-                    _ => ErrorCode::ResumeExpired.into(),
-                }),
-                _ => Err(ErrorCode::InvalidResume.into()),
+                ResumeOutcome::Ended(end @ SideEnd::ResumeExpired) => Err(end.code().into()),
+                ResumeOutcome::Invalid => Err(ErrorCode::InvalidResume.into()),
             }
         };
         Box::pin(claim.into_actor(self).then(move |res, act, ctx| {
@@ -472,7 +387,7 @@ impl ClusterRegistry {
                 }
                 Ok(facts) => {
                     // The side still looked connected: this resume takes it over.
-                    let takeover = facts.old_state == "here";
+                    let takeover = !facts.was_away();
                     Box::pin(act.resume_here(msg, facts, ctx).map(move |res, act, _| {
                         act.count_resume(&res, takeover);
                         res
@@ -533,11 +448,9 @@ impl ClusterRegistry {
         let id: SessionId = Arc::from(msg.session_id.as_str());
         let role = msg.role;
         let me = Arc::clone(&self.node);
-        let was_away = facts.old_state != "here";
-        let old_node: Option<Arc<str>> =
-            (!facts.old_node.is_empty()).then(|| Arc::from(facts.old_node.as_str()));
-        let peer_node: Option<Arc<str>> =
-            (!facts.peer_node.is_empty()).then(|| Arc::from(facts.peer_node.as_str()));
+        let was_away = facts.was_away();
+        let old_node = facts.old_node.clone();
+        let peer_node = facts.peer_node.clone();
         let rbase = if role == Role::Mac { facts.m_rbase } else { 0 };
         let sbase = if role == Role::Mac { facts.m_sbase } else { 0 };
         let p_last = msg.last_seq.saturating_sub(rbase);
@@ -554,7 +467,7 @@ impl ClusterRegistry {
                 conn: Some((c, cmd)),
             }) = local.side_mut(role).take()
             {
-                if c.0 == facts.old_conn && c != msg.client.conn {
+                if Some(c) == facts.old_conn && c != msg.client.conn {
                     cmd.do_send(ConnCommand::Replaced);
                 }
             }
@@ -711,7 +624,7 @@ impl ClusterRegistry {
             let written = to_side
                 .attach(msg.client.receiver(), msg.last_seq)
                 .map_err(|g| gap_refusal(g, msg.last_seq))?;
-            if facts.old_state != "here" {
+            if facts.was_away() {
                 local.tell(role.peer(), &ServerMessage::PeerResumed, EventEffect::None);
             }
             let link = local.link(role, written).ok_or(ErrorCode::ResumeExpired)?;
@@ -739,7 +652,7 @@ impl ClusterRegistry {
                     // peer may have read more of this side's frames.
                     out.count_may_lag();
                 }
-                if facts.peer_state != "here" {
+                if facts.peer_away() {
                     out.peer_away();
                 }
                 if let Some(local) = self.sessions.get_mut(&id) {
@@ -783,7 +696,7 @@ impl ClusterRegistry {
             *local.side_mut(role) = None;
         }
         self.forget_if_empty(id);
-        self.mark_away(id, role, msg.client.conn.0, ctx);
+        self.mark_away(id, role, msg.client.conn, ctx);
     }
 
     /// Collects a handover reply; finishes the resume when all are in.
@@ -807,27 +720,18 @@ impl ClusterRegistry {
     }
 
     /// Runs the away script for a side of this node, starting its grace period.
-    pub(super) fn mark_away(&self, id: &SessionId, role: Role, conn: u64, _: &mut Context<Self>) {
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let node = Arc::clone(&self.node);
+    pub(super) fn mark_away(
+        &self,
+        id: &SessionId,
+        role: Role,
+        conn: ConnId,
+        _: &mut Context<Self>,
+    ) {
+        let store = Arc::clone(&self.store);
         let deadline = requests_deadline(self.settings.grace);
-        let sid = id.to_string();
+        let sid = Arc::clone(id);
         actix::spawn(async move {
-            let r: Result<Vec<Value>, _> = redis
-                .query(
-                    "away",
-                    scripts
-                        .away
-                        .arg(PREFIX)
-                        .arg(&sid)
-                        .arg(role_name(role))
-                        .arg(&*node)
-                        .arg(conn)
-                        .arg(deadline),
-                )
-                .await;
-            if let Err(e) = r {
+            if let Err(e) = store.away(&sid, role, conn, deadline).await {
                 warn!(session = %sid, error = %e, "could not start the grace period in Redis");
             }
         });
@@ -854,10 +758,10 @@ impl Handler<Gone> for ClusterRegistry {
         here.conn = None;
         match msg.how {
             Departure::Left => {
-                self.end_here(msg.session_id, msg.role, msg.conn.0, EndReason::Left, ctx)
+                self.end_here(msg.session_id, msg.role, msg.conn, EndReason::Left, ctx)
             }
             Departure::Closed => {
-                self.end_here(msg.session_id, msg.role, msg.conn.0, EndReason::Closed, ctx)
+                self.end_here(msg.session_id, msg.role, msg.conn, EndReason::Closed, ctx)
             }
             Departure::Dropped => {
                 let role = msg.role;
@@ -879,7 +783,7 @@ impl Handler<Gone> for ClusterRegistry {
                     ),
                 }
                 info!(session = %msg.session_id, role = role.as_str(), conn = %msg.conn, "side away");
-                self.mark_away(&msg.session_id, role, msg.conn.0, ctx);
+                self.mark_away(&msg.session_id, role, msg.conn, ctx);
             }
         }
     }
@@ -892,48 +796,29 @@ impl ClusterRegistry {
         &mut self,
         id: SessionId,
         role: Role,
-        conn: u64,
+        conn: ConnId,
         reason: EndReason,
         ctx: &mut Context<Self>,
     ) {
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let node = Arc::clone(&self.node);
-        let sid = id.to_string();
-        let conn_arg = conn.to_string();
-        let end = async move {
-            redis
-                .query::<Vec<Value>>(
-                    "end",
-                    scripts
-                        .end_side
-                        .arg(PREFIX)
-                        .arg(&sid)
-                        .arg(role_name(role))
-                        .arg(&*node)
-                        .arg(conn_arg)
-                        .arg(REMEMBER_MS),
-                )
-                .await
-        };
+        let store = Arc::clone(&self.store);
+        let sid = Arc::clone(&id);
+        let end = async move { store.end_side(&sid, role, Holder::Conn(conn)).await };
         ctx.spawn(end.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(reply) if field(&reply, 0) == "ok" => {
-                let peer_node = field(&reply, 1);
-                let live = field(&reply, 3) == "1";
+            Ok(EndOutcome::Ended(facts)) => {
                 act.side_ended(&id, role, reason, ctx);
-                if !peer_node.is_empty() && *peer_node != *act.node {
+                if let Some(peer_node) = facts.peer_node.filter(|n| **n != *act.node) {
                     let c = Control::Ended {
                         sid: id.to_string(),
                         role,
                         reason,
                     };
-                    act.send(&Arc::from(peer_node.as_str()), c, ctx);
+                    act.send(&peer_node, c, ctx);
                 }
-                if role == Role::Browser && !live {
+                if role == Role::Browser && !facts.live {
                     act.expire_unjoinable(&id, ctx);
                 }
             }
-            Ok(_) => act.side_ended(&id, role, reason, ctx),
+            Ok(EndOutcome::Gone | EndOutcome::Stale) => act.side_ended(&id, role, reason, ctx),
             Err(e) => {
                 warn!(session = %id, error = %e, "could not end the side in Redis; ending it here");
                 act.side_ended(&id, role, reason, ctx);
@@ -994,7 +879,7 @@ impl ClusterRegistry {
                         EventEffect::None,
                     );
                     if let Some(p) = &local.to_browser {
-                        self.checkpoint(id, vec![("m_sbase", p.accepted())]);
+                        self.checkpoint(id, vec![(Counter::MacSendBase, p.accepted())]);
                     }
                 }
                 info!(session = %id, reason = ?reason, "browser left");
@@ -1007,7 +892,7 @@ impl ClusterRegistry {
     /// The browser left after the code expired: nobody can join any more, so
     /// the session ends and the mac is told `code_expired`.
     pub(super) fn expire_unjoinable(&self, id: &SessionId, ctx: &mut Context<Self>) {
-        self.run_expire(id, false, ctx);
+        self.run_expire(id, Expiry::Unjoinable, ctx);
     }
 }
 
@@ -1018,43 +903,26 @@ impl Handler<Overflowed> for ClusterRegistry {
         self.metrics.resume_buffer_overflows.inc();
         warn!(session = %msg.session_id, role = msg.role.as_str(), "resume buffer overflowed; ending side");
         // The absent side may be homed anywhere: end it unconditionally.
-        let redis = Arc::clone(&self.redis);
-        let scripts = Arc::clone(&self.scripts);
-        let sid = msg.session_id.to_string();
+        let store = Arc::clone(&self.store);
         let role = msg.role;
         let id = msg.session_id;
-        let end = async move {
-            redis
-                .query::<Vec<Value>>(
-                    "end",
-                    scripts
-                        .end_side
-                        .arg(PREFIX)
-                        .arg(&sid)
-                        .arg(role_name(role))
-                        .arg("")
-                        .arg("")
-                        .arg(REMEMBER_MS),
-                )
-                .await
-        };
+        let sid = Arc::clone(&id);
+        let end = async move { store.end_side(&sid, role, Holder::Any).await };
         ctx.spawn(end.into_actor(self).map(move |res, act, ctx| {
             act.side_ended(&id, role, EndReason::Timeout, ctx);
-            if let Ok(reply) = res {
-                if field(&reply, 0) == "ok" {
-                    let c = Control::Ended {
-                        sid: id.to_string(),
-                        role,
-                        reason: EndReason::Timeout,
-                    };
-                    for n in [field(&reply, 1), field(&reply, 5)] {
-                        if !n.is_empty() && *n != *act.node {
-                            act.send(&Arc::from(n.as_str()), c.clone(), ctx);
-                        }
+            if let Ok(EndOutcome::Ended(facts)) = res {
+                let c = Control::Ended {
+                    sid: id.to_string(),
+                    role,
+                    reason: EndReason::Timeout,
+                };
+                for n in [facts.peer_node, facts.node].into_iter().flatten() {
+                    if *n != *act.node {
+                        act.send(&n, c.clone(), ctx);
                     }
-                    if role == Role::Browser && field(&reply, 3) != "1" {
-                        act.expire_unjoinable(&id, ctx);
-                    }
+                }
+                if role == Role::Browser && !facts.live {
+                    act.expire_unjoinable(&id, ctx);
                 }
             }
         }));
