@@ -48,11 +48,6 @@ impl Admission {
         }
     }
 
-    /// The node-wide ceiling (0: none).
-    pub fn max_node(&self) -> u32 {
-        self.max_node
-    }
-
     /// Takes a place for a connection from `addr`, or says which ceiling is reached.
     ///
     /// # Errors
@@ -84,12 +79,14 @@ impl Admission {
     }
 
     /// Open WebSockets on the node.
-    pub fn open(&self) -> u32 {
+    #[cfg(test)]
+    fn open(&self) -> u32 {
         self.open.load(Ordering::Acquire)
     }
 
     /// Distinct client addresses with an open WebSocket (0 when the per-address ceiling is off).
-    pub fn addresses(&self) -> usize {
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
         self.lock().len()
     }
 

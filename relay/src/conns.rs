@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,11 +78,6 @@ impl Killer {
             tokio::time::sleep(linger).await;
             me.kill();
         });
-    }
-
-    /// The duplicated descriptor (for logs).
-    pub fn fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
     }
 }
 

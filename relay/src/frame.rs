@@ -20,9 +20,4 @@ impl Frame {
             Frame::Text(t) => t.len(),
         }
     }
-
-    /// Whether the payload is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -457,7 +457,7 @@ impl Metrics {
     }
 
     /// Sets the gauges the registry counts at a scrape.
-    pub fn set_stats(&self, st: &crate::registry::SessionStats) {
+    pub fn set_stats(&self, st: &SessionStats) {
         self.sessions
             .with_label_values(&["waiting"])
             .set(st.waiting);
@@ -474,6 +474,22 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
     }
+}
+
+/// What the registry counts at a scrape. In a cluster, sessions count on the
+/// node where their mac is; buffers on the node that holds them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SessionStats {
+    /// Registered, no browser yet (or it left).
+    pub waiting: i64,
+    /// Both sides connected.
+    pub paired: i64,
+    /// A side dropped and may resume.
+    pub away: i64,
+    /// Frames held in this node's pipes (queued or not yet acknowledged).
+    pub buffered_frames: i64,
+    /// Bytes held in this node's pipes.
+    pub buffered_bytes: i64,
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@ use std::any::Any;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -24,48 +23,39 @@ use crate::conns::{Connections, Killer, RawSocket};
 use crate::metrics::Metrics;
 use crate::queue::Limits;
 use crate::registry::{ClusterRegistry, MemoryRegistry, RegistryHandle, RegistrySettings};
-use crate::{shutdown, socket};
+use crate::shutdown::{self, Draining};
+use crate::socket;
 
 /// Floor of the HTTP request-head timeout (see `client_request_timeout` below).
 const MIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What every request handler and socket actor of the node shares.
-pub struct AppState {
-    /// The node's settings.
-    pub config: Arc<Config>,
-    /// The node's metrics.
-    pub metrics: Arc<Metrics>,
-    /// The registry the sockets ask.
-    pub registry: RegistryHandle,
-    /// Every open WebSocket.
-    pub conns: Connections,
-    /// Set once the node starts draining.
-    pub draining: AtomicBool,
+/// What the node's request handlers share.
+struct AppState {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    /// Asked for counts at a scrape.
+    registry: RegistryHandle,
+    /// Handed to every socket.
+    sockets: Arc<socket::Shared>,
+    draining: Arc<Draining>,
     /// Redis and the bus, in cluster mode.
-    pub cluster: Option<ClusterHealth>,
+    cluster: Option<ClusterHealth>,
     /// The connection ceilings.
-    pub admission: Arc<Admission>,
+    admission: Arc<Admission>,
     /// The origins allowed to open `/browser`.
-    pub origins: Origins,
+    origins: Origins,
 }
 
 /// What decides whether a cluster node can take sessions.
-pub struct ClusterHealth {
-    /// The Redis connection.
-    pub redis: Arc<Redis>,
-    /// The pub/sub bus.
-    pub bus: Arc<Bus>,
+struct ClusterHealth {
+    redis: Arc<Redis>,
+    bus: Arc<Bus>,
 }
 
 impl AppState {
-    /// Whether the node is draining (no new sessions).
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
     /// Why the node cannot take new sessions now, if it cannot.
-    pub fn not_ready(&self) -> Option<&'static str> {
-        if self.is_draining() {
+    fn not_ready(&self) -> Option<&'static str> {
+        if self.draining.is_set() {
             return Some("draining");
         }
         match &self.cluster {
@@ -80,8 +70,11 @@ impl AppState {
 pub struct Node {
     /// The address it listens on (the real port when configured with port 0).
     pub addr: SocketAddr,
-    /// Shared state, for draining and inspection.
-    pub state: Arc<AppState>,
+    /// Every open WebSocket, to drain.
+    conns: Connections,
+    draining: Arc<Draining>,
+    metrics: Arc<Metrics>,
+    drain_timeout: Duration,
     handle: ServerHandle,
     server: actix_web::dev::Server,
     /// The admin listener's server, if one is configured.
@@ -155,12 +148,20 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         n => n,
     };
     metrics.connections_limit.set(i64::from(max_connections));
+    let conns = Connections::new();
+    let draining = Arc::new(Draining::default());
     let state = Arc::new(AppState {
         config: Arc::clone(&config),
-        metrics,
+        metrics: Arc::clone(&metrics),
+        sockets: socket::Shared::new(
+            Arc::clone(&config),
+            Arc::clone(&metrics),
+            registry.clone(),
+            conns.clone(),
+            Arc::clone(&draining),
+        ),
         registry,
-        conns: Connections::new(),
-        draining: AtomicBool::new(false),
+        draining: Arc::clone(&draining),
         cluster,
         admission: Arc::new(Admission::new(
             max_connections,
@@ -263,13 +264,13 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         );
 
     // Backstop for sockets whose actor cannot run its own heartbeat (see conns).
-    let sweep_state = Arc::clone(&state);
+    let swept = conns.clone();
     let silence = config.heartbeat_interval + config.heartbeat_timeout * 2;
     actix::spawn(async move {
         let mut tick = tokio::time::interval(crate::conns::SWEEP_EVERY);
         loop {
             tick.tick().await;
-            let cut = sweep_state.conns.sweep(silence);
+            let cut = swept.sweep(silence);
             if cut > 0 {
                 warn!(cut, "cut sockets whose clients stopped reading");
             }
@@ -278,7 +279,10 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
 
     Ok(Node {
         addr,
-        state,
+        conns,
+        draining,
+        metrics: state.metrics.clone(),
+        drain_timeout: config.drain_timeout,
         handle,
         server,
         admin,
@@ -292,7 +296,10 @@ impl Node {
     /// When the signal handlers cannot be installed or the server fails.
     pub async fn run_until_signalled(self) -> anyhow::Result<()> {
         let Node {
-            state,
+            conns,
+            draining,
+            metrics,
+            drain_timeout,
             handle,
             server,
             admin,
@@ -302,7 +309,7 @@ impl Node {
         // The admin server answers probes and scrapes until the very end.
         let admin = admin.map(|a| (a.handle(), actix::spawn(a)));
         shutdown::wait_for_signal().await?;
-        shutdown::drain(&state).await;
+        shutdown::drain(&draining, &conns, &metrics, drain_timeout).await;
         handle.stop(true).await;
         server.await??;
         if let Some((h, task)) = admin {
@@ -415,7 +422,7 @@ async fn upgrade(
             .conn_data::<RawSocket>()
             .and_then(|raw| Killer::from_raw(*raw)),
     };
-    socket::accept(&req, body, role, arrival, state.into_inner())
+    socket::accept(&req, body, role, arrival, Arc::clone(&state.sockets))
 }
 
 async fn mac(

@@ -6,6 +6,7 @@
 //! touches session state: each socket closes itself when told.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
@@ -13,8 +14,20 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{info, warn};
 
-use crate::conns::{ConnCommand, ConnId};
-use crate::server::AppState;
+use crate::conns::{ConnCommand, ConnId, Connections};
+use crate::metrics::Metrics;
+
+/// Whether the node is draining: set once by [`drain`], read by every socket
+/// (a new session is refused) and by `/readyz`.
+#[derive(Debug, Default)]
+pub struct Draining(AtomicBool);
+
+impl Draining {
+    /// Whether the drain has begun.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// Most connections closed together in one drain batch. One batch every
 /// [`BATCH_GAP`] sends 1,000 reconnects a second to the other nodes, about a
@@ -84,16 +97,14 @@ pub async fn wait_for_signal() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Drains the node; returns when no WebSocket is left or the drain timeout passed.
-/// A second signal cuts the drain short.
-pub async fn drain(state: &AppState) {
-    state
-        .draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    state.metrics.draining.set(1);
-    let timeout = state.config.drain_timeout;
+/// Drains the node within `timeout`: tells every connection in `conns` to
+/// go; returns when none is left or the timeout passed. A second signal cuts
+/// the drain short.
+pub async fn drain(draining: &Draining, conns: &Connections, metrics: &Metrics, timeout: Duration) {
+    draining.0.store(true, Ordering::Relaxed);
+    metrics.draining.set(1);
     let deadline = Instant::now() + timeout;
-    let mut ids = state.conns.ids();
+    let mut ids = conns.ids();
     ids.shuffle(&mut rand::rng());
     let plan = plan(ids.len(), timeout);
     info!(
@@ -115,24 +126,23 @@ pub async fn drain(state: &AppState) {
             if i > 0 {
                 sleep(plan.gap).await;
             }
-            state.conns.command(batch, ConnCommand::Drain);
+            conns.command(batch, ConnCommand::Drain);
             told.extend(batch);
         }
         // Stragglers (connections that arrived during the drain close
         // themselves; this catches any that did not).
-        while !state.conns.is_empty() {
-            let new: Vec<ConnId> = state
-                .conns
+        while !conns.is_empty() {
+            let new: Vec<ConnId> = conns
                 .ids()
                 .into_iter()
                 .filter(|id| told.insert(*id))
                 .collect();
-            state.conns.command(&new, ConnCommand::Drain);
+            conns.command(&new, ConnCommand::Drain);
             sleep(BATCH_GAP).await;
         }
     };
     let gone = async {
-        while !state.conns.is_empty() {
+        while !conns.is_empty() {
             sleep(Duration::from_millis(20)).await;
         }
     };
@@ -145,8 +155,8 @@ pub async fn drain(state: &AppState) {
     };
     tokio::select! {
         _ = async { tokio::join!(closing, gone) } => info!("drained"),
-        _ = sleep_until(deadline) => warn!(left = state.conns.len(), "drain timeout; stopping anyway"),
-        _ = again => warn!(left = state.conns.len(), "second signal; stopping now"),
+        _ = sleep_until(deadline) => warn!(left = conns.len(), "drain timeout; stopping anyway"),
+        _ = again => warn!(left = conns.len(), "second signal; stopping now"),
     }
 }
 

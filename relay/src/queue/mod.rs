@@ -417,11 +417,6 @@ impl Queue {
         self.reader == Reader::Remote
     }
 
-    /// Whether this queue is fed from another node.
-    pub fn is_fed(&self) -> bool {
-        self.fed
-    }
-
     // ---- the sender ----
 
     /// Queues one data frame toward the reader.

@@ -63,8 +63,6 @@ impl Client {
 pub struct Link {
     /// The session.
     pub session_id: SessionId,
-    /// Which side the socket is.
-    pub role: Role,
     /// Frames toward this socket.
     pub inbound: Arc<Pipe>,
     /// Frames from this socket toward the peer.
@@ -224,21 +222,7 @@ pub struct RegistryHandle {
 #[rtype(result = "SessionStats")]
 pub struct Stats;
 
-/// What the registry counts at a scrape. In a cluster, sessions count on the
-/// node where their mac is; buffers on the node that holds them.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SessionStats {
-    /// Registered, no browser yet (or it left).
-    pub waiting: i64,
-    /// Both sides connected.
-    pub paired: i64,
-    /// A side dropped and may resume.
-    pub away: i64,
-    /// Frames held in this node's pipes (queued or not yet acknowledged).
-    pub buffered_frames: i64,
-    /// Bytes held in this node's pipes.
-    pub buffered_bytes: i64,
-}
+pub use crate::metrics::SessionStats;
 
 impl RegistryHandle {
     /// A handle to any registry actor.

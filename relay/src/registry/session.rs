@@ -55,7 +55,6 @@ impl Session {
     pub(super) fn link(&self, role: Role, written: u64) -> Link {
         Link {
             session_id: Arc::clone(&self.id),
-            role,
             inbound: Arc::clone(self.pipe_to(role)),
             outbound: Arc::clone(self.pipe_to(role.peer())),
             written,

@@ -27,7 +27,11 @@ use crate::metrics::DisconnectReason;
 use crate::pipe::{Pushed, Wake};
 use crate::queue::{Drained, EventEffect, Item, Status};
 use crate::registry::{Client, Departure, Gone, Join, Link, Overflowed, Refusal, Register, Resume};
-use crate::server::AppState;
+use crate::config::Config;
+use crate::conns::Connections;
+use crate::metrics::Metrics;
+use crate::registry::RegistryHandle;
+use crate::shutdown::Draining;
 use decode::{Frames, Inbound};
 
 /// Written bytes after which the socket asks the client to prove it read them
@@ -41,6 +45,38 @@ const MARKER_FRAMES: u32 = 64;
 
 /// How often a paused sender checks whether its peer stopped reading.
 const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What every socket of the node shares: the settings and the node's handles.
+pub struct Shared {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    registry: RegistryHandle,
+    conns: Connections,
+    draining: Arc<Draining>,
+}
+
+impl Shared {
+    /// The handles every socket of the node gets.
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        registry: RegistryHandle,
+        conns: Connections,
+        draining: Arc<Draining>,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            config,
+            metrics,
+            registry,
+            conns,
+            draining,
+        })
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.is_set()
+    }
+}
 
 /// What the HTTP side learned about a connection before its upgrade.
 pub struct Arrival {
@@ -63,7 +99,7 @@ pub fn accept(
     body: web::Payload,
     role: Role,
     arrival: Arrival,
-    state: Arc<AppState>,
+    shared: Arc<Shared>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let Arrival {
         addr,
@@ -79,7 +115,7 @@ pub fn accept(
         id: ConnId::next(),
         role,
         addr,
-        state,
+        shared,
         killer: killer.map(Arc::new),
         _slot: slot,
         origin_allowed,
@@ -114,7 +150,7 @@ pub struct Socket {
     role: Role,
     /// Client address, for join rate limiting.
     addr: IpAddr,
-    state: Arc<AppState>,
+    shared: Arc<Shared>,
     /// Cuts the TCP socket when the actor cannot run (see `conns`).
     killer: Option<Arc<Killer>>,
     /// Held for its drop, which frees the place under the connection ceilings.
@@ -159,17 +195,17 @@ impl Actor for Socket {
     type Context = WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let cfg = Arc::clone(&self.state.config);
+        let cfg = Arc::clone(&self.shared.config);
         if let Some(body) = self.body.take() {
             ctx.add_stream(Frames::new(body, cfg.max_frame, Arc::clone(&self.gate)));
         }
         let addr = ctx.address();
         self.live = Some(
-            self.state
+            self.shared
                 .conns
                 .add(self.id, addr.recipient(), self.killer.clone()),
         );
-        self.state
+        self.shared
             .metrics
             .connections_open
             .with_label_values(&[self.role.as_str()])
@@ -185,7 +221,7 @@ impl Actor for Socket {
             );
             return;
         }
-        if self.state.is_draining() {
+        if self.shared.is_draining() {
             self.drain(ctx);
             return;
         }
@@ -210,8 +246,8 @@ impl Actor for Socket {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.state.conns.remove(self.id);
-        self.state
+        self.shared.conns.remove(self.id);
+        self.shared
             .metrics
             .connections_open
             .with_label_values(&[self.role.as_str()])
@@ -220,7 +256,7 @@ impl Actor for Socket {
             Some(l) if l.inbound.was_cut(self.id) => DisconnectReason::SlowConsumer,
             _ => DisconnectReason::ClientGone,
         });
-        self.state.metrics.disconnected(reason);
+        self.shared.metrics.disconnected(reason);
         debug!(conn = %self.id, role = self.role.as_str(), reason = reason.as_str(), "disconnected");
         let Some(link) = self.link.take() else { return };
         let how = if self.left {
@@ -236,7 +272,7 @@ impl Actor for Socket {
         } else {
             Departure::Dropped
         };
-        self.state.registry.gone(Gone {
+        self.shared.registry.gone(Gone {
             session_id: link.session_id,
             role: self.role,
             conn: self.id,
@@ -250,7 +286,7 @@ impl Socket {
         if let Some(h) = self.handshake_timer.take() {
             ctx.cancel_future(h);
         }
-        let timeout = self.state.config.handshake_timeout;
+        let timeout = self.shared.config.handshake_timeout;
         self.handshake_timer = Some(ctx.run_later(timeout, |act, ctx| {
             act.handshake_timer = None;
             if act.link.is_none() {
@@ -295,7 +331,7 @@ impl Socket {
     }
 
     fn send_error(&self, ctx: &mut WebsocketContext<Self>, code: ErrorCode, message: Option<&str>) {
-        self.state.metrics.error_sent(code);
+        self.shared.metrics.error_sent(code);
         let message = message.unwrap_or(code.default_message());
         self.send(ctx, &ServerMessage::error_with(code, message));
     }
@@ -318,7 +354,7 @@ impl Socket {
 
     /// Whether one more control message fits the per-connection rate.
     fn within_message_rate(&mut self) -> bool {
-        let rate = self.state.config.message_rate;
+        let rate = self.shared.config.message_rate;
         let Some(per_second) = NonZeroU32::new(rate) else {
             return true;
         };
@@ -333,7 +369,7 @@ impl Socket {
     fn misbehaved(&mut self, ctx: &mut WebsocketContext<Self>, code: ErrorCode, why: &str) {
         self.malformed += 1;
         self.send_error(ctx, code, Some(why));
-        if self.malformed >= self.state.config.max_malformed {
+        if self.malformed >= self.shared.config.max_malformed {
             warn!(conn = %self.id, count = self.malformed, "closing after malformed messages");
             self.close(
                 ctx,
@@ -435,7 +471,7 @@ impl Socket {
             Status::Reading | Status::Closed => {}
         }
         let latency = self
-            .state
+            .shared
             .metrics
             .relay_seconds
             .with_label_values(&[if d.remote { "redis" } else { "local" }]);
@@ -537,7 +573,7 @@ impl Socket {
     fn peer_cut(&self, peer: ConnId) {
         let Some(link) = &self.link else { return };
         warn!(conn = %peer, peer_of = %self.id, "peer stopped reading; cutting it");
-        self.state.registry.gone(Gone {
+        self.shared.registry.gone(Gone {
             session_id: Arc::clone(&link.session_id),
             role: self.role.peer(),
             conn: peer,
@@ -552,7 +588,7 @@ impl Socket {
             return;
         };
         let len = frame.len() as u64;
-        let metrics = &self.state.metrics;
+        let metrics = &self.shared.metrics;
         let count = |remote: bool| {
             let (frames, bytes) = if remote {
                 (&metrics.frames_remote, &metrics.bytes_remote)
@@ -576,7 +612,7 @@ impl Socket {
                 debug!(conn = %self.id, "data refused: not paired");
                 self.send_error(ctx, ErrorCode::NotPaired, None)
             }
-            Pushed::Overflow => self.state.registry.overflowed(Overflowed {
+            Pushed::Overflow => self.shared.registry.overflowed(Overflowed {
                 session_id: Arc::clone(&link.session_id),
                 role: self.role.peer(),
             }),
@@ -601,14 +637,14 @@ impl Socket {
             }
         };
         if !matches!(msg, ClientMessage::Data { .. }) && !self.within_message_rate() {
-            self.state
+            self.shared
                 .metrics
                 .rate_limited
                 .with_label_values(&["messages"])
                 .inc();
             let why = format!(
                 "Too many control messages on this connection; send at most {} a second.",
-                self.state.config.message_rate
+                self.shared.config.message_rate
             );
             self.misbehaved(ctx, ErrorCode::RateLimited, &why);
             return;
@@ -644,7 +680,7 @@ impl Socket {
                     "This connection is already in a session; send data, ping or leave.",
                 );
             }
-            (_, _) if self.state.is_draining() => self.drain(ctx),
+            (_, _) if self.shared.is_draining() => self.drain(ctx),
             (ClientMessage::Register { client_id }, Role::Mac) => {
                 self.malformed = 0;
                 if client_id.as_ref().is_some_and(|id| id.len() > 128) {
@@ -655,7 +691,7 @@ impl Socket {
                     client: self.client(ctx),
                     client_id,
                 };
-                let registry = self.state.registry.clone();
+                let registry = self.shared.registry.clone();
                 self.ask(ctx, async move { registry.register(msg).await }, |r| {
                     let reply = ServerMessage::Registered {
                         code: r.code,
@@ -672,7 +708,7 @@ impl Socket {
                     client: self.client(ctx),
                     code,
                 };
-                let registry = self.state.registry.clone();
+                let registry = self.shared.registry.clone();
                 self.ask(ctx, async move { registry.join(msg).await }, |j| {
                     let reply = ServerMessage::Joined {
                         session_id: j.link.session_id.to_string(),
@@ -697,7 +733,7 @@ impl Socket {
                     resume_token,
                     last_seq,
                 };
-                let registry = self.state.registry.clone();
+                let registry = self.shared.registry.clone();
                 self.ask(ctx, async move { registry.resume(msg).await }, |r| {
                     let reply = ServerMessage::Resumed {
                         session_id: r.link.session_id.to_string(),
@@ -748,7 +784,7 @@ impl StreamHandler<Inbound> for Socket {
                 }
             }
             Inbound::TooLarge => {
-                let max = self.state.config.max_frame;
+                let max = self.shared.config.max_frame;
                 let msg = format!(
                     "This message is larger than the relay accepts ({max} bytes). Split it into smaller messages."
                 );

@@ -165,7 +165,6 @@ impl Local {
     fn link(&self, role: Role, written: u64) -> Option<Link> {
         Some(Link {
             session_id: Arc::clone(&self.id),
-            role,
             inbound: Arc::clone(self.pipe(role)?),
             outbound: Arc::clone(self.pipe(role.peer())?),
             written,
