@@ -7,7 +7,7 @@
 //! registry's CPU, and set-up rate fell as sessions grew.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// Names one scheduled deadline, to cancel it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

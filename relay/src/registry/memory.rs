@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use relay_protocol::code::{ALPHABET, CODE_LEN};
 use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::deadlines::Deadlines;
@@ -484,7 +485,7 @@ impl Actor for MemoryRegistry {
                 l.retain_recent();
                 l.shrink_to_fit();
             }
-            let now = std::time::Instant::now();
+            let now = Instant::now();
             act.ended.prune(now);
             act.expired_codes.prune(now);
         });

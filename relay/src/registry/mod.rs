@@ -10,6 +10,8 @@ pub(crate) mod guessing;
 mod memory;
 pub(crate) mod secret;
 mod session;
+#[cfg(test)]
+mod timer_tests;
 mod tombstones;
 
 use std::net::IpAddr;

@@ -4,7 +4,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Remembers up to `cap` keys for `ttl` each.
 pub struct Tombstones<K, V> {
