@@ -4,6 +4,8 @@
 //! outside it knows actix-web-actors.
 
 pub mod decode;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
