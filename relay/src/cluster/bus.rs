@@ -137,11 +137,6 @@ impl Bus {
         (bus, out_rx)
     }
 
-    /// This node's id.
-    pub fn node(&self) -> &Arc<str> {
-        &self.node
-    }
-
     /// Queues `env` for `node`. Returns false when the queue is over its
     /// high mark: the caller should pause (see [`Bus::hold`]).
     pub fn send(&self, node: &Arc<str>, env: Envelope) -> bool {

@@ -43,19 +43,6 @@ impl Handler<FromPeerNode> for ClusterRegistry {
             Control::CodeExpired { sid, code } => {
                 self.code_expired_here(&Arc::from(sid.as_str()), &code)
             }
-            Control::Replace { sid, role, conn } => {
-                if let Some(Here {
-                    conn: Some((c, cmd)),
-                }) = self
-                    .sessions
-                    .get(&Arc::from(sid.as_str()) as &SessionId)
-                    .and_then(|l| l.side(role))
-                {
-                    if c.0 == conn {
-                        cmd.do_send(ConnCommand::Replaced);
-                    }
-                }
-            }
             Control::Resend { sid, to, from } => {
                 // Sent by the receiver's node when it saw a gap; or to ourselves
                 // by the dispatcher, forwarding it to the sender's node.
