@@ -349,10 +349,11 @@ impl Pipe {
 
     /// Receiver side of a cross-node direction: a frame published by the
     /// sender's node, with its pairing number `p`. Duplicates (a resend) are
-    /// dropped; a gap means envelopes were lost and the sender must resend.
+    /// dropped; a gap means envelopes were lost and the sender must resend
+    /// (asked once per gap: see [`FromPeer::Gap`]).
     pub fn push_from_peer(&self, p: u64, frame: Frame) -> FromPeer {
         let mut g = self.lock();
-        let out = g.queue.push_from_peer(p, frame);
+        let out = g.queue.push_from_peer(p, frame, Instant::now());
         let ack = match out {
             FromPeer::Duplicate { ack } => ack.zip(g.ack_to.clone()),
             _ => None,

@@ -359,16 +359,19 @@ fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metr
                 FromPeer::Duplicate { .. } | FromPeer::Dropped => {
                     tracing::debug!(session = %sid, to = to.as_str(), p, "frame from another node dropped (duplicate or no receiver)");
                 }
-                FromPeer::Gap { next } => {
+                FromPeer::Gap { next, ask } => {
                     // Envelopes were lost (a publish failed, or our subscription
-                    // broke): the registry asks the sender's node to resend.
-                    tracing::debug!(session = %sid, to = to.as_str(), p, next, "gap in frames from another node");
+                    // broke): the registry asks the sender's node to resend,
+                    // once for the gap, not for every frame behind it.
+                    tracing::debug!(session = %sid, to = to.as_str(), p, next, ask, "gap in frames from another node");
                     metrics.bus_gaps.inc();
-                    registry.do_send(FromPeerNode(Control::Resend {
-                        sid,
-                        to,
-                        from: next,
-                    }));
+                    if ask {
+                        registry.do_send(FromPeerNode(Control::Resend {
+                            sid,
+                            to,
+                            from: next,
+                        }));
+                    }
                 }
                 FromPeer::Cut(conn) => registry.do_send(super::Gone {
                     session_id: Arc::from(sid.as_str()),
