@@ -15,7 +15,7 @@
 //! and the probe (`subscribe`) receive. This module holds the links, and
 //! never sends anything itself.
 
-mod link;
+pub mod link;
 mod publish;
 mod subscribe;
 
