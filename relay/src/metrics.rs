@@ -147,6 +147,9 @@ pub struct Metrics {
     pub bus_queued_bytes: IntGauge,
     /// Envelopes from other nodes that could not be read.
     pub bus_malformed: IntCounter,
+    /// Envelopes this node's bus dropped instead of publishing, by
+    /// [`crate::cluster::bus::DropReason`].
+    pub bus_dropped: IntCounterVec,
     /// Frames from other nodes that arrived after a gap (lost envelopes; resent).
     pub bus_gaps: IntCounter,
     /// Times this node's own probe did not come back (it resubscribed).
@@ -301,6 +304,13 @@ impl Metrics {
                 "relay_bus_malformed_total",
                 "Envelopes from other nodes that could not be read.",
             )?,
+            bus_dropped: IntCounterVec::new(
+                Opts::new(
+                    "relay_bus_dropped_total",
+                    "Envelopes to other nodes dropped instead of published, by reason (a full link, or a failed publish).",
+                ),
+                &["reason"],
+            )?,
             bus_gaps: IntCounter::new(
                 "relay_bus_gaps_total",
                 "Frames from other nodes that came after missing ones (lost envelopes, resent).",
@@ -418,6 +428,10 @@ impl Metrics {
         m.registry.register(Box::new(m.pubsub_out.clone()))?;
         m.registry.register(Box::new(m.bus_queued_bytes.clone()))?;
         m.registry.register(Box::new(m.bus_malformed.clone()))?;
+        m.registry.register(Box::new(m.bus_dropped.clone()))?;
+        for r in crate::cluster::bus::DropReason::ALL {
+            m.bus_dropped.with_label_values(&[r.as_str()]);
+        }
         m.registry.register(Box::new(m.bus_gaps.clone()))?;
         m.registry.register(Box::new(m.probe_failures.clone()))?;
         m.registry.register(Box::new(m.nodes_live.clone()))?;

@@ -444,6 +444,26 @@ impl Node {
             .unwrap_or_else(|| panic!("no sample {sample} in {}'s metrics", self.id))
     }
 
+    /// Every `relay_bus_dropped_total` sample: (reason, envelopes dropped).
+    /// The reasons exist at 0 from the start, so none is ever missing.
+    pub async fn bus_drops(&self) -> Vec<(String, f64)> {
+        let (_, body) = self.get("/metrics").await;
+        let drops: Vec<(String, f64)> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("relay_bus_dropped_total{reason=\""))
+            .filter_map(|l| {
+                let (reason, value) = l.split_once("\"} ")?;
+                Some((reason.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect();
+        assert!(
+            !drops.is_empty(),
+            "no relay_bus_dropped_total on {}",
+            self.id
+        );
+        drops
+    }
+
     /// Polls `sample` until `done(value)` holds (fails the test after [`WAIT`]).
     pub async fn wait_metric(&self, sample: &str, done: impl Fn(f64) -> bool) {
         let deadline = Instant::now() + WAIT;

@@ -149,15 +149,6 @@ pub enum Control {
         /// The code.
         code: String,
     },
-    /// To a side's old node: close that connection (4001), a newer one took over.
-    Replace {
-        /// Session id.
-        sid: String,
-        /// The side.
-        role: Role,
-        /// The old connection.
-        conn: u64,
-    },
     /// To every node: resend what you hold for me (my subscription was down).
     Resync {
         /// The node that missed messages.

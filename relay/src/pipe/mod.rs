@@ -4,8 +4,9 @@
 //! acknowledges them, and the registry changes who reads it (attach, away,
 //! another node, end). This module wakes the reading socket, pauses and
 //! releases the sender's [`Gate`], cuts a slow reader's connection, and
-//! publishes frames, acknowledgements and written reports to the other node
-//! of a cross-node direction; what should happen is decided by the queue.
+//! hands frames, acknowledgements, written reports and requests to resend
+//! to the [`Link`] toward the other node of a cross-node direction; what
+//! should happen is decided by the queue.
 //!
 //! The registry is never on the per-frame path.
 
@@ -16,8 +17,8 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use relay_protocol::Role;
 
-use crate::cluster::bus::Bus;
-use crate::cluster::envelope::Envelope;
+use crate::cluster::bus::Link;
+use crate::cluster::envelope::Control;
 use crate::conns::{ConnId, Killer};
 use crate::frame::Frame;
 use crate::gate::Gate;
@@ -46,10 +47,8 @@ pub struct Receiver {
 /// The other node of a cross-node direction, and how to reach it.
 #[derive(Clone)]
 pub struct Peer {
-    /// The bus to publish on.
-    pub bus: Arc<Bus>,
-    /// The node on the other end.
-    pub node: Arc<str>,
+    /// The link to the node on the other end.
+    pub link: Arc<Link>,
     /// The session.
     pub sid: Arc<str>,
     /// The side this pipe delivers to.
@@ -57,15 +56,36 @@ pub struct Peer {
 }
 
 impl Peer {
-    fn send(&self, env: impl FnOnce(String, Role) -> Envelope) -> bool {
-        self.bus
-            .send(&self.node, env(self.sid.to_string(), self.to))
+    /// The node on the other end.
+    pub fn node(&self) -> &Arc<str> {
+        self.link.node()
     }
 
-    fn publish(&self, frames: Vec<(u64, Frame)>) {
-        for (p, frame) in frames {
-            self.send(|sid, to| Envelope::Frame { sid, to, p, frame });
+    fn frame(&self, p: u64, frame: Frame, gate: &Arc<Gate>) {
+        self.link
+            .frame(self.sid.to_string(), self.to, p, frame, gate);
+    }
+
+    fn replay(&self, frames: Vec<(u64, Frame)>) {
+        if !frames.is_empty() {
+            self.link.replay(&self.sid, self.to, frames);
         }
+    }
+
+    fn ack(&self, p: u64, pairing: u64) {
+        self.link.ack(self.sid.to_string(), self.to, p, pairing);
+    }
+
+    fn written(&self, p: u64, pairing: u64) {
+        self.link.written(self.sid.to_string(), self.to, p, pairing);
+    }
+
+    fn resend(&self, from: u64) {
+        self.link.control(Control::Resend {
+            sid: self.sid.to_string(),
+            to: self.to,
+            from,
+        });
     }
 }
 
@@ -101,8 +121,8 @@ struct Inner {
     blocked: Option<Arc<Gate>>,
     /// Where frames are published while the reader is on another node.
     remote: Option<Peer>,
-    /// For a pipe fed from another node: where acknowledgements and written
-    /// reports go.
+    /// For a pipe fed from another node: where acknowledgements, written
+    /// reports and requests to resend go.
     ack_to: Option<Peer>,
 }
 
@@ -231,16 +251,17 @@ impl Pipe {
     }
 
     /// Sender side: queues one data frame toward the receiver. `gate` is the
-    /// sender's, closed here if the receiver falls behind.
+    /// sender's, closed here if the receiver falls behind (or, across
+    /// nodes, if the link to its node is full).
     pub fn push(&self, frame: Frame, gate: &Arc<Gate>) -> Pushed {
         let mut g = self.lock();
-        let (pushed, publish) = match g.queue.push(frame) {
+        let pushed = match g.queue.push(frame) {
             queue::Pushed::Queued { backlogged } => {
                 if backlogged {
                     g.pause(gate);
-                    (Pushed::Backlogged { remote: false }, None)
+                    Pushed::Backlogged { remote: false }
                 } else {
-                    (Pushed::Queued { remote: false }, None)
+                    Pushed::Queued { remote: false }
                 }
             }
             queue::Pushed::Publish {
@@ -248,27 +269,26 @@ impl Pipe {
                 frame,
                 backlogged,
             } => {
-                let env = g.remote.clone().map(|peer| (peer, p, frame));
+                // Handed to the link under the lock, so frames reach it in
+                // the queue's order, replays included.
+                if let Some(peer) = &g.remote {
+                    peer.frame(p, frame, gate);
+                }
                 if backlogged {
                     g.pause(gate);
-                    (Pushed::Backlogged { remote: true }, env)
+                    Pushed::Backlogged { remote: true }
                 } else {
-                    (Pushed::Queued { remote: true }, env)
+                    Pushed::Queued { remote: true }
                 }
             }
-            queue::Pushed::Skipped => (Pushed::Queued { remote: false }, None),
-            queue::Pushed::SlowConsumer(c) => (Pushed::SlowConsumer(c), None),
-            queue::Pushed::NotPaired => (Pushed::NotPaired, None),
-            queue::Pushed::Overflow => (Pushed::Overflow, None),
+            queue::Pushed::Skipped => Pushed::Queued { remote: false },
+            queue::Pushed::SlowConsumer(c) => Pushed::SlowConsumer(c),
+            queue::Pushed::NotPaired => Pushed::NotPaired,
+            queue::Pushed::Overflow => Pushed::Overflow,
         };
         let after = g.settle();
         drop(g);
         after.run();
-        if let Some((peer, p, frame)) = publish {
-            if !peer.send(|sid, to| Envelope::Frame { sid, to, p, frame }) {
-                peer.bus.hold(gate);
-            }
-        }
         pushed
     }
 
@@ -349,20 +369,21 @@ impl Pipe {
 
     /// Receiver side of a cross-node direction: a frame published by the
     /// sender's node, with its pairing number `p`. Duplicates (a resend) are
-    /// dropped; a gap means envelopes were lost and the sender must resend.
+    /// dropped; a gap means envelopes were lost, and the sender's node is
+    /// asked to resend (once per gap: see [`FromPeer::Gap`]).
     pub fn push_from_peer(&self, p: u64, frame: Frame) -> FromPeer {
         let mut g = self.lock();
-        let out = g.queue.push_from_peer(p, frame);
-        let ack = match out {
-            FromPeer::Duplicate { ack } => ack.zip(g.ack_to.clone()),
-            _ => None,
-        };
+        let out = g.queue.push_from_peer(p, frame, Instant::now());
+        if let Some(peer) = &g.ack_to {
+            match out {
+                FromPeer::Duplicate { ack: Some(p) } => peer.ack(p, g.queue.base()),
+                FromPeer::Gap { next, ask: true } => peer.resend(next),
+                _ => {}
+            }
+        }
         let after = g.settle();
         drop(g);
         after.run();
-        if let Some((p, peer)) = ack {
-            peer.send(|sid, to| Envelope::Ack { sid, to, p });
-        }
         out
     }
 
@@ -387,11 +408,12 @@ impl Pipe {
     pub fn send_to_peer(&self, peer: Peer, p_last: u64) -> Result<(), Gap> {
         let mut g = self.lock();
         let frames = g.queue.send_to_peer(p_last, Instant::now())?;
-        g.remote = Some(peer.clone());
+        // Under the lock: before any frame the sender pushes from now on.
+        peer.replay(frames);
+        g.remote = Some(peer);
         let after = g.settle();
         drop(g);
         after.run();
-        peer.publish(frames);
         Ok(())
     }
 
@@ -399,17 +421,15 @@ impl Pipe {
     /// `from` on (envelopes were lost; the receiver drops what it has).
     pub fn resend_to_peer(&self, from: u64) {
         let g = self.lock();
-        let Some(peer) = g.remote.clone() else {
-            return;
-        };
-        let frames = g.queue.resend_from(from);
-        drop(g);
-        peer.publish(frames);
+        if let Some(peer) = &g.remote {
+            // Under the lock, so the link gets them in order with new pushes.
+            peer.replay(g.queue.resend_from(from));
+        }
     }
 
     /// The node this pipe publishes to, if its receiver is remote.
     pub fn remote_node(&self) -> Option<Arc<str>> {
-        self.lock().remote.as_ref().map(|p| Arc::clone(&p.node))
+        self.lock().remote.as_ref().map(|p| Arc::clone(p.node()))
     }
 
     /// Sender side: the remote receiver went away; keep its frames within
@@ -431,10 +451,6 @@ impl Pipe {
         g.ack_to = peer;
     }
 
-    /// The node acknowledgements go to, for a remotely fed pipe.
-    pub fn ack_node(&self) -> Option<Arc<str>> {
-        self.lock().ack_to.as_ref().map(|p| Arc::clone(&p.node))
-    }
 
     /// Frames of the current pairing queued into this pipe so far.
     pub fn pairing_count(&self) -> u64 {
@@ -470,13 +486,12 @@ impl Pipe {
     pub fn drain(&self, conn: ConnId, after: u64, out: &mut Drained) -> Status {
         let mut g = self.lock();
         let status = g.queue.drain(conn, after, out);
-        let report = out.report_written.zip(g.ack_to.clone());
+        if let Some((p, peer)) = out.report_written.zip(g.ack_to.as_ref()) {
+            peer.written(p, g.queue.base());
+        }
         let settled = g.settle();
         drop(g);
         settled.run();
-        if let Some((p, peer)) = report {
-            peer.send(|sid, to| Envelope::Written { sid, to, p });
-        }
         status
     }
 
@@ -488,14 +503,13 @@ impl Pipe {
     /// Receiver side: the client read everything up to position `pos`.
     pub fn ack(&self, pos: u64) {
         let mut g = self.lock();
-        let ack = g.queue.ack(pos, Instant::now()).zip(g.ack_to.clone());
+        // A remotely fed pipe tells the sender's node, which may then forget.
+        if let Some((p, peer)) = g.queue.ack(pos, Instant::now()).zip(g.ack_to.as_ref()) {
+            peer.ack(p, g.queue.base());
+        }
         let after = g.settle();
         drop(g);
         after.run();
-        // A remotely fed pipe tells the sender's node, which may then forget.
-        if let Some((p, peer)) = ack {
-            peer.send(|sid, to| Envelope::Ack { sid, to, p });
-        }
     }
 
     /// Bytes currently held (queued and unacknowledged), with overhead.

@@ -2,12 +2,13 @@
 //! gate, and what goes to another node. The queue's rules themselves are
 //! tested in `queue`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::*;
+use crate::cluster::bus::{Bus, DropReason};
+use crate::cluster::envelope::Envelope;
 
 fn limits() -> Limits {
     Limits {
@@ -59,31 +60,25 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
-fn peer(bus: Arc<Bus>, node: &str, to: Role) -> Peer {
+fn peer(bus: &Bus, node: &str, to: Role) -> Peer {
     Peer {
-        bus,
-        node: Arc::from(node),
+        link: bus.link(&Arc::from(node)),
         sid: Arc::from("s"),
         to,
     }
 }
 
-/// The envelopes the detached bus forwarded within a moment.
-fn sent(rx: &mut UnboundedReceiver<(Arc<str>, Envelope)>, n: usize) -> Vec<Envelope> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut out = Vec::new();
-    while out.len() < n {
-        match rx.try_recv() {
-            Ok((_, env)) => out.push(env),
-            Err(_) => {
-                assert!(Instant::now() < deadline, "sent so far: {out:?}");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(rx.try_recv().is_err(), "more than {out:?}");
-    out
+/// Whether the bus dropped anything, for any reason.
+fn drops(bus: &Bus) -> u64 {
+    DropReason::ALL
+        .iter()
+        .map(|r| {
+            bus.metrics()
+                .bus_dropped
+                .with_label_values(&[r.as_str()])
+                .get()
+        })
+        .sum()
 }
 
 #[test]
@@ -169,7 +164,7 @@ fn a_sender_toward_another_node_publishes_and_is_paced_by_what_that_node_wrote()
             max_buffered: 4 * 65536,
             ..limits()
         };
-        let p = Pipe::sending_to_peer(limits, peer(bus, "receiver", Role::Browser), 0, 0);
+        let p = Pipe::sending_to_peer(limits, peer(&bus, "receiver", Role::Browser), 0, 0);
         assert_eq!(p.remote_node().as_deref(), Some("receiver"));
         let gate = Gate::new();
         let big = Frame::Binary(Bytes::from(vec![0u8; 40_000]));
@@ -179,8 +174,13 @@ fn a_sender_toward_another_node_publishes_and_is_paced_by_what_that_node_wrote()
             Pushed::Backlogged { remote: true }
         );
         assert!(gate.is_closed());
-        let ps: Vec<u64> = sent(&mut out, 2)
+        let ps: Vec<u64> = out
+            .publish()
             .into_iter()
+            .map(|(node, e)| {
+                assert_eq!(&*node, "receiver");
+                e
+            })
             .map(|e| match e {
                 Envelope::Frame { p, to, .. } => {
                     assert_eq!(to, Role::Browser);
@@ -197,7 +197,7 @@ fn a_sender_toward_another_node_publishes_and_is_paced_by_what_that_node_wrote()
         // Lost envelopes are published again from where the gap began.
         p.resend_to_peer(2);
         assert!(matches!(
-            &sent(&mut out, 1)[..],
+            &out.envelopes()[..],
             [Envelope::Frame { p: 2, .. }]
         ));
         // Away, the frames wait for the receiver and nothing is published.
@@ -205,7 +205,8 @@ fn a_sender_toward_another_node_publishes_and_is_paced_by_what_that_node_wrote()
         assert_eq!(p.remote_node(), None);
         p.push(big, &gate);
         p.resend_to_peer(0);
-        assert!(out.try_recv().is_err());
+        assert!(out.publish().is_empty());
+        assert_eq!(drops(&bus), 0);
     });
 }
 
@@ -217,8 +218,7 @@ fn a_receiving_node_acknowledges_and_reports_what_it_wrote() {
         ..limits()
     };
     // Backlog 64 KiB: a written report every 8 KiB handed to the socket.
-    let p = Pipe::fed_from_peer(limits, 0, 0, peer(bus, "sender", Role::Mac));
-    assert_eq!(p.ack_node().as_deref(), Some("sender"));
+    let p = Pipe::fed_from_peer(limits, 0, 0, peer(&bus, "sender", Role::Mac));
     with_receiver(async |rx, _, _| {
         p.attach(rx, 0).unwrap();
         let frame = |n: usize| Frame::Binary(Bytes::from(vec![0u8; n]));
@@ -229,7 +229,7 @@ fn a_receiving_node_acknowledges_and_reports_what_it_wrote() {
         p.drain(ConnId(1), d.items.last().unwrap().0, &mut d);
         p.ack(d.items.last().unwrap().0);
     });
-    let env = sent(&mut out, 2);
+    let env = out.envelopes();
     assert_eq!(
         env,
         [
@@ -251,28 +251,103 @@ fn a_receiving_node_acknowledges_and_reports_what_it_wrote() {
 fn duplicates_from_another_node_that_the_receiver_read_are_acknowledged() {
     let (bus, mut out) = Bus::detached("receiver");
     // The receiver has read 40 frames; 3 more come and wait unread.
-    let p = Pipe::fed_from_peer(limits(), 40, 0, peer(bus, "sender", Role::Mac));
+    let p = Pipe::fed_from_peer(limits(), 40, 0, peer(&bus, "sender", Role::Mac));
     for n in 41..=43 {
         assert_eq!(p.push_from_peer(n, data(1)), FromPeer::Queued);
     }
-    // The sender's node sends everything again (it lost its count).
+    // The sender's node sends everything again (it lost its count). Read
+    // ones are acked (every 16th and the last read); unread ones are left
+    // to the receiver's own acks.
+    let mut acks = Vec::new();
     for n in 1..=43 {
         assert!(matches!(
             p.push_from_peer(n, data(1)),
             FromPeer::Duplicate { .. }
         ));
-    }
-    // Read ones are acked (every 16th and the last read); unread ones are
-    // left to the receiver's own acks.
-    let acks: Vec<u64> = sent(&mut out, 3)
-        .into_iter()
-        .map(|e| match e {
+        acks.extend(out.envelopes().into_iter().map(|e| match e {
             Envelope::Ack { p, to, .. } => {
                 assert_eq!(to, Role::Mac);
                 p
             }
             other => panic!("not an ack: {other:?}"),
-        })
-        .collect();
+        }));
+    }
     assert_eq!(acks, [16, 32, 40]);
+    // Published in one batch, those acks would be one.
+    for n in 1..=43 {
+        p.push_from_peer(n, data(1));
+    }
+    assert_eq!(
+        out.envelopes(),
+        [Envelope::Ack {
+            sid: "s".into(),
+            to: Role::Mac,
+            p: 40
+        }]
+    );
+}
+
+#[test]
+fn a_gap_from_another_node_asks_its_node_once_for_a_resend() {
+    let (bus, mut out) = Bus::detached("receiver");
+    let p = Pipe::fed_from_peer(limits(), 0, 0, peer(&bus, "sender", Role::Mac));
+    assert_eq!(p.push_from_peer(1, data(1)), FromPeer::Queued);
+    // Frame 2 was lost; every frame behind it finds the gap, one asks.
+    for n in 3..=20 {
+        assert!(matches!(
+            p.push_from_peer(n, data(1)),
+            FromPeer::Gap { next: 2, .. }
+        ));
+    }
+    assert_eq!(
+        out.publish(),
+        [(
+            Arc::from("sender"),
+            Envelope::Control(Control::Resend {
+                sid: "s".into(),
+                to: Role::Mac,
+                from: 2
+            })
+        )]
+    );
+}
+
+#[test]
+fn a_full_link_pauses_new_frames_and_drops_replays_which_are_sent_again_once_it_drains() {
+    actix::System::new().block_on(async {
+        let (bus, mut out) = Bus::detached("sender");
+        // Limits that never pause on the pipe's own account.
+        let limits = Limits {
+            max_buffered: 1 << 40,
+            ..limits()
+        };
+        let p = Pipe::sending_to_peer(limits, peer(&bus, "receiver", Role::Browser), 0, 0);
+        let gate = Gate::new();
+        let mib = Frame::Binary(Bytes::from(vec![0u8; 1 << 20]));
+        // New frames are never dropped: past the high mark the gate closes.
+        let mut pushed = 0;
+        while !gate.is_closed() {
+            assert_eq!(p.push(mib.clone(), &gate), Pushed::Queued { remote: true });
+            pushed += 1;
+            assert!(pushed <= 40, "the link never paused the sender");
+        }
+        assert_eq!(pushed, 32, "past 32 MiB with the envelopes' overhead");
+        // A resend of everything fits up to the hard limit; the rest is
+        // dropped, counted, and owed.
+        p.resend_to_peer(0);
+        let full = bus
+            .metrics()
+            .bus_dropped
+            .with_label_values(&[DropReason::ReplayFull.as_str()])
+            .get();
+        assert_eq!(full, 1, "64 MiB hold 31 of the 32 again");
+        assert!(bus.take_lost().is_empty(), "no room to send them again yet");
+        // The publisher empties the link: the sender goes on, and the
+        // dropped frames are owed to the receiver's node.
+        while !out.publish().is_empty() {}
+        assert!(!gate.is_closed(), "below the low mark the sender goes on");
+        assert_eq!(bus.take_lost(), [Arc::from("receiver")]);
+        assert!(bus.take_lost().is_empty(), "once");
+        assert_eq!(drops(&bus), 1);
+    });
 }

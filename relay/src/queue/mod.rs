@@ -32,6 +32,14 @@ use crate::frame::Frame;
 /// One data frame in this many is timed for the latency histogram.
 pub const LATENCY_SAMPLE: u64 = 16;
 
+/// How long a queue fed from another node waits for the resend it asked for
+/// before it asks again for the same gap. The ask or the resend may be lost
+/// too (a failed publish, a full link), so it must ask again some time; a
+/// resend normally comes back within a publish round trip (milliseconds), so
+/// a second is long enough not to ask twice for frames already on their way,
+/// and short beside the grace period a client would wait in.
+pub const RESEND_RETRY: Duration = Duration::from_secs(1);
+
 /// Bookkeeping bytes charged per queued entry, so a flood of tiny frames is
 /// bounded by memory actually used, not only by payload bytes.
 pub const ENTRY_OVERHEAD: usize = 64;
@@ -221,10 +229,14 @@ pub enum FromPeer {
         /// A pairing number the reader read, to acknowledge.
         ack: Option<u64>,
     },
-    /// Frames before it are missing; ask the sender's node to resend from `next`.
+    /// Frames before it are missing (dropped). The sender's node must resend
+    /// from `next`; asked once per gap, not by every frame behind it.
     Gap {
         /// The pairing number expected next.
         next: u64,
+        /// Ask the sender's node for the resend now: this gap is new (or
+        /// moved), or the last ask is older than [`RESEND_RETRY`].
+        ask: bool,
     },
     /// The reader's side is over; nothing to deliver to.
     Dropped,
@@ -320,6 +332,10 @@ pub struct Queue {
     /// the sender's node, and the cost handed to the reader since.
     reported: u64,
     unreported: usize,
+    /// For a queue fed from another node: the gap it last asked the sender's
+    /// node to fill (the pairing number expected next) and when; cleared when
+    /// a frame fills it.
+    asked: Option<(u64, Instant)>,
     /// The sender is paused by this queue's backlog.
     paused: bool,
     /// A wake-up is on its way to the reader and not yet answered by a drain.
@@ -352,6 +368,7 @@ impl Queue {
             peer_written: 0,
             reported: 0,
             unreported: 0,
+            asked: None,
             paused: false,
             notified: false,
             wake: false,
@@ -657,6 +674,7 @@ impl Queue {
         self.clear();
         self.seq = 0;
         self.base = 0;
+        self.asked = None;
         self.reader = AWAY;
     }
 
@@ -761,9 +779,11 @@ impl Queue {
     // ---- across nodes ----
 
     /// Reader side of a cross-node direction: a frame published by the
-    /// sender's node, with its pairing number `p`. Duplicates (a resend) are
-    /// dropped; a gap means envelopes were lost and the sender must resend.
-    pub fn push_from_peer(&mut self, p: u64, frame: Frame) -> FromPeer {
+    /// sender's node, with its pairing number `p`, arriving at `now`.
+    /// Duplicates (a resend) are dropped; a gap means envelopes were lost and
+    /// the sender must resend, which the first frame past the gap asks for
+    /// (and one after [`RESEND_RETRY`], if the gap is still there).
+    pub fn push_from_peer(&mut self, p: u64, frame: Frame, now: Instant) -> FromPeer {
         let have = self.seq - self.base;
         if p <= have {
             // The sender's node holds each frame until an ack covers it. One
@@ -776,13 +796,23 @@ impl Queue {
             return FromPeer::Duplicate { ack };
         }
         if p > have + 1 {
-            return FromPeer::Gap { next: have + 1 };
+            let next = have + 1;
+            let ask = match self.asked {
+                Some((n, at)) => n != next || now.saturating_duration_since(at) >= RESEND_RETRY,
+                None => true,
+            };
+            if ask {
+                self.asked = Some((next, now));
+            }
+            return FromPeer::Gap { next, ask };
         }
         if matches!(self.reader, Reader::Closed | Reader::None) {
             return FromPeer::Dropped;
         }
         self.seq += 1;
         self.accepted += 1;
+        // The gap asked about, if any, ended here.
+        self.asked = None;
         let seq = self.seq;
         self.append(seq, Item::Data { seq, frame }, stamp(seq));
         if let Reader::Local(conn) = self.reader {
@@ -926,6 +956,8 @@ impl Queue {
     /// again (`seq - base`), on both nodes.
     pub fn start_pairing(&mut self) {
         self.base = self.seq;
+        // Pairing numbers start again: an ask of the last pairing means nothing.
+        self.asked = None;
     }
 
     /// Whether acknowledgements and written reports of this queue go to

@@ -254,35 +254,46 @@ proptest! {
 enum Hop {
     /// The sender pushes a frame; its envelope may be lost on the bus.
     Push { lost: bool },
-    /// The bus delivers the next envelope in flight to the reader's node.
-    Deliver,
+    /// The bus delivers the next envelope in flight to the reader's node;
+    /// a resend it asks for may be lost on the way.
+    Deliver {
+        /// The resend, if one is asked for, is lost.
+        resend_lost: bool,
+    },
     /// The reader's node drains into the client, which reads and acks.
     ReadAndAck,
     /// An ack or written report in flight back reaches the sender's node.
     Report,
     /// A failed publish is noticed: the sender's node sends everything again.
     ResendAll,
+    /// Time passes: a gap still open may be asked for again.
+    Retry,
 }
 
 fn hop() -> impl Strategy<Value = Hop> {
     prop_oneof![
         4 => prop::bool::weighted(0.1).prop_map(|lost| Hop::Push { lost }),
-        4 => Just(Hop::Deliver),
+        4 => prop::bool::weighted(0.2).prop_map(|resend_lost| Hop::Deliver { resend_lost }),
         2 => Just(Hop::ReadAndAck),
         2 => Just(Hop::Report),
         1 => Just(Hop::ResendAll),
+        1 => Just(Hop::Retry),
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
-    /// Two nodes over a bus that loses envelopes: the reader still gets
-    /// every frame once, in order, and acks free the sender's node.
+    /// Two nodes over a bus that loses envelopes, resends included: the
+    /// reader still gets every frame once, in order, asking at most once per
+    /// gap within the retry interval, and acks free the sender's node.
     #[test]
     fn frames_across_a_lossy_bus_arrive_once_in_order(hops in prop::collection::vec(hop(), 1..300)) {
         let limits = Limits { away_frames: 10_000, away_bytes: 1 << 30, ..limits() };
-        let now = Instant::now();
+        let mut now = Instant::now();
+        // The reader's last ask for a resend (the gap and when), until a
+        // frame fills it.
+        let mut asked: Option<(u64, Instant)> = None;
         let mut sender = Queue::sending_to_peer(limits, 0, 0);
         let mut reader = Queue::fed_from_peer(limits, 0, 0);
         let c = ConnId(1);
@@ -302,15 +313,25 @@ proptest! {
                         prop_assert!(false, "a remote reader's frame is published");
                     }
                 }
-                Hop::Deliver => {
+                Hop::Deliver { resend_lost } => {
                     let Some((p, f)) = bus.pop_front() else { continue };
-                    match reader.push_from_peer(p, f) {
-                        FromPeer::Gap { next } => {
-                            // One resend per gap, from where it began.
-                            bus.extend(sender.resend_from(next));
+                    match reader.push_from_peer(p, f, now) {
+                        FromPeer::Gap { next, ask } => {
+                            if ask {
+                                if let Some((n, at)) = asked {
+                                    prop_assert!(
+                                        n != next || now.duration_since(at) >= RESEND_RETRY,
+                                        "asked twice for the gap at {} within the retry interval", next
+                                    );
+                                }
+                                asked = Some((next, now));
+                                // The resend, from where the gap began.
+                                if !resend_lost { bus.extend(sender.resend_from(next)); }
+                            }
                         }
                         FromPeer::Duplicate { ack: Some(a) } => back.push_back((true, a)),
-                        FromPeer::Queued | FromPeer::Duplicate { ack: None } => {}
+                        FromPeer::Queued => asked = None,
+                        FromPeer::Duplicate { ack: None } => {}
                         other => prop_assert!(false, "unexpected {:?}", other),
                     }
                 }
@@ -334,12 +355,15 @@ proptest! {
                     }
                 }
                 Hop::ResendAll => bus.extend(sender.resend_from(0)),
+                Hop::Retry => now += RESEND_RETRY,
             }
         }
-        // Everything settles: lost envelopes are sent again, all is read.
+        // Everything settles: lost envelopes are sent again (the sender's
+        // node after a failed publish, or the reader's next ask), all is read.
+        now += RESEND_RETRY;
         bus.extend(sender.resend_from(reader.pairing_count() + 1));
         while let Some((p, f)) = bus.pop_front() {
-            if let FromPeer::Gap { next } = reader.push_from_peer(p, f) {
+            if let FromPeer::Gap { next, ask: true } = reader.push_from_peer(p, f, now) {
                 bus.extend(sender.resend_from(next));
             }
         }

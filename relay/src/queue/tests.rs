@@ -292,11 +292,17 @@ fn a_fed_queue_reports_written_every_eighth_of_the_backlog_and_acks_in_pairing_n
         10,
     );
     q.attach(C, 10, Instant::now()).unwrap();
-    assert_eq!(q.push_from_peer(1, big(4000)), FromPeer::Queued);
+    assert_eq!(
+        q.push_from_peer(1, big(4000), Instant::now()),
+        FromPeer::Queued
+    );
     let d = drain_all(&mut q, 0);
     assert!(d.remote);
     assert_eq!(d.report_written, None, "4 KiB: not yet");
-    assert_eq!(q.push_from_peer(2, big(5000)), FromPeer::Queued);
+    assert_eq!(
+        q.push_from_peer(2, big(5000), Instant::now()),
+        FromPeer::Queued
+    );
     let last = d.items.last().unwrap().0;
     let d = drain_all(&mut q, last);
     assert_eq!(d.report_written, Some(2));
@@ -305,17 +311,56 @@ fn a_fed_queue_reports_written_every_eighth_of_the_backlog_and_acks_in_pairing_n
 
 #[test]
 fn frames_from_another_node_are_taken_in_order_once() {
+    let now = Instant::now();
     let mut q = Queue::fed_from_peer(roomy(), 0, 0);
-    assert_eq!(q.push_from_peer(1, data(1)), FromPeer::Queued);
-    assert_eq!(q.push_from_peer(3, data(3)), FromPeer::Gap { next: 2 });
-    assert_eq!(q.push_from_peer(2, data(2)), FromPeer::Queued);
+    assert_eq!(q.push_from_peer(1, data(1), now), FromPeer::Queued);
+    assert_eq!(
+        q.push_from_peer(3, data(3), now),
+        FromPeer::Gap { next: 2, ask: true }
+    );
+    assert_eq!(q.push_from_peer(2, data(2), now), FromPeer::Queued);
     assert!(matches!(
-        q.push_from_peer(2, data(2)),
+        q.push_from_peer(2, data(2), now),
         FromPeer::Duplicate { ack: None }
     ));
     assert_eq!(q.pairing_count(), 2);
     q.close();
-    assert_eq!(q.push_from_peer(3, data(3)), FromPeer::Dropped);
+    assert_eq!(q.push_from_peer(3, data(3), now), FromPeer::Dropped);
+}
+
+#[test]
+fn a_gap_asks_for_one_resend_until_it_moves_or_the_retry_interval_passes() {
+    let t0 = Instant::now();
+    let mut q = Queue::fed_from_peer(roomy(), 0, 0);
+    q.attach(C, 0, t0).unwrap();
+    assert_eq!(q.push_from_peer(1, data(1), t0), FromPeer::Queued);
+    let gap = |ask| FromPeer::Gap { next: 2, ask };
+    // Frames 2 and 3 were lost: the first frame past the gap asks; the
+    // frames behind it, arriving while the resend is on its way, do not.
+    assert_eq!(q.push_from_peer(4, data(4), t0), gap(true));
+    for p in 5..10 {
+        let t = t0 + RESEND_RETRY / 10 * (p as u32 - 4);
+        assert_eq!(q.push_from_peer(p, data(1), t), gap(false), "frame {p}");
+    }
+    // The resend was lost too: a frame after the retry interval asks again,
+    // once more.
+    let later = t0 + RESEND_RETRY;
+    assert_eq!(q.push_from_peer(10, data(1), later), gap(true));
+    assert_eq!(q.push_from_peer(11, data(1), later), gap(false));
+    // The resend fills the gap; a new one further on is asked for at once,
+    // within the interval of the last ask.
+    assert_eq!(q.push_from_peer(2, data(2), later), FromPeer::Queued);
+    assert_eq!(q.push_from_peer(3, data(3), later), FromPeer::Queued);
+    assert_eq!(
+        q.push_from_peer(5, data(5), later),
+        FromPeer::Gap { next: 4, ask: true }
+    );
+    // A new pairing numbers from 1 again: the same gap in it is a new one.
+    let mut q = Queue::fed_from_peer(roomy(), 0, 0);
+    let first = FromPeer::Gap { next: 1, ask: true };
+    assert_eq!(q.push_from_peer(2, data(2), t0), first);
+    q.start_pairing();
+    assert_eq!(q.push_from_peer(2, data(2), t0), first);
 }
 
 #[test]

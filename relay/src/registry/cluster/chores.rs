@@ -131,10 +131,14 @@ impl ClusterRegistry {
                 debug!(conn = %conn, "cut a stalled receiver");
             }
         }
-        // A failed publish lost envelopes: send again what we hold.
-        if self.bus.take_lost() {
+        // Envelopes to some nodes were lost (a failed publish, or replays a
+        // full link dropped): send again what we hold for those nodes.
+        let lost = self.bus.take_lost();
+        if !lost.is_empty() {
             for p in self.dir.all() {
-                p.resend_to_peer(0);
+                if p.remote_node().is_some_and(|n| lost.contains(&n)) {
+                    p.resend_to_peer(0);
+                }
             }
         }
     }

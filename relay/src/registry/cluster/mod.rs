@@ -287,8 +287,7 @@ impl ClusterRegistry {
     /// A handle to publish toward `role` of `sid` on `node`.
     fn peer(&self, sid: &SessionId, role: Role, node: &Arc<str>) -> Peer {
         Peer {
-            bus: Arc::clone(&self.bus),
-            node: Arc::clone(node),
+            link: self.bus.link(node),
             sid: Arc::clone(sid),
             to: role,
         }
@@ -299,7 +298,7 @@ impl ClusterRegistry {
         if *node == self.node {
             ctx.notify(FromPeerNode(c));
         } else {
-            self.bus.send(node, Envelope::Control(c));
+            self.bus.link(node).control(c);
         }
     }
 
@@ -358,16 +357,12 @@ fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metr
                 FromPeer::Duplicate { .. } | FromPeer::Dropped => {
                     tracing::debug!(session = %sid, to = to.as_str(), p, "frame from another node dropped (duplicate or no receiver)");
                 }
-                FromPeer::Gap { next } => {
-                    // Envelopes were lost (a publish failed, or our subscription
-                    // broke): the registry asks the sender's node to resend.
-                    tracing::debug!(session = %sid, to = to.as_str(), p, next, "gap in frames from another node");
+                FromPeer::Gap { next, ask } => {
+                    // Envelopes were lost (a publish failed, a link dropped
+                    // them, or our subscription broke): the pipe asked the
+                    // sender's node to resend, once for the gap.
+                    tracing::debug!(session = %sid, to = to.as_str(), p, next, ask, "gap in frames from another node");
                     metrics.bus_gaps.inc();
-                    registry.do_send(FromPeerNode(Control::Resend {
-                        sid,
-                        to,
-                        from: next,
-                    }));
                 }
                 FromPeer::Cut(conn) => registry.do_send(super::Gone {
                     session_id: Arc::from(sid.as_str()),

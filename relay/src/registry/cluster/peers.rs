@@ -43,31 +43,10 @@ impl Handler<FromPeerNode> for ClusterRegistry {
             Control::CodeExpired { sid, code } => {
                 self.code_expired_here(&Arc::from(sid.as_str()), &code)
             }
-            Control::Replace { sid, role, conn } => {
-                if let Some(Here {
-                    conn: Some((c, cmd)),
-                }) = self
-                    .sessions
-                    .get(&Arc::from(sid.as_str()) as &SessionId)
-                    .and_then(|l| l.side(role))
-                {
-                    if c.0 == conn {
-                        cmd.do_send(ConnCommand::Replaced);
-                    }
-                }
-            }
             Control::Resend { sid, to, from } => {
-                // Sent by the receiver's node when it saw a gap; or to ourselves
-                // by the dispatcher, forwarding it to the sender's node.
+                // The receiver's node saw a gap in what this node published.
                 if let Some(p) = self.dir_get(&sid, to) {
-                    match p.ack_node() {
-                        Some(n) => {
-                            let c = Control::Resend { sid, to, from };
-                            self.bus
-                                .send(&n, crate::cluster::envelope::Envelope::Control(c));
-                        }
-                        None => p.resend_to_peer(from),
-                    }
+                    p.resend_to_peer(from);
                 }
             }
             Control::Resync { node } => {
@@ -278,12 +257,9 @@ impl Handler<Resubscribed> for ClusterRegistry {
             let nodes = store.nodes().await.unwrap_or_default();
             for n in nodes {
                 if n != me {
-                    bus.send(
-                        &n,
-                        crate::cluster::envelope::Envelope::Control(Control::Resync {
-                            node: me.to_string(),
-                        }),
-                    );
+                    bus.link(&n).control(Control::Resync {
+                        node: me.to_string(),
+                    });
                 }
             }
         };

@@ -1,0 +1,155 @@
+//! What one batch publishes: acks coalesced within their bounds, messages
+//! split by size, links taken in turn. Through the detached bus, so what is
+//! checked is what the receiving node would decode.
+
+use bytes::Bytes;
+
+use super::*;
+use crate::cluster::envelope::{Control, EndReason};
+use crate::frame::Frame;
+use crate::gate::Gate;
+
+fn ack(sid: &str, to: Role, p: u64) -> Envelope {
+    Envelope::Ack {
+        sid: sid.into(),
+        to,
+        p,
+    }
+}
+
+fn written(sid: &str, to: Role, p: u64) -> Envelope {
+    Envelope::Written {
+        sid: sid.into(),
+        to,
+        p,
+    }
+}
+
+fn ended(sid: &str) -> Control {
+    Control::Ended {
+        sid: sid.into(),
+        role: Role::Mac,
+        reason: EndReason::Left,
+    }
+}
+
+#[test]
+fn acks_and_written_reports_of_one_direction_become_one_each_with_the_highest_number() {
+    let (bus, mut out) = Bus::detached("me");
+    let l = bus.link(&Arc::from("other"));
+    let gate = Gate::new();
+    l.ack("s1".into(), Role::Mac, 3, 0);
+    l.written("s1".into(), Role::Mac, 5, 0);
+    l.ack("s2".into(), Role::Mac, 1, 0);
+    l.ack("s1".into(), Role::Browser, 2, 0);
+    l.frame(
+        "s1".into(),
+        Role::Browser,
+        9,
+        Frame::Binary(Bytes::from_static(b"f")),
+        &gate,
+    );
+    l.ack("s1".into(), Role::Mac, 7, 0);
+    l.written("s1".into(), Role::Mac, 8, 0);
+    // A duplicate's ack may be lower than one before it: the highest wins.
+    l.ack("s1".into(), Role::Mac, 4, 0);
+    l.ack("s2".into(), Role::Mac, 2, 0);
+    assert_eq!(
+        out.envelopes(),
+        [
+            ack("s1", Role::Mac, 7),
+            written("s1", Role::Mac, 8),
+            ack("s2", Role::Mac, 2),
+            ack("s1", Role::Browser, 2),
+            Envelope::Frame {
+                sid: "s1".into(),
+                to: Role::Browser,
+                p: 9,
+                frame: Frame::Binary(Bytes::from_static(b"f")),
+            },
+        ]
+    );
+    assert_eq!(bus.metrics().bus_queued_bytes.get(), 0);
+}
+
+#[test]
+fn acks_are_not_coalesced_across_a_control_message_of_any_session() {
+    let (bus, mut out) = Bus::detached("me");
+    let l = bus.link(&Arc::from("other"));
+    l.ack("s1".into(), Role::Mac, 3, 0);
+    l.ack("s1".into(), Role::Mac, 4, 0);
+    l.control(ended("another session"));
+    l.ack("s1".into(), Role::Mac, 5, 0);
+    l.written("s1".into(), Role::Mac, 5, 0);
+    l.ack("s1".into(), Role::Mac, 6, 0);
+    assert_eq!(
+        out.envelopes(),
+        [
+            ack("s1", Role::Mac, 4),
+            Envelope::Control(ended("another session")),
+            ack("s1", Role::Mac, 6),
+            written("s1", Role::Mac, 5),
+        ]
+    );
+}
+
+#[test]
+fn acks_of_two_pairings_of_one_direction_are_not_coalesced() {
+    // The mac's node started a new pairing (a new browser joined) when a
+    // control came *from* the other node: nothing in this link marks it.
+    let (bus, mut out) = Bus::detached("me");
+    let l = bus.link(&Arc::from("other"));
+    l.ack("s".into(), Role::Mac, 50, 0);
+    l.ack("s".into(), Role::Mac, 3, 120);
+    l.ack("s".into(), Role::Mac, 4, 120);
+    assert_eq!(
+        out.envelopes(),
+        [ack("s", Role::Mac, 50), ack("s", Role::Mac, 4)]
+    );
+}
+
+#[test]
+fn batches_split_into_messages_by_size_and_every_message_decodes() {
+    let (bus, mut out) = Bus::detached("me");
+    let l = bus.link(&Arc::from("other"));
+    let gate = Gate::new();
+    let frame = Frame::Binary(Bytes::from(vec![7u8; 100 << 10]));
+    for p in 1..=10 {
+        l.frame("s".into(), Role::Mac, p, frame.clone(), &gate);
+    }
+    let mut items = Vec::new();
+    let bytes = l.take(usize::MAX, &mut items);
+    let msgs = pack(&items);
+    assert_eq!(msgs.len(), 4, "three frames of 100 KiB pass 256 KiB");
+    let mut ps = Vec::new();
+    for m in msgs {
+        assert!(m.len() < MAX_MESSAGE + (100 << 10) + 64);
+        let (envs, bad) = Envelope::decode_all(m.freeze());
+        assert_eq!(bad, 0);
+        ps.extend(envs.into_iter().map(|e| match e {
+            Envelope::Frame { p, .. } => p,
+            other => panic!("not a frame: {other:?}"),
+        }));
+    }
+    assert_eq!(ps, (1..=10).collect::<Vec<_>>());
+    l.published(bytes, items.len(), true);
+    assert!(out.publish().is_empty());
+}
+
+#[test]
+fn a_busy_link_does_not_keep_another_waiting() {
+    let (bus, mut out) = Bus::detached("me");
+    let busy = bus.link(&Arc::from("busy"));
+    let quiet = bus.link(&Arc::from("quiet"));
+    for p in 0..3 * MAX_BATCH as u64 {
+        busy.ack("s".into(), Role::Mac, p, p);
+    }
+    quiet.control(ended("s"));
+    let mut quiet_seen = false;
+    for _ in 0..2 {
+        let batch = out.publish();
+        assert!(batch.len() <= MAX_BATCH);
+        quiet_seen |= batch.iter().any(|(n, _)| &**n == "quiet");
+    }
+    assert!(quiet_seen, "the quiet link waited behind the busy one");
+}
