@@ -148,7 +148,7 @@ pub struct Metrics {
     /// Envelopes from other nodes that could not be read.
     pub bus_malformed: IntCounter,
     /// Envelopes this node's bus dropped instead of publishing, by
-    /// [`crate::cluster::bus::DropReason`].
+    /// [`DropReason`].
     pub bus_dropped: IntCounterVec,
     /// Frames from other nodes that arrived after a gap (lost envelopes; resent).
     pub bus_gaps: IntCounter,
@@ -429,7 +429,7 @@ impl Metrics {
         m.registry.register(Box::new(m.bus_queued_bytes.clone()))?;
         m.registry.register(Box::new(m.bus_malformed.clone()))?;
         m.registry.register(Box::new(m.bus_dropped.clone()))?;
-        for r in crate::cluster::bus::DropReason::ALL {
+        for r in DropReason::ALL {
             m.bus_dropped.with_label_values(&[r.as_str()]);
         }
         m.registry.register(Box::new(m.bus_gaps.clone()))?;
@@ -487,6 +487,57 @@ impl Metrics {
         // An encode error would mean a metric with invalid UTF-8 names, which we never create.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// Why the bus dropped an envelope: the `reason` label of
+/// `relay_bus_dropped_total`. None happens in normal operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A replayed or resent frame, the link over [`HARD_LIMIT`](crate::cluster::bus::link::HARD_LIMIT). The frame
+    /// stays held at this node; it is sent again once the link has room.
+    ReplayFull,
+    /// An ack, the link over [`HARD_LIMIT`](crate::cluster::bus::link::HARD_LIMIT). The next ack covers it; until
+    /// then the sender's node holds those frames a little longer.
+    AckFull,
+    /// A written report, the link over [`HARD_LIMIT`](crate::cluster::bus::link::HARD_LIMIT). The next report or
+    /// ack covers it; until then the sender may stay paused a little longer.
+    WrittenFull,
+    /// A control message, [`MAX_CONTROLS`](crate::cluster::bus::link::MAX_CONTROLS) already queued. It is lost: a
+    /// lost `Moved` or `Handover` makes that resume wait out its handover
+    /// time (2 s) and go on without the other node's answer; a lost `Away`,
+    /// `Ended` or `Joined` leaves the peer's node untold; a lost `Resend` is
+    /// asked for again by a later frame after the retry interval.
+    ControlFull,
+    /// A probe of this node's own subscription, the link over
+    /// [`HARD_LIMIT`](crate::cluster::bus::link::HARD_LIMIT). Two in a row make the node resubscribe.
+    ProbeFull,
+    /// Any envelope of a publish that failed (Redis down or slow). Frames
+    /// are sent again by their holders, as after a replay drop.
+    PublishFailed,
+}
+
+impl DropReason {
+    /// Every reason, for pre-registering label values.
+    pub const ALL: [DropReason; 6] = [
+        Self::ReplayFull,
+        Self::AckFull,
+        Self::WrittenFull,
+        Self::ControlFull,
+        Self::ProbeFull,
+        Self::PublishFailed,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ReplayFull => "replay_full",
+            Self::AckFull => "ack_full",
+            Self::WrittenFull => "written_full",
+            Self::ControlFull => "control_full",
+            Self::ProbeFull => "probe_full",
+            Self::PublishFailed => "publish_failed",
+        }
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
-use crate::cluster::bus::{Bus, DropReason};
+use crate::cluster::bus::Bus;
+use crate::metrics::DropReason;
 use crate::cluster::envelope::Envelope;
 
 fn limits() -> Limits {

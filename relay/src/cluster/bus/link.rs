@@ -37,7 +37,7 @@ use tracing::warn;
 use crate::cluster::envelope::{Control, Envelope};
 use crate::frame::Frame;
 use crate::gate::Gate;
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, Metrics};
 
 /// Bytes held by one link above which senders of new frames are paused.
 /// Each direction toward a node already pauses its sender past its own
@@ -68,57 +68,6 @@ pub const MAX_CONTROLS: usize = 65_536;
 /// session id and queue slot), so many small envelopes are bounded by the
 /// memory they use.
 pub const ENVELOPE_OVERHEAD: usize = 64;
-
-/// Why the bus dropped an envelope: the `reason` label of
-/// `relay_bus_dropped_total`. None happens in normal operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// A replayed or resent frame, the link over [`HARD_LIMIT`]. The frame
-    /// stays held at this node; it is sent again once the link has room.
-    ReplayFull,
-    /// An ack, the link over [`HARD_LIMIT`]. The next ack covers it; until
-    /// then the sender's node holds those frames a little longer.
-    AckFull,
-    /// A written report, the link over [`HARD_LIMIT`]. The next report or
-    /// ack covers it; until then the sender may stay paused a little longer.
-    WrittenFull,
-    /// A control message, [`MAX_CONTROLS`] already queued. It is lost: a
-    /// lost `Moved` or `Handover` makes that resume wait out its handover
-    /// time (2 s) and go on without the other node's answer; a lost `Away`,
-    /// `Ended` or `Joined` leaves the peer's node untold; a lost `Resend` is
-    /// asked for again by a later frame after the retry interval.
-    ControlFull,
-    /// A probe of this node's own subscription, the link over
-    /// [`HARD_LIMIT`]. Two in a row make the node resubscribe.
-    ProbeFull,
-    /// Any envelope of a publish that failed (Redis down or slow). Frames
-    /// are sent again by their holders, as after a replay drop.
-    PublishFailed,
-}
-
-impl DropReason {
-    /// Every reason, for pre-registering label values.
-    pub const ALL: [DropReason; 6] = [
-        Self::ReplayFull,
-        Self::AckFull,
-        Self::WrittenFull,
-        Self::ControlFull,
-        Self::ProbeFull,
-        Self::PublishFailed,
-    ];
-
-    /// The label value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::ReplayFull => "replay_full",
-            Self::AckFull => "ack_full",
-            Self::WrittenFull => "written_full",
-            Self::ControlFull => "control_full",
-            Self::ProbeFull => "probe_full",
-            Self::PublishFailed => "publish_failed",
-        }
-    }
-}
 
 /// What a queued envelope is, for its bound and for coalescing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

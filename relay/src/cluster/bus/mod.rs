@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use self::link::Shared;
-pub use self::link::{DropReason, Link};
+pub use self::link::Link;
 use super::envelope::Envelope;
 use super::redis::Redis;
 use crate::metrics::Metrics;
