@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use relay_protocol::CloseCode;
 
 use super::*;
 

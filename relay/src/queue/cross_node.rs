@@ -1,0 +1,247 @@
+//! The queue's side of a cross-node direction: frames published to a reader
+//! on another node and kept until it acknowledges them, frames fed from a
+//! sender on another node (in order, once, asking again for what was
+//! lost), and moving a reader between nodes.
+
+use std::time::Instant;
+
+use super::entry::{Entry, Item, stamp};
+use super::outcome::{FromPeer, Gap};
+use super::{AWAY, Queue, RESEND_RETRY, Reader};
+use crate::frame::Frame;
+
+impl Queue {
+
+    /// Reader side of a cross-node direction: a frame published by the
+    /// sender's node, with its pairing number `p`, arriving at `now`.
+    /// Duplicates (a resend) are dropped; a gap means envelopes were lost and
+    /// the sender must resend, which the first frame past the gap asks for
+    /// (and one after [`RESEND_RETRY`], if the gap is still there).
+    pub fn push_from_peer(&mut self, p: u64, frame: Frame, now: Instant) -> FromPeer {
+        let have = self.seq - self.base;
+        if p <= have {
+            // The sender's node holds each frame until an ack covers it. One
+            // the reader already read gets no ack from its reading, so give
+            // it one here (every 16th and the last read suffice, acks being
+            // cumulative): else a node that sends many frames again after a
+            // crash fills its backlog with frames nothing will ever free.
+            let read = (self.oldest_held() - 1).saturating_sub(self.base);
+            let ack = (self.fed && p <= read && (p % 16 == 0 || p == read)).then_some(p);
+            return FromPeer::Duplicate { ack };
+        }
+        if p > have + 1 {
+            let next = have + 1;
+            let ask = match self.asked {
+                Some((n, at)) => n != next || now.saturating_duration_since(at) >= RESEND_RETRY,
+                None => true,
+            };
+            if ask {
+                self.asked = Some((next, now));
+            }
+            return FromPeer::Gap { next, ask };
+        }
+        if matches!(self.reader, Reader::Closed | Reader::None) {
+            return FromPeer::Dropped;
+        }
+        self.seq += 1;
+        self.accepted += 1;
+        // The gap asked about, if any, ended here.
+        self.asked = None;
+        let seq = self.seq;
+        self.append(seq, Item::Data { seq, frame }, stamp(seq));
+        if let Reader::Local(conn) = self.reader {
+            if self.bytes > self.limits.hard_cap() {
+                self.cut_reader(conn);
+                return FromPeer::Cut(conn);
+            }
+        }
+        self.notify();
+        FromPeer::Queued
+    }
+
+    /// Sender side of a cross-node direction: the remote reader read every
+    /// frame up to pairing number `p` (so its node wrote them too).
+    pub fn ack_from_peer(&mut self, p: u64, now: Instant) {
+        if self.fed {
+            // A queue fed from another node only takes its own reader's acks.
+            return;
+        }
+        let upto = self.base + p;
+        let mut acked = false;
+        while let Some(front) = self.entries.front() {
+            let done = match front.item {
+                Item::Data { seq, .. } => seq <= upto,
+                Item::Event { .. } => front.seq < upto,
+            };
+            if !done {
+                break;
+            }
+            let cost = front.cost();
+            if matches!(front.item, Item::Data { seq, .. } if seq > self.peer_written) {
+                self.unwritten = self.unwritten.saturating_sub(cost);
+            }
+            self.bytes -= cost;
+            self.entries.pop_front();
+            acked = true;
+        }
+        self.peer_written = self.peer_written.max(upto);
+        if acked {
+            self.last_ack = now;
+        }
+        self.release_if_caught_up();
+    }
+
+    /// Sender side of a cross-node direction: the reader's node wrote every
+    /// frame up to pairing number `p` to its socket.
+    pub fn written_from_peer(&mut self, p: u64) {
+        if self.fed {
+            return;
+        }
+        let upto = self.base + p;
+        if upto <= self.peer_written {
+            return;
+        }
+        let from = self.peer_written;
+        let start = self.entries.partition_point(|e| e.seq <= from);
+        let newly: usize = self
+            .entries
+            .range(start..)
+            .take_while(|e| e.seq <= upto)
+            .filter(|e| e.is_data())
+            .map(Entry::cost)
+            .sum();
+        self.unwritten = self.unwritten.saturating_sub(newly);
+        self.peer_written = upto;
+        self.release_if_caught_up();
+    }
+
+    /// Lets a sender paused by a cross-node backlog go on once the reader's
+    /// node has written half of it.
+    fn release_if_caught_up(&mut self) {
+        if self.unwritten <= self.limits.backlog() / 2 && self.bytes <= self.limits.remote_cap() / 2
+        {
+            self.paused = false;
+        }
+    }
+
+    /// Sender side: the reader is (now) on another node and has every frame
+    /// up to pairing number `p_last`; returns the rest, to publish there, and
+    /// publishes every later push.
+    ///
+    /// # Errors
+    /// [`Gap`] (in pairing numbers) when `p_last` does not fit what was sent
+    /// and acknowledged.
+    pub fn send_to_peer(&mut self, p_last: u64, now: Instant) -> Result<Vec<(u64, Frame)>, Gap> {
+        let base = self.base;
+        let last_seq = base + p_last;
+        // The peer's node counts within the pairing: so do its errors.
+        self.check(last_seq).map_err(|gap| match gap {
+            Gap::Ahead { sent } => Gap::Ahead { sent: sent - base },
+            Gap::Behind { oldest } => Gap::Behind {
+                oldest: oldest - base,
+            },
+            Gap::Closed => Gap::Closed,
+        })?;
+        self.catch_up(last_seq);
+        // Events are not carried across nodes (the reader's node makes its own).
+        self.entries.retain(|e| match e.item {
+            Item::Data { seq, .. } => seq > last_seq,
+            Item::Event { .. } => false,
+        });
+        self.bytes = self.entries.iter().map(Entry::cost).sum();
+        self.reader = Reader::Remote;
+        // Everything still held is yet to be written at the reader's node.
+        self.unwritten = self.bytes;
+        self.peer_written = last_seq;
+        self.cut = None;
+        self.notified = false;
+        self.last_ack = now;
+        Ok(self.resend_from(0))
+    }
+
+    /// Sender side: every held frame from pairing number `from` on, to
+    /// publish again (envelopes were lost; the reader drops what it has).
+    /// Empty unless the reader is on another node.
+    pub fn resend_from(&self, from: u64) -> Vec<(u64, Frame)> {
+        if self.reader != Reader::Remote {
+            return Vec::new();
+        }
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.item {
+                Item::Data { seq, frame } if seq - self.base >= from => {
+                    Some((seq - self.base, frame.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sender side: the remote reader went away; keep its frames within the
+    /// away limits until it comes back somewhere.
+    pub fn peer_away(&mut self) {
+        if self.reader == Reader::Remote {
+            self.reader = AWAY;
+            self.paused = false;
+        }
+    }
+
+    /// Starts a new pairing on this direction: frames are numbered from 1
+    /// again (`seq - base`), on both nodes.
+    pub fn start_pairing(&mut self) {
+        self.base = self.seq;
+        // Pairing numbers start again: an ask of the last pairing means nothing.
+        self.asked = None;
+    }
+
+    /// Whether acknowledgements and written reports of this queue go to
+    /// another node (it is fed from there).
+    pub fn set_fed(&mut self, fed: bool) {
+        self.fed = fed;
+    }
+
+    /// Frames of the current pairing queued so far.
+    pub fn pairing_count(&self) -> u64 {
+        self.seq - self.base
+    }
+
+    /// `seq` at the start of the current pairing.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// This queue's count came from a checkpoint (the node that knew it
+    /// died), so the next reader may be ahead of it.
+    pub fn count_may_lag(&mut self) {
+        self.seq_may_lag = true;
+    }
+
+    /// Takes the control messages queued for the reader out of the queue
+    /// (to hand them to the node it moved to), except those a reader with
+    /// `last_seq` frames surely or probably has.
+    pub fn take_events(&mut self, last_seq: u64) -> Vec<String> {
+        let drained = self.drained_pos;
+        let mut out = Vec::new();
+        self.entries.retain(|e| match &e.item {
+            Item::Event { text, .. } => {
+                if !e.received_by(last_seq, drained) {
+                    out.push(text.to_string());
+                }
+                false
+            }
+            Item::Data { .. } => true,
+        });
+        self.bytes = self.entries.iter().map(Entry::cost).sum();
+        out
+    }
+
+    /// Bytes currently held (queued and unacknowledged), with overhead.
+    pub fn held_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Entries currently held.
+    pub fn held_entries(&self) -> usize {
+        self.entries.len()
+    }
+}
