@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::deadlines::Deadlines;
 use super::guessing::{CEILING_MESSAGE, FailedJoins, current_minute};
+use super::member::Member;
 use super::secret::{self, TokenHash};
 use super::session::{Ended, Session, Side};
 use super::tombstones::Tombstones;
@@ -26,7 +27,6 @@ use super::{
 };
 use crate::conns::ConnCommand;
 use crate::metrics::Metrics;
-use crate::pipe::Pipe;
 use crate::queue::{EventEffect, Gap, Limits};
 
 /// How long ended sessions and expired codes are remembered, so late clients
@@ -68,7 +68,7 @@ enum Timer {
     /// The session's code can no longer be joined.
     Code(SessionId),
     /// The side stayed away for the whole grace period.
-    Grace(SessionId, Role),
+    Grace(SessionId, Member),
 }
 
 /// The single-node registry actor.
@@ -144,12 +144,12 @@ impl MemoryRegistry {
         for t in self.timers.take_due(Instant::now()) {
             match t {
                 Timer::Code(id) => self.code_expired(&id),
-                Timer::Grace(id, role) => {
-                    if let Some(side) = self.sessions.get_mut(&id).and_then(|s| s.side_mut(role)) {
+                Timer::Grace(id, m) => {
+                    if let Some(side) = self.sessions.get_mut(&id).and_then(|s| s.side_mut(m)) {
                         side.grace_timer = None;
                     }
-                    debug!(session = %id, role = role.as_str(), "grace period over");
-                    self.end_side(&id, role, PeerLeftReason::Timeout);
+                    debug!(session = %id, side = ?m, "grace period over");
+                    self.end_side(&id, m, PeerLeftReason::Timeout);
                 }
             }
         }
@@ -184,14 +184,14 @@ impl MemoryRegistry {
         self.codes.remove(&s.code);
         self.expired_codes.insert(s.code.clone(), ());
         debug!(session = %id, "code expired");
-        if s.browser.is_none() {
+        if !s.has_guests() {
             // Counted only unjoined, so issued → joined → expired is a funnel.
             self.metrics.codes_expired.inc();
             self.end_session_code_expired(id);
         }
     }
 
-    /// Ends a session whose code expired with no browser: the mac may register again.
+    /// Ends a session whose code expired with no guest: the host may register again.
     fn end_session_code_expired(&mut self, id: &SessionId) {
         let Some(s) = self.sessions.remove(id) else {
             return;
@@ -199,64 +199,68 @@ impl MemoryRegistry {
         let msg = ServerMessage::CodeExpired {
             code: s.code.to_string(),
         };
-        s.tell(Role::Mac, &msg, EventEffect::Detach);
+        s.tell(Member::Host, &msg, EventEffect::Detach);
         self.finish(s, ErrorCode::ResumeExpired);
     }
 
-    /// Drops a removed session's timers and pipes; remembers its sides.
-    fn finish(&mut self, s: Session, mac_code: ErrorCode) {
+    /// Drops a removed session's timers and pipes; remembers its sides: the
+    /// host with `host_code`, its guests as ended by the host.
+    fn finish(&mut self, s: Session, host_code: ErrorCode) {
         if s.code_live {
             self.codes.remove(&s.code);
         }
-        for k in [s.code_timer, s.mac.grace_timer].into_iter().flatten() {
+        if let Some(k) = s.code_timer {
             self.timers.remove(k);
         }
-        self.remember_ended(&s.id, Role::Mac, s.mac.token, mac_code);
-        if let Some(b) = &s.browser {
-            if let Some(k) = b.grace_timer {
+        for (m, side) in s.sides() {
+            if let Some(k) = side.grace_timer {
                 self.timers.remove(k);
             }
-            self.remember_ended(&s.id, Role::Browser, b.token, ErrorCode::MacDisconnected);
+            let code = match m {
+                Member::Host => host_code,
+                Member::Guest(_) => ErrorCode::MacDisconnected,
+            };
+            self.remember_ended(&s.id, m.role(), side.token, code);
         }
-        s.to_mac.close();
-        s.to_browser.close();
+        for p in s.pipes() {
+            p.close();
+        }
         self.metrics.sessions_live.dec();
     }
 
     /// A side is gone for good.
-    fn end_side(&mut self, id: &SessionId, role: Role, reason: PeerLeftReason) {
-        match role {
-            Role::Mac => {
+    fn end_side(&mut self, id: &SessionId, m: Member, reason: PeerLeftReason) {
+        match m {
+            Member::Host => {
                 let Some(s) = self.sessions.remove(id) else {
                     return;
                 };
                 info!(session = %id, reason = reason.as_str(), "mac left; session over");
                 let msg = ServerMessage::error(ErrorCode::MacDisconnected);
-                s.tell(
-                    Role::Browser,
-                    &msg,
-                    EventEffect::Close(CloseCode::SessionOver),
-                );
+                s.tell_others(m, &msg, EventEffect::Close(CloseCode::SessionOver));
                 self.finish(s, ErrorCode::ResumeExpired);
             }
-            Role::Browser => {
+            Member::Guest(i) => {
                 let Some(s) = self.sessions.get_mut(id) else {
                     return;
                 };
-                let Some(b) = s.browser.take() else { return };
+                let Some(place) = s.places.get_mut(i) else {
+                    return;
+                };
+                let Some(b) = place.guest.take() else { return };
                 if let Some(k) = b.grace_timer {
                     self.timers.remove(k);
                 }
                 info!(session = %id, reason = reason.as_str(), "browser left");
-                s.to_browser.end_receiver();
+                place.to_guest.end_receiver();
                 s.tell(
-                    Role::Mac,
+                    Member::Host,
                     &ServerMessage::PeerLeft { reason },
                     EventEffect::None,
                 );
-                let code_live = s.code_live;
-                self.remember_ended(id, Role::Browser, b.token, ErrorCode::ResumeExpired);
-                if !code_live {
+                let unjoinable = !s.code_live && !s.has_guests();
+                self.remember_ended(id, m.role(), b.token, ErrorCode::ResumeExpired);
+                if unjoinable {
                     // No browser can join any more: the mac needs a new code.
                     self.end_session_code_expired(id);
                 }
@@ -313,30 +317,30 @@ impl MemoryRegistry {
         let Some(s) = self.sessions.get_mut(&id) else {
             return Err(ErrorCode::InvalidCode.into());
         };
-        if s.browser.is_some() {
+        let Some(i) = s.free_place() else {
             return Err(ErrorCode::AlreadyJoined.into());
-        }
+        };
+        let guest = Member::Guest(i);
         let token = secret::resume_token();
-        s.to_browser.reset_receiver();
-        let written = s.to_browser.attach(msg.client.receiver(), 0).unwrap_or(0);
-        s.to_mac.reset_sender();
-        s.browser = Some(Side {
+        let place = &mut s.places[i];
+        place.to_guest.reset_receiver();
+        let written = place.to_guest.attach(msg.client.receiver(), 0).unwrap_or(0);
+        place.guest = Some(Side {
             token: TokenHash::of(&token),
             conn: Some((msg.client.conn, msg.client.commands.clone())),
             grace_timer: None,
         });
-        s.tell(Role::Mac, &ServerMessage::PeerJoined, EventEffect::None);
-        if s.mac.conn.is_none() {
-            s.tell(
-                Role::Browser,
-                &ServerMessage::PeerDisconnected,
-                EventEffect::None,
-            );
+        // The host's count of what this guest sends starts at 0.
+        s.to_host.reset_sender();
+        s.tell(Member::Host, &ServerMessage::PeerJoined, EventEffect::None);
+        if s.host.conn.is_none() {
+            s.tell(guest, &ServerMessage::PeerDisconnected, EventEffect::None);
         }
         info!(session = %id, conn = %msg.client.conn, "browser joined");
+        let link = s.link(guest, written).ok_or(ErrorCode::InvalidCode)?;
         Ok(Joined {
             resume_token: token,
-            link: s.link(Role::Browser, written),
+            link,
         })
     }
 
@@ -348,22 +352,27 @@ impl MemoryRegistry {
             resume_token,
             last_seq,
         } = msg;
+        let m = Member::from(role);
         let Some(s) = self.sessions.get_mut(session_id.as_str()) else {
             return Err(self.refuse_resume(&session_id, role, &resume_token));
         };
         let Some(side) = s
-            .side_mut(role)
+            .side_mut(m)
             .filter(|side| side.token.matches(&resume_token))
         else {
             return Err(self.refuse_resume(&session_id, role, &resume_token));
         };
         let old = side.conn.take();
         let grace = side.grace_timer.take();
-        let written = match s.pipe_to(role).attach(client.receiver(), last_seq) {
+        let attached = s
+            .pipe_to(m)
+            .ok_or(Gap::Closed)
+            .and_then(|p| p.attach(client.receiver(), last_seq));
+        let written = match attached {
             Ok(w) => w,
             Err(gap) => {
                 // Put the side back as it was: a bad resume changes nothing.
-                let side = s.side_mut(role).expect("side checked above");
+                let side = s.side_mut(m).expect("side checked above");
                 side.conn = old;
                 side.grace_timer = grace;
                 let why = match gap {
@@ -381,7 +390,7 @@ impl MemoryRegistry {
                 ));
             }
         };
-        let side = s.side_mut(role).expect("side checked above");
+        let side = s.side_mut(m).expect("side checked above");
         side.conn = Some((client.conn, client.commands.clone()));
         if let Some(k) = grace {
             self.timers.remove(k);
@@ -395,16 +404,17 @@ impl MemoryRegistry {
             }
             None => {
                 info!(session = %s.id, role = role.as_str(), conn = %client.conn, "resumed");
-                s.tell(role.peer(), &ServerMessage::PeerResumed, EventEffect::None);
+                s.tell_others(m, &ServerMessage::PeerResumed, EventEffect::None);
                 "ok"
             }
         };
         self.metrics.resumes.with_label_values(&[result]).inc();
-        let accepted = s.pipe_to(role.peer()).accepted();
+        let accepted = s.accepted_from(m);
+        let link = s.link(m, written).ok_or(ErrorCode::ResumeExpired)?;
         Ok(Resumed {
             accepted,
             events: Vec::new(),
-            link: s.link(role, written),
+            link,
         })
     }
 
@@ -417,15 +427,11 @@ impl MemoryRegistry {
             .sessions
             .values()
             .flat_map(|s| {
-                let sides = [
-                    (Role::Mac, Some(&s.mac)),
-                    (Role::Browser, s.browser.as_ref()),
-                ];
-                sides.into_iter().filter_map(move |(role, side)| {
-                    let (conn, commands) = side?.conn.as_ref()?;
+                s.sides().filter_map(move |(m, side)| {
+                    let (conn, commands) = side.conn.as_ref()?;
                     (!commands.connected()).then(|| Gone {
                         session_id: Arc::clone(&s.id),
-                        role,
+                        role: m.role(),
                         conn: *conn,
                         how: Departure::Dropped,
                     })
@@ -439,10 +445,11 @@ impl MemoryRegistry {
     }
 
     fn gone(&mut self, msg: Gone, ctx: &mut Context<Self>) {
+        let m = Member::from(msg.role);
         let Some(s) = self.sessions.get_mut(&msg.session_id) else {
             return;
         };
-        let Some(side) = s.side_mut(msg.role) else {
+        let Some(side) = s.side_mut(m) else {
             return;
         };
         if side.conn.as_ref().map(|(c, _)| *c) != Some(msg.conn) {
@@ -450,22 +457,20 @@ impl MemoryRegistry {
         }
         side.conn = None;
         match msg.how {
-            Departure::Left => self.end_side(&msg.session_id, msg.role, PeerLeftReason::Left),
-            Departure::Closed => self.end_side(&msg.session_id, msg.role, PeerLeftReason::Closed),
+            Departure::Left => self.end_side(&msg.session_id, m, PeerLeftReason::Left),
+            Departure::Closed => self.end_side(&msg.session_id, m, PeerLeftReason::Closed),
             Departure::Dropped => {
-                s.pipe_to(msg.role).detach(msg.conn);
-                let timer = Timer::Grace(Arc::clone(&msg.session_id), msg.role);
+                if let Some(p) = s.pipe_to(m) {
+                    p.detach(msg.conn);
+                }
+                let timer = Timer::Grace(Arc::clone(&msg.session_id), m);
                 let key = self.schedule(self.settings.grace, timer, ctx);
                 let Some(s) = self.sessions.get_mut(&msg.session_id) else {
                     return;
                 };
-                let side = s.side_mut(msg.role).expect("side checked above");
+                let side = s.side_mut(m).expect("side checked above");
                 side.grace_timer = Some(key);
-                s.tell(
-                    msg.role.peer(),
-                    &ServerMessage::PeerDisconnected,
-                    EventEffect::None,
-                );
+                s.tell_others(m, &ServerMessage::PeerDisconnected, EventEffect::None);
                 info!(session = %s.id, role = msg.role.as_str(), conn = %msg.conn, "side away");
             }
         }
@@ -509,26 +514,24 @@ impl Handler<Register> for MemoryRegistry {
         };
         let id: SessionId = Arc::from(secret::session_id());
         let token = secret::resume_token();
-        let to_mac = Pipe::new(self.settings.limits);
-        let to_browser = Pipe::new(self.settings.limits);
-        // unwrap-free: a new pipe accepts any receiver at 0.
-        let written = to_mac.attach(msg.client.receiver(), 0).unwrap_or(0);
         let code_timer = self.schedule(self.settings.code_ttl, Timer::Code(Arc::clone(&id)), ctx);
-        let s = Session {
-            id: Arc::clone(&id),
-            code: code.clone(),
-            code_live: true,
-            code_timer: Some(code_timer),
-            mac: Side {
-                token: TokenHash::of(&token),
-                conn: Some((msg.client.conn, msg.client.commands.clone())),
-                grace_timer: None,
-            },
-            browser: None,
-            to_mac,
-            to_browser,
+        let host = Side {
+            token: TokenHash::of(&token),
+            conn: Some((msg.client.conn, msg.client.commands.clone())),
+            grace_timer: None,
         };
-        let link = s.link(Role::Mac, written);
+        // One guest place: a pairing.
+        let s = Session::new(
+            Arc::clone(&id),
+            code.clone(),
+            code_timer,
+            host,
+            1,
+            self.settings.limits,
+        );
+        // unwrap-free: a new pipe accepts any receiver at 0.
+        let written = s.to_host.attach(msg.client.receiver(), 0).unwrap_or(0);
+        let link = s.link(Member::Host, written).ok_or(ErrorCode::Unavailable)?;
         self.codes.insert(code.clone(), Arc::clone(&id));
         self.sessions.insert(Arc::clone(&id), s);
         self.metrics.codes_issued.inc();
@@ -595,13 +598,14 @@ impl Handler<Overflowed> for MemoryRegistry {
         let Some(s) = self.sessions.get_mut(&msg.session_id) else {
             return;
         };
-        if s.side_mut(msg.role).is_none() {
+        let m = Member::from(msg.role);
+        if s.side_mut(m).is_none() {
             return;
         }
         // The pipe closed when it overflowed, so the side cannot have resumed since.
         self.metrics.resume_buffer_overflows.inc();
         warn!(session = %msg.session_id, role = msg.role.as_str(), "resume buffer overflowed; ending side");
-        self.end_side(&msg.session_id, msg.role, PeerLeftReason::Timeout);
+        self.end_side(&msg.session_id, m, PeerLeftReason::Timeout);
     }
 }
 
@@ -611,13 +615,15 @@ impl Handler<super::Stats> for MemoryRegistry {
     fn handle(&mut self, _: super::Stats, _: &mut Context<Self>) -> Self::Result {
         let mut st = super::SessionStats::default();
         for s in self.sessions.values() {
-            let mac_here = s.mac.conn.is_some();
-            match &s.browser {
-                None => st.waiting += 1,
-                Some(b) if mac_here && b.conn.is_some() => st.paired += 1,
-                Some(_) => st.away += 1,
+            // Away when any side is: its peers wait for it.
+            if !s.has_guests() {
+                st.waiting += 1;
+            } else if s.sides().all(|(_, side)| side.conn.is_some()) {
+                st.paired += 1;
+            } else {
+                st.away += 1;
             }
-            for p in [&s.to_mac, &s.to_browser] {
+            for p in s.pipes() {
                 st.buffered_frames += p.held_entries() as i64;
                 st.buffered_bytes += p.held_bytes() as i64;
             }

@@ -7,6 +7,7 @@
 mod cluster;
 mod deadlines;
 pub(crate) mod guessing;
+mod member;
 mod memory;
 pub(crate) mod secret;
 mod session;
