@@ -26,7 +26,9 @@ done
 
 say "building release binaries"
 cargo build --release --locked -p relay --bins
-BIN=target/release
+# Where cargo put them: target/ unless CARGO_TARGET_DIR says otherwise, and
+# then target/release would hold stale binaries, or none.
+BIN=${CARGO_TARGET_DIR:-target}/release
 
 wait_port() { # host:port, name
   for _ in $(seq 1 200); do
