@@ -63,6 +63,11 @@ cluster: build deps ## Start Redis, three relay nodes and haproxy on :8080 (Ctrl
 
 # Release binaries, the relay against ws-forwarder and redis-benchmark on
 # 127.0.0.1, a report with ratios and plots in target/bench/ (see BENCHMARKS.md).
+# BENCH_QUICK=1 is a smoke run. BENCH_BASELINE=<git rev> also builds that
+# commit's relay (once, into target/bench-baseline/) and measures it beside
+# this one in the same run, adding new/baseline ratios to the report;
+# BENCH_BASELINE_BIN=<path> does the same with a relay already built. With a
+# baseline the run takes about 1.5x as long, plus its build the first time.
 bench: toolchain deps ## Measure throughput, latency, set-up rate, memory and a reconnect storm (~6 min)
 	tests/bench/run.sh
 

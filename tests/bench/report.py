@@ -58,6 +58,79 @@ def bars_svg(title, groups, series, values, unit, path):
         fh.write("\n".join(out))
 
 
+# What a new/baseline ratio must exceed to mean something: the run-to-run
+# spread BENCHMARKS.md records on this machine. Same-run ratios moved by about
+# ±10 % between runs; latency tails more: the same two commits, interleaved
+# at one offered rate, gave p99s of 2.4-3.5 ms, so up to 1.45x either way.
+NOISE = (0.9, 1.1)
+TAIL_NOISE = (1 / 1.45, 1.45)
+READING = ("Ratios are new/baseline, both measured in this run. Within ±10 % is the run-to-run noise on this "
+           "machine (BENCHMARKS.md); latency tails (p99, p999, max) spread wider, 0.69-1.45 (the same two commits "
+           "gave p99s of 2.4-3.5 ms at one rate), so only a ratio outside its band, seen again in a second run, "
+           "is a change.")
+
+
+def baseline_section(out, get):
+    """The same measurements on the baseline binary, as new/baseline ratios.
+
+    Empty when the run had no baseline (run.sh writes baseline.json only then),
+    so the report without one stays as it was.
+    """
+    path = os.path.join(out, "baseline.json")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as fh:
+        meta = json.load(fh)
+    reading = READING
+    if meta.get("quick"):
+        reading = ("**A smoke run (BENCH_QUICK=1)**: one round of 1 s and a few hundred pairs, far noisier than "
+                   "the bands below, which are for a full run; it shows that every measurement ran, not how they "
+                   "compare. " + READING)
+    rows = []
+
+    def fmt(v):
+        return "-" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}")
+
+    def cmp(what, new, base, unit, higher_is_better, band=NOISE):
+        ratio = new / base if (new is not None and base) else None
+        if ratio is None:
+            reading = ""
+        elif band[0] <= ratio <= band[1]:
+            reading = "within noise"
+        else:
+            reading = "**better**" if (ratio > 1) == higher_is_better else "**worse**"
+        rows.append(f"| {what} | {fmt(new)} {unit} | {fmt(base)} {unit} | "
+                    f"{'-' if ratio is None else f'{ratio:.2f}'} | {reading} |")
+
+    def rate(k):
+        p, s = get(k, "pairs"), get(k, "seconds")
+        return p / s if p and s else None
+
+    def cpu_ms(k):
+        cpu, pairs = get(k, "relay_cpu_seconds"), get(k, "pairs")
+        return 1000 * cpu / pairs if (cpu is not None and pairs) else None
+
+    cmp("pair set-ups, one node (load-tool bound)", rate("setup-relay"), rate("setup-base"), "pairs/s", True)
+    cmp("relay CPU per pair set-up, one node", cpu_ms("setup-relay-cpu"), cpu_ms("setup-base-cpu"), "ms", False)
+    for size in ["64", "1KiB", "64KiB"]:
+        for new, base, where in [("relay", "base", "one node"), ("cross", "base-cross", "cross node")]:
+            cmp(f"throughput {size}, {where}", get(f"tp-{size}-{new}", "frames_per_second"),
+                get(f"tp-{size}-{base}", "frames_per_second"), "frames/s", True)
+    for new, base, where in [("lat-relay", "lat-base", "one node"), ("lat-cross", "lat-base-cross", "cross node")]:
+        for q in ["p50_us", "p99_us", "p999_us", "max_us"]:
+            cmp(f"latency 1 KiB {where} {q[:-3]} (offered {get(new, 'offered_rate') or 0:,} f/s)",
+                get(new, q), get(base, q), "us", False, NOISE if q == "p50_us" else TAIL_NOISE)
+    conns = get("idle-relay", "connections")
+    cmp(f"memory per idle paired connection, connected only ({conns or 0:,} held)",
+        get("idle-relay", "bytes_per_connection_fresh"), get("idle-base", "bytes_per_connection_fresh"), "B", False)
+    cmp(f"memory per idle paired connection after one frame each way ({conns or 0:,} held)",
+        get("idle-relay", "bytes_per_connection"), get("idle-base", "bytes_per_connection"), "B", False)
+    return (f"\n## Against the baseline {meta['label']}\n\n{reading}\n\n"
+            "| measurement | new | baseline | new/baseline | |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n\nThroughput is the median of the same interleaved rounds for both; "
+            "the reconnect storm kills a node and is not run on the baseline.\n")
+
+
 def main():
     out = sys.argv[1]
     r = load(out)
@@ -153,6 +226,7 @@ def main():
         fh.write("| measurement | value | ratio (same run) | target | |\n|---|---|---|---|---|\n")
         fh.write("\n".join(rows) + "\n\nThroughput rows are medians of interleaved rounds (each round's numbers are in json/).\n"
                  "\n![throughput](throughput.svg)\n\n![latency](latency.svg)\n")
+        fh.write(baseline_section(out, get))
     print(open(os.path.join(out, "report.md")).read())
 
 

@@ -4,10 +4,21 @@
 # the pub/sub ceiling) on 127.0.0.1 in one run, and writes a report with
 # ratios and plots to target/bench/. Every process it starts is stopped on
 # exit; every run is bounded (relay-load --timeout).
+#
+# With a baseline (BENCH_BASELINE=<git rev>, or BENCH_BASELINE_BIN=<path> to
+# an already-built relay), the same run also measures that older relay beside
+# the new one, so a change to the core is judged by new/baseline ratios taken
+# minutes apart on the same machine, not against numbers from another day.
 set -euo pipefail
+# A relative BENCH_BASELINE_BIN means from where the script was started.
+BASE_BIN=${BENCH_BASELINE_BIN:+$(realpath -m -- "$BENCH_BASELINE_BIN")}  # an already-built relay, or
+BASE_REV=${BENCH_BASELINE:-}      # a git rev whose relay to build and measure beside this one
 cd "$(dirname "$0")/../.."
 OUT=${BENCH_OUT:-target/bench}
 QUICK=${BENCH_QUICK:-}            # set to 1 for a smoke run (seconds, not minutes)
+if [ -n "$BASE_REV" ] && [ -n "$BASE_BIN" ]; then
+  echo "set BENCH_BASELINE or BENCH_BASELINE_BIN, not both" >&2; exit 1
+fi
 rm -rf "$OUT" && mkdir -p "$OUT/json" "$OUT/logs"
 
 say() { printf '\n== %s\n' "$*" >&2; }
@@ -26,7 +37,48 @@ done
 
 say "building release binaries"
 cargo build --release --locked -p relay --bins
-BIN=target/release
+# Where cargo put them: target/ unless CARGO_TARGET_DIR says otherwise, and
+# then target/release would hold stale binaries, or none.
+BIN=${CARGO_TARGET_DIR:-target}/release
+
+# The baseline's source comes from `git archive`, not a worktree: nothing is
+# registered in the shared repository, so a killed run leaves nothing to
+# prune, and the main checkout is never touched. Its builds share one target
+# directory, so only the workspace's own crates rebuild for another commit;
+# each commit's binary is kept, so the next run with it starts at once.
+build_baseline() { # rev: sets BASE_BIN to that commit's release relay
+  local commit dir=$PWD/target/bench-baseline
+  commit=$(git rev-parse --verify --quiet "$1^{commit}") \
+    || { echo "BENCH_BASELINE=$1 is not a commit in this repository" >&2; exit 1; }
+  BASE_BIN=$dir/bin/$commit/relay
+  if [ -x "$BASE_BIN" ]; then say "baseline $1: reusing $BASE_BIN"; return; fi
+  say "baseline $1: building $commit in $dir"
+  rm -rf "$dir/src" && mkdir -p "$dir/src" "$dir/bin/$commit"
+  # -m: stamp the files now; with the commit's own (older) times, cargo could
+  # take the previous commit's build as fresh and hand back the wrong binary.
+  git archive "$commit" | tar -x -m -C "$dir/src"
+  (cd "$dir/src" && CARGO_TARGET_DIR=$dir/target cargo build --release --locked -p relay --bin relay)
+  # Copied under another name, then renamed, so a run killed mid-copy never
+  # leaves a binary the next run would trust.
+  cp "$dir/target/release/relay" "$BASE_BIN.part" && mv "$BASE_BIN.part" "$BASE_BIN"
+  rm -rf "$dir/src"
+}
+BASE_LABEL=""
+if [ -n "$BASE_REV" ]; then
+  build_baseline "$BASE_REV"
+  short=$(git rev-parse --short "$BASE_REV^{commit}")
+  BASE_LABEL=$BASE_REV
+  if [ "$BASE_REV" != "$short" ]; then BASE_LABEL="$BASE_REV ($short)"; fi
+elif [ -n "$BASE_BIN" ]; then
+  [ -x "$BASE_BIN" ] || { echo "BENCH_BASELINE_BIN=$BASE_BIN is not an executable" >&2; exit 1; }
+  BASE_LABEL=$BASE_BIN
+fi
+if [ -n "$BASE_BIN" ]; then
+  # report.py adds its "Against the baseline" section when this file exists,
+  # and says when the run was a smoke run, whose ratios are not to be read.
+  python3 -c 'import json, sys; json.dump({"label": sys.argv[1], "bin": sys.argv[2], "quick": sys.argv[3] != ""}, open(sys.argv[4], "w"))' \
+    "$BASE_LABEL" "$BASE_BIN" "$QUICK" "$OUT/baseline.json"
+fi
 
 wait_port() { # host:port, name
   for _ in $(seq 1 200); do
@@ -50,20 +102,25 @@ sys.exit(1)
 PY
 }
 
-start_relay() { # name, port, extra env...
-  local name=$1 port=$2; shift 2
+run_relay() { # binary, name, port, extra env...
+  local bin=$1 name=$2 port=$3; shift 3
   env RELAY_LISTEN="127.0.0.1:$port" RELAY_JOIN_RATE=0 RELAY_MAX_CONNECTIONS_PER_ADDR=0 RELAY_LOG=warn RELAY_NODE_ID="$name" "$@" \
-    "$BIN/relay" >"$OUT/logs/$name.log" 2>&1 &
+    "$bin" >"$OUT/logs/$name.log" 2>&1 &
   PIDS+=($!); eval "PID_${name//-/_}=$!"
   wait_port "127.0.0.1:$port" "$name"
   wait_ready "$port" "$name"
 }
+start_relay() { run_relay "$BIN/relay" "$@"; }   # name, port, extra env...
+start_baseline() { run_relay "$BASE_BIN" "$@"; } # the same, the baseline's binary
 
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --daemonize no >"$OUT/logs/redis.log" 2>&1 &
-PIDS+=($!)
-wait_port "127.0.0.1:$REDIS_PORT" redis
+start_redis() { # name, port
+  redis-server --port "$2" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize no >"$OUT/logs/$1.log" 2>&1 &
+  PIDS+=($!); eval "PID_${1//-/_}=$!"
+  wait_port "127.0.0.1:$2" "$1"
+}
+
+REDIS_PORT=$(free_port); start_redis redis "$REDIS_PORT"
 
 FWD_PORT=$(free_port); "$BIN/ws-forwarder" "127.0.0.1:$FWD_PORT" 2>"$OUT/logs/forwarder.log" &
 PIDS+=($!); wait_port "127.0.0.1:$FWD_PORT" ws-forwarder
@@ -72,6 +129,16 @@ A_PORT=$(free_port); start_relay node-a "$A_PORT" RELAY_REDIS_URL="redis://127.0
 B_PORT=$(free_port); start_relay node-b "$B_PORT" RELAY_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 FWD=ws://127.0.0.1:$FWD_PORT ONE=ws://127.0.0.1:$ONE_PORT
 A=ws://127.0.0.1:$A_PORT B=ws://127.0.0.1:$B_PORT
+if [ -n "$BASE_BIN" ]; then
+  # Its own redis-server: two clusters on one Redis would share code and
+  # session keys, and each would see the other's nodes.
+  BASE_REDIS_PORT=$(free_port); start_redis base-redis "$BASE_REDIS_PORT"
+  BASE_ONE_PORT=$(free_port); start_baseline base-single "$BASE_ONE_PORT"
+  BASE_A_PORT=$(free_port); start_baseline base-a "$BASE_A_PORT" RELAY_REDIS_URL="redis://127.0.0.1:$BASE_REDIS_PORT"
+  BASE_B_PORT=$(free_port); start_baseline base-b "$BASE_B_PORT" RELAY_REDIS_URL="redis://127.0.0.1:$BASE_REDIS_PORT"
+  BASE_ONE=ws://127.0.0.1:$BASE_ONE_PORT
+  BASE_A=ws://127.0.0.1:$BASE_A_PORT BASE_B=ws://127.0.0.1:$BASE_B_PORT
+fi
 
 if [ -n "$QUICK" ]; then DUR=1s LAT=2s SETUP=200 IDLE=200 STORM=20 N=20000 ROUNDS=1; \
 else DUR=5s LAT=10s SETUP=3000 IDLE=4000 STORM=300 N=200000 ROUNDS=3; fi
@@ -98,25 +165,43 @@ cpu_seconds() { # pid: user + system CPU seconds (/proc; the metric counts whole
   awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$1/stat"
 }
 
-say "pair set-up rate"
-load setup-forwarder --scenario setup --url "$FWD" --pairs "$SETUP" --label forwarder
-CPU0=$(cpu_seconds "$PID_single")
-load setup-relay --scenario setup --url "$ONE" --pairs "$SETUP" --label relay
-CPU1=$(cpu_seconds "$PID_single")
 # The load tool shares the cores, so the rate it reaches is its own limit as
 # much as the relay's; the relay's CPU per set-up gives what a node could do.
-python3 -c "import json,sys; json.dump({'scenario':'setup_cpu','label':'relay','results':{'pairs':$SETUP,'relay_cpu_seconds':$CPU1-$CPU0}}, open('$OUT/json/setup-relay-cpu.json','w'))"
+setup_with_cpu() { # json-name, url, relay pid, label
+  local cpu0 cpu1
+  cpu0=$(cpu_seconds "$3")
+  load "$1" --scenario setup --url "$2" --pairs "$SETUP" --label "$4"
+  cpu1=$(cpu_seconds "$3")
+  python3 -c "import json,sys; json.dump({'scenario':'setup_cpu','label':'$4','results':{'pairs':$SETUP,'relay_cpu_seconds':$cpu1-$cpu0}}, open('$OUT/json/$1-cpu.json','w'))"
+}
+
+say "pair set-up rate"
+load setup-forwarder --scenario setup --url "$FWD" --pairs "$SETUP" --label forwarder
+setup_with_cpu setup-relay "$ONE" "$PID_single" relay
+if [ -n "$BASE_BIN" ]; then setup_with_cpu setup-base "$BASE_ONE" "$PID_base_single" baseline; fi
 
 say "throughput: 64 B, 1 KiB, 64 KiB; forwarder, relay same-node, relay cross-node; $ROUNDS interleaved rounds"
 # Rounds interleave the targets so a noisy minute hits all of them; the
-# report takes each target's median.
+# report takes each target's median. The baseline runs right beside the new
+# binary's run of the same target, first in every other round, so a drift
+# within a round favours neither.
+tp() { load "tp-$size-$1-r$round" --scenario throughput --size "$size" --duration "$DUR" --pairs 16 "${@:2}"; }
+tp_relay() { tp relay --url "$ONE" --label "relay one node"; }
+tp_base() { tp base --url "$BASE_ONE" --label "baseline one node"; }
+tp_cross() { tp cross --url "$A" --url "$B" --label "relay cluster, cross node"; }
+tp_base_cross() { tp base-cross --url "$BASE_A" --url "$BASE_B" --label "baseline cluster, cross node"; }
+beside_baseline() { # new run, baseline run
+  if [ -z "$BASE_BIN" ]; then "$1"
+  elif (( round % 2 )); then "$1"; "$2"
+  else "$2"; "$1"; fi
+}
+if [ -n "$BASE_BIN" ]; then say "with the baseline: its one node and its cross node beside the new ones"; fi
 for round in $(seq 1 "$ROUNDS"); do
   for size in 64 1KiB 64KiB; do
-    tp() { load "tp-$size-$1-r$round" --scenario throughput --size "$size" --duration "$DUR" --pairs 16 "${@:2}"; }
     tp forwarder --url "$FWD" --label forwarder
-    tp relay --url "$ONE" --label "relay one node"
+    beside_baseline tp_relay tp_base
     tp same --url "$A" --url "$B" --cross-share 0 --label "relay cluster, same node"
-    tp cross --url "$A" --url "$B" --label "relay cluster, cross node"
+    beside_baseline tp_cross tp_base_cross
   done
 done
 
@@ -127,20 +212,39 @@ fresh_single() {
   kill -9 "$PID_single" 2>/dev/null || true
   ONE_PORT=$(free_port); start_relay single "$ONE_PORT"; ONE=ws://127.0.0.1:$ONE_PORT
 }
+fresh_base_single() {
+  kill -9 "$PID_base_single" 2>/dev/null || true
+  BASE_ONE_PORT=$(free_port); start_baseline base-single "$BASE_ONE_PORT"; BASE_ONE=ws://127.0.0.1:$BASE_ONE_PORT
+}
 
 say "latency at half of the relay's measured 1 KiB peak"
 fresh_single
+if [ -n "$BASE_BIN" ]; then fresh_base_single; fi
 PEAK=$(python3 -c "
 import glob, json, statistics
 print(int(statistics.median(json.load(open(f))['results']['frames_per_second'] for f in glob.glob('$OUT/json/tp-1KiB-relay-r*.json'))))")
 HALF=$((PEAK / 2))
-load lat-relay --scenario latency --url "$ONE" --size 1KiB --rate "$HALF" --duration "$LAT" --pairs 16 --label relay
-load lat-forwarder --scenario latency --url "$FWD" --size 1KiB --rate "$HALF" --duration "$LAT" --pairs 16 --label forwarder
-load lat-cross --scenario latency --url "$A" --url "$B" --size 1KiB --rate "$((HALF / 2))" --duration "$LAT" --pairs 16 --label "relay cross node (quarter peak)"
+# The baseline is offered the same rates, derived from the new binary's
+# peak, so both are compared at the same load, not each at its own half.
+lat() { load "$1" --scenario latency --size 1KiB --duration "$LAT" --pairs 16 "${@:2}"; }
+lat lat-relay --url "$ONE" --rate "$HALF" --label relay
+if [ -n "$BASE_BIN" ]; then lat lat-base --url "$BASE_ONE" --rate "$HALF" --label baseline; fi
+lat lat-forwarder --url "$FWD" --rate "$HALF" --label forwarder
+lat lat-cross --url "$A" --url "$B" --rate "$((HALF / 2))" --label "relay cross node (quarter peak)"
+if [ -n "$BASE_BIN" ]; then
+  lat lat-base-cross --url "$BASE_A" --url "$BASE_B" --rate "$((HALF / 2))" --label "baseline cross node (quarter peak)"
+fi
 
 say "memory per idle paired connection"
 fresh_single
 load idle-relay --scenario idle --url "$ONE" --pairs "$IDLE" --concurrency 128 --label relay
+if [ -n "$BASE_BIN" ]; then
+  fresh_base_single
+  load idle-base --scenario idle --url "$BASE_ONE" --pairs "$IDLE" --concurrency 128 --label baseline
+  # The storm kills a node, so it has no baseline; the baseline's processes
+  # stop first so the storm runs as it does without one.
+  for p in "$PID_base_single" "$PID_base_a" "$PID_base_b" "$PID_base_redis"; do kill -9 "$p" 2>/dev/null || true; done
+fi
 
 say "reconnect storm: node A killed under its macs"
 load storm --scenario storm --url "$A" --url "$B" --fallback "$B" --pairs "$STORM" --duration 9s \
