@@ -10,6 +10,8 @@
 //! |------|-------|--------------------------------------|
 //! | the request | deadline = asked + [`REQUEST_BUDGET`] (5 s) | an answer by then, normally far sooner |
 //! | the socket's wait for the answer | deadline + [`REPLY_SLACK`] (1 s) | `UNAVAILABLE` at 6 s, only if the registry is jammed |
+//! | a cluster resume queued behind another resume of its session | deadline − `HANDOVER_WAIT` (3 s after asking) | `UNAVAILABLE` then; retrying is safe |
+//! | the handover from other nodes (cluster resume) | `HANDOVER_WAIT` (2 s), and no later than the deadline | resumed after 2 s without what a silent node held |
 //! | each Redis call | `RELAY_REDIS_TIMEOUT` (1 s), not the deadline | `UNAVAILABLE` |
 //!
 //! The registry refuses a request whose deadline passed before it got to it
@@ -74,6 +76,11 @@ impl Deadline {
         now >= self.0
     }
 
+    /// Whether the deadline has passed.
+    pub fn has_passed(self) -> bool {
+        self.passed_at(Instant::now())
+    }
+
     /// How long the socket waits for the answer from `now`: until the
     /// deadline, plus [`REPLY_SLACK`].
     pub fn reply_wait_at(self, now: Instant) -> Duration {
@@ -83,6 +90,25 @@ impl Deadline {
     /// How long the socket waits for the answer from now.
     pub fn reply_wait(self) -> Duration {
         self.reply_wait_at(Instant::now())
+    }
+
+    /// When a wait of at most `wait` that starts at `now` must end: after
+    /// `wait`, and no later than the deadline.
+    pub fn bound_at(self, now: Instant, wait: Duration) -> Instant {
+        (now + wait).min(self.0)
+    }
+
+    /// When a wait of at most `wait` that starts now must end.
+    pub fn bound(self, wait: Duration) -> Instant {
+        self.bound_at(Instant::now(), wait)
+    }
+
+    /// The last instant a step that may need `reserve` can start and still
+    /// end by the deadline. (An instant before the clock's start cannot be
+    /// written; the deadline itself stands in for it, which cannot happen
+    /// with a monotonic clock that started more than `reserve` ago.)
+    pub fn latest_start(self, reserve: Duration) -> Instant {
+        self.0.checked_sub(reserve).unwrap_or(self.0)
     }
 
     /// `Ok` while the deadline has not passed; else the refusal for the
@@ -136,6 +162,28 @@ mod tests {
         assert!(!d.passed_at(t + 9 * MS));
         assert!(d.passed_at(t + 10 * MS));
         assert!(d.passed_at(t + 11 * MS));
+        assert!(Deadline::at(t).has_passed());
+        assert!(!Deadline::for_request().has_passed());
+    }
+
+    #[test]
+    fn a_bounded_wait_ends_after_its_length_or_at_the_deadline_whichever_is_first() {
+        let t = Instant::now();
+        let d = Deadline::at(t + 5_000 * MS);
+        assert_eq!(d.bound_at(t, 2_000 * MS), t + 2_000 * MS);
+        assert_eq!(d.bound_at(t + 3_000 * MS, 2_000 * MS), t + 5_000 * MS);
+        assert_eq!(d.bound_at(t + 4_000 * MS, 2_000 * MS), t + 5_000 * MS);
+        // Already past: the wait ends at once (an instant that has passed).
+        assert_eq!(d.bound_at(t + 6_000 * MS, 2_000 * MS), t + 5_000 * MS);
+    }
+
+    #[test]
+    fn a_step_that_needs_a_reserve_starts_no_later_than_the_deadline_less_the_reserve() {
+        let t = Instant::now();
+        let d = Deadline::at(t + REQUEST_BUDGET);
+        assert_eq!(d.latest_start(2_000 * MS), t + 3_000 * MS);
+        assert_eq!(d.latest_start(Duration::ZERO), d.instant());
+        assert_eq!(d.latest_start(REQUEST_BUDGET), t);
     }
 
     #[test]
