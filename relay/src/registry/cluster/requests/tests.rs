@@ -21,7 +21,7 @@ use crate::pipe::Pushed;
 use crate::registry::cluster::{ClusterRegistry, HANDOVER_WAIT};
 use crate::registry::secret::TokenHash;
 use crate::registry::testing::{TestClient, settings, written};
-use crate::registry::{Deadline, Join, Refusal, Resume, Resumed};
+use crate::registry::{Deadline, Join, Link, Refusal, Resume, Resumed};
 
 const SID: &str = "s1";
 const CODE: &str = "ABCDEF";
@@ -30,22 +30,41 @@ const MAC_TOKEN: &str = "the mac's token";
 /// Longest wait for the registry's subscription to deliver.
 const READY_WAIT: Duration = Duration::from_secs(10);
 
-/// Starts the registry of node `n3` and waits until it takes requests.
-async fn node_n3(r: &TestRedis) -> Addr<ClusterRegistry> {
-    let metrics = Arc::new(Metrics::new("n3").unwrap());
+/// Starts the registry of `node` and waits until it takes requests.
+async fn start_node(r: &TestRedis, node: &str) -> Addr<ClusterRegistry> {
+    let metrics = Arc::new(Metrics::new(node).unwrap());
     let (addr, bus) = ClusterRegistry::start(
         settings(),
         metrics,
-        Arc::from("n3"),
+        Arc::from(node),
         r.redis(),
         Duration::from_secs(30),
     );
     let until = Instant::now() + READY_WAIT;
     while !bus.is_listening() {
-        assert!(Instant::now() < until, "n3's subscription never delivered");
+        assert!(Instant::now() < until, "{node}'s subscription never delivered");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     addr
+}
+
+/// The registry of node `n3`, where the mac resumes.
+async fn node_n3(r: &TestRedis) -> Addr<ClusterRegistry> {
+    start_node(r, "n3").await
+}
+
+/// Waits until `conn` has `n` things to write from `link` (what other nodes
+/// say arrives over the bus), and returns them.
+async fn heard(link: &Link, conn: ConnId, n: usize) -> Vec<String> {
+    let until = Instant::now() + READY_WAIT;
+    loop {
+        let seen = written(link, conn).unwrap();
+        if seen.len() >= n {
+            return seen;
+        }
+        assert!(Instant::now() < until, "only heard {seen:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Session `s1` with its mac homed on the stopped node `n1` (connection 1),
@@ -172,4 +191,53 @@ async fn a_queued_resume_is_refused_at_its_latest_start_and_changes_nothing() {
     assert_eq!(written(&resumed.link, ahead.conn()), Some(vec![]));
     assert_eq!(dump(&r, "relay:s:s1").await["m_conn"], conn);
     assert_eq!((ahead.replaced(), queued.replaced()), (0, 0));
+}
+
+/// As above, with the browser on another node, n2: the move told n2 before
+/// the handover wait ran out, so the browser heard `peer_resumed` from it;
+/// the undone resume tells n2 the mac is away again, and the browser hears
+/// `peer_disconnected`. The mac's next resume reaches the browser across
+/// nodes as usual.
+#[actix::test]
+async fn an_undone_resume_tells_the_peer_node_the_side_is_away_again() {
+    let r = TestRedis::start().await;
+    mac_on_stopped_n1(&r, true).await;
+    let n2 = start_node(&r, "n2").await;
+    let n3 = node_n3(&r).await;
+    let browser = TestClient::start();
+    let joined = n2
+        .send(Join {
+            client: browser.client.clone(),
+            deadline: Deadline::for_request(),
+            code: CODE.to_owned(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(heard(&joined.link, browser.conn(), 1).await, ["peer_disconnected"]);
+
+    let first = TestClient::start();
+    let deadline = Deadline::at(Instant::now() + Duration::from_millis(300));
+    let late = n3.send(resume_mac(&first, deadline)).await.unwrap();
+    assert_eq!(code_of(&late), Some(ErrorCode::Unavailable));
+    assert_eq!(
+        heard(&joined.link, browser.conn(), 3).await,
+        ["peer_disconnected", "peer_resumed", "peer_disconnected"]
+    );
+    assert_eq!(dump(&r, "relay:s:s1").await["m_state"], "away");
+
+    let second = TestClient::start();
+    let resumed = n3
+        .send(resume_mac(&second, Deadline::for_request()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        heard(&joined.link, browser.conn(), 4).await,
+        ["peer_disconnected", "peer_resumed", "peer_disconnected", "peer_resumed"]
+    );
+    let frame = Frame::Binary(Bytes::from_static(b"across"));
+    let pushed = joined.link.outbound.push(frame, &Gate::new());
+    assert!(matches!(pushed, Pushed::Queued { .. }), "{pushed:?}");
+    assert_eq!(heard(&resumed.link, second.conn(), 1).await, ["data"]);
 }
