@@ -7,8 +7,8 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::{assert_sequence, collect, send_range, wait_event};
-use crate::support::cluster::{Cluster, pair_at};
-use crate::support::{Ws, resume_msg};
+use crate::support::cluster::{Cluster, Resp, pair_at, redis_command};
+use crate::support::{WAIT, Ws, resume_msg};
 
 /// Mac on node 1, browser on node 2; the mover drops and resumes on node 3.
 async fn resume_on_a_third_node(mover_is_mac: bool) {
@@ -265,6 +265,24 @@ async fn after_a_crash_a_move_heard_during_a_resume_gives_its_count() {
     assert_eq!(rest, want, "browser after the crash: each new frame once");
 }
 
+/// Waits until field `field` of session `sid`'s hash in Redis is `value`.
+async fn wait_field(c: &Cluster, sid: &str, field: &str, value: &str) {
+    let key = format!("relay:s:{sid}");
+    let want = Resp::Bulk(Some(value.to_owned()));
+    let until = std::time::Instant::now() + WAIT;
+    loop {
+        let got = redis_command(c.redis.port(), &["HGET", &key, field]);
+        if got.as_ref() == Ok(&want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{key} {field} stayed {got:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A resume whose deadline passes while it waits must never attach later.
 /// The browser's node is stopped (its lease lasts the whole test), so every
 /// resume of the session on node 3 waits its full handover wait (2 s) for it.
@@ -281,6 +299,9 @@ async fn a_resume_refused_at_its_deadline_never_attaches_later() {
     let mut p = pair_at(&c.node(1).url("/mac"), &c.node(2).url("/browser")).await;
     p.browser.drop_connection();
     p.mac.expect("peer_disconnected").await;
+    // Node 2 tells the mac's node before Redis: stop it only once Redis has
+    // the browser away, or the browser's resumes would be takeovers.
+    wait_field(&c, &p.session_id, "b_state", "away").await;
     c.node(2).sigstop();
 
     // The first mac resume waits for node 2 while holding the session's turn
