@@ -11,7 +11,7 @@
 //! | the request | deadline = asked + [`REQUEST_BUDGET`] (5 s) | an answer by then, normally far sooner |
 //! | the socket's wait for the answer | deadline + [`REPLY_SLACK`] (1 s) | `UNAVAILABLE` at 6 s, only if the registry is jammed |
 //! | a cluster resume queued behind another resume of its session | deadline − `HANDOVER_WAIT` (3 s after asking) | `UNAVAILABLE` then; retrying is safe |
-//! | the handover from other nodes (cluster resume) | `HANDOVER_WAIT` (2 s), and no later than the deadline | resumed after 2 s without what a silent node held |
+//! | the handover from other nodes (cluster resume) | `HANDOVER_WAIT` (2 s), and no later than the deadline | resumed after 2 s without what a silent node held; cut at the deadline, `UNAVAILABLE` and the side left away, to resume again |
 //! | each Redis call | `RELAY_REDIS_TIMEOUT` (1 s), not the deadline | `UNAVAILABLE` |
 //!
 //! The registry refuses a request whose deadline passed before it got to it
