@@ -3,11 +3,12 @@
 //! sequence-numbered payloads prove nothing is lost, duplicated or reordered.
 
 use futures_util::StreamExt;
+use serde_json::json;
 use tokio::sync::watch;
 
 use super::{assert_sequence, collect, send_range, wait_event};
-use crate::support::cluster::{Cluster, pair_at};
-use crate::support::{Ws, resume_msg};
+use crate::support::cluster::{Cluster, Resp, pair_at, redis_command};
+use crate::support::{WAIT, Ws, resume_msg};
 
 /// Mac on node 1, browser on node 2; the mover drops and resumes on node 3.
 async fn resume_on_a_third_node(mover_is_mac: bool) {
@@ -262,4 +263,88 @@ async fn after_a_crash_a_move_heard_during_a_resume_gives_its_count() {
     let (rest, _) = collect(&mut b_rx, 50, None).await;
     let want: Vec<u64> = (FROM_MAC + 1..=FROM_MAC + 50).collect();
     assert_eq!(rest, want, "browser after the crash: each new frame once");
+}
+
+/// Waits until field `field` of session `sid`'s hash in Redis is `value`.
+async fn wait_field(c: &Cluster, sid: &str, field: &str, value: &str) {
+    let key = format!("relay:s:{sid}");
+    let want = Resp::Bulk(Some(value.to_owned()));
+    let until = std::time::Instant::now() + WAIT;
+    loop {
+        let got = redis_command(c.redis.port(), &["HGET", &key, field]);
+        if got.as_ref() == Ok(&want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{key} {field} stayed {got:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A resume whose deadline passes while it waits must never attach later.
+/// The browser's node is stopped (its lease lasts the whole test), so every
+/// resume of the session on node 3 waits its full handover wait (2 s) for it.
+/// Two mac resumes hold node 3's turn for 4 s; the browser's resume queued
+/// behind them is refused by the relay itself with `UNAVAILABLE`, at its
+/// deadline less a handover wait, before it moved anything. It must never
+/// attach afterwards (so a later resume does not replace its connection), the
+/// mac must not hear `peer_resumed` for it, and the browser can resume later.
+/// (Before deadlines, it waited up to 10 s, committed after its socket's 5 s
+/// had run out, and the next resume closed its connection with 4001.)
+#[tokio::test]
+async fn a_resume_refused_at_its_deadline_never_attaches_later() {
+    let c = Cluster::start(3, &[("RELAY_LEASE_TTL", "30s")]);
+    let mut p = pair_at(&c.node(1).url("/mac"), &c.node(2).url("/browser")).await;
+    p.browser.drop_connection();
+    p.mac.expect("peer_disconnected").await;
+    // Node 2 tells the mac's node before Redis: stop it only once Redis has
+    // the browser away, or the browser's resumes would be takeovers.
+    wait_field(&c, &p.session_id, "b_state", "away").await;
+    c.node(2).sigstop();
+
+    // The first mac resume waits for node 2 while holding the session's turn
+    // on node 3: node 1 has handed over (it closed the old connection).
+    let mut first = Ws::connect(&c.node(3).url("/mac")).await;
+    first.json(resume_msg(&p.session_id, &p.mac_token, 0)).await;
+    assert_eq!(p.mac.until_closed().await, Some(4001));
+    let mut mac = Ws::connect(&c.node(3).url("/mac")).await;
+    mac.json(resume_msg(&p.session_id, &p.mac_token, 0)).await;
+    c.node(3)
+        .wait_logged("resume waits for another resume of its session")
+        .await;
+    let mut refused = Ws::connect(&c.node(3).url("/browser")).await;
+    refused
+        .json(resume_msg(&p.session_id, &p.browser_token, 0))
+        .await;
+    refused.expect_error("UNAVAILABLE").await;
+
+    // The mac resumes go on as before: the second takes over the first.
+    first.expect("resumed").await;
+    assert_eq!(first.until_closed().await, Some(4001));
+    mac.expect("resumed").await;
+
+    // The browser resumes again, and is the one that gets the session.
+    let mut browser = Ws::connect(&c.node(3).url("/browser")).await;
+    browser
+        .json(resume_msg(&p.session_id, &p.browser_token, 0))
+        .await;
+    browser.expect("resumed").await;
+    mac.expect("peer_resumed").await;
+    browser.data("to the mac").await;
+    assert_eq!(mac.recv_json().await["payload"], "to the mac");
+    mac.data("to the browser").await;
+    assert_eq!(browser.recv_json().await["payload"], "to the browser");
+
+    // The refused connection was never attached: not replaced by the later
+    // resume, and nothing was written to it.
+    refused.json(json!({"type": "ping", "ts": 7})).await;
+    assert_eq!(refused.expect("pong").await["ts"], 7);
+    assert_eq!(
+        c.node(3)
+            .metric("relay_resumes_total{result=\"unavailable\"}")
+            .await,
+        1.0
+    );
 }

@@ -516,6 +516,13 @@ impl Node {
         signal(self.pid(), "TERM");
     }
 
+    /// Sends SIGSTOP: the node answers nothing from now on, yet stays in
+    /// the cluster while its lease lasts (a long pause, not a death). The
+    /// process is killed as usual when the node is dropped.
+    pub fn sigstop(&self) {
+        signal(self.pid(), "STOP");
+    }
+
     /// Sends SIGKILL and reaps the process: a node that dies without a word.
     pub fn sigkill(&mut self) {
         signal(self.pid(), "KILL");

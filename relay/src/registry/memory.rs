@@ -347,6 +347,7 @@ impl MemoryRegistry {
     fn resume(&mut self, msg: Resume) -> Result<Resumed, Refusal> {
         let Resume {
             client,
+            deadline: _,
             role,
             session_id,
             resume_token,
@@ -508,6 +509,8 @@ impl Handler<Register> for MemoryRegistry {
     type Result = Result<Registered, Refusal>;
 
     fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) -> Self::Result {
+        // Checked and committed in one step: nothing to undo, ever.
+        msg.deadline.check("register")?;
         let Some(code) = self.new_code() else {
             warn!(live = self.codes.len(), "no free code found");
             return Err(ErrorCode::Unavailable.into());
@@ -550,7 +553,7 @@ impl Handler<Join> for MemoryRegistry {
     type Result = Result<Joined, Refusal>;
 
     fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
-        let result = self.join(msg);
+        let result = msg.deadline.check("join").and_then(|()| self.join(msg));
         let label = match &result {
             Ok(_) => "ok",
             Err(r) => match r.code {
@@ -570,11 +573,12 @@ impl Handler<Resume> for MemoryRegistry {
     type Result = Result<Resumed, Refusal>;
 
     fn handle(&mut self, msg: Resume, _: &mut Context<Self>) -> Self::Result {
-        let result = self.resume(msg);
+        let result = msg.deadline.check("resume").and_then(|()| self.resume(msg));
         if let Err(r) = &result {
             let label = match r.code {
                 ErrorCode::ResumeExpired => "resume_expired",
                 ErrorCode::MacDisconnected => "mac_disconnected",
+                ErrorCode::Unavailable => "unavailable",
                 _ => "invalid_resume",
             };
             self.metrics.resumes.with_label_values(&[label]).inc();
@@ -629,5 +633,76 @@ impl Handler<super::Stats> for MemoryRegistry {
             }
         }
         MessageResult(st)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::registry::testing::{TestClient, settings, written};
+    use crate::registry::{Deadline, Stats};
+
+    /// A deadline that passed while the request waited in the mailbox.
+    fn passed() -> Deadline {
+        Deadline::at(Instant::now())
+    }
+
+    #[actix::test]
+    async fn requests_past_their_deadline_are_refused_and_change_nothing() {
+        let metrics = Arc::new(Metrics::new("memory-test").unwrap());
+        let registry = MemoryRegistry::new(settings(), metrics).start();
+        let mac = TestClient::start();
+        let register = |deadline| Register {
+            client: mac.client.clone(),
+            deadline,
+            client_id: None,
+        };
+
+        let late = registry.send(register(passed())).await.unwrap();
+        assert_eq!(late.err().map(|r| r.code), Some(ErrorCode::Unavailable));
+        assert_eq!(registry.send(Stats).await.unwrap().waiting, 0, "no session made");
+        let r = registry
+            .send(register(Deadline::for_request()))
+            .await
+            .unwrap()
+            .unwrap();
+
+        // A late join leaves the code to be joined in time.
+        let browser = TestClient::start();
+        let join = |deadline| Join {
+            client: browser.client.clone(),
+            deadline,
+            code: r.code.clone(),
+        };
+        let late = registry.send(join(passed())).await.unwrap();
+        assert_eq!(late.err().map(|r| r.code), Some(ErrorCode::Unavailable));
+        let j = registry
+            .send(join(Deadline::for_request()))
+            .await
+            .unwrap()
+            .unwrap();
+
+        // A late resume takes nothing over: the browser's pipe still delivers
+        // to its connection, and the mac hears of no resume.
+        let again = TestClient::start();
+        let late = registry
+            .send(Resume {
+                client: again.client.clone(),
+                deadline: passed(),
+                role: Role::Browser,
+                session_id: r.link.session_id.to_string(),
+                resume_token: j.resume_token.clone(),
+                last_seq: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(late.err().map(|r| r.code), Some(ErrorCode::Unavailable));
+        assert_eq!(written(&j.link, browser.conn()), Some(vec![]));
+        assert_eq!(written(&r.link, mac.conn()).unwrap(), ["peer_joined"]);
+        let stats = registry.send(Stats).await.unwrap();
+        assert_eq!((stats.waiting, stats.paired, stats.away), (0, 1, 0));
+        assert_eq!(browser.replaced(), 0);
     }
 }

@@ -3,8 +3,12 @@
 //! behind it (in memory on one node now, Redis for a cluster later) can change
 //! without touching them. It is asked at set-up time (register, join, resume)
 //! and told when sides leave; it is never on the per-frame path.
+//!
+//! Each set-up request carries its [`Deadline`]; how the socket's wait and
+//! the registry's own waits relate to it is in `deadline`.
 
 mod cluster;
+mod deadline;
 mod deadlines;
 pub(crate) mod guessing;
 mod member;
@@ -12,25 +16,23 @@ mod memory;
 pub(crate) mod secret;
 mod session;
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod timer_tests;
 mod tombstones;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use relay_protocol::{CloseCode, ErrorCode, Role};
 
 pub use cluster::ClusterRegistry;
+pub use deadline::{Deadline, REQUEST_BUDGET};
 pub use memory::{MemoryRegistry, RegistrySettings};
 
 use crate::conns::{ConnCommand, ConnId, Killer};
 use crate::pipe::{Pipe, Receiver, Wake};
-
-/// Longest a socket waits for the registry before answering `UNAVAILABLE`.
-/// The in-memory registry answers in microseconds; a slow answer means it is overloaded.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Identifies a session; sent to clients as `sessionId`.
 pub type SessionId = Arc<str>;
@@ -112,6 +114,8 @@ impl Refusal {
 pub struct Register {
     /// Who asks.
     pub client: Client,
+    /// When the answer is due.
+    pub deadline: Deadline,
     /// The app's optional id, only logged.
     pub client_id: Option<String>,
 }
@@ -134,6 +138,8 @@ pub struct Registered {
 pub struct Join {
     /// Who asks.
     pub client: Client,
+    /// When the answer is due.
+    pub deadline: Deadline,
     /// The code as typed.
     pub code: String,
 }
@@ -152,6 +158,8 @@ pub struct Joined {
 pub struct Resume {
     /// Who asks.
     pub client: Client,
+    /// When the answer is due.
+    pub deadline: Deadline,
     /// The endpoint it came in on.
     pub role: Role,
     /// `sessionId` it was given.
@@ -249,19 +257,25 @@ impl RegistryHandle {
         }
     }
 
-    /// Asks for a code; `UNAVAILABLE` if the registry does not answer in time.
+    /// Asks for a code; `UNAVAILABLE` if the registry does not answer by
+    /// the request's deadline plus [`REPLY_SLACK`](deadline::REPLY_SLACK).
     pub async fn register(&self, msg: Register) -> Result<Registered, Refusal> {
-        flatten(self.register.send(msg).timeout(REQUEST_TIMEOUT).await)
+        let wait = msg.deadline.reply_wait();
+        flatten(self.register.send(msg).timeout(wait).await)
     }
 
-    /// Joins; `UNAVAILABLE` if the registry does not answer in time.
+    /// Joins; `UNAVAILABLE` if the registry does not answer by the request's
+    /// deadline plus [`REPLY_SLACK`](deadline::REPLY_SLACK).
     pub async fn join(&self, msg: Join) -> Result<Joined, Refusal> {
-        flatten(self.join.send(msg).timeout(REQUEST_TIMEOUT).await)
+        let wait = msg.deadline.reply_wait();
+        flatten(self.join.send(msg).timeout(wait).await)
     }
 
-    /// Resumes; `UNAVAILABLE` if the registry does not answer in time.
+    /// Resumes; `UNAVAILABLE` if the registry does not answer by the
+    /// request's deadline plus [`REPLY_SLACK`](deadline::REPLY_SLACK).
     pub async fn resume(&self, msg: Resume) -> Result<Resumed, Refusal> {
-        flatten(self.resume.send(msg).timeout(REQUEST_TIMEOUT).await)
+        let wait = msg.deadline.reply_wait();
+        flatten(self.resume.send(msg).timeout(wait).await)
     }
 
     /// Tells the registry a side's socket ended.
@@ -274,7 +288,7 @@ impl RegistryHandle {
     pub async fn stats(&self) -> SessionStats {
         self.stats
             .send(Stats)
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(REQUEST_BUDGET)
             .await
             .unwrap_or_default()
     }
@@ -289,6 +303,8 @@ fn flatten<T>(r: Result<Result<T, Refusal>, MailboxError>) -> Result<T, Refusal>
     match r {
         Ok(inner) => inner,
         Err(e) => {
+            // Past the deadline and the slack: the registry is jammed, and
+            // will refuse this request on its own deadline check.
             tracing::warn!(error = %e, "registry did not answer");
             Err(ErrorCode::Unavailable.into())
         }

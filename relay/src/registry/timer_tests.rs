@@ -4,7 +4,6 @@
 //! checked a moment before and a moment after it passes, exactly, however
 //! busy the machine is.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,14 +11,13 @@ use actix::prelude::*;
 use relay_protocol::{ErrorCode, Role};
 use serde_json::Value;
 
+use super::testing::{TestClient, settings};
 use super::{
-    Client, Departure, Gone, Join, Link, MemoryRegistry, Refusal, Register, RegistryHandle,
+    Deadline, Departure, Gone, Join, Link, MemoryRegistry, Refusal, Register, RegistryHandle,
     RegistrySettings, Resume,
 };
-use crate::conns::{ConnCommand, ConnId};
 use crate::metrics::Metrics;
-use crate::pipe::Wake;
-use crate::queue::{Drained, Item, Limits};
+use crate::queue::{Drained, Item};
 
 const CODE_TTL: Duration = Duration::from_secs(300);
 const GRACE: Duration = Duration::from_secs(60);
@@ -28,40 +26,17 @@ const REMEMBERED: Duration = Duration::from_secs(600);
 /// Well over the timer wheel's 1 ms granularity, which each sleep may round up by.
 const MOMENT: Duration = Duration::from_millis(100);
 
-/// Stands in for a socket actor: the registry only wakes or commands it.
-struct Sock;
-
-impl Actor for Sock {
-    type Context = Context<Self>;
-}
-
-impl Handler<Wake> for Sock {
-    type Result = ();
-    fn handle(&mut self, _: Wake, _: &mut Context<Self>) {}
-}
-
-impl Handler<ConnCommand> for Sock {
-    type Result = ();
-    fn handle(&mut self, _: ConnCommand, _: &mut Context<Self>) {}
-}
-
 /// One connection as the registry sees it, and what it was told.
 struct Conn {
-    client: Client,
+    test: TestClient,
     link: Option<Link>,
     written: u64,
 }
 
 impl Conn {
-    fn new(sock: &Addr<Sock>) -> Self {
+    fn new() -> Self {
         Conn {
-            client: Client {
-                conn: ConnId::next(),
-                addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                wake: sock.clone().recipient(),
-                commands: sock.clone().recipient(),
-                killer: None,
-            },
+            test: TestClient::start(),
             link: None,
             written: 0,
         }
@@ -78,7 +53,7 @@ impl Conn {
             return Vec::new();
         };
         let mut d = Drained::default();
-        link.inbound.drain(self.client.conn, self.written, &mut d);
+        link.inbound.drain(self.test.conn(), self.written, &mut d);
         let mut out = Vec::new();
         for (pos, item, _) in d.items {
             self.written = pos;
@@ -104,16 +79,15 @@ impl Conn {
         registry.gone(Gone {
             session_id,
             role,
-            conn: self.client.conn,
+            conn: self.test.conn(),
             how,
         });
     }
 }
 
-/// A registry with paused time, and the tokens it handed out.
+/// A registry with paused time.
 struct Registry {
     handle: RegistryHandle,
-    sock: Addr<Sock>,
 }
 
 impl Registry {
@@ -122,20 +96,12 @@ impl Registry {
         let settings = RegistrySettings {
             code_ttl: CODE_TTL,
             grace: GRACE,
-            join_rate: 0,
-            failed_join_limit: 0,
-            limits: Limits {
-                max_buffered: 1 << 20,
-                stall: Duration::from_secs(10),
-                away_frames: 100,
-                away_bytes: 1 << 20,
-            },
+            ..settings()
         };
         let metrics = Arc::new(Metrics::new("test").expect("metrics"));
         let addr = MemoryRegistry::new(settings, metrics).start();
         Registry {
             handle: RegistryHandle::new(&addr),
-            sock: Sock.start(),
         }
     }
 
@@ -148,11 +114,12 @@ impl Registry {
 
     /// A registered mac, its code and token.
     async fn mac(&self) -> (Conn, String, String) {
-        let mut c = Conn::new(&self.sock);
+        let mut c = Conn::new();
         let r = self
             .handle
             .register(Register {
-                client: c.client.clone(),
+                client: c.test.client.clone(),
+                deadline: Deadline::for_request(),
                 client_id: None,
             })
             .await
@@ -162,11 +129,12 @@ impl Registry {
     }
 
     async fn join(&self, code: &str) -> Result<(Conn, String), Refusal> {
-        let mut c = Conn::new(&self.sock);
+        let mut c = Conn::new();
         let j = self
             .handle
             .join(Join {
-                client: c.client.clone(),
+                client: c.test.client.clone(),
+                deadline: Deadline::for_request(),
                 code: code.to_owned(),
             })
             .await?;
@@ -175,12 +143,13 @@ impl Registry {
     }
 
     async fn resume(&self, was: &Conn, role: Role, token: &str) -> Result<Conn, Refusal> {
-        let mut c = Conn::new(&self.sock);
+        let mut c = Conn::new();
         let session_id = was.link.as_ref().expect("in a session").session_id.to_string();
         let r = self
             .handle
             .resume(Resume {
-                client: c.client.clone(),
+                client: c.test.client.clone(),
+                deadline: Deadline::for_request(),
                 role,
                 session_id,
                 resume_token: token.to_owned(),

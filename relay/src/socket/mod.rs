@@ -28,7 +28,9 @@ use crate::gate::Gate;
 use crate::metrics::DisconnectReason;
 use crate::pipe::{Pushed, Wake};
 use crate::queue::{Drained, EventEffect, Item, Status};
-use crate::registry::{Client, Departure, Gone, Join, Link, Overflowed, Refusal, Register, Resume};
+use crate::registry::{
+    Client, Deadline, Departure, Gone, Join, Link, Overflowed, Refusal, Register, Resume,
+};
 use crate::config::Config;
 use crate::conns::Connections;
 use crate::metrics::Metrics;
@@ -410,7 +412,9 @@ impl Socket {
     /// Asks the registry for a place in a session, reading nothing else from
     /// the client until it answers (so frames sent right after the request
     /// are handled once the socket is in the session). On success, replies
-    /// and writes whatever is already queued; on refusal, says why.
+    /// and writes whatever is already queued; on refusal, says why. The
+    /// request carries its deadline, set where it is built; the wait for the
+    /// answer follows from it (`RegistryHandle`).
     fn ask<T: 'static>(
         &mut self,
         ctx: &mut WebsocketContext<Self>,
@@ -691,6 +695,7 @@ impl Socket {
                 }
                 let msg = Register {
                     client: self.client(ctx),
+                    deadline: Deadline::for_request(),
                     client_id,
                 };
                 let registry = self.shared.registry.clone();
@@ -708,6 +713,7 @@ impl Socket {
                 self.malformed = 0;
                 let msg = Join {
                     client: self.client(ctx),
+                    deadline: Deadline::for_request(),
                     code,
                 };
                 let registry = self.shared.registry.clone();
@@ -730,6 +736,7 @@ impl Socket {
                 self.malformed = 0;
                 let msg = Resume {
                     client: self.client(ctx),
+                    deadline: Deadline::for_request(),
                     role,
                     session_id,
                     resume_token,

@@ -19,7 +19,7 @@ mod pairing;
 mod reply;
 mod sides;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,5 +1,6 @@
-//! A throwaway `redis-server` for the store's tests: a free 127.0.0.1 port,
-//! no persistence, killed when the test ends. Without `redis-server` on the
+//! A throwaway `redis-server` for the store's tests, and the cluster
+//! registry's: a free 127.0.0.1 port, no persistence, killed when the test
+//! ends. Without `redis-server` on the
 //! machine these tests fail and say so (`make deps` installs it); they never
 //! skip.
 
@@ -23,14 +24,14 @@ const START_WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
 
 /// A running `redis-server` and a connection to it.
-pub(super) struct TestRedis {
+pub(crate) struct TestRedis {
     child: Child,
     redis: Arc<Redis>,
 }
 
 impl TestRedis {
     /// Starts a server and connects to it.
-    pub(super) async fn start() -> TestRedis {
+    pub(crate) async fn start() -> TestRedis {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
@@ -55,13 +56,18 @@ impl TestRedis {
         panic!("redis-server did not start: {last}");
     }
 
+    /// The connection, for a cluster registry under test.
+    pub(crate) fn redis(&self) -> Arc<Redis> {
+        Arc::clone(&self.redis)
+    }
+
     /// The store of `node` on this server.
-    pub(super) fn store(&self, node: &str) -> Store {
+    pub(crate) fn store(&self, node: &str) -> Store {
         Store::new(Arc::clone(&self.redis), Arc::from(node))
     }
 
     /// Runs `cmd`, which must succeed.
-    pub(super) async fn cmd<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+    pub(crate) async fn cmd<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
         self.redis
             .query("test", cmd)
             .await
@@ -69,22 +75,22 @@ impl TestRedis {
     }
 
     /// The string at `key`, if any.
-    pub(super) async fn get(&self, key: &str) -> Option<String> {
+    pub(crate) async fn get(&self, key: &str) -> Option<String> {
         self.cmd(redis::cmd("GET").arg(key)).await
     }
 
     /// The score of `member` in the sorted set `key`, if it is in it.
-    pub(super) async fn zscore(&self, key: &str, member: &str) -> Option<i64> {
+    pub(crate) async fn zscore(&self, key: &str, member: &str) -> Option<i64> {
         self.cmd(redis::cmd("ZSCORE").arg(key).arg(member)).await
     }
 
     /// Whether `member` is in the set `key`.
-    pub(super) async fn is_member(&self, key: &str, member: &str) -> bool {
+    pub(crate) async fn is_member(&self, key: &str, member: &str) -> bool {
         self.cmd(redis::cmd("SISMEMBER").arg(key).arg(member)).await
     }
 
     /// Gives `node` a live lease.
-    pub(super) async fn lease(&self, node: &str) {
+    pub(crate) async fn lease(&self, node: &str) {
         let key = format!("relay:lease:{node}");
         self.cmd::<()>(redis::cmd("SET").arg(key).arg(1)).await;
     }
@@ -98,7 +104,7 @@ impl Drop for TestRedis {
 }
 
 /// The hash at `key` (empty if there is none).
-pub(super) async fn dump(r: &TestRedis, key: &str) -> HashMap<String, String> {
+pub(crate) async fn dump(r: &TestRedis, key: &str) -> HashMap<String, String> {
     r.cmd(redis::cmd("HGETALL").arg(key)).await
 }
 

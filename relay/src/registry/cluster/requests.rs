@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use relay_protocol::code::{ALPHABET, CODE_LEN};
 use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending};
 use crate::cluster::envelope::{Control, EndReason};
@@ -20,11 +20,12 @@ use crate::cluster::store::{
 use crate::conns::{ConnCommand, ConnId};
 use crate::pipe::Pipe;
 use crate::queue::{EventEffect, Gap};
+use crate::registry::deadline::too_late;
 use crate::registry::guessing::{CEILING_MESSAGE, current_minute};
 use crate::registry::secret::{self, TokenHash};
 use crate::registry::{
-    Departure, Gone, Join, Joined, Overflowed, Refusal, Register, Registered, Resume, Resumed,
-    SessionId,
+    Departure, Gone, Join, Joined, Overflowed, REQUEST_BUDGET, Refusal, Register, Registered,
+    Resume, Resumed, SessionId,
 };
 
 /// Attempts at a free code before answering `UNAVAILABLE`.
@@ -53,17 +54,23 @@ impl Handler<Register> for ClusterRegistry {
     type Result = ResponseActFuture<Self, Result<Registered, Refusal>>;
 
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> Self::Result {
+        if let Err(r) = msg.deadline.check("register") {
+            return Box::pin(fut::ready(Err(r)));
+        }
         if !self.healthy() {
             return Box::pin(fut::ready(Err(ErrorCode::Unavailable.into())));
         }
         let store = Arc::clone(&self.store);
         let ttl = self.settings.code_ttl;
         let conn = msg.client.conn;
+        let deadline = msg.deadline;
         let attempt = async move {
             let sid = secret::session_id();
             let token = secret::resume_token();
             let hash = TokenHash::of(&token);
             for _ in 0..CODE_ATTEMPTS {
+                // No new session once the answer is late: nothing to undo.
+                deadline.check("register")?;
                 let code = nanoid::format(nanoid::rngs::default, &ALPHABET, CODE_LEN);
                 let expires_at = now_ms() + ttl.as_millis() as u64;
                 let made = store
@@ -77,8 +84,13 @@ impl Handler<Register> for ClusterRegistry {
             warn!("no free code found");
             Err::<(String, String, String, u64), Refusal>(ErrorCode::Unavailable.into())
         };
-        Box::pin(attempt.into_actor(self).map(move |res, act, _| {
+        Box::pin(attempt.into_actor(self).map(move |res, act, ctx| {
             let (sid, token, code, expires_at) = res?;
+            if let Err(r) = msg.deadline.check("register") {
+                // Nobody has seen the code: end the session it made.
+                act.end_unseen(&sid, Role::Mac, conn, ctx);
+                return Err(r);
+            }
             let id: SessionId = Arc::from(sid.as_str());
             let mut local = Local::new(Arc::clone(&id));
             let to_mac = Pipe::new(act.settings.limits);
@@ -100,6 +112,9 @@ impl Handler<Join> for ClusterRegistry {
     type Result = ResponseActFuture<Self, Result<Joined, Refusal>>;
 
     fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
+        if let Err(r) = msg.deadline.check("join") {
+            return self.join_done(Err(r));
+        }
         let early = if let Some(l) = self
             .limiter
             .as_ref()
@@ -156,6 +171,12 @@ impl Handler<Join> for ClusterRegistry {
         };
         Box::pin(claim.into_actor(self).map(move |res, act, ctx| {
             let result = res.and_then(|(sid, mac_node, mac_state)| {
+                if let Err(r) = msg.deadline.check("join") {
+                    // Neither the mac nor its node heard of this browser yet:
+                    // free the session for a join that is answered in time.
+                    act.end_unseen(&sid, Role::Browser, conn, ctx);
+                    return Err(r);
+                }
                 act.joined(&sid, mac_node, mac_state, &msg, token, ctx)
             });
             act.count_join(&result);
@@ -177,6 +198,29 @@ impl ClusterRegistry {
             },
         };
         self.metrics.joins.with_label_values(&[label]).inc();
+    }
+
+    /// Ends side `role` of `sid`, which a script gave connection `conn` of
+    /// this node but nobody was told of (its request's deadline passed
+    /// before the commit): a mac's session goes with it; a browser's code
+    /// can be joined again while it is live, and if it is not, the session
+    /// ends as any whose browser left after its code expired.
+    fn end_unseen(&self, sid: &str, role: Role, conn: ConnId, ctx: &mut Context<Self>) {
+        let store = Arc::clone(&self.store);
+        let id: SessionId = Arc::from(sid);
+        let sid = Arc::clone(&id);
+        let end = async move { store.end_side(&sid, role, Holder::Conn(conn)).await };
+        ctx.spawn(end.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(EndOutcome::Ended(facts)) => {
+                if role == Role::Browser && !facts.live {
+                    act.expire_unjoinable(&id, ctx);
+                }
+            }
+            Ok(EndOutcome::Gone | EndOutcome::Stale) => {}
+            Err(e) => {
+                warn!(session = %id, role = role.as_str(), error = %e, "could not end a side nobody was told of");
+            }
+        }));
     }
 
     fn join_done(
@@ -286,6 +330,9 @@ impl Handler<Resume> for ClusterRegistry {
     type Result = ResponseActFuture<Self, Result<Resumed, Refusal>>;
 
     fn handle(&mut self, msg: Resume, _: &mut Context<Self>) -> Self::Result {
+        if let Err(r) = msg.deadline.check("resume") {
+            return self.resume_done(Err(r));
+        }
         if !self.healthy() {
             return self.resume_done(Err(ErrorCode::Unavailable.into()));
         }
@@ -295,16 +342,21 @@ impl Handler<Resume> for ClusterRegistry {
             return self.resume_in_turn(msg, id);
         };
         // The session's other side (or this side again) is resuming here:
-        // wait for it to finish, then start from the state it left.
+        // wait for it to finish, then start from the state it left. A turn
+        // that comes later than the latest start could not give a silent
+        // node its handover wait before the deadline: refuse before then,
+        // with nothing changed, rather than start what must be undone.
         let (tx, rx) = tokio::sync::oneshot::channel();
         queue.push_back(tx);
-        let wait = async move { tokio::time::timeout(RESUME_QUEUE_WAIT, rx).await };
+        let latest = msg.deadline.latest_start(HANDOVER_WAIT);
+        debug!(session = %id, role = msg.role.as_str(), conn = %msg.client.conn, "resume waits for another resume of its session");
+        let wait = async move { tokio::time::timeout_at(latest, rx).await };
         Box::pin(wait.into_actor(self).then(move |turn, act, _| {
             let step: ResponseActFuture<Self, Result<Resumed, Refusal>> = match turn {
                 Ok(Ok(())) => act.resume_in_turn(msg, id),
                 _ => {
-                    warn!(session = %id, "a resume of this session took too long; refusing the next");
-                    act.resume_done(Err(ErrorCode::Unavailable.into()))
+                    warn!(session = %id, role = msg.role.as_str(), conn = %msg.client.conn, "another resume of this session took too much of this one's deadline; refusing it");
+                    act.resume_done(Err(too_late()))
                 }
             };
             step
@@ -312,9 +364,10 @@ impl Handler<Resume> for ClusterRegistry {
     }
 }
 
-/// Longest a resume waits for another resume of its session on this node:
-/// more than one resume can take (a Redis command, then a handover wait).
-const RESUME_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+// A resume queued behind one whose handover waits for a silent node still
+// gets its turn: its queue wait (the budget less one handover wait) outlasts
+// the other's handover wait. See `registry::deadline`.
+const _: () = assert!(HANDOVER_WAIT.as_millis() * 2 < REQUEST_BUDGET.as_millis());
 
 impl ClusterRegistry {
     /// Runs a resume that holds its session's turn, and passes the turn on
@@ -543,11 +596,15 @@ impl ClusterRegistry {
                 ctx,
             );
         }
-        let wait = async move { tokio::time::timeout(HANDOVER_WAIT, rx).await };
+        // Cut short by the deadline, the wait ends in the check before the
+        // commit, which undoes the move.
+        let until = msg.deadline.bound(HANDOVER_WAIT);
+        let wait = async move { tokio::time::timeout_at(until, rx).await };
         Box::pin(wait.into_actor(self).map(move |replies, act, ctx| {
             let partial = act.pending.remove(&request).map(|p| p.replies).unwrap_or_default();
             let replies = match replies {
                 Ok(Ok(r)) => r,
+                _ if msg.deadline.has_passed() => partial,
                 _ => {
                     warn!(session = %id, "handover did not come in time; going on with what is here");
                     partial
@@ -570,6 +627,11 @@ impl ClusterRegistry {
     ) -> Result<Resumed, Refusal> {
         let id: SessionId = Arc::from(msg.session_id.as_str());
         let role = msg.role;
+        if let Err(r) = msg.deadline.check("resume") {
+            // The socket may have given up: no attach, no peer_resumed.
+            self.abandon_resume(&id, role, msg.client.conn, &facts, ctx);
+            return Err(r);
+        }
         let mut events = Vec::new();
         let mut received = None;
         for r in replies {
@@ -687,6 +749,60 @@ impl ClusterRegistry {
             events,
             link,
         })
+    }
+
+    /// A resume that moved the side here, and told the other nodes so, did
+    /// not commit in time. The side stays homed here but away, as if its new
+    /// connection had dropped as it attached: its grace period runs, its
+    /// peer hears `peer_disconnected` (a peer on another node first heard
+    /// `peer_resumed` from the move, unless the side had been connected),
+    /// and it can resume again, here or anywhere. Nothing is undone if the
+    /// side is no longer this resume's (a resume elsewhere took it).
+    fn abandon_resume(
+        &mut self,
+        id: &SessionId,
+        role: Role,
+        conn: ConnId,
+        facts: &ResumeFacts,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(local) = self.sessions.get_mut(id) else {
+            return;
+        };
+        if local.side(role).and_then(|h| h.conn.as_ref()).map(|(c, _)| *c) != Some(conn) {
+            return;
+        }
+        *local.side_mut(role) = Some(Here { conn: None });
+        if let Some(p) = local.pipe(role) {
+            if p.remote_node().is_some() {
+                // Toward the side's old node, which gave it up: hold frames
+                // within the away limits instead.
+                p.peer_away();
+            } else if let Some(old) = facts.old_conn {
+                // A takeover here replaced the old connection, which never
+                // says it is gone.
+                p.detach(old);
+            }
+        }
+        match local.node_of(role.peer()).cloned() {
+            Some(peer_node) => {
+                let c = Control::Away {
+                    sid: id.to_string(),
+                    role,
+                };
+                self.send(&peer_node, c, ctx);
+            }
+            // A peer here heard nothing of a takeover; of a side that was
+            // away it heard `peer_disconnected` already.
+            None if !facts.was_away() => local.tell(
+                role.peer(),
+                &ServerMessage::PeerDisconnected,
+                EventEffect::None,
+            ),
+            None => {}
+        }
+        warn!(session = %id, role = role.as_str(), conn = %conn, "resume not committed by its deadline; the side is away");
+        self.mark_away(id, role, conn, ctx);
     }
 
     /// A resume failed after the script moved the side here: mark it away
@@ -928,3 +1044,6 @@ impl Handler<Overflowed> for ClusterRegistry {
         }));
     }
 }
+
+#[cfg(test)]
+mod tests;
