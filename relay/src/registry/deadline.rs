@@ -1,7 +1,7 @@
 //! The deadline of a set-up request (`Register`, `Join`, `Resume`): decided
 //! once, by the socket when it asks, and carried in the message, so the socket
 //! and the registry agree on when the answer is due. (The in-memory registry's
-//! timers for code expiry and grace periods are `deadlines`, not this.)
+//! timers for code expiry and grace periods are `timers`, not this.)
 //!
 //! How every wait of a request relates to its deadline; all are in force at
 //! once, and each says what it costs a client:

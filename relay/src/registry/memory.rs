@@ -15,7 +15,7 @@ use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, 
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::deadlines::Deadlines;
+use super::timers::Timers;
 use super::guessing::{CEILING_MESSAGE, FailedJoins, current_minute};
 use super::member::Member;
 use super::secret::{self, TokenHash};
@@ -83,7 +83,7 @@ pub struct MemoryRegistry {
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// The ceiling on failed joins (code guessing).
     failed_joins: FailedJoins,
-    timers: Deadlines<Timer>,
+    timers: Timers<Timer>,
     /// The one actix timer, set for the earliest deadline.
     armed: Option<(Instant, SpawnHandle)>,
 }
@@ -103,7 +103,7 @@ impl MemoryRegistry {
             ended: Tombstones::new(REMEMBER_FOR, REMEMBER_MAX),
             limiter,
             failed_joins,
-            timers: Deadlines::default(),
+            timers: Timers::default(),
             armed: None,
         }
     }
@@ -114,7 +114,7 @@ impl MemoryRegistry {
         after: Duration,
         what: Timer,
         ctx: &mut Context<Self>,
-    ) -> super::deadlines::Key {
+    ) -> super::timers::Key {
         let key = self.timers.insert(Instant::now() + after, what);
         self.arm(ctx);
         key

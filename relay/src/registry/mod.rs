@@ -9,7 +9,7 @@
 
 mod cluster;
 mod deadline;
-mod deadlines;
+mod timers;
 pub(crate) mod guessing;
 mod member;
 mod memory;

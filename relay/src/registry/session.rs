@@ -12,7 +12,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use relay_protocol::{ErrorCode, ServerMessage, SessionCode};
 
-use super::deadlines::Key;
+use super::timers::Key;
 use super::member::Member;
 use super::secret::TokenHash;
 use super::{Link, SessionId};

@@ -1,4 +1,4 @@
-//! Deadlines of the in-memory registry (code expiry, grace periods), kept in
+//! Timers of the in-memory registry (code expiry, grace periods), kept in
 //! one ordered map behind one actix timer.
 //!
 //! Why not a `run_later` per deadline: actix polls every pending future of a
@@ -13,23 +13,23 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key(Instant, u64);
 
-/// Deadlines in time order, each carrying what to do when it passes.
+/// Timers in time order, each carrying what to do when it passes.
 #[derive(Debug)]
-pub struct Deadlines<T> {
+pub struct Timers<T> {
     due: BTreeMap<Key, T>,
     next_id: u64,
 }
 
-impl<T> Default for Deadlines<T> {
+impl<T> Default for Timers<T> {
     fn default() -> Self {
-        Deadlines {
+        Timers {
             due: BTreeMap::new(),
             next_id: 0,
         }
     }
 }
 
-impl<T> Deadlines<T> {
+impl<T> Timers<T> {
     /// Schedules `what` for `at`.
     pub fn insert(&mut self, at: Instant, what: T) -> Key {
         self.next_id += 1;
@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn due_deadlines_come_out_in_order_and_cancelled_ones_never() {
         let t0 = Instant::now();
-        let mut d = Deadlines::default();
+        let mut d = Timers::default();
         let late = d.insert(t0 + Duration::from_secs(3), "late");
         d.insert(t0 + Duration::from_secs(1), "first");
         let gone = d.insert(t0 + Duration::from_secs(2), "cancelled");
