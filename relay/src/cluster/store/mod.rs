@@ -34,7 +34,9 @@ use tracing::warn;
 pub(crate) use self::chores::{ExpireOutcome, Expiry};
 pub(crate) use self::pairing::{JoinOutcome, Registration, ResumeFacts, ResumeOutcome};
 use self::reply::Malformed;
-pub(crate) use self::sides::{Counter, EndOutcome, GraceOutcome, Holder, ReclaimOutcome};
+pub(crate) use self::sides::{
+    AwayOutcome, Counter, EndOutcome, GraceOutcome, Holder, ReclaimOutcome,
+};
 use super::Redis;
 use super::scripts::Scripts;
 

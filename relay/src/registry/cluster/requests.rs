@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending};
 use crate::cluster::envelope::{Control, EndReason};
 use crate::cluster::store::{
-    Counter, EndOutcome, Expiry, Holder, JoinOutcome, NodeId, Registration, ResumeFacts,
+    AwayOutcome, Counter, EndOutcome, Expiry, Holder, JoinOutcome, NodeId, Registration, ResumeFacts,
     ResumeOutcome, SideEnd, SideState, StoreError,
 };
 use crate::conns::{ConnCommand, ConnId};
@@ -854,6 +854,59 @@ impl ClusterRegistry {
     }
 }
 
+impl ClusterRegistry {
+    /// A side of this node dropped: starts its grace period in Redis, and
+    /// only then tells its peer `peer_disconnected` (through the peer's
+    /// node if elsewhere). Once the peer heard it, Redis has the side away,
+    /// so the side's resume, on any node, is a resume the peer hears of
+    /// (`peer_resumed`), never taken for a silent takeover of a connection
+    /// that looked open. A side that resumed before the script ran is not
+    /// away at all: its peer is told nothing. If Redis fails, the side is
+    /// away here all the same, and its peer is told.
+    fn away_then_tell_peer(
+        &self,
+        id: SessionId,
+        role: Role,
+        conn: ConnId,
+        ctx: &mut Context<Self>,
+    ) {
+        let store = Arc::clone(&self.store);
+        let deadline = requests_deadline(self.settings.grace);
+        let sid = Arc::clone(&id);
+        let away = async move { store.away(&sid, role, conn, deadline).await };
+        ctx.spawn(away.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok(AwayOutcome::Away) => {}
+                Ok(AwayOutcome::Stale) => return,
+                Err(e) => {
+                    warn!(session = %id, error = %e, "could not start the grace period in Redis");
+                }
+            }
+            let Some(local) = act.sessions.get(&id) else {
+                return;
+            };
+            if local.side(role).is_some_and(|h| h.conn.is_some()) {
+                // Back on this node meanwhile.
+                return;
+            }
+            match local.node_of(role.peer()).cloned() {
+                Some(pn) => {
+                    let c = Control::Away {
+                        sid: id.to_string(),
+                        role,
+                    };
+                    act.send(&pn, c, ctx);
+                }
+                None => local.tell(
+                    role.peer(),
+                    &ServerMessage::PeerDisconnected,
+                    EventEffect::None,
+                ),
+            }
+        }));
+    }
+}
+
 fn requests_deadline(grace: std::time::Duration) -> u64 {
     now_ms() + grace.as_millis() as u64
 }
@@ -884,22 +937,8 @@ impl Handler<Gone> for ClusterRegistry {
                 if let Some(p) = local.pipe(role) {
                     p.detach(msg.conn);
                 }
-                match local.node_of(role.peer()).cloned() {
-                    Some(pn) => {
-                        let c = Control::Away {
-                            sid: msg.session_id.to_string(),
-                            role,
-                        };
-                        self.send(&pn, c, ctx);
-                    }
-                    None => local.tell(
-                        role.peer(),
-                        &ServerMessage::PeerDisconnected,
-                        EventEffect::None,
-                    ),
-                }
                 info!(session = %msg.session_id, role = role.as_str(), conn = %msg.conn, "side away");
-                self.mark_away(&msg.session_id, role, msg.conn, ctx);
+                self.away_then_tell_peer(msg.session_id, role, msg.conn, ctx);
             }
         }
     }
