@@ -6,24 +6,61 @@
 //! settings (`config`), the CLI clients (`cli`) and the load tool (`load`).
 //! Everything else is private, so the compiler sees dead code; the fuzz
 //! targets, which cargo-fuzz builds with `--cfg fuzzing`, reach into it.
-
-/// Declares private modules, public to the fuzz targets.
-macro_rules! internal {
-    ($($name:ident),* $(,)?) => {$(
-        #[cfg(fuzzing)]
-        pub mod $name;
-        #[cfg(not(fuzzing))]
-        mod $name;
-    )*};
-}
+//! (Declared one by one, not by a macro: rustfmt only formats modules it can
+//! see declared.)
 
 pub mod cli;
 pub mod config;
 pub mod load;
 pub mod server;
 
-internal!(
-    admission, cluster, conns, frame, gate, metrics, pipe, queue, registry, shutdown, socket, tls,
-);
+#[cfg(fuzzing)]
+pub mod admission;
+#[cfg(not(fuzzing))]
+mod admission;
+#[cfg(fuzzing)]
+pub mod cluster;
+#[cfg(not(fuzzing))]
+mod cluster;
+#[cfg(fuzzing)]
+pub mod conns;
+#[cfg(not(fuzzing))]
+mod conns;
+#[cfg(fuzzing)]
+pub mod frame;
+#[cfg(not(fuzzing))]
+mod frame;
+#[cfg(fuzzing)]
+pub mod gate;
+#[cfg(not(fuzzing))]
+mod gate;
+#[cfg(fuzzing)]
+pub mod metrics;
+#[cfg(not(fuzzing))]
+mod metrics;
+#[cfg(fuzzing)]
+pub mod pipe;
+#[cfg(not(fuzzing))]
+mod pipe;
+#[cfg(fuzzing)]
+pub mod queue;
+#[cfg(not(fuzzing))]
+mod queue;
+#[cfg(fuzzing)]
+pub mod registry;
+#[cfg(not(fuzzing))]
+mod registry;
+#[cfg(fuzzing)]
+pub mod shutdown;
+#[cfg(not(fuzzing))]
+mod shutdown;
+#[cfg(fuzzing)]
+pub mod socket;
+#[cfg(not(fuzzing))]
+mod socket;
+#[cfg(fuzzing)]
+pub mod tls;
+#[cfg(not(fuzzing))]
+mod tls;
 
 pub use config::Config;

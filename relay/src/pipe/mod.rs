@@ -451,7 +451,6 @@ impl Pipe {
         g.ack_to = peer;
     }
 
-
     /// Frames of the current pairing queued into this pipe so far.
     pub fn pairing_count(&self) -> u64 {
         self.read(Queue::pairing_count)

@@ -8,8 +8,8 @@ use bytes::Bytes;
 
 use super::*;
 use crate::cluster::bus::Bus;
-use crate::metrics::DropReason;
 use crate::cluster::envelope::Envelope;
+use crate::metrics::DropReason;
 
 fn limits() -> Limits {
     Limits {

@@ -11,7 +11,6 @@ use super::{AWAY, Queue, RESEND_RETRY, Reader};
 use crate::frame::Frame;
 
 impl Queue {
-
     /// Reader side of a cross-node direction: a frame published by the
     /// sender's node, with its pairing number `p`, arriving at `now`.
     /// Duplicates (a resend) are dropped; a gap means envelopes were lost and

@@ -15,11 +15,11 @@ use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, 
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::timers::Timers;
 use super::guessing::{CEILING_MESSAGE, FailedJoins, current_minute};
 use super::member::Member;
 use super::secret::{self, TokenHash};
 use super::session::{Ended, Session, Side};
+use super::timers::Timers;
 use super::tombstones::Tombstones;
 use super::{
     Departure, Gone, Join, Joined, Overflowed, Refusal, Register, Registered, Resume, Resumed,
@@ -534,7 +534,9 @@ impl Handler<Register> for MemoryRegistry {
         );
         // unwrap-free: a new pipe accepts any receiver at 0.
         let written = s.to_host.attach(msg.client.receiver(), 0).unwrap_or(0);
-        let link = s.link(Member::Host, written).ok_or(ErrorCode::Unavailable)?;
+        let link = s
+            .link(Member::Host, written)
+            .ok_or(ErrorCode::Unavailable)?;
         self.codes.insert(code.clone(), Arc::clone(&id));
         self.sessions.insert(Arc::clone(&id), s);
         self.metrics.codes_issued.inc();
@@ -662,7 +664,11 @@ mod tests {
 
         let late = registry.send(register(passed())).await.unwrap();
         assert_eq!(late.err().map(|r| r.code), Some(ErrorCode::Unavailable));
-        assert_eq!(registry.send(Stats).await.unwrap().waiting, 0, "no session made");
+        assert_eq!(
+            registry.send(Stats).await.unwrap().waiting,
+            0,
+            "no session made"
+        );
         let r = registry
             .send(register(Deadline::for_request()))
             .await

@@ -9,7 +9,6 @@
 
 mod cluster;
 mod deadline;
-mod timers;
 pub(crate) mod guessing;
 mod member;
 mod memory;
@@ -19,6 +18,7 @@ mod session;
 mod testing;
 #[cfg(test)]
 mod timer_tests;
+mod timers;
 mod tombstones;
 
 use std::net::IpAddr;

@@ -12,9 +12,9 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use relay_protocol::{ErrorCode, ServerMessage, SessionCode};
 
-use super::timers::Key;
 use super::member::Member;
 use super::secret::TokenHash;
+use super::timers::Key;
 use super::{Link, SessionId};
 use crate::conns::{ConnCommand, ConnId};
 use crate::pipe::Pipe;

@@ -144,7 +144,12 @@ impl Registry {
 
     async fn resume(&self, was: &Conn, role: Role, token: &str) -> Result<Conn, Refusal> {
         let mut c = Conn::new();
-        let session_id = was.link.as_ref().expect("in a session").session_id.to_string();
+        let session_id = was
+            .link
+            .as_ref()
+            .expect("in a session")
+            .session_id
+            .to_string();
         let r = self
             .handle
             .resume(Resume {
@@ -179,16 +184,10 @@ fn a_code_nobody_joins_expires_at_its_ttl_and_not_before() {
         assert_eq!(mac.told(), Vec::<String>::new());
         reg.after(2 * MOMENT).await;
         assert_eq!(mac.told(), ["code_expired"]);
-        assert_eq!(
-            code_of(reg.join(&code).await),
-            Some(ErrorCode::ExpiredCode)
-        );
+        assert_eq!(code_of(reg.join(&code).await), Some(ErrorCode::ExpiredCode));
         // Remembered as expired for ten minutes, then unknown.
         reg.after(REMEMBERED).await;
-        assert_eq!(
-            code_of(reg.join(&code).await),
-            Some(ErrorCode::InvalidCode)
-        );
+        assert_eq!(code_of(reg.join(&code).await), Some(ErrorCode::InvalidCode));
     });
 }
 
@@ -206,10 +205,7 @@ fn a_joined_session_outlives_its_code_which_stops_taking_browsers() {
         let (second, _) = reg.join(&code).await.expect("joined before the ttl");
         reg.after(2 * MOMENT).await;
         assert_eq!(mac.told(), ["peer_joined"]);
-        assert_eq!(
-            code_of(reg.join(&code).await),
-            Some(ErrorCode::ExpiredCode)
-        );
+        assert_eq!(code_of(reg.join(&code).await), Some(ErrorCode::ExpiredCode));
         // The pair goes on; when its browser leaves, the mac needs a new code.
         second.gone(&reg.handle, Role::Browser, Departure::Left);
         reg.after(MOMENT).await;

@@ -22,19 +22,19 @@ use relay_protocol::{ClientMessage, CloseCode, ErrorCode, Role, ServerMessage};
 use tracing::{debug, info, warn};
 
 use crate::admission::Slot;
+use crate::config::Config;
+use crate::conns::Connections;
 use crate::conns::{ConnCommand, ConnId, Killer, Liveness};
 use crate::frame::Frame;
 use crate::gate::Gate;
 use crate::metrics::DisconnectReason;
+use crate::metrics::Metrics;
 use crate::pipe::{Pushed, Wake};
 use crate::queue::{Drained, EventEffect, Item, Status};
+use crate::registry::RegistryHandle;
 use crate::registry::{
     Client, Deadline, Departure, Gone, Join, Link, Overflowed, Refusal, Register, Resume,
 };
-use crate::config::Config;
-use crate::conns::Connections;
-use crate::metrics::Metrics;
-use crate::registry::RegistryHandle;
 use crate::shutdown::Draining;
 use decode::{Frames, Inbound};
 

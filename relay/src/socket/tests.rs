@@ -134,7 +134,11 @@ impl Node {
     /// Opens a WebSocket on `/mac` or `/browser` to a fresh socket actor.
     async fn connect(&self, role: Role) -> Client {
         let (req, _) = TestRequest::get()
-            .uri(if role == Role::Mac { "/mac" } else { "/browser" })
+            .uri(if role == Role::Mac {
+                "/mac"
+            } else {
+                "/browser"
+            })
             .insert_header((header::UPGRADE, "websocket"))
             .insert_header((header::CONNECTION, "upgrade"))
             .insert_header((header::SEC_WEBSOCKET_VERSION, "13"))
@@ -144,9 +148,8 @@ impl Node {
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|b| (Ok(b), rx))
         });
-        let mut payload = actix_web::dev::Payload::from(
-            Box::pin(stream) as actix_http::BoxedPayloadStream
-        );
+        let mut payload =
+            actix_web::dev::Payload::from(Box::pin(stream) as actix_http::BoxedPayloadStream);
         let body = web::Payload::from_request(&req, &mut payload)
             .await
             .expect("a body");
@@ -215,7 +218,10 @@ fn a_refused_join_gives_a_person_the_whole_handshake_time_again() {
 #[test]
 fn a_client_in_a_session_is_pinged_each_interval_and_closed_if_it_never_answers() {
     in_paused_time(async |node| {
-        let (interval, timeout) = (node.config.heartbeat_interval, node.config.heartbeat_timeout);
+        let (interval, timeout) = (
+            node.config.heartbeat_interval,
+            node.config.heartbeat_timeout,
+        );
         let mut c = node.connect(Role::Mac).await;
         c.json(json!({"type": "register"}));
         c.expect_text("registered").await;
@@ -228,7 +234,10 @@ fn a_client_in_a_session_is_pinged_each_interval_and_closed_if_it_never_answers(
             c.send(Message::Pong(p));
             tokio::time::sleep(timeout).await;
             let got = c.next().await;
-            assert!(got.is_none(), "round {round}: closed though it answered: {got:?}");
+            assert!(
+                got.is_none(),
+                "round {round}: closed though it answered: {got:?}"
+            );
             tokio::time::sleep(interval - timeout).await;
         }
         // Silent: closed (1001) when the timeout after the next ping passes.

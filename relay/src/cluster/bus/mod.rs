@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use self::link::Shared;
 pub use self::link::Link;
+use self::link::Shared;
 use super::envelope::Envelope;
 use super::redis::Redis;
 use crate::metrics::Metrics;
