@@ -42,7 +42,10 @@ async fn start_node(r: &TestRedis, node: &str) -> Addr<ClusterRegistry> {
     );
     let until = Instant::now() + READY_WAIT;
     while !bus.is_listening() {
-        assert!(Instant::now() < until, "{node}'s subscription never delivered");
+        assert!(
+            Instant::now() < until,
+            "{node}'s subscription never delivered"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     addr
@@ -73,9 +76,16 @@ async fn mac_on_stopped_n1(r: &TestRedis, away: bool) {
     r.lease("n1").await;
     let n1 = r.store("n1");
     let (ttl, expires) = (Duration::from_secs(60), now_ms() + 60_000);
-    n1.register(SID, CODE, &TokenHash::of(MAC_TOKEN), ConnId(1), ttl, expires)
-        .await
-        .unwrap();
+    n1.register(
+        SID,
+        CODE,
+        &TokenHash::of(MAC_TOKEN),
+        ConnId(1),
+        ttl,
+        expires,
+    )
+    .await
+    .unwrap();
     if away {
         n1.away(SID, Role::Mac, ConnId(1), now_ms() + 60_000)
             .await
@@ -214,7 +224,10 @@ async fn an_undone_resume_tells_the_peer_node_the_side_is_away_again() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(heard(&joined.link, browser.conn(), 1).await, ["peer_disconnected"]);
+    assert_eq!(
+        heard(&joined.link, browser.conn(), 1).await,
+        ["peer_disconnected"]
+    );
 
     let first = TestClient::start();
     let deadline = Deadline::at(Instant::now() + Duration::from_millis(300));
@@ -234,7 +247,12 @@ async fn an_undone_resume_tells_the_peer_node_the_side_is_away_again() {
         .unwrap();
     assert_eq!(
         heard(&joined.link, browser.conn(), 4).await,
-        ["peer_disconnected", "peer_resumed", "peer_disconnected", "peer_resumed"]
+        [
+            "peer_disconnected",
+            "peer_resumed",
+            "peer_disconnected",
+            "peer_resumed"
+        ]
     );
     let frame = Frame::Binary(Bytes::from_static(b"across"));
     let pushed = joined.link.outbound.push(frame, &Gate::new());

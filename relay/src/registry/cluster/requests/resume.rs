@@ -1,0 +1,555 @@
+//! Resume on the cluster: a side takes its session back on this node,
+//! whichever node it was on; the nodes that held it hand over (its frames,
+//! its count, the events it missed), in turn with other resumes of the
+//! session and within the request's deadline.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use relay_protocol::{CloseCode, ErrorCode, Role, ServerMessage};
+use tracing::{debug, info, warn};
+
+use super::super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending};
+use super::*;
+use crate::cluster::envelope::Control;
+use crate::cluster::store::{ResumeFacts, ResumeOutcome, SideEnd};
+use crate::conns::{ConnCommand, ConnId};
+use crate::pipe::Pipe;
+use crate::queue::{EventEffect, Gap};
+use crate::registry::deadline::too_late;
+use crate::registry::secret::TokenHash;
+use crate::registry::{REQUEST_BUDGET, Refusal, Resume, Resumed, SessionId};
+
+impl Handler<Resume> for ClusterRegistry {
+    type Result = ResponseActFuture<Self, Result<Resumed, Refusal>>;
+
+    fn handle(&mut self, msg: Resume, _: &mut Context<Self>) -> Self::Result {
+        if let Err(r) = msg.deadline.check("resume") {
+            return self.resume_done(Err(r));
+        }
+        if !self.healthy() {
+            return self.resume_done(Err(ErrorCode::Unavailable.into()));
+        }
+        let id: SessionId = Arc::from(msg.session_id.as_str());
+        let Some(queue) = self.resuming.get_mut(&id) else {
+            self.resuming.insert(Arc::clone(&id), VecDeque::new());
+            return self.resume_in_turn(msg, id);
+        };
+        // The session's other side (or this side again) is resuming here:
+        // wait for it to finish, then start from the state it left. A turn
+        // that comes later than the latest start could not give a silent
+        // node its handover wait before the deadline: refuse before then,
+        // with nothing changed, rather than start what must be undone.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        queue.push_back(tx);
+        let latest = msg.deadline.latest_start(HANDOVER_WAIT);
+        debug!(session = %id, role = msg.role.as_str(), conn = %msg.client.conn, "resume waits for another resume of its session");
+        let wait = async move { tokio::time::timeout_at(latest, rx).await };
+        Box::pin(wait.into_actor(self).then(move |turn, act, _| {
+            let step: ResponseActFuture<Self, Result<Resumed, Refusal>> = match turn {
+                Ok(Ok(())) => act.resume_in_turn(msg, id),
+                _ => {
+                    warn!(session = %id, role = msg.role.as_str(), conn = %msg.client.conn, "another resume of this session took too much of this one's deadline; refusing it");
+                    act.resume_done(Err(too_late()))
+                }
+            };
+            step
+        }))
+    }
+}
+
+// A resume queued behind one whose handover waits for a silent node still
+// gets its turn: its queue wait (the budget less one handover wait) outlasts
+// the other's handover wait. See `registry::deadline`.
+const _: () = assert!(HANDOVER_WAIT.as_millis() * 2 < REQUEST_BUDGET.as_millis());
+
+impl ClusterRegistry {
+    /// Runs a resume that holds its session's turn, and passes the turn on
+    /// when it is over, whatever its outcome.
+    fn resume_in_turn(
+        &mut self,
+        msg: Resume,
+        id: SessionId,
+    ) -> ResponseActFuture<Self, Result<Resumed, Refusal>> {
+        let run = self.start_resume(msg);
+        Box::pin(run.map(move |res, act, _| {
+            act.next_resume(&id);
+            res
+        }))
+    }
+
+    /// Gives the session's turn to the next queued resume still waiting, or frees it.
+    fn next_resume(&mut self, id: &SessionId) {
+        if let Some(queue) = self.resuming.get_mut(id) {
+            while let Some(tx) = queue.pop_front() {
+                // A send fails only for a waiter that gave up; try the next.
+                if tx.send(()).is_ok() {
+                    return;
+                }
+            }
+        }
+        self.resuming.remove(id);
+    }
+
+    fn start_resume(&mut self, msg: Resume) -> ResponseActFuture<Self, Result<Resumed, Refusal>> {
+        if !self.healthy() {
+            return self.resume_done(Err(ErrorCode::Unavailable.into()));
+        }
+        // A side homed here can have its lastSeq checked before anything changes.
+        let id: SessionId = Arc::from(msg.session_id.as_str());
+        if let Some(local) = self.sessions.get(&id) {
+            if local.side(msg.role).is_some() && local.node_of(msg.role.peer()).is_none() {
+                if let Some(pipe) = local.pipe(msg.role) {
+                    if let Err(gap) = pipe.check(msg.last_seq) {
+                        return self.resume_done(Err(gap_refusal(gap, msg.last_seq)));
+                    }
+                }
+            }
+        }
+        let store = Arc::clone(&self.store);
+        let hash = TokenHash::of(&msg.resume_token);
+        let (sid, role, conn) = (msg.session_id.clone(), msg.role, msg.client.conn);
+        let claim = async move {
+            let outcome = store
+                .resume(&sid, role, &hash, conn)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            match outcome {
+                ResumeOutcome::Resumed(facts) => Ok(facts),
+                ResumeOutcome::Ended(end @ SideEnd::MacDisconnected) => Err(Refusal {
+                    code: end.code(),
+                    message: None,
+                    close: Some(CloseCode::SessionOver),
+                }),
+                ResumeOutcome::Ended(end @ SideEnd::ResumeExpired) => Err(end.code().into()),
+                ResumeOutcome::Invalid => Err(ErrorCode::InvalidResume.into()),
+            }
+        };
+        Box::pin(claim.into_actor(self).then(move |res, act, ctx| {
+            let step: ResponseActFuture<Self, Result<Resumed, Refusal>> = match res {
+                Err(r) => {
+                    let res = Err(r);
+                    act.count_resume(&res, false);
+                    Box::pin(fut::ready(res))
+                }
+                Ok(facts) => {
+                    // The side still looked connected: this resume takes it over.
+                    let takeover = !facts.was_away();
+                    Box::pin(act.resume_here(msg, facts, ctx).map(move |res, act, _| {
+                        act.count_resume(&res, takeover);
+                        res
+                    }))
+                }
+            };
+            step
+        }))
+    }
+}
+
+fn gap_refusal(gap: Gap, last_seq: u64) -> Refusal {
+    let why = match gap {
+        Gap::Closed => return ErrorCode::ResumeExpired.into(),
+        Gap::Ahead { sent } => {
+            format!("lastSeq {last_seq} is more than the {sent} frames sent to you")
+        }
+        Gap::Behind { oldest } => format!(
+            "lastSeq {last_seq} is behind frames you already acknowledged (the oldest held is {oldest})"
+        ),
+    };
+    Refusal::with(
+        ErrorCode::InvalidResume,
+        format!("This session cannot be resumed: {why}. Start a new session."),
+    )
+}
+
+impl ClusterRegistry {
+    fn count_resume(&self, res: &Result<Resumed, Refusal>, takeover: bool) {
+        let label = match res {
+            Ok(_) if takeover => "takeover",
+            Ok(_) => "ok",
+            Err(r) => match r.code {
+                ErrorCode::ResumeExpired => "resume_expired",
+                ErrorCode::MacDisconnected => "mac_disconnected",
+                ErrorCode::Unavailable => "unavailable",
+                _ => "invalid_resume",
+            },
+        };
+        self.metrics.resumes.with_label_values(&[label]).inc();
+    }
+
+    fn resume_done(
+        &self,
+        r: Result<Resumed, Refusal>,
+    ) -> ResponseActFuture<Self, Result<Resumed, Refusal>> {
+        self.count_resume(&r, false);
+        Box::pin(fut::ready(r))
+    }
+
+    /// The resume script gave side `msg.role` to this node: gather its frames.
+    fn resume_here(
+        &mut self,
+        msg: Resume,
+        facts: ResumeFacts,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<Resumed, Refusal>> {
+        let id: SessionId = Arc::from(msg.session_id.as_str());
+        let role = msg.role;
+        let me = Arc::clone(&self.node);
+        let was_away = facts.was_away();
+        let old_node = facts.old_node.clone();
+        let peer_node = facts.peer_node.clone();
+        let rbase = if role == Role::Mac { facts.m_rbase } else { 0 };
+        let sbase = if role == Role::Mac { facts.m_sbase } else { 0 };
+        let p_last = msg.last_seq.saturating_sub(rbase);
+
+        let mut local = self
+            .sessions
+            .remove(&id)
+            .unwrap_or_else(|| Local::new(Arc::clone(&id)));
+        // Only a move heard from now on is news to this resume.
+        local.peer_read = None;
+        // The old connection, if it is on this node and still open, is replaced.
+        if old_node.as_deref() == Some(&*me) {
+            if let Some(Here {
+                conn: Some((c, cmd)),
+            }) = local.side_mut(role).take()
+            {
+                if Some(c) == facts.old_conn && c != msg.client.conn {
+                    cmd.do_send(ConnCommand::Replaced);
+                }
+            }
+        } else {
+            *local.side_mut(role) = None;
+        }
+        let peer_here = local.side(role.peer()).is_some();
+        local.set_node(role, None);
+        if role == Role::Mac && old_node.as_deref() != Some(&*me) {
+            self.metrics.sessions_live.inc();
+        }
+
+        // Nodes that must hand over: the side's old node and the peer's node.
+        // A node without a live lease is dead: waiting for it would only delay.
+        let mut ask: Vec<Arc<str>> = Vec::new();
+        let candidates = [(&old_node, facts.old_alive), (&peer_node, facts.peer_alive)];
+        for (n, alive) in candidates {
+            let Some(n) = n else { continue };
+            if alive && **n != *me && !ask.contains(n) {
+                ask.push(Arc::clone(n));
+            }
+        }
+        // Frames toward the side: local pipe if the peer is here, else one fed
+        // by the peer's node (which replays from p_last).
+        if !peer_here {
+            if let Some(pn) = peer_node.as_ref().filter(|n| ***n != *me) {
+                // Acks of what the side reads go to the peer's node, about `role`.
+                let fed = Pipe::fed_from_peer(
+                    self.settings.limits,
+                    msg.last_seq,
+                    rbase,
+                    self.peer(&id, role, pn),
+                );
+                local.set_pipe(&self.dir, role, Some(fed));
+                local.set_node(role.peer(), Some(Arc::clone(pn)));
+            } else if local.pipe(role).is_none() {
+                // No peer (a mac alone): an empty pipe at the side's count.
+                let p = Pipe::new(self.settings.limits);
+                p.reset_receiver();
+                local.set_pipe(&self.dir, role, Some(p));
+            }
+        }
+        *local.side_mut(role) = Some(Here {
+            conn: Some((msg.client.conn, msg.client.commands.clone())),
+        });
+        self.sessions.insert(Arc::clone(&id), local);
+
+        let request = self.next_request;
+        self.next_request += 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending.insert(
+            request,
+            Pending {
+                waiting: ask.len(),
+                replies: Vec::new(),
+                done: Some(tx),
+            },
+        );
+        if ask.is_empty() {
+            self.finish_pending(request);
+        }
+        for n in &ask {
+            self.send(
+                n,
+                Control::Moved {
+                    sid: msg.session_id.clone(),
+                    role,
+                    node: me.to_string(),
+                    p_last,
+                    was_away,
+                    request,
+                },
+                ctx,
+            );
+        }
+        // Cut short by the deadline, the wait ends in the check before the
+        // commit, which undoes the move.
+        let until = msg.deadline.bound(HANDOVER_WAIT);
+        let wait = async move { tokio::time::timeout_at(until, rx).await };
+        Box::pin(wait.into_actor(self).map(move |replies, act, ctx| {
+            let partial = act.pending.remove(&request).map(|p| p.replies).unwrap_or_default();
+            let replies = match replies {
+                Ok(Ok(r)) => r,
+                _ if msg.deadline.has_passed() => partial,
+                _ => {
+                    warn!(session = %id, "handover did not come in time; going on with what is here");
+                    partial
+                }
+            };
+            act.resumed(msg, facts, replies, sbase, p_last, ctx)
+        }))
+    }
+
+    /// All handovers are in (or the wait is over): finish the resume.
+    #[allow(clippy::too_many_arguments)]
+    fn resumed(
+        &mut self,
+        msg: Resume,
+        facts: ResumeFacts,
+        replies: Vec<Control>,
+        sbase: u64,
+        p_last: u64,
+        ctx: &mut Context<Self>,
+    ) -> Result<Resumed, Refusal> {
+        let id: SessionId = Arc::from(msg.session_id.as_str());
+        let role = msg.role;
+        if let Err(r) = msg.deadline.check("resume") {
+            // The socket may have given up: no attach, no peer_resumed.
+            self.abandon_resume(&id, role, msg.client.conn, &facts, ctx);
+            return Err(r);
+        }
+        let mut events = Vec::new();
+        let mut received = None;
+        for r in replies {
+            if let Control::Handover {
+                received: rec,
+                events: ev,
+                error,
+                ..
+            } = r
+            {
+                if let Some(e) = error {
+                    warn!(session = %id, error = %e, "peer node cannot replay");
+                    self.side_lost(&id, role, &msg, ctx);
+                    return Err(Refusal::with(
+                        ErrorCode::InvalidResume,
+                        format!("This session cannot be resumed: {e}. Start a new session."),
+                    ));
+                }
+                events.extend(ev);
+                received = received.or(rec);
+            }
+        }
+        let limits = self.settings.limits;
+        let peer_node = self
+            .sessions
+            .get(&id)
+            .and_then(|l| l.node_of(role.peer()).cloned());
+        let Some(local) = self.sessions.get_mut(&id) else {
+            return Err(ErrorCode::ResumeExpired.into());
+        };
+        if local
+            .side(role)
+            .and_then(|h| h.conn.as_ref())
+            .map(|(c, _)| *c)
+            != Some(msg.client.conn)
+        {
+            // Something ended or replaced the side while the handover ran.
+            return Err(ErrorCode::ResumeExpired.into());
+        }
+        let peer_here = local.side(role.peer()).is_some();
+        let accepted_p;
+        if peer_here {
+            // The peer is here: the pipe toward the side is local now.
+            let to_side = local.pipe(role).cloned().ok_or(ErrorCode::ResumeExpired)?;
+            let to_peer = local
+                .pipe(role.peer())
+                .cloned()
+                .ok_or(ErrorCode::ResumeExpired)?;
+            to_peer.set_ack_to(None);
+            accepted_p = to_peer.pairing_count();
+            to_peer.set_accepted(sbase + accepted_p);
+            let written = to_side
+                .attach(msg.client.receiver(), msg.last_seq)
+                .map_err(|g| gap_refusal(g, msg.last_seq))?;
+            if facts.was_away() {
+                local.tell(role.peer(), &ServerMessage::PeerResumed, EventEffect::None);
+            }
+            let link = local.link(role, written).ok_or(ErrorCode::ResumeExpired)?;
+            info!(session = %id, role = role.as_str(), last_seq = msg.last_seq, accepted = sbase + accepted_p, "resumed (peer on this node)");
+            return Ok(Resumed {
+                accepted: sbase + accepted_p,
+                events,
+                link,
+            });
+        }
+        // The peer is elsewhere (or there is none).
+        let to_side = local.pipe(role).cloned().ok_or(ErrorCode::ResumeExpired)?;
+        let received = received.or(local.peer_read.take());
+        match peer_node {
+            Some(pn) => {
+                accepted_p = received.unwrap_or_else(|| facts.acc_checkpoint.saturating_sub(sbase));
+                let out = Pipe::sending_to_peer(
+                    limits,
+                    self.peer(&id, role.peer(), &pn),
+                    accepted_p,
+                    sbase + accepted_p,
+                );
+                if received.is_none() {
+                    // No handover: the count is the checkpoint's, and the
+                    // peer may have read more of this side's frames.
+                    out.count_may_lag();
+                }
+                if facts.peer_away() {
+                    out.peer_away();
+                }
+                if let Some(local) = self.sessions.get_mut(&id) {
+                    local.set_pipe(&self.dir, role.peer(), Some(out));
+                }
+            }
+            None => {
+                // A mac alone: frames it sends are refused until a browser joins.
+                accepted_p = 0;
+                let out = Pipe::new(limits);
+                out.set_accepted(sbase.max(facts.acc_checkpoint));
+                if let Some(local) = self
+                    .sessions
+                    .get_mut(&id)
+                    .filter(|l| l.pipe(role.peer()).is_none())
+                {
+                    local.set_pipe(&self.dir, role.peer(), Some(out));
+                }
+            }
+        }
+        let local = self.sessions.get(&id).ok_or(ErrorCode::ResumeExpired)?;
+        let written = to_side
+            .attach(msg.client.receiver(), msg.last_seq)
+            .map_err(|g| gap_refusal(g, msg.last_seq))?;
+        let link = local.link(role, written).ok_or(ErrorCode::ResumeExpired)?;
+        let accepted = local
+            .pipe(role.peer())
+            .map_or(sbase + accepted_p, |p| p.accepted());
+        info!(session = %id, role = role.as_str(), last_seq = msg.last_seq, p_last, accepted, "resumed");
+        Ok(Resumed {
+            accepted,
+            events,
+            link,
+        })
+    }
+
+    /// A resume that moved the side here, and told the other nodes so, did
+    /// not commit in time. The side stays homed here but away, as if its new
+    /// connection had dropped as it attached: its grace period runs, its
+    /// peer hears `peer_disconnected` (a peer on another node first heard
+    /// `peer_resumed` from the move, unless the side had been connected),
+    /// and it can resume again, here or anywhere. Nothing is undone if the
+    /// side is no longer this resume's (a resume elsewhere took it).
+    fn abandon_resume(
+        &mut self,
+        id: &SessionId,
+        role: Role,
+        conn: ConnId,
+        facts: &ResumeFacts,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(local) = self.sessions.get_mut(id) else {
+            return;
+        };
+        if local
+            .side(role)
+            .and_then(|h| h.conn.as_ref())
+            .map(|(c, _)| *c)
+            != Some(conn)
+        {
+            return;
+        }
+        *local.side_mut(role) = Some(Here { conn: None });
+        if let Some(p) = local.pipe(role) {
+            if p.remote_node().is_some() {
+                // Toward the side's old node, which gave it up: hold frames
+                // within the away limits instead.
+                p.peer_away();
+            } else if let Some(old) = facts.old_conn {
+                // A takeover here replaced the old connection, which never
+                // says it is gone.
+                p.detach(old);
+            }
+        }
+        match local.node_of(role.peer()).cloned() {
+            Some(peer_node) => {
+                let c = Control::Away {
+                    sid: id.to_string(),
+                    role,
+                };
+                self.send(&peer_node, c, ctx);
+            }
+            // A peer here heard nothing of a takeover; of a side that was
+            // away it heard `peer_disconnected` already.
+            None if !facts.was_away() => local.tell(
+                role.peer(),
+                &ServerMessage::PeerDisconnected,
+                EventEffect::None,
+            ),
+            None => {}
+        }
+        warn!(session = %id, role = role.as_str(), conn = %conn, "resume not committed by its deadline; the side is away");
+        self.mark_away(id, role, conn, ctx);
+    }
+
+    /// A resume failed after the script moved the side here: mark it away
+    /// again so its grace period runs.
+    fn side_lost(&mut self, id: &SessionId, role: Role, msg: &Resume, ctx: &mut Context<Self>) {
+        if let Some(local) = self.sessions.get_mut(id) {
+            *local.side_mut(role) = None;
+        }
+        self.forget_if_empty(id);
+        self.mark_away(id, role, msg.client.conn, ctx);
+    }
+
+    /// Collects a handover reply; finishes the resume when all are in.
+    pub(in crate::registry::cluster) fn handover(&mut self, request: u64, reply: Control) {
+        let Some(p) = self.pending.get_mut(&request) else {
+            return;
+        };
+        p.replies.push(reply);
+        p.waiting = p.waiting.saturating_sub(1);
+        if p.waiting == 0 {
+            self.finish_pending(request);
+        }
+    }
+
+    fn finish_pending(&mut self, request: u64) {
+        if let Some(p) = self.pending.get_mut(&request) {
+            if let Some(done) = p.done.take() {
+                let _ = done.send(std::mem::take(&mut p.replies));
+            }
+        }
+    }
+
+    /// Runs the away script for a side of this node, starting its grace period.
+    pub(in crate::registry::cluster) fn mark_away(
+        &self,
+        id: &SessionId,
+        role: Role,
+        conn: ConnId,
+        _: &mut Context<Self>,
+    ) {
+        let store = Arc::clone(&self.store);
+        let deadline = requests_deadline(self.settings.grace);
+        let sid = Arc::clone(id);
+        actix::spawn(async move {
+            if let Err(e) = store.away(&sid, role, conn, deadline).await {
+                warn!(session = %sid, error = %e, "could not start the grace period in Redis");
+            }
+        });
+    }
+}
