@@ -16,8 +16,6 @@ pub(crate) mod secret;
 mod session;
 #[cfg(test)]
 mod testing;
-#[cfg(test)]
-mod timer_tests;
 mod timers;
 mod tombstones;
 

@@ -11,13 +11,14 @@ use actix::prelude::*;
 use relay_protocol::{ErrorCode, Role};
 use serde_json::Value;
 
-use super::testing::{TestClient, settings};
-use super::{
-    Deadline, Departure, Gone, Join, Link, MemoryRegistry, Refusal, Register, RegistryHandle,
-    RegistrySettings, Resume,
-};
+use super::MemoryRegistry;
 use crate::metrics::Metrics;
 use crate::queue::{Drained, Item};
+use crate::registry::testing::{TestClient, settings};
+use crate::registry::{
+    Deadline, Departure, Gone, Join, Link, Refusal, Register, RegistryHandle, RegistrySettings,
+    Resume,
+};
 
 const CODE_TTL: Duration = Duration::from_secs(300);
 const GRACE: Duration = Duration::from_secs(60);

@@ -1,0 +1,341 @@
+//! What sockets ask of the in-memory registry (register, join, resume) and
+//! tell it (a side gone, a buffer overflowed).
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
+use tracing::{debug, info, warn};
+
+use super::super::guessing::{CEILING_MESSAGE, current_minute};
+use super::super::member::Member;
+use super::super::secret::{self, TokenHash};
+use super::super::session::{Session, Side};
+use super::super::{
+    Departure, Gone, Join, Joined, Overflowed, Refusal, Register, Registered, Resume, Resumed,
+    SessionId,
+};
+use super::{MemoryRegistry, Timer, unix_ms_in};
+use crate::conns::ConnCommand;
+use crate::queue::{EventEffect, Gap};
+
+impl MemoryRegistry {
+    fn refuse_resume(&self, id: &str, role: Role, token: &str) -> Refusal {
+        let key: (SessionId, Role) = (Arc::from(id), role);
+        match self.ended.get(&key) {
+            Some(e) if e.token.matches(token) => match e.code {
+                ErrorCode::MacDisconnected => Refusal {
+                    code: ErrorCode::MacDisconnected,
+                    message: None,
+                    close: Some(CloseCode::SessionOver),
+                },
+                code => code.into(),
+            },
+            _ => ErrorCode::InvalidResume.into(),
+        }
+    }
+
+    fn join(&mut self, msg: Join) -> Result<Joined, Refusal> {
+        if let Some(l) = &self.limiter {
+            if l.check_key(&msg.client.addr).is_err() {
+                self.metrics.rate_limited.with_label_values(&["join"]).inc();
+                return Err(ErrorCode::RateLimited.into());
+            }
+        }
+        let minute = current_minute();
+        if self.failed_joins.refuses(minute) {
+            self.metrics
+                .rate_limited
+                .with_label_values(&["failed_joins"])
+                .inc();
+            return Err(Refusal::with(ErrorCode::RateLimited, CEILING_MESSAGE));
+        }
+        let code = SessionCode::parse(&msg.code).map_err(|e| {
+            Refusal::with(
+                ErrorCode::InvalidCode,
+                format!(
+                    "That is not a session code ({e}). Codes are 6 letters and digits; type the code shown on the Mac."
+                ),
+            )
+        })?;
+        let Some(id) = self.codes.get(&code).cloned() else {
+            self.failed_joins.failed(minute);
+            return Err(if self.expired_codes.contains(&code) {
+                ErrorCode::ExpiredCode.into()
+            } else {
+                ErrorCode::InvalidCode.into()
+            });
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Err(ErrorCode::InvalidCode.into());
+        };
+        let Some(i) = s.free_place() else {
+            return Err(ErrorCode::AlreadyJoined.into());
+        };
+        let guest = Member::Guest(i);
+        let token = secret::resume_token();
+        let place = &mut s.places[i];
+        place.to_guest.reset_receiver();
+        let written = place.to_guest.attach(msg.client.receiver(), 0).unwrap_or(0);
+        place.guest = Some(Side {
+            token: TokenHash::of(&token),
+            conn: Some((msg.client.conn, msg.client.commands.clone())),
+            grace_timer: None,
+        });
+        // The host's count of what this guest sends starts at 0.
+        s.to_host.reset_sender();
+        s.tell(Member::Host, &ServerMessage::PeerJoined, EventEffect::None);
+        if s.host.conn.is_none() {
+            s.tell(guest, &ServerMessage::PeerDisconnected, EventEffect::None);
+        }
+        info!(session = %id, conn = %msg.client.conn, "browser joined");
+        let link = s.link(guest, written).ok_or(ErrorCode::InvalidCode)?;
+        Ok(Joined {
+            resume_token: token,
+            link,
+        })
+    }
+
+    fn resume(&mut self, msg: Resume) -> Result<Resumed, Refusal> {
+        let Resume {
+            client,
+            deadline: _,
+            role,
+            session_id,
+            resume_token,
+            last_seq,
+        } = msg;
+        let m = Member::from(role);
+        let Some(s) = self.sessions.get_mut(session_id.as_str()) else {
+            return Err(self.refuse_resume(&session_id, role, &resume_token));
+        };
+        let Some(side) = s
+            .side_mut(m)
+            .filter(|side| side.token.matches(&resume_token))
+        else {
+            return Err(self.refuse_resume(&session_id, role, &resume_token));
+        };
+        let old = side.conn.take();
+        let grace = side.grace_timer.take();
+        let attached = s
+            .pipe_to(m)
+            .ok_or(Gap::Closed)
+            .and_then(|p| p.attach(client.receiver(), last_seq));
+        let written = match attached {
+            Ok(w) => w,
+            Err(gap) => {
+                // Put the side back as it was: a bad resume changes nothing.
+                let side = s.side_mut(m).expect("side checked above");
+                side.conn = old;
+                side.grace_timer = grace;
+                let why = match gap {
+                    Gap::Closed => return Err(ErrorCode::ResumeExpired.into()),
+                    Gap::Ahead { sent } => {
+                        format!("lastSeq {last_seq} is more than the {sent} frames sent to you")
+                    }
+                    Gap::Behind { oldest } => format!(
+                        "lastSeq {last_seq} is behind frames you already acknowledged (the oldest held is {oldest})"
+                    ),
+                };
+                return Err(Refusal::with(
+                    ErrorCode::InvalidResume,
+                    format!("This session cannot be resumed: {why}. Start a new session."),
+                ));
+            }
+        };
+        let side = s.side_mut(m).expect("side checked above");
+        side.conn = Some((client.conn, client.commands.clone()));
+        if let Some(k) = grace {
+            self.timers.remove(k);
+        }
+        let result = match old {
+            Some((old_conn, commands)) => {
+                // The old connection still looked open: the token holder takes over.
+                info!(session = %s.id, role = role.as_str(), old = %old_conn, new = %client.conn, "resume took over");
+                commands.do_send(ConnCommand::Replaced);
+                "takeover"
+            }
+            None => {
+                info!(session = %s.id, role = role.as_str(), conn = %client.conn, "resumed");
+                s.tell_others(m, &ServerMessage::PeerResumed, EventEffect::None);
+                "ok"
+            }
+        };
+        self.metrics.resumes.with_label_values(&[result]).inc();
+        let accepted = s.accepted_from(m);
+        let link = s.link(m, written).ok_or(ErrorCode::ResumeExpired)?;
+        Ok(Resumed {
+            accepted,
+            events: Vec::new(),
+            link,
+        })
+    }
+
+    /// Treats sides whose socket actor stopped without saying so as dropped.
+    ///
+    /// A socket that dies while waiting for an answer (its client vanished
+    /// right after `join`) never learns it joined, so it never sends `Gone`.
+    pub(super) fn reap_dead_connections(&mut self, ctx: &mut Context<Self>) {
+        let dead: Vec<Gone> = self
+            .sessions
+            .values()
+            .flat_map(|s| {
+                s.sides().filter_map(move |(m, side)| {
+                    let (conn, commands) = side.conn.as_ref()?;
+                    (!commands.connected()).then(|| Gone {
+                        session_id: Arc::clone(&s.id),
+                        role: m.role(),
+                        conn: *conn,
+                        how: Departure::Dropped,
+                    })
+                })
+            })
+            .collect();
+        for g in dead {
+            debug!(session = %g.session_id, role = g.role.as_str(), conn = %g.conn, "reaped a vanished connection");
+            self.gone(g, ctx);
+        }
+    }
+
+    pub(super) fn gone(&mut self, msg: Gone, ctx: &mut Context<Self>) {
+        let m = Member::from(msg.role);
+        let Some(s) = self.sessions.get_mut(&msg.session_id) else {
+            return;
+        };
+        let Some(side) = s.side_mut(m) else {
+            return;
+        };
+        if side.conn.as_ref().map(|(c, _)| *c) != Some(msg.conn) {
+            return; // an older connection of a side that was taken over
+        }
+        side.conn = None;
+        match msg.how {
+            Departure::Left => self.end_side(&msg.session_id, m, PeerLeftReason::Left),
+            Departure::Closed => self.end_side(&msg.session_id, m, PeerLeftReason::Closed),
+            Departure::Dropped => {
+                if let Some(p) = s.pipe_to(m) {
+                    p.detach(msg.conn);
+                }
+                let timer = Timer::Grace(Arc::clone(&msg.session_id), m);
+                let key = self.schedule(self.settings.grace, timer, ctx);
+                let Some(s) = self.sessions.get_mut(&msg.session_id) else {
+                    return;
+                };
+                let side = s.side_mut(m).expect("side checked above");
+                side.grace_timer = Some(key);
+                s.tell_others(m, &ServerMessage::PeerDisconnected, EventEffect::None);
+                info!(session = %s.id, role = msg.role.as_str(), conn = %msg.conn, "side away");
+            }
+        }
+    }
+}
+
+impl Handler<Register> for MemoryRegistry {
+    type Result = Result<Registered, Refusal>;
+
+    fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) -> Self::Result {
+        // Checked and committed in one step: nothing to undo, ever.
+        msg.deadline.check("register")?;
+        let Some(code) = self.new_code() else {
+            warn!(live = self.codes.len(), "no free code found");
+            return Err(ErrorCode::Unavailable.into());
+        };
+        let id: SessionId = Arc::from(secret::session_id());
+        let token = secret::resume_token();
+        let code_timer = self.schedule(self.settings.code_ttl, Timer::Code(Arc::clone(&id)), ctx);
+        let host = Side {
+            token: TokenHash::of(&token),
+            conn: Some((msg.client.conn, msg.client.commands.clone())),
+            grace_timer: None,
+        };
+        // One guest place: a pairing.
+        let s = Session::new(
+            Arc::clone(&id),
+            code.clone(),
+            code_timer,
+            host,
+            1,
+            self.settings.limits,
+        );
+        // unwrap-free: a new pipe accepts any receiver at 0.
+        let written = s.to_host.attach(msg.client.receiver(), 0).unwrap_or(0);
+        let link = s
+            .link(Member::Host, written)
+            .ok_or(ErrorCode::Unavailable)?;
+        self.codes.insert(code.clone(), Arc::clone(&id));
+        self.sessions.insert(Arc::clone(&id), s);
+        self.metrics.codes_issued.inc();
+        self.metrics.sessions_live.inc();
+        info!(session = %id, conn = %msg.client.conn, client_id = msg.client_id.as_deref().unwrap_or(""), "registered");
+        Ok(Registered {
+            code: code.to_string(),
+            expires_at: unix_ms_in(self.settings.code_ttl),
+            resume_token: token,
+            link,
+        })
+    }
+}
+
+impl Handler<Join> for MemoryRegistry {
+    type Result = Result<Joined, Refusal>;
+
+    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
+        let result = msg.deadline.check("join").and_then(|()| self.join(msg));
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(r) => match r.code {
+                ErrorCode::InvalidCode => "invalid_code",
+                ErrorCode::ExpiredCode => "expired_code",
+                ErrorCode::AlreadyJoined => "already_joined",
+                ErrorCode::RateLimited => "rate_limited",
+                _ => "unavailable",
+            },
+        };
+        self.metrics.joins.with_label_values(&[label]).inc();
+        result
+    }
+}
+
+impl Handler<Resume> for MemoryRegistry {
+    type Result = Result<Resumed, Refusal>;
+
+    fn handle(&mut self, msg: Resume, _: &mut Context<Self>) -> Self::Result {
+        let result = msg.deadline.check("resume").and_then(|()| self.resume(msg));
+        if let Err(r) = &result {
+            let label = match r.code {
+                ErrorCode::ResumeExpired => "resume_expired",
+                ErrorCode::MacDisconnected => "mac_disconnected",
+                ErrorCode::Unavailable => "unavailable",
+                _ => "invalid_resume",
+            };
+            self.metrics.resumes.with_label_values(&[label]).inc();
+        }
+        result
+    }
+}
+
+impl Handler<Gone> for MemoryRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Gone, ctx: &mut Context<Self>) {
+        self.gone(msg, ctx);
+    }
+}
+
+impl Handler<Overflowed> for MemoryRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Overflowed, _: &mut Context<Self>) {
+        let Some(s) = self.sessions.get_mut(&msg.session_id) else {
+            return;
+        };
+        let m = Member::from(msg.role);
+        if s.side_mut(m).is_none() {
+            return;
+        }
+        // The pipe closed when it overflowed, so the side cannot have resumed since.
+        self.metrics.resume_buffer_overflows.inc();
+        warn!(session = %msg.session_id, role = msg.role.as_str(), "resume buffer overflowed; ending side");
+        self.end_side(&msg.session_id, m, PeerLeftReason::Timeout);
+    }
+}
