@@ -32,6 +32,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use relay_protocol::{Role, ServerMessage};
 use tokio::sync::oneshot;
 
+use super::member::Member;
 use super::{Link, RegistrySettings, SessionId};
 use crate::cluster::bus::{Bus, Dispatch};
 use crate::cluster::envelope::{Control, Envelope};
@@ -81,19 +82,25 @@ struct Here {
     conn: Option<(ConnId, Recipient<ConnCommand>)>,
 }
 
-/// What this node holds of one session.
+/// One side of a session as this node holds it.
+#[derive(Default)]
+struct Slot {
+    /// The side, if homed here.
+    here: Option<Here>,
+    /// Where it is homed, if elsewhere and its peer is here.
+    node: Option<Arc<str>>,
+    /// The pipe toward it held on this node (see the module docs).
+    to: Option<Arc<Pipe>>,
+}
+
+/// What this node holds of one session: its host and the places its
+/// guests take, as `registry::member` names them (a pairing has one place;
+/// the protocol's roles address them, the mac the host and the browser the
+/// guest of place 0).
 struct Local {
     id: SessionId,
-    /// The mac, if homed here.
-    mac: Option<Here>,
-    /// The browser, if homed here.
-    browser: Option<Here>,
-    /// Where the peer of a local side is homed, if on another node.
-    mac_node: Option<Arc<str>>,
-    browser_node: Option<Arc<str>>,
-    /// The pipe toward each side held on this node (see the module docs).
-    to_mac: Option<Arc<Pipe>>,
-    to_browser: Option<Arc<Pipe>>,
+    host: Slot,
+    places: Vec<Slot>,
     /// Frames of the pairing that the peer has read, as its new node said
     /// when it moved there while a local side's resume was still gathering
     /// (no pipe toward the peer existed yet to replay).
@@ -104,62 +111,65 @@ impl Local {
     fn new(id: SessionId) -> Self {
         Local {
             id,
-            mac: None,
-            browser: None,
-            mac_node: None,
-            browser_node: None,
-            to_mac: None,
-            to_browser: None,
+            host: Slot::default(),
+            // One guest place: a pairing.
+            places: vec![Slot::default()],
             peer_read: None,
         }
     }
 
-    fn side(&self, role: Role) -> Option<&Here> {
-        match role {
-            Role::Mac => self.mac.as_ref(),
-            Role::Browser => self.browser.as_ref(),
+    fn slot(&self, role: Role) -> Option<&Slot> {
+        match Member::from(role) {
+            Member::Host => Some(&self.host),
+            Member::Guest(i) => self.places.get(i),
         }
     }
 
-    fn side_mut(&mut self, role: Role) -> &mut Option<Here> {
-        match role {
-            Role::Mac => &mut self.mac,
-            Role::Browser => &mut self.browser,
+    fn slot_mut(&mut self, role: Role) -> Option<&mut Slot> {
+        match Member::from(role) {
+            Member::Host => Some(&mut self.host),
+            Member::Guest(i) => self.places.get_mut(i),
         }
+    }
+
+    fn side(&self, role: Role) -> Option<&Here> {
+        self.slot(role)?.here.as_ref()
+    }
+
+    /// Makes `role` homed here (with `here`) or not (`None`); returns what it was.
+    fn set_side(&mut self, role: Role, here: Option<Here>) -> Option<Here> {
+        let slot = self.slot_mut(role)?;
+        std::mem::replace(&mut slot.here, here)
+    }
+
+    fn side_mut(&mut self, role: Role) -> Option<&mut Here> {
+        self.slot_mut(role)?.here.as_mut()
     }
 
     fn pipe(&self, role: Role) -> Option<&Arc<Pipe>> {
-        match role {
-            Role::Mac => self.to_mac.as_ref(),
-            Role::Browser => self.to_browser.as_ref(),
-        }
+        self.slot(role)?.to.as_ref()
     }
 
     fn node_of(&self, role: Role) -> Option<&Arc<str>> {
-        match role {
-            Role::Mac => self.mac_node.as_ref(),
-            Role::Browser => self.browser_node.as_ref(),
-        }
+        self.slot(role)?.node.as_ref()
     }
 
     fn set_node(&mut self, role: Role, node: Option<Arc<str>>) {
-        match role {
-            Role::Mac => self.mac_node = node,
-            Role::Browser => self.browser_node = node,
+        if let Some(slot) = self.slot_mut(role) {
+            slot.node = node;
         }
     }
 
     /// Sets the pipe toward `role`, in the session and the directory.
     fn set_pipe(&mut self, dir: &Directory, role: Role, pipe: Option<Arc<Pipe>>) {
         dir.set(&self.id, role, pipe.as_ref());
-        match role {
-            Role::Mac => self.to_mac = pipe,
-            Role::Browser => self.to_browser = pipe,
+        if let Some(slot) = self.slot_mut(role) {
+            slot.to = pipe;
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.mac.is_none() && self.browser.is_none()
+        self.host.here.is_none() && self.places.iter().all(|p| p.here.is_none())
     }
 
     fn link(&self, role: Role, written: u64) -> Option<Link> {

@@ -75,17 +75,17 @@ impl ClusterRegistry {
         let Some(mut local) = self.sessions.remove(&id) else {
             return;
         };
-        if local.mac.is_none() {
+        if local.side(Role::Mac).is_none() {
             self.sessions.insert(id, local);
             return;
         }
-        let Some(to_b) = local.to_browser.clone() else {
+        let Some(to_b) = local.pipe(Role::Browser).cloned() else {
             self.sessions.insert(id, local);
             return;
         };
         let accepted = to_b.accepted();
         // The browser's frames to the mac: a new pairing, fed from its node.
-        let to_m = local.to_mac.clone();
+        let to_m = local.pipe(Role::Mac).cloned();
         let Some(to_m) = to_m else {
             self.sessions.insert(id, local);
             return;
@@ -96,8 +96,8 @@ impl ClusterRegistry {
         // Changed in place: the mac's socket holds this pipe.
         to_b.reset_receiver();
         let _ = to_b.send_to_peer(self.peer(&id, Role::Browser, &node), 0);
-        local.browser = None;
-        local.browser_node = Some(Arc::clone(&node));
+        local.set_side(Role::Browser, None);
+        local.set_node(Role::Browser, Some(Arc::clone(&node)));
         local.tell(Role::Mac, &ServerMessage::PeerJoined, EventEffect::None);
         let counters = vec![
             (Counter::MacReceiveBase, to_m.base()),
@@ -151,7 +151,7 @@ impl ClusterRegistry {
             if side_here {
                 if let Some(Here {
                     conn: Some((_, cmd)),
-                }) = local.side_mut(role).take()
+                }) = local.set_side(role, None)
                 {
                     cmd.do_send(ConnCommand::Replaced);
                 }
@@ -208,7 +208,7 @@ impl ClusterRegistry {
             },
             EventEffect::Detach,
         );
-        if local.mac.is_some() {
+        if local.side(Role::Mac).is_some() {
             self.metrics.sessions_live.dec();
         }
         self.forget(id);
@@ -318,11 +318,13 @@ impl Handler<crate::registry::Stats> for ClusterRegistry {
         let mut st = crate::registry::SessionStats::default();
         for local in self.sessions.values() {
             // Sessions count on their mac's node.
-            if let Some(mac) = &local.mac {
-                let browser_gone = local.browser.is_none() && local.browser_node.is_none();
-                let browser_away = match (&local.browser, &local.to_browser) {
+            if let Some(mac) = local.side(Role::Mac) {
+                let browser = local.side(Role::Browser);
+                let browser_node = local.node_of(Role::Browser);
+                let browser_gone = browser.is_none() && browser_node.is_none();
+                let browser_away = match (browser, local.pipe(Role::Browser)) {
                     (Some(b), _) => b.conn.is_none(),
-                    (None, Some(p)) => local.browser_node.is_some() && p.remote_node().is_none(),
+                    (None, Some(p)) => browser_node.is_some() && p.remote_node().is_none(),
                     _ => false,
                 };
                 if browser_gone {

@@ -76,7 +76,7 @@ impl Handler<Gone> for ClusterRegistry {
         let Some(local) = self.sessions.get_mut(&msg.session_id) else {
             return;
         };
-        let Some(here) = local.side_mut(msg.role).as_mut() else {
+        let Some(here) = local.side_mut(msg.role) else {
             return;
         };
         if here.conn.as_ref().map(|(c, _)| *c) != Some(msg.conn) {
@@ -152,11 +152,11 @@ impl ClusterRegistry {
             return;
         };
         let peer_here = local.side(role.peer()).is_some();
-        if role == Role::Mac && local.mac.is_some() {
+        if role == Role::Mac && local.side(Role::Mac).is_some() {
             // `sessions_live` counts sessions whose mac is homed on this node.
             self.metrics.sessions_live.dec();
         }
-        *local.side_mut(role) = None;
+        local.set_side(role, None);
         local.set_node(role, None);
         match role {
             Role::Mac => {
@@ -175,10 +175,10 @@ impl ClusterRegistry {
                 if peer_here {
                     // The mac stays: no receiver for its frames until a new
                     // browser (changed in place: the mac's socket holds it).
-                    if let Some(p) = &local.to_browser {
+                    if let Some(p) = local.pipe(Role::Browser) {
                         p.end_receiver();
                     }
-                    if let Some(p) = &local.to_mac {
+                    if let Some(p) = local.pipe(Role::Mac) {
                         p.set_ack_to(None);
                     }
                     let left = match reason {
@@ -191,7 +191,7 @@ impl ClusterRegistry {
                         &ServerMessage::PeerLeft { reason: left },
                         EventEffect::None,
                     );
-                    if let Some(p) = &local.to_browser {
+                    if let Some(p) = local.pipe(Role::Browser) {
                         self.checkpoint(id, vec![(Counter::MacSendBase, p.accepted())]);
                     }
                 }

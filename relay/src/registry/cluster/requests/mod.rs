@@ -99,7 +99,7 @@ impl Handler<Register> for ClusterRegistry {
             let written = to_mac.attach(msg.client.receiver(), 0).unwrap_or(0);
             local.set_pipe(&act.dir, Role::Mac, Some(to_mac));
             local.set_pipe(&act.dir, Role::Browser, Some(Pipe::new(act.settings.limits)));
-            local.mac = Some(Here { conn: Some((msg.client.conn, msg.client.commands.clone())) });
+            local.set_side(Role::Mac, Some(Here { conn: Some((msg.client.conn, msg.client.commands.clone())) }));
             let link = local.link(Role::Mac, written).ok_or(ErrorCode::Unavailable)?;
             act.sessions.insert(id, local);
             act.metrics.codes_issued.inc();
@@ -245,8 +245,11 @@ impl ClusterRegistry {
     ) -> Result<Joined, Refusal> {
         let id = Arc::clone(sid);
         let limits = self.settings.limits;
-        let mac_here =
-            *mac_node == *self.node && self.sessions.get(&id).is_some_and(|l| l.mac.is_some());
+        let mac_here = *mac_node == *self.node
+            && self
+                .sessions
+                .get(&id)
+                .is_some_and(|l| l.side(Role::Mac).is_some());
         let rx = msg.client.receiver();
         let here = Here {
             conn: Some((msg.client.conn, msg.client.commands.clone())),
@@ -254,7 +257,10 @@ impl ClusterRegistry {
         if mac_here {
             // A pair on one node: local pipes, as on a single node.
             let local = self.sessions.get_mut(&id).ok_or(ErrorCode::InvalidCode)?;
-            let (to_b, to_m) = (local.to_browser.clone(), local.to_mac.clone());
+            let (to_b, to_m) = (
+                local.pipe(Role::Browser).cloned(),
+                local.pipe(Role::Mac).cloned(),
+            );
             let (Some(to_b), Some(to_m)) = (to_b, to_m) else {
                 return Err(ErrorCode::InvalidCode.into());
             };
@@ -262,10 +268,10 @@ impl ClusterRegistry {
             let written = to_b.attach(rx, 0).unwrap_or(0);
             to_m.reset_sender();
             to_m.start_pairing();
-            local.browser = Some(here);
-            local.browser_node = None;
+            local.set_side(Role::Browser, Some(here));
+            local.set_node(Role::Browser, None);
             local.tell(Role::Mac, &ServerMessage::PeerJoined, EventEffect::None);
-            if local.mac.as_ref().is_some_and(|m| m.conn.is_none()) {
+            if local.side(Role::Mac).is_some_and(|m| m.conn.is_none()) {
                 local.tell(
                     Role::Browser,
                     &ServerMessage::PeerDisconnected,
@@ -299,8 +305,8 @@ impl ClusterRegistry {
         }
         local.set_pipe(&self.dir, Role::Browser, Some(to_b));
         local.set_pipe(&self.dir, Role::Mac, Some(to_m));
-        local.browser = Some(here);
-        local.mac_node = Some(Arc::clone(&mac_node));
+        local.set_side(Role::Browser, Some(here));
+        local.set_node(Role::Mac, Some(Arc::clone(&mac_node)));
         if mac_state == SideState::Away {
             local.tell(
                 Role::Browser,

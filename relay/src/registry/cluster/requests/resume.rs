@@ -213,14 +213,14 @@ impl ClusterRegistry {
         if old_node.as_deref() == Some(&*me) {
             if let Some(Here {
                 conn: Some((c, cmd)),
-            }) = local.side_mut(role).take()
+            }) = local.set_side(role, None)
             {
                 if Some(c) == facts.old_conn && c != msg.client.conn {
                     cmd.do_send(ConnCommand::Replaced);
                 }
             }
         } else {
-            *local.side_mut(role) = None;
+            local.set_side(role, None);
         }
         let peer_here = local.side(role.peer()).is_some();
         local.set_node(role, None);
@@ -258,9 +258,12 @@ impl ClusterRegistry {
                 local.set_pipe(&self.dir, role, Some(p));
             }
         }
-        *local.side_mut(role) = Some(Here {
-            conn: Some((msg.client.conn, msg.client.commands.clone())),
-        });
+        local.set_side(
+            role,
+            Some(Here {
+                conn: Some((msg.client.conn, msg.client.commands.clone())),
+            }),
+        );
         self.sessions.insert(Arc::clone(&id), local);
 
         let request = self.next_request;
@@ -472,7 +475,7 @@ impl ClusterRegistry {
         {
             return;
         }
-        *local.side_mut(role) = Some(Here { conn: None });
+        local.set_side(role, Some(Here { conn: None }));
         if let Some(p) = local.pipe(role) {
             if p.remote_node().is_some() {
                 // Toward the side's old node, which gave it up: hold frames
@@ -509,7 +512,7 @@ impl ClusterRegistry {
     /// again so its grace period runs.
     fn side_lost(&mut self, id: &SessionId, role: Role, msg: &Resume, ctx: &mut Context<Self>) {
         if let Some(local) = self.sessions.get_mut(id) {
-            *local.side_mut(role) = None;
+            local.set_side(role, None);
         }
         self.forget_if_empty(id);
         self.mark_away(id, role, msg.client.conn, ctx);
