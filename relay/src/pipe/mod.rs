@@ -451,6 +451,39 @@ impl Pipe {
         g.ack_to = peer;
     }
 
+    /// A new pairing starts with its sender on `peer`'s node: frames are
+    /// numbered from 1 again and acknowledged there (one step, so the new
+    /// sender's first frames cannot come in between).
+    pub fn start_pairing_fed_from(&self, peer: Peer) {
+        let mut g = self.lock();
+        g.queue.start_pairing();
+        g.queue.set_fed(true);
+        g.ack_to = Some(peer);
+    }
+
+    /// The sender moved to `peer`'s node: acknowledgements go there from now
+    /// on. Returns the frames of the pairing received so far, counted in the
+    /// same step, so no frame from the old node falls between the two.
+    pub fn fed_from(&self, peer: Peer) -> u64 {
+        let mut g = self.lock();
+        g.queue.set_fed(true);
+        g.ack_to = Some(peer);
+        g.queue.pairing_count()
+    }
+
+    /// The sender moved to this node: nothing is acknowledged elsewhere any
+    /// more, and its count of accepted frames is `base` plus the frames of
+    /// the pairing received so far, which this returns (one step, for the
+    /// same reason as [`Pipe::fed_from`]).
+    pub fn fed_here(&self, base: u64) -> u64 {
+        let mut g = self.lock();
+        g.queue.set_fed(false);
+        g.ack_to = None;
+        let received = g.queue.pairing_count();
+        g.queue.set_accepted(base + received);
+        received
+    }
+
     /// Frames of the current pairing queued into this pipe so far.
     pub fn pairing_count(&self) -> u64 {
         self.read(Queue::pairing_count)

@@ -90,8 +90,7 @@ impl ClusterRegistry {
             self.sessions.insert(id, local);
             return;
         };
-        to_m.start_pairing();
-        to_m.set_ack_to(Some(self.peer(&id, Role::Mac, &node)));
+        to_m.start_pairing_fed_from(self.peer(&id, Role::Mac, &node));
         // The mac's frames to the browser: published to its node, from 1.
         // Changed in place: the mac's socket holds this pipe.
         to_b.reset_receiver();
@@ -171,8 +170,7 @@ impl ClusterRegistry {
                     local.peer_read = Some(p_last);
                 }
                 if let Some(p) = local.pipe(role.peer()) {
-                    p.set_ack_to(Some(self.peer(&id, role.peer(), &node)));
-                    received = Some(p.pairing_count());
+                    received = Some(p.fed_from(self.peer(&id, role.peer(), &node)));
                 }
                 local.set_node(role, Some(Arc::clone(&node)));
                 if was_away {

@@ -378,9 +378,7 @@ impl ClusterRegistry {
                 .pipe(role.peer())
                 .cloned()
                 .ok_or(ErrorCode::ResumeExpired)?;
-            to_peer.set_ack_to(None);
-            accepted_p = to_peer.pairing_count();
-            to_peer.set_accepted(sbase + accepted_p);
+            accepted_p = to_peer.fed_here(sbase);
             let written = to_side
                 .attach(msg.client.receiver(), msg.last_seq)
                 .map_err(|g| gap_refusal(g, msg.last_seq))?;
