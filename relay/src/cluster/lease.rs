@@ -22,6 +22,44 @@ pub type OnDead = Arc<dyn Fn(String) + Send + Sync>;
 /// lost its renewals) and marked its sides away.
 pub type OnRejoined = Arc<dyn Fn() + Send + Sync>;
 
+/// What the lease loop decides after renewing its own lease, from what it
+/// has seen: kept apart from the Redis calls so the rules are tested alone.
+#[derive(Debug)]
+struct Watch {
+    ttl: Duration,
+    /// No renewal has succeeded yet.
+    first: bool,
+}
+
+/// What to do after one renewal.
+#[derive(Debug, PartialEq, Eq)]
+struct AfterRenewal {
+    /// Other nodes took this one for dead meanwhile: claim its sides back.
+    rejoined: bool,
+    /// Look for lapsed leases of the others.
+    judge: bool,
+}
+
+impl Watch {
+    fn new(ttl: Duration) -> Self {
+        Watch { ttl, first: true }
+    }
+
+    /// This node renewed its lease; `added` when that put it back in the
+    /// live set, `connected_for` how long Redis has been reachable.
+    fn renewed(&mut self, added: bool, connected_for: Duration) -> AfterRenewal {
+        // The first renewal of a life adds the node as a matter of course.
+        let rejoined = added && !self.first;
+        self.first = false;
+        AfterRenewal {
+            rejoined,
+            // After an outage every node's lease may have lapsed at once:
+            // judge nobody until the others had a whole lease to renew.
+            judge: connected_for >= self.ttl + CHECK_EVERY,
+        }
+    }
+}
+
 /// Keeps this node's lease and watches the others'. `on_dead` is called for
 /// each lapsed node (every live node may see it; the registry's script makes
 /// sure only one cleans up).
@@ -41,7 +79,7 @@ pub fn start(
         let mut tick = tokio::time::interval(CHECK_EVERY.min(ttl / 3));
         let lease = format!("{PREFIX}lease:{node}");
         let nodes = format!("{PREFIX}nodes");
-        let mut first = true;
+        let mut watch = Watch::new(ttl);
         loop {
             tick.tick().await;
             let mut renew = ::redis::pipe();
@@ -62,12 +100,12 @@ pub fn start(
                     continue;
                 }
             };
-            if added.0 == 1 && !first {
+            let next = watch.renewed(added.0 == 1, redis.connected_for());
+            if next.rejoined {
                 warn!("this node had been taken for dead; reclaiming its sessions");
                 on_rejoined();
             }
-            first = false;
-            if redis.connected_for() < ttl + CHECK_EVERY {
+            if !next.judge {
                 continue;
             }
             let members: Vec<String> = match redis
@@ -96,4 +134,32 @@ pub fn start(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn a_node_rejoins_only_when_added_back_after_its_first_renewal() {
+        let mut w = Watch::new(TTL);
+        assert!(!w.renewed(true, Duration::ZERO).rejoined, "first life");
+        assert!(!w.renewed(false, TTL).rejoined, "still in the set");
+        assert!(w.renewed(true, TTL).rejoined, "others removed it");
+    }
+
+    #[test]
+    fn nobody_is_judged_until_redis_was_up_a_whole_lease_and_a_check() {
+        let mut w = Watch::new(TTL);
+        assert!(!w.renewed(true, Duration::ZERO).judge);
+        assert!(
+            !w.renewed(false, TTL + CHECK_EVERY - Duration::from_millis(1))
+                .judge
+        );
+        assert!(w.renewed(false, TTL + CHECK_EVERY).judge);
+        // After an outage (connected_for back to zero), not again for a while.
+        assert!(!w.renewed(false, Duration::from_millis(500)).judge);
+    }
 }
