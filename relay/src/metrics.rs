@@ -470,6 +470,33 @@ impl Metrics {
         self.errors.with_label_values(&[code.as_str()]).inc();
     }
 
+    /// Counts one join's answer: `Ok`, or the code it was refused with.
+    pub fn join_answered(&self, answer: Result<(), ErrorCode>) {
+        let label = match answer {
+            Ok(()) => "ok",
+            Err(ErrorCode::InvalidCode) => "invalid_code",
+            Err(ErrorCode::ExpiredCode) => "expired_code",
+            Err(ErrorCode::AlreadyJoined) => "already_joined",
+            Err(ErrorCode::RateLimited) => "rate_limited",
+            Err(_) => "unavailable",
+        };
+        self.joins.with_label_values(&[label]).inc();
+    }
+
+    /// Counts one resume's answer: `Ok(takeover)` (whether it replaced a
+    /// connection that still looked open), or the code it was refused with.
+    pub fn resume_answered(&self, answer: Result<bool, ErrorCode>) {
+        let label = match answer {
+            Ok(true) => "takeover",
+            Ok(false) => "ok",
+            Err(ErrorCode::ResumeExpired) => "resume_expired",
+            Err(ErrorCode::MacDisconnected) => "mac_disconnected",
+            Err(ErrorCode::Unavailable) => "unavailable",
+            Err(_) => "invalid_resume",
+        };
+        self.resumes.with_label_values(&[label]).inc();
+    }
+
     /// Sets the gauges the registry counts at a scrape.
     pub fn set_stats(&self, st: &SessionStats) {
         self.sessions

@@ -148,20 +148,20 @@ impl MemoryRegistry {
         if let Some(k) = grace {
             self.timers.remove(k);
         }
-        let result = match old {
+        let takeover = match old {
             Some((old_conn, commands)) => {
                 // The old connection still looked open: the token holder takes over.
                 info!(session = %s.id, role = role.as_str(), old = %old_conn, new = %client.conn, "resume took over");
                 commands.do_send(ConnCommand::Replaced);
-                "takeover"
+                true
             }
             None => {
                 info!(session = %s.id, role = role.as_str(), conn = %client.conn, "resumed");
                 s.tell_others(m, &ServerMessage::PeerResumed, EventEffect::None);
-                "ok"
+                false
             }
         };
-        self.metrics.resumes.with_label_values(&[result]).inc();
+        self.metrics.resume_answered(Ok(takeover));
         let accepted = s.accepted_from(m);
         let link = s.link(m, written).ok_or(ErrorCode::ResumeExpired)?;
         Ok(Resumed {
@@ -281,17 +281,8 @@ impl Handler<Join> for MemoryRegistry {
 
     fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
         let result = msg.deadline.check("join").and_then(|()| self.join(msg));
-        let label = match &result {
-            Ok(_) => "ok",
-            Err(r) => match r.code {
-                ErrorCode::InvalidCode => "invalid_code",
-                ErrorCode::ExpiredCode => "expired_code",
-                ErrorCode::AlreadyJoined => "already_joined",
-                ErrorCode::RateLimited => "rate_limited",
-                _ => "unavailable",
-            },
-        };
-        self.metrics.joins.with_label_values(&[label]).inc();
+        let answer = result.as_ref().map(|_| ()).map_err(|r| r.code);
+        self.metrics.join_answered(answer);
         result
     }
 }
@@ -302,13 +293,8 @@ impl Handler<Resume> for MemoryRegistry {
     fn handle(&mut self, msg: Resume, _: &mut Context<Self>) -> Self::Result {
         let result = msg.deadline.check("resume").and_then(|()| self.resume(msg));
         if let Err(r) = &result {
-            let label = match r.code {
-                ErrorCode::ResumeExpired => "resume_expired",
-                ErrorCode::MacDisconnected => "mac_disconnected",
-                ErrorCode::Unavailable => "unavailable",
-                _ => "invalid_resume",
-            };
-            self.metrics.resumes.with_label_values(&[label]).inc();
+            // Successes are counted where they are told from takeovers.
+            self.metrics.resume_answered(Err(r.code));
         }
         result
     }

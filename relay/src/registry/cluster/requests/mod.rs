@@ -189,17 +189,8 @@ impl Handler<Join> for ClusterRegistry {
 
 impl ClusterRegistry {
     fn count_join(&self, result: &Result<Joined, Refusal>) {
-        let label = match result {
-            Ok(_) => "ok",
-            Err(r) => match r.code {
-                ErrorCode::InvalidCode => "invalid_code",
-                ErrorCode::ExpiredCode => "expired_code",
-                ErrorCode::AlreadyJoined => "already_joined",
-                ErrorCode::RateLimited => "rate_limited",
-                _ => "unavailable",
-            },
-        };
-        self.metrics.joins.with_label_values(&[label]).inc();
+        let answer = result.as_ref().map(|_| ()).map_err(|r| r.code);
+        self.metrics.join_answered(answer);
     }
 
     /// Ends side `role` of `sid`, which a script gave connection `conn` of

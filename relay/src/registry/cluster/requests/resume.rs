@@ -165,17 +165,8 @@ fn gap_refusal(gap: Gap, last_seq: u64) -> Refusal {
 
 impl ClusterRegistry {
     fn count_resume(&self, res: &Result<Resumed, Refusal>, takeover: bool) {
-        let label = match res {
-            Ok(_) if takeover => "takeover",
-            Ok(_) => "ok",
-            Err(r) => match r.code {
-                ErrorCode::ResumeExpired => "resume_expired",
-                ErrorCode::MacDisconnected => "mac_disconnected",
-                ErrorCode::Unavailable => "unavailable",
-                _ => "invalid_resume",
-            },
-        };
-        self.metrics.resumes.with_label_values(&[label]).inc();
+        let answer = res.as_ref().map(|_| takeover).map_err(|r| r.code);
+        self.metrics.resume_answered(answer);
     }
 
     fn resume_done(
