@@ -132,7 +132,12 @@ impl ClusterRegistry {
             }
         }
         // Envelopes to some nodes were lost (a failed publish, or replays a
-        // full link dropped): send again what we hold for those nodes.
+        // full link dropped): send again what we hold for those nodes; not
+        // while Redis is down, when every resend would fail again (they are
+        // kept for when it is back).
+        if !self.redis.is_up() {
+            return;
+        }
         let lost = self.bus.take_lost();
         if !lost.is_empty() {
             for p in self.dir.all() {
