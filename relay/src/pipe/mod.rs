@@ -72,6 +72,7 @@ impl Peer {
         }
     }
 
+    #[inline]
     fn ack(&self, p: u64, pairing: u64) {
         self.link.ack(self.sid.to_string(), self.to, p, pairing);
     }
@@ -134,6 +135,7 @@ struct After {
 }
 
 impl After {
+    #[inline]
     fn run(self) {
         if let Some(w) = self.wake {
             w.do_send(Wake);
@@ -153,7 +155,18 @@ impl Inner {
     /// Brings the I/O in line with the queue after a change: releases a
     /// sender it no longer pauses, forgets a reader or remote node it no
     /// longer has, and says whom to wake or cut.
+    #[inline]
     fn settle(&mut self) -> After {
+        let release = self.blocked.is_some() && !self.queue.sender_paused();
+        let gone_reader = self.reader.is_some() && self.queue.local_reader().is_none();
+        let gone_remote = self.remote.is_some() && !self.queue.is_remote();
+        if !(release || gone_reader || gone_remote || self.queue.wants_owner()) {
+            // Nothing to do: the common case of a push under load.
+            return After {
+                wake: None,
+                cut: None,
+            };
+        }
         if !self.queue.sender_paused() {
             if let Some(g) = self.blocked.take() {
                 g.open();
@@ -236,6 +249,7 @@ impl Pipe {
     }
 
     /// Runs `f` on the queue, then does the I/O it asked for.
+    #[inline]
     fn change<T>(&self, f: impl FnOnce(&mut Queue) -> T) -> T {
         let mut g = self.lock();
         let out = f(&mut g.queue);
@@ -253,6 +267,7 @@ impl Pipe {
     /// Sender side: queues one data frame toward the receiver. `gate` is the
     /// sender's, closed here if the receiver falls behind (or, across
     /// nodes, if the link to its node is full).
+    #[inline]
     pub fn push(&self, frame: Frame, gate: &Arc<Gate>) -> Pushed {
         let mut g = self.lock();
         let pushed = match g.queue.push(frame) {
@@ -515,6 +530,7 @@ impl Pipe {
     /// still reads this pipe. Clears the pending-wake flag, so a later push
     /// wakes the receiver again, and lets a waiting sender go on; tells the
     /// sender's node what was written, when it is time to.
+    #[inline]
     pub fn drain(&self, conn: ConnId, after: u64, out: &mut Drained) -> Status {
         let mut g = self.lock();
         let status = g.queue.drain(conn, after, out);

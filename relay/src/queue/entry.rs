@@ -63,6 +63,7 @@ pub(super) struct Entry {
 }
 
 impl Entry {
+    #[inline]
     pub(super) fn cost(&self) -> usize {
         ENTRY_OVERHEAD
             + match &self.item {
@@ -71,6 +72,7 @@ impl Entry {
             }
     }
 
+    #[inline]
     pub(super) fn is_data(&self) -> bool {
         matches!(self.item, Item::Data { .. })
     }

@@ -18,6 +18,7 @@ pub struct Limits {
 
 impl Limits {
     /// Bytes waiting to be written beyond which the sender is paused.
+    #[inline]
     pub(super) fn backlog(&self) -> usize {
         (self.max_buffered / 4).max(64 * 1024)
     }
@@ -25,6 +26,7 @@ impl Limits {
     /// Bytes a receiving node hands to its socket between two reports of
     /// what it wrote to the sender's node: a fraction of the backlog, so a
     /// paused sender hears of progress long before the reader runs dry.
+    #[inline]
     pub(super) fn report_every(&self) -> usize {
         self.backlog() / 8
     }
@@ -33,6 +35,7 @@ impl Limits {
     /// pauses whatever was written there: twice the receiving node's
     /// [`Limits::hard_cap`], which cuts a reader that stopped reading long
     /// before, so this only guards against a receiving node gone wrong.
+    #[inline]
     pub(super) fn remote_cap(&self) -> usize {
         self.hard_cap().saturating_mul(2)
     }
@@ -43,6 +46,7 @@ impl Limits {
     /// MiB on a fast link), so a reading client can exceed `max_buffered`
     /// briefly; this cap only stops growth whose acknowledgements cannot
     /// arrive (the reader's own reading is paused by flow control).
+    #[inline]
     pub(super) fn hard_cap(&self) -> usize {
         self.max_buffered.saturating_mul(4)
     }

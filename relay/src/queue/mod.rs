@@ -190,22 +190,33 @@ impl Queue {
     // ---- for the owner: what to do after each call ----
 
     /// Whether the sender must stay paused (false: release it).
+    #[inline]
     pub fn sender_paused(&self) -> bool {
         self.paused
     }
 
     /// Whether the reader must be woken now (clears the request).
+    #[inline]
     pub fn take_wake(&mut self) -> bool {
         std::mem::take(&mut self.wake)
     }
 
+    /// Whether the reader must be woken or a reader was cut: what the owner
+    /// acts on beyond the state it can read.
+    #[inline]
+    pub fn wants_owner(&self) -> bool {
+        self.wake || self.newly_cut.is_some()
+    }
+
     /// A reader cut as a slow consumer since the last call: wake it to close
     /// with 1013, and cut its connection if it cannot.
+    #[inline]
     pub fn take_cut(&mut self) -> Option<ConnId> {
         self.newly_cut.take()
     }
 
     /// The connection reading this queue on this node, if any.
+    #[inline]
     pub fn local_reader(&self) -> Option<ConnId> {
         match self.reader {
             Reader::Local(c) => Some(c),
@@ -214,6 +225,7 @@ impl Queue {
     }
 
     /// Whether the reader is on another node (frames are published there).
+    #[inline]
     pub fn is_remote(&self) -> bool {
         self.reader == Reader::Remote
     }
@@ -221,6 +233,7 @@ impl Queue {
     // ---- the sender ----
 
     /// Queues one data frame toward the reader.
+    #[inline]
     pub fn push(&mut self, frame: Frame) -> Pushed {
         let cost = ENTRY_OVERHEAD + frame.len();
         match &mut self.reader {
@@ -279,6 +292,7 @@ impl Queue {
         Pushed::Queued { backlogged }
     }
 
+    #[inline]
     fn append(&mut self, seq: u64, item: Item, at: Option<Instant>) {
         let entry = Entry {
             pos: self.next_pos,
@@ -303,6 +317,7 @@ impl Queue {
     }
 
     /// Asks for a wake-up of a local reader, unless one is already on its way.
+    #[inline]
     fn notify(&mut self) {
         if matches!(self.reader, Reader::Local(_)) && !self.notified {
             self.notified = true;
@@ -493,6 +508,7 @@ impl Queue {
     /// Everything queued after position `after`, if `conn` still reads this
     /// queue. Answers the pending wake-up (a later push wakes the reader
     /// again) and releases a paused sender.
+    #[inline]
     pub fn drain(&mut self, conn: ConnId, after: u64, out: &mut Drained) -> Status {
         let status = match self.reader {
             Reader::Local(c) if c == conn => Status::Reading,
@@ -504,30 +520,28 @@ impl Queue {
         self.notified = false;
         // Entries are sorted by position; skip those already written.
         let start = self.entries.partition_point(|e| e.pos <= after);
-        let mut handed = 0;
-        let mut last_data = None;
-        for e in self.entries.range(start..) {
-            if let Item::Data { seq, .. } = e.item {
-                handed += e.cost();
-                last_data = Some(seq);
-            }
-            out.items.push((e.pos, e.item.clone(), e.at));
-        }
+        out.items.extend(
+            self.entries
+                .range(start..)
+                .map(|e| (e.pos, e.item.clone(), e.at)),
+        );
         if let Some(last) = self.entries.back() {
             self.drained_pos = self.drained_pos.max(last.pos);
         }
         out.remote = self.fed;
-        self.unwritten = 0;
-        self.paused = false;
         out.report_written = None;
-        if let Some(seq) = last_data.filter(|s| self.fed && *s > self.reported) {
-            self.unreported += handed;
+        // Everything is handed out now, so every frame up to `seq` is
+        // written; what was unwritten is what this drain handed out.
+        if self.fed && self.seq > self.reported {
+            self.unreported += self.unwritten;
             if self.unreported >= self.limits.report_every() {
                 self.unreported = 0;
-                self.reported = seq;
-                out.report_written = Some(seq.saturating_sub(self.base));
+                self.reported = self.seq;
+                out.report_written = Some(self.seq.saturating_sub(self.base));
             }
         }
+        self.unwritten = 0;
+        self.paused = false;
         status
     }
 
@@ -538,6 +552,7 @@ impl Queue {
 
     /// The client read everything up to position `pos`. For a queue fed
     /// from another node, returns the pairing number to acknowledge there.
+    #[inline]
     pub fn ack(&mut self, pos: u64, now: Instant) -> Option<u64> {
         let before = self.entries.len();
         let mut acked_seq = None;
