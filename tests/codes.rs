@@ -12,11 +12,7 @@ use crate::support::{Relay, register};
 async fn thousands_of_codes_are_well_formed_and_unique_among_live_ones() {
     const LIVE: usize = 1000;
     const ROUNDS: usize = 3;
-    // These clients read nothing until they close, so they never answer a
-    // heartbeat ping: on a machine slow enough for a round to outlast the
-    // heartbeat, the relay would take them for gone and keep their sessions
-    // for the grace period. Heartbeats are not what this test is about.
-    let relay = Relay::start(&[("RELAY_HEARTBEAT_INTERVAL", "10m")]);
+    let relay = Relay::start(&[]);
     let mut total = 0;
     for _ in 0..ROUNDS {
         // The previous round's sessions end as their sockets close.
