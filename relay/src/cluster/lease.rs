@@ -162,4 +162,55 @@ mod tests {
         // After an outage (connected_for back to zero), not again for a while.
         assert!(!w.renewed(false, Duration::from_millis(500)).judge);
     }
+
+    /// The loop itself against a real redis-server, in real time with a
+    /// one-second lease (a paused clock cannot move Redis's expiries): a
+    /// node listed as live with no lease is reported dead once this node
+    /// was up a whole lease, and this node, removed from the live set by
+    /// others, claims its sides back.
+    #[actix::test]
+    async fn the_loop_reports_lapsed_nodes_and_reclaims_when_taken_for_dead() {
+        use std::sync::Mutex;
+
+        use crate::cluster::store::testing::TestRedis;
+
+        let redis = TestRedis::start().await;
+        let nodes = format!("{PREFIX}nodes");
+        let _: i64 = redis
+            .cmd(::redis::cmd("SADD").arg(&nodes).arg("gone"))
+            .await;
+        let dead = Arc::new(Mutex::new(Vec::new()));
+        let rejoined = Arc::new(Mutex::new(0));
+        let (d, r) = (Arc::clone(&dead), Arc::clone(&rejoined));
+        start(
+            Arc::from("me"),
+            Duration::from_secs(1),
+            redis.redis(),
+            Arc::new(Metrics::new("lease-test").expect("metrics")),
+            Arc::new(move |n| d.lock().expect("lock").push(n)),
+            Arc::new(move || *r.lock().expect("lock") += 1),
+        );
+        let wait = |what: &'static str, done: Box<dyn Fn() -> bool>| async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what} never happened"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let d = Arc::clone(&dead);
+        wait(
+            "gone reported dead",
+            Box::new(move || d.lock().expect("lock").contains(&"gone".to_owned())),
+        )
+        .await;
+        assert!(!dead.lock().expect("lock").contains(&"me".to_owned()));
+        assert_eq!(*rejoined.lock().expect("lock"), 0);
+        // Another node took this one for dead and removed it.
+        let _: i64 = redis.cmd(::redis::cmd("SREM").arg(&nodes).arg("me")).await;
+        let r = Arc::clone(&rejoined);
+        wait("reclaimed", Box::new(move || *r.lock().expect("lock") == 1)).await;
+    }
 }
