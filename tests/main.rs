@@ -15,5 +15,6 @@ mod drain;
 mod limits;
 mod protocol;
 mod resume;
+mod rooms;
 mod soak;
 mod tls;

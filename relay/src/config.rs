@@ -47,6 +47,14 @@ pub struct Config {
     #[arg(long, env = "RELAY_GRACE", default_value = "60s", value_parser = parse_duration)]
     pub grace: Duration,
 
+    /// Most guests a room host may ask for (`maxGuests`).
+    #[arg(long, env = "RELAY_MAX_GUESTS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_guests: u32,
+
+    /// How long a guest waits for a room host to admit it before it is denied.
+    #[arg(long, env = "RELAY_ADMIT_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub admit_timeout: Duration,
+
     /// Largest frame accepted from a client (bytes; `1MiB` style suffixes allowed).
     #[arg(long, env = "RELAY_MAX_FRAME", default_value = "1MiB", value_parser = parse_bytes)]
     pub max_frame: usize,
@@ -230,6 +238,7 @@ impl Config {
             ("RELAY_HEARTBEAT_INTERVAL", self.heartbeat_interval),
             ("RELAY_HEARTBEAT_TIMEOUT", self.heartbeat_timeout),
             ("RELAY_HANDSHAKE_TIMEOUT", self.handshake_timeout),
+            ("RELAY_ADMIT_TIMEOUT", self.admit_timeout),
         ] {
             if d.is_zero() {
                 return Err(format!("{name} must be longer than 0"));
@@ -249,6 +258,8 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.code_ttl, Duration::from_secs(300));
         assert_eq!(c.grace, Duration::from_secs(60));
+        assert_eq!(c.max_guests, 16);
+        assert_eq!(c.admit_timeout, Duration::from_secs(120));
         assert_eq!(c.max_frame, 1 << 20);
         assert_eq!(c.join_rate, 10);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(30));

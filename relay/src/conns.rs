@@ -89,6 +89,9 @@ pub enum ConnCommand {
     Drain,
     /// A newer connection resumed this side: close with 4001.
     Replaced,
+    /// The room's host ended this guest (`DENIED`, `REMOVED`): say so and
+    /// close with 1000 at once, whatever is still queued for it.
+    Ended(relay_protocol::ErrorCode),
 }
 
 /// What the tracker keeps per connection.

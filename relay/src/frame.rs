@@ -3,6 +3,10 @@
 use bytes::Bytes;
 use bytestring::ByteString;
 
+/// Which room guest sent a frame toward its host (`None` in a pairing):
+/// the host's writer says so with a `from` message when it changes.
+pub type Sender = Option<std::num::NonZeroU64>;
+
 /// A data frame, relayed verbatim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {

@@ -39,6 +39,10 @@ pub mod metrics;
 #[cfg(not(fuzzing))]
 mod metrics;
 #[cfg(fuzzing)]
+pub mod outbound;
+#[cfg(not(fuzzing))]
+mod outbound;
+#[cfg(fuzzing)]
 pub mod pipe;
 #[cfg(not(fuzzing))]
 mod pipe;

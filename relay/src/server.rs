@@ -106,11 +106,13 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         grace: config.grace,
         join_rate: config.join_rate,
         failed_join_limit: config.failed_join_limit,
+        admit_timeout: config.admit_timeout,
         limits: Limits {
             max_buffered: config.max_buffered,
             stall: config.heartbeat_timeout,
             away_frames: config.resume_buffer_frames,
             away_bytes: config.resume_buffer_bytes,
+            paced: true,
         },
     };
     let (registry, cluster) = if config.redis_url.is_empty() {

@@ -33,11 +33,19 @@ pub enum ErrorCode {
     Unavailable,
     /// The node is draining; reconnect.
     ShuttingDown,
+    /// Rooms: the room holds as many guests as it may.
+    RoomFull,
+    /// Rooms: the host denied the guest, or did not answer in time.
+    Denied,
+    /// Rooms: the host removed the guest.
+    Removed,
+    /// Rooms: no such guest for `admit`, `deny`, `remove` or `to`.
+    UnknownGuest,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the protocol's table.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::InvalidCode,
         Self::ExpiredCode,
         Self::AlreadyJoined,
@@ -50,6 +58,10 @@ impl ErrorCode {
         Self::ResumeExpired,
         Self::Unavailable,
         Self::ShuttingDown,
+        Self::RoomFull,
+        Self::Denied,
+        Self::Removed,
+        Self::UnknownGuest,
     ];
 
     /// The code as it appears on the wire, e.g. `INVALID_CODE`.
@@ -67,6 +79,10 @@ impl ErrorCode {
             Self::ResumeExpired => "RESUME_EXPIRED",
             Self::Unavailable => "UNAVAILABLE",
             Self::ShuttingDown => "SHUTTING_DOWN",
+            Self::RoomFull => "ROOM_FULL",
+            Self::Denied => "DENIED",
+            Self::Removed => "REMOVED",
+            Self::UnknownGuest => "UNKNOWN_GUEST",
         }
     }
 
@@ -108,6 +124,18 @@ impl ErrorCode {
             }
             Self::ShuttingDown => {
                 "This relay node is shutting down. Reconnect; you will be sent to another node."
+            }
+            Self::RoomFull => {
+                "This session has as many guests as the host allows. Ask the host to make room, then join again."
+            }
+            Self::Denied => {
+                "The host did not let you in. Ask the host, then join again with the code."
+            }
+            Self::Removed => {
+                "The host removed you from this session. Ask the host if you should join again."
+            }
+            Self::UnknownGuest => {
+                "No guest with this id is in the room (it may have left). Check the guestId."
             }
         }
     }

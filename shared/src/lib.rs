@@ -12,4 +12,6 @@ pub mod message;
 pub use close::CloseCode;
 pub use code::{CodeError, SessionCode};
 pub use error::ErrorCode;
-pub use message::{ClientMessage, PeerLeftReason, Role, ServerMessage};
+pub use message::{
+    AdmitMode, ClientMessage, GuestId, GuestLeftReason, PeerLeftReason, Role, ServerMessage,
+};

@@ -46,11 +46,41 @@ pub enum ClientMessage {
         /// Optional id the app keeps across runs; only logged.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_id: Option<String>,
+        /// Rooms: how many guests at once; present makes a room host.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_guests: Option<u32>,
+        /// Rooms: how guests are admitted; present makes a room host.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        admit: Option<AdmitMode>,
     },
     /// Browser: join the session with this code (as typed).
     Join {
         /// The code as the person typed it.
         code: String,
+        /// Rooms: a name for the host to see.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// Room host: let a waiting guest in.
+    Admit {
+        /// The guest.
+        guest_id: GuestId,
+    },
+    /// Room host: turn a waiting guest away.
+    Deny {
+        /// The guest.
+        guest_id: GuestId,
+    },
+    /// Room host: end a guest, waiting or admitted, at once.
+    Remove {
+        /// The guest.
+        guest_id: GuestId,
+    },
+    /// Room host: send the data frames that follow to one guest, or to all.
+    To {
+        /// The guest; absent means every admitted guest.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guest_id: Option<GuestId>,
     },
     /// Either side: take a session back after a dropped connection.
     Resume {
@@ -159,6 +189,47 @@ impl PeerLeftReason {
     }
 }
 
+/// A guest's id within its room: positive, never reused in a session.
+pub type GuestId = u64;
+
+/// How a room admits its guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmitMode {
+    /// The host admits or denies each guest.
+    #[default]
+    Ask,
+    /// Every guest is admitted at once.
+    Auto,
+}
+
+/// Why a guest is gone for good (`guest_left`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestLeftReason {
+    /// It sent `leave`.
+    Left,
+    /// It closed (with 1000, or any way while waiting).
+    Closed,
+    /// It stayed away past the grace period, its buffer overflowed, or the
+    /// host did not answer its join in time.
+    Timeout,
+    /// The host denied it.
+    Denied,
+    /// The host removed it.
+    Removed,
+}
+
+impl From<PeerLeftReason> for GuestLeftReason {
+    fn from(r: PeerLeftReason) -> Self {
+        match r {
+            PeerLeftReason::Closed => Self::Closed,
+            PeerLeftReason::Timeout => Self::Timeout,
+            PeerLeftReason::Left => Self::Left,
+        }
+    }
+}
+
 /// A message the relay sends to a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
@@ -177,6 +248,12 @@ pub enum ServerMessage {
         session_id: String,
         /// Secret for `resume`; never shown to the user.
         resume_token: String,
+        /// Rooms: how many guests the room holds (room hosts only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_guests: Option<u32>,
+        /// Rooms: how guests are admitted (room hosts only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        admit: Option<AdmitMode>,
     },
     /// To the browser: it joined.
     Joined {
@@ -184,6 +261,49 @@ pub enum ServerMessage {
         session_id: String,
         /// Secret for `resume`.
         resume_token: String,
+        /// Rooms: this guest's id (in a room only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guest_id: Option<GuestId>,
+    },
+    /// To a guest of a room that asks: wait for the host to admit it.
+    Waiting {
+        /// The guest's id.
+        guest_id: GuestId,
+    },
+    /// To a room host: a guest joined with the code.
+    GuestJoined {
+        /// The guest.
+        guest_id: GuestId,
+        /// The name it gave.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// To a room host: the guest is in the room.
+    GuestAdmitted {
+        /// The guest.
+        guest_id: GuestId,
+    },
+    /// To a room host: the guest is gone for good.
+    GuestLeft {
+        /// The guest.
+        guest_id: GuestId,
+        /// Why.
+        reason: GuestLeftReason,
+    },
+    /// To a room host: the guest's connection dropped; it may resume.
+    GuestAway {
+        /// The guest.
+        guest_id: GuestId,
+    },
+    /// To a room host: the guest resumed.
+    GuestBack {
+        /// The guest.
+        guest_id: GuestId,
+    },
+    /// To a room host: the data frames after this are from that guest.
+    From {
+        /// The guest.
+        guest_id: GuestId,
     },
     /// To the mac: a browser joined.
     PeerJoined,
@@ -268,12 +388,18 @@ mod tests {
     fn client_messages_parse_from_the_wire() {
         assert_eq!(
             ClientMessage::parse(r#"{"type":"register"}"#).unwrap(),
-            ClientMessage::Register { client_id: None }
+            ClientMessage::Register {
+                client_id: None,
+                max_guests: None,
+                admit: None
+            }
         );
         assert_eq!(
             ClientMessage::parse(r#"{"type":"register","clientId":"abc"}"#).unwrap(),
             ClientMessage::Register {
-                client_id: Some("abc".into())
+                client_id: Some("abc".into()),
+                max_guests: None,
+                admit: None
             }
         );
         assert_eq!(
@@ -364,12 +490,79 @@ mod tests {
     }
 
     #[test]
+    fn room_messages_parse_from_the_wire() {
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"register","maxGuests":3,"admit":"auto"}"#).unwrap(),
+            ClientMessage::Register {
+                client_id: None,
+                max_guests: Some(3),
+                admit: Some(AdmitMode::Auto)
+            }
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"join","code":"abc","name":"Ana"}"#).unwrap(),
+            ClientMessage::Join {
+                code: "abc".into(),
+                name: Some("Ana".into())
+            }
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"admit","guestId":2}"#).unwrap(),
+            ClientMessage::Admit { guest_id: 2 }
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"to"}"#).unwrap(),
+            ClientMessage::To { guest_id: None }
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"to","guestId":7}"#).unwrap(),
+            ClientMessage::To { guest_id: Some(7) }
+        );
+        for bad in [
+            r#"{"type":"register","maxGuests":-1}"#,
+            r#"{"type":"register","admit":"maybe"}"#,
+            r#"{"type":"admit"}"#,
+            r#"{"type":"remove","guestId":"1"}"#,
+            r#"{"type":"to","guestId":1.5}"#,
+        ] {
+            assert!(ClientMessage::parse(bad).is_err(), "{bad} parsed");
+        }
+        assert_eq!(
+            ServerMessage::GuestLeft {
+                guest_id: 4,
+                reason: GuestLeftReason::Removed
+            }
+            .to_text(),
+            r#"{"type":"guest_left","guestId":4,"reason":"removed"}"#
+        );
+        assert_eq!(
+            ServerMessage::From { guest_id: 4 }.to_text(),
+            r#"{"type":"from","guestId":4}"#
+        );
+    }
+
+    #[test]
+    fn v1_messages_carry_no_room_fields() {
+        let joined = ServerMessage::Joined {
+            session_id: "s".into(),
+            resume_token: "t".into(),
+            guest_id: None,
+        };
+        assert_eq!(
+            joined.to_text(),
+            r#"{"type":"joined","sessionId":"s","resumeToken":"t"}"#
+        );
+    }
+
+    #[test]
     fn server_messages_use_camel_case_fields() {
         let text = ServerMessage::Registered {
             code: "H4F7KN".into(),
             expires_at: 1,
             session_id: "s".into(),
             resume_token: "t".into(),
+            max_guests: None,
+            admit: None,
         }
         .to_text();
         assert_eq!(

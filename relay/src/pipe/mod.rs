@@ -20,7 +20,7 @@ use relay_protocol::Role;
 use crate::cluster::bus::Link;
 use crate::cluster::envelope::Control;
 use crate::conns::{ConnId, Killer};
-use crate::frame::Frame;
+use crate::frame::{Frame, Sender};
 use crate::gate::Gate;
 use crate::queue::{self, Drained, EventEffect, FromPeer, Gap, Limits, Queue, Status};
 
@@ -119,7 +119,8 @@ struct Inner {
     /// The socket reading the queue on this node, while the queue has one.
     reader: Option<Receiver>,
     /// The sender paused by this pipe's backlog, while the queue says so.
-    blocked: Option<Arc<Gate>>,
+    /// (Several: the guests of a room share the pipe to their host.)
+    blocked: Vec<Arc<Gate>>,
     /// Where frames are published while the reader is on another node.
     remote: Option<Peer>,
     /// For a pipe fed from another node: where acknowledgements, written
@@ -157,7 +158,7 @@ impl Inner {
     /// longer has, and says whom to wake or cut.
     #[inline]
     fn settle(&mut self) -> After {
-        let release = self.blocked.is_some() && !self.queue.sender_paused();
+        let release = !self.blocked.is_empty() && !self.queue.sender_paused();
         let gone_reader = self.reader.is_some() && self.queue.local_reader().is_none();
         let gone_remote = self.remote.is_some() && !self.queue.is_remote();
         if !(release || gone_reader || gone_remote || self.queue.wants_owner()) {
@@ -168,7 +169,7 @@ impl Inner {
             };
         }
         if !self.queue.sender_paused() {
-            if let Some(g) = self.blocked.take() {
+            for g in self.blocked.drain(..) {
                 g.open();
             }
         }
@@ -193,7 +194,9 @@ impl Inner {
     fn pause(&mut self, gate: &Arc<Gate>) {
         // Closed under the lock, so the receiver's drain cannot open it first.
         gate.close();
-        self.blocked = Some(Arc::clone(gate));
+        if !self.blocked.iter().any(|g| Arc::ptr_eq(g, gate)) {
+            self.blocked.push(Arc::clone(gate));
+        }
     }
 }
 
@@ -208,7 +211,7 @@ impl Pipe {
             inner: Mutex::new(Inner {
                 queue,
                 reader: None,
-                blocked: None,
+                blocked: Vec::new(),
                 remote,
                 ack_to,
             }),
@@ -269,8 +272,14 @@ impl Pipe {
     /// nodes, if the link to its node is full).
     #[inline]
     pub fn push(&self, frame: Frame, gate: &Arc<Gate>) -> Pushed {
+        self.push_from(frame, None, gate)
+    }
+
+    /// [`Pipe::push`] of a frame from `from` (a room guest, toward its host).
+    #[inline]
+    pub fn push_from(&self, frame: Frame, from: Sender, gate: &Arc<Gate>) -> Pushed {
         let mut g = self.lock();
-        let pushed = match g.queue.push(frame) {
+        let pushed = match g.queue.push_from(frame, from) {
             queue::Pushed::Queued { backlogged } => {
                 if backlogged {
                     g.pause(gate);

@@ -17,6 +17,7 @@ fn limits() -> Limits {
         stall: Duration::from_secs(3600),
         away_frames: 3,
         away_bytes: 1_000_000,
+        paced: true,
     }
 }
 

@@ -47,7 +47,15 @@ impl Queue {
         // The gap asked about, if any, ended here.
         self.asked = None;
         let seq = self.seq;
-        self.append(seq, Item::Data { seq, frame }, stamp(seq));
+        self.append(
+            seq,
+            Item::Data {
+                seq,
+                frame,
+                from: None,
+            },
+            stamp(seq),
+        );
         if let Reader::Local(conn) = self.reader {
             if self.bytes > self.limits.hard_cap() {
                 self.cut_reader(conn);
@@ -168,7 +176,7 @@ impl Queue {
         self.entries
             .iter()
             .filter_map(|e| match &e.item {
-                Item::Data { seq, frame } if seq - self.base >= from => {
+                Item::Data { seq, frame, .. } if seq - self.base >= from => {
                     Some((seq - self.base, frame.clone()))
                 }
                 _ => None,

@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytestring::ByteString;
 use relay_protocol::CloseCode;
 
-use crate::frame::Frame;
+use crate::frame::{Frame, Sender};
 
 /// One data frame in this many is timed for the latency histogram.
 const LATENCY_SAMPLE: u64 = 16;
@@ -39,6 +39,8 @@ pub enum Item {
         seq: u64,
         /// The frame.
         frame: Frame,
+        /// The room guest it came from, toward a room host.
+        from: Sender,
     },
     /// A control message (JSON text), ordered with the data frames around it.
     Event {

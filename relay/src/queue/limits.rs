@@ -14,6 +14,10 @@ pub struct Limits {
     pub away_frames: usize,
     /// Bytes queued for an absent reader before its session ends.
     pub away_bytes: usize,
+    /// Whether a reader that falls behind pauses its sender (a pairing) or
+    /// is cut once it holds `max_buffered` (a room's guest: one slow guest
+    /// must not slow the host and the other guests).
+    pub paced: bool,
 }
 
 impl Limits {
@@ -38,6 +42,17 @@ impl Limits {
     #[inline]
     pub(super) fn remote_cap(&self) -> usize {
         self.hard_cap().saturating_mul(2)
+    }
+
+    /// Bytes held beyond which a pushed frame cuts the reader: the hard cap
+    /// when the sender is paced, `max_buffered` when it is not.
+    #[inline]
+    pub(super) fn cut_at(&self) -> usize {
+        if self.paced {
+            self.hard_cap()
+        } else {
+            self.max_buffered
+        }
     }
 
     /// Bytes held beyond which a reader is cut at once, acknowledging or not.

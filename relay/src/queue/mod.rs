@@ -34,7 +34,7 @@ use self::entry::{Entry, stamp};
 pub use self::limits::Limits;
 pub use self::outcome::{Drained, FromPeer, Gap, Pushed, Status};
 use crate::conns::ConnId;
-use crate::frame::Frame;
+use crate::frame::{Frame, Sender};
 
 /// How long a queue fed from another node waits for the resend it asked for
 /// before it asks again for the same gap. The ask or the resend may be lost
@@ -233,8 +233,14 @@ impl Queue {
     // ---- the sender ----
 
     /// Queues one data frame toward the reader.
-    #[inline]
+    #[cfg(test)]
     pub fn push(&mut self, frame: Frame) -> Pushed {
+        self.push_from(frame, None)
+    }
+
+    /// Queues one data frame toward the reader, from `from` (a room guest).
+    #[inline]
+    pub fn push_from(&mut self, frame: Frame, from: Sender) -> Pushed {
         let cost = ENTRY_OVERHEAD + frame.len();
         match &mut self.reader {
             Reader::None | Reader::Closed => return Pushed::NotPaired,
@@ -265,6 +271,7 @@ impl Queue {
                 Item::Data {
                     seq,
                     frame: frame.clone(),
+                    from,
                 },
                 stamp(seq),
             );
@@ -278,15 +285,15 @@ impl Queue {
                 backlogged,
             };
         }
-        self.append(seq, Item::Data { seq, frame }, stamp(seq));
+        self.append(seq, Item::Data { seq, frame, from }, stamp(seq));
         let Reader::Local(conn) = self.reader else {
             return Pushed::Queued { backlogged: false };
         };
-        if self.bytes > self.limits.hard_cap() {
+        if self.bytes > self.limits.cut_at() {
             self.cut_reader(conn);
             return Pushed::SlowConsumer(conn);
         }
-        let backlogged = self.unwritten > self.limits.backlog();
+        let backlogged = self.limits.paced && self.unwritten > self.limits.backlog();
         self.paused |= backlogged;
         self.notify();
         Pushed::Queued { backlogged }

@@ -83,7 +83,7 @@ impl Client {
     fn read_item(&mut self, pos: u64, item: Item) -> Result<(), TestCaseError> {
         self.read_pos = pos;
         match item {
-            Item::Data { seq, frame } => {
+            Item::Data { seq, frame, .. } => {
                 prop_assert_eq!(seq, self.read + 1, "data out of order");
                 prop_assert_eq!(number(&frame), seq, "frame content is not its own");
                 self.read = seq;
@@ -108,6 +108,7 @@ fn limits() -> Limits {
         stall: Duration::from_secs(10),
         away_frames: 40,
         away_bytes: 48 * 1024,
+        paced: true,
     }
 }
 

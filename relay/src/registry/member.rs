@@ -7,7 +7,7 @@ use relay_protocol::Role;
 
 /// A side within its session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Member {
+pub enum Member {
     /// The side that registered the session (the mac).
     Host,
     /// The guest in this place (the browser, in place 0).
@@ -16,7 +16,7 @@ pub(crate) enum Member {
 
 impl Member {
     /// The endpoint role this side connects with.
-    pub(crate) fn role(self) -> Role {
+    pub fn role(self) -> Role {
         match self {
             Member::Host => Role::Mac,
             Member::Guest(_) => Role::Browser,

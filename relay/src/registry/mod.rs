@@ -10,7 +10,7 @@
 mod cluster;
 mod deadline;
 pub(crate) mod guessing;
-mod member;
+pub(crate) mod member;
 mod memory;
 pub(crate) mod secret;
 mod session;
@@ -29,7 +29,10 @@ pub use cluster::ClusterRegistry;
 pub use deadline::{Deadline, REQUEST_BUDGET};
 pub use memory::{MemoryRegistry, RegistrySettings};
 
+pub use member::Member;
+
 use crate::conns::{ConnCommand, ConnId, Killer};
+use crate::outbound::Outbound;
 use crate::pipe::{Pipe, Receiver, Wake};
 
 /// Identifies a session; sent to clients as `sessionId`.
@@ -68,8 +71,10 @@ pub struct Link {
     pub session_id: SessionId,
     /// Frames toward this socket.
     pub inbound: Arc<Pipe>,
-    /// Frames from this socket toward the peer.
-    pub outbound: Arc<Pipe>,
+    /// Where frames from this socket go.
+    pub outbound: Outbound,
+    /// Who this socket is in the session.
+    pub member: Member,
     /// Position in `inbound` the client already has; write what follows.
     pub written: u64,
 }
@@ -116,6 +121,17 @@ pub struct Register {
     pub deadline: Deadline,
     /// The app's optional id, only logged.
     pub client_id: Option<String>,
+    /// A room host's room; `None` for a pairing.
+    pub room: Option<RoomRequest>,
+}
+
+/// What a room host asks for (checked against the relay's ceiling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomRequest {
+    /// Guests at once, at least 1.
+    pub max_guests: u32,
+    /// How guests are admitted.
+    pub admit: relay_protocol::AdmitMode,
 }
 
 /// Answer to [`Register`].
@@ -140,14 +156,44 @@ pub struct Join {
     pub deadline: Deadline,
     /// The code as typed.
     pub code: String,
+    /// A room guest's name for the host.
+    pub name: Option<String>,
 }
 
 /// Answer to [`Join`].
 pub struct Joined {
-    /// Secret for resume, sent to the client once.
-    pub resume_token: String,
+    /// Secret for resume, sent to the client once; `None` while a room
+    /// guest waits for the host (its `joined` comes through its pipe).
+    pub resume_token: Option<String>,
+    /// The guest's id, in a room.
+    pub guest_id: Option<relay_protocol::GuestId>,
     /// The socket's place in the session.
     pub link: Link,
+}
+
+/// What a room host does to one of its guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomOp {
+    /// Let a waiting guest in.
+    Admit,
+    /// Turn a waiting guest away.
+    Deny,
+    /// End a guest at once, waiting or admitted.
+    Remove,
+}
+
+/// A room host's `admit`, `deny` or `remove`.
+#[derive(Message)]
+#[rtype(result = "Result<(), Refusal>")]
+pub struct Host {
+    /// The host's session.
+    pub session_id: SessionId,
+    /// The host's connection (only the current one may act).
+    pub conn: ConnId,
+    /// What to do.
+    pub op: RoomOp,
+    /// To whom.
+    pub guest_id: relay_protocol::GuestId,
 }
 
 /// Either side: takes its session back.
@@ -197,7 +243,7 @@ pub struct Gone {
     /// The session.
     pub session_id: SessionId,
     /// The side.
-    pub role: Role,
+    pub member: Member,
     /// The connection; ignored unless it is still the side's current one.
     pub conn: ConnId,
     /// How it ended.
@@ -211,7 +257,7 @@ pub struct Overflowed {
     /// The session.
     pub session_id: SessionId,
     /// The absent side.
-    pub role: Role,
+    pub member: Member,
 }
 
 /// The registry as the sockets see it: one recipient per message, so any
@@ -224,6 +270,7 @@ pub struct RegistryHandle {
     gone: Recipient<Gone>,
     overflowed: Recipient<Overflowed>,
     stats: Recipient<Stats>,
+    host: Recipient<Host>,
 }
 
 /// Asks the registry for counts, for `/metrics`.
@@ -243,7 +290,8 @@ impl RegistryHandle {
             + Handler<Resume>
             + Handler<Gone>
             + Handler<Overflowed>
-            + Handler<Stats>,
+            + Handler<Stats>
+            + Handler<Host>,
     {
         RegistryHandle {
             register: addr.clone().recipient(),
@@ -252,7 +300,15 @@ impl RegistryHandle {
             gone: addr.clone().recipient(),
             overflowed: addr.clone().recipient(),
             stats: addr.clone().recipient(),
+            host: addr.clone().recipient(),
         }
+    }
+
+    /// A room host's `admit`, `deny` or `remove`; `UNAVAILABLE` if the
+    /// registry does not answer within a request's budget.
+    pub async fn host(&self, msg: Host) -> Result<(), Refusal> {
+        let wait = Deadline::for_request().reply_wait();
+        flatten(self.host.send(msg).timeout(wait).await)
     }
 
     /// Asks for a code; `UNAVAILABLE` if the registry does not answer by

@@ -15,7 +15,7 @@ pub fn resume_token() -> String {
 }
 
 /// What the registry stores instead of a token.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenHash([u8; 32]);
 
 impl TokenHash {

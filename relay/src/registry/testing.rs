@@ -21,11 +21,13 @@ pub(crate) fn settings() -> RegistrySettings {
         grace: Duration::from_secs(60),
         join_rate: 0,
         failed_join_limit: 0,
+        admit_timeout: std::time::Duration::from_secs(120),
         limits: Limits {
             max_buffered: 1 << 20,
             stall: Duration::from_secs(3600),
             away_frames: 1000,
             away_bytes: 1 << 20,
+            paced: true,
         },
     }
 }

@@ -7,16 +7,17 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use actix_web_actors::ws::WebsocketContext;
-use relay_protocol::{CloseCode, ErrorCode};
+use relay_protocol::{CloseCode, ErrorCode, ServerMessage};
 use tracing::{debug, warn};
 
 use super::Socket;
 use crate::conns::ConnId;
 use crate::frame::Frame;
 use crate::metrics::DisconnectReason;
+use crate::outbound::{Sent, Trouble};
 use crate::pipe::Pushed;
 use crate::queue::{EventEffect, Item, Status};
-use crate::registry::{Departure, Gone, Link, Overflowed};
+use crate::registry::{Departure, Gone, Link, Member, Overflowed};
 
 /// Written bytes after which the socket asks the client to prove it read them
 /// (a ping carrying the position). Smaller means finer slow-consumer
@@ -40,6 +41,10 @@ impl Socket {
         self.marker_bytes = 0;
         self.marker_frames = 0;
         self.link = Some(link);
+        // A new connection starts sending to every guest, and hears who
+        // sends before the first guest frame.
+        self.target = None;
+        self.last_from = None;
     }
 
     /// Writes everything new in the inbound pipe.
@@ -71,7 +76,11 @@ impl Socket {
         for (pos, item, queued_at) in d.items.drain(..) {
             self.written = pos;
             match item {
-                Item::Data { frame, .. } => {
+                Item::Data { frame, from, .. } => {
+                    if let Some(id) = from.filter(|_| from != self.last_from) {
+                        self.last_from = from;
+                        ctx.text(ServerMessage::From { guest_id: id.get() }.to_text());
+                    }
                     // Frames written again after a resume were measured the first time.
                     if let Some(at) = queued_at.filter(|_| pos > self.measured) {
                         let now = *now.get_or_insert_with(Instant::now);
@@ -153,20 +162,21 @@ impl Socket {
             if let Some(live) = &act.live {
                 live.touch();
             }
-            if let Some(peer) = act.link.as_ref().and_then(|l| l.outbound.cut_if_stalled()) {
-                act.peer_cut(peer);
+            let pipe = act.link.as_ref().and_then(|l| l.outbound.pipe());
+            if let Some(peer) = pipe.and_then(|p| p.cut_if_stalled()) {
+                act.peer_cut(Member::from(act.role.peer()), peer);
             }
         }));
     }
 
     /// The peer was cut as a slow consumer: tell the registry now, as its
     /// socket may be stalled and only notice when the TCP cut reaches it.
-    fn peer_cut(&self, peer: ConnId) {
+    fn peer_cut(&self, member: Member, peer: ConnId) {
         let Some(link) = &self.link else { return };
         warn!(conn = %peer, peer_of = %self.id, "peer stopped reading; cutting it");
         self.shared.registry.gone(Gone {
             session_id: Arc::clone(&link.session_id),
-            role: self.role.peer(),
+            member,
             conn: peer,
             how: Departure::Dropped,
         });
@@ -189,11 +199,37 @@ impl Socket {
             frames.inc();
             bytes.inc_by(len);
         };
-        match link.outbound.push(frame, &self.gate) {
+        let mut troubles = Vec::new();
+        let pushed = match link
+            .outbound
+            .push(frame, self.target, &self.gate, |t| troubles.push(t))
+        {
+            Sent::Pipe(p) => p,
+            Sent::Room(reached) => {
+                if reached > 0 {
+                    count(false);
+                }
+                for t in troubles {
+                    match t {
+                        Trouble::SlowConsumer(place, conn) => {
+                            self.peer_cut(Member::Guest(place), conn)
+                        }
+                        Trouble::Overflow(place) => self.shared.registry.overflowed(Overflowed {
+                            session_id: Arc::clone(&link.session_id),
+                            member: Member::Guest(place),
+                        }),
+                    }
+                }
+                return;
+            }
+        };
+        // The peer of a pairing side, or the host of a room guest.
+        let peer = Member::from(self.role.peer());
+        match pushed {
             Pushed::Queued { remote } => count(remote),
-            Pushed::SlowConsumer(peer) => {
+            Pushed::SlowConsumer(conn) => {
                 count(false);
-                self.peer_cut(peer);
+                self.peer_cut(peer, conn);
             }
             Pushed::Backlogged { remote } => {
                 count(remote);
@@ -205,7 +241,7 @@ impl Socket {
             }
             Pushed::Overflow => self.shared.registry.overflowed(Overflowed {
                 session_id: Arc::clone(&link.session_id),
-                role: self.role.peer(),
+                member: peer,
             }),
         }
     }

@@ -2,6 +2,8 @@
 //! the registry (reading nothing else meanwhile), `ping` and `leave`, and
 //! the refusals of anything out of place.
 
+use std::sync::Arc;
+
 use actix::prelude::*;
 use actix_web_actors::ws::WebsocketContext;
 use bytestring::ByteString;
@@ -10,7 +12,10 @@ use relay_protocol::{ClientMessage, CloseCode, ErrorCode, Role, ServerMessage};
 use super::Socket;
 use crate::frame::Frame;
 use crate::metrics::DisconnectReason;
-use crate::registry::{Client, Deadline, Join, Link, Refusal, Register, Resume};
+use crate::outbound::Outbound;
+use crate::registry::{
+    Client, Deadline, Host, Join, Link, Refusal, Register, Registered, Resume, RoomOp, RoomRequest,
+};
 
 impl Socket {
     fn client(&self, ctx: &mut WebsocketContext<Self>) -> Client {
@@ -55,6 +60,54 @@ impl Socket {
                         if act.handshake_timer.is_some() {
                             act.arm_handshake_timer(ctx);
                         }
+                        act.refuse(ctx, r);
+                    }
+                }),
+        );
+    }
+
+    /// A room host's `admit`, `deny`, `remove` or `to`. The socket reads
+    /// nothing else until the registry answers, so frames after a `remove`
+    /// can never reach the removed guest.
+    fn on_room_op(&mut self, op: ClientMessage, ctx: &mut WebsocketContext<Self>) {
+        let Some(Outbound::Host(room)) = self.link.as_ref().map(|l| &l.outbound) else {
+            self.malformed(
+                ctx,
+                "admit, deny, remove and to are for a room host (register with maxGuests).",
+            );
+            return;
+        };
+        let (op, guest_id) = match op {
+            ClientMessage::To { guest_id } => {
+                self.target = guest_id;
+                if let Some(id) = guest_id.filter(|&id| !room.has(id)) {
+                    // The target is set anyway: frames meant for one guest
+                    // must never reach another.
+                    let why = format!(
+                        "No guest {id} is in the room; data sent to it reaches no one until the next \"to\"."
+                    );
+                    self.send_error(ctx, ErrorCode::UnknownGuest, Some(&why));
+                }
+                return;
+            }
+            ClientMessage::Admit { guest_id } => (RoomOp::Admit, guest_id),
+            ClientMessage::Deny { guest_id } => (RoomOp::Deny, guest_id),
+            ClientMessage::Remove { guest_id } => (RoomOp::Remove, guest_id),
+            _ => return,
+        };
+        let Some(link) = &self.link else { return };
+        let msg = Host {
+            session_id: Arc::clone(&link.session_id),
+            conn: self.id,
+            op,
+            guest_id,
+        };
+        let registry = self.shared.registry.clone();
+        ctx.wait(
+            async move { registry.host(msg).await }
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    if let Err(r) = res {
                         act.refuse(ctx, r);
                     }
                 }),
@@ -123,43 +176,95 @@ impl Socket {
                 );
             }
             (_, _) if self.shared.is_draining() => self.drain(ctx),
-            (ClientMessage::Register { client_id }, Role::Mac) => {
+            (
+                ClientMessage::Register {
+                    client_id,
+                    max_guests,
+                    admit,
+                },
+                Role::Mac,
+            ) => {
                 self.malformed = 0;
                 if client_id.as_ref().is_some_and(|id| id.len() > 128) {
                     self.malformed(ctx, "clientId is too long; send at most 128 characters.");
                     return;
                 }
+                let ceiling = self.shared.config.max_guests;
+                let room = match (max_guests, admit) {
+                    (None, None) => None,
+                    (Some(n), _) if n == 0 || n > ceiling => {
+                        let why = format!(
+                            "maxGuests must be between 1 and {ceiling} on this relay; ask for a smaller room."
+                        );
+                        self.malformed(ctx, &why);
+                        return;
+                    }
+                    (n, admit) => Some(RoomRequest {
+                        max_guests: n.unwrap_or(1),
+                        admit: admit.unwrap_or_default(),
+                    }),
+                };
                 let msg = Register {
                     client: self.client(ctx),
                     deadline: Deadline::for_request(),
                     client_id,
+                    room,
                 };
                 let registry = self.shared.registry.clone();
-                self.ask(ctx, async move { registry.register(msg).await }, |r| {
+                let accept = move |r: Registered| {
                     let reply = ServerMessage::Registered {
                         code: r.code,
                         expires_at: r.expires_at,
                         session_id: r.link.session_id.to_string(),
                         resume_token: r.resume_token,
+                        max_guests: room.map(|r| r.max_guests),
+                        admit: room.map(|r| r.admit),
                     };
                     (r.link, reply, Vec::new())
-                });
+                };
+                self.ask(
+                    ctx,
+                    async move { registry.register(msg).await.map(accept) },
+                    |v| v,
+                );
             }
-            (ClientMessage::Join { code }, Role::Browser) => {
+            (ClientMessage::Join { code, name }, Role::Browser) => {
                 self.malformed = 0;
+                if name.as_ref().is_some_and(|n| n.chars().count() > 64) {
+                    self.malformed(ctx, "name is too long; send at most 64 characters.");
+                    return;
+                }
                 let msg = Join {
                     client: self.client(ctx),
                     deadline: Deadline::for_request(),
                     code,
+                    name,
                 };
                 let registry = self.shared.registry.clone();
                 self.ask(ctx, async move { registry.join(msg).await }, |j| {
-                    let reply = ServerMessage::Joined {
-                        session_id: j.link.session_id.to_string(),
-                        resume_token: j.resume_token,
+                    let reply = match (j.resume_token, j.guest_id) {
+                        (Some(resume_token), guest_id) => ServerMessage::Joined {
+                            session_id: j.link.session_id.to_string(),
+                            resume_token,
+                            guest_id,
+                        },
+                        // `joined` comes through the pipe once the host admits it.
+                        (None, guest_id) => ServerMessage::Waiting {
+                            guest_id: guest_id.unwrap_or_default(),
+                        },
                     };
                     (j.link, reply, Vec::new())
                 });
+            }
+            (
+                op @ (ClientMessage::Admit { .. }
+                | ClientMessage::Deny { .. }
+                | ClientMessage::Remove { .. }
+                | ClientMessage::To { .. }),
+                _,
+            ) => {
+                self.malformed = 0;
+                self.on_room_op(op, ctx);
             }
             (
                 ClientMessage::Resume {

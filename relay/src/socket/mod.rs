@@ -115,6 +115,8 @@ pub fn accept(
         live: None,
         body: Some(body),
         link: None,
+        target: None,
+        last_from: None,
         generation: 0,
         written: 0,
         measured: 0,
@@ -157,6 +159,10 @@ pub struct Socket {
     body: Option<web::Payload>,
     /// The session this socket is in, once registered, joined or resumed.
     link: Option<Link>,
+    /// A room host's target (`to`): one guest, or `None` for all.
+    target: Option<relay_protocol::GuestId>,
+    /// The guest whose frames a room host was last told it hears (`from`).
+    last_from: crate::frame::Sender,
     /// Counts links, so a late pong for an earlier link is not taken for this one.
     generation: u32,
     /// Position in the inbound pipe written to the client so far.
@@ -265,7 +271,7 @@ impl Actor for Socket {
         };
         self.shared.registry.gone(Gone {
             session_id: link.session_id,
-            role: self.role,
+            member: link.member,
             conn: self.id,
             how,
         });
@@ -468,6 +474,18 @@ impl Handler<ConnCommand> for Socket {
                     CloseCode::Replaced,
                     DisconnectReason::Replaced,
                     "replaced",
+                );
+            }
+            ConnCommand::Ended(code) => {
+                info!(conn = %self.id, code = code.as_str(), "ended by the room's host");
+                // Nothing more of the session reaches this socket.
+                self.link = None;
+                self.send_error(ctx, code, None);
+                self.close(
+                    ctx,
+                    CloseCode::SessionOver,
+                    DisconnectReason::SessionOver,
+                    "",
                 );
             }
         }

@@ -108,11 +108,13 @@ impl Node {
                 grace: config.grace,
                 join_rate: 0,
                 failed_join_limit: 0,
+                admit_timeout: std::time::Duration::from_secs(120),
                 limits: crate::queue::Limits {
                     max_buffered: config.max_buffered,
                     stall: config.heartbeat_timeout,
                     away_frames: config.resume_buffer_frames,
                     away_bytes: config.resume_buffer_bytes,
+                    paced: true,
                 },
             },
             Arc::clone(&metrics),

@@ -187,11 +187,16 @@ impl Task {
                 resume_token: token.clone(),
                 last_seq: self.received,
             }),
-            (None, Role::Mac) if self.want_register => {
-                Some(ClientMessage::Register { client_id: None })
-            }
+            (None, Role::Mac) if self.want_register => Some(ClientMessage::Register {
+                client_id: None,
+                max_guests: None,
+                admit: None,
+            }),
             (None, Role::Mac) => None,
-            (None, Role::Browser) => self.code.clone().map(|code| ClientMessage::Join { code }),
+            (None, Role::Browser) => self
+                .code
+                .clone()
+                .map(|code| ClientMessage::Join { code, name: None }),
         };
         if let Some(m) = hello {
             if tx.send(Message::text(m.to_text())).await.is_err() {
@@ -218,7 +223,11 @@ impl Task {
                     }
                     Some(Command::Register) => {
                         if self.role == Role::Mac && self.session.is_none() {
-                            let m = ClientMessage::Register { client_id: None };
+                            let m = ClientMessage::Register {
+                                client_id: None,
+                                max_guests: None,
+                                admit: None,
+                            };
                             if tx.send(Message::text(m.to_text())).await.is_err() {
                                 return Outcome::Closed(AfterClose::Reconnect);
                             }
@@ -330,6 +339,7 @@ impl Task {
                 expires_at,
                 session_id,
                 resume_token,
+                ..
             } => {
                 // A new session: counts start over.
                 self.session = Some((session_id, resume_token));
@@ -342,6 +352,7 @@ impl Task {
             ServerMessage::Joined {
                 session_id,
                 resume_token,
+                ..
             } => {
                 self.session = Some((session_id, resume_token));
                 self.code = None;
@@ -385,6 +396,15 @@ impl Task {
                 }
             }
             ServerMessage::Error { code, message } => return self.on_error(code, message).await,
+            // A guest of a room that asks waits for `joined`; the room
+            // host's messages never come to a client that did not ask for a room.
+            ServerMessage::Waiting { .. }
+            | ServerMessage::GuestJoined { .. }
+            | ServerMessage::GuestAdmitted { .. }
+            | ServerMessage::GuestLeft { .. }
+            | ServerMessage::GuestAway { .. }
+            | ServerMessage::GuestBack { .. }
+            | ServerMessage::From { .. } => {}
         }
         Ok(())
     }
@@ -424,8 +444,11 @@ impl Task {
             | ErrorCode::AlreadyJoined
             | ErrorCode::RateLimited
             | ErrorCode::InvalidResume
-            | ErrorCode::ResumeExpired => Err(Outcome::Ended(Ended::Refused { code, message })),
-            ErrorCode::InvalidMessage | ErrorCode::MessageTooLarge => {
+            | ErrorCode::ResumeExpired
+            | ErrorCode::RoomFull
+            | ErrorCode::Denied
+            | ErrorCode::Removed => Err(Outcome::Ended(Ended::Refused { code, message })),
+            ErrorCode::InvalidMessage | ErrorCode::MessageTooLarge | ErrorCode::UnknownGuest => {
                 self.emit(Event::Error { code, message }).await;
                 Ok(())
             }

@@ -114,7 +114,7 @@ impl ClusterRegistry {
                     if !cmd.connected() {
                         dead.push(Gone {
                             session_id: Arc::clone(id),
-                            role,
+                            member: role.into(),
                             conn: *c,
                             how: Departure::Dropped,
                         });

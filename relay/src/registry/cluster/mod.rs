@@ -40,6 +40,7 @@ use crate::cluster::store::{Counter, Store};
 use crate::cluster::{Redis, lease};
 use crate::conns::{ConnCommand, ConnId};
 use crate::metrics::Metrics;
+use crate::outbound::Outbound;
 use crate::pipe::{Peer, Pipe};
 use crate::queue::{EventEffect, FromPeer};
 
@@ -176,7 +177,8 @@ impl Local {
         Some(Link {
             session_id: Arc::clone(&self.id),
             inbound: Arc::clone(self.pipe(role)?),
-            outbound: Arc::clone(self.pipe(role.peer())?),
+            outbound: Outbound::Peer(Arc::clone(self.pipe(role.peer())?)),
+            member: Member::from(role),
             written,
         })
     }
@@ -376,7 +378,7 @@ fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metr
                 }
                 FromPeer::Cut(conn) => registry.do_send(super::Gone {
                     session_id: Arc::from(sid.as_str()),
-                    role: to,
+                    member: super::Member::from(to),
                     conn,
                     how: super::Departure::Dropped,
                 }),

@@ -3,6 +3,7 @@
 //! it tells them things through their pipes and `do_send` only.
 
 mod requests;
+mod room;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -17,7 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use relay_protocol::code::{ALPHABET, CODE_LEN};
-use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
+use relay_protocol::{
+    CloseCode, ErrorCode, GuestId, GuestLeftReason, Role, ServerMessage, SessionCode,
+};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -25,9 +28,10 @@ use super::SessionId;
 use super::guessing::FailedJoins;
 use super::member::Member;
 use super::secret::TokenHash;
-use super::session::{Ended, Session};
+use super::session::{Change, Ended, Session};
 use super::timers::Timers;
 use super::tombstones::Tombstones;
+use crate::conns::ConnCommand;
 use crate::metrics::Metrics;
 use crate::queue::{EventEffect, Limits};
 
@@ -62,6 +66,8 @@ pub struct RegistrySettings {
     pub failed_join_limit: u32,
     /// Bounds of every pipe.
     pub limits: Limits,
+    /// How long a room guest waits for its host's answer.
+    pub admit_timeout: Duration,
 }
 
 /// What a passed deadline does.
@@ -71,6 +77,8 @@ enum Timer {
     Code(SessionId),
     /// The side stayed away for the whole grace period.
     Grace(SessionId, Member),
+    /// The room's host did not answer this guest's join in time.
+    Admit(SessionId, GuestId),
 }
 
 /// The single-node registry actor.
@@ -81,7 +89,8 @@ pub struct MemoryRegistry {
     /// Live codes (joinable) to their session.
     codes: HashMap<SessionCode, SessionId>,
     expired_codes: Tombstones<SessionCode, ()>,
-    ended: Tombstones<(SessionId, Role), Ended>,
+    /// Ended sides by session, endpoint and token (a room has many guests).
+    ended: Tombstones<(SessionId, Role, TokenHash), Ended>,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// The ceiling on failed joins (code guessing).
     failed_joins: FailedJoins,
@@ -151,7 +160,24 @@ impl MemoryRegistry {
                         side.grace_timer = None;
                     }
                     debug!(session = %id, side = ?m, "grace period over");
-                    self.end_side(&id, m, PeerLeftReason::Timeout);
+                    self.end_side(&id, m, GuestLeftReason::Timeout);
+                }
+                Timer::Admit(id, guest_id) => {
+                    let Some(s) = self.sessions.get_mut(&id) else {
+                        continue;
+                    };
+                    let Some(i) = s.place_of(guest_id) else {
+                        continue;
+                    };
+                    if let Some(seat) = s.places[i].seat.as_mut() {
+                        seat.admit_timer = None;
+                    }
+                    debug!(session = %id, guest_id, "host did not answer a join in time");
+                    self.metrics
+                        .room_decisions
+                        .with_label_values(&["timeout"])
+                        .inc();
+                    self.end_guest(&id, i, ErrorCode::Denied, GuestLeftReason::Timeout);
                 }
             }
         }
@@ -170,7 +196,25 @@ impl MemoryRegistry {
 
     fn remember_ended(&mut self, id: &SessionId, role: Role, token: TokenHash, code: ErrorCode) {
         self.ended
-            .insert((Arc::clone(id), role), Ended { token, code });
+            .insert((Arc::clone(id), role, token), Ended { token, code });
+    }
+
+    /// Schedules a waiting guest's denial after the admit timeout.
+    fn schedule_admit(&mut self, timer: Timer, ctx: &mut Context<Self>) -> super::timers::Key {
+        self.schedule(self.settings.admit_timeout, timer, ctx)
+    }
+
+    /// The room's host ended the guest in place `i` (or its join timed
+    /// out): its socket is told `code` and closed at once, the host hears
+    /// `reason`, and its token no longer resumes.
+    fn end_guest(&mut self, id: &SessionId, i: usize, code: ErrorCode, reason: GuestLeftReason) {
+        let Some(s) = self.sessions.get(id) else {
+            return;
+        };
+        if let Some((_, commands)) = s.side(Member::Guest(i)).and_then(|g| g.conn.as_ref()) {
+            commands.do_send(ConnCommand::Ended(code));
+        }
+        self.end_side(id, Member::Guest(i), reason);
     }
 
     /// The code's joining window passed.
@@ -231,13 +275,13 @@ impl MemoryRegistry {
     }
 
     /// A side is gone for good.
-    fn end_side(&mut self, id: &SessionId, m: Member, reason: PeerLeftReason) {
+    fn end_side(&mut self, id: &SessionId, m: Member, reason: GuestLeftReason) {
         match m {
             Member::Host => {
                 let Some(s) = self.sessions.remove(id) else {
                     return;
                 };
-                info!(session = %id, reason = reason.as_str(), "mac left; session over");
+                info!(session = %id, ?reason, "mac left; session over");
                 let msg = ServerMessage::error(ErrorCode::MacDisconnected);
                 s.tell_others(m, &msg, EventEffect::Close(CloseCode::SessionOver));
                 self.finish(s, ErrorCode::ResumeExpired);
@@ -246,22 +290,24 @@ impl MemoryRegistry {
                 let Some(s) = self.sessions.get_mut(id) else {
                     return;
                 };
-                let Some(place) = s.places.get_mut(i) else {
+                if s.side(m).is_none() {
                     return;
-                };
-                let Some(b) = place.guest.take() else { return };
-                if let Some(k) = b.grace_timer {
+                }
+                // Told before the place is freed: the host hears the guest's id.
+                s.announce(m, Change::Left(reason));
+                let admit_timer = s.places[i].seat.as_ref().and_then(|x| x.admit_timer);
+                let Some(b) = s.free_place(i) else { return };
+                for k in [b.grace_timer, admit_timer].into_iter().flatten() {
                     self.timers.remove(k);
                 }
-                info!(session = %id, reason = reason.as_str(), "browser left");
-                place.to_guest.end_receiver();
-                s.tell(
-                    Member::Host,
-                    &ServerMessage::PeerLeft { reason },
-                    EventEffect::None,
-                );
+                info!(session = %id, side = ?m, ?reason, "browser left");
                 let unjoinable = !s.code_live && !s.has_guests();
-                self.remember_ended(id, m.role(), b.token, ErrorCode::ResumeExpired);
+                let code = match reason {
+                    GuestLeftReason::Removed => ErrorCode::Removed,
+                    GuestLeftReason::Denied => ErrorCode::Denied,
+                    _ => ErrorCode::ResumeExpired,
+                };
+                self.remember_ended(id, m.role(), b.token, code);
                 if unjoinable {
                     // No browser can join any more: the mac needs a new code.
                     self.end_session_code_expired(id);

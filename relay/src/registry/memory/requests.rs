@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use relay_protocol::{CloseCode, ErrorCode, PeerLeftReason, Role, ServerMessage, SessionCode};
+use relay_protocol::{CloseCode, ErrorCode, GuestLeftReason, Role, ServerMessage, SessionCode};
 use tracing::{debug, info, warn};
 
 use super::super::guessing::{CEILING_MESSAGE, current_minute};
 use super::super::member::Member;
 use super::super::secret::{self, TokenHash};
-use super::super::session::{Session, Side};
+use super::super::session::{Change, RoomRules, Session, Side};
 use super::super::{
     Departure, Gone, Join, Joined, Overflowed, Refusal, Register, Registered, Resume, Resumed,
     SessionId,
@@ -21,11 +21,11 @@ use crate::queue::{EventEffect, Gap};
 
 impl MemoryRegistry {
     fn refuse_resume(&self, id: &str, role: Role, token: &str) -> Refusal {
-        let key: (SessionId, Role) = (Arc::from(id), role);
+        let key: (SessionId, Role, TokenHash) = (Arc::from(id), role, TokenHash::of(token));
         match self.ended.get(&key) {
             Some(e) if e.token.matches(token) => match e.code {
-                ErrorCode::MacDisconnected => Refusal {
-                    code: ErrorCode::MacDisconnected,
+                code @ (ErrorCode::MacDisconnected | ErrorCode::Removed) => Refusal {
+                    code,
                     message: None,
                     close: Some(CloseCode::SessionOver),
                 },
@@ -35,7 +35,7 @@ impl MemoryRegistry {
         }
     }
 
-    fn join(&mut self, msg: Join) -> Result<Joined, Refusal> {
+    fn join(&mut self, msg: Join, ctx: &mut Context<Self>) -> Result<Joined, Refusal> {
         if let Some(l) = &self.limiter {
             if l.check_key(&msg.client.addr).is_err() {
                 self.metrics.rate_limited.with_label_values(&["join"]).inc();
@@ -69,11 +69,17 @@ impl MemoryRegistry {
         let Some(s) = self.sessions.get_mut(&id) else {
             return Err(ErrorCode::InvalidCode.into());
         };
-        let Some(i) = s.free_place() else {
-            return Err(ErrorCode::AlreadyJoined.into());
+        let token = secret::resume_token();
+        let in_room = s.room.is_some();
+        let Some(i) = s.take_place(msg.name, &token) else {
+            return Err(if in_room {
+                ErrorCode::RoomFull
+            } else {
+                ErrorCode::AlreadyJoined
+            }
+            .into());
         };
         let guest = Member::Guest(i);
-        let token = secret::resume_token();
         let place = &mut s.places[i];
         place.to_guest.reset_receiver();
         let written = place.to_guest.attach(msg.client.receiver(), 0).unwrap_or(0);
@@ -82,18 +88,54 @@ impl MemoryRegistry {
             conn: Some((msg.client.conn, msg.client.commands.clone())),
             grace_timer: None,
         });
-        // The host's count of what this guest sends starts at 0.
-        s.to_host.reset_sender();
-        s.tell(Member::Host, &ServerMessage::PeerJoined, EventEffect::None);
+        let seat = place.seat.as_ref().map(|seat| (seat.id, seat.admitted()));
+        if !in_room {
+            // The host's count of what this guest sends starts at 0.
+            s.to_host.reset_sender();
+        }
+        s.announce(guest, Change::Joined);
         if s.host.conn.is_none() {
             s.tell(guest, &ServerMessage::PeerDisconnected, EventEffect::None);
         }
-        info!(session = %id, conn = %msg.client.conn, "browser joined");
+        info!(session = %id, conn = %msg.client.conn, guest = ?seat.map(|s| s.0), "browser joined");
         let link = s.link(guest, written).ok_or(ErrorCode::InvalidCode)?;
-        Ok(Joined {
-            resume_token: token,
-            link,
-        })
+        match seat {
+            None => Ok(Joined {
+                resume_token: Some(token),
+                guest_id: None,
+                link,
+            }),
+            Some((guest_id, true)) => {
+                s.admit(i);
+                s.announce(guest, Change::Admitted);
+                self.metrics
+                    .room_decisions
+                    .with_label_values(&["auto"])
+                    .inc();
+                Ok(Joined {
+                    resume_token: Some(token),
+                    guest_id: Some(guest_id),
+                    link,
+                })
+            }
+            Some((guest_id, false)) => {
+                let timer = Timer::Admit(Arc::clone(&id), guest_id);
+                let key = self.schedule_admit(timer, ctx);
+                if let Some(seat) = self
+                    .sessions
+                    .get_mut(&id)
+                    .and_then(|s| s.places.get_mut(i))
+                    .and_then(|p| p.seat.as_mut())
+                {
+                    seat.admit_timer = Some(key);
+                }
+                Ok(Joined {
+                    resume_token: None,
+                    guest_id: Some(guest_id),
+                    link,
+                })
+            }
+        }
     }
 
     fn resume(&mut self, msg: Resume) -> Result<Resumed, Refusal> {
@@ -105,16 +147,17 @@ impl MemoryRegistry {
             resume_token,
             last_seq,
         } = msg;
-        let m = Member::from(role);
         let Some(s) = self.sessions.get_mut(session_id.as_str()) else {
             return Err(self.refuse_resume(&session_id, role, &resume_token));
         };
-        let Some(side) = s
-            .side_mut(m)
-            .filter(|side| side.token.matches(&resume_token))
+        // A guest still waiting for its host has no token to resume with.
+        let Some(m) = s
+            .member_with_token(role, &resume_token)
+            .filter(|&m| s.is_in(m))
         else {
             return Err(self.refuse_resume(&session_id, role, &resume_token));
         };
+        let side = s.side_mut(m).expect("member found above");
         let old = side.conn.take();
         let grace = side.grace_timer.take();
         let attached = s
@@ -157,7 +200,7 @@ impl MemoryRegistry {
             }
             None => {
                 info!(session = %s.id, role = role.as_str(), conn = %client.conn, "resumed");
-                s.tell_others(m, &ServerMessage::PeerResumed, EventEffect::None);
+                s.announce(m, Change::Back);
                 false
             }
         };
@@ -184,7 +227,7 @@ impl MemoryRegistry {
                     let (conn, commands) = side.conn.as_ref()?;
                     (!commands.connected()).then(|| Gone {
                         session_id: Arc::clone(&s.id),
-                        role: m.role(),
+                        member: m,
                         conn: *conn,
                         how: Departure::Dropped,
                     })
@@ -192,16 +235,17 @@ impl MemoryRegistry {
             })
             .collect();
         for g in dead {
-            debug!(session = %g.session_id, role = g.role.as_str(), conn = %g.conn, "reaped a vanished connection");
+            debug!(session = %g.session_id, side = ?g.member, conn = %g.conn, "reaped a vanished connection");
             self.gone(g, ctx);
         }
     }
 
     pub(super) fn gone(&mut self, msg: Gone, ctx: &mut Context<Self>) {
-        let m = Member::from(msg.role);
+        let m = msg.member;
         let Some(s) = self.sessions.get_mut(&msg.session_id) else {
             return;
         };
+        let waiting = !s.is_in(m);
         let Some(side) = s.side_mut(m) else {
             return;
         };
@@ -210,8 +254,12 @@ impl MemoryRegistry {
         }
         side.conn = None;
         match msg.how {
-            Departure::Left => self.end_side(&msg.session_id, m, PeerLeftReason::Left),
-            Departure::Closed => self.end_side(&msg.session_id, m, PeerLeftReason::Closed),
+            Departure::Left => self.end_side(&msg.session_id, m, GuestLeftReason::Left),
+            // A guest still waiting has no token: it cannot come back.
+            Departure::Closed => self.end_side(&msg.session_id, m, GuestLeftReason::Closed),
+            Departure::Dropped if waiting => {
+                self.end_side(&msg.session_id, m, GuestLeftReason::Closed)
+            }
             Departure::Dropped => {
                 if let Some(p) = s.pipe_to(m) {
                     p.detach(msg.conn);
@@ -223,8 +271,8 @@ impl MemoryRegistry {
                 };
                 let side = s.side_mut(m).expect("side checked above");
                 side.grace_timer = Some(key);
-                s.tell_others(m, &ServerMessage::PeerDisconnected, EventEffect::None);
-                info!(session = %s.id, role = msg.role.as_str(), conn = %msg.conn, "side away");
+                s.announce(m, Change::Away);
+                info!(session = %s.id, side = ?m, conn = %msg.conn, "side away");
             }
         }
     }
@@ -248,13 +296,16 @@ impl Handler<Register> for MemoryRegistry {
             conn: Some((msg.client.conn, msg.client.commands.clone())),
             grace_timer: None,
         };
-        // One guest place: a pairing.
+        let room = msg.room.map(|r| RoomRules {
+            max_guests: r.max_guests as usize,
+            admit: r.admit,
+        });
         let s = Session::new(
             Arc::clone(&id),
             code.clone(),
             code_timer,
             host,
-            1,
+            room,
             self.settings.limits,
         );
         // unwrap-free: a new pipe accepts any receiver at 0.
@@ -279,8 +330,11 @@ impl Handler<Register> for MemoryRegistry {
 impl Handler<Join> for MemoryRegistry {
     type Result = Result<Joined, Refusal>;
 
-    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
-        let result = msg.deadline.check("join").and_then(|()| self.join(msg));
+    fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
+        let result = msg
+            .deadline
+            .check("join")
+            .and_then(|()| self.join(msg, ctx));
         let answer = result.as_ref().map(|_| ()).map_err(|r| r.code);
         self.metrics.join_answered(answer);
         result
@@ -315,13 +369,19 @@ impl Handler<Overflowed> for MemoryRegistry {
         let Some(s) = self.sessions.get_mut(&msg.session_id) else {
             return;
         };
-        let m = Member::from(msg.role);
+        let m = msg.member;
         if s.side_mut(m).is_none() {
             return;
         }
-        // The pipe closed when it overflowed, so the side cannot have resumed since.
+        // The pipe closed when it overflowed, so the side cannot have resumed
+        // since; a pipe still open is a new guest's in a reused place.
+        if s.pipe_to(m)
+            .is_some_and(|p| !matches!(p.check(0), Err(Gap::Closed)))
+        {
+            return;
+        }
         self.metrics.resume_buffer_overflows.inc();
-        warn!(session = %msg.session_id, role = msg.role.as_str(), "resume buffer overflowed; ending side");
-        self.end_side(&msg.session_id, m, PeerLeftReason::Timeout);
+        warn!(session = %msg.session_id, side = ?m, "resume buffer overflowed; ending side");
+        self.end_side(&msg.session_id, m, GuestLeftReason::Timeout);
     }
 }

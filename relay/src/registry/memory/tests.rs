@@ -21,6 +21,7 @@ async fn requests_past_their_deadline_are_refused_and_change_nothing() {
         client: mac.client.clone(),
         deadline,
         client_id: None,
+        room: None,
     };
 
     let late = registry.send(register(passed())).await.unwrap();
@@ -42,6 +43,7 @@ async fn requests_past_their_deadline_are_refused_and_change_nothing() {
         client: browser.client.clone(),
         deadline,
         code: r.code.clone(),
+        name: None,
     };
     let late = registry.send(join(passed())).await.unwrap();
     assert_eq!(late.err().map(|r| r.code), Some(ErrorCode::Unavailable));
@@ -60,7 +62,7 @@ async fn requests_past_their_deadline_are_refused_and_change_nothing() {
             deadline: passed(),
             role: Role::Browser,
             session_id: r.link.session_id.to_string(),
-            resume_token: j.resume_token.clone(),
+            resume_token: j.resume_token.clone().expect("a pairing's token"),
             last_seq: 0,
         })
         .await

@@ -79,7 +79,7 @@ impl Conn {
         let session_id = Arc::clone(&self.link.as_ref().expect("in a session").session_id);
         registry.gone(Gone {
             session_id,
-            role,
+            member: role.into(),
             conn: self.test.conn(),
             how,
         });
@@ -122,6 +122,7 @@ impl Registry {
                 client: c.test.client.clone(),
                 deadline: Deadline::for_request(),
                 client_id: None,
+                room: None,
             })
             .await
             .expect("registered");
@@ -137,10 +138,14 @@ impl Registry {
                 client: c.test.client.clone(),
                 deadline: Deadline::for_request(),
                 code: code.to_owned(),
+                name: None,
             })
             .await?;
         c.linked(j.link);
-        Ok((c, j.resume_token))
+        Ok((
+            c,
+            j.resume_token.expect("a pairing's browser gets its token"),
+        ))
     }
 
     async fn resume(&self, was: &Conn, role: Role, token: &str) -> Result<Conn, Refusal> {

@@ -73,10 +73,11 @@ impl Handler<Gone> for ClusterRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Gone, ctx: &mut Context<Self>) {
+        let role = msg.member.role();
         let Some(local) = self.sessions.get_mut(&msg.session_id) else {
             return;
         };
-        let Some(here) = local.side_mut(msg.role) else {
+        let Some(here) = local.side_mut(role) else {
             return;
         };
         if here.conn.as_ref().map(|(c, _)| *c) != Some(msg.conn) {
@@ -84,14 +85,11 @@ impl Handler<Gone> for ClusterRegistry {
         }
         here.conn = None;
         match msg.how {
-            Departure::Left => {
-                self.end_here(msg.session_id, msg.role, msg.conn, EndReason::Left, ctx)
-            }
+            Departure::Left => self.end_here(msg.session_id, role, msg.conn, EndReason::Left, ctx),
             Departure::Closed => {
-                self.end_here(msg.session_id, msg.role, msg.conn, EndReason::Closed, ctx)
+                self.end_here(msg.session_id, role, msg.conn, EndReason::Closed, ctx)
             }
             Departure::Dropped => {
-                let role = msg.role;
                 if let Some(p) = local.pipe(role) {
                     p.detach(msg.conn);
                 }
@@ -218,10 +216,10 @@ impl Handler<Overflowed> for ClusterRegistry {
 
     fn handle(&mut self, msg: Overflowed, ctx: &mut Context<Self>) {
         self.metrics.resume_buffer_overflows.inc();
-        warn!(session = %msg.session_id, role = msg.role.as_str(), "resume buffer overflowed; ending side");
+        let role = msg.member.role();
+        warn!(session = %msg.session_id, role = role.as_str(), "resume buffer overflowed; ending side");
         // The absent side may be homed anywhere: end it unconditionally.
         let store = Arc::clone(&self.store);
-        let role = msg.role;
         let id = msg.session_id;
         let sid = Arc::clone(&id);
         let end = async move { store.end_side(&sid, role, Holder::Any).await };

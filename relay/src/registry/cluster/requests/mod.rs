@@ -52,12 +52,31 @@ impl ClusterRegistry {
     }
 }
 
+/// Why a cluster refuses rooms: they are built on one node first, and
+/// across nodes next (the guests' frames need their ids on the bus).
+const NO_ROOMS_YET: &str = "Rooms (maxGuests, admit) are not available on a relay cluster yet; register without them for a one-guest session, or use a single-node relay.";
+
+impl Handler<super::super::Host> for ClusterRegistry {
+    type Result = Result<(), Refusal>;
+
+    fn handle(&mut self, _: super::super::Host, _: &mut Context<Self>) -> Self::Result {
+        // No room is ever registered here, so no socket is a room host.
+        Err(Refusal::with(ErrorCode::InvalidMessage, NO_ROOMS_YET))
+    }
+}
+
 impl Handler<Register> for ClusterRegistry {
     type Result = ResponseActFuture<Self, Result<Registered, Refusal>>;
 
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> Self::Result {
         if let Err(r) = msg.deadline.check("register") {
             return Box::pin(fut::ready(Err(r)));
+        }
+        if msg.room.is_some() {
+            return Box::pin(fut::ready(Err(Refusal::with(
+                ErrorCode::InvalidMessage,
+                NO_ROOMS_YET,
+            ))));
         }
         if !self.healthy() {
             return Box::pin(fut::ready(Err(ErrorCode::Unavailable.into())));
@@ -279,7 +298,8 @@ impl ClusterRegistry {
             self.checkpoint(&id, counters);
             info!(session = %sid, conn = %msg.client.conn, "browser joined (same node)");
             return Ok(Joined {
-                resume_token: token,
+                resume_token: Some(token),
+                guest_id: None,
                 link,
             });
         }
@@ -319,7 +339,8 @@ impl ClusterRegistry {
         );
         info!(session = %sid, conn = %msg.client.conn, mac_node = %mac_node, "browser joined (cross-node)");
         Ok(Joined {
-            resume_token: token,
+            resume_token: Some(token),
+            guest_id: None,
             link,
         })
     }

@@ -123,6 +123,7 @@ async fn a_resume_that_misses_its_deadline_is_undone_and_can_be_made_again() {
             client: browser.client.clone(),
             deadline: Deadline::for_request(),
             code: CODE.to_owned(),
+            name: None,
         })
         .await
         .unwrap()
@@ -163,7 +164,12 @@ async fn a_resume_that_misses_its_deadline_is_undone_and_can_be_made_again() {
     assert_eq!(r.zscore("relay:grace", "s1|mac").await, None);
     // The browser's frames reach the resumed mac.
     let frame = Frame::Binary(Bytes::from_static(b"after"));
-    let pushed = joined.link.outbound.push(frame, &Gate::new());
+    let pushed = joined
+        .link
+        .outbound
+        .pipe()
+        .expect("a pairing")
+        .push(frame, &Gate::new());
     assert!(matches!(pushed, Pushed::Queued { .. }), "{pushed:?}");
     assert_eq!(written(&resumed.link, second.conn()).unwrap(), ["data"]);
     assert_eq!(written(&resumed.link, first.conn()), None);
@@ -220,6 +226,7 @@ async fn an_undone_resume_tells_the_peer_node_the_side_is_away_again() {
             client: browser.client.clone(),
             deadline: Deadline::for_request(),
             code: CODE.to_owned(),
+            name: None,
         })
         .await
         .unwrap()
@@ -255,7 +262,12 @@ async fn an_undone_resume_tells_the_peer_node_the_side_is_away_again() {
         ]
     );
     let frame = Frame::Binary(Bytes::from_static(b"across"));
-    let pushed = joined.link.outbound.push(frame, &Gate::new());
+    let pushed = joined
+        .link
+        .outbound
+        .pipe()
+        .expect("a pairing")
+        .push(frame, &Gate::new());
     assert!(matches!(pushed, Pushed::Queued { .. }), "{pushed:?}");
     assert_eq!(heard(&resumed.link, second.conn(), 1).await, ["data"]);
 }

@@ -7,90 +7,9 @@ use prometheus::{
 };
 use relay_protocol::{ErrorCode, Role};
 
-/// Why a connection ended; the `reason` label of `relay_disconnects_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DisconnectReason {
-    /// The client closed or dropped the connection.
-    ClientGone,
-    /// No pong within the heartbeat timeout.
-    HeartbeatTimeout,
-    /// No `register`/`join`/`resume` within the handshake timeout.
-    HandshakeTimeout,
-    /// Too many malformed messages in a row (1008).
-    Malformed,
-    /// A frame over the size limit (1009).
-    TooLarge,
-    /// Broken WebSocket framing (1002).
-    ProtocolError,
-    /// The client stopped reading (1013).
-    SlowConsumer,
-    /// A newer connection resumed the same side (4001).
-    Replaced,
-    /// The node drained (1012).
-    Drained,
-    /// The session ended for good (1000).
-    SessionOver,
-    /// A `/browser` upgrade from an origin not in `RELAY_ALLOWED_ORIGINS` (1008).
-    OriginRefused,
-}
+mod labels;
 
-impl DisconnectReason {
-    /// Every reason, for pre-registering label values.
-    pub const ALL: [DisconnectReason; 11] = [
-        Self::ClientGone,
-        Self::HeartbeatTimeout,
-        Self::HandshakeTimeout,
-        Self::Malformed,
-        Self::TooLarge,
-        Self::ProtocolError,
-        Self::SlowConsumer,
-        Self::Replaced,
-        Self::Drained,
-        Self::SessionOver,
-        Self::OriginRefused,
-    ];
-
-    /// The label value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::ClientGone => "client_gone",
-            Self::HeartbeatTimeout => "heartbeat_timeout",
-            Self::HandshakeTimeout => "handshake_timeout",
-            Self::Malformed => "malformed",
-            Self::TooLarge => "too_large",
-            Self::ProtocolError => "protocol_error",
-            Self::SlowConsumer => "slow_consumer",
-            Self::Replaced => "replaced",
-            Self::Drained => "drained",
-            Self::SessionOver => "session_over",
-            Self::OriginRefused => "origin_refused",
-        }
-    }
-}
-
-/// Result label values of `relay_joins_total`.
-///
-/// A draining node refuses new connections before they can ask (counted in
-/// `relay_errors_sent_total{code="SHUTTING_DOWN"}`), so there is no
-/// `shutting_down` result.
-pub const JOIN_RESULTS: [&str; 6] = [
-    "ok",
-    "invalid_code",
-    "expired_code",
-    "already_joined",
-    "rate_limited",
-    "unavailable",
-];
-
-/// Result label values of `relay_resumes_total`.
-pub const RESUME_RESULTS: [&str; 6] = [
-    "ok",
-    "takeover",
-    "invalid_resume",
-    "resume_expired",
-    "mac_disconnected",
-    "unavailable",
-];
+pub use labels::{DisconnectReason, DropReason, JOIN_RESULTS, RESUME_RESULTS, ROOM_DECISIONS};
 
 /// Every metric of the node, registered in its own registry.
 pub struct Metrics {
@@ -107,6 +26,8 @@ pub struct Metrics {
     pub joins: IntCounterVec,
     /// Resumes by result.
     pub resumes: IntCounterVec,
+    /// Room guests let in or turned away, by decision.
+    pub room_decisions: IntCounterVec,
     /// Data frames relayed between two sockets of this node.
     pub frames_local: IntCounter,
     /// Bytes of data frames relayed between two sockets of this node.
@@ -348,6 +269,13 @@ impl Metrics {
                 Opts::new("relay_resumes_total", "Resume attempts by result."),
                 &["result"],
             )?,
+            room_decisions: IntCounterVec::new(
+                Opts::new(
+                    "relay_room_decisions_total",
+                    "Room guests admitted (auto, admitted), denied (denied, timeout) or removed, by decision.",
+                ),
+                &["decision"],
+            )?,
             frames_local: frames.with_label_values(&["local"]),
             bytes_local: bytes.with_label_values(&["local"]),
             errors: IntCounterVec::new(
@@ -390,6 +318,7 @@ impl Metrics {
         m.registry.register(Box::new(m.codes_expired.clone()))?;
         m.registry.register(Box::new(m.joins.clone()))?;
         m.registry.register(Box::new(m.resumes.clone()))?;
+        m.registry.register(Box::new(m.room_decisions.clone()))?;
         m.registry.register(Box::new(frames))?;
         m.registry.register(Box::new(bytes))?;
         m.registry.register(Box::new(m.errors.clone()))?;
@@ -451,6 +380,9 @@ impl Metrics {
         for r in RESUME_RESULTS {
             m.resumes.with_label_values(&[r]);
         }
+        for d in ROOM_DECISIONS {
+            m.room_decisions.with_label_values(&[d]);
+        }
         for c in ErrorCode::ALL {
             m.errors.with_label_values(&[c.as_str()]);
         }
@@ -477,6 +409,7 @@ impl Metrics {
             Err(ErrorCode::InvalidCode) => "invalid_code",
             Err(ErrorCode::ExpiredCode) => "expired_code",
             Err(ErrorCode::AlreadyJoined) => "already_joined",
+            Err(ErrorCode::RoomFull) => "room_full",
             Err(ErrorCode::RateLimited) => "rate_limited",
             Err(_) => "unavailable",
         };
@@ -514,57 +447,6 @@ impl Metrics {
         // An encode error would mean a metric with invalid UTF-8 names, which we never create.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
-    }
-}
-
-/// Why the bus dropped an envelope: the `reason` label of
-/// `relay_bus_dropped_total`. None happens in normal operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// A replayed or resent frame, the link over [`HARD_LIMIT`](crate::cluster::bus::link::HARD_LIMIT). The frame
-    /// stays held at this node; it is sent again once the link has room.
-    ReplayFull,
-    /// An ack, the link over [`HARD_LIMIT`](crate::cluster::bus::link::HARD_LIMIT). The next ack covers it; until
-    /// then the sender's node holds those frames a little longer.
-    AckFull,
-    /// A written report, the link over [`HARD_LIMIT`](crate::cluster::bus::link::HARD_LIMIT). The next report or
-    /// ack covers it; until then the sender may stay paused a little longer.
-    WrittenFull,
-    /// A control message, [`MAX_CONTROLS`](crate::cluster::bus::link::MAX_CONTROLS) already queued. It is lost: a
-    /// lost `Moved` or `Handover` makes that resume wait out its handover
-    /// time (2 s) and go on without the other node's answer; a lost `Away`,
-    /// `Ended` or `Joined` leaves the peer's node untold; a lost `Resend` is
-    /// asked for again by a later frame after the retry interval.
-    ControlFull,
-    /// A probe of this node's own subscription, the link over
-    /// [`HARD_LIMIT`](crate::cluster::bus::link::HARD_LIMIT). Two in a row make the node resubscribe.
-    ProbeFull,
-    /// Any envelope of a publish that failed (Redis down or slow). Frames
-    /// are sent again by their holders, as after a replay drop.
-    PublishFailed,
-}
-
-impl DropReason {
-    /// Every reason, for pre-registering label values.
-    pub const ALL: [DropReason; 6] = [
-        Self::ReplayFull,
-        Self::AckFull,
-        Self::WrittenFull,
-        Self::ControlFull,
-        Self::ProbeFull,
-        Self::PublishFailed,
-    ];
-
-    /// The label value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::ReplayFull => "replay_full",
-            Self::AckFull => "ack_full",
-            Self::WrittenFull => "written_full",
-            Self::ControlFull => "control_full",
-            Self::ProbeFull => "probe_full",
-            Self::PublishFailed => "publish_failed",
-        }
     }
 }
 
