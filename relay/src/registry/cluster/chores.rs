@@ -122,8 +122,12 @@ impl ClusterRegistry {
                 }
             }
         }
+        // Through the mailbox, behind the socket's own `Gone` (sent as it
+        // stopped, before it counted as disconnected): a socket that closed
+        // with 1000 must end its side, not leave it away for the grace period.
+        let me = ctx.address();
         for g in dead {
-            ctx.notify(g);
+            me.do_send(g);
         }
         // Receivers fed from other nodes have no local sender to notice a stall.
         for p in self.dir.all() {

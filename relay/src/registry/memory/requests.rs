@@ -234,9 +234,14 @@ impl MemoryRegistry {
                 })
             })
             .collect();
+        // Through the mailbox, behind the socket's own `Gone` (sent as it
+        // stopped, before it counted as disconnected): acting here at once
+        // took a socket that closed with 1000 for a dropped one, and its
+        // session stayed away for the grace period instead of ending.
+        let me = ctx.address();
         for g in dead {
             debug!(session = %g.session_id, side = ?g.member, conn = %g.conn, "reaped a vanished connection");
-            self.gone(g, ctx);
+            me.do_send(g);
         }
     }
 
