@@ -331,7 +331,9 @@ export class RelayClient {
     this.abandon();
     if (this.gaveUp || this.state === State.CONNECTED) this.attempt = 0;
     this.gaveUp = false;
-    this.setState(this.session && this.everConnected ? State.RECONNECTING : State.CONNECTING, {
+    // A first join that is already retrying stays "reconnecting", as its retries are.
+    const again = (this.session && this.everConnected) || this.attempt > 0;
+    this.setState(again ? State.RECONNECTING : State.CONNECTING, {
       reason: 'manual',
     });
     this.emit('attempt', { attempt: this.attempt, manual: true });
