@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { createRequire } from 'node:module';
 
 import {
   ARTIFACTS,
@@ -29,6 +30,8 @@ import {
   waitIncoming,
 } from './harness.js';
 
+/** axe-core, the accessibility checker, injected into the page for each state. */
+const AXE = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
 const DESKTOP = { width: 900, height: 760 };
 const NARROW = { width: 390, height: 844 };
 
@@ -61,8 +64,22 @@ const tagOf = (page, body) => page.$$eval('#log li.out', (lis, b) => {
   return li ? { tag: li.querySelector('.tag')?.textContent ?? '', cls: li.className } : null;
 }, body);
 
-/** Screenshot at desktop width; with `narrow`, also at 390 px, checking nothing spills sideways. */
+/** No axe-core violations (WCAG 2 A and AA rules) in the page as it is now. */
+async function assertAccessible(page, name) {
+  if (!(await page.evaluate(() => Boolean(window.axe)))) await page.addScriptTag({ path: AXE });
+  const violations = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa'] } });
+    return r.violations.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).join(', ')})`);
+  });
+  assert.deepEqual(violations, [], `accessibility of ${name}`);
+}
+
+/**
+ * Screenshot at desktop width; with `narrow`, also at 390 px, checking nothing
+ * spills sideways. Each state is also checked for accessibility.
+ */
 async function shot(page, name, { narrow = false, card = null } = {}) {
+  await assertAccessible(page, name);
   if (card) await assertBeside(page, card);
   await page.screenshot({ path: path.join(ARTIFACTS, `states-${name}.png`) });
   if (!narrow) return;
