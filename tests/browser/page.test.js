@@ -223,6 +223,15 @@ test('after a reload the page resumes; a capped page gives up, offers Retry, and
     assert.equal(await state(page), 'disconnected');
     assert.equal(await bannerShown(page), false);
     await page.screenshot({ path: path.join(ARTIFACTS, 'browser-gaveup.png') });
+    // The card sits above the conversation, never over it, also 390 px wide.
+    for (const width of [900, 390]) {
+      await page.setViewportSize({ width, height: 760 });
+      const card = await page.locator('#ov-gaveup').boundingBox();
+      const conv = await page.locator('.conversation').boundingBox();
+      assert.ok(card.y + card.height <= conv.y + 0.5, `at ${width} px the card covers the conversation`);
+    }
+    await page.screenshot({ path: path.join(ARTIFACTS, 'browser-gaveup-390.png'), fullPage: true });
+    await page.setViewportSize({ width: 900, height: 760 });
 
     // The node is back but has forgotten the session: Retry leads to "Session over" with the reason.
     await node.restart();
