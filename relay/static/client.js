@@ -47,6 +47,8 @@ export const DEFAULTS = Object.freeze({
   pingInterval: 5_000,
   /** A ping unanswered this long means the connection is dead (ms). */
   pongTimeout: 15_000,
+  /** A ping unanswered this long makes the last latency stale (the `stale` event), ms. */
+  pongLate: 2_000,
   /** Frames that may wait to be sent while not connected. */
   queueFrames: 1000,
   /** Bytes that may wait to be sent while not connected. */
@@ -182,14 +184,21 @@ function defaultStorage() {
  * Events (`client.on(name, fn)`, which returns a function that unsubscribes):
  * - `state`   {state, attempt, delay, code, reason}: the connection state changed
  *             (`attempt` and `delay` while reconnecting; `code`/`reason` say why).
+ * - `attempt` {attempt, manual}: a retry starts now (after its delay, or `reconnect()`).
  * - `joined`  {sessionId}: the code was accepted.
  * - `resumed` {lastSeq, resent, lost}: the session was taken back on a new connection.
  * - `data`    {text} for a `data` text frame (its payload) or {bytes} (Uint8Array) for a binary frame.
  * - `peer`    {present}: the Mac dropped (false, `peer_disconnected`) or came back (true).
  * - `latency` ms: round trip of the last app-level ping.
+ * - `stale`   {since}: a ping has gone unanswered for `pongLate` ms (since: when it
+ *             was sent); the last latency no longer says anything. The next
+ *             `latency` event ends it.
  * - `error`   {code, message, fatal}: a refusal or an error the session survives.
  * - `lost`    n: frames the relay never got that were no longer kept to re-send.
- * - `ended`   {code, message}: the session is over for this client (read-only from now on).
+ * - `ended`   {code, message, closeCode, peerAway, unsent}: the session is over for this
+ *             client (read-only from now on). `peerAway`: the Mac had dropped and
+ *             not come back (so MAC_DISCONNECTED means it stopped answering, not
+ *             that it left); `unsent`: queued frames that were never sent.
  * - `gaveup`  {attempts}: reconnecting stopped at `maxRetries`; `reconnect()` starts again.
  * - `event`   msg: any other control message (for the curious).
  */
@@ -217,6 +226,9 @@ export class RelayClient {
     this.retryTimer = null;
     this.pingTimer = null;
     this.pingSentAt = null; // ts of the unanswered ping, if any
+    this.lateTimer = null;
+    /** Whether the unanswered ping is overdue (the last latency is stale). */
+    this.latencyStale = false;
   }
 
   // ---- events ----------------------------------------------------------
@@ -307,16 +319,24 @@ export class RelayClient {
     this.queueBytes += size;
   }
 
-  /** Drops the connection (if any) and reconnects at once, resuming the session; also after giving up. */
+  /**
+   * Drops the connection (if any) and reconnects at once, resuming the session.
+   * While reconnecting this is one more attempt ("try now"): the attempt count
+   * goes on, so the backoff after a failure is not reset by impatience. After
+   * giving up it starts counting again.
+   */
   reconnect() {
     if (this.ended) return false;
     if (!this.session && this.code === null) return false;
     this.abandon();
-    this.attempt = 0;
+    if (this.gaveUp || this.state === State.CONNECTED) this.attempt = 0;
     this.gaveUp = false;
-    this.setState(this.session && this.everConnected ? State.RECONNECTING : State.CONNECTING, {
+    // A first join that is already retrying stays "reconnecting", as its retries are.
+    const again = (this.session && this.everConnected) || this.attempt > 0;
+    this.setState(again ? State.RECONNECTING : State.CONNECTING, {
       reason: 'manual',
     });
+    this.emit('attempt', { attempt: this.attempt, manual: true });
     this.open();
     return true;
   }
@@ -470,6 +490,8 @@ export class RelayClient {
         if (this.pingSentAt !== null && msg.ts === this.pingSentAt) {
           this.latency = Math.max(0, this.now() - msg.ts);
           this.pingSentAt = null;
+          this.clearLate();
+          this.latencyStale = false;
           this.emit('latency', this.latency);
         }
         break;
@@ -598,6 +620,7 @@ export class RelayClient {
     this.setState(State.RECONNECTING, { delay, code, nextAt: this.now() + delay });
     this.retryTimer = this.setTimeout(() => {
       this.retryTimer = null;
+      this.emit('attempt', { attempt: this.attempt, manual: false });
       this.open();
     }, delay);
   }
@@ -607,9 +630,10 @@ export class RelayClient {
     this.ended = { code, message };
     this.clearStorage();
     this.abandon(code === 'LEFT');
+    const unsent = this.queue.length;
     this.queue = [];
     this.queueBytes = 0;
-    this.emit('ended', { code, message, closeCode });
+    this.emit('ended', { code, message, closeCode, peerAway: !this.peerPresent, unsent });
     this.setState(State.DISCONNECTED, { code, reason: message });
   }
 
@@ -649,8 +673,18 @@ export class RelayClient {
       return;
     }
     if (this.pingSentAt === null) {
-      this.pingSentAt = this.now();
-      this.raw({ type: 'ping', ts: this.pingSentAt });
+      const ts = this.now();
+      this.pingSentAt = ts;
+      this.raw({ type: 'ping', ts });
+      this.clearLate();
+      this.lateTimer = this.setTimeout(() => {
+        this.lateTimer = null;
+        if (this.pingSentAt !== ts) return;
+        // A pong takes milliseconds: this late, the relay (or the path to it)
+        // is stuck, and the last latency would claim a health it lacks.
+        this.latencyStale = true;
+        this.emit('stale', { since: ts });
+      }, this.options.pongLate);
     }
     this.pingTimer = this.setTimeout(() => {
       this.pingTimer = null;
@@ -675,11 +709,18 @@ export class RelayClient {
     this.pingTimer = null;
   }
 
+  clearLate() {
+    if (this.lateTimer !== null) this.clearTimeout(this.lateTimer);
+    this.lateTimer = null;
+  }
+
   /** Forgets the current socket (its later events are ignored) and its timers. */
   detach() {
     this.clearConnectTimer();
     this.clearPing();
+    this.clearLate();
     this.pingSentAt = null;
+    this.latencyStale = false;
     this.ws = null;
     this.phase = null;
     this.pendingError = null;

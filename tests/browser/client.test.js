@@ -521,3 +521,69 @@ test('leave sends leave, closes with 1000 and ends the session', () => {
   assert.equal(t.client.ended.code, 'LEFT');
   assert.equal(t.storage.getItem('relay.session'), null);
 });
+
+test('"try now" while reconnecting is one more attempt: the count goes on', () => {
+  const t = setup();
+  const attempts = [];
+  t.client.on('attempt', (a) => attempts.push(a));
+  joined(t).drop(1006);
+  t.clock.advance(1000); // attempt 1 starts
+  t.last().drop(1006); // and fails: attempt 2 waits 2 s
+  assert.equal(t.client.attempt, 2);
+  assert.equal(t.client.reconnect(), true);
+  assert.equal(t.client.attempt, 2, 'not reset by the manual try');
+  t.last().drop(1006);
+  assert.equal(t.client.attempt, 3);
+  assert.equal(t.client.state, State.RECONNECTING);
+  assert.deepEqual(attempts, [
+    { attempt: 1, manual: false },
+    { attempt: 2, manual: true },
+  ]);
+  // Only one attempt at a time: the manual try cancelled the scheduled one.
+  assert.equal(t.made.length, 3);
+  t.clock.advance(4 * 1000);
+  assert.equal(t.made.length, 4);
+});
+
+test('a ping unanswered for pongLate makes the latency stale; the next pong ends it', () => {
+  const t = setup();
+  const stale = [];
+  t.client.on('stale', (s) => stale.push(s));
+  const ws = joined(t);
+  const ping = ws.json().find((m) => m.type === 'ping');
+  ws.text({ type: 'pong', ts: ping.ts });
+  assert.equal(t.client.latencyStale, false);
+  t.clock.advance(5000); // the next ping goes out and is not answered
+  const second = ws.json().filter((m) => m.type === 'ping')[1];
+  assert.ok(second);
+  t.clock.advance(1999);
+  assert.deepEqual(stale, []);
+  t.clock.advance(1);
+  assert.deepEqual(stale, [{ since: second.ts }]);
+  assert.equal(t.client.latencyStale, true);
+  ws.text({ type: 'pong', ts: second.ts });
+  assert.equal(t.client.latencyStale, false);
+  assert.equal(t.events.filter(([n]) => n === 'latency').length, 2);
+});
+
+test('the end says whether the Mac was away and how many queued frames were never sent', () => {
+  const t = setup();
+  const ws = joined(t);
+  ws.text({ type: 'peer_disconnected' });
+  ws.drop(1006);
+  t.client.send('a');
+  t.client.send('b');
+  t.clock.advance(1000);
+  const ws2 = t.last();
+  ws2.open();
+  ws2.text({ type: 'error', code: 'MAC_DISCONNECTED', message: 'The Mac ended the session.' });
+  const [, ended] = t.events.find(([n]) => n === 'ended');
+  assert.equal(ended.code, 'MAC_DISCONNECTED');
+  assert.equal(ended.peerAway, true);
+  assert.equal(ended.unsent, 2);
+
+  const u = setup();
+  const w = joined(u);
+  w.text({ type: 'error', code: 'MAC_DISCONNECTED', message: 'The Mac ended the session.' });
+  assert.equal(u.events.find(([n]) => n === 'ended')[1].peerAway, false);
+});

@@ -11,340 +11,34 @@
 // redis-server and /usr/bin/chromium (`make deps`). Every process started here
 // is killed at the end, also on failure; every wait is bounded.
 
+
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-import { chromium } from 'playwright-core';
-import { WebSocket } from 'ws';
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const RELAY_BIN = path.resolve(ROOT, process.env.RELAY_BIN ?? 'target/debug/relay');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const ARTIFACTS = path.join(ROOT, 'target', 'test-artifacts');
-/** Longest any single wait may take. */
-const WAIT = 15_000;
-/** Longest the page may take to come back after node 1 is up again (backoff up to 8 s × 1.25). */
-const RECONNECT_WAIT = 30_000;
-
-// ---- small helpers -------------------------------------------------------
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(check, what, ms = WAIT) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await check();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** Every child process started by this file, killed at the end whatever happens. */
-const children = new Set();
-process.on('exit', () => {
-  for (const c of children) {
-    try {
-      c.kill('SIGKILL');
-    } catch {
-      // Gone already.
-    }
-  }
-});
-
-function track(child) {
-  children.add(child);
-  child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  child.exited.then(() => children.delete(child));
-  return child;
-}
-
-/** `promise`, or an error after `ms` (the timer does not outlive it). */
-async function within(promise, ms, what) {
-  let timer;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function kill(child) {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  child.kill('SIGKILL');
-  await within(child.exited, WAIT, `pid ${child.pid} to exit`);
-}
-
-function tail(lines, n = 40) {
-  return lines.slice(-n).join('\n');
-}
-
-/** GET http://addr/path → status (or the error's message). */
-function httpStatus(port, p) {
-  return new Promise((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path: p, timeout: 2000 }, (res) => {
-      res.resume();
-      resolve(res.statusCode);
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', (e) => resolve(e.message));
-  });
-}
-
-// ---- Redis -----------------------------------------------------------------
-
-function redisPings(port) {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    let buf = '';
-    const done = (ok) => {
-      s.destroy();
-      resolve(ok);
-    };
-    s.setTimeout(1000, () => done(false));
-    s.on('error', () => done(false));
-    s.on('connect', () => s.write('*1\r\n$4\r\nPING\r\n'));
-    s.on('data', (d) => {
-      buf += d;
-      if (buf.includes('\r\n')) done(buf.startsWith('+PONG'));
-    });
-  });
-}
-
-async function startRedis(dir) {
-  let last = '';
-  for (let i = 0; i < 5; i++) {
-    const port = await freePort();
-    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-      '--daemonize', 'no', '--dir', dir, '--logfile', path.join(dir, 'redis.log')];
-    const child = track(spawn('redis-server', args, { stdio: 'ignore' }));
-    const spawnError = new Promise((resolve) => child.once('error', (e) => resolve(e)));
-    const ok = await Promise.race([
-      waitFor(() => redisPings(port), `redis on ${port}`, WAIT).then(() => true, () => false),
-      child.exited.then(() => false),
-      spawnError.then((e) => { last = `cannot run redis-server (is it installed? make deps): ${e.message}`; return false; }),
-    ]);
-    if (ok) return { child, port, url: `redis://127.0.0.1:${port}` };
-    await kill(child);
-    last ||= `redis-server on ${port} did not answer`;
-  }
-  throw new Error(last);
-}
-
-// ---- relay nodes -------------------------------------------------------------
-
-class Node {
-  constructor(id, redisUrl) {
-    this.id = id;
-    this.redisUrl = redisUrl;
-    this.logs = [];
-    this.child = null;
-    this.port = null;
-  }
-
-  /** Starts the relay on `listen` and waits until /readyz answers 200. */
-  async start(listen = '127.0.0.1:0') {
-    const env = {
-      RELAY_LISTEN: listen,
-      RELAY_LOG_FORMAT: 'json',
-      RELAY_LOG: 'relay=debug,info',
-      RELAY_NODE_ID: this.id,
-      RELAY_REDIS_URL: this.redisUrl,
-      RELAY_JOIN_RATE: '0',
-      RELAY_WORKERS: '2',
-    };
-    const child = track(spawn(RELAY_BIN, [], { env, stdio: ['ignore', 'ignore', 'pipe'] }));
-    this.child = child;
-    this.logs.push(`---- ${this.id} started on ${listen} ----`);
-    let pending = '';
-    const listening = new Promise((resolve, reject) => {
-      child.once('error', (e) => reject(new Error(`cannot run ${RELAY_BIN} (build it: cargo build --bin relay): ${e.message}`)));
-      child.exited.then(({ code, signal }) => reject(new Error(`${this.id} exited (${code ?? signal}) before listening:\n${tail(this.logs)}`)));
-      child.stderr.setEncoding('utf8');
-      child.stderr.on('data', (chunk) => {
-        pending += chunk;
-        const lines = pending.split('\n');
-        pending = lines.pop();
-        for (const line of lines) {
-          this.logs.push(line);
-          if (this.logs.length > 3000) this.logs.shift();
-          try {
-            const v = JSON.parse(line);
-            if (v.fields?.message === 'relay listening') resolve(v.fields.addr);
-          } catch {
-            // Not JSON: keep it for the log tail only.
-          }
-        }
-      });
-    });
-    const addr = await within(listening, WAIT, `${this.id} to log "relay listening"`).catch((e) => {
-      throw new Error(`${e.message}\n${tail(this.logs)}`);
-    });
-    this.port = Number(addr.split(':').pop());
-    await waitFor(async () => (await httpStatus(this.port, '/readyz')) === 200, `${this.id} /readyz 200`);
-    return this;
-  }
-
-  /** SIGKILL: the node dies without a word. */
-  async sigkill() {
-    await kill(this.child);
-  }
-
-  /** Starts it again on the same port if it can, else on a new one. */
-  async restart() {
-    for (let i = 0; i < 10; i++) {
-      try {
-        return await this.start(`127.0.0.1:${this.port}`);
-      } catch (e) {
-        await kill(this.child);
-        this.logs.push(`---- restart on ${this.port} failed: ${e.message.split('\n')[0]} ----`);
-        await sleep(200);
-      }
-    }
-    return this.start('127.0.0.1:0');
-  }
-}
-
-// ---- a TCP proxy in front of node 1 ------------------------------------------
-
-function startProxy(target) {
-  const sockets = new Set();
-  const server = net.createServer((client) => {
-    const upstream = net.connect(target.port, '127.0.0.1');
-    sockets.add(client);
-    sockets.add(upstream);
-    const cut = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    for (const s of [client, upstream]) {
-      s.on('error', cut);
-      s.on('close', cut);
-    }
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  return new Promise((resolve, reject) => {
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      resolve({
-        port: server.address().port,
-        close() {
-          for (const s of sockets) s.destroy();
-          return new Promise((r) => server.close(() => r()));
-        },
-      });
-    });
-  });
-}
-
-// ---- the Mac side: a plain WebSocket client ----------------------------------
-
-class Mac {
-  constructor(url) {
-    this.got = [];
-    this.ws = new WebSocket(url);
-    this.ws.on('message', (data, isBinary) => {
-      this.got.push(isBinary ? { binary: Buffer.from(data) } : JSON.parse(data.toString()));
-    });
-    this.ws.on('error', () => {});
-  }
-
-  async opened() {
-    await waitFor(() => this.ws.readyState === WebSocket.OPEN, 'the Mac connection');
-    return this;
-  }
-
-  send(obj) {
-    this.ws.send(JSON.stringify(obj));
-  }
-
-  data(payload) {
-    this.send({ type: 'data', payload });
-  }
-
-  binary(text) {
-    this.ws.send(Buffer.from(text), { binary: true });
-  }
-
-  /** Waits for a control message of `type`; returns it. */
-  expect(type) {
-    return waitFor(() => this.got.find((m) => m.type === type), `the Mac to receive ${type}`);
-  }
-
-  /** The data payloads received, in order. */
-  payloads() {
-    return this.got.filter((m) => m.type === 'data').map((m) => m.payload);
-  }
-
-  /** Data frames received (text and binary). */
-  dataCount() {
-    return this.got.filter((m) => m.type === 'data' || m.binary).length;
-  }
-
-  async close() {
-    this.ws.terminate();
-  }
-}
-
-// ---- the page ----------------------------------------------------------------
-
-const incoming = (page) => page.$$eval('#log li.msg.in .body', (els) => els.map((e) => e.textContent));
-const state = (page) => page.$eval('#status', (e) => e.dataset.state);
-const bannerShown = (page) => page.$eval('#banner', (e) => e.dataset.shown === 'true');
-
-/** Debian's headless Chromium with a fresh profile in `profile`, every wait bounded. */
-async function launchChromium(profile) {
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-      '--no-first-run', '--disable-sync'],
-    viewport: { width: 900, height: 760 },
-    timeout: WAIT,
-  });
-  context.setDefaultTimeout(WAIT);
-  return context;
-}
-
-async function sendFromPage(page, text) {
-  await page.getByLabel('Message', { exact: true }).fill(text);
-  await page.getByRole('button', { name: 'Send', exact: true }).click();
-}
-
-async function waitIncoming(page, want, what) {
-  await waitFor(async () => {
-    const got = await incoming(page);
-    return want.every((w) => got.includes(w));
-  }, what, RECONNECT_WAIT).catch(async (e) => {
-    throw new Error(`${e.message}; the page shows ${JSON.stringify(await incoming(page))}`);
-  });
-}
+import {
+  RELAY_BIN,
+  CHROMIUM,
+  ARTIFACTS,
+  WAIT,
+  RECONNECT_WAIT,
+  sleep,
+  waitFor,
+  kill,
+  tail,
+  startRedis,
+  Node,
+  startProxy,
+  Mac,
+  incoming,
+  state,
+  bannerShown,
+  launchChromium,
+  sendFromPage,
+  waitIncoming,
+} from './harness.js';
 
 // ---- the test ------------------------------------------------------------------
 
@@ -520,7 +214,8 @@ test('after a reload the page resumes; a capped page gives up, offers Retry, and
     await waitIncoming(page, ['m2'], 'the page to show m2');
     await sendFromPage(page, 'b1');
     await waitFor(() => mac.payloads().includes('b1'), 'the Mac to get b1');
-    assert.deepEqual(await incoming(page), ['m2'], 'nothing replayed twice');
+    // The conversation so far is kept across the reload, and nothing is replayed twice.
+    assert.deepEqual(await incoming(page), ['m1', 'm2'], 'kept, nothing replayed twice');
 
     // The node dies; after one failed attempt the page gives up and offers Retry.
     await node.sigkill();
@@ -528,12 +223,21 @@ test('after a reload the page resumes; a capped page gives up, offers Retry, and
     assert.equal(await state(page), 'disconnected');
     assert.equal(await bannerShown(page), false);
     await page.screenshot({ path: path.join(ARTIFACTS, 'browser-gaveup.png') });
+    // The card sits above the conversation, never over it, also 390 px wide.
+    for (const width of [900, 390]) {
+      await page.setViewportSize({ width, height: 760 });
+      const card = await page.locator('#ov-gaveup').boundingBox();
+      const conv = await page.locator('.conversation').boundingBox();
+      assert.ok(card.y + card.height <= conv.y + 0.5, `at ${width} px the card covers the conversation`);
+    }
+    await page.screenshot({ path: path.join(ARTIFACTS, 'browser-gaveup-390.png'), fullPage: true });
+    await page.setViewportSize({ width: 900, height: 760 });
 
     // The node is back but has forgotten the session: Retry leads to "Session over" with the reason.
     await node.restart();
     await page.getByRole('button', { name: 'Retry' }).click();
     await waitFor(() => page.isVisible('#ov-over'), 'the "Session over" overlay');
-    assert.equal(await page.textContent('#ov-over-text'), 'The relay no longer knows this session.');
+    assert.match(await page.textContent('#ov-over-text'), /^The relay no longer knows this session: it was restarted/);
     assert.deepEqual(pageErrors, [], 'no uncaught errors in the page');
   } catch (e) {
     console.error(`---- ${node.id} log (last lines) ----\n${tail(node.logs, 60)}`);
