@@ -18,6 +18,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::debug;
 
 use super::backoff::{AfterClose, Next, Reconnector, after_close};
+use super::failure::{self, Cause, DROPPED, Failure, closed_by_relay};
 use super::outbox::{OutFrame, Outbox};
 use super::url::{RelayUrl, UrlError};
 use super::{Command, Config, Data, Ended, Event, SendError, State};
@@ -29,12 +30,6 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// relay keeps the session for the grace period.
 const RECONNECTING: u16 = 4002;
 
-/// What went wrong with a connection, for a person.
-type Cause = Cow<'static, str>;
-
-/// The cause of a connection that ended without a close code.
-const DROPPED: Cause = Cow::Borrowed("the connection dropped");
-
 /// How one connection ended.
 enum Outcome {
     /// Reconnect as the close code says.
@@ -43,14 +38,6 @@ enum Outcome {
     Reconnect,
     /// The session is over.
     Ended(Ended),
-}
-
-/// Why one connection attempt failed.
-enum Failure {
-    /// Worth another try.
-    Transient(String),
-    /// The address is wrong; retrying will not help.
-    Permanent(UrlError),
 }
 
 pub(super) struct Task {
@@ -157,33 +144,16 @@ impl Task {
                 self.ever_connected = true;
                 Ok(ws)
             }
-            Ok(Err(e)) => Err(self.failure(&url, e)),
+            Ok(Err(e)) => Err(failure::classify(
+                &self.urls[self.current],
+                &url,
+                self.ever_connected,
+                e,
+            )),
             Err(_) => Err(Failure::Transient(format!(
                 "no answer from {url} within {:?}",
                 self.config.connect_timeout
             ))),
-        }
-    }
-
-    /// What a failed attempt at `url` means: a wrong address (only before
-    /// the first connection) or something worth retrying.
-    fn failure(&self, url: &str, e: tokio_tungstenite::tungstenite::Error) -> Failure {
-        use tokio_tungstenite::tungstenite::Error as E;
-        match e {
-            E::Http(resp) => {
-                let status = resp.status().as_u16();
-                let location = resp.headers().get("location").and_then(|l| l.to_str().ok());
-                match self.urls[self.current].refusal(url, status, location) {
-                    Some(mistake) if !self.ever_connected => Failure::Permanent(mistake),
-                    Some(mistake) => Failure::Transient(mistake.to_string()),
-                    None => Failure::Transient(format!("{url}: HTTP {status}")),
-                }
-            }
-            E::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-                Failure::Transient(format!("connection refused at {url}"))
-            }
-            E::Io(io) => Failure::Transient(format!("{url}: {io}")),
-            other => Failure::Transient(format!("{url}: {other}")),
         }
     }
 
@@ -543,17 +513,6 @@ impl Task {
         tx.send(Message::text(m.to_text()))
             .await
             .map_err(|_| Outcome::Closed(AfterClose::Reconnect, DROPPED))
-    }
-}
-
-/// The cause of a close the relay sent, for a person.
-fn closed_by_relay(code: Option<u16>) -> Cause {
-    match code {
-        None | Some(1005) | Some(1006) => DROPPED,
-        Some(1001) => "the relay went away: close code 1001".into(),
-        Some(1012) => "the relay node is restarting: close code 1012".into(),
-        Some(1013) => "the relay is overloaded: close code 1013".into(),
-        Some(c) => format!("the relay closed the connection: close code {c}").into(),
     }
 }
 

@@ -11,7 +11,8 @@
 //! let (mac, mut events) = Client::mac(Config::new("ws://relay.example:8080"));
 //! while let Some(ev) = events.next().await {
 //!     match ev {
-//!         Event::Registered { code, .. } => println!("type {code} in the browser"),
+//!         Event::Registered { code, page, .. } => println!("open {page} and type {code}"),
+//!         Event::Retrying { delay, cause, .. } => println!("{cause}; retrying in {delay:?}"),
 //!         Event::PeerJoined => mac.send_text("hello").await?,
 //!         Event::Data(d) => println!("got {d:?}"),
 //!         Event::Ended(why) => { println!("over: {why}"); break }
@@ -26,6 +27,7 @@
 
 pub mod backoff;
 mod conn;
+mod failure;
 pub mod outbox;
 pub mod url;
 
