@@ -120,6 +120,10 @@ impl Task {
 
     /// Checks every configured address; the first mistake ends the client.
     fn check_urls(&mut self) -> Result<(), UrlError> {
+        if self.config.urls.is_empty() {
+            // No address at all reads as an empty one.
+            return Err(UrlError::NoHost { url: String::new() });
+        }
         self.urls = self
             .config
             .urls
