@@ -1,13 +1,14 @@
 //! `relay host` and `relay join` as people run them: separate processes,
 //! stdin to the peer, the peer's data to stdout, messages on stderr, and an
-//! exit status that says how it ended.
+//! exit status that says how it ended; a relay restarted under them, wrong
+//! addresses, and a real terminal (a pty from `script`).
 
 use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::{Relay, WAIT};
+use crate::support::{Relay, WAIT, http_get};
 
 fn client(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_relay"))
@@ -21,9 +22,9 @@ fn client(args: &[&str]) -> Child {
         .expect("start relay client")
 }
 
-/// Reads stderr lines until one contains `needle`; returns it.
-async fn stderr_line(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+/// Reads lines (stderr, or a terminal's output) until one contains `needle`; returns it.
+async fn stderr_line<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
     needle: &str,
 ) -> String {
     tokio::time::timeout(WAIT, async {
@@ -38,16 +39,28 @@ async fn stderr_line(
     .unwrap_or_else(|_| panic!("no {needle:?} on stderr in time"))
 }
 
+type ErrLines = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
+
+/// The code in a line like `relay: code 6YM9AQ: open ...` (or `new code`).
+fn code_in(line: &str) -> String {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "code");
+    words
+        .next()
+        .unwrap_or_else(|| panic!("no code in {line:?}"))
+        .trim_end_matches(':')
+        .to_owned()
+}
+
 /// Starts `relay host --url url` with `extra` flags and reads the code it
 /// prints: (the process, its stderr lines after the code, the code).
-async fn host(
-    url: &str,
-    extra: &[&str],
-) -> (
-    Child,
-    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-    String,
-) {
+async fn host(url: &str, extra: &[&str]) -> (Child, ErrLines, String) {
+    let (host, err, line) = host_line(url, extra).await;
+    (host, err, code_in(&line))
+}
+
+/// As [`host`], with the whole line that gave the code.
+async fn host_line(url: &str, extra: &[&str]) -> (Child, ErrLines, String) {
     let args: Vec<&str> = ["host", "--url", url]
         .into_iter()
         .chain(extra.iter().copied())
@@ -55,13 +68,19 @@ async fn host(
     let mut host = client(&args);
     let mut err = BufReader::new(host.stderr.take().unwrap()).lines();
     let line = stderr_line(&mut err, "code ").await;
-    let code = line
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .trim_end_matches(':')
-        .to_owned();
-    (host, err, code)
+    (host, err, line)
+}
+
+/// Starts `relay join --url url code` and waits until it joined.
+async fn joined(url: &str, code: &str, extra: &[&str]) -> (Child, ErrLines) {
+    let args: Vec<&str> = ["join", "--url", url, code]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let mut join = client(&args);
+    let mut err = BufReader::new(join.stderr.take().unwrap()).lines();
+    stderr_line(&mut err, "joined").await;
+    (join, err)
 }
 
 async fn next_line(
@@ -172,7 +191,193 @@ async fn an_unreachable_relay_exits_3_after_the_retries() {
         "1s",
     ]);
     let mut err = BufReader::new(join.stderr.take().unwrap()).lines();
-    stderr_line(&mut err, "cannot reach the relay").await;
+    let line = stderr_line(&mut err, "cannot reach the relay").await;
+    // The cause, the wait before the next try and its number.
+    assert!(
+        line.contains("(connection refused at ws://127.0.0.1:1/browser)"),
+        "{line}"
+    );
+    let wait = line
+        .split("retrying in ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(" s, attempt 1"))
+        .unwrap_or_else(|| panic!("no wait in {line:?}"));
+    let wait: f64 = wait.parse().unwrap_or_else(|_| panic!("{line}"));
+    // The first retry waits 1 s ± 25 %.
+    assert!((0.7..=1.3).contains(&wait), "{line}");
     stderr_line(&mut err, "could not reach the relay after 1 attempts").await;
     assert_eq!(exit_code(&mut join).await, 3);
+}
+
+#[tokio::test]
+async fn the_code_comes_with_the_page_address_and_http_urls_work() {
+    let relay = Relay::start(&[]);
+    // http:// is what a person copies from the browser's address bar.
+    let url = format!("http://{}", relay.addr);
+    let (mut host, mut host_err, line) = host_line(&url, &[]).await;
+    let page = format!("http://{}/", relay.addr);
+    assert!(
+        line.contains(&format!("open {page} and type it there")),
+        "{line}"
+    );
+    let (status, body) = http_get(relay.addr, "/").await;
+    assert_eq!(status, 200, "the page is where the host says");
+    assert!(body.contains("<html"), "{body}");
+
+    let (mut join, _join_err) = joined(&url, &code_in(&line), &[]).await;
+    stderr_line(&mut host_err, "browser joined").await;
+    let mut join_in = join.stdin.take().unwrap();
+    let mut host_out = BufReader::new(host.stdout.take().unwrap()).lines();
+    join_in.write_all(b"over http\n").await.unwrap();
+    assert_eq!(next_line(&mut host_out).await.as_deref(), Some("over http"));
+    drop(join_in);
+    assert_eq!(exit_code(&mut join).await, 0);
+    assert_eq!(exit_code(&mut host).await, 0);
+}
+
+/// Runs `args`, which must fail at once with exit status 2; returns stderr.
+async fn fails_with_a_wrong_address(args: &[&str]) -> String {
+    let mut c = client(args);
+    let mut err = String::new();
+    let mut stderr = c.stderr.take().unwrap();
+    tokio::time::timeout(WAIT, stderr.read_to_string(&mut err))
+        .await
+        .unwrap_or_else(|_| panic!("{args:?} did not end"))
+        .unwrap();
+    assert_eq!(exit_code(&mut c).await, 2, "{args:?}: {err}");
+    assert!(!err.contains("retrying"), "{args:?} retried: {err}");
+    err
+}
+
+#[tokio::test]
+async fn wrong_addresses_fail_at_once_saying_what_to_give_instead() {
+    let relay = Relay::start(&[]);
+    let root = format!("ws://{}", relay.addr);
+
+    // The endpoint's own path, as in the protocol's examples.
+    let err = fails_with_a_wrong_address(&["host", "--url", &format!("{root}/mac")]).await;
+    assert!(err.contains("drop the /mac path"), "{err}");
+    assert!(err.contains(&format!("e.g. {root} ")), "{err}");
+
+    // A path the relay does not serve: its HTTP 404 is named, with the fix.
+    let err =
+        fails_with_a_wrong_address(&["join", "--url", &format!("{root}/relay"), "333333"]).await;
+    assert!(err.contains("HTTP 404"), "{err}");
+    assert!(err.contains("the path /relay is wrong"), "{err}");
+    assert!(err.contains(&format!("e.g. {root}")), "{err}");
+
+    // Not a WebSocket scheme, and no scheme at all.
+    let err =
+        fails_with_a_wrong_address(&["host", "--url", &format!("ftp://{}", relay.addr)]).await;
+    assert!(err.contains("not a relay address; give ws://"), "{err}");
+    let bare = relay.addr.to_string();
+    let err = fails_with_a_wrong_address(&["host", "--url", &bare]).await;
+    assert!(
+        err.contains(&format!("add the scheme: ws://{bare}")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_relay_restart_gives_the_host_a_new_code_a_browser_can_join() {
+    let relay = Relay::start(&[]);
+    let addr = relay.addr;
+    let url = format!("ws://{addr}");
+    let (mut host, mut host_err, code) = host(&url, &[]).await;
+    let (mut old_join, mut old_join_err) = joined(&url, &code, &[]).await;
+    stderr_line(&mut host_err, "browser joined").await;
+
+    // A single node forgets its sessions when it dies; a new one takes the port.
+    drop(relay);
+    let listen = addr.to_string();
+    let _relay = Relay::start(&[("RELAY_LISTEN", listen.as_str())]);
+
+    let line = stderr_line(&mut host_err, "lost the session").await;
+    assert!(line.contains("INVALID_RESUME"), "{line}");
+    let line = stderr_line(&mut host_err, "new code ").await;
+    assert!(line.contains(&format!("open http://{addr}/")), "{line}");
+    let new_code = code_in(&line);
+    assert_ne!(new_code, code);
+
+    // The old browser cannot resume either, and is told what to do.
+    stderr_line(&mut old_join_err, "INVALID_RESUME").await;
+    stderr_line(&mut old_join_err, "ask the mac for its new code").await;
+    assert_eq!(exit_code(&mut old_join).await, 1);
+
+    let (mut join, mut join_err) = joined(&url, &new_code, &[]).await;
+    stderr_line(&mut host_err, "browser joined").await;
+    let mut host_in = host.stdin.take().unwrap();
+    let mut join_out = BufReader::new(join.stdout.take().unwrap()).lines();
+    host_in.write_all(b"after the restart\n").await.unwrap();
+    assert_eq!(
+        next_line(&mut join_out).await.as_deref(),
+        Some("after the restart")
+    );
+    drop(host_in);
+    stderr_line(&mut join_err, "the mac ended the session").await;
+    assert_eq!(exit_code(&mut host).await, 0);
+    assert_eq!(exit_code(&mut join).await, 0);
+}
+
+#[tokio::test]
+async fn peer_lines_are_marked_when_asked_and_piped_output_stays_verbatim() {
+    let relay = Relay::start(&[]);
+    let url = format!("ws://{}", relay.addr);
+    let (mut host, mut host_err, code) = host(&url, &["--peer-prefix", "always"]).await;
+    // The browser's output is a pipe and the default is auto: no mark.
+    let (mut join, _join_err) = joined(&url, &code, &[]).await;
+    stderr_line(&mut host_err, "browser joined").await;
+    let mut host_in = host.stdin.take().unwrap();
+    let mut join_in = join.stdin.take().unwrap();
+    let mut host_out = BufReader::new(host.stdout.take().unwrap()).lines();
+    let mut join_out = BufReader::new(join.stdout.take().unwrap()).lines();
+    join_in.write_all(b"from the browser\n").await.unwrap();
+    host_in.write_all(b"from the mac\n").await.unwrap();
+    assert_eq!(
+        next_line(&mut host_out).await.as_deref(),
+        Some("browser> from the browser")
+    );
+    assert_eq!(
+        next_line(&mut join_out).await.as_deref(),
+        Some("from the mac")
+    );
+    drop(join_in);
+    assert_eq!(exit_code(&mut join).await, 0);
+    assert_eq!(exit_code(&mut host).await, 0);
+}
+
+#[tokio::test]
+async fn on_a_terminal_the_peers_lines_are_marked() {
+    let relay = Relay::start(&[]);
+    let url = format!("ws://{}", relay.addr);
+    // `script` runs the host on a real pty; its output is what the terminal shows.
+    let cmd = format!("'{}' host --url {url}", env!("CARGO_BIN_EXE_relay"));
+    let mut term = Command::new("script")
+        .args([
+            "--quiet",
+            "--flush",
+            "--return",
+            "--command",
+            &cmd,
+            "/dev/null",
+        ])
+        .env_remove("RELAY_URL")
+        .env_remove("RELAY_PEER_PREFIX")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start script (util-linux)");
+    let mut screen = BufReader::new(term.stdout.take().unwrap()).lines();
+    let code = code_in(&stderr_line(&mut screen, "code ").await);
+    let (mut join, _join_err) = joined(&url, &code, &[]).await;
+    let mut join_in = join.stdin.take().unwrap();
+    join_in.write_all(b"hello terminal\n").await.unwrap();
+    let line = stderr_line(&mut screen, "hello terminal").await;
+    assert_eq!(line.trim_end_matches('\r'), "browser> hello terminal");
+    drop(join_in);
+    assert_eq!(exit_code(&mut join).await, 0);
+    stderr_line(&mut screen, "session over").await;
+    let _ = term.kill().await;
 }

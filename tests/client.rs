@@ -1,12 +1,16 @@
 //! The Rust client library (relay_protocol::client) against real relay
 //! processes: pairing, data in order, reconnects it makes itself, a node
-//! killed mid-stream, its bounded queue, and refusals.
+//! killed mid-stream, its bounded queue, refusals, a relay restarted under a
+//! mac, and wrong addresses.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use relay_protocol::ErrorCode;
-use relay_protocol::client::{Client, Config, Data, Ended, Event, Events, SendError, State};
+use relay_protocol::client::{
+    Client, Config, Data, Ended, Event, Events, SendError, State, UrlError,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::cluster::Cluster;
 use crate::support::{Relay, WAIT};
@@ -256,6 +260,7 @@ async fn a_capped_client_gives_up_and_says_so() {
     let mut cfg = config(&["ws://127.0.0.1:1".to_owned()]);
     cfg.max_retries = Some(2);
     let (c, mut ev) = Client::mac(cfg);
+    let mut retries = Vec::new();
     let states: Vec<State> = {
         let mut seen = Vec::new();
         loop {
@@ -265,6 +270,11 @@ async fn a_capped_client_gives_up_and_says_so() {
                 .unwrap();
             match e {
                 Event::State(s) => seen.push(s),
+                Event::Retrying {
+                    attempt,
+                    delay,
+                    cause,
+                } => retries.push((attempt, delay, cause)),
                 Event::Ended(Ended::GaveUp(n)) => {
                     assert_eq!(n, 2);
                     break seen;
@@ -273,6 +283,14 @@ async fn a_capped_client_gives_up_and_says_so() {
             }
         }
     };
+    // Each retry says how long it waits (100 ms then 200 ms, ± 25 %) and why.
+    assert_eq!(retries.len(), 2, "{retries:?}");
+    for ((attempt, delay, cause), (n, base)) in retries.iter().zip([(1, 100.0), (2, 200.0)]) {
+        assert_eq!(*attempt, n);
+        let ms = delay.as_secs_f64() * 1000.0;
+        assert!((base * 0.75..=base * 1.25).contains(&ms), "{delay:?}");
+        assert_eq!(cause, "connection refused at ws://127.0.0.1:1/mac");
+    }
     assert_eq!(
         states,
         [
@@ -282,4 +300,158 @@ async fn a_capped_client_gives_up_and_says_so() {
         ]
     );
     assert_eq!(c.state(), State::Disconnected);
+}
+
+#[tokio::test]
+async fn a_mac_registers_again_when_the_relay_lost_its_session() {
+    let relay = Relay::start(&[]);
+    let addr = relay.addr;
+    let url = [format!("ws://{addr}")];
+    let (mac, mut mac_ev, _old, mut old_ev) = paired(&url, &url).await;
+
+    // A single node forgets its sessions when it dies; a new one takes the port.
+    drop(relay);
+    let listen = addr.to_string();
+    let _relay = Relay::start(&[("RELAY_LISTEN", listen.as_str())]);
+
+    let lost = until(&mut mac_ev, "session_lost", |e| match e {
+        Event::SessionLost { code, .. } => Some(*code),
+        _ => None,
+    })
+    .await;
+    assert_eq!(lost, ErrorCode::InvalidResume);
+    let (code, page) = until(&mut mac_ev, "registered again", |e| match e {
+        Event::Registered { code, page, .. } => Some((code.clone(), page.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(page, format!("http://{addr}/"));
+    // The browser cannot get a new code by itself: it ends.
+    let refused = until(&mut old_ev, "refusal", |e| match e {
+        Event::Ended(Ended::Refused { code, .. }) => Some(*code),
+        _ => None,
+    })
+    .await;
+    assert_eq!(refused, ErrorCode::InvalidResume);
+
+    let (_browser, mut browser_ev) = Client::browser(config(&url), code);
+    until(&mut browser_ev, "joined", |e| {
+        matches!(e, Event::Joined).then_some(())
+    })
+    .await;
+    until(&mut mac_ev, "peer_joined", |e| {
+        matches!(e, Event::PeerJoined).then_some(())
+    })
+    .await;
+    mac.send_text("new session").await.unwrap();
+    let got = until(&mut browser_ev, "text", |e| match e {
+        Event::Data(Data::Text(t)) => Some(t.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, "new session");
+}
+
+#[tokio::test]
+async fn without_reregistering_a_lost_session_ends_the_mac() {
+    let relay = Relay::start(&[]);
+    let addr = relay.addr;
+    let url = [format!("ws://{addr}")];
+    let mut cfg = config(&url);
+    cfg.reregister_on_lost_session = false;
+    let (_mac, mut mac_ev) = Client::mac(cfg);
+    until(&mut mac_ev, "registered", |e| {
+        matches!(e, Event::Registered { .. }).then_some(())
+    })
+    .await;
+    drop(relay);
+    let listen = addr.to_string();
+    let _relay = Relay::start(&[("RELAY_LISTEN", listen.as_str())]);
+    let refused = until(&mut mac_ev, "refusal", |e| match e {
+        Event::SessionLost { .. } => panic!("registered again though told not to"),
+        Event::Ended(Ended::Refused { code, .. }) => Some(*code),
+        _ => None,
+    })
+    .await;
+    assert_eq!(refused, ErrorCode::InvalidResume);
+}
+
+/// Runs a mac against `url` and returns how it ended, failing on any retry.
+async fn ends_without_retrying(url: &str) -> Ended {
+    let (_c, mut ev) = Client::mac(config(&[url.to_owned()]));
+    until(&mut ev, "the end", |e| match e {
+        Event::Retrying { cause, .. } => panic!("{url}: retried ({cause})"),
+        Event::Ended(why) => Some(why.clone()),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_wrong_address_ends_the_client_at_once() {
+    let relay = Relay::start(&[]);
+    let root = format!("ws://{}", relay.addr);
+    match ends_without_retrying(&format!("{root}/nothing/here")).await {
+        Ended::BadUrl(UrlError::NotFound { status: 404, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    match ends_without_retrying(&format!("{root}/mac")).await {
+        Ended::BadUrl(UrlError::RolePath { suggest, .. }) => assert_eq!(suggest, root),
+        other => panic!("{other:?}"),
+    }
+    match ends_without_retrying("mailto:someone").await {
+        Ended::BadUrl(UrlError::NoScheme { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Answers every connection on `listener` with HTTP 404, like a proxy
+/// between deploys.
+async fn answer_404(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            // Read the upgrade request first, so the answer is not cut by a reset.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => req.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        });
+    }
+}
+
+#[tokio::test]
+async fn after_a_first_connection_an_http_404_is_retried() {
+    let relay = Relay::start(&[]);
+    let addr = relay.addr;
+    let url = [format!("ws://{addr}")];
+    let (_mac, mut mac_ev) = Client::mac(config(&url));
+    until(&mut mac_ev, "registered", |e| {
+        matches!(e, Event::Registered { .. }).then_some(())
+    })
+    .await;
+    // The address worked: a 404 now is the infrastructure, not a typo.
+    drop(relay);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("take the relay's port");
+    let server = tokio::spawn(answer_404(listener));
+    let cause = until(&mut mac_ev, "a retry after a 404", |e| match e {
+        Event::Retrying { cause, .. } if cause.contains("HTTP 404") => Some(cause.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(cause.contains("/mac"), "{cause}");
+    server.abort();
 }

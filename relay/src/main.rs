@@ -23,8 +23,8 @@ struct Cli {
 enum Command {
     /// Run a relay node (the default when no command is given).
     Serve(Box<Config>),
-    /// Be the mac: register, print the code on stderr, then pipe stdin to the
-    /// browser and its data to stdout.
+    /// Be the mac: register, print the code and the page's address on stderr,
+    /// then pipe stdin to the browser and its data to stdout.
     Host(ClientArgs),
     /// Be the browser: join with CODE, then pipe stdin to the mac and its data to stdout.
     Join {

@@ -147,6 +147,8 @@ pub async fn listen(mut events: Events, log: Log, pair: usize, is_mac: bool) {
             Event::Error { code, .. } => l.notes.push((now, format!("error {code}"))),
             Event::Ended(why) => l.ended = Some((now, why.to_string())),
             Event::Registered { .. }
+            | Event::Retrying { .. }
+            | Event::SessionLost { .. }
             | Event::CodeExpired { .. }
             | Event::PeerResumed
             | Event::Latency(_) => {}
@@ -187,6 +189,8 @@ pub fn config(url: &str) -> Config {
     c.backoff.cap = Duration::from_secs(1);
     c.ping_every = Duration::from_millis(500);
     c.connect_timeout = Duration::from_secs(5);
+    // A lost session is a failure these tests must see (an end), not a new code.
+    c.reregister_on_lost_session = false;
     c
 }
 

@@ -432,6 +432,8 @@ pub(super) async fn storm(args: &Args) -> anyhow::Result<Report> {
         c.urls = urls;
         c.backoff.first = Duration::from_millis(200);
         c.backoff.cap = Duration::from_secs(2);
+        // A lost session is a failure to count, not something to paper over.
+        c.reregister_on_lost_session = false;
         c
     };
     // Pairs through the client library, which resumes by itself.

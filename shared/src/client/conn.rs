@@ -3,6 +3,7 @@
 //! code whether to reconnect. One task per client; the application talks to
 //! it through [`super::Client`] and hears from it through [`super::Events`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -17,7 +18,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::debug;
 
 use super::backoff::{AfterClose, Next, Reconnector, after_close};
+use super::failure::{self, Cause, DROPPED, Failure, closed_by_relay};
 use super::outbox::{OutFrame, Outbox};
+use super::url::{RelayUrl, UrlError};
 use super::{Command, Config, Data, Ended, Event, SendError, State};
 use crate::{ClientMessage, ErrorCode, Role, ServerMessage};
 
@@ -30,7 +33,7 @@ const RECONNECTING: u16 = 4002;
 /// How one connection ended.
 enum Outcome {
     /// Reconnect as the close code says.
-    Closed(AfterClose),
+    Closed(AfterClose, Cause),
     /// The application asked to reconnect now.
     Reconnect,
     /// The session is over.
@@ -39,6 +42,13 @@ enum Outcome {
 
 pub(super) struct Task {
     config: Config,
+    /// `config.urls`, checked; empty until [`run`] checked them.
+    urls: Vec<RelayUrl>,
+    /// Index in `urls` of the last connection attempt.
+    current: usize,
+    /// A connection was made once: from then on an odd HTTP answer is a
+    /// passing state of the infrastructure, not a wrong address.
+    ever_connected: bool,
     role: Role,
     /// Browser: the code to join with (until joined).
     code: Option<String>,
@@ -75,6 +85,9 @@ impl Task {
         let outbox = Outbox::new(config.outbox);
         Task {
             config,
+            urls: Vec::new(),
+            current: 0,
+            ever_connected: false,
             want_register: role == Role::Mac,
             role,
             code,
@@ -105,42 +118,64 @@ impl Task {
         }
     }
 
-    fn url(&mut self) -> String {
-        let base = self.config.urls[self.next_url % self.config.urls.len()]
-            .trim_end_matches('/')
-            .to_owned();
-        self.next_url += 1;
-        let path = match self.role {
-            Role::Mac => "/mac",
-            Role::Browser => "/browser",
-        };
-        format!("{base}{path}")
+    /// Checks every configured address; the first mistake ends the client.
+    fn check_urls(&mut self) -> Result<(), UrlError> {
+        if self.config.urls.is_empty() {
+            // No address at all reads as an empty one.
+            return Err(UrlError::NoHost { url: String::new() });
+        }
+        self.urls = self
+            .config
+            .urls
+            .iter()
+            .map(|u| RelayUrl::parse(u))
+            .collect::<Result<_, _>>()?;
+        Ok(())
     }
 
-    async fn connect(&mut self) -> Result<Ws, String> {
+    /// The endpoint of the next address in turn.
+    fn url(&mut self) -> String {
+        self.current = self.next_url % self.urls.len();
+        self.next_url += 1;
+        self.urls[self.current].endpoint(self.role)
+    }
+
+    async fn connect(&mut self) -> Result<Ws, Failure> {
         let url = self.url();
         let attempt = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true);
         match tokio::time::timeout(self.config.connect_timeout, attempt).await {
-            Ok(Ok((ws, _))) => Ok(ws),
-            Ok(Err(e)) => Err(format!("{url}: {e}")),
-            Err(_) => Err(format!(
-                "{url}: no connection within {:?}",
-                self.config.connect_timeout
+            Ok(Ok((ws, _))) => {
+                self.ever_connected = true;
+                Ok(ws)
+            }
+            Ok(Err(e)) => Err(failure::classify(
+                &self.urls[self.current],
+                &url,
+                self.ever_connected,
+                e,
             )),
+            Err(_) => Err(Failure::Transient(format!(
+                "no answer from {url} within {:?}",
+                self.config.connect_timeout
+            ))),
         }
     }
 
     /// Waits before the next attempt; false when the client gives up or the
     /// application leaves meanwhile.
-    async fn wait_to_retry(&mut self, how: AfterClose) -> bool {
+    async fn wait_to_retry(&mut self, how: AfterClose, cause: Cause) -> bool {
         match self.reconnector.failed(how, rand::random::<f64>()) {
             Next::GiveUp => {
                 self.end(Ended::GaveUp(self.reconnector.attempt())).await;
                 false
             }
             Next::Retry(delay) => {
-                self.set_state(State::Reconnecting {
-                    attempt: self.reconnector.attempt(),
+                let attempt = self.reconnector.attempt();
+                self.set_state(State::Reconnecting { attempt }).await;
+                self.emit(Event::Retrying {
+                    attempt,
+                    delay,
+                    cause: cause.into_owned(),
                 })
                 .await;
                 let sleep = tokio::time::sleep(delay);
@@ -200,7 +235,7 @@ impl Task {
         };
         if let Some(m) = hello {
             if tx.send(Message::text(m.to_text())).await.is_err() {
-                return Outcome::Closed(AfterClose::Reconnect);
+                return Outcome::Closed(AfterClose::Reconnect, DROPPED);
             }
         }
         let mut taken = false; // the session is up on this connection
@@ -229,7 +264,7 @@ impl Task {
                                 admit: None,
                             };
                             if tx.send(Message::text(m.to_text())).await.is_err() {
-                                return Outcome::Closed(AfterClose::Reconnect);
+                                return Outcome::Closed(AfterClose::Reconnect, DROPPED);
                             }
                         }
                     }
@@ -258,7 +293,7 @@ impl Task {
                         self.outbox.ping_sent(ts);
                         let m = ClientMessage::Ping { ts: ts.into() };
                         if tx.send(Message::text(m.to_text())).await.is_err() {
-                            return Outcome::Closed(AfterClose::Reconnect);
+                            return Outcome::Closed(AfterClose::Reconnect, DROPPED);
                         }
                     }
                 }
@@ -274,7 +309,7 @@ impl Task {
                 OutFrame::Binary(b) => Message::binary(b),
             };
             if tx.feed(m).await.is_err() {
-                return Err(Outcome::Closed(AfterClose::Reconnect));
+                return Err(Outcome::Closed(AfterClose::Reconnect, DROPPED));
             }
         }
         if self.outbox.blocked() && self.pings.len() < 2 {
@@ -284,12 +319,12 @@ impl Task {
             self.outbox.ping_sent(ts);
             let m = ClientMessage::Ping { ts: ts.into() };
             if tx.feed(Message::text(m.to_text())).await.is_err() {
-                return Err(Outcome::Closed(AfterClose::Reconnect));
+                return Err(Outcome::Closed(AfterClose::Reconnect, DROPPED));
             }
         }
         tx.flush()
             .await
-            .map_err(|_| Outcome::Closed(AfterClose::Reconnect))
+            .map_err(|_| Outcome::Closed(AfterClose::Reconnect, DROPPED))
     }
 
     async fn on_message(
@@ -300,7 +335,7 @@ impl Task {
     ) -> Result<(), Outcome> {
         let msg = match msg {
             Some(Ok(m)) => m,
-            None | Some(Err(_)) => return Err(Outcome::Closed(AfterClose::Reconnect)),
+            None | Some(Err(_)) => return Err(Outcome::Closed(AfterClose::Reconnect, DROPPED)),
         };
         match msg {
             Message::Binary(b) => {
@@ -315,7 +350,7 @@ impl Task {
                 let code = frame.map(|f| u16::from(f.code));
                 return Err(match after_close(code) {
                     AfterClose::Stop => Outcome::Ended(Ended::Closed(code.unwrap_or(1000))),
-                    how => Outcome::Closed(how),
+                    how => Outcome::Closed(how, closed_by_relay(code)),
                 });
             }
             _ => {}
@@ -347,7 +382,13 @@ impl Task {
                 self.want_register = false;
                 self.received = 0;
                 self.took(taken).await;
-                self.emit(Event::Registered { code, expires_at }).await;
+                let page = self.urls[self.current].page();
+                self.emit(Event::Registered {
+                    code,
+                    expires_at,
+                    page,
+                })
+                .await;
             }
             ServerMessage::Joined {
                 session_id,
@@ -395,7 +436,9 @@ impl Task {
                     self.outbox.pong(ts);
                 }
             }
-            ServerMessage::Error { code, message } => return self.on_error(code, message).await,
+            ServerMessage::Error { code, message } => {
+                return self.on_error(code, message, tx).await;
+            }
             // A guest of a room that asks waits for `joined`; the room
             // host's messages never come to a client that did not ask for a room.
             ServerMessage::Waiting { .. }
@@ -424,11 +467,23 @@ impl Task {
         let m = ClientMessage::Ping { ts: ts.into() };
         tx.send(Message::text(m.to_text()))
             .await
-            .map_err(|_| Outcome::Closed(AfterClose::Reconnect))
+            .map_err(|_| Outcome::Closed(AfterClose::Reconnect, DROPPED))
     }
 
-    async fn on_error(&mut self, code: ErrorCode, message: String) -> Result<(), Outcome> {
+    async fn on_error(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        tx: &mut SplitSink<Ws, Message>,
+    ) -> Result<(), Outcome> {
         match code {
+            ErrorCode::InvalidResume | ErrorCode::ResumeExpired
+                if self.role == Role::Mac
+                    && self.config.reregister_on_lost_session
+                    && self.session.is_some() =>
+            {
+                self.reregister(code, message, tx).await
+            }
             ErrorCode::NotPaired => {
                 self.outbox.not_paired();
                 self.emit(Event::Error { code, message }).await;
@@ -438,7 +493,10 @@ impl Task {
             // The close that follows says to reconnect (1012); or for
             // UNAVAILABLE, the client backs off and tries again.
             ErrorCode::ShuttingDown => Ok(()),
-            ErrorCode::Unavailable => Err(Outcome::Closed(AfterClose::Reconnect)),
+            ErrorCode::Unavailable => Err(Outcome::Closed(
+                AfterClose::Reconnect,
+                Cow::Owned(format!("{code}: {message}")),
+            )),
             ErrorCode::InvalidCode
             | ErrorCode::ExpiredCode
             | ErrorCode::AlreadyJoined
@@ -456,6 +514,39 @@ impl Task {
     }
 }
 
+impl Task {
+    /// The relay forgot the mac's session: start a new one on this
+    /// connection (the relay keeps it open after refusing a resume).
+    async fn reregister(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        tx: &mut SplitSink<Ws, Message>,
+    ) -> Result<(), Outcome> {
+        let unconfirmed = self.outbox.unconfirmed();
+        self.session = None;
+        self.paired = false;
+        self.received = 0;
+        self.outbox = Outbox::new(self.config.outbox);
+        // If this connection drops first, the next one registers.
+        self.want_register = true;
+        self.emit(Event::SessionLost {
+            code,
+            message,
+            unconfirmed,
+        })
+        .await;
+        let m = ClientMessage::Register {
+            client_id: None,
+            max_guests: None,
+            admit: None,
+        };
+        tx.send(Message::text(m.to_text()))
+            .await
+            .map_err(|_| Outcome::Closed(AfterClose::Reconnect, DROPPED))
+    }
+}
+
 async fn close(tx: &mut SplitSink<Ws, Message>, code: u16) {
     let frame = CloseFrame {
         code: WsCloseCode::from(code),
@@ -465,12 +556,20 @@ async fn close(tx: &mut SplitSink<Ws, Message>, code: u16) {
 }
 
 pub(super) async fn run(mut t: Task) {
+    if let Err(e) = t.check_urls() {
+        t.end(Ended::BadUrl(e)).await;
+        return;
+    }
     loop {
         let ws = match t.connect().await {
             Ok(ws) => ws,
-            Err(e) => {
+            Err(Failure::Permanent(e)) => {
+                t.end(Ended::BadUrl(e)).await;
+                return;
+            }
+            Err(Failure::Transient(e)) => {
                 debug!(error = %e, "connect failed");
-                if t.wait_to_retry(AfterClose::Reconnect).await {
+                if t.wait_to_retry(AfterClose::Reconnect, e.into()).await {
                     continue;
                 }
                 return;
@@ -482,8 +581,8 @@ pub(super) async fn run(mut t: Task) {
                 return;
             }
             Outcome::Reconnect => {}
-            Outcome::Closed(how) => {
-                if !t.wait_to_retry(how).await {
+            Outcome::Closed(how, cause) => {
+                if !t.wait_to_retry(how, cause).await {
                     return;
                 }
             }

@@ -11,7 +11,8 @@
 //! let (mac, mut events) = Client::mac(Config::new("ws://relay.example:8080"));
 //! while let Some(ev) = events.next().await {
 //!     match ev {
-//!         Event::Registered { code, .. } => println!("type {code} in the browser"),
+//!         Event::Registered { code, page, .. } => println!("open {page} and type {code}"),
+//!         Event::Retrying { delay, cause, .. } => println!("{cause}; retrying in {delay:?}"),
 //!         Event::PeerJoined => mac.send_text("hello").await?,
 //!         Event::Data(d) => println!("got {d:?}"),
 //!         Event::Ended(why) => { println!("over: {why}"); break }
@@ -26,7 +27,9 @@
 
 pub mod backoff;
 mod conn;
+mod failure;
 pub mod outbox;
+pub mod url;
 
 use std::time::Duration;
 
@@ -35,6 +38,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use backoff::{AfterClose, Backoff, Next, Reconnector};
 pub use outbox::{OutboxLimits, QueueFull};
+pub use url::{RelayUrl, UrlError, page_url};
 
 use crate::{ErrorCode, PeerLeftReason, Role};
 
@@ -43,6 +47,8 @@ use crate::{ErrorCode, PeerLeftReason, Role};
 pub struct Config {
     /// Base URLs of the relay (`ws://host:port`), tried in turn on each
     /// (re)connect; the role's path (`/mac`, `/browser`) is appended.
+    /// `http://` and `https://` are taken as `ws://` and `wss://`; see
+    /// [`RelayUrl::parse`] for what is refused.
     pub urls: Vec<String>,
     /// Longest one connection attempt (TCP, TLS, WebSocket handshake) may take.
     pub connect_timeout: Duration,
@@ -54,11 +60,19 @@ pub struct Config {
     pub outbox: OutboxLimits,
     /// Interval of app-level pings (latency, and proof the relay read our frames).
     pub ping_every: Duration,
+    /// Mac: when the relay no longer knows the session on a resume (it
+    /// restarted, or the grace period passed), register again by itself and
+    /// report [`Event::SessionLost`] then [`Event::Registered`] with the new
+    /// code, instead of ending with [`Ended::Refused`]. The browser side
+    /// cannot get a new code by itself and always ends.
+    pub reregister_on_lost_session: bool,
 }
 
 impl Config {
     /// Defaults: 10 s connect timeout, 1 s→30 s backoff with 75–125 % jitter,
-    /// unlimited retries, 1000 frames / 8 MiB outbound queue, a ping every 5 s.
+    /// unlimited retries, 1000 frames / 8 MiB outbound queue, a ping every 5 s,
+    /// and a mac that registers again when the relay lost its session (an
+    /// app stays reachable: it only has to show the new code).
     pub fn new(url: impl Into<String>) -> Self {
         Config {
             urls: vec![url.into()],
@@ -67,6 +81,7 @@ impl Config {
             max_retries: None,
             outbox: OutboxLimits::default(),
             ping_every: Duration::from_secs(5),
+            reregister_on_lost_session: true,
         }
     }
 }
@@ -119,6 +134,10 @@ pub enum Ended {
     /// Reconnecting gave up after the configured number of attempts.
     #[error("gave up reconnecting after {0} attempts")]
     GaveUp(u32),
+    /// The relay's address is wrong (scheme, path, or an HTTP answer that
+    /// retrying will not change); reported before the first connection only.
+    #[error(transparent)]
+    BadUrl(#[from] UrlError),
 }
 
 /// Something that happened, in order.
@@ -132,6 +151,33 @@ pub enum Event {
         code: String,
         /// When it stops being valid for joining.
         expires_at: u64,
+        /// The page where a person types the code (`http://host:port/`),
+        /// served by the relay that registered it.
+        page: String,
+    },
+    /// Mac: the relay no longer knows the session (`INVALID_RESUME` after a
+    /// restart, or `RESUME_EXPIRED`); the client registers again and
+    /// [`Event::Registered`] follows with a new code. Only with
+    /// [`Config::reregister_on_lost_session`].
+    SessionLost {
+        /// The relay's refusal.
+        code: ErrorCode,
+        /// The relay's sentence.
+        message: String,
+        /// Frames this client sent or queued that the relay had not
+        /// confirmed; they are dropped and may not have reached the peer.
+        unconfirmed: u64,
+    },
+    /// A connection attempt failed or the connection dropped: the next
+    /// attempt, how long until it, and what went wrong. Follows
+    /// [`State::Reconnecting`] with the same attempt number.
+    Retrying {
+        /// The attempt that comes next (1 after a drop).
+        attempt: u32,
+        /// The wait before it.
+        delay: Duration,
+        /// What went wrong, for a person (e.g. "connection refused at ws://…").
+        cause: String,
     },
     /// Mac: the code expired with no browser; call [`Client::register`] for a new one.
     CodeExpired {

@@ -166,6 +166,11 @@ impl Outbox {
         self.confirmed
     }
 
+    /// Frames sent but not confirmed, plus those waiting to be sent.
+    pub fn unconfirmed(&self) -> u64 {
+        (self.sent.len() + self.queued.len()) as u64
+    }
+
     /// A ping with `ts` is being sent after every frame sent so far.
     pub fn ping_sent(&mut self, ts: u64) {
         self.syncs.push_back((ts, self.total_sent()));
