@@ -207,6 +207,16 @@ async fn a_full_room_says_so_and_bad_room_requests_are_refused() {
     // The connection stays, as for a mistyped code.
     late.json(json!({"type": "ping", "ts": 1})).await;
     late.expect("pong").await;
+    for (sample, want) in [
+        ("relay_rooms", 1.0),
+        ("relay_room_guests{state=\"in\"}", 2.0),
+        ("relay_room_guests{state=\"waiting\"}", 0.0),
+        ("relay_room_guests_max", 2.0),
+        ("relay_room_decisions_total{decision=\"auto\"}", 2.0),
+        ("relay_joins_total{result=\"room_full\"}", 1.0),
+    ] {
+        assert_eq!(relay.metric(sample).await, want, "{sample}");
+    }
 
     let mut big = relay.mac().await;
     for n in [0, 5] {

@@ -42,6 +42,12 @@ pub struct Metrics {
     pub draining: IntGauge,
     /// Sessions by state (`waiting`, `paired`, `away`), set at each scrape.
     pub sessions: IntGaugeVec,
+    /// Rooms (sessions of a room host), set at each scrape.
+    pub rooms: IntGauge,
+    /// Guests of rooms by state (`waiting`, `in`, `away`), set at each scrape.
+    pub room_guests: IntGaugeVec,
+    /// Guests in the fullest room, set at each scrape.
+    pub room_guests_max: IntGauge,
     /// Frames held in this node's pipes (queued or unacknowledged), set at each scrape.
     pub buffered_frames: IntGauge,
     /// Bytes held in this node's pipes, set at each scrape.
@@ -184,6 +190,21 @@ impl Metrics {
                     "Sessions by state, on the node of their mac.",
                 ),
                 &["state"],
+            )?,
+            rooms: IntGauge::new(
+                "relay_rooms",
+                "Rooms (sessions whose host asked for maxGuests), on the node of their host.",
+            )?,
+            room_guests: IntGaugeVec::new(
+                Opts::new(
+                    "relay_room_guests",
+                    "Guests of rooms by state: waiting for the host, in the room, or away (may resume).",
+                ),
+                &["state"],
+            )?,
+            room_guests_max: IntGauge::new(
+                "relay_room_guests_max",
+                "Guests (waiting or in) in this node's fullest room.",
             )?,
             buffered_frames: IntGauge::new(
                 "relay_buffered_frames",
@@ -328,6 +349,9 @@ impl Metrics {
         m.registry.register(Box::new(m.draining.clone()))?;
         m.registry.register(Box::new(m.redis_up.clone()))?;
         m.registry.register(Box::new(m.sessions.clone()))?;
+        m.registry.register(Box::new(m.rooms.clone()))?;
+        m.registry.register(Box::new(m.room_guests.clone()))?;
+        m.registry.register(Box::new(m.room_guests_max.clone()))?;
         m.registry.register(Box::new(m.buffered_frames.clone()))?;
         m.registry.register(Box::new(m.buffered_bytes.clone()))?;
         m.registry.register(Box::new(m.relay_seconds.clone()))?;
@@ -439,6 +463,15 @@ impl Metrics {
         self.sessions.with_label_values(&["away"]).set(st.away);
         self.buffered_frames.set(st.buffered_frames);
         self.buffered_bytes.set(st.buffered_bytes);
+        self.rooms.set(st.rooms);
+        for (state, n) in [
+            ("waiting", st.guests_waiting),
+            ("in", st.guests_in),
+            ("away", st.guests_away),
+        ] {
+            self.room_guests.with_label_values(&[state]).set(n);
+        }
+        self.room_guests_max.set(st.room_guests_max);
     }
 
     /// The text exposition of every metric.
@@ -464,6 +497,16 @@ pub struct SessionStats {
     pub buffered_frames: i64,
     /// Bytes held in this node's pipes.
     pub buffered_bytes: i64,
+    /// Rooms.
+    pub rooms: i64,
+    /// Room guests waiting for their host.
+    pub guests_waiting: i64,
+    /// Room guests in their room and connected.
+    pub guests_in: i64,
+    /// Room guests in their room and away.
+    pub guests_away: i64,
+    /// Guests in the fullest room.
+    pub room_guests_max: i64,
 }
 
 #[cfg(test)]

@@ -362,6 +362,19 @@ impl Handler<super::Stats> for MemoryRegistry {
                 st.buffered_frames += p.held_entries() as i64;
                 st.buffered_bytes += p.held_bytes() as i64;
             }
+            if s.room.is_some() {
+                st.rooms += 1;
+                let mut size = 0;
+                for (m, side) in s.sides().filter(|(m, _)| *m != Member::Host) {
+                    size += 1;
+                    match (s.is_in(m), side.conn.is_some()) {
+                        (false, _) => st.guests_waiting += 1,
+                        (true, true) => st.guests_in += 1,
+                        (true, false) => st.guests_away += 1,
+                    }
+                }
+                st.room_guests_max = st.room_guests_max.max(size);
+            }
         }
         MessageResult(st)
     }
