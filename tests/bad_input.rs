@@ -452,6 +452,93 @@ async fn compression_is_never_negotiated() {
     still_serving(&relay).await;
 }
 
+/// A WebSocket upgrade request for `path`, padded with `X-Pad-<n>` headers of
+/// `each` bytes (the last one shorter) to exactly `total` bytes.
+pub fn padded_upgrade(path: &str, total: usize, each: usize) -> String {
+    let mut head = request(path, "13");
+    head.truncate(head.len() - 2);
+    for i in 0.. {
+        let room = total - head.len() - 2;
+        if room == 0 {
+            break;
+        }
+        // Leave the last line room for at least its name.
+        let len = if room >= each + 32 { each } else { room };
+        let name = format!("X-Pad-{i}: ");
+        head += &format!("{name}{}\r\n", "a".repeat(len - name.len() - 2));
+    }
+    head += "\r\n";
+    assert_eq!(head.len(), total);
+    head
+}
+
+/// Sends `req` on a fresh connection; the status, and whether the relay then
+/// closed the connection (only asked of refusals: an upgrade stays open).
+async fn answer(relay: &Relay, req: &str) -> (u16, bool) {
+    let mut r = Raw::connect(relay.addr).await;
+    r.send(req.as_bytes()).await;
+    let status = status_of(&r.http_head().await);
+    if status == 101 {
+        return (status, false);
+    }
+    while r.fill().await {}
+    (status, true)
+}
+
+#[tokio::test]
+async fn request_heads_over_16_kib_get_431_and_the_upgrade_too() {
+    let relay = Relay::start(&[]);
+    // At and under the ceiling the upgrade and the probes are served; the
+    // head is measured as sent, so one byte over is refused.
+    assert_eq!(
+        answer(&relay, &padded_upgrade("/mac", 15 << 10, 4000))
+            .await
+            .0,
+        101
+    );
+    assert_eq!(
+        answer(&relay, &padded_upgrade("/mac", 16 << 10, 4000))
+            .await
+            .0,
+        101
+    );
+    assert_eq!(
+        answer(&relay, &padded_upgrade("/mac", (16 << 10) + 1, 4000)).await,
+        (431, true)
+    );
+    let probe = "GET /healthz HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n";
+    let small = format!("{probe}X-Pad: {}\r\n\r\n", "a".repeat(15 << 10));
+    assert_eq!(answer(&relay, &small).await.0, 200);
+    // 17 KiB as one header, as 70 headers (under actix-http's 96, so the
+    // relay's own ceiling), and as 170 (over actix's, which answers 431 too).
+    for (each, path) in [(17 << 10, "/mac"), (250, "/browser"), (100, "/mac")] {
+        let req = padded_upgrade(path, 17 << 10, each);
+        assert_eq!(
+            answer(&relay, &req).await,
+            (431, true),
+            "{each}-byte headers"
+        );
+    }
+    let big = format!("{probe}X-Pad: {}\r\n\r\n", "a".repeat(17 << 10));
+    assert_eq!(answer(&relay, &big).await, (431, true));
+    still_serving(&relay).await;
+
+    // The ceiling is a setting.
+    let roomy = Relay::start(&[("RELAY_MAX_REQUEST_HEAD", "32KiB")]);
+    assert_eq!(
+        answer(&roomy, &padded_upgrade("/mac", 17 << 10, 250))
+            .await
+            .0,
+        101
+    );
+    assert_eq!(
+        answer(&roomy, &padded_upgrade("/mac", 33 << 10, 4000))
+            .await
+            .0,
+        431
+    );
+}
+
 #[tokio::test]
 async fn oversized_request_heads_are_refused() {
     let relay = Relay::start(&[]);
@@ -472,7 +559,8 @@ async fn oversized_request_heads_are_refused() {
         r.send(req.as_bytes()).await;
         let head = r.http_head().await;
         let status = status_of(&head);
-        // actix-http's ceilings: a 128 KiB head, 96 headers.
+        // actix-http's ceilings (a 128 KiB head, 96 headers) answer these
+        // before the relay's own sees a parsed head.
         assert_eq!(status, 431, "{} bytes got {head:?}", req.len());
     }
     still_serving(&relay).await;

@@ -76,7 +76,7 @@ async fn wss_clients_pair_and_relay_over_the_tls_listener() {
     let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls));
     let tcp = TcpStream::connect(relay.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut s = tokio::time::timeout(WAIT, connector.connect(name, tcp))
+    let mut s = tokio::time::timeout(WAIT, connector.connect(name.clone(), tcp))
         .await
         .expect("TLS handshake in time")
         .expect("TLS handshake");
@@ -87,6 +87,21 @@ async fn wss_clients_pair_and_relay_over_the_tls_listener() {
         .expect("answer in time")
         .ok();
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+
+    // The request-head ceiling holds inside TLS too: 431 for a 17 KiB upgrade.
+    let tcp = TcpStream::connect(relay.addr).await.unwrap();
+    let mut s = tokio::time::timeout(WAIT, connector.connect(name, tcp))
+        .await
+        .expect("TLS handshake in time")
+        .expect("TLS handshake");
+    let req = crate::bad_input::padded_upgrade("/mac", 17 << 10, 4000);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut answer))
+        .await
+        .expect("answer in time")
+        .ok();
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 
     // A plain-text client gets no WebSocket.
     let plain = tokio::time::timeout(

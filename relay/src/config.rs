@@ -59,6 +59,10 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_FRAME", default_value = "1MiB", value_parser = parse_bytes)]
     pub max_frame: usize,
 
+    /// Largest HTTP request head (request line and headers) accepted; a larger one gets 431.
+    #[arg(long, env = "RELAY_MAX_REQUEST_HEAD", default_value = "16KiB", value_parser = parse_bytes)]
+    pub max_request_head: usize,
+
     /// Join attempts a minute allowed from one client address; 0 turns the limit off.
     #[arg(long, env = "RELAY_JOIN_RATE", default_value_t = 10)]
     pub join_rate: u32,
@@ -226,6 +230,13 @@ impl Config {
         if self.max_frame < 64 {
             return Err("RELAY_MAX_FRAME must be at least 64 bytes".into());
         }
+        if self.max_request_head < 1024 {
+            return Err("RELAY_MAX_REQUEST_HEAD must be at least 1KiB".into());
+        }
+        if self.max_request_head > crate::head::ACTIX_HEAD_CEILING {
+            // Past this actix-http refuses the head itself, so a higher setting would mislead.
+            return Err("RELAY_MAX_REQUEST_HEAD can be at most 128KiB".into());
+        }
         if self.max_buffered < self.max_frame {
             return Err("RELAY_MAX_BUFFERED must be at least RELAY_MAX_FRAME".into());
         }
@@ -261,6 +272,7 @@ mod tests {
         assert_eq!(c.max_guests, 16);
         assert_eq!(c.admit_timeout, Duration::from_secs(120));
         assert_eq!(c.max_frame, 1 << 20);
+        assert_eq!(c.max_request_head, 16 << 10);
         assert_eq!(c.join_rate, 10);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
         assert_eq!(c.heartbeat_timeout, Duration::from_secs(10));
@@ -289,5 +301,16 @@ mod tests {
         assert_eq!(parse_bytes("64 KiB"), Ok(64 << 10));
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("-1").is_err());
+    }
+
+    #[test]
+    fn the_request_head_ceiling_stays_where_it_means_something() {
+        let mut c = Config::defaults();
+        c.max_request_head = 512;
+        assert!(c.validate().unwrap_err().contains("RELAY_MAX_REQUEST_HEAD"));
+        c.max_request_head = 256 << 10;
+        assert!(c.validate().unwrap_err().contains("at most 128KiB"));
+        c.max_request_head = 128 << 10;
+        assert!(c.validate().is_ok());
     }
 }

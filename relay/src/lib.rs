@@ -35,6 +35,10 @@ pub mod gate;
 #[cfg(not(fuzzing))]
 mod gate;
 #[cfg(fuzzing)]
+pub mod head;
+#[cfg(not(fuzzing))]
+mod head;
+#[cfg(fuzzing)]
 pub mod metrics;
 #[cfg(not(fuzzing))]
 mod metrics;

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::dev::{Extensions, ServerHandle};
 use actix_web::http::header;
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use relay_protocol::Role;
 use tracing::{debug, info, warn};
@@ -181,8 +182,12 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
     let data = web::Data::from(Arc::clone(&state));
     // With an admin listener, /metrics is served only there.
     let metrics_on_main = admin_listener.is_none();
+    let head_limit = config.max_request_head;
     let server = HttpServer::new(move || {
         let app = App::new()
+            .wrap(from_fn(move |req, next| {
+                crate::head::cap(head_limit, req, next)
+            }))
             .app_data(data.clone())
             .route("/mac", web::get().to(mac))
             .route("/browser", web::get().to(browser))
@@ -222,6 +227,9 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
             let data = web::Data::from(Arc::clone(&state));
             let server = HttpServer::new(move || {
                 App::new()
+                    .wrap(from_fn(move |req, next| {
+                        crate::head::cap(head_limit, req, next)
+                    }))
                     .app_data(data.clone())
                     .route("/healthz", web::get().to(healthz))
                     .route("/readyz", web::get().to(readyz))
@@ -246,6 +254,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
             code_ttl = %humantime::format_duration(config.code_ttl),
             grace = %humantime::format_duration(config.grace),
             max_frame = config.max_frame,
+            max_request_head = config.max_request_head,
             join_rate = config.join_rate,
             heartbeat_interval = %humantime::format_duration(config.heartbeat_interval),
             heartbeat_timeout = %humantime::format_duration(config.heartbeat_timeout),

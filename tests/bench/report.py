@@ -131,6 +131,39 @@ def baseline_section(out, get):
             "the reconnect storm kills a node and is not run on the baseline.\n")
 
 
+def node_section(get):
+    """The relay against the Node reference (node-relay.js on `ws`), as relay/Node ratios from this run."""
+    rows = []
+
+    def fmt(v):
+        return "-" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}")
+
+    def cmp(what, ours, node, unit, better):
+        ratio = ours / node if (ours is not None and node) else None
+        rows.append(f"| {what} | {fmt(ours)} {unit} | {fmt(node)} {unit} | "
+                    f"{'-' if ratio is None else f'{ratio:.2f}'} | {better} |")
+
+    def rate(k):
+        p, s = get(k, "pairs"), get(k, "seconds")
+        return p / s if p and s else None
+
+    cmp("pair set-ups, one node (load-tool bound)", rate("setup-relay"), rate("setup-node"), "pairs/s", "higher")
+    for size in ["64", "1KiB", "64KiB"]:
+        cmp(f"throughput {size}, one node", get(f"tp-{size}-relay", "frames_per_second"),
+            get(f"tp-{size}-node", "frames_per_second"), "frames/s", "higher")
+    conns = get("idle-relay", "connections")
+    cmp(f"memory per idle paired connection, connected only ({conns or 0:,} held)",
+        get("idle-relay", "bytes_per_connection_fresh"), get("idle-node", "bytes_per_connection_fresh"), "B", "lower")
+    cmp(f"memory per idle paired connection after one frame each way ({conns or 0:,} held)",
+        get("idle-relay", "bytes_per_connection"), get("idle-node", "bytes_per_connection"), "B", "lower")
+    return ("\n## Against a Node relay on `ws`\n\n"
+            "tests/bench/node-relay.js: pairs a `register` with a `join` and copies frames, nothing more (like "
+            "ws-forwarder), one Node process, measured by the same load tool in this run; memory on a fresh process "
+            "of each. Ratios are relay/Node.\n\n"
+            "| measurement | relay | Node ws | relay/Node | better |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+
+
 def main():
     out = sys.argv[1]
     r = load(out)
@@ -171,6 +204,7 @@ def main():
         fwd, one = get(f"tp-{size}-forwarder", "frames_per_second"), get(f"tp-{size}-relay", "frames_per_second")
         same, cross = get(f"tp-{size}-same", "frames_per_second"), get(f"tp-{size}-cross", "frames_per_second")
         row(f"throughput {size}, forwarder", fwd, "frames/s")
+        row(f"throughput {size}, Node ws relay", get(f"tp-{size}-node", "frames_per_second"), "frames/s", fwd, "forwarder")
         row(f"throughput {size}, relay one node", one, "frames/s", fwd, "forwarder", ">= 80 % of forwarder",
             None if not (one and fwd) else one / fwd >= 0.8)
         row(f"throughput {size}, cluster same node", same, "frames/s", fwd, "forwarder")
@@ -193,6 +227,8 @@ def main():
     row(f"memory per idle paired connection, connected only ({conns or 0:,} held)", get("idle-relay", "bytes_per_connection_fresh"), "B")
     row(f"memory per idle paired connection after one frame each way ({conns or 0:,} held)", per, "B", None, "",
         "<= 10,240 B at 100k connections", None if per is None else per <= 10240)
+    node_per = get("idle-node", "bytes_per_connection")
+    row("memory per idle paired connection after one frame each way, Node ws relay", node_per, "B")
 
     row("storm: seconds until every mac resumed", get("storm", "seconds_until_all_resumed"), "s")
     row(f"storm: macs resumed (of {get('storm', 'pairs') or 0})", get("storm", "resumed"), "")
@@ -200,8 +236,8 @@ def main():
     row("storm: frames duplicated", get("storm", "frames_duplicated"), "")
 
     # Plots: throughput as a share of the forwarder (sizes differ by orders of magnitude), latency quantiles.
-    series = ["forwarder", "relay one node", "cluster same node", "cluster cross node"]
-    keys = ["forwarder", "relay", "same", "cross"]
+    series = ["forwarder", "Node ws relay", "relay one node", "cluster same node", "cluster cross node"]
+    keys = ["forwarder", "node", "relay", "same", "cross"]
     vals = {}
     for size in ["64", "1KiB", "64KiB"]:
         fwd = get(f"tp-{size}-forwarder", "frames_per_second")
@@ -226,6 +262,7 @@ def main():
         fh.write("| measurement | value | ratio (same run) | target | |\n|---|---|---|---|---|\n")
         fh.write("\n".join(rows) + "\n\nThroughput rows are medians of interleaved rounds (each round's numbers are in json/).\n"
                  "\n![throughput](throughput.svg)\n\n![latency](latency.svg)\n")
+        fh.write(node_section(get))
         fh.write(baseline_section(out, get))
     print(open(os.path.join(out, "report.md")).read())
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make bench`: builds release binaries, measures the relay and its two
-# references (ws-forwarder: WebSocket framing alone; redis-benchmark PUBLISH:
-# the pub/sub ceiling) on 127.0.0.1 in one run, and writes a report with
+# `make bench`: builds release binaries, measures the relay and its three
+# references (ws-forwarder: WebSocket framing alone; node-relay.js: a minimal
+# relay on Node's `ws`; redis-benchmark PUBLISH: the pub/sub ceiling) on
+# 127.0.0.1 in one run, and writes a report with
 # ratios and plots to target/bench/. Every process it starts is stopped on
 # exit; every run is bounded (relay-load --timeout).
 #
@@ -40,6 +41,9 @@ cargo build --release --locked -p relay --bins
 # Where cargo put them: target/ unless CARGO_TARGET_DIR says otherwise, and
 # then target/release would hold stale binaries, or none.
 BIN=${CARGO_TARGET_DIR:-target}/release
+
+say "installing the Node reference's ws (tests/bench/package-lock.json)"
+(cd tests/bench && npm ci --no-audit --no-fund --prefer-offline)
 
 # The baseline's source comes from `git archive`, not a worktree: nothing is
 # registered in the shared repository, so a killed run leaves nothing to
@@ -124,6 +128,14 @@ REDIS_PORT=$(free_port); start_redis redis "$REDIS_PORT"
 
 FWD_PORT=$(free_port); "$BIN/ws-forwarder" "127.0.0.1:$FWD_PORT" 2>"$OUT/logs/forwarder.log" &
 PIDS+=($!); wait_port "127.0.0.1:$FWD_PORT" ws-forwarder
+start_node() { # the Node reference on a fresh port, in a fresh process
+  NODE_PORT=$(free_port)
+  node tests/bench/node-relay.js "127.0.0.1:$NODE_PORT" 2>"$OUT/logs/node-relay.log" &
+  PIDS+=($!); PID_node=$!
+  wait_port "127.0.0.1:$NODE_PORT" node-relay
+  NODE=ws://127.0.0.1:$NODE_PORT
+}
+start_node
 ONE_PORT=$(free_port); start_relay single "$ONE_PORT"
 A_PORT=$(free_port); start_relay node-a "$A_PORT" RELAY_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 B_PORT=$(free_port); start_relay node-b "$B_PORT" RELAY_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
@@ -177,10 +189,11 @@ setup_with_cpu() { # json-name, url, relay pid, label
 
 say "pair set-up rate"
 load setup-forwarder --scenario setup --url "$FWD" --pairs "$SETUP" --label forwarder
+load setup-node --scenario setup --url "$NODE" --pairs "$SETUP" --label "node ws"
 setup_with_cpu setup-relay "$ONE" "$PID_single" relay
 if [ -n "$BASE_BIN" ]; then setup_with_cpu setup-base "$BASE_ONE" "$PID_base_single" baseline; fi
 
-say "throughput: 64 B, 1 KiB, 64 KiB; forwarder, relay same-node, relay cross-node; $ROUNDS interleaved rounds"
+say "throughput: 64 B, 1 KiB, 64 KiB; forwarder, node ws, relay same-node, relay cross-node; $ROUNDS interleaved rounds"
 # Rounds interleave the targets so a noisy minute hits all of them; the
 # report takes each target's median. The baseline runs right beside the new
 # binary's run of the same target, first in every other round, so a drift
@@ -199,6 +212,7 @@ if [ -n "$BASE_BIN" ]; then say "with the baseline: its one node and its cross n
 for round in $(seq 1 "$ROUNDS"); do
   for size in 64 1KiB 64KiB; do
     tp forwarder --url "$FWD" --label forwarder
+    tp node --url "$NODE" --label "node ws"
     beside_baseline tp_relay tp_base
     tp same --url "$A" --url "$B" --cross-share 0 --label "relay cluster, same node"
     beside_baseline tp_cross tp_base_cross
@@ -238,6 +252,11 @@ fi
 say "memory per idle paired connection"
 fresh_single
 load idle-relay --scenario idle --url "$ONE" --pairs "$IDLE" --concurrency 128 --label relay
+# The same measurement on a fresh Node reference: its /metrics gives its RSS.
+kill -9 "$PID_node" 2>/dev/null || true
+start_node
+load idle-node --scenario idle --url "$NODE" --pairs "$IDLE" --concurrency 128 --label "node ws"
+kill -9 "$PID_node" 2>/dev/null || true
 if [ -n "$BASE_BIN" ]; then
   fresh_base_single
   load idle-base --scenario idle --url "$BASE_ONE" --pairs "$IDLE" --concurrency 128 --label baseline
