@@ -276,3 +276,30 @@ test('a full room shows the full card; Try again joins once the host made room',
     await host.heard(eveId, 'thanks');
   });
 });
+
+test('a guest that reloads comes back as the same guest, with nothing lost or repeated either way', { timeout: 90_000 }, async (t) => {
+  const node = await startNode(t);
+  await withLogs(node, async () => {
+    const host = await roomHost(t, node.port, { maxGuests: 2, admit: 'auto' });
+    const ana = await newPage(t, node.port);
+    await joinAs(ana, host.code, 'Ana');
+    await waitState(ana, 'connected', 'Ana to be in (auto)');
+    const anaId = await host.joined('Ana');
+    host.data('m1');
+    await waitIncoming(ana, ['m1'], 'Ana to get m1');
+    await sendFromPage(ana, 'b1');
+    await host.heard(anaId, 'b1');
+
+    await ana.reload();
+    await waitState(ana, 'connected', 'Ana to resume after the reload');
+    await host.event('guest_back', anaId);
+    assert.equal(await ana.evaluate(() => window.relayClient.guestId), anaId);
+    assert.equal(await text(ana, '#session-title'), 'Messages with the host');
+    host.data('m2');
+    await waitIncoming(ana, ['m2'], 'Ana to get m2');
+    await sendFromPage(ana, 'b2');
+    await host.heard(anaId, 'b2');
+    assert.deepEqual(await incoming(ana), ['m1', 'm2']);
+    assert.deepEqual(host.tagged(), [[anaId, 'b1'], [anaId, 'b2']]);
+  });
+});
