@@ -289,8 +289,8 @@ export class RelayClient {
    * and '-'). `name` (optional, at most NAME_MAX characters) is shown to the
    * host of a room; a pairing ignores it. Throws a ClientError NAME_TOO_LONG.
    */
-  join(code, { name = '' } = {}) {
-    const given = String(name ?? '').trim();
+  join(code, options = {}) {
+    const given = String(options?.name ?? '').trim();
     const length = [...given].length;
     if (length > NAME_MAX) {
       throw new ClientError('NAME_TOO_LONG', `A name has at most ${NAME_MAX} characters; this one has ${length}.`);

@@ -54,8 +54,8 @@ test('a guest joins with its name, waits for the host without a connect timeout,
 
 test('a join without a name is the pairing\'s, and a pairing has no guestId', () => {
   const t = setup();
-  for (const name of [undefined, '', '   ']) {
-    t.client.join('h4f7kn', name === undefined ? undefined : { name });
+  for (const options of [undefined, null, {}, { name: null }, { name: '' }, { name: '   ' }]) {
+    t.client.join('h4f7kn', options);
     t.last().open();
     assert.deepEqual(t.last().json()[0], { type: 'join', code: 'H4F7KN' });
   }
