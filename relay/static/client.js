@@ -11,6 +11,11 @@
 //   client.join('h4f-7kn');
 //   client.send('hello mac');                    // a {"type":"data"} text frame
 //
+// As a guest of a room (a host that shares its session with several people,
+// PROTOCOL.md "Rooms"), `join(code, { name })` gives the host a name to show;
+// the client may then be `waiting` until the host lets it in, and ends with
+// DENIED, REMOVED or ROOM_FULL, which it never retries by itself.
+//
 // The same semantics as the Rust client (relay_protocol::client). Wire
 // contract: shared/PROTOCOL.md. Everything that needs a clock, randomness, a
 // socket or storage can be injected, so the state machine runs in Node too.
@@ -21,6 +26,8 @@ export const State = Object.freeze({
   DISCONNECTED: 'disconnected',
   /** The first connection of a session is being made (join, or resume after a page reload). */
   CONNECTING: 'connecting',
+  /** Rooms: connected, but the host has not let this guest in yet (`waiting` from the relay). */
+  WAITING: 'waiting',
   /** Connected, and the session joined or taken back. */
   CONNECTED: 'connected',
   /** The connection dropped; waiting for (or making) the next attempt. */
@@ -103,7 +110,21 @@ export function closeAction(code) {
 }
 
 /** Errors that answer a `resume` and end the session for good. */
-const RESUME_FATAL = new Set(['RESUME_EXPIRED', 'INVALID_RESUME', 'MAC_DISCONNECTED']);
+const RESUME_FATAL = new Set(['RESUME_EXPIRED', 'INVALID_RESUME', 'MAC_DISCONNECTED', 'REMOVED']);
+/**
+ * Errors that end the session whenever they come once the relay has taken
+ * the join (waiting or in): the host left, said no, or took the guest out.
+ * Retrying could only be refused again, or worse, ask the host twice.
+ */
+const SESSION_ENDS = new Set(['MAC_DISCONNECTED', 'DENIED', 'REMOVED']);
+/** What the end means when the relay gives no sentence. */
+const ENDED_BY = {
+  MAC_DISCONNECTED: 'The Mac ended the session.',
+  DENIED: 'The host did not let you in.',
+  REMOVED: 'The host removed you from this session.',
+};
+/** Rooms: the longest `name` the relay takes, in characters. */
+export const NAME_MAX = 64;
 /** Errors after which the client keeps reconnecting. */
 const RETRYABLE = new Set(['UNAVAILABLE', 'SHUTTING_DOWN']);
 
@@ -185,7 +206,9 @@ function defaultStorage() {
  * - `state`   {state, attempt, delay, code, reason}: the connection state changed
  *             (`attempt` and `delay` while reconnecting; `code`/`reason` say why).
  * - `attempt` {attempt, manual}: a retry starts now (after its delay, or `reconnect()`).
- * - `joined`  {sessionId}: the code was accepted.
+ * - `waiting` {guestId}: rooms: the relay took the join and the host decides whether
+ *             to let this guest in (state `waiting`; no connect timeout meanwhile).
+ * - `joined`  {sessionId, guestId}: the code was accepted (`guestId`: in a room only, else null).
  * - `resumed` {lastSeq, resent, lost}: the session was taken back on a new connection.
  * - `data`    {text} for a `data` text frame (its payload) or {bytes} (Uint8Array) for a binary frame.
  * - `peer`    {present}: the Mac dropped (false, `peer_disconnected`) or came back (true).
@@ -195,10 +218,14 @@ function defaultStorage() {
  *             `latency` event ends it.
  * - `error`   {code, message, fatal}: a refusal or an error the session survives.
  * - `lost`    n: frames the relay never got that were no longer kept to re-send.
- * - `ended`   {code, message, closeCode, peerAway, unsent}: the session is over for this
- *             client (read-only from now on). `peerAway`: the Mac had dropped and
- *             not come back (so MAC_DISCONNECTED means it stopped answering, not
- *             that it left); `unsent`: queued frames that were never sent.
+ * - `ended`   {code, message, closeCode, peerAway, unsent, join, name}: the session is over
+ *             for this client (read-only from now on). `peerAway`: the Mac had dropped
+ *             and not come back (so MAC_DISCONNECTED means it stopped answering, not
+ *             that it left); `unsent`: queued frames that were never sent. Rooms:
+ *             `code` DENIED (the host said no, or did not answer in time), REMOVED
+ *             (the host took this guest out) or ROOM_FULL (no room now); before the
+ *             guest was let in, `join` and `name` are what it joined with, so a
+ *             person can try again with `join(join, {name})`.
  * - `gaveup`  {attempts}: reconnecting stopped at `maxRetries`; `reconnect()` starts again.
  * - `event`   msg: any other control message (for the curious).
  */
@@ -220,7 +247,7 @@ export class RelayClient {
     this.resetSession();
 
     this.ws = null;
-    this.phase = null; // 'join' | 'resume' | 'open' for the current socket
+    this.phase = null; // 'join' | 'waiting' | 'resume' | 'open' for the current socket
     this.pendingError = null; // the last error of the current socket
     this.connectTimer = null;
     this.retryTimer = null;
@@ -257,11 +284,21 @@ export class RelayClient {
 
   // ---- what the application calls --------------------------------------
 
-  /** Joins the session with `code` (as typed; the relay ignores case, spaces and '-'). */
-  join(code) {
+  /**
+   * Joins the session with `code` (as typed; the relay ignores case, spaces
+   * and '-'). `name` (optional, at most NAME_MAX characters) is shown to the
+   * host of a room; a pairing ignores it. Throws a ClientError NAME_TOO_LONG.
+   */
+  join(code, options = {}) {
+    const given = String(options?.name ?? '').trim();
+    const length = [...given].length;
+    if (length > NAME_MAX) {
+      throw new ClientError('NAME_TOO_LONG', `A name has at most ${NAME_MAX} characters; this one has ${length}.`);
+    }
     if (this.ws || this.retryTimer !== null) this.abandon();
     this.resetSession();
     this.code = normalizeCode(code);
+    this.name = given || null;
     this.setState(State.CONNECTING);
     this.open();
   }
@@ -276,6 +313,7 @@ export class RelayClient {
     if (this.ws || this.retryTimer !== null) this.abandon();
     this.resetSession();
     this.session = { sessionId: saved.sessionId, resumeToken: saved.resumeToken };
+    this.guestId = saved.guestId;
     this.received = saved.received;
     this.sent = saved.sent;
     this.everConnected = true;
@@ -344,7 +382,8 @@ export class RelayClient {
   /** Ends this side of the session for good (the Mac is told). */
   leave() {
     if (this.ended) return;
-    if (this.ws && this.phase === 'open' && this.ws.readyState === 1) {
+    // A waiting guest says so too: the host then reads "left", not "closed".
+    if (this.ws && (this.phase === 'open' || this.phase === 'waiting') && this.ws.readyState === 1) {
       this.ws.send(JSON.stringify({ type: 'leave' }));
     }
     this.end('LEFT', 'You left the session.');
@@ -364,6 +403,7 @@ export class RelayClient {
       state: this.state,
       attempt: this.attempt,
       sessionId: this.session?.sessionId ?? null,
+      guestId: this.guestId,
       received: this.received,
       sent: this.sent,
       queued: this.queue.length,
@@ -383,6 +423,10 @@ export class RelayClient {
     this.session = null;
     /** The code being joined (as typed), until joined. */
     this.code = null;
+    /** Rooms: the name given to the host with the code, or null. */
+    this.name = null;
+    /** Rooms: this guest's id (from `waiting` or `joined`), or null (a pairing, or not joined). */
+    this.guestId = null;
     /** Data frames received in the session (the `lastSeq` of a resume). */
     this.received = 0;
     /** Data frames written in the session, as the relay numbers them. */
@@ -450,7 +494,8 @@ export class RelayClient {
         lastSeq: this.received,
       });
     } else {
-      this.raw({ type: 'join', code: this.code });
+      // Without a name the join is exactly the pairing's.
+      this.raw(this.name ? { type: 'join', code: this.code, name: this.name } : { type: 'join', code: this.code });
     }
   }
 
@@ -474,13 +519,21 @@ export class RelayClient {
         this.save();
         this.emit('data', { text: msg.payload });
         break;
+      case 'waiting':
+        if (this.phase !== 'join') {
+          this.emit('event', msg);
+          break;
+        }
+        this.onWaiting(Number(msg.guestId));
+        break;
       case 'joined':
         this.session = { sessionId: msg.sessionId, resumeToken: msg.resumeToken };
+        this.guestId = msg.guestId === undefined ? null : Number(msg.guestId);
         this.code = null;
         this.received = 0;
         this.sent = 0;
         this.save();
-        this.emit('joined', { sessionId: msg.sessionId });
+        this.emit('joined', { sessionId: msg.sessionId, guestId: this.guestId });
         this.connected();
         break;
       case 'resumed':
@@ -529,6 +582,22 @@ export class RelayClient {
     this.connected();
   }
 
+  /**
+   * Rooms: the relay took the join and the host decides. The connection
+   * works, so the attempts start over and the connect timeout stops (the
+   * relay bounds the wait itself, RELAY_ADMIT_TIMEOUT); pings go on so a
+   * dead connection is still noticed. What the page sends stays queued.
+   */
+  onWaiting(guestId) {
+    this.phase = 'waiting';
+    this.guestId = guestId;
+    this.clearConnectTimer();
+    this.attempt = 0;
+    this.emit('waiting', { guestId });
+    this.setState(State.WAITING, { guestId });
+    this.ping();
+  }
+
   /** The handshake succeeded: flush, ping, reset the attempts. */
   connected() {
     this.phase = 'open';
@@ -543,10 +612,10 @@ export class RelayClient {
 
   onError(code, message) {
     this.pendingError = { code, message };
-    if (this.phase === 'open') {
-      if (code === 'MAC_DISCONNECTED') {
+    if (this.phase === 'open' || this.phase === 'waiting') {
+      if (SESSION_ENDS.has(code)) {
         // The relay closes with 1000 next; the session is over.
-        this.end(code, message || 'The Mac ended the session.');
+        this.end(code, message || ENDED_BY[code]);
       } else if (code !== 'SHUTTING_DOWN' && code !== 'MESSAGE_TOO_LARGE') {
         // SHUTTING_DOWN and MESSAGE_TOO_LARGE are followed by a close (1012, 1009).
         this.emit('error', { code, message, fatal: false });
@@ -559,6 +628,12 @@ export class RelayClient {
       this.abandon();
       this.emit('error', { code, message, fatal: false });
       this.retry('reconnect');
+      return;
+    }
+    if (this.phase === 'join' && (code === 'ROOM_FULL' || code === 'DENIED')) {
+      // Not a mistyped code: the room is there but has no place now. The
+      // person may try again later; the client does not, on its own.
+      this.end(code, message);
       return;
     }
     if (this.phase === 'resume' && RESUME_FATAL.has(code)) {
@@ -633,7 +708,9 @@ export class RelayClient {
     const unsent = this.queue.length;
     this.queue = [];
     this.queueBytes = 0;
-    this.emit('ended', { code, message, closeCode, peerAway: !this.peerPresent, unsent });
+    // Not let in (yet): what to join with if the person tries again.
+    const again = this.session ? {} : { join: this.code, name: this.name };
+    this.emit('ended', { code, message, closeCode, peerAway: !this.peerPresent, unsent, ...again });
     this.setState(State.DISCONNECTED, { code, reason: message });
   }
 
@@ -664,7 +741,7 @@ export class RelayClient {
 
   ping() {
     this.clearPing();
-    if (!this.ws || this.phase !== 'open') return;
+    if (!this.ws || (this.phase !== 'open' && this.phase !== 'waiting')) return;
     if (this.pingSentAt !== null && this.now() - this.pingSentAt >= this.options.pongTimeout) {
       // No pong for too long: the connection is dead even if the socket does not know yet.
       this.abandon();
@@ -753,7 +830,13 @@ export class RelayClient {
     try {
       this.storage.setItem(
         this.options.storageKey,
-        JSON.stringify({ ...this.session, received: this.received, sent: this.sent }),
+        JSON.stringify({
+          ...this.session,
+          // Only a guest of a room has one: a pairing's entry stays as it was.
+          ...(this.guestId !== null ? { guestId: this.guestId } : {}),
+          received: this.received,
+          sent: this.sent,
+        }),
       );
     } catch {
       // Full or blocked storage: a reload then starts over, nothing else breaks.
@@ -768,6 +851,7 @@ export class RelayClient {
         return {
           sessionId: v.sessionId,
           resumeToken: v.resumeToken,
+          guestId: Number.isSafeInteger(v.guestId) ? v.guestId : null,
           received: Number.isSafeInteger(v.received) ? v.received : 0,
           sent: Number.isSafeInteger(v.sent) ? v.sent : 0,
         };

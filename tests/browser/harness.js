@@ -1,14 +1,17 @@
 // What the browser tests share: real relay processes (and a Redis), a TCP
 // proxy in front of a node whose behaviour a test switches (pass, hold,
-// refuse), a Mac-side WebSocket client, and Debian's headless Chromium. Every
-// process started here is killed when the test process exits, also on
-// failure; every wait is bounded.
+// refuse), a Mac-side WebSocket client, Debian's headless Chromium, and
+// screenshots of the page checked with axe-core. Every process started here
+// is killed when the test process exits, also on failure; every wait is
+// bounded.
 
 import { spawn } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
+import assert from 'node:assert/strict';
 
 import { chromium } from 'playwright-core';
 import { WebSocket } from 'ws';
@@ -21,6 +24,11 @@ export const ARTIFACTS = path.join(ROOT, 'target', 'test-artifacts');
 export const WAIT = 15_000;
 /** Longest the page may take to come back after node 1 is up again (backoff up to 8 s × 1.25). */
 export const RECONNECT_WAIT = 30_000;
+
+/** axe-core, the accessibility checker, injected into the page for each state. */
+const AXE = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
+export const DESKTOP = { width: 900, height: 760 };
+export const NARROW = { width: 390, height: 844 };
 
 // ---- small helpers -------------------------------------------------------
 
@@ -370,3 +378,43 @@ export async function waitIncoming(page, want, what) {
   });
 }
 
+// ---- screenshots and accessibility -------------------------------------------
+
+/** No axe-core violations (WCAG 2 A and AA rules) in the page as it is now. */
+export async function assertAccessible(page, name) {
+  if (!(await page.evaluate(() => Boolean(window.axe)))) await page.addScriptTag({ path: AXE });
+  const violations = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa'] } });
+    return r.violations.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).join(', ')})`);
+  });
+  assert.deepEqual(violations, [], `accessibility of ${name}`);
+}
+
+/**
+ * Screenshot at desktop width; with `narrow`, also at 390 px, checking nothing
+ * spills sideways. Each state is also checked for accessibility.
+ */
+export async function screenshot(page, name, { narrow = false, card = null } = {}) {
+  await assertAccessible(page, name);
+  if (card) await assertBeside(page, card);
+  await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`) });
+  if (!narrow) return;
+  await page.setViewportSize(NARROW);
+  try {
+    const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(wide <= NARROW.width, `at 390 px the page is ${wide} px wide`);
+    if (card) await assertBeside(page, card);
+    await page.screenshot({ path: path.join(ARTIFACTS, `${name}-390.png`), fullPage: true });
+  } finally {
+    await page.setViewportSize(DESKTOP);
+  }
+}
+
+/** The card `sel` is shown and does not cover the conversation (above or below it, never over it). */
+export async function assertBeside(page, sel) {
+  const card = await page.locator(sel).boundingBox();
+  const conv = await page.locator('.conversation').boundingBox();
+  assert.ok(card && conv, `${sel} and the conversation are shown`);
+  const apart = card.y + card.height <= conv.y + 0.5 || card.y >= conv.y + conv.height - 0.5;
+  assert.ok(apart, `${sel} (${JSON.stringify(card)}) covers the conversation (${JSON.stringify(conv)})`);
+}

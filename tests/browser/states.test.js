@@ -10,17 +10,18 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createRequire } from 'node:module';
 
 import {
   ARTIFACTS,
   CHROMIUM,
+  DESKTOP,
   RECONNECT_WAIT,
   RELAY_BIN,
   Mac,
   Node,
   incoming,
   launchChromium,
+  screenshot,
   sendFromPage,
   startProxy,
   state,
@@ -30,10 +31,6 @@ import {
   waitIncoming,
 } from './harness.js';
 
-/** axe-core, the accessibility checker, injected into the page for each state. */
-const AXE = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
-const DESKTOP = { width: 900, height: 760 };
-const NARROW = { width: 390, height: 844 };
 
 let tmp;
 let context;
@@ -64,44 +61,8 @@ const tagOf = (page, body) => page.$$eval('#log li.out', (lis, b) => {
   return li ? { tag: li.querySelector('.tag')?.textContent ?? '', cls: li.className } : null;
 }, body);
 
-/** No axe-core violations (WCAG 2 A and AA rules) in the page as it is now. */
-async function assertAccessible(page, name) {
-  if (!(await page.evaluate(() => Boolean(window.axe)))) await page.addScriptTag({ path: AXE });
-  const violations = await page.evaluate(async () => {
-    const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa'] } });
-    return r.violations.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).join(', ')})`);
-  });
-  assert.deepEqual(violations, [], `accessibility of ${name}`);
-}
-
-/**
- * Screenshot at desktop width; with `narrow`, also at 390 px, checking nothing
- * spills sideways. Each state is also checked for accessibility.
- */
-async function shot(page, name, { narrow = false, card = null } = {}) {
-  await assertAccessible(page, name);
-  if (card) await assertBeside(page, card);
-  await page.screenshot({ path: path.join(ARTIFACTS, `states-${name}.png`) });
-  if (!narrow) return;
-  await page.setViewportSize(NARROW);
-  try {
-    const wide = await page.evaluate(() => document.documentElement.scrollWidth);
-    assert.ok(wide <= NARROW.width, `at 390 px the page is ${wide} px wide`);
-    if (card) await assertBeside(page, card);
-    await page.screenshot({ path: path.join(ARTIFACTS, `states-${name}-390.png`), fullPage: true });
-  } finally {
-    await page.setViewportSize(DESKTOP);
-  }
-}
-
-/** The card `sel` is shown and does not cover the conversation (above or below it, never over it). */
-async function assertBeside(page, sel) {
-  const card = await page.locator(sel).boundingBox();
-  const conv = await page.locator('.conversation').boundingBox();
-  assert.ok(card && conv, `${sel} and the conversation are shown`);
-  const apart = card.y + card.height <= conv.y + 0.5 || card.y >= conv.y + conv.height - 0.5;
-  assert.ok(apart, `${sel} (${JSON.stringify(card)}) covers the conversation (${JSON.stringify(conv)})`);
-}
+/** Screenshot `states-<name>.png` (and `-390`), checked for accessibility; see harness.js `shot`. */
+const shot = (page, name, options) => screenshot(page, `states-${name}`, options);
 
 /** A single relay node (sessions in memory), with extra settings. */
 async function startNode(t, env = {}) {
