@@ -498,3 +498,56 @@ async fn a_full_room_turns_a_join_away_with_its_own_message() {
     assert!(err.contains("use --admit auto"), "{err}");
     let _ = &mut first_err;
 }
+
+#[tokio::test]
+async fn on_a_terminal_y_answers_the_guest_that_asks() {
+    let relay = Relay::start(&[]);
+    let url = format!("ws://{}", relay.addr);
+    // `script` runs the host on a real pty, where a person answers y or n.
+    let cmd = format!(
+        "'{}' host --url {url} --guests 2",
+        env!("CARGO_BIN_EXE_relay")
+    );
+    let mut term = Command::new("script")
+        .args([
+            "--quiet",
+            "--flush",
+            "--return",
+            "--command",
+            &cmd,
+            "/dev/null",
+        ])
+        .env_remove("RELAY_URL")
+        .env_remove("RELAY_GUESTS")
+        .env_remove("RELAY_ADMIT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start script (util-linux)");
+    let mut screen = BufReader::new(term.stdout.take().unwrap()).lines();
+    let mut typed = term.stdin.take().unwrap();
+    let code = code_in(&stderr_line(&mut screen, "code ").await);
+
+    let (mut no, mut no_err) = waiting_guest(&url, &code, "No").await;
+    let ask = stderr_line(&mut screen, "asks to join").await;
+    assert_eq!(
+        ask.trim_end_matches('\r'),
+        "relay: guest 1 (No) asks to join: admit? [y/n]"
+    );
+    typed.write_all(b"n\n").await.unwrap();
+    stderr_line(&mut no_err, "DENIED").await;
+    assert_eq!(exit_code(&mut no).await, 4);
+
+    let (mut yes, mut yes_err) = waiting_guest(&url, &code, "Yes").await;
+    stderr_line(&mut screen, "guest 2 (Yes) asks to join").await;
+    typed.write_all(b"y\n").await.unwrap();
+    stderr_line(&mut yes_err, "joined as guest 2").await;
+    // With no one asking, y is data like any line.
+    stderr_line(&mut screen, "guest 2 (Yes) is in").await;
+    typed.write_all(b"y\n").await.unwrap();
+    let mut yes_out = BufReader::new(yes.stdout.take().unwrap()).lines();
+    assert_eq!(next_line(&mut yes_out).await.as_deref(), Some("y"));
+    let _ = term.kill().await;
+}
