@@ -538,3 +538,31 @@ async fn a_host_whose_connection_drops_sends_again_to_the_guests_it_named() {
         "{host_others:?}"
     );
 }
+
+/// A host that changes target with every frame, as a game table does
+/// (one private frame per player in turn). Each `to` is a control message
+/// and the relay rate-limits those (`RELAY_MESSAGE_RATE`, 20 a second): a
+/// `to` it refuses must not leave the previous target in place, or the
+/// frames after it reach the wrong guest.
+#[tokio::test]
+async fn frames_to_each_guest_in_turn_reach_only_that_guest() {
+    let relay = Relay::start(&[]);
+    let url = format!("ws://{}", relay.addr);
+    let (host, mut hev, code) = room_host(&url, 2, AdmitMode::Auto).await;
+    let (_a, mut aev, a_id) = admitted(&url, &code, &mut hev).await;
+    let (_b, mut bev, b_id) = admitted(&url, &code, &mut hev).await;
+    let mut want = (Vec::new(), Vec::new());
+    for k in 0..60u32 {
+        for (id, w) in [(a_id, &mut want.0), (b_id, &mut want.1)] {
+            let f = numbered(id, k);
+            host.send_binary_to(Target::Guest(id), f.clone())
+                .await
+                .unwrap();
+            w.push(f);
+        }
+    }
+    tokio::join!(
+        expect_exactly(&mut aev, &want.0, "a"),
+        expect_exactly(&mut bev, &want.1, "b"),
+    );
+}
