@@ -381,3 +381,173 @@ async fn on_a_terminal_the_peers_lines_are_marked() {
     stderr_line(&mut screen, "session over").await;
     let _ = term.kill().await;
 }
+
+/// Starts `relay join --name name` for a room that asks; waits until it is told to wait.
+async fn waiting_guest(url: &str, code: &str, name: &str) -> (Child, ErrLines) {
+    let mut join = client(&["join", "--url", url, code, "--name", name]);
+    let mut err = BufReader::new(join.stderr.take().unwrap()).lines();
+    stderr_line(&mut err, "waiting for the host to let you in").await;
+    (join, err)
+}
+
+#[tokio::test]
+async fn a_room_host_admits_denies_addresses_and_removes_guests_from_stdin() {
+    let relay = Relay::start(&[]);
+    let url = format!("ws://{}", relay.addr);
+    let (mut host, mut host_err, code) = host(
+        &url,
+        &["--guests", "2", "--admit", "ask", "--peer-prefix", "always"],
+    )
+    .await;
+    let mut host_in = host.stdin.take().unwrap();
+    let mut host_out = BufReader::new(host.stdout.take().unwrap()).lines();
+
+    // Ana asks and is let in; piped input answers with commands.
+    let (mut ana, mut ana_err) = waiting_guest(&url, &code, "Ana").await;
+    let ask = stderr_line(&mut host_err, "asks to join").await;
+    assert_eq!(
+        ask,
+        "relay: guest 1 (Ana) asks to join: /admit 1 or /deny 1"
+    );
+    host_in.write_all(b"/admit 1\n").await.unwrap();
+    stderr_line(&mut ana_err, "joined as guest 1").await;
+    stderr_line(&mut host_err, "guest 1 (Ana) is in").await;
+
+    // Bo asks and is turned away: a clear message and exit status 4.
+    let (mut bo, mut bo_err) = waiting_guest(&url, &code, "Bo").await;
+    stderr_line(&mut host_err, "guest 2 (Bo) asks to join").await;
+    host_in.write_all(b"/deny 2\n").await.unwrap();
+    let line = stderr_line(&mut bo_err, "DENIED").await;
+    assert!(line.contains("did not let you in"), "{line}");
+    assert_eq!(exit_code(&mut bo).await, 4);
+    stderr_line(&mut host_err, "guest 2 (Bo) was turned away").await;
+
+    let (mut cy, mut cy_err) = waiting_guest(&url, &code, "Cy").await;
+    stderr_line(&mut host_err, "guest 3 (Cy) asks to join").await;
+    host_in.write_all(b"/admit 3\n").await.unwrap();
+    stderr_line(&mut cy_err, "joined as guest 3").await;
+    stderr_line(&mut host_err, "guest 3 (Cy) is in").await;
+
+    // To all, to Cy only, to all again; a line starting with / sent as //.
+    let mut ana_out = BufReader::new(ana.stdout.take().unwrap()).lines();
+    let mut cy_out = BufReader::new(cy.stdout.take().unwrap()).lines();
+    host_in
+        .write_all(b"hello all\n/to 3\nonly Cy\n/to all\n//not a command\n")
+        .await
+        .unwrap();
+    for want in ["hello all", "/not a command"] {
+        assert_eq!(next_line(&mut ana_out).await.as_deref(), Some(want));
+    }
+    for want in ["hello all", "only Cy", "/not a command"] {
+        assert_eq!(next_line(&mut cy_out).await.as_deref(), Some(want));
+    }
+    // Each guest's lines are marked with who sent them.
+    let mut ana_in = ana.stdin.take().unwrap();
+    let mut cy_in = cy.stdin.take().unwrap();
+    ana_in.write_all(b"from Ana\n").await.unwrap();
+    assert_eq!(
+        next_line(&mut host_out).await.as_deref(),
+        Some("guest 1> from Ana")
+    );
+    cy_in.write_all(b"from Cy\n").await.unwrap();
+    assert_eq!(
+        next_line(&mut host_out).await.as_deref(),
+        Some("guest 3> from Cy")
+    );
+
+    // Cy is removed: told so, exit status 5; what follows reaches Ana only.
+    host_in.write_all(b"/remove 3\nafter Cy\n").await.unwrap();
+    let line = stderr_line(&mut cy_err, "REMOVED").await;
+    assert!(line.contains("removed you"), "{line}");
+    assert_eq!(exit_code(&mut cy).await, 5);
+    stderr_line(&mut host_err, "guest 3 (Cy) was removed").await;
+    assert_eq!(next_line(&mut ana_out).await.as_deref(), Some("after Cy"));
+    assert_eq!(
+        next_line(&mut cy_out).await,
+        None,
+        "Cy got a line after its removal"
+    );
+
+    // A mistyped command is named, and nothing is sent.
+    host_in.write_all(b"/kick 1\n").await.unwrap();
+    let line = stderr_line(&mut host_err, "unknown command").await;
+    assert!(line.contains("/admit ID"), "{line}");
+
+    // The host's input ends: the room is over for everyone.
+    drop(host_in);
+    assert_eq!(exit_code(&mut host).await, 0);
+    stderr_line(&mut ana_err, "the mac ended the session").await;
+    assert_eq!(exit_code(&mut ana).await, 0);
+}
+
+#[tokio::test]
+async fn a_full_room_turns_a_join_away_with_its_own_message() {
+    let relay = Relay::start(&[]);
+    let url = format!("ws://{}", relay.addr);
+    let (_host, mut host_err, code) = host(&url, &["--guests", "1", "--admit", "auto"]).await;
+    let (_first, mut first_err) = joined(&url, &code, &[]).await;
+    stderr_line(&mut host_err, "guest 1 is in").await;
+    let mut late = client(&["join", "--url", &url, &code]);
+    let mut err = BufReader::new(late.stderr.take().unwrap()).lines();
+    let line = stderr_line(&mut err, "ROOM_FULL").await;
+    assert!(line.contains("as many guests as the host allows"), "{line}");
+    assert_eq!(exit_code(&mut late).await, 1);
+    // An asking room cannot read answers from binary input: said at once.
+    let err =
+        fails_with_a_wrong_address(&["host", "--url", &url, "--guests", "2", "--binary"]).await;
+    assert!(err.contains("use --admit auto"), "{err}");
+    let _ = &mut first_err;
+}
+
+#[tokio::test]
+async fn on_a_terminal_y_answers_the_guest_that_asks() {
+    let relay = Relay::start(&[]);
+    let url = format!("ws://{}", relay.addr);
+    // `script` runs the host on a real pty, where a person answers y or n.
+    let cmd = format!(
+        "'{}' host --url {url} --guests 2",
+        env!("CARGO_BIN_EXE_relay")
+    );
+    let mut term = Command::new("script")
+        .args([
+            "--quiet",
+            "--flush",
+            "--return",
+            "--command",
+            &cmd,
+            "/dev/null",
+        ])
+        .env_remove("RELAY_URL")
+        .env_remove("RELAY_GUESTS")
+        .env_remove("RELAY_ADMIT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start script (util-linux)");
+    let mut screen = BufReader::new(term.stdout.take().unwrap()).lines();
+    let mut typed = term.stdin.take().unwrap();
+    let code = code_in(&stderr_line(&mut screen, "code ").await);
+
+    let (mut no, mut no_err) = waiting_guest(&url, &code, "No").await;
+    let ask = stderr_line(&mut screen, "asks to join").await;
+    assert_eq!(
+        ask.trim_end_matches('\r'),
+        "relay: guest 1 (No) asks to join: admit? [y/n]"
+    );
+    typed.write_all(b"n\n").await.unwrap();
+    stderr_line(&mut no_err, "DENIED").await;
+    assert_eq!(exit_code(&mut no).await, 4);
+
+    let (mut yes, mut yes_err) = waiting_guest(&url, &code, "Yes").await;
+    stderr_line(&mut screen, "guest 2 (Yes) asks to join").await;
+    typed.write_all(b"y\n").await.unwrap();
+    stderr_line(&mut yes_err, "joined as guest 2").await;
+    // With no one asking, y is data like any line.
+    stderr_line(&mut screen, "guest 2 (Yes) is in").await;
+    typed.write_all(b"y\n").await.unwrap();
+    let mut yes_out = BufReader::new(yes.stdout.take().unwrap()).lines();
+    assert_eq!(next_line(&mut yes_out).await.as_deref(), Some("y"));
+    let _ = term.kill().await;
+}

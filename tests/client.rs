@@ -16,7 +16,11 @@ use crate::support::cluster::Cluster;
 use crate::support::{Relay, WAIT};
 
 /// The next event that `pick` accepts, skipping the others (bounded wait).
-async fn until<T>(events: &mut Events, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+pub(crate) async fn until<T>(
+    events: &mut Events,
+    what: &str,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let ev = tokio::time::timeout_at(deadline, events.next())
@@ -32,7 +36,7 @@ async fn until<T>(events: &mut Events, what: &str, mut pick: impl FnMut(&Event) 
     }
 }
 
-fn config(urls: &[String]) -> Config {
+pub(crate) fn config(urls: &[String]) -> Config {
     let mut c = Config::new(urls[0].clone());
     c.urls = urls.to_vec();
     // Tests should not wait a whole second between tries.

@@ -15,6 +15,7 @@ mod drain;
 mod limits;
 mod protocol;
 mod resume;
+mod room_clients;
 mod rooms;
 mod soak;
 mod tls;

@@ -3,14 +3,17 @@
 //! library, and tells the person on stderr what happens. Exit status: 0 when
 //! the session ends normally, 1 when the relay refused (the error code is
 //! printed), 2 when the relay's address is wrong, 3 when the relay could not
-//! be reached.
+//! be reached, 4 when a room's host denied this guest, 5 when it removed it.
+//! `relay host --guests N` hosts a room (see [`room`]).
+
+mod room;
 
 use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use relay_protocol::client::{Client, Config, Data, Ended, Event, SendError, State};
-use relay_protocol::{ErrorCode, PeerLeftReason};
+use relay_protocol::client::{Client, Config, Data, Ended, Event, SendError, State, Target};
+use relay_protocol::{AdmitMode, ErrorCode, PeerLeftReason};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Settings shared by `relay host` and `relay join`.
@@ -35,6 +38,33 @@ pub struct ClientArgs {
     pub peer_prefix: PeerPrefix,
 }
 
+/// `relay host`'s settings: the shared ones, and the room it may ask for.
+#[derive(Debug, Clone, Args)]
+pub struct HostArgs {
+    /// The settings `relay join` has too.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Host a room of up to N guests (1 up to the relay's RELAY_MAX_GUESTS),
+    /// each shown on stderr and admitted as --admit says. Unset: a pairing
+    /// with one browser.
+    #[arg(long, env = "RELAY_GUESTS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub guests: Option<u32>,
+    /// How a room admits guests: `ask` (you answer each, with /admit ID or
+    /// /deny ID, or y/n on a terminal) or `auto` (all get in). Given alone,
+    /// it makes a room of one guest. Default: ask.
+    #[arg(long, env = "RELAY_ADMIT", value_enum)]
+    pub admit: Option<Admit>,
+}
+
+/// How a room admits its guests, as the command line spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Admit {
+    /// The host answers each guest.
+    Ask,
+    /// Every guest gets in at once.
+    Auto,
+}
+
 /// When to mark the peer's lines on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PeerPrefix {
@@ -52,6 +82,10 @@ pub const EXIT_REFUSED: i32 = 1;
 pub const EXIT_BAD_URL: i32 = 2;
 /// Exit status when the relay could not be reached (retries exhausted).
 pub const EXIT_UNREACHABLE: i32 = 3;
+/// Exit status of a guest the room's host did not let in (`DENIED`).
+pub const EXIT_DENIED: i32 = 4;
+/// Exit status of a guest the room's host removed (`REMOVED`).
+pub const EXIT_REMOVED: i32 = 5;
 
 fn config(args: &ClientArgs) -> Config {
     let mut c = Config::new(args.url[0].clone());
@@ -65,16 +99,47 @@ fn say(line: impl AsRef<str>) {
     eprintln!("relay: {}", line.as_ref());
 }
 
-/// Runs the mac side; returns the exit status.
-pub async fn host(args: ClientArgs) -> i32 {
-    let (client, events) = Client::mac(config(&args));
-    run(client, events, &args, true).await
+/// Runs the mac side (a room host with `--guests` or `--admit`); returns the exit status.
+pub async fn host(args: HostArgs) -> i32 {
+    let mut c = config(&args.client);
+    let room = match (args.guests, args.admit) {
+        (None, None) => None,
+        (n, admit) => {
+            let admit = match admit {
+                Some(Admit::Auto) => AdmitMode::Auto,
+                Some(Admit::Ask) | None => AdmitMode::Ask,
+            };
+            if admit == AdmitMode::Ask && args.client.binary {
+                say("--binary reads no commands, so nobody could be admitted: use --admit auto");
+                return EXIT_USAGE;
+            }
+            c = c.with_room(n.unwrap_or(1), admit);
+            Some(admit)
+        }
+    };
+    let (client, events) = Client::mac(c);
+    run(client, events, &args.client, Side::Host(room)).await
 }
 
-/// Runs the browser side with `code`; returns the exit status.
-pub async fn join(args: ClientArgs, code: String) -> i32 {
-    let (client, events) = Client::browser(config(&args), code);
-    run(client, events, &args, false).await
+/// Runs the browser side with `code` (giving `name` to a room's host);
+/// returns the exit status.
+pub async fn join(args: ClientArgs, code: String, name: Option<String>) -> i32 {
+    let mut c = config(&args);
+    c.name = name;
+    let (client, events) = Client::browser(c, code);
+    run(client, events, &args, Side::Join).await
+}
+
+/// Exit status of a command line that cannot work (the sentence says why).
+pub const EXIT_USAGE: i32 = 2;
+
+/// Which side this process plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The mac; in a room, admitting as it says.
+    Host(Option<AdmitMode>),
+    /// The browser, or a room's guest.
+    Join,
 }
 
 /// `2.1 s`: a wait as a person reads it.
@@ -86,16 +151,24 @@ async fn run(
     client: Client,
     mut events: relay_protocol::client::Events,
     args: &ClientArgs,
-    mac: bool,
+    side: Side,
 ) -> i32 {
+    let mac = side != Side::Join;
+    let admit = match side {
+        Side::Host(admit) => admit,
+        Side::Join => None,
+    };
     let binary = args.binary;
     let mut stdout = tokio::io::stdout();
-    let prefix = match args.peer_prefix {
-        _ if binary => "",
-        PeerPrefix::Always => peer_label(mac),
-        PeerPrefix::Auto if std::io::stdout().is_terminal() => peer_label(mac),
-        PeerPrefix::Auto | PeerPrefix::Never => "",
+    let marking = match args.peer_prefix {
+        _ if binary => false,
+        PeerPrefix::Always => true,
+        PeerPrefix::Auto => std::io::stdout().is_terminal(),
+        PeerPrefix::Never => false,
     };
+    let prefix = if marking { peer_label(mac) } else { "" };
+    let view = room::Shared::default();
+    let typing = std::io::stdin().is_terminal();
     let mut pump: Option<tokio::task::JoinHandle<()>> = None;
     let mut ever_connected = false;
     let mut lost_session = false;
@@ -107,9 +180,44 @@ async fn run(
             Event::Registered { code, page, .. } if lost_session => say(format!(
                 "new code {code}: open {page} and type it there (the old code no longer works)"
             )),
-            Event::Registered { code, page, .. } => say(format!(
-                "code {code}: open {page} and type it there (waiting for a browser to join)"
+            Event::Registered { code, page, .. } => match admit {
+                None => say(format!(
+                    "code {code}: open {page} and type it there (waiting for a browser to join)"
+                )),
+                Some(mode) => {
+                    let how = match mode {
+                        AdmitMode::Ask => "each guest waits for your answer",
+                        AdmitMode::Auto => "guests get in at once",
+                    };
+                    say(format!(
+                        "code {code}: open {page} and type it there (a room: {how}; /help for the commands)"
+                    ));
+                    // Commands come from stdin, so read it from now on.
+                    if pump.is_none() {
+                        let input = Input::Room(view.clone(), typing);
+                        pump = Some(tokio::spawn(pump_stdin(client.clone(), binary, input)));
+                    }
+                }
+            },
+            ref ev
+                if admit.is_some()
+                    && room::on_event(&view, ev, admit == Some(AdmitMode::Ask), typing) => {}
+            Event::Waiting { guest } => say(format!(
+                "waiting for the host to let you in (you are guest {guest})"
             )),
+            Event::Joined if client.guest_id().is_some() => {
+                let g = client.guest_id().unwrap_or_default();
+                say(format!(
+                    "joined as guest {g}; what you type goes to the host"
+                ));
+                if pump.is_none() {
+                    pump = Some(tokio::spawn(pump_stdin(
+                        client.clone(),
+                        binary,
+                        Input::Plain,
+                    )));
+                }
+            }
             Event::SessionLost {
                 code, unconfirmed, ..
             } => {
@@ -139,7 +247,11 @@ async fn run(
                     "joined; what you type goes to the mac"
                 });
                 if pump.is_none() {
-                    pump = Some(tokio::spawn(pump_stdin(client.clone(), binary)));
+                    pump = Some(tokio::spawn(pump_stdin(
+                        client.clone(),
+                        binary,
+                        Input::Plain,
+                    )));
                 }
             }
             Event::PeerLeft(reason) => {
@@ -174,9 +286,15 @@ async fn run(
             }
             Event::State(State::Connected) => ever_connected = true,
             Event::State(_) => {}
-            Event::Data(d) => {
+            Event::Data(_) | Event::GuestData { .. } => {
+                let (mark, d) = match ev {
+                    Event::GuestData { guest, data } if marking => (room::mark(guest), data),
+                    Event::GuestData { data, .. } => (String::new(), data),
+                    Event::Data(data) => (prefix.to_owned(), data),
+                    _ => continue,
+                };
                 let written = match d {
-                    Data::Text(t) => stdout.write_all(format!("{prefix}{t}\n").as_bytes()).await,
+                    Data::Text(t) => stdout.write_all(format!("{mark}{t}\n").as_bytes()).await,
                     Data::Binary(b) => stdout.write_all(&b).await,
                 };
                 if written.is_err() || stdout.flush().await.is_err() {
@@ -186,6 +304,12 @@ async fn run(
                 }
             }
             Event::Latency(_) => {}
+            // Room events come only to a room host, which told them above.
+            Event::GuestJoined { .. }
+            | Event::GuestAdmitted(_)
+            | Event::GuestLeft { .. }
+            | Event::GuestAway(_)
+            | Event::GuestBack(_) => {}
             Event::Error { code, message } => say(format!("{code}: {message}")),
             Event::Lost(n) => say(format!(
                 "{n} frames sent before a relay crash could not be sent again"
@@ -199,6 +323,11 @@ async fn run(
                     }
                     Ended::Refused { code, message } => {
                         say(format!("{code}: {message}"));
+                        match code {
+                            ErrorCode::Denied => break EXIT_DENIED,
+                            ErrorCode::Removed => break EXIT_REMOVED,
+                            _ => {}
+                        }
                         if matches!(code, ErrorCode::InvalidResume | ErrorCode::ResumeExpired) {
                             // Only the mac can start over; the person needs its new code.
                             say(if mac {
@@ -241,20 +370,39 @@ fn peer_name(mac: bool) -> &'static str {
     if mac { "browser" } else { "mac" }
 }
 
-async fn pump_stdin(client: Client, binary: bool) {
+/// How stdin's lines are read.
+enum Input {
+    /// Every line is data for the peer.
+    Plain,
+    /// A room host's: lines may be commands; `true` when a person types
+    /// at a terminal (then `y`/`n` answer a request).
+    Room(room::Shared, bool),
+}
+
+async fn pump_stdin(client: Client, binary: bool, input: Input) {
     let mut stdin = BufReader::new(tokio::io::stdin());
     if binary {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match stdin.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => send(&client, Frame::Binary(buf[..n].to_vec())).await,
+                Ok(n) => send(&client, Target::All, Frame::Binary(buf[..n].to_vec())).await,
             }
         }
     } else {
         let mut lines = stdin.lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            send(&client, Frame::Text(line)).await;
+            let (to, line) = match &input {
+                Input::Plain => (Target::All, line),
+                Input::Room(view, typing) => {
+                    let answers = *typing && room::someone_asks(view);
+                    match room::on_line(view, &client, room::parse(&line, answers)).await {
+                        Some(data) => data,
+                        None => continue,
+                    }
+                }
+            };
+            send(&client, to, Frame::Text(line)).await;
         }
     }
     // End of input: the session is over for us.
@@ -268,14 +416,18 @@ enum Frame {
 
 /// Sends one frame, waiting while the outbound queue is full (the person's
 /// input waits rather than being lost).
-async fn send(client: &Client, f: Frame) {
+async fn send(client: &Client, to: Target, f: Frame) {
     loop {
         let r = match &f {
-            Frame::Text(t) => client.send_text(t).await,
-            Frame::Binary(b) => client.send_binary(b.clone()).await,
+            Frame::Text(t) => client.send_text_to(to, t).await,
+            Frame::Binary(b) => client.send_binary_to(to, b.clone()).await,
         };
         match r {
             Ok(()) | Err(SendError::Ended) => return,
+            Err(e @ (SendError::NotRoomHost | SendError::TooManyCommands)) => {
+                say(e.to_string());
+                return;
+            }
             Err(SendError::Full(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
             Err(SendError::NotPaired) => {
                 say("no peer to send to; waiting for one");

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use clap::{Parser, Subcommand};
 use relay::Config;
-use relay::cli::ClientArgs;
+use relay::cli::{ClientArgs, HostArgs};
 use relay::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
@@ -24,14 +24,20 @@ enum Command {
     /// Run a relay node (the default when no command is given).
     Serve(Box<Config>),
     /// Be the mac: register, print the code and the page's address on stderr,
-    /// then pipe stdin to the browser and its data to stdout.
-    Host(ClientArgs),
+    /// then pipe stdin to the browser and its data to stdout. With --guests
+    /// or --admit, host a room: stdin lines starting with / are commands
+    /// (/help lists them).
+    Host(HostArgs),
     /// Be the browser: join with CODE, then pipe stdin to the mac and its data to stdout.
     Join {
         #[command(flatten)]
         args: ClientArgs,
         /// The code shown by the mac (case, spaces and `-` do not matter).
         code: String,
+        /// The name a room's host sees when this guest asks to join (at most
+        /// 64 characters); a pairing ignores it. Default: none.
+        #[arg(long, env = "RELAY_NAME")]
+        name: Option<String>,
     },
 }
 
@@ -41,8 +47,8 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Serve(c)) => *c,
         None => cli.serve,
         Some(Command::Host(args)) => std::process::exit(client_main(|| relay::cli::host(args))),
-        Some(Command::Join { args, code }) => {
-            std::process::exit(client_main(|| relay::cli::join(args, code)))
+        Some(Command::Join { args, code, name }) => {
+            std::process::exit(client_main(|| relay::cli::join(args, code, name)))
         }
     };
     if let Err(e) = config.validate() {

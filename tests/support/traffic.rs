@@ -152,6 +152,15 @@ pub async fn listen(mut events: Events, log: Log, pair: usize, is_mac: bool) {
             | Event::CodeExpired { .. }
             | Event::PeerResumed
             | Event::Latency(_) => {}
+            // These fixtures pair; a room's events and tagged frames are
+            // counted as misrouted should one ever arrive.
+            Event::Waiting { .. }
+            | Event::GuestJoined { .. }
+            | Event::GuestAdmitted(_)
+            | Event::GuestLeft { .. }
+            | Event::GuestAway(_)
+            | Event::GuestBack(_)
+            | Event::GuestData { .. } => l.from_peer.misrouted += 1,
         }
     }
 }
@@ -175,7 +184,7 @@ pub async fn pump(
             Ok(()) => lock(&log).sent = seq,
             Err(SendError::Full(_)) => lock(&log).full += 1,
             Err(SendError::NotPaired) => lock(&log).not_paired += 1,
-            Err(SendError::Ended) => return,
+            Err(SendError::Ended | SendError::NotRoomHost | SendError::TooManyCommands) => return,
         }
     }
 }

@@ -3,7 +3,6 @@
 //! code whether to reconnect. One task per client; the application talks to
 //! it through [`super::Client`] and hears from it through [`super::Events`].
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -19,10 +18,14 @@ use tracing::debug;
 
 use super::backoff::{AfterClose, Next, Reconnector, after_close};
 use super::failure::{self, Cause, DROPPED, Failure, closed_by_relay};
-use super::outbox::{OutFrame, Outbox};
+use super::outbox::{Addressed, OutFrame, Outbox, Target};
+use super::room::Commands;
 use super::url::{RelayUrl, UrlError};
 use super::{Command, Config, Data, Ended, Event, SendError, State};
-use crate::{ClientMessage, ErrorCode, Role, ServerMessage};
+use crate::{ClientMessage, GuestId, Role, ServerMessage};
+
+mod refusal;
+mod rooms;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -40,6 +43,13 @@ enum Outcome {
     Ended(Ended),
 }
 
+/// What the application can read at any time, written by the task.
+pub(super) struct Watches {
+    pub(super) state: watch::Sender<State>,
+    pub(super) latency: watch::Sender<Option<std::time::Duration>>,
+    pub(super) guest_id: watch::Sender<Option<GuestId>>,
+}
+
 pub(super) struct Task {
     config: Config,
     /// `config.urls`, checked; empty until [`run`] checked them.
@@ -54,8 +64,7 @@ pub(super) struct Task {
     code: Option<String>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
-    state: watch::Sender<State>,
-    latency: watch::Sender<Option<std::time::Duration>>,
+    watches: Watches,
     /// `sessionId` and `resumeToken`, once registered or joined.
     session: Option<(String, String)>,
     /// Mac: register on the next connection.
@@ -69,6 +78,15 @@ pub(super) struct Task {
     next_url: usize,
     next_ping: u64,
     pings: HashMap<u64, Instant>,
+    /// Mac: registers as a room host (from the config).
+    room_host: bool,
+    /// Room host: admit, deny and remove, in their place among the frames.
+    room_commands: Commands,
+    /// Room host: the target the relay holds for this connection (a new
+    /// connection starts at all).
+    wire_target: Target,
+    /// Room host: the guest the last `from` on this connection named.
+    from: Option<GuestId>,
 }
 
 impl Task {
@@ -78,11 +96,11 @@ impl Task {
         code: Option<String>,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
-        state: watch::Sender<State>,
-        latency: watch::Sender<Option<std::time::Duration>>,
+        watches: Watches,
     ) -> Self {
         let reconnector = Reconnector::new(config.backoff, config.max_retries);
         let outbox = Outbox::new(config.outbox);
+        let room_host = role == Role::Mac && config.room.is_some();
         Task {
             config,
             urls: Vec::new(),
@@ -93,8 +111,7 @@ impl Task {
             code,
             commands,
             events,
-            state,
-            latency,
+            watches,
             session: None,
             received: 0,
             outbox,
@@ -103,6 +120,10 @@ impl Task {
             next_url: 0,
             next_ping: 0,
             pings: HashMap::new(),
+            room_host,
+            room_commands: Commands::default(),
+            wire_target: Target::All,
+            from: None,
         }
     }
 
@@ -112,8 +133,8 @@ impl Task {
     }
 
     async fn set_state(&self, s: State) {
-        if *self.state.borrow() != s {
-            let _ = self.state.send(s);
+        if *self.watches.state.borrow() != s {
+            let _ = self.watches.state.send(s);
             self.emit(Event::State(s)).await;
         }
     }
@@ -193,6 +214,9 @@ impl Task {
                             Some(Command::Send(f, reply)) => {
                                 let _ = reply.send(self.queue(f));
                             }
+                            Some(Command::Room(m, reply)) => {
+                                let _ = reply.send(self.queue_room(m));
+                            }
                         },
                     }
                 }
@@ -201,12 +225,15 @@ impl Task {
     }
 
     async fn end(&mut self, why: Ended) {
-        let _ = self.state.send(State::Disconnected);
+        let _ = self.watches.state.send(State::Disconnected);
         self.emit(Event::State(State::Disconnected)).await;
         self.emit(Event::Ended(why)).await;
     }
 
-    fn queue(&mut self, f: OutFrame) -> Result<(), SendError> {
+    fn queue(&mut self, f: Addressed) -> Result<(), SendError> {
+        if f.to != Target::All && !self.room_host {
+            return Err(SendError::NotRoomHost);
+        }
         if !self.paired {
             return Err(SendError::NotPaired);
         }
@@ -216,22 +243,22 @@ impl Task {
     /// Runs one connection; returns how it ended.
     async fn session(&mut self, ws: Ws) -> Outcome {
         let (mut tx, mut rx) = ws.split();
+        // The relay's view of this connection starts afresh.
+        self.wire_target = Target::All;
+        self.from = None;
+        self.room_commands.reconnected();
         let hello = match (&self.session, self.role) {
             (Some((id, token)), _) => Some(ClientMessage::Resume {
                 session_id: id.clone(),
                 resume_token: token.clone(),
                 last_seq: self.received,
             }),
-            (None, Role::Mac) if self.want_register => Some(ClientMessage::Register {
-                client_id: None,
-                max_guests: None,
-                admit: None,
-            }),
+            (None, Role::Mac) if self.want_register => Some(self.register_message()),
             (None, Role::Mac) => None,
-            (None, Role::Browser) => self
-                .code
-                .clone()
-                .map(|code| ClientMessage::Join { code, name: None }),
+            (None, Role::Browser) => self.code.clone().map(|code| ClientMessage::Join {
+                code,
+                name: self.config.name.clone(),
+            }),
         };
         if let Some(m) = hello {
             if tx.send(Message::text(m.to_text())).await.is_err() {
@@ -256,13 +283,12 @@ impl Task {
                     Some(Command::Send(f, reply)) => {
                         let _ = reply.send(self.queue(f));
                     }
+                    Some(Command::Room(m, reply)) => {
+                        let _ = reply.send(self.queue_room(m));
+                    }
                     Some(Command::Register) => {
                         if self.role == Role::Mac && self.session.is_none() {
-                            let m = ClientMessage::Register {
-                                client_id: None,
-                                max_guests: None,
-                                admit: None,
-                            };
+                            let m = self.register_message();
                             if tx.send(Message::text(m.to_text())).await.is_err() {
                                 return Outcome::Closed(AfterClose::Reconnect, DROPPED);
                             }
@@ -287,12 +313,8 @@ impl Task {
                 },
                 _ = ticker.tick() => {
                     if taken {
-                        self.next_ping += 1;
-                        let ts = self.next_ping;
-                        self.pings.insert(ts, Instant::now());
-                        self.outbox.ping_sent(ts);
-                        let m = ClientMessage::Ping { ts: ts.into() };
-                        if tx.send(Message::text(m.to_text())).await.is_err() {
+                        let m = self.ping();
+                        if tx.send(m).await.is_err() {
                             return Outcome::Closed(AfterClose::Reconnect, DROPPED);
                         }
                     }
@@ -301,26 +323,51 @@ impl Task {
         }
     }
 
-    /// Writes what waits; when too much is unconfirmed, asks for a pong first.
+    /// A ping, counted as the sync point of every frame and room command
+    /// written before it.
+    fn ping(&mut self) -> Message {
+        self.next_ping += 1;
+        let ts = self.next_ping;
+        self.pings.insert(ts, Instant::now());
+        self.outbox.ping_sent(ts);
+        self.room_commands.ping_sent(ts);
+        Message::text(ClientMessage::Ping { ts: ts.into() }.to_text())
+    }
+
+    /// Writes what waits (a room host's commands in their place among the
+    /// frames, and a `to` before each frame whose target differs from the
+    /// connection's); when too much is unconfirmed, asks for a pong first.
     async fn flush(&mut self, tx: &mut SplitSink<Ws, Message>) -> Result<(), Outcome> {
-        while let Some(f) = self.outbox.next_to_send() {
-            let m = match f {
+        let dropped = || Outcome::Closed(AfterClose::Reconnect, DROPPED);
+        loop {
+            while let Some(c) = self.room_commands.due(self.outbox.total_sent()) {
+                tx.feed(Message::text(c.to_text()))
+                    .await
+                    .map_err(|_| dropped())?;
+            }
+            let Some(Addressed { to, frame }) = self.outbox.next_to_send() else {
+                break;
+            };
+            if to != self.wire_target {
+                let guest_id = match to {
+                    Target::All => None,
+                    Target::Guest(id) => Some(id),
+                };
+                let m = ClientMessage::To { guest_id };
+                tx.feed(Message::text(m.to_text()))
+                    .await
+                    .map_err(|_| dropped())?;
+                self.wire_target = to;
+            }
+            let m = match frame {
                 OutFrame::Text(t) => Message::text(t),
                 OutFrame::Binary(b) => Message::binary(b),
             };
-            if tx.feed(m).await.is_err() {
-                return Err(Outcome::Closed(AfterClose::Reconnect, DROPPED));
-            }
+            tx.feed(m).await.map_err(|_| dropped())?;
         }
         if self.outbox.blocked() && self.pings.len() < 2 {
-            self.next_ping += 1;
-            let ts = self.next_ping;
-            self.pings.insert(ts, Instant::now());
-            self.outbox.ping_sent(ts);
-            let m = ClientMessage::Ping { ts: ts.into() };
-            if tx.feed(Message::text(m.to_text())).await.is_err() {
-                return Err(Outcome::Closed(AfterClose::Reconnect, DROPPED));
-            }
+            let m = self.ping();
+            tx.feed(m).await.map_err(|_| dropped())?;
         }
         tx.flush()
             .await
@@ -338,10 +385,7 @@ impl Task {
             None | Some(Err(_)) => return Err(Outcome::Closed(AfterClose::Reconnect, DROPPED)),
         };
         match msg {
-            Message::Binary(b) => {
-                self.received += 1;
-                self.emit(Event::Data(Data::Binary(b))).await;
-            }
+            Message::Binary(b) => self.data(Data::Binary(b)).await,
             Message::Text(t) => match ServerMessage::parse(&t) {
                 Ok(m) => self.on_control(m, tx, taken).await?,
                 Err(e) => debug!(error = %e, "unreadable message from the relay"),
@@ -365,10 +409,7 @@ impl Task {
         taken: &mut bool,
     ) -> Result<(), Outcome> {
         match m {
-            ServerMessage::Data { payload } => {
-                self.received += 1;
-                self.emit(Event::Data(Data::Text(payload))).await;
-            }
+            ServerMessage::Data { payload } => self.data(Data::Text(payload)).await,
             ServerMessage::Registered {
                 code,
                 expires_at,
@@ -379,6 +420,9 @@ impl Task {
                 // A new session: counts start over.
                 self.session = Some((session_id, resume_token));
                 self.outbox = Outbox::new(self.config.outbox);
+                self.room_commands.clear();
+                // A room host's frames are always accepted, guests or not.
+                self.paired = self.room_host;
                 self.want_register = false;
                 self.received = 0;
                 self.took(taken).await;
@@ -393,8 +437,11 @@ impl Task {
             ServerMessage::Joined {
                 session_id,
                 resume_token,
-                ..
+                guest_id,
             } => {
+                if guest_id.is_some() {
+                    let _ = self.watches.guest_id.send(guest_id);
+                }
                 self.session = Some((session_id, resume_token));
                 self.code = None;
                 self.paired = true;
@@ -430,24 +477,23 @@ impl Task {
                 if let Some(ts) = ts.as_u64() {
                     if let Some(at) = self.pings.remove(&ts) {
                         let rtt = at.elapsed();
-                        let _ = self.latency.send(Some(rtt));
+                        let _ = self.watches.latency.send(Some(rtt));
                         self.emit(Event::Latency(rtt)).await;
                     }
                     self.outbox.pong(ts);
+                    self.room_commands.pong(ts);
                 }
             }
             ServerMessage::Error { code, message } => {
                 return self.on_error(code, message, tx).await;
             }
-            // A guest of a room that asks waits for `joined`; the room
-            // host's messages never come to a client that did not ask for a room.
             ServerMessage::Waiting { .. }
             | ServerMessage::GuestJoined { .. }
             | ServerMessage::GuestAdmitted { .. }
             | ServerMessage::GuestLeft { .. }
             | ServerMessage::GuestAway { .. }
             | ServerMessage::GuestBack { .. }
-            | ServerMessage::From { .. } => {}
+            | ServerMessage::From { .. } => self.on_room(m).await,
         }
         Ok(())
     }
@@ -460,88 +506,8 @@ impl Task {
     }
 
     async fn sync(&mut self, tx: &mut SplitSink<Ws, Message>) -> Result<(), Outcome> {
-        self.next_ping += 1;
-        let ts = self.next_ping;
-        self.pings.insert(ts, Instant::now());
-        self.outbox.ping_sent(ts);
-        let m = ClientMessage::Ping { ts: ts.into() };
-        tx.send(Message::text(m.to_text()))
-            .await
-            .map_err(|_| Outcome::Closed(AfterClose::Reconnect, DROPPED))
-    }
-
-    async fn on_error(
-        &mut self,
-        code: ErrorCode,
-        message: String,
-        tx: &mut SplitSink<Ws, Message>,
-    ) -> Result<(), Outcome> {
-        match code {
-            ErrorCode::InvalidResume | ErrorCode::ResumeExpired
-                if self.role == Role::Mac
-                    && self.config.reregister_on_lost_session
-                    && self.session.is_some() =>
-            {
-                self.reregister(code, message, tx).await
-            }
-            ErrorCode::NotPaired => {
-                self.outbox.not_paired();
-                self.emit(Event::Error { code, message }).await;
-                Ok(())
-            }
-            ErrorCode::MacDisconnected => Err(Outcome::Ended(Ended::MacDisconnected)),
-            // The close that follows says to reconnect (1012); or for
-            // UNAVAILABLE, the client backs off and tries again.
-            ErrorCode::ShuttingDown => Ok(()),
-            ErrorCode::Unavailable => Err(Outcome::Closed(
-                AfterClose::Reconnect,
-                Cow::Owned(format!("{code}: {message}")),
-            )),
-            ErrorCode::InvalidCode
-            | ErrorCode::ExpiredCode
-            | ErrorCode::AlreadyJoined
-            | ErrorCode::RateLimited
-            | ErrorCode::InvalidResume
-            | ErrorCode::ResumeExpired
-            | ErrorCode::RoomFull
-            | ErrorCode::Denied
-            | ErrorCode::Removed => Err(Outcome::Ended(Ended::Refused { code, message })),
-            ErrorCode::InvalidMessage | ErrorCode::MessageTooLarge | ErrorCode::UnknownGuest => {
-                self.emit(Event::Error { code, message }).await;
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Task {
-    /// The relay forgot the mac's session: start a new one on this
-    /// connection (the relay keeps it open after refusing a resume).
-    async fn reregister(
-        &mut self,
-        code: ErrorCode,
-        message: String,
-        tx: &mut SplitSink<Ws, Message>,
-    ) -> Result<(), Outcome> {
-        let unconfirmed = self.outbox.unconfirmed();
-        self.session = None;
-        self.paired = false;
-        self.received = 0;
-        self.outbox = Outbox::new(self.config.outbox);
-        // If this connection drops first, the next one registers.
-        self.want_register = true;
-        self.emit(Event::SessionLost {
-            code,
-            message,
-            unconfirmed,
-        })
-        .await;
-        let m = ClientMessage::Register {
-            client_id: None,
-            max_guests: None,
-            admit: None,
-        };
-        tx.send(Message::text(m.to_text()))
+        let m = self.ping();
+        tx.send(m)
             .await
             .map_err(|_| Outcome::Closed(AfterClose::Reconnect, DROPPED))
     }

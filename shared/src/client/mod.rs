@@ -29,6 +29,7 @@ pub mod backoff;
 mod conn;
 mod failure;
 pub mod outbox;
+mod room;
 pub mod url;
 
 use std::time::Duration;
@@ -37,10 +38,20 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 pub use backoff::{AfterClose, Backoff, Next, Reconnector};
-pub use outbox::{OutboxLimits, QueueFull};
+pub use outbox::{OutboxLimits, QueueFull, Target};
 pub use url::{RelayUrl, UrlError, page_url};
 
-use crate::{ErrorCode, PeerLeftReason, Role};
+use crate::{AdmitMode, ClientMessage, ErrorCode, GuestId, GuestLeftReason, PeerLeftReason, Role};
+
+/// A room the mac asks for when it registers: several guests, each
+/// admitted by the host or at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Guests at once (waiting or admitted), 1 up to the relay's `RELAY_MAX_GUESTS`.
+    pub max_guests: u32,
+    /// Whether the host answers each guest ([`Client::admit`], [`Client::deny`]) or all get in.
+    pub admit: AdmitMode,
+}
 
 /// How a client connects and reconnects.
 #[derive(Debug, Clone)]
@@ -66,6 +77,12 @@ pub struct Config {
     /// code, instead of ending with [`Ended::Refused`]. The browser side
     /// cannot get a new code by itself and always ends.
     pub reregister_on_lost_session: bool,
+    /// Mac: register as a room host (several guests) instead of a pairing.
+    /// `None` (the default) is the one-browser pairing, byte for byte.
+    pub room: Option<Room>,
+    /// Browser: the name a room's host sees when this client asks to join
+    /// (at most 64 characters); a pairing's mac never sees it.
+    pub name: Option<String>,
 }
 
 impl Config {
@@ -82,7 +99,21 @@ impl Config {
             outbox: OutboxLimits::default(),
             ping_every: Duration::from_secs(5),
             reregister_on_lost_session: true,
+            room: None,
+            name: None,
         }
+    }
+
+    /// This config, as a room host for up to `max_guests` guests admitted as `admit` says.
+    pub fn with_room(mut self, max_guests: u32, admit: AdmitMode) -> Self {
+        self.room = Some(Room { max_guests, admit });
+        self
+    }
+
+    /// This config, giving `name` to a room's host when joining.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
     }
 }
 
@@ -184,8 +215,43 @@ pub enum Event {
         /// The code that expired.
         code: String,
     },
-    /// Browser: joined the session.
+    /// Browser: joined the session (in a room: admitted; [`Client::guest_id`] says as whom).
     Joined,
+    /// Browser, in a room that asks: the host is deciding whether to let this
+    /// client in; [`Event::Joined`] or [`Ended::Refused`] (`DENIED`) follows.
+    Waiting {
+        /// The id the relay gave this guest.
+        guest: GuestId,
+    },
+    /// Room host: a guest joined with the code (it waits for
+    /// [`Client::admit`] unless the room admits all).
+    GuestJoined {
+        /// The guest.
+        guest: GuestId,
+        /// The name it gave, if any.
+        name: Option<String>,
+    },
+    /// Room host: the guest is in the room; frames to all reach it.
+    GuestAdmitted(GuestId),
+    /// Room host: the guest is gone for good.
+    GuestLeft {
+        /// The guest.
+        guest: GuestId,
+        /// Why.
+        reason: GuestLeftReason,
+    },
+    /// Room host: the guest's connection dropped; frames for it are kept while it may resume.
+    GuestAway(GuestId),
+    /// Room host: the guest resumed.
+    GuestBack(GuestId),
+    /// Room host: a data frame from one guest (a pairing's, and a guest's
+    /// own, data is [`Event::Data`]).
+    GuestData {
+        /// The guest it came from.
+        guest: GuestId,
+        /// The frame.
+        data: Data,
+    },
     /// Mac: a browser joined.
     PeerJoined,
     /// Mac: the browser is gone for good.
@@ -216,9 +282,16 @@ pub enum Event {
 /// Why a frame was not sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// No peer to send to (mac before a browser joined, or after it left).
+    /// No peer to send to (mac before a browser joined, or after it left;
+    /// a guest not admitted yet).
     #[error("no peer is connected; wait for one to join")]
     NotPaired,
+    /// A room command or a frame for one guest from a client that is not a room host.
+    #[error("only a room host can address guests (register with Config::room)")]
+    NotRoomHost,
+    /// Too many room commands wait for the connection to come back.
+    #[error("too many room commands wait for the connection; wait for it to come back")]
+    TooManyCommands,
     /// The outbound queue is full while reconnecting.
     #[error(transparent)]
     Full(#[from] QueueFull),
@@ -231,7 +304,12 @@ pub enum SendError {
 #[derive(Debug)]
 enum Command {
     Send(
-        outbox::OutFrame,
+        outbox::Addressed,
+        tokio::sync::oneshot::Sender<Result<(), SendError>>,
+    ),
+    /// `admit`, `deny` or `remove`.
+    Room(
+        ClientMessage,
         tokio::sync::oneshot::Sender<Result<(), SendError>>,
     ),
     Register,
@@ -245,6 +323,7 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     state: watch::Receiver<State>,
     latency: watch::Receiver<Option<Duration>>,
+    guest_id: watch::Receiver<Option<GuestId>>,
 }
 
 /// The stream of [`Event`]s of one client.
@@ -278,14 +357,21 @@ impl Client {
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let (state_tx, state_rx) = watch::channel(State::Connecting);
         let (lat_tx, lat_rx) = watch::channel(None);
+        let (guest_tx, guest_rx) = watch::channel(None);
+        let watches = conn::Watches {
+            state: state_tx,
+            latency: lat_tx,
+            guest_id: guest_tx,
+        };
         tokio::spawn(conn::run(conn::Task::new(
-            config, role, code, cmd_rx, ev_tx, state_tx, lat_tx,
+            config, role, code, cmd_rx, ev_tx, watches,
         )));
         (
             Client {
                 commands: cmd_tx,
                 state: state_rx,
                 latency: lat_rx,
+                guest_id: guest_rx,
             },
             Events(ev_rx),
         )
@@ -297,8 +383,7 @@ impl Client {
     /// # Errors
     /// [`SendError`] when there is no peer, the queue is full, or the session is over.
     pub async fn send_text(&self, payload: &str) -> Result<(), SendError> {
-        let text = serde_json::json!({"type": "data", "payload": payload}).to_string();
-        self.send(outbox::OutFrame::Text(text)).await
+        self.send_text_to(Target::All, payload).await
     }
 
     /// Sends `data` as a binary frame (see [`Client::send_text`]).
@@ -306,13 +391,73 @@ impl Client {
     /// # Errors
     /// [`SendError`] as for [`Client::send_text`].
     pub async fn send_binary(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
-        self.send(outbox::OutFrame::Binary(data.into())).await
+        self.send_binary_to(Target::All, data).await
     }
 
-    async fn send(&self, f: outbox::OutFrame) -> Result<(), SendError> {
+    /// Room host: sends `payload` as a `data` text frame to `to` (one guest,
+    /// or all admitted guests). It keeps its target across reconnects and
+    /// resumes: a frame for one guest never reaches another.
+    ///
+    /// # Errors
+    /// As [`Client::send_text`], and [`SendError::NotRoomHost`] for a
+    /// [`Target::Guest`] from a client that is not a room host.
+    pub async fn send_text_to(&self, to: Target, payload: &str) -> Result<(), SendError> {
+        let text = serde_json::json!({"type": "data", "payload": payload}).to_string();
+        self.send(to, outbox::OutFrame::Text(text)).await
+    }
+
+    /// Room host: sends `data` as a binary frame to `to` (see [`Client::send_text_to`]).
+    ///
+    /// # Errors
+    /// As [`Client::send_text_to`].
+    pub async fn send_binary_to(
+        &self,
+        to: Target,
+        data: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
+        self.send(to, outbox::OutFrame::Binary(data.into())).await
+    }
+
+    async fn send(&self, to: Target, frame: outbox::OutFrame) -> Result<(), SendError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.commands
-            .send(Command::Send(f, tx))
+            .send(Command::Send(outbox::Addressed { to, frame }, tx))
+            .await
+            .map_err(|_| SendError::Ended)?;
+        rx.await.map_err(|_| SendError::Ended)?
+    }
+
+    /// Room host: lets a waiting guest in ([`Event::GuestAdmitted`] follows).
+    /// Like every room command, it takes effect after the frames sent
+    /// before it and before those sent after it, also across reconnects.
+    ///
+    /// # Errors
+    /// [`SendError::NotRoomHost`], [`SendError::TooManyCommands`] or [`SendError::Ended`].
+    pub async fn admit(&self, guest: GuestId) -> Result<(), SendError> {
+        self.room(ClientMessage::Admit { guest_id: guest }).await
+    }
+
+    /// Room host: turns a waiting guest away (it is told `DENIED`).
+    ///
+    /// # Errors
+    /// As [`Client::admit`].
+    pub async fn deny(&self, guest: GuestId) -> Result<(), SendError> {
+        self.room(ClientMessage::Deny { guest_id: guest }).await
+    }
+
+    /// Room host: ends a guest, waiting or admitted, at once (it is told
+    /// `REMOVED` and cannot resume); no frame sent after this reaches it.
+    ///
+    /// # Errors
+    /// As [`Client::admit`].
+    pub async fn remove(&self, guest: GuestId) -> Result<(), SendError> {
+        self.room(ClientMessage::Remove { guest_id: guest }).await
+    }
+
+    async fn room(&self, m: ClientMessage) -> Result<(), SendError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::Room(m, tx))
             .await
             .map_err(|_| SendError::Ended)?;
         rx.await.map_err(|_| SendError::Ended)?
@@ -341,6 +486,12 @@ impl Client {
     /// A receiver that sees every state change.
     pub fn watch_state(&self) -> watch::Receiver<State> {
         self.state.clone()
+    }
+
+    /// Browser in a room: the id the relay gave this guest (known from
+    /// [`Event::Waiting`] or [`Event::Joined`]); `None` in a pairing.
+    pub fn guest_id(&self) -> Option<GuestId> {
+        *self.guest_id.borrow()
     }
 
     /// Round trip of the last app-level ping, if one was answered.

@@ -11,6 +11,44 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use crate::GuestId;
+
+/// Whom a room host's frame is for. Everyone else's frames are `All`
+/// (a pairing's, a guest's: they have one peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// Every admitted guest (and the one peer of a pairing).
+    #[default]
+    All,
+    /// One guest of the room.
+    Guest(GuestId),
+}
+
+/// A data frame and whom it is for: kept together so that a frame sent
+/// again after a resume reaches the guest it was meant for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addressed {
+    /// Whom it is for.
+    pub to: Target,
+    /// The frame.
+    pub frame: OutFrame,
+}
+
+impl From<OutFrame> for Addressed {
+    fn from(frame: OutFrame) -> Self {
+        Addressed {
+            to: Target::All,
+            frame,
+        }
+    }
+}
+
+impl Addressed {
+    fn size(&self) -> usize {
+        self.frame.size()
+    }
+}
+
 /// A data frame as the client sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutFrame {
@@ -80,15 +118,15 @@ pub struct Reconciled {
 pub struct Outbox {
     limits: OutboxLimits,
     /// Confirmed frames kept for a crash, oldest first; the last has number `confirmed`.
-    kept: VecDeque<OutFrame>,
+    kept: VecDeque<Addressed>,
     kept_bytes: usize,
     /// Frames the relay is known to have accepted.
     confirmed: u64,
     /// Sent, not yet confirmed, oldest first (number `confirmed + 1 + i`).
-    sent: VecDeque<OutFrame>,
+    sent: VecDeque<Addressed>,
     sent_bytes: usize,
     /// Waiting to be sent.
-    queued: VecDeque<OutFrame>,
+    queued: VecDeque<Addressed>,
     queued_bytes: usize,
     /// Pings in flight: their `ts` and how many frames had been sent before them.
     syncs: VecDeque<(u64, u64)>,
@@ -117,7 +155,8 @@ impl Outbox {
     ///
     /// # Errors
     /// [`QueueFull`] when the queue's bounds are reached.
-    pub fn push(&mut self, f: OutFrame) -> Result<(), QueueFull> {
+    pub fn push(&mut self, f: impl Into<Addressed>) -> Result<(), QueueFull> {
+        let f = f.into();
         let size = f.size();
         if self.queued.len() >= self.limits.queue_frames
             || self.queued_bytes + size > self.limits.queue_bytes
@@ -134,7 +173,7 @@ impl Outbox {
 
     /// The next frame to write, now counted as sent; `None` when nothing
     /// waits or too much is unconfirmed (send a ping and wait for its pong).
-    pub fn next_to_send(&mut self) -> Option<OutFrame> {
+    pub fn next_to_send(&mut self) -> Option<Addressed> {
         if self.sent_bytes >= self.limits.unconfirmed_bytes {
             return None;
         }
@@ -159,6 +198,12 @@ impl Outbox {
     /// Frames sent in all (confirmed or not).
     pub fn total_sent(&self) -> u64 {
         self.confirmed + self.sent.len() as u64
+    }
+
+    /// Frames sent or waiting to be sent: the number the next frame pushed
+    /// comes after.
+    pub fn total(&self) -> u64 {
+        self.total_sent() + self.queued.len() as u64
     }
 
     /// Frames known accepted by the relay.
@@ -214,7 +259,7 @@ impl Outbox {
         refused as u64
     }
 
-    fn keep(&mut self, f: OutFrame) {
+    fn keep(&mut self, f: Addressed) {
         self.kept_bytes += f.size();
         self.kept.push_back(f);
         while self.kept_bytes > self.limits.keep_bytes {
@@ -230,7 +275,7 @@ impl Outbox {
         self.syncs.clear();
         self.refused = 0;
         let mut out = Reconciled::default();
-        let mut again: VecDeque<OutFrame> = VecDeque::new();
+        let mut again: VecDeque<Addressed> = VecDeque::new();
         if accepted >= self.confirmed {
             let newly = ((accepted - self.confirmed) as usize).min(self.sent.len());
             for _ in 0..newly {
@@ -276,7 +321,9 @@ mod tests {
     }
 
     fn drain(o: &mut Outbox) -> Vec<OutFrame> {
-        std::iter::from_fn(|| o.next_to_send()).collect()
+        std::iter::from_fn(|| o.next_to_send())
+            .map(|a| a.frame)
+            .collect()
     }
 
     #[test]
@@ -309,6 +356,28 @@ mod tests {
         assert_eq!(drain(&mut o), [t(4), t(5), t(6)]);
         assert_eq!(o.confirmed(), 3);
         assert_eq!(o.total_sent(), 6);
+    }
+
+    #[test]
+    fn frames_sent_again_keep_their_target() {
+        let mut o = Outbox::new(OutboxLimits::default());
+        for (i, to) in [Target::Guest(1), Target::Guest(2), Target::All]
+            .into_iter()
+            .enumerate()
+        {
+            o.push(Addressed {
+                to,
+                frame: t(i as u32),
+            })
+            .unwrap();
+        }
+        assert_eq!(o.total(), 3);
+        let _ = std::iter::from_fn(|| o.next_to_send()).count();
+        o.resumed(1);
+        let again: Vec<Target> = std::iter::from_fn(|| o.next_to_send())
+            .map(|a| a.to)
+            .collect();
+        assert_eq!(again, [Target::Guest(2), Target::All]);
     }
 
     #[test]
