@@ -411,3 +411,29 @@ async fn a_host_that_never_answers_is_taken_for_a_no() {
         (id, Some("closed"))
     );
 }
+
+#[tokio::test]
+async fn a_target_the_relay_cannot_take_never_sends_to_another_guest() {
+    // Two control messages a second: `to` must not be held to it.
+    let relay = Relay::start(&[("RELAY_MESSAGE_RATE", "2")]);
+    let mut h = host(&relay, 2, "auto").await;
+    let mut a = join_auto(&relay, &mut h, "a").await;
+    let mut b = join_auto(&relay, &mut h, "b").await;
+    for i in 0..30u8 {
+        let g = if i % 2 == 0 { &a } else { &b };
+        h.ws.json(json!({"type": "to", "guestId": g.id})).await;
+        h.ws.binary(vec![i]).await;
+    }
+    for i in 0..15u8 {
+        assert_eq!(a.ws.recv().await, Got::Binary(vec![2 * i]));
+        assert_eq!(b.ws.recv().await, Got::Binary(vec![2 * i + 1]));
+    }
+    // A `to` the relay cannot read sends to no one, not to the last target.
+    h.ws.text(r#"{"type":"to","guestId":"b"}"#).await;
+    h.ws.expect_error("INVALID_MESSAGE").await;
+    h.ws.binary(b"private".to_vec()).await;
+    h.ws.json(json!({"type": "to"})).await;
+    h.ws.binary(b"everyone".to_vec()).await;
+    assert_eq!(a.ws.recv().await, Got::Binary(b"everyone".to_vec()));
+    assert_eq!(b.ws.recv().await, Got::Binary(b"everyone".to_vec()));
+}

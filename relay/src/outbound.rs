@@ -71,6 +71,29 @@ pub struct Room {
     gate: Arc<Gate>,
 }
 
+/// Which guests a room host's data frames go to: what its last `to` said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// Every admitted guest (no `to`, or `to` without a guest).
+    #[default]
+    All,
+    /// One guest.
+    Guest(GuestId),
+    /// No one: the last `to` could not be read, so frames meant for one
+    /// guest must not reach any other.
+    Nobody,
+}
+
+impl Target {
+    fn includes(self, id: GuestId) -> bool {
+        match self {
+            Target::All => true,
+            Target::Guest(g) => g == id,
+            Target::Nobody => false,
+        }
+    }
+}
+
 /// What became of a host's frame at one guest that needs acting on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trouble {
@@ -110,14 +133,14 @@ impl Room {
         self.lock().iter().any(|m| m.id == id)
     }
 
-    /// Pushes a host's frame to guest `to`, or to every admitted guest;
-    /// counts it as accepted either way. Returns how many guests it reached
-    /// and calls `trouble` for each that must be cut or ended.
-    fn push(&self, frame: Frame, to: Option<GuestId>, mut trouble: impl FnMut(Trouble)) -> usize {
+    /// Pushes a host's frame to the guests `to` names; counts it as
+    /// accepted either way. Returns how many guests it reached and calls
+    /// `trouble` for each that must be cut or ended.
+    fn push(&self, frame: Frame, to: Target, mut trouble: impl FnMut(Trouble)) -> usize {
         self.accepted.fetch_add(1, Ordering::SeqCst);
         let guests = self.lock();
         let mut reached = 0;
-        for m in guests.iter().filter(|m| to.is_none_or(|id| id == m.id)) {
+        for m in guests.iter().filter(|m| to.includes(m.id)) {
             match m.pipe.push(frame.clone(), &self.gate) {
                 Pushed::Queued { .. } | Pushed::Backlogged { .. } => reached += 1,
                 Pushed::SlowConsumer(conn) => {
@@ -141,13 +164,13 @@ pub enum Sent {
 }
 
 impl Outbound {
-    /// Pushes one data frame from the socket; `to` is a room host's target
-    /// (`None`: all its guests), ignored otherwise.
+    /// Pushes one data frame from the socket; `to` is a room host's
+    /// target, ignored otherwise.
     #[inline]
     pub fn push(
         &self,
         frame: Frame,
-        to: Option<GuestId>,
+        to: Target,
         gate: &Arc<Gate>,
         trouble: impl FnMut(Trouble),
     ) -> Sent {

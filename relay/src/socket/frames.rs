@@ -14,7 +14,7 @@ use super::Socket;
 use crate::conns::ConnId;
 use crate::frame::Frame;
 use crate::metrics::DisconnectReason;
-use crate::outbound::{Sent, Trouble};
+use crate::outbound::{Sent, Target, Trouble};
 use crate::pipe::Pushed;
 use crate::queue::{EventEffect, Item, Status};
 use crate::registry::{Departure, Gone, Link, Member, Overflowed};
@@ -43,7 +43,7 @@ impl Socket {
         self.link = Some(link);
         // A new connection starts sending to every guest, and hears who
         // sends before the first guest frame.
-        self.target = None;
+        self.target = Target::All;
         self.last_from = None;
     }
 

@@ -12,7 +12,7 @@ use relay_protocol::{ClientMessage, CloseCode, ErrorCode, Role, ServerMessage};
 use super::Socket;
 use crate::frame::Frame;
 use crate::metrics::DisconnectReason;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, Target};
 use crate::registry::{
     Client, Deadline, Host, Join, Link, Refusal, Register, Registered, Resume, RoomOp, RoomRequest,
 };
@@ -79,7 +79,7 @@ impl Socket {
         };
         let (op, guest_id) = match op {
             ClientMessage::To { guest_id } => {
-                self.target = guest_id;
+                self.target = guest_id.map_or(Target::All, Target::Guest);
                 if let Some(id) = guest_id.filter(|&id| !room.has(id)) {
                     // The target is set anyway: frames meant for one guest
                     // must never reach another.
@@ -123,6 +123,16 @@ impl Socket {
         }
         let msg = match ClientMessage::parse(&text) {
             Ok(m) => m,
+            Err(e) if is_to(&text) => {
+                // A room host's target it meant to change and the relay could
+                // not read: frames meant for one guest must reach no other.
+                self.target = Target::Nobody;
+                let why = format!(
+                    "The relay did not understand this \"to\" ({e}); data you send reaches no one until a valid \"to\"."
+                );
+                self.malformed(ctx, &why);
+                return;
+            }
             Err(e) => {
                 let why = format!(
                     "The relay did not understand this message ({e}). Send a JSON object with a known \"type\"; see PROTOCOL.md."
@@ -131,7 +141,11 @@ impl Socket {
                 return;
             }
         };
-        if !matches!(msg, ClientMessage::Data { .. }) && !self.within_message_rate() {
+        // `to` is part of sending data, never refused for rate: a refused
+        // one would leave the frames after it going to the previous target.
+        if !matches!(msg, ClientMessage::Data { .. } | ClientMessage::To { .. })
+            && !self.within_message_rate()
+        {
             self.shared
                 .metrics
                 .rate_limited
@@ -306,4 +320,15 @@ impl Socket {
             }
         }
     }
+}
+
+/// Whether `text` is a JSON object whose `type` is `to`, whatever else in it
+/// is wrong.
+fn is_to(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Typed<'a> {
+        #[serde(rename = "type", borrow)]
+        ty: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Typed<'_>>(text).is_ok_and(|t| t.ty == "to")
 }

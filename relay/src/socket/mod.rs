@@ -30,6 +30,7 @@ use crate::frame::Frame;
 use crate::gate::Gate;
 use crate::metrics::DisconnectReason;
 use crate::metrics::Metrics;
+use crate::outbound::Target;
 use crate::pipe::Wake;
 use crate::queue::Drained;
 use crate::registry::RegistryHandle;
@@ -115,7 +116,7 @@ pub fn accept(
         live: None,
         body: Some(body),
         link: None,
-        target: None,
+        target: Target::All,
         last_from: None,
         generation: 0,
         written: 0,
@@ -159,8 +160,8 @@ pub struct Socket {
     body: Option<web::Payload>,
     /// The session this socket is in, once registered, joined or resumed.
     link: Option<Link>,
-    /// A room host's target (`to`): one guest, or `None` for all.
-    target: Option<relay_protocol::GuestId>,
+    /// A room host's target (its last `to`).
+    target: Target,
     /// The guest whose frames a room host was last told it hears (`from`).
     last_from: crate::frame::Sender,
     /// Counts links, so a late pong for an earlier link is not taken for this one.
