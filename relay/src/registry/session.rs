@@ -40,8 +40,9 @@ pub(super) struct Side {
 pub(super) struct Place {
     pub(super) guest: Option<Side>,
     pub(super) to_guest: Arc<Pipe>,
-    /// In a room: who holds the place, while a guest does.
-    pub(super) seat: Option<Seat>,
+    /// In a room: who holds the place, while a guest does (boxed: a
+    /// pairing, most sessions, pays one pointer for it).
+    pub(super) seat: Option<Box<Seat>>,
 }
 
 /// A room guest's standing.
@@ -73,6 +74,8 @@ pub(super) struct RoomState {
     pub(super) rules: RoomRules,
     next_id: GuestId,
     pub(super) fanout: Arc<Room>,
+    /// Bounds of the pipes made for guests as they come.
+    limits: Limits,
 }
 
 /// Something about a side that those on the other side are told.
@@ -101,9 +104,8 @@ pub(super) struct Session {
     /// Frames from the guests toward the host.
     pub(super) to_host: Arc<Pipe>,
     pub(super) places: Vec<Place>,
-    /// `None` for a pairing.
-    pub(super) room: Option<RoomState>,
-    limits: Limits,
+    /// `None` for a pairing (boxed: a pairing pays one pointer for it).
+    pub(super) room: Option<Box<RoomState>>,
 }
 
 impl Session {
@@ -133,12 +135,14 @@ impl Session {
             host,
             to_host: Pipe::new(limits),
             places,
-            room: room.map(|rules| RoomState {
-                rules,
-                next_id: 1,
-                fanout: Room::new(),
+            room: room.map(|rules| {
+                Box::new(RoomState {
+                    rules,
+                    next_id: 1,
+                    fanout: Room::new(),
+                    limits,
+                })
             }),
-            limits,
         }
     }
 
@@ -154,7 +158,7 @@ impl Session {
             None if self.places.len() < room.rules.max_guests => {
                 self.places.push(Place {
                     guest: None,
-                    to_guest: Pipe::new(self.limits),
+                    to_guest: Pipe::new(room.limits),
                     seat: None,
                 });
                 self.places.len() - 1
@@ -169,15 +173,15 @@ impl Session {
         place.to_guest.close();
         place.to_guest = Pipe::new(Limits {
             paced: false,
-            ..self.limits
+            ..room.limits
         });
-        place.seat = Some(Seat {
+        place.seat = Some(Box::new(Seat {
             id,
             name,
             pending_token: (!auto).then(|| token.to_owned()),
             admit_timer: None,
             out: GuestOut::new(Arc::clone(&self.to_host), tag, auto),
-        });
+        }));
         Some(i)
     }
 
@@ -188,7 +192,7 @@ impl Session {
             Member::Guest(i) => self
                 .places
                 .get(i)
-                .is_some_and(|p| p.guest.is_some() && p.seat.as_ref().is_none_or(Seat::admitted)),
+                .is_some_and(|p| p.guest.is_some() && p.seat.as_ref().is_none_or(|s| s.admitted())),
         }
     }
 
