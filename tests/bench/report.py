@@ -207,7 +207,7 @@ def rooms_section(get):
                     f"{fmt(v)} frames/s | {fmt(one)} frames/s | {ratio(v, one)} |")
         host = get(out, "host_frames_per_second")
         per = get(out, "deliveries_per_host_frame")
-        rows.append(f"| fan-out {size}: host frames sent ({fmt(per)} deliveries each) | "
+        rows.append(f"| fan-out {size}: host frames, each to all guests ({fmt(per)} deliveries a frame) | "
                     f"{fmt(host)} frames/s | {fmt(one)} frames/s | {ratio(host, one)} |")
         v = get(into, "frames_per_second")
         rows.append(f"| fan-in {size}: {fmt(get(into, 'guests_per_room'))} guests to one host, read by the host "

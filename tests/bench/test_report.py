@@ -41,7 +41,7 @@ class RoomsSection(unittest.TestCase):
         text = report.rooms_section(getter(r))
         self.assertIn("| fan-out 64: one host to 16 guests, delivered (16 rooms) | 3,000,000 frames/s | "
                       "2,000,000 frames/s | 1.50 |", text)
-        self.assertIn("| fan-out 64: host frames sent (16 deliveries each) | 187,500 frames/s | "
+        self.assertIn("| fan-out 64: host frames, each to all guests (16 deliveries a frame) | 187,500 frames/s | "
                       "2,000,000 frames/s | 0.09 |", text)
         self.assertIn("| fan-in 64: 16 guests to one host, read by the host (16 rooms) | 1,000,000 frames/s | "
                       "2,000,000 frames/s | 0.50 |", text)
