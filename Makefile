@@ -68,7 +68,7 @@ cluster: build deps ## Start Redis, three relay nodes and haproxy on :8080 (Ctrl
 # this one in the same run, adding new/baseline ratios to the report;
 # BENCH_BASELINE_BIN=<path> does the same with a relay already built. With a
 # baseline the run takes about 1.5x as long, plus its build the first time.
-bench: toolchain deps ## Measure throughput, latency, set-up rate, memory and a reconnect storm (~6 min)
+bench: toolchain deps ## Measure throughput, rooms fan-out and fan-in, latency, set-up rate, memory and a reconnect storm (~6 min)
 	tests/bench/run.sh
 
 # Every parser of untrusted input under libFuzzer (fuzz/, cargo-fuzz; nightly,

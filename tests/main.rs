@@ -13,6 +13,7 @@ mod codes;
 mod data;
 mod drain;
 mod limits;
+mod load;
 mod protocol;
 mod resume;
 mod room_clients;

@@ -164,17 +164,67 @@ def node_section(get):
             + "\n".join(rows) + "\n")
 
 
-def main():
-    out = sys.argv[1]
-    r = load(out)
-    # Throughput runs come in rounds (tp-SIZE-TARGET-rN): use each target's median.
+def medians(r):
+    """Throughput runs come in rounds (tp-SIZE-TARGET-rN): each target's median round by frames/s.
+
+    The median round's other results (a fan-out's host frames/s, its guests) come with it, and
+    "rounds" lists every round's frames/s.
+    """
     rounds = {}
     for k, v in r.items():
         if k.startswith("tp-") and "-r" in k:
             rounds.setdefault(k.rsplit("-r", 1)[0], []).append(v)
+    out = {}
     for k, vs in rounds.items():
-        fps = sorted(v.get("frames_per_second", 0) for v in vs)
-        r[k] = {"frames_per_second": fps[len(fps) // 2], "rounds": fps}
+        vs = sorted(vs, key=lambda v: v.get("frames_per_second", 0))
+        out[k] = dict(vs[len(vs) // 2], rounds=[v.get("frames_per_second", 0) for v in vs])
+    return out
+
+
+FANOUT_SIZES = ["64", "1KiB"]
+
+
+def rooms_section(get):
+    """Rooms on one node (issue 13): fan-out and fan-in against one guest, as ratios from this run.
+
+    One guest is the pairing throughput of the same relay node in the same rounds (tp-SIZE-relay);
+    a room's frames/s is what all its receivers got, summed (fan-out: every guest's copy counts).
+    """
+    rows = []
+
+    def fmt(v):
+        return "-" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}")
+
+    def ratio(v, ref):
+        return f"{v / ref:.2f}" if (v is not None and ref) else "-"
+
+    for size in FANOUT_SIZES:
+        one = get(f"tp-{size}-relay", "frames_per_second")
+        out, into = f"tp-{size}-fanout", f"tp-{size}-fanin"
+        guests, rooms = get(out, "guests_per_room"), get(out, "rooms")
+        v = get(out, "frames_per_second")
+        rows.append(f"| fan-out {size}: one host to {fmt(guests)} guests, delivered ({fmt(rooms)} rooms) | "
+                    f"{fmt(v)} frames/s | {fmt(one)} frames/s | {ratio(v, one)} |")
+        host = get(out, "host_frames_per_second")
+        per = get(out, "deliveries_per_host_frame")
+        rows.append(f"| fan-out {size}: host frames, each to all guests ({fmt(per)} deliveries a frame) | "
+                    f"{fmt(host)} frames/s | {fmt(one)} frames/s | {ratio(host, one)} |")
+        v = get(into, "frames_per_second")
+        rows.append(f"| fan-in {size}: {fmt(get(into, 'guests_per_room'))} guests to one host, read by the host "
+                    f"({fmt(get(into, 'rooms'))} rooms) | {fmt(v)} frames/s | {fmt(one)} frames/s | {ratio(v, one)} |")
+    rows.append("| fan-out across nodes, and Redis publishes per broadcast frame | not measured yet: "
+                "a cluster refuses rooms today | | |")
+    return ("\n## Rooms: fan-out and fan-in on one node\n\n"
+            "`relay-load --scenario fanout`/`fanin` on the one-node relay, in the same interleaved rounds as "
+            "the pairing throughput (\"one guest\"), with as many rooms as throughput has pairs. Every frame "
+            "reached every receiver once and in order, or the run failed. Ratios are room/one guest.\n\n"
+            "| measurement | room | one guest | ratio |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def main():
+    out = sys.argv[1]
+    r = load(out)
+    r.update(medians(r))
     get = lambda k, f: r.get(k, {}).get(f)
     rows = []
 
@@ -262,6 +312,7 @@ def main():
         fh.write("| measurement | value | ratio (same run) | target | |\n|---|---|---|---|---|\n")
         fh.write("\n".join(rows) + "\n\nThroughput rows are medians of interleaved rounds (each round's numbers are in json/).\n"
                  "\n![throughput](throughput.svg)\n\n![latency](latency.svg)\n")
+        fh.write(rooms_section(get))
         fh.write(node_section(get))
         fh.write(baseline_section(out, get))
     print(open(os.path.join(out, "report.md")).read())

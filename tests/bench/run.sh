@@ -193,7 +193,7 @@ load setup-node --scenario setup --url "$NODE" --pairs "$SETUP" --label "node ws
 setup_with_cpu setup-relay "$ONE" "$PID_single" relay
 if [ -n "$BASE_BIN" ]; then setup_with_cpu setup-base "$BASE_ONE" "$PID_base_single" baseline; fi
 
-say "throughput: 64 B, 1 KiB, 64 KiB; forwarder, node ws, relay same-node, relay cross-node; $ROUNDS interleaved rounds"
+say "throughput: 64 B, 1 KiB, 64 KiB; forwarder, node ws, relay same-node, relay cross-node; rooms of 16 guests on one node at 64 B and 1 KiB; $ROUNDS interleaved rounds"
 # Rounds interleave the targets so a noisy minute hits all of them; the
 # report takes each target's median. The baseline runs right beside the new
 # binary's run of the same target, first in every other round, so a drift
@@ -203,6 +203,19 @@ tp_relay() { tp relay --url "$ONE" --label "relay one node"; }
 tp_base() { tp base --url "$BASE_ONE" --label "baseline one node"; }
 tp_cross() { tp cross --url "$A" --url "$B" --label "relay cluster, cross node"; }
 tp_base_cross() { tp base-cross --url "$BASE_A" --url "$BASE_B" --label "baseline cluster, cross node"; }
+# Rooms (issue 13) on the same one-node relay, right after its pairing run of
+# the same size, which is the "one guest" they are compared with: as many
+# rooms as throughput has pairs, each a host and 16 guests. fanout: each host
+# to all its guests, frames counted at every guest; fanin: every guest to its
+# host. Either fails the run if a frame is lost, repeated or out of order.
+ROOM_SIZES=" 64 1KiB "
+rooms_tp() {
+  case "$ROOM_SIZES" in *" $size "*) ;; *) return 0 ;; esac
+  load "tp-$size-fanout-r$round" --scenario fanout --size "$size" --duration "$DUR" --rooms 16 --guests 16 \
+    --url "$ONE" --label "relay one node, room of 16"
+  load "tp-$size-fanin-r$round" --scenario fanin --size "$size" --duration "$DUR" --rooms 16 --guests 16 \
+    --url "$ONE" --label "relay one node, room of 16"
+}
 beside_baseline() { # new run, baseline run
   if [ -z "$BASE_BIN" ]; then "$1"
   elif (( round % 2 )); then "$1"; "$2"
@@ -214,10 +227,26 @@ for round in $(seq 1 "$ROUNDS"); do
     tp forwarder --url "$FWD" --label forwarder
     tp node --url "$NODE" --label "node ws"
     beside_baseline tp_relay tp_base
+    rooms_tp
     tp same --url "$A" --url "$B" --cross-share 0 --label "relay cluster, same node"
     beside_baseline tp_cross tp_base_cross
   done
 done
+
+# The place of issue 13's cross-node fan-out: one host and 16 guests spread
+# over three nodes, frames delivered a second against one guest, and Redis
+# PUBLISHes per broadcast frame (the issue wants one per node holding guests,
+# never one per guest). A cluster node refuses a room register today
+# (INVALID_MESSAGE), so it is not measured yet. Once it takes rooms: start a
+# third node, run `load tp-$size-fanout-cross-r$round --scenario fanout
+# --url "$A" --url "$B" --url "$C" ...` (hosts on the first URL, guests spread
+# over all three), read `redis-cli -p "$REDIS_PORT" INFO commandstats`'s
+# cmdstat_publish calls before and after, divide their difference by the
+# run's host_frames, and give both in report.py's rooms_section.
+fanout_cross_node() {
+  say "fan-out across nodes: not measured yet (a cluster refuses rooms today; see fanout_cross_node in $0)"
+}
+fanout_cross_node
 
 # Latency and memory are measured on a fresh node: sessions left in their
 # grace period by the runs above, and a heap already grown by them, would

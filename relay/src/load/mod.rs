@@ -10,9 +10,15 @@
 //!   was due to be sent to its arrival (coordinated-omission aware).
 //! - `idle`: relay memory per idle paired connection (from its `/metrics`).
 //! - `storm`: a node killed under the pairs: time until all resumed, frames lost.
+//! - `fanout`: rooms of one host and `--guests` guests; each host sends to all
+//!   its guests; frames delivered a second summed over guests.
+//! - `fanin`: the same rooms; every guest sends to its host, which reads the
+//!   frames tagged by `from`.
 
+mod fanout;
 mod pairs;
 mod report;
+mod rooms;
 mod scenarios;
 
 use std::time::Duration;
@@ -34,6 +40,10 @@ pub enum Scenario {
     Idle,
     /// A node killed under the pairs: time to resume, frames lost.
     Storm,
+    /// Rooms: each host sends to all its guests; frames delivered a second.
+    Fanout,
+    /// Rooms: every guest sends to its host; frames the hosts read a second.
+    Fanin,
 }
 
 /// Load generator for the relay: opens pairs of mac and browser connections
@@ -65,7 +75,23 @@ pub struct Args {
     /// Offered rate for `latency`, frames a second over all pairs.
     #[arg(long, default_value_t = 10_000)]
     pub rate: u64,
-    /// Pairs set up at once.
+    /// Rooms to open (fanout, fanin), each a host and `--guests` guests; the
+    /// hosts use the first URL, the guests every URL given in turn.
+    #[arg(long, default_value_t = 4)]
+    pub rooms: usize,
+    /// Guests in each room (fanout, fanin): 1 up to the relay's
+    /// RELAY_MAX_GUESTS (16 by default).
+    #[arg(long, default_value_t = 16)]
+    pub guests: usize,
+    /// Frames a fanout host may send ahead of its slowest guest. A room host
+    /// is not paced by its guests, and a guest that falls RELAY_MAX_BUFFERED
+    /// (8 MiB by default) behind is cut, so keep window x (size + 64 B) well
+    /// under it. Default: 2 MiB of frames, 16 to 4,096. For fanin, what each
+    /// guest may send ahead of what its host read; default: the host's
+    /// window shared among its guests, 16 at least.
+    #[arg(long)]
+    pub window: Option<u64>,
+    /// Pairs set up at once (rooms, for fanout and fanin).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Send both ways (each browser sends too), for throughput.
@@ -106,6 +132,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     if args.size < 16 {
         anyhow::bail!("--size must be at least 16 bytes (a sequence number and a timestamp)");
     }
+    if args.rooms == 0 || args.guests == 0 || args.window == Some(0) {
+        anyhow::bail!("--rooms, --guests and --window must be at least 1");
+    }
     let limit = args.timeout;
     let work = async {
         match args.scenario {
@@ -114,6 +143,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             Scenario::Latency => scenarios::latency(&args).await,
             Scenario::Idle => scenarios::idle(&args).await,
             Scenario::Storm => scenarios::storm(&args).await,
+            Scenario::Fanout => fanout::fanout(&args).await,
+            Scenario::Fanin => fanout::fanin(&args).await,
         }
     };
     match tokio::time::timeout(limit, work).await {

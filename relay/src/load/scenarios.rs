@@ -56,17 +56,22 @@ async fn open_all(args: &Args) -> anyhow::Result<(Vec<Pair>, Duration)> {
 }
 
 /// A progress line on stderr once a second, for long runs.
-struct Progress {
+pub(super) struct Progress {
     count: Arc<AtomicU64>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Progress {
+    /// Progress of a run over `args.pairs` pairs.
     fn start(args: &Args, what: &'static str) -> Progress {
+        Progress::of(args, what, format!("{} pairs", args.pairs))
+    }
+
+    /// Progress of a run over `total` (e.g. "4 rooms of 16 guests").
+    pub(super) fn of(args: &Args, what: &'static str, total: String) -> Progress {
         let count = Arc::new(AtomicU64::new(0));
         let task = (!args.quiet).then(|| {
             let count = Arc::clone(&count);
-            let total = args.pairs;
             let started = Instant::now();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -74,7 +79,7 @@ impl Progress {
                 loop {
                     tick.tick().await;
                     eprintln!(
-                        "relay-load: {what}: {} ({total} pairs), {:.0}s",
+                        "relay-load: {what}: {} ({total}), {:.0}s",
                         count.load(Ordering::Relaxed),
                         started.elapsed().as_secs_f64()
                     );
@@ -84,11 +89,11 @@ impl Progress {
         Progress { count, task }
     }
 
-    fn set(&self, n: u64) {
+    pub(super) fn set(&self, n: u64) {
         self.count.store(n, Ordering::Relaxed);
     }
 
-    fn stop(self) {
+    pub(super) fn stop(self) {
         if let Some(t) = self.task {
             t.abort();
         }
