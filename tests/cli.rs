@@ -346,13 +346,12 @@ async fn peer_lines_are_marked_when_asked_and_piped_output_stays_verbatim() {
     assert_eq!(exit_code(&mut host).await, 0);
 }
 
-#[tokio::test]
-async fn on_a_terminal_the_peers_lines_are_marked() {
-    let relay = Relay::start(&[]);
-    let url = format!("ws://{}", relay.addr);
-    // `script` runs the host on a real pty; its output is what the terminal shows.
-    let cmd = format!("'{}' host --url {url}", env!("CARGO_BIN_EXE_relay"));
-    let mut term = Command::new("script")
+/// `relay ARGS` on a real pty (util-linux `script`), with the settings
+/// the tests pass by flag cleared from the environment; its stdout is what
+/// the terminal shows, its stdin what a person types.
+fn on_a_terminal(args: &str) -> Child {
+    let cmd = format!("'{}' {args}", env!("CARGO_BIN_EXE_relay"));
+    Command::new("script")
         .args([
             "--quiet",
             "--flush",
@@ -363,12 +362,21 @@ async fn on_a_terminal_the_peers_lines_are_marked() {
         ])
         .env_remove("RELAY_URL")
         .env_remove("RELAY_PEER_PREFIX")
+        .env_remove("RELAY_GUESTS")
+        .env_remove("RELAY_ADMIT")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("start script (util-linux)");
+        .expect("start script (util-linux)")
+}
+#[tokio::test]
+async fn on_a_terminal_the_peers_lines_are_marked() {
+    let relay = Relay::start(&[]);
+    let url = format!("ws://{}", relay.addr);
+    // Its output is what the terminal shows.
+    let mut term = on_a_terminal(&format!("host --url {url}"));
     let mut screen = BufReader::new(term.stdout.take().unwrap()).lines();
     let code = code_in(&stderr_line(&mut screen, "code ").await);
     let (mut join, _join_err) = joined(&url, &code, &[]).await;
@@ -503,29 +511,8 @@ async fn a_full_room_turns_a_join_away_with_its_own_message() {
 async fn on_a_terminal_y_answers_the_guest_that_asks() {
     let relay = Relay::start(&[]);
     let url = format!("ws://{}", relay.addr);
-    // `script` runs the host on a real pty, where a person answers y or n.
-    let cmd = format!(
-        "'{}' host --url {url} --guests 2",
-        env!("CARGO_BIN_EXE_relay")
-    );
-    let mut term = Command::new("script")
-        .args([
-            "--quiet",
-            "--flush",
-            "--return",
-            "--command",
-            &cmd,
-            "/dev/null",
-        ])
-        .env_remove("RELAY_URL")
-        .env_remove("RELAY_GUESTS")
-        .env_remove("RELAY_ADMIT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start script (util-linux)");
+    // On a terminal a person answers y or n.
+    let mut term = on_a_terminal(&format!("host --url {url} --guests 2"));
     let mut screen = BufReader::new(term.stdout.take().unwrap()).lines();
     let mut typed = term.stdin.take().unwrap();
     let code = code_in(&stderr_line(&mut screen, "code ").await);

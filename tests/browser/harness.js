@@ -5,9 +5,12 @@
 // is killed when the test process exits, also on failure; every wait is
 // bounded.
 
+import { after, before } from 'node:test';
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
@@ -351,6 +354,38 @@ export const state = (page) => page.$eval('#status', (e) => e.dataset.state);
 export const bannerShown = (page) => page.$eval('#banner', (e) => e.dataset.shown === 'true');
 
 /** Debian's headless Chromium with a fresh profile in `profile`, every wait bounded. */
+/**
+ * One headless Chromium for a whole test file, with a fresh profile in a
+ * temporary directory: checks the relay binary and Chromium are there,
+ * registers the file's before/after hooks, and returns a function that
+ * opens a new page.
+ */
+export function chromiumForFile(name) {
+  let tmp;
+  let context;
+  before(async () => {
+    for (const [what, p] of [['relay binary', RELAY_BIN], ['chromium', CHROMIUM]]) {
+      assert.ok(fs.existsSync(p), `${what} missing at ${p} (make deps; cargo build --bin relay)`);
+    }
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), `relay-${name}-test-`));
+    const profile = path.join(tmp, 'chromium-profile');
+    fs.mkdirSync(profile);
+    context = await launchChromium(profile);
+  });
+  after(async () => {
+    await context?.close().catch(() => {});
+    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+  });
+  return () => context.newPage();
+}
+
+/** The trimmed text of `sel` on `page`. */
+export const text = (page, sel) => page.textContent(sel).then((t) => t.trim());
+
+/** The status indicator's tone (green, yellow, red, gray). */
+export const tone = (page) => page.$eval('#status', (e) => e.dataset.tone);
+
 export async function launchChromium(profile) {
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,

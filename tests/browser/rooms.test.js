@@ -6,52 +6,29 @@
 // target/test-artifacts/ (rooms-*.png, desktop and 390 px wide) and checked
 // with axe-core.
 
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 
 import {
-  ARTIFACTS,
-  CHROMIUM,
   DESKTOP,
-  RELAY_BIN,
   Mac,
   Node,
   incoming,
-  launchChromium,
   screenshot,
   sendFromPage,
   state,
   tail,
   waitFor,
   waitIncoming,
+  chromiumForFile,
+  text,
+  tone,
 } from './harness.js';
 
-let tmp;
-let context;
-
-before(async () => {
-  for (const [what, p] of [['relay binary', RELAY_BIN], ['chromium', CHROMIUM]]) {
-    assert.ok(fs.existsSync(p), `${what} missing at ${p} (make deps; cargo build --bin relay)`);
-  }
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-rooms-test-'));
-  const profile = path.join(tmp, 'chromium-profile');
-  fs.mkdirSync(profile);
-  context = await launchChromium(profile);
-});
-
-after(async () => {
-  await context?.close().catch(() => {});
-  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
-});
+const openPage = chromiumForFile('rooms');
 
 // ---- helpers -------------------------------------------------------------------
 
-const text = (page, sel) => page.textContent(sel).then((t) => t.trim());
-const tone = (page) => page.$eval('#status', (e) => e.dataset.tone);
 const shot = (page, name, options) => screenshot(page, `rooms-${name}`, options);
 
 /** A room host: the Mac side registering a room, with what it heard tagged by guest. */
@@ -114,7 +91,7 @@ async function roomHost(t, port, room) {
 }
 
 async function newPage(t, port) {
-  const page = await context.newPage();
+  const page = await openPage();
   await page.setViewportSize(DESKTOP);
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));

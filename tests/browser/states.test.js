@@ -5,22 +5,15 @@
 // state is saved as a screenshot in target/test-artifacts/ (states-*.png), at
 // desktop width and, for the cards and the banner, 390 px wide.
 
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 
 import {
-  ARTIFACTS,
-  CHROMIUM,
   DESKTOP,
   RECONNECT_WAIT,
-  RELAY_BIN,
   Mac,
   Node,
   incoming,
-  launchChromium,
   screenshot,
   sendFromPage,
   startProxy,
@@ -29,32 +22,15 @@ import {
   tail,
   waitFor,
   waitIncoming,
+  chromiumForFile,
+  text,
+  tone,
 } from './harness.js';
 
-
-let tmp;
-let context;
-
-before(async () => {
-  for (const [what, p] of [['relay binary', RELAY_BIN], ['chromium', CHROMIUM]]) {
-    assert.ok(fs.existsSync(p), `${what} missing at ${p} (make deps; cargo build --bin relay)`);
-  }
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-states-test-'));
-  const profile = path.join(tmp, 'chromium-profile');
-  fs.mkdirSync(profile);
-  context = await launchChromium(profile);
-});
-
-after(async () => {
-  await context?.close().catch(() => {});
-  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
-});
+const openPage = chromiumForFile('states');
 
 // ---- helpers -------------------------------------------------------------------
 
-const text = (page, sel) => page.textContent(sel).then((t) => t.trim());
-const tone = (page) => page.$eval('#status', (e) => e.dataset.tone);
 const focused = (page) => page.evaluate(() => document.activeElement?.id || document.activeElement?.tagName);
 const tagOf = (page, body) => page.$$eval('#log li.out', (lis, b) => {
   const li = lis.find((l) => l.querySelector('.body')?.textContent === b);
@@ -82,7 +58,7 @@ async function registeredMac(t, port) {
 }
 
 async function newPage(t) {
-  const page = await context.newPage();
+  const page = await openPage();
   await page.setViewportSize(DESKTOP);
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
