@@ -262,8 +262,8 @@ async fn a_takeover_while_the_old_connection_still_sends_duplicates_nothing() {
     let stayer = tokio::spawn(async move { collect(&mut mac_rx, N as usize).await });
     // The old connection sends as fast as it can and, while the relay is
     // still reading it (about 100 frames behind, measured), a new one takes
-    // the side over. Flow control usually has the old socket paused by then;
-    // see docs/design.md (Known limits) for the window it leaves.
+    // the side over: what the old socket pushes after the count is refused
+    // (the fence), not delivered ahead of the same frames sent again.
     let (mut old_tx, old_rx) = p.browser.into_inner().split();
     send_range(&mut old_tx, 1, N / 2).await;
     let mut ws = Ws::connect(&relay.url("/browser")).await;

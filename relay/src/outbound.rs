@@ -30,6 +30,10 @@ pub enum Outbound {
 pub struct GuestOut {
     to_host: Arc<Pipe>,
     id: NonZeroU64,
+    /// The connection whose frames it takes, once a resume fenced it (see
+    /// `Pipe::fence`; the host's pipe is shared by every guest, so the
+    /// guest's fence is here), held across each push.
+    sender: Mutex<Option<ConnId>>,
     /// Frames the relay accepted from this guest (its resume `lastSeq`).
     accepted: AtomicU64,
     /// False while the guest waits for the host: its data is refused.
@@ -42,6 +46,7 @@ impl GuestOut {
         Arc::new(GuestOut {
             to_host,
             id,
+            sender: Mutex::new(None),
             accepted: AtomicU64::new(0),
             admitted: AtomicBool::new(admitted),
         })
@@ -61,9 +66,17 @@ struct Member {
     pipe: Arc<Pipe>,
 }
 
+/// The admitted guests and the host connection whose frames they take.
+#[derive(Default)]
+struct Members {
+    list: Vec<Member>,
+    /// Once a resume fenced it (see `Pipe::fence`).
+    sender: Option<ConnId>,
+}
+
 /// A room host's way to its admitted guests.
 pub struct Room {
-    guests: Mutex<Vec<Member>>,
+    guests: Mutex<Members>,
     /// Frames the relay accepted from the host (its resume `lastSeq`).
     accepted: AtomicU64,
     /// Given to the guests' pipes, which never close it: they are not paced
@@ -107,51 +120,68 @@ impl Room {
     /// A room with no guests admitted yet.
     pub fn new() -> Arc<Self> {
         Arc::new(Room {
-            guests: Mutex::new(Vec::new()),
+            guests: Mutex::new(Members::default()),
             accepted: AtomicU64::new(0),
             gate: Gate::new(),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Member>> {
+    fn lock(&self) -> MutexGuard<'_, Members> {
         // Every change leaves the list whole, so a poisoned lock's data is valid.
         self.guests.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Guest `id` in `place`, reading `pipe`, now gets the host's frames.
     pub fn add(&self, id: GuestId, place: usize, pipe: Arc<Pipe>) {
-        self.lock().push(Member { id, place, pipe });
+        self.lock().list.push(Member { id, place, pipe });
     }
 
     /// Guest `id` gets no more of the host's frames.
     pub fn remove(&self, id: GuestId) {
-        self.lock().retain(|m| m.id != id);
+        self.lock().list.retain(|m| m.id != id);
     }
 
     /// Whether guest `id` is admitted.
     pub fn has(&self, id: GuestId) -> bool {
-        self.lock().iter().any(|m| m.id == id)
+        self.lock().list.iter().any(|m| m.id == id)
     }
 
-    /// Pushes a host's frame to the guests `to` names; counts it as
-    /// accepted either way. Returns how many guests it reached and calls
-    /// `trouble` for each that must be cut or ended.
-    fn push(&self, frame: Frame, to: Target, mut trouble: impl FnMut(Trouble)) -> usize {
-        self.accepted.fetch_add(1, Ordering::SeqCst);
+    /// Takes frames from `conn` only, and returns the host's accepted count.
+    fn fence(&self, conn: ConnId) -> u64 {
+        let mut guests = self.lock();
+        guests.sender = Some(conn);
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Pushes a host's frame from `conn` to the guests `to` names; counts it
+    /// as accepted either way. Returns how many guests it reached (`None`:
+    /// refused, `conn` was taken over) and calls `trouble` for each guest
+    /// that must be cut or ended.
+    fn push(
+        &self,
+        frame: Frame,
+        to: Target,
+        conn: ConnId,
+        mut trouble: impl FnMut(Trouble),
+    ) -> Option<usize> {
         let guests = self.lock();
+        if guests.sender.is_some_and(|s| s != conn) {
+            return None;
+        }
+        self.accepted.fetch_add(1, Ordering::SeqCst);
         let mut reached = 0;
-        for m in guests.iter().filter(|m| to.includes(m.id)) {
-            match m.pipe.push(frame.clone(), &self.gate) {
+        for m in guests.list.iter().filter(|m| to.includes(m.id)) {
+            match m.pipe.push_as(frame.clone(), None, conn, &self.gate) {
                 Pushed::Queued { .. } | Pushed::Backlogged { .. } => reached += 1,
                 Pushed::SlowConsumer(conn) => {
                     reached += 1;
                     trouble(Trouble::SlowConsumer(m.place, conn));
                 }
                 Pushed::Overflow => trouble(Trouble::Overflow(m.place)),
-                Pushed::NotPaired => {}
+                Pushed::NotPaired | Pushed::Replaced => {}
             }
         }
-        reached
+        Some(reached)
     }
 }
 
@@ -164,38 +194,53 @@ pub enum Sent {
 }
 
 impl Outbound {
-    /// Pushes one data frame from the socket; `to` is a room host's
-    /// target, ignored otherwise.
+    /// Pushes one data frame from the socket of connection `conn`; `to` is
+    /// a room host's target, ignored otherwise.
     #[inline]
     pub fn push(
         &self,
         frame: Frame,
         to: Target,
+        conn: ConnId,
         gate: &Arc<Gate>,
         trouble: impl FnMut(Trouble),
     ) -> Sent {
         match self {
-            Outbound::Peer(p) => Sent::Pipe(p.push(frame, gate)),
+            Outbound::Peer(p) => Sent::Pipe(p.push_as(frame, None, conn, gate)),
             Outbound::Guest(g) => {
                 if !g.admitted.load(Ordering::SeqCst) {
                     return Sent::Pipe(Pushed::NotPaired);
                 }
-                let pushed = g.to_host.push_from(frame, Some(g.id), gate);
-                if !matches!(pushed, Pushed::NotPaired) {
+                let sender = g.sender.lock().unwrap_or_else(|p| p.into_inner());
+                if sender.is_some_and(|s| s != conn) {
+                    return Sent::Pipe(Pushed::Replaced);
+                }
+                let pushed = g.to_host.push_as(frame, Some(g.id), conn, gate);
+                if !matches!(pushed, Pushed::NotPaired | Pushed::Replaced) {
                     g.accepted.fetch_add(1, Ordering::SeqCst);
                 }
+                drop(sender);
                 Sent::Pipe(pushed)
             }
-            Outbound::Host(r) => Sent::Room(r.push(frame, to, trouble)),
+            Outbound::Host(r) => match r.push(frame, to, conn, trouble) {
+                Some(reached) => Sent::Room(reached),
+                None => Sent::Pipe(Pushed::Replaced),
+            },
         }
     }
 
-    /// Frames the relay accepted from this socket's side (its `lastSeq`).
-    pub fn accepted(&self) -> u64 {
+    /// Resuming this side on connection `conn`: frames from any earlier
+    /// connection are refused from now on; returns the side's accepted
+    /// count (its `resumed.lastSeq`), which they can no longer change.
+    pub fn fence(&self, conn: ConnId) -> u64 {
         match self {
-            Outbound::Peer(p) => p.accepted(),
-            Outbound::Guest(g) => g.accepted.load(Ordering::SeqCst),
-            Outbound::Host(r) => r.accepted.load(Ordering::SeqCst),
+            Outbound::Peer(p) => p.fence(conn),
+            Outbound::Guest(g) => {
+                let mut sender = g.sender.lock().unwrap_or_else(|p| p.into_inner());
+                *sender = Some(conn);
+                g.accepted.load(Ordering::SeqCst)
+            }
+            Outbound::Host(r) => r.fence(conn),
         }
     }
 
@@ -206,6 +251,59 @@ impl Outbound {
             Outbound::Peer(p) => Some(p),
             Outbound::Guest(g) => Some(&g.to_host),
             Outbound::Host(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Limits;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn limits() -> Limits {
+        Limits {
+            max_buffered: 1 << 20,
+            stall: Duration::from_secs(60),
+            away_frames: 100,
+            away_bytes: 1 << 20,
+            paced: true,
+        }
+    }
+
+    fn frame() -> Frame {
+        Frame::Binary(Bytes::from_static(b"x"))
+    }
+
+    /// Pushes from `conn` and says whether the frame was taken.
+    fn taken(o: &Outbound, conn: ConnId, gate: &Arc<Gate>) -> bool {
+        match o.push(frame(), Target::All, conn, gate, |_| {}) {
+            Sent::Pipe(Pushed::Replaced) => false,
+            Sent::Pipe(_) | Sent::Room(_) => true,
+        }
+    }
+
+    #[test]
+    fn a_fence_refuses_the_old_connection_and_fixes_the_count() {
+        let (old, new) = (ConnId::next(), ConnId::next());
+        let gate = Gate::new();
+        let to_host = Pipe::new(limits());
+        to_host.reset_receiver();
+        let room = Room::new();
+        room.add(1, 0, Pipe::new(limits()));
+        let sides = [
+            Outbound::Peer(Pipe::new(limits())),
+            Outbound::Guest(GuestOut::new(Arc::clone(&to_host), NonZeroU64::MIN, true)),
+            Outbound::Host(room),
+        ];
+        for o in &sides {
+            // Before any resume, any connection of the side may push.
+            assert!(taken(o, old, &gate));
+            let accepted = o.fence(new);
+            assert!(!taken(o, old, &gate), "the old connection still pushes");
+            assert_eq!(o.fence(new), accepted, "a refused frame was counted");
+            assert!(taken(o, new, &gate));
         }
     }
 }

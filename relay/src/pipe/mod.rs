@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
-use relay_protocol::Role;
 
-use crate::cluster::bus::Link;
-use crate::cluster::envelope::Control;
 use crate::conns::{ConnId, Killer};
 use crate::frame::{Frame, Sender};
 use crate::gate::Gate;
 use crate::queue::{self, Drained, EventEffect, FromPeer, Gap, Limits, Queue, Status};
+
+mod peer;
+pub use peer::Peer;
 
 /// How long a slow consumer's socket may still read its close frame before
 /// the TCP connection is cut.
@@ -42,52 +42,6 @@ pub struct Receiver {
     pub wake: Recipient<Wake>,
     /// Cuts its TCP socket if it stops reading.
     pub killer: Option<Arc<Killer>>,
-}
-
-/// The other node of a cross-node direction, and how to reach it.
-#[derive(Clone)]
-pub struct Peer {
-    /// The link to the node on the other end.
-    pub link: Arc<Link>,
-    /// The session.
-    pub sid: Arc<str>,
-    /// The side this pipe delivers to.
-    pub to: Role,
-}
-
-impl Peer {
-    /// The node on the other end.
-    pub fn node(&self) -> &Arc<str> {
-        self.link.node()
-    }
-
-    fn frame(&self, p: u64, frame: Frame, gate: &Arc<Gate>) {
-        self.link
-            .frame(self.sid.to_string(), self.to, p, frame, gate);
-    }
-
-    fn replay(&self, frames: Vec<(u64, Frame)>) {
-        if !frames.is_empty() {
-            self.link.replay(&self.sid, self.to, frames);
-        }
-    }
-
-    #[inline]
-    fn ack(&self, p: u64, pairing: u64) {
-        self.link.ack(self.sid.to_string(), self.to, p, pairing);
-    }
-
-    fn written(&self, p: u64, pairing: u64) {
-        self.link.written(self.sid.to_string(), self.to, p, pairing);
-    }
-
-    fn resend(&self, from: u64) {
-        self.link.control(Control::Resend {
-            sid: self.sid.to_string(),
-            to: self.to,
-            from,
-        });
-    }
 }
 
 /// What became of a pushed frame, as the sending socket sees it.
@@ -112,6 +66,10 @@ pub enum Pushed {
     /// The absent receiver's buffer overflowed: the frame was dropped and its
     /// side must end (`RESUME_EXPIRED`). Reported once; later pushes see `NotPaired`.
     Overflow,
+    /// The sending connection was taken over by a resume: its frame was
+    /// refused (the new connection sends it again after `lastSeq`), and the
+    /// socket is closing with 4001.
+    Replaced,
 }
 
 struct Inner {
@@ -126,6 +84,11 @@ struct Inner {
     /// For a pipe fed from another node: where acknowledgements, written
     /// reports and requests to resend go.
     ack_to: Option<Peer>,
+    /// The only connection whose frames the pipe takes, once a resume
+    /// fenced it (`None`: any). A takeover counts the side's frames while its
+    /// old socket may still push; the fence, set under this lock before the
+    /// count, refuses every frame the old socket pushes after it.
+    sender: Option<ConnId>,
 }
 
 /// What the queue asked for, done once the lock is released.
@@ -214,6 +177,7 @@ impl Pipe {
                 blocked: Vec::new(),
                 remote,
                 ack_to,
+                sender: None,
             }),
         })
     }
@@ -267,18 +231,36 @@ impl Pipe {
         f(&self.lock().queue)
     }
 
-    /// Sender side: queues one data frame toward the receiver. `gate` is the
-    /// sender's, closed here if the receiver falls behind (or, across
-    /// nodes, if the link to its node is full).
-    #[inline]
+    /// For tests: [`Pipe::push_as`] from no connection in particular.
+    #[cfg(test)]
     pub fn push(&self, frame: Frame, gate: &Arc<Gate>) -> Pushed {
-        self.push_from(frame, None, gate)
+        self.push_checked(frame, None, None, gate)
     }
 
-    /// [`Pipe::push`] of a frame from `from` (a room guest, toward its host).
+    /// Sender side: queues one data frame from connection `conn` toward the
+    /// receiver, unless a resume fenced the pipe for another connection;
+    /// `from` is the room guest it comes from (toward its host). `gate` is
+    /// the sender's, closed here if the receiver falls behind (or, across
+    /// nodes, if the link to its node is full).
     #[inline]
-    pub fn push_from(&self, frame: Frame, from: Sender, gate: &Arc<Gate>) -> Pushed {
+    pub fn push_as(&self, frame: Frame, from: Sender, conn: ConnId, gate: &Arc<Gate>) -> Pushed {
+        self.push_checked(frame, from, Some(conn), gate)
+    }
+
+    #[inline]
+    fn push_checked(
+        &self,
+        frame: Frame,
+        from: Sender,
+        conn: Option<ConnId>,
+        gate: &Arc<Gate>,
+    ) -> Pushed {
         let mut g = self.lock();
+        if let (Some(fence), Some(conn)) = (g.sender, conn) {
+            if fence != conn {
+                return Pushed::Replaced;
+            }
+        }
         let pushed = match g.queue.push_from(frame, from) {
             queue::Pushed::Queued { backlogged } => {
                 if backlogged {
@@ -378,7 +360,19 @@ impl Pipe {
 
     /// Registry side: a new sender (a new browser) starts counting from 0.
     pub fn reset_sender(&self) {
+        let mut g = self.lock();
+        g.sender = None;
+        drop(g);
         self.change(Queue::reset_sender);
+    }
+
+    /// Registry side, resuming a side: takes frames from `conn` only (see
+    /// `Inner::sender`) and returns the side's accepted count, which no
+    /// earlier connection can change any more.
+    pub fn fence(&self, conn: ConnId) -> u64 {
+        let mut g = self.lock();
+        g.sender = Some(conn);
+        g.queue.accepted()
     }
 
     /// Registry side: the sender's count, when it moved here from another node.

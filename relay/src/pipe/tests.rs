@@ -8,8 +8,9 @@ use bytes::Bytes;
 
 use super::*;
 use crate::cluster::bus::Bus;
-use crate::cluster::envelope::Envelope;
+use crate::cluster::envelope::{Control, Envelope};
 use crate::metrics::DropReason;
+use relay_protocol::Role;
 
 fn limits() -> Limits {
     Limits {

@@ -281,9 +281,11 @@ impl Session {
         })
     }
 
-    /// Frames the relay accepted from `m` (its resume `lastSeq`).
-    pub(super) fn accepted_from(&self, m: Member) -> u64 {
-        self.outbound(m).map_or(0, |o| o.accepted())
+    /// `m` resumes on `conn`: frames from its earlier connections are
+    /// refused from now on; returns what the relay accepted from it (its
+    /// resume `lastSeq`), final for those connections.
+    pub(super) fn fence(&self, m: Member, conn: ConnId) -> u64 {
+        self.outbound(m).map_or(0, |o| o.fence(conn))
     }
 
     /// `m`'s place in the session, having written up to `written` of its pipe.

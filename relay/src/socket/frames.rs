@@ -202,8 +202,9 @@ impl Socket {
         let mut troubles = Vec::new();
         let pushed = match link
             .outbound
-            .push(frame, self.target, &self.gate, |t| troubles.push(t))
-        {
+            .push(frame, self.target, self.id, &self.gate, |t| {
+                troubles.push(t)
+            }) {
             Sent::Pipe(p) => p,
             Sent::Room(reached) => {
                 if reached > 0 {
@@ -243,6 +244,9 @@ impl Socket {
                 session_id: Arc::clone(&link.session_id),
                 member: peer,
             }),
+            // A resume took this side over: its `Replaced` is on its way,
+            // and the new connection sends this frame again.
+            Pushed::Replaced => debug!(conn = %self.id, "data refused: taken over"),
         }
     }
 }

@@ -205,7 +205,7 @@ impl MemoryRegistry {
             }
         };
         self.metrics.resume_answered(Ok(takeover));
-        let accepted = s.accepted_from(m);
+        let accepted = s.fence(m, client.conn);
         let link = s.link(m, written).ok_or(ErrorCode::ResumeExpired)?;
         Ok(Resumed {
             accepted,

@@ -369,6 +369,8 @@ impl ClusterRegistry {
                 .pipe(role.peer())
                 .cloned()
                 .ok_or(ErrorCode::ResumeExpired)?;
+            // A takeover's old socket here may still push: fenced out first.
+            to_peer.fence(msg.client.conn);
             accepted_p = to_peer.fed_here(sbase);
             let written = to_side
                 .attach(msg.client.receiver(), msg.last_seq)
