@@ -47,15 +47,29 @@ export async function waitFor(check, what, ms = WAIT) {
   }
 }
 
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
+/**
+ * Ports Chromium refuses to open (net::ERR_UNSAFE_PORT) among those this
+ * machine's kernel hands out for port 0 (ip_local_port_range starts at
+ * 1024 here): a page on one of them fails to load, whatever the relay does.
+ */
+const CHROMIUM_UNSAFE = new Set([1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061, 6000,
+  6566, 6665, 6666, 6667, 6668, 6669, 6679, 6697, 10080]);
+
+/** Whether Chromium loads pages from `port`. */
+export const chromiumSafe = (port) => !CHROMIUM_UNSAFE.has(port);
+
+export async function freePort() {
+  for (;;) {
+    const port = await new Promise((resolve, reject) => {
+      const s = net.createServer();
+      s.on('error', reject);
+      s.listen(0, '127.0.0.1', () => {
+        const { port: p } = s.address();
+        s.close(() => resolve(p));
+      });
     });
-  });
+    if (chromiumSafe(port)) return port;
+  }
 }
 
 /** Every child process started by this file, killed at the end whatever happens. */
@@ -207,6 +221,12 @@ export class Node {
       throw new Error(`${e.message}\n${tail(this.logs)}`);
     });
     this.port = Number(addr.split(':').pop());
+    if (listen.endsWith(':0') && !chromiumSafe(this.port)) {
+      // The kernel's pick is one Chromium will not open: pick again.
+      await kill(this.child);
+      this.logs.push(`---- ${this.id} got port ${this.port}, which Chromium refuses; starting again ----`);
+      return this.start(listen);
+    }
     await waitFor(async () => (await httpStatus(this.port, '/readyz')) === 200, `${this.id} /readyz 200`);
     return this;
   }
@@ -249,7 +269,7 @@ export class Node {
  * that hangs) or 'refuse' (closed at once: the relay cannot be reached).
  * `cut()` drops every open connection.
  */
-export function startProxy(target) {
+export async function startProxy(target) {
   const sockets = new Set();
   const held = new Set();
   const proxy = { mode: 'pass' };
@@ -280,9 +300,10 @@ export function startProxy(target) {
     client.pipe(upstream);
     upstream.pipe(client);
   });
+  const port = await freePort();
   return new Promise((resolve, reject) => {
     server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
+    server.listen(port, '127.0.0.1', () => {
       Object.assign(proxy, {
         port: server.address().port,
         cut() {
