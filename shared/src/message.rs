@@ -139,6 +139,17 @@ impl ClientMessage {
         serde_json::from_str::<DataShape<'_>>(text).is_ok_and(|d| d.ty == "data")
     }
 
+    /// Whether `text` is a JSON object whose `type` is `ty`, whatever else
+    /// in it is wrong: what a malformed message was meant to be.
+    pub fn has_type(text: &str, ty: &str) -> bool {
+        #[derive(Deserialize)]
+        struct Typed<'a> {
+            #[serde(rename = "type", borrow)]
+            ty: std::borrow::Cow<'a, str>,
+        }
+        serde_json::from_str::<Typed<'_>>(text).is_ok_and(|t| t.ty == ty)
+    }
+
     /// Serialises to the text of a frame.
     pub fn to_text(&self) -> String {
         // unwrap: these types hold only strings and numbers, which always serialise.
@@ -539,6 +550,16 @@ mod tests {
             ServerMessage::From { guest_id: 4 }.to_text(),
             r#"{"type":"from","guestId":4}"#
         );
+    }
+
+    #[test]
+    fn a_malformed_message_still_says_what_it_meant_to_be() {
+        let bad_to = r#"{"type":"to","guestId":"b"}"#;
+        assert!(ClientMessage::parse(bad_to).is_err());
+        assert!(ClientMessage::has_type(bad_to, "to"));
+        assert!(!ClientMessage::has_type(bad_to, "admit"));
+        assert!(!ClientMessage::has_type("not json", "to"));
+        assert!(!ClientMessage::has_type(r#"{"guestId":1}"#, "to"));
     }
 
     #[test]

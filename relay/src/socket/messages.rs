@@ -123,7 +123,7 @@ impl Socket {
         }
         let msg = match ClientMessage::parse(&text) {
             Ok(m) => m,
-            Err(e) if is_to(&text) => {
+            Err(e) if ClientMessage::has_type(&text, "to") => {
                 // A room host's target it meant to change and the relay could
                 // not read: frames meant for one guest must reach no other.
                 self.target = Target::Nobody;
@@ -320,15 +320,4 @@ impl Socket {
             }
         }
     }
-}
-
-/// Whether `text` is a JSON object whose `type` is `to`, whatever else in it
-/// is wrong.
-fn is_to(text: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Typed<'a> {
-        #[serde(rename = "type", borrow)]
-        ty: std::borrow::Cow<'a, str>,
-    }
-    serde_json::from_str::<Typed<'_>>(text).is_ok_and(|t| t.ty == "to")
 }

@@ -56,6 +56,13 @@ async fn node_n3(r: &TestRedis) -> Addr<ClusterRegistry> {
     start_node(r, "n3").await
 }
 
+/// The browser of `link` sends `bytes`, which its pipe must queue.
+fn browser_sends(link: &Link, bytes: &'static [u8]) {
+    let pipe = link.outbound.pipe().expect("a pairing");
+    let pushed = pipe.push(Frame::Binary(Bytes::from_static(bytes)), &Gate::new());
+    assert!(matches!(pushed, Pushed::Queued { .. }), "{pushed:?}");
+}
+
 /// Waits until `conn` has `n` things to write from `link` (what other nodes
 /// say arrives over the bus), and returns them.
 async fn heard(link: &Link, conn: ConnId, n: usize) -> Vec<String> {
@@ -163,14 +170,7 @@ async fn a_resume_that_misses_its_deadline_is_undone_and_can_be_made_again() {
     assert_eq!((&*s["m_conn"], &*s["m_state"]), (conn.as_str(), "here"));
     assert_eq!(r.zscore("relay:grace", "s1|mac").await, None);
     // The browser's frames reach the resumed mac.
-    let frame = Frame::Binary(Bytes::from_static(b"after"));
-    let pushed = joined
-        .link
-        .outbound
-        .pipe()
-        .expect("a pairing")
-        .push(frame, &Gate::new());
-    assert!(matches!(pushed, Pushed::Queued { .. }), "{pushed:?}");
+    browser_sends(&joined.link, b"after");
     assert_eq!(written(&resumed.link, second.conn()).unwrap(), ["data"]);
     assert_eq!(written(&resumed.link, first.conn()), None);
 }
@@ -261,13 +261,6 @@ async fn an_undone_resume_tells_the_peer_node_the_side_is_away_again() {
             "peer_resumed"
         ]
     );
-    let frame = Frame::Binary(Bytes::from_static(b"across"));
-    let pushed = joined
-        .link
-        .outbound
-        .pipe()
-        .expect("a pairing")
-        .push(frame, &Gate::new());
-    assert!(matches!(pushed, Pushed::Queued { .. }), "{pushed:?}");
+    browser_sends(&joined.link, b"across");
     assert_eq!(heard(&resumed.link, second.conn(), 1).await, ["data"]);
 }
