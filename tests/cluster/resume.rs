@@ -348,3 +348,65 @@ async fn a_resume_refused_at_its_deadline_never_attaches_later() {
         1.0
     );
 }
+
+/// Both sides on node 1; the mac drops with frames of the browser unread,
+/// then the browser moves to node 2 and the mac to node 3. The unread frames
+/// were queued on node 1 while both were there; they must reach the mac
+/// wherever it resumes, ahead of what the browser sent from node 2, whether
+/// node 1 is still up (`stop_node_1` false) or drained and gone (true).
+async fn both_sides_leave_their_node_with_frames_unread(stop_node_1: bool) {
+    const SENT: u64 = 50;
+    const READ: u64 = 20;
+    const AFTER: u64 = 60;
+    let mut c = Cluster::start(3, &[]);
+    let p = pair_at(&c.node(1).url("/mac"), &c.node(1).url("/browser")).await;
+    let (session, mac_token, browser_token) = (
+        p.session_id.clone(),
+        p.mac_token.clone(),
+        p.browser_token.clone(),
+    );
+    let (mut b_tx, b_rx) = p.browser.into_inner().split();
+    send_range(&mut b_tx, 1, SENT).await;
+    let (m_tx, mut m_rx) = p.mac.into_inner().split();
+    let (first, _) = collect(&mut m_rx, READ as usize, None).await;
+    assert_sequence(&first, READ, "mac before it dropped");
+    Ws::from_stream(m_rx.reunite(m_tx).expect("same stream")).drop_connection();
+    let mut b = Ws::from_stream(b_rx.reunite(b_tx).expect("same stream"));
+    b.expect("peer_disconnected").await;
+    b.drop_connection();
+    wait_field(&c, &session, "b_state", "away").await;
+
+    let mut b = Ws::connect(&c.node(2).url("/browser")).await;
+    b.json(resume_msg(&session, &browser_token, 0)).await;
+    let accepted = b.expect("resumed").await["lastSeq"]
+        .as_u64()
+        .expect("lastSeq");
+    assert_eq!(accepted, SENT, "node 1 took every frame the browser sent");
+    if stop_node_1 {
+        c.node(1).sigterm();
+        c.node_mut(1).wait_exit().await;
+    }
+    let (mut b_tx, _b_rx) = b.into_inner().split();
+    send_range(&mut b_tx, SENT + 1, AFTER).await;
+
+    let mut m = Ws::connect(&c.node(3).url("/mac")).await;
+    m.json(resume_msg(&session, &mac_token, READ)).await;
+    m.expect("resumed").await;
+    let (_m_tx, mut m_rx) = m.into_inner().split();
+    let (rest, _) = collect(&mut m_rx, (AFTER - READ) as usize, None).await;
+    let want: Vec<u64> = (READ + 1..=AFTER).collect();
+    assert_eq!(
+        rest, want,
+        "mac after both moved: each frame after {READ} once"
+    );
+}
+
+#[tokio::test]
+async fn both_sides_leave_a_live_node_and_the_unread_frames_follow() {
+    both_sides_leave_their_node_with_frames_unread(false).await;
+}
+
+#[tokio::test]
+async fn both_sides_leave_a_drained_node_and_the_unread_frames_follow() {
+    both_sides_leave_their_node_with_frames_unread(true).await;
+}

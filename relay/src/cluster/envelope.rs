@@ -2,6 +2,8 @@
 //! path, have a compact binary form; control messages (rare) are JSON. One
 //! PUBLISH carries many envelopes, each prefixed by its length.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 use relay_protocol::Role;
@@ -59,6 +61,55 @@ pub enum Envelope {
         /// Increasing number of the probe.
         nonce: u64,
     },
+}
+
+/// A frame in a [`Control::Handover`], by its pairing number. Control
+/// messages are JSON, so a binary payload travels as base64: handovers are
+/// rare, and bounded by what one reader may leave unacknowledged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldFrame {
+    /// Pairing number.
+    pub p: u64,
+    /// The frame.
+    #[serde(flatten)]
+    pub body: HeldBody,
+}
+
+/// A [`HeldFrame`]'s payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldBody {
+    /// A text frame, verbatim.
+    Text(String),
+    /// A binary frame, base64 (standard alphabet, padded).
+    Binary(String),
+}
+
+impl HeldFrame {
+    /// The frame numbered `p`, for a handover.
+    pub fn new(p: u64, frame: &Frame) -> Self {
+        let body = match frame {
+            Frame::Text(t) => HeldBody::Text(t.to_string()),
+            Frame::Binary(b) => HeldBody::Binary(BASE64.encode(b)),
+        };
+        HeldFrame { p, body }
+    }
+
+    /// The pairing number and frame, or `None` for base64 that does not decode.
+    pub fn into_frame(self) -> Option<(u64, Frame)> {
+        let frame = match self.body {
+            HeldBody::Text(t) => Frame::Text(ByteString::from(t)),
+            HeldBody::Binary(b) => Frame::Binary(Bytes::from(BASE64.decode(b).ok()?)),
+        };
+        Some((self.p, frame))
+    }
+
+    /// Bytes it takes in a link's queue.
+    pub fn size(&self) -> usize {
+        match &self.body {
+            HeldBody::Text(s) | HeldBody::Binary(s) => s.len(),
+        }
+    }
 }
 
 /// Why a side ended for good, as told to the peer's node.
@@ -119,6 +170,13 @@ pub enum Control {
         received: Option<u64>,
         /// Control messages queued for the side while it was away.
         events: Vec<String>,
+        /// Frames of the moved side that its peer (on the answering node)
+        /// has not acknowledged: the side's new node holds them from now
+        /// on, as it holds every frame it sends to the peer, so they
+        /// survive the answering node going (a drain, a crash) before the
+        /// peer reads them or moves too.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unacknowledged: Vec<HeldFrame>,
         /// Why its frames cannot be replayed, if so.
         error: Option<String>,
         /// Matches the request.
@@ -341,6 +399,47 @@ mod tests {
         let (back, bad) = Envelope::decode_all(buf.freeze());
         assert_eq!(bad, 0);
         assert_eq!(back, all);
+    }
+
+    #[test]
+    fn a_handover_carries_unacknowledged_frames_verbatim_binary_as_base64() {
+        let frames = [
+            (3, Frame::Binary(Bytes::from_static(&[0, 1, 255, b'"']))),
+            (4, Frame::Text(r#"{"type":"data","payload":"é\n"}"#.into())),
+            (5, Frame::Binary(Bytes::new())),
+        ];
+        let c = Control::Handover {
+            sid: "s".into(),
+            role: Role::Browser,
+            received: Some(5),
+            events: vec![],
+            unacknowledged: frames.iter().map(|(p, f)| HeldFrame::new(*p, f)).collect(),
+            error: None,
+            request: 1,
+        };
+        let mut buf = BytesMut::new();
+        Envelope::Control(c.clone()).encode(&mut buf);
+        let (back, bad) = Envelope::decode_all(buf.freeze());
+        assert_eq!((bad, back), (0, vec![Envelope::Control(c.clone())]));
+        let Control::Handover { unacknowledged, .. } = c else {
+            unreachable!()
+        };
+        let back: Vec<_> = unacknowledged
+            .into_iter()
+            .map(|h| h.into_frame().expect("decodes"))
+            .collect();
+        assert_eq!(back, frames);
+        // A node that does not know the field reads the rest; one without it is read as none.
+        let old = r#"{"type":"handover","sid":"s","role":"mac","received":null,"events":[],"error":null,"request":2}"#;
+        let Ok(Control::Handover { unacknowledged, .. }) = serde_json::from_str(old) else {
+            panic!("an older node's handover must parse")
+        };
+        assert!(unacknowledged.is_empty());
+        let bad = HeldFrame {
+            p: 1,
+            body: HeldBody::Binary("not base64!".into()),
+        };
+        assert_eq!(bad.into_frame(), None);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use relay_protocol::Role;
 use tokio::sync::Notify;
 use tracing::warn;
 
-use crate::cluster::envelope::{Control, Envelope};
+use crate::cluster::envelope::{Control, Envelope, HeldFrame};
 use crate::frame::Frame;
 use crate::gate::Gate;
 use crate::metrics::{DropReason, Metrics};
@@ -191,8 +191,13 @@ impl Link {
         let size = ENVELOPE_OVERHEAD
             + match &env {
                 Envelope::Frame { frame, .. } => frame.len(),
-                Envelope::Control(Control::Handover { events, .. }) => {
-                    events.iter().map(String::len).sum()
+                Envelope::Control(Control::Handover {
+                    events,
+                    unacknowledged,
+                    ..
+                }) => {
+                    events.iter().map(String::len).sum::<usize>()
+                        + unacknowledged.iter().map(HeldFrame::size).sum::<usize>()
                 }
                 _ => 0,
             };

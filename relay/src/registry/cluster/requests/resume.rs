@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending};
 use super::*;
-use crate::cluster::envelope::Control;
+use crate::cluster::envelope::{Control, HeldFrame};
 use crate::cluster::store::{ResumeFacts, ResumeOutcome, SideEnd};
 use crate::conns::{ConnCommand, ConnId};
 use crate::pipe::Pipe;
@@ -323,10 +323,12 @@ impl ClusterRegistry {
         }
         let mut events = Vec::new();
         let mut received = None;
+        let mut unacknowledged = Vec::new();
         for r in replies {
             if let Control::Handover {
                 received: rec,
                 events: ev,
+                unacknowledged: held,
                 error,
                 ..
             } = r
@@ -340,7 +342,12 @@ impl ClusterRegistry {
                     ));
                 }
                 events.extend(ev);
-                received = received.or(rec);
+                if rec.is_some() && received.is_none() {
+                    // Only the peer's node counts what it received, and
+                    // only it holds frames of the side's it has not had acknowledged.
+                    received = rec;
+                    unacknowledged = held;
+                }
             }
         }
         let limits = self.settings.limits;
@@ -402,6 +409,16 @@ impl ClusterRegistry {
                     // No handover: the count is the checkpoint's, and the
                     // peer may have read more of this side's frames.
                     out.count_may_lag();
+                }
+                let held: Option<Vec<(u64, crate::frame::Frame)>> = unacknowledged
+                    .into_iter()
+                    .map(HeldFrame::into_frame)
+                    .collect();
+                match held {
+                    Some(held) => out.hold_handed_over(held),
+                    None => {
+                        warn!(session = %id, "a handover's frames did not decode; the peer's node keeps them alone")
+                    }
                 }
                 if facts.peer_away() {
                     out.peer_away();
