@@ -410,3 +410,52 @@ async fn both_sides_leave_a_live_node_and_the_unread_frames_follow() {
 async fn both_sides_leave_a_drained_node_and_the_unread_frames_follow() {
     both_sides_leave_their_node_with_frames_unread(true).await;
 }
+
+/// A resume whose peer's node cannot replay what it claims to lack (here a
+/// `lastSeq` past what was sent) is refused on a third node. A side that was
+/// away stays away: its peer hears nothing more, and a good resume later
+/// brings it back. A side that was connected (a takeover) has lost its old
+/// connection: its peer hears `peer_disconnected`.
+async fn a_resume_the_peers_node_cannot_replay(was_away: bool) {
+    let c = Cluster::start(3, &[]);
+    let mut p = pair_at(&c.node(1).url("/mac"), &c.node(2).url("/browser")).await;
+    p.mac.data("one").await;
+    assert_eq!(p.browser.recv_json().await["payload"], "one");
+    let mut old = Some(p.browser);
+    if was_away {
+        old.take().expect("connected").drop_connection();
+        p.mac.expect("peer_disconnected").await;
+        wait_field(&c, &p.session_id, "b_state", "away").await;
+    }
+    let mut bad = Ws::connect(&c.node(3).url("/browser")).await;
+    bad.json(resume_msg(&p.session_id, &p.browser_token, 500))
+        .await;
+    let refused = bad.expect_error("INVALID_RESUME").await;
+    let why = refused["message"].as_str().unwrap_or_default();
+    assert!(!why.contains('{'), "a sentence, not a debug print: {why}");
+    if let Some(mut old) = old {
+        assert_eq!(old.until_closed().await, Some(4001));
+        p.mac.expect("peer_disconnected").await;
+    }
+    // The browser comes back with what it has, and the session goes on.
+    let mut b = Ws::connect(&c.node(3).url("/browser")).await;
+    b.json(resume_msg(&p.session_id, &p.browser_token, 1)).await;
+    b.expect("resumed").await;
+    // The mac's next message is the browser coming back: no `peer_resumed`
+    // for the refused resume, no second `peer_disconnected`.
+    assert_eq!(p.mac.recv_json().await["type"], "peer_resumed");
+    p.mac.data("two").await;
+    assert_eq!(b.recv_json().await["payload"], "two");
+    b.data("back").await;
+    assert_eq!(p.mac.recv_json().await["payload"], "back");
+}
+
+#[tokio::test]
+async fn a_refused_resume_of_an_away_side_leaves_it_away_and_its_peer_untold() {
+    a_resume_the_peers_node_cannot_replay(true).await;
+}
+
+#[tokio::test]
+async fn a_refused_takeover_tells_the_peer_its_side_is_gone() {
+    a_resume_the_peers_node_cannot_replay(false).await;
+}

@@ -176,7 +176,9 @@ impl ClusterRegistry {
                     unacknowledged = held.iter().map(|(p, f)| HeldFrame::new(*p, f)).collect();
                 }
                 local.set_node(role, Some(Arc::clone(&node)));
-                if was_away {
+                // A side whose frames cannot be replayed is refused: it is
+                // not back (its new node tells of a takeover's old connection).
+                if was_away && error.is_none() {
                     local.tell(role.peer(), &ServerMessage::PeerResumed, EventEffect::None);
                 }
                 self.sessions.insert(Arc::clone(&id), local);

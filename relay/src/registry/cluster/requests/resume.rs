@@ -335,7 +335,7 @@ impl ClusterRegistry {
             {
                 if let Some(e) = error {
                     warn!(session = %id, error = %e, "peer node cannot replay");
-                    self.side_lost(&id, role, &msg, ctx);
+                    self.side_lost(&id, role, &msg, &facts, ctx);
                     return Err(Refusal::with(
                         ErrorCode::InvalidResume,
                         format!("This session cannot be resumed: {e}. Start a new session."),
@@ -516,9 +516,31 @@ impl ClusterRegistry {
         self.mark_away(id, role, conn, ctx);
     }
 
-    /// A resume failed after the script moved the side here: mark it away
-    /// again so its grace period runs.
-    fn side_lost(&mut self, id: &SessionId, role: Role, msg: &Resume, ctx: &mut Context<Self>) {
+    /// A resume failed after the script moved the side here (its peer's
+    /// node cannot replay what it lacks): mark it away again so its grace
+    /// period runs. A side that was connected (a takeover, its old
+    /// connection now closed) is away news to its peer, told by the peer's
+    /// node as for any side that drops; one that was away stays so, and its
+    /// peer, who heard `peer_disconnected` already, hears nothing more.
+    fn side_lost(
+        &mut self,
+        id: &SessionId,
+        role: Role,
+        msg: &Resume,
+        facts: &ResumeFacts,
+        ctx: &mut Context<Self>,
+    ) {
+        let peer_node = self
+            .sessions
+            .get(id)
+            .and_then(|l| l.node_of(role.peer()).cloned());
+        if let Some(n) = peer_node.filter(|_| !facts.was_away()) {
+            let c = Control::Away {
+                sid: id.to_string(),
+                role,
+            };
+            self.send(&n, c, ctx);
+        }
         if let Some(local) = self.sessions.get_mut(id) {
             local.set_side(role, None);
         }
