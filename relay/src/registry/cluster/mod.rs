@@ -21,7 +21,6 @@ mod peers;
 mod requests;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,6 +33,7 @@ use tokio::sync::oneshot;
 
 use super::member::Member;
 use super::{Link, RegistrySettings, SessionId};
+use crate::client_key::ClientKey;
 use crate::cluster::bus::{Bus, Dispatch};
 use crate::cluster::envelope::{Control, Envelope};
 use crate::cluster::store::{Counter, Store};
@@ -211,7 +211,7 @@ pub struct ClusterRegistry {
     store: Arc<Store>,
     dir: Directory,
     sessions: HashMap<SessionId, Local>,
-    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    limiter: Option<DefaultKeyedRateLimiter<ClientKey>>,
     pending: HashMap<u64, Pending>,
     next_request: u64,
     /// Sessions with a resume in flight here, each with the resumes queued
