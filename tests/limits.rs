@@ -315,6 +315,8 @@ async fn ipv6_clients_are_counted_by_their_64_prefix() {
     first.expect_error("INVALID_CODE").await;
     second.json(json!({"type": "join", "code": "333333"})).await;
     second.expect_error("RATE_LIMITED").await;
-    elsewhere.json(json!({"type": "join", "code": "333333"})).await;
+    elsewhere
+        .json(json!({"type": "join", "code": "333333"}))
+        .await;
     elsewhere.expect_error("INVALID_CODE").await;
 }

@@ -385,6 +385,14 @@ async fn both_sides_leave_their_node_with_frames_unread(stop_node_1: bool) {
     if stop_node_1 {
         c.node(1).sigterm();
         c.node_mut(1).wait_exit().await;
+        // A drained node gives its lease up as it exits: nobody waits for
+        // a handover it can no longer give.
+        let lease = format!("relay:lease:{}", c.node(1).id);
+        assert_eq!(
+            redis_command(c.redis.port(), &["EXISTS", &lease]),
+            Ok(Resp::Int(0)),
+            "the drained node's lease outlived it"
+        );
     }
     let (mut b_tx, _b_rx) = b.into_inner().split();
     send_range(&mut b_tx, SENT + 1, AFTER).await;
@@ -398,6 +406,10 @@ async fn both_sides_leave_their_node_with_frames_unread(stop_node_1: bool) {
     assert_eq!(
         rest, want,
         "mac after both moved: each frame after {READ} once"
+    );
+    assert!(
+        !c.node(3).logged("handover did not come in time"),
+        "node 3 waited for a node that had left"
     );
 }
 
