@@ -16,7 +16,6 @@ use crate::support::{Stream, WAIT};
 mod balancer;
 mod failover;
 mod fixtures;
-mod limits;
 mod pairing;
 mod probe;
 mod prometheus;

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod attack;
 mod bad_input;
 mod chaos;
 mod cli;

@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use relay_protocol::SessionCode;
-use relay_protocol::code::{ALPHABET, CODE_LEN};
+use relay_protocol::code::{ALPHABET, CODE_LEN, LONG_CODE_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(typed) = std::str::from_utf8(data) else {
@@ -11,13 +11,13 @@ fuzz_target!(|data: &[u8]| {
     };
     // What PROTOCOL.md promises, written the slow and obvious way: case
     // does not matter, spaces and `-` are ignored, the rest is 6 characters
-    // of the alphabet.
+    // of the alphabet, or 8 (issued while the relay is under attack).
     let kept: Vec<char> = typed
         .chars()
         .filter(|c| *c != '-' && !c.is_whitespace())
         .map(|c| c.to_ascii_uppercase())
         .collect();
-    let expected = (kept.len() == CODE_LEN && kept.iter().all(|c| ALPHABET.contains(c)))
+    let expected = ((kept.len() == CODE_LEN || kept.len() == LONG_CODE_LEN) && kept.iter().all(|c| ALPHABET.contains(c)))
         .then(|| kept.iter().collect::<String>());
 
     match SessionCode::parse(typed) {

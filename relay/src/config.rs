@@ -100,11 +100,17 @@ pub struct Config {
     #[arg(long, env = "RELAY_LOG", default_value = "info")]
     pub log: String,
 
-    /// Failed joins (unknown or expired code) a minute allowed across the whole
-    /// cluster before every join is refused with `RATE_LIMITED` for the rest of
-    /// that minute: the ceiling on code guessing from many addresses; 0 turns it off.
+    /// Failed joins (unknown or expired code) a minute across the whole cluster
+    /// past which it is under a guessing attack: new codes are 8 characters
+    /// instead of 6 for RELAY_UNDER_ATTACK_FOR (no join is refused for it);
+    /// 0 turns it off.
     #[arg(long, env = "RELAY_FAILED_JOIN_LIMIT", default_value_t = 300)]
     pub failed_join_limit: u32,
+
+    /// How long the cluster stays under attack (8-character codes) after the
+    /// last failed join past RELAY_FAILED_JOIN_LIMIT in a minute.
+    #[arg(long, env = "RELAY_UNDER_ATTACK_FOR", default_value = "10m", value_parser = parse_duration)]
+    pub under_attack_for: Duration,
 
     /// Control messages (`register`, `join`, `resume`, `ping`, `leave`) a second
     /// allowed from one connection; over it they get `RATE_LIMITED`. 0 turns it off.
@@ -252,6 +258,7 @@ impl Config {
             ("RELAY_HEARTBEAT_TIMEOUT", self.heartbeat_timeout),
             ("RELAY_HANDSHAKE_TIMEOUT", self.handshake_timeout),
             ("RELAY_ADMIT_TIMEOUT", self.admit_timeout),
+            ("RELAY_UNDER_ATTACK_FOR", self.under_attack_for),
         ] {
             if d.is_zero() {
                 return Err(format!("{name} must be longer than 0"));
@@ -285,6 +292,7 @@ mod tests {
         assert_eq!(c.max_malformed, 10);
         assert!(!c.trust_forwarded_for);
         assert_eq!(c.failed_join_limit, 300);
+        assert_eq!(c.under_attack_for, Duration::from_secs(600));
         assert_eq!(c.message_rate, 20);
         assert_eq!(c.max_connections, 0);
         assert_eq!(c.max_connections_per_addr, 256);

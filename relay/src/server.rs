@@ -110,6 +110,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         grace: config.grace,
         join_rate: config.join_rate,
         failed_join_limit: config.failed_join_limit,
+        under_attack_for: config.under_attack_for,
         admit_timeout: config.admit_timeout,
         limits: Limits {
             max_buffered: config.max_buffered,
@@ -273,6 +274,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
             max_connections,
             max_connections_per_addr = config.max_connections_per_addr,
             failed_join_limit = config.failed_join_limit,
+            under_attack_for = %humantime::format_duration(config.under_attack_for),
             message_rate = config.message_rate,
             allowed_origins = %if state.origins.allows_all() { "any" } else { config.allowed_origins.as_str() },
             "relay listening"

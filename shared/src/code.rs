@@ -12,7 +12,12 @@ pub const ALPHABET: [char; 28] = [
 /// Number of characters in a code: 28^6 ≈ 4.8×10^8 possible codes.
 pub const CODE_LEN: usize = 6;
 
-/// A well-formed session code: exactly [`CODE_LEN`] characters of [`ALPHABET`], upper case.
+/// Number of characters in a code issued while the relay is under a guessing
+/// attack: 28^8 ≈ 3.8×10^11 possible codes, 784 times harder to hit.
+pub const LONG_CODE_LEN: usize = 8;
+
+/// A well-formed session code: [`CODE_LEN`] or [`LONG_CODE_LEN`] characters of
+/// [`ALPHABET`], upper case.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionCode(String);
 
@@ -20,7 +25,7 @@ pub struct SessionCode(String);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodeError {
     /// After removing spaces and hyphens the code has the wrong length.
-    #[error("a code has {CODE_LEN} characters, this one has {0}")]
+    #[error("a code has {CODE_LEN} characters (or {LONG_CODE_LEN}), this one has {0}")]
     WrongLength(usize),
     /// The code holds a character that no code contains.
     #[error("a code never contains {0:?}")]
@@ -31,9 +36,10 @@ impl SessionCode {
     /// Reads a code as a person typed it: case-insensitive, spaces and `-` ignored.
     ///
     /// # Errors
-    /// [`CodeError`] when what remains is not [`CODE_LEN`] characters of [`ALPHABET`].
+    /// [`CodeError`] when what remains is not [`CODE_LEN`] or
+    /// [`LONG_CODE_LEN`] characters of [`ALPHABET`].
     pub fn parse(typed: &str) -> Result<Self, CodeError> {
-        let mut code = String::with_capacity(CODE_LEN);
+        let mut code = String::with_capacity(LONG_CODE_LEN);
         let mut len = 0usize;
         for c in typed.chars() {
             if c == '-' || c.is_whitespace() {
@@ -44,11 +50,11 @@ impl SessionCode {
             if !ALPHABET.contains(&upper) {
                 return Err(CodeError::BadCharacter(c));
             }
-            if len <= CODE_LEN {
+            if len <= LONG_CODE_LEN {
                 code.push(upper);
             }
         }
-        if len != CODE_LEN {
+        if len != CODE_LEN && len != LONG_CODE_LEN {
             return Err(CodeError::WrongLength(len));
         }
         Ok(Self(code))
@@ -66,7 +72,7 @@ impl SessionCode {
         Ok(parsed)
     }
 
-    /// The canonical (upper-case, 6-character) form.
+    /// The canonical (upper-case, 6- or 8-character) form.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -115,6 +121,10 @@ mod tests {
         );
         assert_eq!(SessionCode::parse(""), Err(CodeError::WrongLength(0)));
         assert_eq!(
+            SessionCode::parse("H4F7KNXY9"),
+            Err(CodeError::WrongLength(9))
+        );
+        assert_eq!(
             SessionCode::parse("H0F7KN"),
             Err(CodeError::BadCharacter('0'))
         );
@@ -127,6 +137,18 @@ mod tests {
             SessionCode::parse("HOF7KN"),
             Err(CodeError::BadCharacter('O'))
         );
+    }
+
+    #[test]
+    fn long_codes_are_read_the_same_way() {
+        for typed in ["H4F7KNXY", "h4f7-knxy", " h4 f7 kn xy "] {
+            assert_eq!(
+                SessionCode::parse(typed).unwrap().as_str(),
+                "H4F7KNXY",
+                "{typed:?}"
+            );
+        }
+        assert!(SessionCode::from_canonical("H4F7KNXY".into()).is_ok());
     }
 
     #[test]

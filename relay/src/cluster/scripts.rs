@@ -16,6 +16,9 @@
 //! - `grace` zset: `<sid>|<role>` by the end of the side's grace period.
 //! - `sides:<node>` set: `<sid>|<role>` of the sides homed on a node.
 //! - `lease:<node>`, `nodes` set: node liveness.
+//! - `failedjoins:<minute>` -> failed joins in that Unix minute (2 min).
+//! - `attack` -> `1` while the cluster is under a guessing attack (its TTL:
+//!   `RELAY_UNDER_ATTACK_FOR` from the last failed join past the limit).
 
 use redis::Script;
 
@@ -100,20 +103,20 @@ impl Scripts {
                 return 1
                 "#,
             ),
-            // KEYS: code, xcode, failed-join count of this minute
-            // ARGV: pre, tok, node, conn, session_ttl_ms, failed-join limit (0: none)
-            // An unknown or expired code counts as a failed join; once the
-            // minute's count reaches the limit every join is refused
-            // ('ceiling') until the count key's minute is over.
+            // KEYS: code, xcode, failed-join count of this minute, attack flag
+            // ARGV: pre, tok, node, conn, session_ttl_ms, failed-join limit (0: none),
+            //       attack_for_ms
+            // An unknown or expired code counts as a failed join; from the
+            // limit on, each one (re)sets the attack flag for attack_for_ms,
+            // while which new codes are long. No join is refused for it.
             join: Script::new(
                 r#"
                 local pre = ARGV[1]
                 local limit = tonumber(ARGV[6])
-                if limit > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') >= limit then
-                  return {'ceiling'}
-                end
                 local function failed(why)
-                  if redis.call('INCR', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], 120000) end
+                  local n = redis.call('INCR', KEYS[3])
+                  if n == 1 then redis.call('PEXPIRE', KEYS[3], 120000) end
+                  if limit > 0 and n >= limit then redis.call('SET', KEYS[4], '1', 'PX', ARGV[7]) end
                   return {why}
                 end
                 local sid = redis.call('GET', KEYS[1])

@@ -18,8 +18,12 @@ pub struct Metrics {
     pub connections_open: IntGaugeVec,
     /// Sessions that exist (registered and not yet over).
     pub sessions_live: IntGauge,
-    /// Codes handed out by `registered`.
+    /// Codes handed out by `registered` (see [`Metrics::code_issued`]).
     pub codes_issued: IntCounter,
+    /// Codes handed out, by length (`length` = 6 | 8).
+    pub codes_issued_by_length: IntCounterVec,
+    /// 1 while new codes are long because of a guessing attack.
+    pub under_attack: IntGauge,
     /// Codes whose joining window passed with no browser joined.
     pub codes_expired: IntCounter,
     /// Joins by result.
@@ -96,7 +100,7 @@ pub struct Metrics {
 }
 
 /// Operation label values of the Redis metrics.
-pub const REDIS_OPS: [&str; 12] = [
+pub const REDIS_OPS: [&str; 13] = [
     "publish",
     "register",
     "join",
@@ -109,6 +113,7 @@ pub const REDIS_OPS: [&str; 12] = [
     "nodes",
     "checkpoint",
     "reap",
+    "attack",
 ];
 
 impl Metrics {
@@ -278,6 +283,17 @@ impl Metrics {
                 "Sessions registered and not over.",
             )?,
             codes_issued: IntCounter::new("relay_codes_issued_total", "Codes handed out.")?,
+            codes_issued_by_length: IntCounterVec::new(
+                Opts::new(
+                    "relay_codes_issued_by_length_total",
+                    "Codes handed out, by length (8 while the cluster is under a guessing attack).",
+                ),
+                &["length"],
+            )?,
+            under_attack: IntGauge::new(
+                "relay_under_attack",
+                "1 while the cluster (a single node: this node) is under a guessing attack: failed joins passed RELAY_FAILED_JOIN_LIMIT within RELAY_UNDER_ATTACK_FOR, and new codes are 8 characters.",
+            )?,
             codes_expired: IntCounter::new(
                 "relay_codes_expired_total",
                 "Codes whose joining window passed with no browser joined.",
@@ -336,6 +352,16 @@ impl Metrics {
         m.registry.register(Box::new(m.connections_open.clone()))?;
         m.registry.register(Box::new(m.sessions_live.clone()))?;
         m.registry.register(Box::new(m.codes_issued.clone()))?;
+        m.registry
+            .register(Box::new(m.codes_issued_by_length.clone()))?;
+        m.registry.register(Box::new(m.under_attack.clone()))?;
+        for len in [
+            relay_protocol::code::CODE_LEN,
+            relay_protocol::code::LONG_CODE_LEN,
+        ] {
+            m.codes_issued_by_length
+                .with_label_values(&[&len.to_string()]);
+        }
         m.registry.register(Box::new(m.codes_expired.clone()))?;
         m.registry.register(Box::new(m.joins.clone()))?;
         m.registry.register(Box::new(m.resumes.clone()))?;
@@ -414,6 +440,14 @@ impl Metrics {
             m.disconnects.with_label_values(&[r.as_str()]);
         }
         Ok(m)
+    }
+
+    /// Counts one code handed out, in total and by its length.
+    pub fn code_issued(&self, code: &str) {
+        self.codes_issued.inc();
+        self.codes_issued_by_length
+            .with_label_values(&[&code.len().to_string()])
+            .inc();
     }
 
     /// Counts one ended connection.

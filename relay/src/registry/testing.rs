@@ -21,6 +21,7 @@ pub(crate) fn settings() -> RegistrySettings {
         grace: Duration::from_secs(60),
         join_rate: 0,
         failed_join_limit: 0,
+        under_attack_for: std::time::Duration::from_secs(600),
         admit_timeout: std::time::Duration::from_secs(120),
         limits: Limits {
             max_buffered: 1 << 20,

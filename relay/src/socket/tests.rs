@@ -108,6 +108,7 @@ impl Node {
                 grace: config.grace,
                 join_rate: 0,
                 failed_join_limit: 0,
+                under_attack_for: std::time::Duration::from_secs(600),
                 admit_timeout: std::time::Duration::from_secs(120),
                 limits: crate::queue::Limits {
                     max_buffered: config.max_buffered,

@@ -248,7 +248,10 @@ mod tests {
 
     async fn join(store: &Store, code: &str) {
         let code = SessionCode::parse(code).unwrap();
-        let joined = store.join(&code, &token(2), ConnId(2), 1, 0).await.unwrap();
+        let joined = store
+            .join(&code, &token(2), ConnId(2), 1, 0, Duration::from_secs(600))
+            .await
+            .unwrap();
         assert!(matches!(joined, JoinOutcome::Joined { .. }), "{joined:?}");
     }
 

@@ -151,6 +151,8 @@ pub(crate) enum Op {
     Due,
     /// The list of nodes.
     Nodes,
+    /// The poll of the attack flag.
+    Attack,
 }
 
 impl Op {
@@ -169,6 +171,7 @@ impl Op {
             Op::Checkpoint => "checkpoint",
             Op::Due => "due",
             Op::Nodes => "nodes",
+            Op::Attack => "attack",
         }
     }
 
@@ -336,6 +339,7 @@ mod tests {
             Op::Checkpoint,
             Op::Due,
             Op::Nodes,
+            Op::Attack,
         ]
         .into_iter()
         .map(Op::label)
@@ -354,7 +358,8 @@ mod tests {
                 "reap",
                 "checkpoint",
                 "expire",
-                "nodes"
+                "nodes",
+                "attack"
             ]
         );
     }

@@ -35,8 +35,6 @@ pub(crate) enum JoinOutcome {
         /// Whether its mac is connected.
         mac_state: SideState,
     },
-    /// Too many failed joins this minute, cluster-wide: every join is refused.
-    Ceiling,
     /// The code existed but can no longer be joined.
     Expired,
     /// A browser already joined.
@@ -129,8 +127,8 @@ impl Store {
 
     /// Claims the browser side of the session with `code` for this node
     /// (token `token`, connection `conn`). Unknown and expired codes count
-    /// as failed joins of `minute` (Unix minutes); once `limit` of them
-    /// (0: no limit) are counted, every join of that minute is refused.
+    /// as failed joins of `minute` (Unix minutes); from `limit` of them on
+    /// (0: never), each sets the cluster under attack for `attack_for`.
     ///
     /// # Errors
     /// [`StoreError`] when Redis fails or answers something unexpected.
@@ -141,18 +139,32 @@ impl Store {
         conn: ConnId,
         minute: u64,
         limit: u32,
+        attack_for: Duration,
     ) -> Result<JoinOutcome, StoreError> {
         let mut inv = self.scripts.join.prepare_invoke();
         inv.key(format!("{PREFIX}code:{code}"))
             .key(format!("{PREFIX}xcode:{code}"))
             .key(format!("{PREFIX}failedjoins:{minute}"))
+            .key(format!("{PREFIX}attack"))
             .arg(PREFIX)
             .arg(token.hex())
             .arg(&*self.node)
             .arg(conn.0)
             .arg(ms(SESSION_TTL))
-            .arg(limit);
+            .arg(limit)
+            .arg(ms(attack_for));
         self.call(Op::Join, &inv, parse_join).await
+    }
+
+    /// Whether the cluster is under a guessing attack (new codes are long).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis fails or answers something unexpected.
+    pub(crate) async fn under_attack(&self) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(format!("{PREFIX}attack"));
+        self.call(Op::Attack, &cmd, |v| int(v).map(|n| n == 1))
+            .await
     }
 
     /// Takes side `role` of `sid` over for this node's connection `conn`, if
@@ -206,7 +218,6 @@ fn parse_join(reply: &Value) -> Result<JoinOutcome, Malformed> {
                 mac_state,
             }
         }
-        "ceiling" => JoinOutcome::Ceiling,
         "expired" => JoinOutcome::Expired,
         "taken" => JoinOutcome::Taken,
         "invalid" => JoinOutcome::Invalid,
@@ -263,6 +274,7 @@ mod tests {
     }
 
     const TTL: Duration = Duration::from_secs(60);
+    const ATTACK: Duration = Duration::from_secs(600);
 
     /// A session `s1` with code `ABCDEF`, its mac on `n1` (conn 1, token 1).
     async fn registered(r: &TestRedis) -> Store {
@@ -320,7 +332,7 @@ mod tests {
         registered(&r).await;
         let n2 = r.store("n2");
         assert_eq!(
-            n2.join(&code("abc-def"), &token(2), ConnId(7), 1, 0)
+            n2.join(&code("abc-def"), &token(2), ConnId(7), 1, 0, ATTACK)
                 .await
                 .unwrap(),
             JoinOutcome::Joined {
@@ -338,7 +350,7 @@ mod tests {
         assert!(r.is_member("relay:sides:n2", "s1|browser").await);
 
         assert_eq!(
-            n2.join(&code("ABCDEF"), &token(3), ConnId(8), 1, 0)
+            n2.join(&code("ABCDEF"), &token(3), ConnId(8), 1, 0, ATTACK)
                 .await
                 .unwrap(),
             JoinOutcome::Taken
@@ -358,7 +370,7 @@ mod tests {
         n1.away("s1", Role::Mac, ConnId(1), 9_000).await.unwrap();
         let JoinOutcome::Joined { mac_state, .. } = r
             .store("n2")
-            .join(&code("ABCDEF"), &token(2), ConnId(7), 1, 0)
+            .join(&code("ABCDEF"), &token(2), ConnId(7), 1, 0, ATTACK)
             .await
             .unwrap()
         else {
@@ -368,14 +380,14 @@ mod tests {
     }
 
     #[actix::test]
-    async fn unknown_and_expired_codes_count_towards_the_ceiling() {
+    async fn failed_joins_past_the_limit_set_the_attack_flag_and_refuse_nothing() {
         let r = TestRedis::start().await;
         let n1 = registered(&r).await;
         let n2 = r.store("n2");
         let join = |c: &'static str, limit| {
             let n2 = &n2;
             async move {
-                n2.join(&code(c), &token(9), ConnId(9), 42, limit)
+                n2.join(&code(c), &token(9), ConnId(9), 42, limit, ATTACK)
                     .await
                     .unwrap()
             }
@@ -391,14 +403,43 @@ mod tests {
         );
         assert_eq!(join("ABCDEF", 3).await, JoinOutcome::Expired);
         assert_eq!(r.get("relay:failedjoins:42").await.as_deref(), Some("2"));
+        assert!(!n2.under_attack().await.unwrap());
         assert_eq!(join("GHJKLM", 3).await, JoinOutcome::Invalid);
-        assert_eq!(join("GHJKLM", 3).await, JoinOutcome::Ceiling);
-        assert_eq!(join("ABCDEF", 3).await, JoinOutcome::Ceiling);
-        assert_eq!(r.get("relay:failedjoins:42").await.as_deref(), Some("3"));
+        assert!(
+            n2.under_attack().await.unwrap(),
+            "the third failure is an attack"
+        );
+        let ttl: i64 = r.cmd(redis::cmd("PTTL").arg("relay:attack")).await;
+        assert!(ttl > 590_000 && ttl <= 600_000, "{ttl}");
+        // Past the limit joins are still answered, and counted.
+        assert_eq!(join("GHJKLM", 3).await, JoinOutcome::Invalid);
+        assert_eq!(join("ABCDEF", 3).await, JoinOutcome::Expired);
+        assert_eq!(r.get("relay:failedjoins:42").await.as_deref(), Some("5"));
         let ttl: i64 = r.cmd(redis::cmd("PTTL").arg("relay:failedjoins:42")).await;
         assert!(ttl > 0 && ttl <= 120_000, "{ttl}");
-        // No limit: counted, never refused.
-        assert_eq!(join("GHJKLM", 0).await, JoinOutcome::Invalid);
+        // A good code joins during the attack.
+        r.store("n1")
+            .register("s2", "KLMNPQRT", &token(2), ConnId(2), TTL, 5_000)
+            .await
+            .unwrap();
+        assert!(matches!(
+            join("klmn-pqrt", 3).await,
+            JoinOutcome::Joined { .. }
+        ));
+    }
+
+    #[actix::test]
+    async fn no_limit_is_never_an_attack() {
+        let r = TestRedis::start().await;
+        let n2 = r.store("n2");
+        for _ in 0..5 {
+            let out = n2
+                .join(&code("GHJKLM"), &token(9), ConnId(9), 42, 0, ATTACK)
+                .await;
+            assert_eq!(out.unwrap(), JoinOutcome::Invalid);
+        }
+        assert_eq!(r.get("relay:failedjoins:42").await.as_deref(), Some("5"));
+        assert!(!n2.under_attack().await.unwrap());
     }
 
     #[actix::test]
@@ -410,7 +451,7 @@ mod tests {
             .await;
         assert_eq!(
             r.store("n2")
-                .join(&code("ABCDEF"), &token(2), ConnId(7), 1, 0)
+                .join(&code("ABCDEF"), &token(2), ConnId(7), 1, 0, ATTACK)
                 .await
                 .unwrap(),
             JoinOutcome::Expired
@@ -422,7 +463,7 @@ mod tests {
         let r = TestRedis::start().await;
         registered(&r).await;
         let n2 = r.store("n2");
-        n2.join(&code("ABCDEF"), &token(2), ConnId(7), 1, 0)
+        n2.join(&code("ABCDEF"), &token(2), ConnId(7), 1, 0, ATTACK)
             .await
             .unwrap();
         r.lease("n2").await;
@@ -512,7 +553,7 @@ mod tests {
         let r = TestRedis::start().await;
         let n1 = registered(&r).await;
         let n2 = r.store("n2");
-        n2.join(&code("ABCDEF"), &token(2), ConnId(7), 1, 0)
+        n2.join(&code("ABCDEF"), &token(2), ConnId(7), 1, 0, ATTACK)
             .await
             .unwrap();
         // The mac leaves: the browser's session is over.

@@ -308,7 +308,16 @@ mod tests {
             .unwrap();
         if paired {
             let code = relay_protocol::SessionCode::parse("ABCDEF").unwrap();
-            n2.join(&code, &token(2), ConnId(2), 1, 0).await.unwrap();
+            n2.join(
+                &code,
+                &token(2),
+                ConnId(2),
+                1,
+                0,
+                std::time::Duration::from_secs(600),
+            )
+            .await
+            .unwrap();
         }
         (n1, n2)
     }

@@ -102,6 +102,22 @@ impl ClusterRegistry {
         }));
     }
 
+    /// Reads the cluster's attack flag into the gauge, which register reads
+    /// for the length of new codes: one `EXISTS` a second, none per register.
+    fn poll_attack(&self, ctx: &mut Context<Self>) {
+        let store = Arc::clone(&self.store);
+        let metrics = Arc::clone(&self.metrics);
+        ctx.spawn(
+            async move {
+                // Redis down: keep the last known state.
+                if let Ok(on) = store.under_attack().await {
+                    metrics.under_attack.set(i64::from(on));
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
     fn local_chores(&mut self, ctx: &mut Context<Self>) {
         // Sockets that died without saying so (see the in-memory registry).
         let mut dead = Vec::new();
@@ -142,6 +158,7 @@ impl ClusterRegistry {
         if !self.redis.is_up() {
             return;
         }
+        self.poll_attack(ctx);
         let lost = self.bus.take_lost();
         if !lost.is_empty() {
             for p in self.dir.all() {

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use relay_protocol::code::{ALPHABET, CODE_LEN};
+use relay_protocol::code::ALPHABET;
 use relay_protocol::{
     CloseCode, ErrorCode, GuestId, GuestLeftReason, Role, ServerMessage, SessionCode,
 };
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::SessionId;
-use super::guessing::FailedJoins;
+use super::guessing::{FailedJoins, code_len};
 use super::member::Member;
 use super::secret::TokenHash;
 use super::session::{Change, Ended, Session};
@@ -62,8 +62,11 @@ pub struct RegistrySettings {
     pub grace: Duration,
     /// Join attempts a minute per address; 0 = unlimited.
     pub join_rate: u32,
-    /// Failed joins a minute (cluster-wide in a cluster); 0 = unlimited.
+    /// Failed joins a minute (cluster-wide in a cluster) past which the relay
+    /// is under attack (long codes); 0 = never.
     pub failed_join_limit: u32,
+    /// How long the relay stays under attack after the limit was passed.
+    pub under_attack_for: Duration,
     /// Bounds of every pipe.
     pub limits: Limits,
     /// How long a room guest waits for its host's answer.
@@ -104,7 +107,7 @@ impl MemoryRegistry {
     pub fn new(settings: RegistrySettings, metrics: Arc<Metrics>) -> Self {
         let limiter =
             NonZeroU32::new(settings.join_rate).map(|n| RateLimiter::keyed(Quota::per_minute(n)));
-        let failed_joins = FailedJoins::new(settings.failed_join_limit);
+        let failed_joins = FailedJoins::new(settings.failed_join_limit, settings.under_attack_for);
         MemoryRegistry {
             settings,
             metrics,
@@ -184,14 +187,22 @@ impl MemoryRegistry {
         self.arm(ctx);
     }
 
-    fn new_code(&self) -> Option<SessionCode> {
+    fn new_code(&mut self) -> Option<SessionCode> {
+        let len = code_len(self.note_attack(Instant::now()));
         (0..CODE_ATTEMPTS).find_map(|_| {
-            let drawn = nanoid::format(nanoid::rngs::default, &ALPHABET, CODE_LEN);
+            let drawn = nanoid::format(nanoid::rngs::default, &ALPHABET, len);
             let code = SessionCode::from_canonical(drawn).ok()?;
             // Recently expired codes are not reissued either: a person who
             // types an old code must not land in someone else's session.
             (!self.codes.contains_key(&code) && !self.expired_codes.contains(&code)).then_some(code)
         })
+    }
+
+    /// Whether the relay is under attack at `now`, kept in the gauge too.
+    fn note_attack(&self, now: Instant) -> bool {
+        let on = self.failed_joins.under_attack(now);
+        self.metrics.under_attack.set(i64::from(on));
+        on
     }
 
     fn remember_ended(&mut self, id: &SessionId, role: Role, token: TokenHash, code: ErrorCode) {
@@ -324,7 +335,11 @@ impl Actor for MemoryRegistry {
         // Sockets wait for set-up answers; a deep mailbox keeps bursts of
         // pairings from queueing at the sender side.
         ctx.set_mailbox_capacity(4096);
-        ctx.run_interval(REAP_INTERVAL, |act, ctx| act.reap_dead_connections(ctx));
+        ctx.run_interval(REAP_INTERVAL, |act, ctx| {
+            act.reap_dead_connections(ctx);
+            // The gauge falls back once the attack is over, registers or not.
+            act.note_attack(Instant::now());
+        });
         ctx.run_interval(LIMITER_CLEANUP, |act, _| {
             if let Some(l) = &act.limiter {
                 l.retain_recent();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use relay_protocol::code::{ALPHABET, CODE_LEN};
+use relay_protocol::code::ALPHABET;
 use relay_protocol::{ErrorCode, Role, ServerMessage, SessionCode};
 use tracing::{info, warn};
 
@@ -22,7 +22,7 @@ use crate::cluster::store::{
 use crate::conns::ConnId;
 use crate::pipe::Pipe;
 use crate::queue::EventEffect;
-use crate::registry::guessing::{CEILING_MESSAGE, current_minute};
+use crate::registry::guessing::{code_len, current_minute};
 use crate::registry::secret::{self, TokenHash};
 use crate::registry::{Join, Joined, Refusal, Register, Registered, SessionId};
 
@@ -86,6 +86,8 @@ impl Handler<Register> for ClusterRegistry {
         let ttl = self.settings.code_ttl;
         let conn = msg.client.conn;
         let deadline = msg.deadline;
+        // The gauge is this node's view of the attack flag (polled each second).
+        let len = code_len(self.metrics.under_attack.get() == 1);
         let attempt = async move {
             let sid = secret::session_id();
             let token = secret::resume_token();
@@ -93,7 +95,7 @@ impl Handler<Register> for ClusterRegistry {
             for _ in 0..CODE_ATTEMPTS {
                 // No new session once the answer is late: nothing to undo.
                 deadline.check("register")?;
-                let code = nanoid::format(nanoid::rngs::default, &ALPHABET, CODE_LEN);
+                let code = nanoid::format(nanoid::rngs::default, &ALPHABET, len);
                 let expires_at = now_ms() + ttl.as_millis() as u64;
                 let made = store
                     .register(&sid, &code, &hash, conn, ttl, expires_at)
@@ -122,7 +124,7 @@ impl Handler<Register> for ClusterRegistry {
             local.set_side(Role::Mac, Some(Here { conn: Some((msg.client.conn, msg.client.commands.clone())) }));
             let link = local.link(Role::Mac, written).ok_or(ErrorCode::Unavailable)?;
             act.sessions.insert(id, local);
-            act.metrics.codes_issued.inc();
+            act.metrics.code_issued(&code);
             act.metrics.sessions_live.inc();
             info!(session = %sid, conn = %msg.client.conn, client_id = msg.client_id.as_deref().unwrap_or(""), "registered");
             Ok(Registered { code, expires_at, resume_token: token, link })
@@ -156,7 +158,7 @@ impl Handler<Join> for ClusterRegistry {
                 return self.join_done(Err(Refusal::with(
                     ErrorCode::InvalidCode,
                     format!(
-                        "That is not a session code ({e}). Codes are 6 letters and digits; type the code shown on the Mac."
+                        "That is not a session code ({e}). Codes are 6 letters and digits (8 while the relay is under attack); type the code shown on the Mac."
                     ),
                 )));
             }
@@ -166,11 +168,18 @@ impl Handler<Join> for ClusterRegistry {
         let token = secret::resume_token();
         let hash = TokenHash::of(&token);
         let conn = msg.client.conn;
-        let metrics = Arc::clone(&self.metrics);
         let failed_join_limit = self.settings.failed_join_limit;
+        let attack_for = self.settings.under_attack_for;
         let claim = async move {
             let outcome = store
-                .join(&code, &hash, conn, current_minute(), failed_join_limit)
+                .join(
+                    &code,
+                    &hash,
+                    conn,
+                    current_minute(),
+                    failed_join_limit,
+                    attack_for,
+                )
                 .await
                 .map_err(|e| unavailable(&e))?;
             match outcome {
@@ -179,13 +188,6 @@ impl Handler<Join> for ClusterRegistry {
                     mac_node,
                     mac_state,
                 } => Ok((sid, mac_node, mac_state)),
-                JoinOutcome::Ceiling => {
-                    metrics
-                        .rate_limited
-                        .with_label_values(&["failed_joins"])
-                        .inc();
-                    Err(Refusal::with(ErrorCode::RateLimited, CEILING_MESSAGE))
-                }
                 JoinOutcome::Expired => Err(ErrorCode::ExpiredCode.into()),
                 JoinOutcome::Taken => Err(ErrorCode::AlreadyJoined.into()),
                 JoinOutcome::Invalid => Err(ErrorCode::InvalidCode.into()),
