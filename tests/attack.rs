@@ -104,6 +104,9 @@ async fn guessing_from_many_addresses_lengthens_codes_and_locks_no_one_out() {
     let wrong = attack(std::slice::from_ref(&url)).await;
     assert_eq!(wrong, GUESSERS * 10, "each address guesses its join rate");
     assert_eq!(relay.metric("relay_under_attack").await, 1.0);
+    relay
+        .wait_logged("under a guessing attack: new codes have 8 characters")
+        .await;
 
     // Nobody is locked out: a person's join from another address succeeds.
     renew(&url).await;
@@ -125,6 +128,7 @@ async fn guessing_from_many_addresses_lengthens_codes_and_locks_no_one_out() {
 
     // Once the window passes with no more guessing, codes are short again.
     relay.wait_metric("relay_under_attack", |v| v == 0.0).await;
+    relay.wait_logged("the guessing attack is over").await;
     let short = crate::support::register(&relay).await;
     assert_eq!(short.code.len(), 6, "{}", short.code);
     assert_eq!(

@@ -23,6 +23,17 @@ pub fn current_minute() -> u64 {
         .map_or(0, |d| d.as_secs() / 60)
 }
 
+/// Sets the under-attack gauge to `on`, logging when it changes (per node).
+pub fn note_attack(gauge: &prometheus::IntGauge, on: bool) {
+    let was = gauge.get() == 1;
+    if on && !was {
+        tracing::warn!("under a guessing attack: new codes have 8 characters");
+    } else if was && !on {
+        tracing::info!("the guessing attack is over: new codes have 6 characters");
+    }
+    gauge.set(i64::from(on));
+}
+
 /// The length of new codes: long while under attack.
 pub fn code_len(under_attack: bool) -> usize {
     if under_attack {

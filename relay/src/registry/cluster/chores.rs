@@ -13,6 +13,7 @@ use super::ClusterRegistry;
 use super::requests::now_ms;
 use crate::cluster::envelope::{Control, EndReason};
 use crate::cluster::store::{ExpireOutcome, Expiry, GraceOutcome};
+use crate::registry::guessing::note_attack;
 use crate::registry::{Departure, Gone, SessionId};
 
 /// How often due code expiries and grace periods are looked for.
@@ -111,7 +112,7 @@ impl ClusterRegistry {
             async move {
                 // Redis down: keep the last known state.
                 if let Ok(on) = store.under_attack().await {
-                    metrics.under_attack.set(i64::from(on));
+                    note_attack(&metrics.under_attack, on);
                 }
             }
             .into_actor(self),

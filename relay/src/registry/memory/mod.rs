@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::SessionId;
-use super::guessing::{FailedJoins, code_len};
+use super::guessing::{FailedJoins, code_len, note_attack};
 use super::member::Member;
 use super::secret::TokenHash;
 use super::session::{Change, Ended, Session};
@@ -201,7 +201,7 @@ impl MemoryRegistry {
     /// Whether the relay is under attack at `now`, kept in the gauge too.
     fn note_attack(&self, now: Instant) -> bool {
         let on = self.failed_joins.under_attack(now);
-        self.metrics.under_attack.set(i64::from(on));
+        note_attack(&self.metrics.under_attack, on);
         on
     }
 
