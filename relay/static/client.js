@@ -150,7 +150,10 @@ export const CODE_ALPHABET = '346789ABCDEFGHJKLMNPQRTUVWXY';
 export function codeProblem(typed) {
   const code = normalizeCode(typed);
   if (code.length === 0) return 'Type the code shown on the Mac.';
-  if (code.length !== 6) return `A code has 6 characters; this one has ${code.length}.`;
+  // 8 while the relay is under a guessing attack (PROTOCOL.md, "Codes").
+  if (code.length !== 6 && code.length !== 8) {
+    return `A code has 6 characters (or 8); this one has ${code.length}.`;
+  }
   const bad = [...code].filter((c) => !CODE_ALPHABET.includes(c));
   if (bad.length > 0) {
     return `A code never contains ${[...new Set(bad)].join(', ')}. Check the code shown on the Mac.`;

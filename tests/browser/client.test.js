@@ -47,6 +47,11 @@ test('codes are normalised like the relay does, and obvious typos caught early',
   assert.equal(codeProblem('h4f-7kn'), '');
   assert.match(codeProblem(''), /Type the code/);
   assert.match(codeProblem('h4f7k'), /6 characters/);
+  // 8 characters while the relay is under attack; 7 and 9 are no code.
+  assert.equal(codeProblem('h4f7-kn3x'), '');
+  assert.equal(normalizeCode('h4f7 kn3x'), 'H4F7KN3X');
+  assert.match(codeProblem('h4f7kn3'), /has 7/);
+  assert.match(codeProblem('h4f7kn3xy'), /has 9/);
   assert.match(codeProblem('h4f7k0'), /never contains 0/);
 });
 
