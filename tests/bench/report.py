@@ -221,6 +221,55 @@ def rooms_section(get):
             "| measurement | room | one guest | ratio |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
+ALPHABET = 28
+LIVE_CODES = 10_000
+
+
+def guess_section(get):
+    """Joins under attack (issue 16): the guess rate the cluster let through, the honest pairings beside it,
+    and the expected time for the guessers to hit any of 10,000 live codes: 28^length / 10,000 / rate,
+    for the code length in force (8 under attack) and, for comparison, for 6 characters."""
+    rate = get("guess", "guesses_per_minute")
+    length = get("guess", "code_length")
+
+    def fmt(v):
+        return "-" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}")
+
+    def expected(chars):
+        if not rate or not chars:
+            return None
+        return ALPHABET ** chars / LIVE_CODES / rate  # minutes
+
+    def span(minutes):
+        if minutes is None:
+            return "-"
+        if minutes >= 2 * 24 * 60:
+            return f"{minutes / (24 * 60):,.1f} days"
+        if minutes >= 120:
+            return f"{minutes / 60:,.1f} hours"
+        return f"{minutes:,.1f} minutes"
+
+    rows = [
+        f"| guessing addresses, nodes | {fmt(get('guess', 'guessers'))}, {fmt(get('guess', 'nodes'))} |",
+        f"| wrong guesses answered, refused by the join rate | {fmt(get('guess', 'wrong_guesses'))}, "
+        f"{fmt(get('guess', 'rate_limited'))} |",
+        f"| guess rate let through (second half of the run) | {fmt(rate)} a minute |",
+        f"| honest pairings (register + join), failed | {fmt(get('guess', 'honest_pairings'))}, "
+        f"{fmt(get('guess', 'honest_failures'))} |",
+        f"| honest pairing time p50, max | {fmt(get('guess', 'honest_p50_ms'))} ms, "
+        f"{fmt(get('guess', 'honest_max_ms'))} ms |",
+        f"| code length in force | {fmt(length)} characters |",
+        f"| expected time to hit any of {LIVE_CODES:,} live codes at that rate | {span(expected(length))} |",
+        f"| the same with 6-character codes | {span(expected(6))} |",
+    ]
+    return ("\n## Joins under attack\n\n"
+            "`relay-load --scenario guess`: 50 addresses guess codes on every node of a 3-node cluster as fast "
+            "as `RELAY_JOIN_RATE` allows, while a person pairs once a second from another address. Past "
+            "`RELAY_FAILED_JOIN_LIMIT` the cluster is under attack and issues 8-character codes; nobody is "
+            "refused. Expected time: 28^length / 10,000 / rate.\n\n"
+            "| measurement | value |\n|---|---|\n" + "\n".join(rows) + "\n")
+
+
 def main():
     out = sys.argv[1]
     r = load(out)
@@ -313,6 +362,7 @@ def main():
         fh.write("\n".join(rows) + "\n\nThroughput rows are medians of interleaved rounds (each round's numbers are in json/).\n"
                  "\n![throughput](throughput.svg)\n\n![latency](latency.svg)\n")
         fh.write(rooms_section(get))
+        fh.write(guess_section(get))
         fh.write(node_section(get))
         fh.write(baseline_section(out, get))
     print(open(os.path.join(out, "report.md")).read())

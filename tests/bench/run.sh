@@ -298,5 +298,24 @@ say "reconnect storm: node A killed under its macs"
 load storm --scenario storm --url "$A" --url "$B" --fallback "$B" --pairs "$STORM" --duration 9s \
   --kill "kill -9 $PID_node_a" --label "node A killed"
 
+# Joins under attack (issue 16): a 3-node cluster of its own (own Redis, so
+# no attack flag or failed-join count leaks into the runs above) with the
+# default abuse limits; 50 guessing addresses (127.0.0.2-51) on every node
+# as fast as RELAY_JOIN_RATE allows, and a person pairing once a second from
+# 127.0.0.1 beside them.
+say "guessing attack: 50 addresses on 3 nodes, a person pairing beside them"
+if [ -n "$QUICK" ]; then GUESS_FOR=6s; else GUESS_FOR=20s; fi
+GUESS_REDIS_PORT=$(free_port); start_redis guess-redis "$GUESS_REDIS_PORT"
+GUESS_URLS=()
+for n in 1 2 3; do
+  port=$(free_port)
+  start_relay "guess-$n" "$port" RELAY_REDIS_URL="redis://127.0.0.1:$GUESS_REDIS_PORT" \
+    RELAY_JOIN_RATE=10 RELAY_MAX_CONNECTIONS_PER_ADDR=256 RELAY_FAILED_JOIN_LIMIT=300
+  GUESS_URLS+=(--url "ws://127.0.0.1:$port")
+done
+GUESSERS=$(python3 -c 'print(",".join(f"127.0.0.{i}" for i in range(2, 52)))')
+load guess --scenario guess "${GUESS_URLS[@]}" --source "$GUESSERS" --duration "$GUESS_FOR" \
+  --label "50 addresses, 3 nodes"
+
 python3 tests/bench/report.py "$OUT"
 say "report: $OUT/report.md"

@@ -55,5 +55,23 @@ class RoomsSection(unittest.TestCase):
                       text)
 
 
+class GuessSection(unittest.TestCase):
+    def test_the_expected_time_follows_the_code_length_in_force(self):
+        r = {"guess": {"guessers": 50, "nodes": 3, "wrong_guesses": 2400, "rate_limited": 900,
+                       "guesses_per_minute": 1500.0, "honest_pairings": 20, "honest_failures": 0,
+                       "honest_p50_ms": 4.0, "honest_max_ms": 12.0, "code_length": 8}}
+        text = report.guess_section(getter(r))
+        self.assertIn("| guess rate let through (second half of the run) | 1,500 a minute |", text)
+        self.assertIn("| code length in force | 8 characters |", text)
+        # 28^8 / 10,000 / 1,500 a minute = 25,187 minutes; 28^6: 32.1 minutes.
+        self.assertIn("| expected time to hit any of 10,000 live codes at that rate | 17.5 days |", text)
+        self.assertIn("| the same with 6-character codes | 32.1 minutes |", text)
+
+    def test_no_run_shows_dashes(self):
+        text = report.guess_section(getter({}))
+        self.assertIn("| code length in force | - characters |", text)
+        self.assertIn("at that rate | - |", text)
+
+
 if __name__ == "__main__":
     unittest.main()

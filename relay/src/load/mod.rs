@@ -16,8 +16,12 @@
 //!   frames tagged by `from`.
 //! - `hold`: idle pairs held for `--duration`, answering heartbeats, then
 //!   pinged one frame each way (the 100,000-connection run).
+//! - `guess`: one guesser per `--source` address on every `--url`, as fast as
+//!   the join rate allows, and a person pairing beside them: the guess rate,
+//!   the person's pairing times, and the expected time to hit a live code.
 
 mod fanout;
+mod guess;
 mod hold;
 mod pairs;
 mod report;
@@ -49,6 +53,8 @@ pub enum Scenario {
     Fanin,
     /// Idle pairs held, then each pinged one frame each way.
     Hold,
+    /// Guessers on every node, a person pairing beside them.
+    Guess,
 }
 
 /// Load generator for the relay: opens pairs of mac and browser connections
@@ -155,6 +161,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             Scenario::Fanout => fanout::fanout(&args).await,
             Scenario::Fanin => fanout::fanin(&args).await,
             Scenario::Hold => hold::hold(&args).await,
+            Scenario::Guess => guess::guess(&args).await,
         }
     };
     match tokio::time::timeout(limit, work).await {

@@ -33,6 +33,16 @@ static NEXT_SOURCE: AtomicUsize = AtomicUsize::new(0);
 /// # Errors
 /// When the URL is not `ws://host:port` or the connection fails.
 pub async fn connect(base: &str, path: &str, sources: &[IpAddr]) -> anyhow::Result<Ws> {
+    let source = (!sources.is_empty())
+        .then(|| sources[NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % sources.len()]);
+    connect_from(base, path, source).await
+}
+
+/// Connects to `base` + `path` from `source` (any local address if `None`).
+///
+/// # Errors
+/// When the URL is not `ws://host:port` or the connection fails.
+pub async fn connect_from(base: &str, path: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
     let hostport = base
         .strip_prefix("ws://")
         .with_context(|| format!("{base}: only ws:// URLs are supported by the load tool"))?
@@ -46,9 +56,8 @@ pub async fn connect(base: &str, path: &str, sources: &[IpAddr]) -> anyhow::Resu
     } else {
         TcpSocket::new_v6()?
     };
-    if !sources.is_empty() {
-        let i = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % sources.len();
-        socket.bind(SocketAddr::new(sources[i], 0))?;
+    if let Some(source) = source {
+        socket.bind(SocketAddr::new(source, 0))?;
     }
     let tcp = socket
         .connect(addr)
