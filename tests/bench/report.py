@@ -253,7 +253,7 @@ def guess_section(get):
         f"| guessing addresses, nodes | {fmt(get('guess', 'guessers'))}, {fmt(get('guess', 'nodes'))} |",
         f"| wrong guesses answered, refused by the join rate | {fmt(get('guess', 'wrong_guesses'))}, "
         f"{fmt(get('guess', 'rate_limited'))} |",
-        f"| guess rate let through (second half of the run) | {fmt(rate)} a minute |",
+        f"| guess rate let through (past each address's burst) | {fmt(rate)} a minute |",
         f"| honest pairings (register + join), failed | {fmt(get('guess', 'honest_pairings'))}, "
         f"{fmt(get('guess', 'honest_failures'))} |",
         f"| honest pairing time p50, max | {fmt(get('guess', 'honest_p50_ms'))} ms, "

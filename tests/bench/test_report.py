@@ -61,7 +61,7 @@ class GuessSection(unittest.TestCase):
                        "guesses_per_minute": 1500.0, "honest_pairings": 20, "honest_failures": 0,
                        "honest_p50_ms": 4.0, "honest_max_ms": 12.0, "code_length": 8}}
         text = report.guess_section(getter(r))
-        self.assertIn("| guess rate let through (second half of the run) | 1,500 a minute |", text)
+        self.assertIn("| guess rate let through (past each address's burst) | 1,500 a minute |", text)
         self.assertIn("| code length in force | 8 characters |", text)
         # 28^8 / 10,000 / 1,500 a minute = 25,187 minutes; 28^6: 32.1 minutes.
         self.assertIn("| expected time to hit any of 10,000 live codes at that rate | 17.5 days |", text)

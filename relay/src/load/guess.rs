@@ -4,10 +4,11 @@
 //! (over it, `RATE_LIMITED`: it waits a little and tries again). Meanwhile a
 //! person, from the default address, registers on one node and joins on the
 //! next, once a second, and each pairing is timed. The report gives the
-//! guess rate the relay let through (steady: the second half of the run,
-//! after each address's burst), the honest pairings' times and failures, the
-//! code length in force and the expected time for the guessers to hit any of
-//! 10,000 live codes at that rate: 28^length / 10,000 / rate.
+//! guess rate the relay let through (steady: each guesser's guesses after
+//! its first `RATE_LIMITED`, i.e. past its burst, over the time since), the
+//! honest pairings' times and failures, the code length in force and the
+//! expected time for the guessers to hit any of 10,000 live codes at that
+//! rate: 28^length / 10,000 / rate.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -39,8 +40,6 @@ const ANSWER_WAIT: Duration = Duration::from_secs(10);
 struct Tally {
     /// Wrong guesses answered (`INVALID_CODE`).
     wrong: AtomicU64,
-    /// Wrong guesses answered in the second half of the run.
-    wrong_late: AtomicU64,
     /// Guesses refused by the join rate.
     limited: AtomicU64,
     /// Length of the last code the person was given (what guessers guess).
@@ -55,21 +54,23 @@ pub(super) async fn guess(args: &Args) -> anyhow::Result<Report> {
         code_len: AtomicUsize::new(CODE_LEN),
         ..Tally::default()
     });
-    let started = tokio::time::Instant::now();
-    let half = started + args.duration / 2;
-    let end = started + args.duration;
+    let end = tokio::time::Instant::now() + args.duration;
     let mut guessers = Vec::new();
     for &source in &args.source {
         for url in &args.urls {
-            let g = guesser(url.clone(), source, Arc::clone(&tally), half, end);
+            let g = guesser(url.clone(), source, Arc::clone(&tally), end);
             guessers.push(tokio::spawn(g));
         }
     }
     let honest = person(args, &tally, end).await;
     let mut problems = Vec::new();
+    // The guessers' steady rates, summed: guesses a second past the burst.
+    let mut rate = 0.0;
     for g in guessers {
-        if let Err(e) = g.await? {
-            problems.push(format!("{e:#}"));
+        match g.await? {
+            Ok(Some((n, secs))) if secs > 0.0 => rate += n as f64 / secs,
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{e:#}")),
         }
     }
     let (mut times, failures) = honest?;
@@ -77,9 +78,6 @@ pub(super) async fn guess(args: &Args) -> anyhow::Result<Report> {
         bail!("{} guessers failed: {}", problems.len(), problems[0]);
     }
     times.sort_by(f64::total_cmp);
-    let wrong_late = tally.wrong_late.load(Ordering::Relaxed) as f64;
-    let late_secs = (args.duration / 2).as_secs_f64();
-    let rate = wrong_late / late_secs;
     let len = tally.code_len.load(Ordering::Relaxed);
     let mut r = Report::new("guess", &args.label);
     r.add("guessers", args.source.len() as u64, "addresses");
@@ -128,14 +126,17 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-/// One address guessing on one node until `end`.
+/// One address guessing on one node until `end`; its wrong guesses past
+/// its burst (after its first `RATE_LIMITED`) and the seconds since, if it
+/// was ever limited.
 async fn guesser(
     url: String,
     source: IpAddr,
     tally: Arc<Tally>,
-    half: tokio::time::Instant,
     end: tokio::time::Instant,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<(u64, f64)>> {
+    let mut limited_at = None;
+    let mut late = 0u64;
     let mut ws = pairs::connect_from(&url, "/browser", Some(source)).await?;
     while tokio::time::Instant::now() < end {
         let len = tally.code_len.load(Ordering::Relaxed);
@@ -152,19 +153,20 @@ async fn guesser(
         match answer["code"].as_str() {
             Some("INVALID_CODE" | "EXPIRED_CODE") => {
                 tally.wrong.fetch_add(1, Ordering::Relaxed);
-                if tokio::time::Instant::now() >= half {
-                    tally.wrong_late.fetch_add(1, Ordering::Relaxed);
+                if limited_at.is_some() {
+                    late += 1;
                 }
             }
             Some("RATE_LIMITED") => {
                 tally.limited.fetch_add(1, Ordering::Relaxed);
+                limited_at.get_or_insert_with(Instant::now);
                 tokio::time::sleep(LIMITED_PAUSE).await;
             }
             _ if answer["type"] == "joined" => bail!("a guess joined a session: {answer}"),
             _ => bail!("a guess was answered {answer}"),
         }
     }
-    Ok(())
+    Ok(limited_at.map(|t| (late, t.elapsed().as_secs_f64())))
 }
 
 /// Sends `msg` and reads the answer, within [`ANSWER_WAIT`].
