@@ -1,5 +1,6 @@
 //! The load tool's room scenarios (`relay-load --scenario fanout|fanin`)
-//! against a real relay, and `make bench`'s report of them
+//! and its guessing attack (`guess`) against a real relay, and `make
+//! bench`'s report of them
 //! (tests/bench/report.py) from the JSON they write. No rate is asserted:
 //! only that every frame arrived and the report's ratios are those numbers'.
 
@@ -269,4 +270,35 @@ async fn held_pairs_answer_heartbeats_and_the_final_ping_and_see_the_drain() {
     assert_eq!(r["answered"], 6, "{r}");
     assert_eq!(r["lost_during_hold"], 0, "{r}");
     assert_eq!(r["closed_by_relay"], 12, "{r}");
+}
+
+#[tokio::test]
+async fn guessers_pass_the_limit_and_the_person_beside_them_pairs_with_long_codes() {
+    // A small attack: 4 addresses at 5 joins a minute past a limit of 5;
+    // the person pairs at most 4 times in the run, under their own 5.
+    let relay = Relay::start(&[("RELAY_JOIN_RATE", "5"), ("RELAY_FAILED_JOIN_LIMIT", "5")]);
+    let dir = Scratch::new("guess");
+    let url = format!("ws://{}", relay.addr);
+    let r = measured(
+        &dir.0.join("json/guess.json"),
+        &[
+            "--scenario",
+            "guess",
+            "--url",
+            &url,
+            "--source",
+            "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5",
+            "--duration",
+            "3s",
+        ],
+    )
+    .await;
+    assert_eq!(r["guessers"], 4);
+    assert!(r["wrong_guesses"].as_u64().unwrap() >= 20, "{r}");
+    assert!(r["rate_limited"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["honest_failures"], 0, "{r}");
+    assert!(r["honest_pairings"].as_u64().unwrap() >= 1, "{r}");
+    // The person's last code came after the limit was passed.
+    assert_eq!(r["code_length"], 8, "{r}");
+    assert_eq!(relay.metric("relay_under_attack").await, 1.0);
 }
