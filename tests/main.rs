@@ -12,6 +12,7 @@ mod cluster;
 mod codes;
 mod data;
 mod drain;
+mod e2e;
 mod limits;
 mod load;
 mod protocol;
