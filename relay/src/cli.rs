@@ -5,7 +5,7 @@
 //! printed), 2 when the relay's address is wrong, 3 when the relay could not
 //! be reached, 4 when a room's host denied this guest, 5 when it removed it,
 //! 6 when end-to-end encryption stopped the session. Both sides encrypt by
-//! default (see [`e2e`]); `relay host --guests N` hosts a room (see [`room`]).
+//! default (see `cli/e2e.rs`); `relay host --guests N` hosts a room (see [`room`]).
 
 mod e2e;
 mod room;
