@@ -326,3 +326,213 @@ export class Channel {
     }
   }
 }
+
+// ---- the client's encrypted session ------------------------------------
+
+/** Longest the joiner waits for the host's next handshake message. */
+export const HANDSHAKE_TIMEOUT = 30_000;
+const NOT_E2E_MAC = 'The Mac does not use end-to-end encryption, so nothing was sent to it. Check the code on the Mac.';
+
+/**
+ * The encrypted side of a RelayClient (client.js) joined with a full code:
+ * it takes every data frame the client receives (after the client counted
+ * it, so resume is unchanged), runs the exchange, opens sealed frames in
+ * order and seals what the page sends. Frames are sealed and opened one at
+ * a time, in order, because WebCrypto is asynchronous and a frame's number
+ * is its place in its direction.
+ */
+export class SecureLink {
+  constructor(client, { relay, secret }) {
+    this.client = client;
+    this.joiner = new Joiner(relay, secret);
+    /** 'hello' | 'confirm' | 'open' */
+    this.phase = 'hello';
+    this.channel = null;
+    this.inbox = Promise.resolve();
+    this.sealing = Promise.resolve();
+    /** What the page sent, waiting to be sealed (before the exchange, until it is confirmed). */
+    this.outbox = [];
+    this.timer = null;
+    this.stopped = false;
+    this.leavingNow = false;
+  }
+
+  get open() {
+    return this.phase === 'open' && !this.stopped;
+  }
+
+  /** The relay took the join: the host's hello is due. */
+  joined() {
+    this.arm();
+  }
+
+  arm() {
+    this.disarm();
+    this.timer = this.client.setTimeout(() => {
+      this.timer = null;
+      this.fail('NOT_ENCRYPTED', this.phase === 'hello' ? NOT_E2E_MAC : 'The Mac did not finish the key exchange.', 'timeout');
+    }, HANDSHAKE_TIMEOUT);
+  }
+
+  disarm() {
+    if (this.timer !== null) this.client.clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  /** Takes a frame from the relay if it is data (returns whether it did). */
+  takes(data) {
+    let item;
+    if (typeof data !== 'string') {
+      item = { bytes: new Uint8Array(data) };
+    } else {
+      let msg;
+      try {
+        msg = JSON.parse(data);
+      } catch {
+        return false;
+      }
+      if (msg?.type !== 'data') return false;
+      item = { text: String(msg.payload) };
+    }
+    this.client.received += 1;
+    this.client.save();
+    this.inbox = this.inbox
+      .then(() => this.step(item))
+      .catch((e) => this.fail(e instanceof Tampered ? 'TAMPERED' : 'NOT_ENCRYPTED', String(e.message ?? e), null));
+    return true;
+  }
+
+  async step(item) {
+    if (this.stopped) return;
+    if (this.phase === 'open') {
+      if (item.text !== undefined) {
+        this.fail('TAMPERED', 'A message in clear arrived in this encrypted session: someone on the way tampered with it.', null);
+        return;
+      }
+      const plain = await this.channel.open(item.bytes);
+      if (plain.text !== undefined) this.client.emit('data', { text: plain.text });
+      else if (plain.bytes) this.client.emit('data', { bytes: plain.bytes });
+      return;
+    }
+    if (item.bytes) {
+      this.fail('NOT_ENCRYPTED', NOT_E2E_MAC, 'invalid');
+      return;
+    }
+    const p = parsePayload(item.text);
+    if (p.kind === 'other') {
+      this.fail('NOT_ENCRYPTED', NOT_E2E_MAC, 'invalid');
+      return;
+    }
+    if (p.kind === 'invalid') {
+      this.fail('TAMPERED', `An invalid key exchange message (${p.why}).`, 'invalid');
+      return;
+    }
+    if (p.step === 'abort') {
+      this.fail(p.reason === 'mismatch' ? 'CODE_MISMATCH' : 'NOT_ENCRYPTED', abortSentence(p.reason), null);
+      return;
+    }
+    if (this.phase === 'hello' && p.step === 'hostHello') {
+      const [hello, confirm] = await this.joiner.answer(p.sid, p.share);
+      this.client.sendPlain(hello);
+      this.client.sendPlain(confirm);
+      this.phase = 'confirm';
+      this.arm();
+      return;
+    }
+    if (this.phase === 'confirm' && p.step === 'confirm') {
+      const channel = await this.joiner.confirm(p.tag);
+      if (!channel) {
+        this.fail('CODE_MISMATCH', sentence(MISMATCH), 'mismatch');
+        return;
+      }
+      this.channel = channel;
+      this.phase = 'open';
+      this.disarm();
+      this.client.emit('encrypted', {});
+      this.pump();
+      return;
+    }
+    this.fail('TAMPERED', 'A key exchange message out of its place.', 'invalid');
+  }
+
+  /** Queues `data` (a string or bytes) to be sealed and sent, in order. */
+  send(data) {
+    if (this.outbox.length >= this.client.options.queueFrames) {
+      throw new Error('QUEUE_FULL');
+    }
+    this.outbox.push(typeof data === 'string' ? data : new Uint8Array(data instanceof ArrayBuffer ? data : data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)));
+    if (this.open) this.pump();
+  }
+
+  pump() {
+    this.sealing = this.sealing
+      .then(async () => {
+        while (this.open && this.outbox.length > 0) {
+          const d = this.outbox.shift();
+          const sealed = await this.channel.seal(d, this.channel.take());
+          this.client.sendPlain(sealed);
+        }
+      })
+      .catch((e) => this.fail('TAMPERED', `A message could not be sent sealed: ${e.message ?? e}`, null));
+  }
+
+  /**
+   * The page leaves: the end frame goes after everything sealed before it,
+   * then the client leaves (returns whether it took the leaving over).
+   */
+  leaving() {
+    if (!this.open || this.leavingNow) return false;
+    this.leavingNow = true;
+    this.sealing = this.sealing
+      .then(async () => {
+        const end = await this.channel.seal(null, this.channel.take());
+        this.client.sendPlain(end);
+      })
+      .catch(() => {})
+      .finally(() => this.client.leave());
+    return true;
+  }
+
+  /** Whether the Mac went without its end frame (its last messages may have been cut). */
+  unfinished() {
+    return this.phase === 'open' && this.channel !== null && !this.channel.ended;
+  }
+
+  /** Ends the session from here: tells the Mac (`abort`), leaves, and says why. */
+  fail(code, message, abort) {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.disarm();
+    const c = this.client;
+    if (c.ended) return;
+    try {
+      if (abort) c.sendPlain(JSON.stringify({ e2e: VERSION, step: 'abort', reason: abort }));
+      if (c.ws && c.ws.readyState === 1) c.raw({ type: 'leave' });
+    } catch {
+      // The connection is gone: ending is all that is left.
+    }
+    c.end(code, message);
+  }
+
+  stop() {
+    this.stopped = true;
+    this.disarm();
+  }
+}
+
+function sentence(s) {
+  return `${s[0].toUpperCase()}${s.slice(1)}.`;
+}
+
+function abortSentence(reason) {
+  switch (reason) {
+    case 'mismatch':
+      return sentence(MISMATCH);
+    case 'no_secret':
+      return 'The Mac expected the whole code, with the part after the dash.';
+    case 'timeout':
+      return 'The Mac gave up waiting for the key exchange.';
+    default:
+      return 'The Mac could not read the key exchange.';
+  }
+}

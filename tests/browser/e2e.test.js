@@ -100,7 +100,9 @@ function host(addr) {
   child.stdout.setEncoding('utf8');
   child.stderr.on('data', (c) => (out.err += c));
   child.stdout.on('data', (c) => (out.out += c));
-  return { child, out };
+  // Listened to at once: the host may exit before a test asks.
+  const exited = new Promise((res) => child.once('exit', (c) => res(c)));
+  return { child, out, exited };
 }
 
 /** A joiner speaking the protocol with ws and e2e.js, as the page will. */
@@ -166,7 +168,7 @@ test('the page side and relay host (Rust) agree on a key and talk sealed both wa
   await waitFor(() => h.out.out.includes('from the page\n'), 'the host to print the sealed line');
   assert.ok(!r.log().includes('from the page') && !r.log().includes('from rust'), 'the relay logged no plaintext');
   h.child.stdin.end();
-  await within(new Promise((res) => h.child.once('exit', res)), WAIT, 'the host to exit');
+  await within(h.exited, WAIT, 'the host to exit');
 });
 
 test('a wrong secret is refused by relay host, which says so and exits 6', { timeout: 4 * WAIT }, async () => {
@@ -174,6 +176,6 @@ test('a wrong secret is refused by relay host, which says so and exits 6', { tim
   // (1 in 17 million that 33333 is the real secret.)
   assert.deepEqual(reply, { kind: 'handshake', step: 'abort', reason: 'mismatch' });
   await waitFor(() => h.out.err.includes(MISMATCH), 'the host to say the code was mistyped');
-  const code = await within(new Promise((res) => h.child.once('exit', res)), WAIT, 'the host to exit');
+  const code = await within(h.exited, WAIT, 'the host to exit');
   assert.equal(code, 6);
 });
