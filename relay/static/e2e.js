@@ -250,6 +250,63 @@ export class Joiner {
   }
 }
 
+/** What an older client shows of the host's hello (PROTOCOL.md's `note`). */
+export const HELLO_NOTE = 'This session is end-to-end encrypted: join with a client that supports it, using the whole code (with the part after the dash).';
+
+/** A fresh secret part: SECRET_LEN characters of the alphabet, uniformly (rejection sampling). */
+export function newSecret() {
+  let s = '';
+  while (s.length < SECRET_LEN) {
+    for (const b of crypto.getRandomValues(new Uint8Array(16))) {
+      // 252 = 9 × 28: bytes above it would favour the first letters.
+      if (b < 252 && s.length < SECRET_LEN) s += ALPHABET[b % ALPHABET.length];
+    }
+  }
+  return s;
+}
+
+/**
+ * The host's run of the exchange (the page itself only joins; this is for
+ * an application that hosts from a browser, and for the tests).
+ */
+export class Host {
+  constructor(relay, secret, guestId = null) {
+    this.prs = utf8(secret);
+    this.ci = guestId === null ? lvCat(utf8(VERSION), utf8(relay)) : lvCat(utf8(VERSION), utf8(relay), utf8(String(guestId)));
+  }
+
+  /** Starts the run: the payload of the host's hello. */
+  start() {
+    this.sid = crypto.getRandomValues(new Uint8Array(16));
+    this.y = randomScalar();
+    this.ya = share(this.y, generator(this.prs, this.ci, this.sid));
+    return JSON.stringify({ e2e: VERSION, step: 'hello', sid: b64url(this.sid), share: b64url(this.ya), note: HELLO_NOTE });
+  }
+
+  /** Takes the joiner's share; throws Tampered for one that is not usable. */
+  async onShare(yb) {
+    const k = secretPoint(this.y, yb);
+    if (!k) throw new Tampered('the other side sent an invalid key exchange message');
+    const t = transcript(this.ya, AD_HOST, yb, AD_JOINER);
+    const ikm = isk(this.sid, k, t);
+    this.transcript = t;
+    this.joinerConfirm = await hmacKey(await hkdf(ikm, this.sid, 'confirm joiner'));
+    this.tag = new Uint8Array(await subtle().sign('HMAC', await hmacKey(await hkdf(ikm, this.sid, 'confirm host')), t));
+    this.send = await aesKey(await hkdf(ikm, this.sid, 'host to joiner'));
+    this.receive = await aesKey(await hkdf(ikm, this.sid, 'joiner to host'));
+  }
+
+  /**
+   * Checks the joiner's tag: {channel, payload} (the host's confirm to
+   * send), or null on a mismatch (send `abort` `mismatch`, never the tag).
+   */
+  async confirm(tag) {
+    const ok = await subtle().verify('HMAC', this.joinerConfirm, tag, this.transcript);
+    if (!ok) return null;
+    return { channel: new Channel(this.send, this.receive), payload: message.confirm(this.tag) };
+  }
+}
+
 /** Both directions of a confirmed exchange. */
 export class Channel {
   constructor(send, receive) {

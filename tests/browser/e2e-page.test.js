@@ -111,3 +111,86 @@ test('a mistyped secret part stops the page and relay host with the sentence', {
     await node.sigkill();
   }
 });
+
+// A host written in the browser with /e2e.js (Chromium), speaking /mac.
+// Returns the full code once registered; the page's window gets `host`.
+async function browserHost(page, port) {
+  await page.goto(`http://127.0.0.1:${port}/?host`);
+  return page.evaluate(async () => {
+    const e2e = await import('/e2e.js');
+    const h = { got: [], encrypted: false, failed: null };
+    window.host = h;
+    const ws = new WebSocket(`ws://${location.host}/mac`);
+    ws.binaryType = 'arraybuffer';
+    const data = (payload) => ws.send(JSON.stringify({ type: 'data', payload }));
+    let run = null;
+    let channel = null;
+    let chain = Promise.resolve();
+    const code = new Promise((resolve) => {
+      ws.onmessage = (ev) => {
+        chain = chain.then(async () => {
+          if (typeof ev.data !== 'string') {
+            const plain = await channel.open(ev.data);
+            if (plain.text !== undefined) h.got.push(plain.text);
+            return;
+          }
+          const m = JSON.parse(ev.data);
+          if (m.type === 'registered') {
+            const secret = e2e.newSecret();
+            run = new e2e.Host(m.code, secret);
+            resolve(`${m.code}-${secret}`);
+          } else if (m.type === 'peer_joined') {
+            data(run.start());
+          } else if (m.type === 'data') {
+            const p = e2e.parsePayload(m.payload);
+            if (p.step === 'joinerHello') await run.onShare(p.share);
+            else if (p.step === 'confirm') {
+              const ok = await run.confirm(p.tag);
+              if (!ok) {
+                data(e2e.message.abort('mismatch'));
+                h.failed = 'mismatch';
+                return;
+              }
+              channel = ok.channel;
+              data(ok.payload);
+              h.encrypted = true;
+            }
+          }
+        }).catch((e) => { h.failed = String(e); });
+      };
+    });
+    ws.onopen = () => ws.send(JSON.stringify({ type: 'register' }));
+    h.send = async (text) => ws.send(await channel.seal(text, channel.take()));
+    return code;
+  });
+}
+
+test('two Chromiums pair encrypted: a host written with /e2e.js and the page', { timeout: 90_000 }, async () => {
+  const node = new Node('single', '');
+  let a;
+  let b;
+  try {
+    await node.start();
+    a = await browser('host');
+    const full = await browserHost(a.page, node.port);
+    assert.match(full, /^[0-9A-Z]{6}-[0-9A-Z]{5}$/);
+    b = await browser('page');
+    await b.page.goto(`http://127.0.0.1:${node.port}/#${full}`);
+    await waitFor(() => b.page.isVisible('#e2e'), 'the page to say it is end-to-end encrypted');
+    await waitFor(() => a.page.evaluate(() => window.host.encrypted), 'the browser host to confirm');
+    await a.page.evaluate(() => window.host.send('sealed from a chromium host'));
+    await waitIncoming(b.page, ['sealed from a chromium host'], 'the page to show the host line');
+    await sendFromPage(b.page, 'sealed from the chromium page');
+    await waitFor(
+      () => a.page.evaluate(() => window.host.got.includes('sealed from the chromium page')),
+      'the browser host to open the page line',
+    );
+    assert.equal(await a.page.evaluate(() => window.host.failed), null);
+    for (const line of node.logs) assert.ok(!line.includes('sealed from'), `the relay logged a plaintext: ${line}`);
+    assert.deepEqual([...a.errors, ...b.errors], []);
+  } finally {
+    await a?.context.close();
+    await b?.context.close();
+    await node.sigkill();
+  }
+});

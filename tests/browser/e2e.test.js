@@ -11,7 +11,9 @@ import { WebSocket } from 'ws';
 
 import { RELAY_BIN, WAIT, track, waitFor, within, kill } from './harness.js';
 import {
+  Host,
   Joiner,
+  newSecret,
   MISMATCH,
   Tampered,
   generator,
@@ -73,6 +75,32 @@ test('payloads decode strictly', () => {
   assert.equal(parsePayload('{"e2e":"relay-e2e/1","step":"abort","reason":"bored"}').kind, 'invalid');
   const abort = parsePayload('{"e2e":"relay-e2e/1","step":"abort","reason":"mismatch"}');
   assert.deepEqual(abort, { kind: 'handshake', step: 'abort', reason: 'mismatch' });
+});
+
+test('a JS host and joiner agree with the same secret and not with another', async () => {
+  const run = async (hostSecret, joinerSecret) => {
+    const host = new Host('6YM9AQ', hostSecret);
+    const hello = parsePayload(host.start());
+    assert.equal(hello.step, 'hostHello');
+    const joiner = new Joiner('6YM9AQ', joinerSecret);
+    const [jh, jc] = (await joiner.answer(hello.sid, hello.share)).map(parsePayload);
+    await host.onShare(jh.share);
+    const ok = await host.confirm(jc.tag);
+    if (!ok) return null;
+    return { host: ok.channel, joiner: await joiner.confirm(parsePayload(ok.payload).tag) };
+  };
+  const pair = await run('K7P3X', 'K7P3X');
+  const sealed = await pair.host.seal('hi', pair.host.take());
+  assert.deepEqual(await pair.joiner.open(sealed), { text: 'hi' });
+  const back = await pair.joiner.seal(Uint8Array.of(1, 2), pair.joiner.take());
+  assert.deepEqual(await pair.host.open(back), { bytes: Uint8Array.of(1, 2) });
+  // Altered: the last byte flipped.
+  const next = await pair.host.seal('x', pair.host.take());
+  next[next.length - 1] ^= 1;
+  await assert.rejects(pair.joiner.open(next), Tampered);
+  assert.equal(await run('K7P3X', 'K7P3Y'), null);
+  const s = newSecret();
+  assert.match(s, /^[346789ABCDEFGHJKLMNPQRTUVWXY]{5}$/);
 });
 
 // ---- against a real relay and `relay host` --------------------------------
