@@ -269,3 +269,25 @@ async fn a_full_code_refuses_a_mac_that_does_not_encrypt_sending_nothing_in_clea
     .await;
     assert!(got.iter().all(|t| t.contains("\"abort\"")), "{got:?}");
 }
+
+#[tokio::test]
+async fn a_mac_whose_handle_is_dropped_leaves_with_its_end_frame() {
+    let relay = Relay::start(&[]);
+    let url = [format!("ws://{}", relay.addr)];
+    let (mac, _mac_ev, _browser, mut browser_ev) = secure_pair(&url, &url).await;
+    mac.send_text("last words").await.unwrap();
+    drop(mac);
+    let mut seen = Vec::new();
+    let why = loop {
+        match crate::client::until(&mut browser_ev, "the end", |e| Some(e.clone())).await {
+            Event::Ended(why) => break why,
+            e => seen.push(e),
+        }
+    };
+    assert_eq!(why, Ended::MacDisconnected);
+    assert!(
+        seen.contains(&Event::Data(Data::Text("last words".into()))),
+        "{seen:?}"
+    );
+    assert!(!seen.contains(&Event::Unfinished), "{seen:?}");
+}

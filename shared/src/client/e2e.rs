@@ -83,6 +83,8 @@ pub(super) struct Task {
     in_flight: Option<InFlight>,
     /// Counts sealers: a late answer never advances the next exchange's.
     epoch: u64,
+    /// The application dropped every handle: no more commands.
+    dropped: bool,
     /// When the peer's next handshake message is overdue.
     deadline: Option<Instant>,
     /// The event held back until the exchange is confirmed (`PeerJoined`, `Joined`).
@@ -114,6 +116,7 @@ impl Task {
             deadline: None,
             held: None,
             epoch: 0,
+            dropped: false,
         }
     }
 
@@ -453,7 +456,8 @@ impl Task {
                 self.phase = Phase::JoinerConfirm(state);
                 self.deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
                 if !(self.send_handshake(&hello).await && self.send_handshake(&confirm).await) {
-                    return Err(Stop::Inner);
+                    // The session is over; the connection task's end follows.
+                    return Ok(());
                 }
             }
             (Phase::JoinerConfirm(state), Handshake::Confirm { tag }) => {
@@ -527,11 +531,13 @@ pub(super) async fn run(mut t: Task) {
     loop {
         let deadline = t.deadline;
         let stop = tokio::select! {
-            cmd = t.commands.recv(), if t.in_flight.is_none() => match cmd {
+            cmd = t.commands.recv(), if t.in_flight.is_none() && !t.dropped => match cmd {
                 Some(cmd) => t.on_command(cmd).await.err(),
                 None => {
-                    let _ = t.inner.send(Command::Leave).await;
-                    None
+                    // The application dropped its handle: leave (with the
+                    // sealed end frame), as the plain client does.
+                    t.dropped = true;
+                    t.on_command(Command::Leave).await.err()
                 }
             },
             r = async {
