@@ -194,3 +194,34 @@ test('two Chromiums pair encrypted: a host written with /e2e.js and the page', {
     await node.sigkill();
   }
 });
+
+test('the page given a whole code refuses a Mac that does not encrypt, sending it nothing', { timeout: 90_000 }, async () => {
+  const node = new Node('single', '');
+  let context;
+  try {
+    await node.start();
+    const child = track(spawn(RELAY_BIN, ['host', '--url', `ws://127.0.0.1:${node.port}`, '--no-e2e'], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    }));
+    started.push(child);
+    const out = { err: '', out: '' };
+    child.stderr.setEncoding('utf8');
+    child.stdout.setEncoding('utf8');
+    child.stderr.on('data', (c) => (out.err += c));
+    child.stdout.on('data', (c) => (out.out += c));
+    const code = await waitFor(() => out.err.match(/code ([0-9A-Z]{6}):/)?.[1], 'the plain code');
+    const b = await browser('plain-mac');
+    context = b.context;
+    await b.page.goto(`http://127.0.0.1:${node.port}/#${code}-K7P3X`);
+    await waitFor(() => out.err.includes('browser joined'), 'the plain host to see the page');
+    child.stdin.write('in clear\n');
+    await waitFor(() => b.page.isVisible('#ov-over'), 'the page to stop');
+    assert.match(await b.page.textContent('#ov-over'), /does not use end-to-end encryption/);
+    assert.equal(await b.page.isVisible('#e2e'), false);
+    // Only the page's abort reached the host: no line of the person's.
+    assert.ok(out.out.split('\n').filter(Boolean).every((l) => l.includes('"abort"')), out.out);
+  } finally {
+    await context?.close();
+    await node.sigkill();
+  }
+});
