@@ -99,3 +99,18 @@ async fn no_e2e_hosts_the_plain_protocol() {
     drop(host_in);
     assert_eq!(exit_code(&mut host).await, 0);
 }
+
+#[tokio::test]
+async fn join_with_only_the_relay_code_is_told_to_type_the_whole_code() {
+    let relay = Relay::start(&[]);
+    let url = format!("ws://{}", relay.addr);
+    let (mut host, mut host_err, line) = host_line(&url, &[]).await;
+    let code = code_in(&line);
+    let mut join = client(&["join", "--url", &url, &code[..6]]);
+    let mut join_err = BufReader::new(join.stderr.take().unwrap()).lines();
+    let said = stderr_line(&mut join_err, "whole code").await;
+    assert!(said.contains("end-to-end encrypted"), "{said}");
+    stderr_line(&mut host_err, "first part of the code").await;
+    assert_eq!(exit_code(&mut join).await, 6);
+    assert_eq!(exit_code(&mut host).await, 6);
+}
