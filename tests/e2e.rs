@@ -291,3 +291,32 @@ async fn a_mac_whose_handle_is_dropped_leaves_with_its_end_frame() {
     );
     assert!(!seen.contains(&Event::Unfinished), "{seen:?}");
 }
+
+#[tokio::test]
+async fn a_full_code_gives_up_on_a_mac_that_never_starts_the_exchange() {
+    let relay = Relay::start(&[]);
+    let url = [format!("ws://{}", relay.addr)];
+    // A mac written to the original protocol that sends nothing.
+    let mut old = relay.mac().await;
+    old.json(json!({"type": "register"})).await;
+    let code = old.expect("registered").await["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut c = config(&url);
+    c.e2e_timeout = std::time::Duration::from_millis(500);
+    let (_browser, mut browser_ev) = Client::browser(c, format!("{code}-K7P3X"));
+    let b = ended(&mut browser_ev, "browser").await;
+    assert!(
+        matches!(&b, Ended::NotEncrypted(s) if s.contains("did not start the key exchange")),
+        "{b}"
+    );
+    // It told the mac why (abort timeout) and left.
+    old.expect("peer_joined").await;
+    let abort = old.expect("data").await;
+    assert!(
+        abort["payload"].as_str().unwrap().contains("\"timeout\""),
+        "{abort}"
+    );
+    old.expect("peer_left").await;
+}

@@ -19,8 +19,9 @@ use crate::e2e::{
     Payload, Plain, Sealer, Secret,
 };
 
-/// Longest a side waits for the other's next handshake message while both
-/// are connected: a client that speaks `relay-e2e/1` answers at once, so
+/// The default of [`Config::e2e_timeout`](super::Config::e2e_timeout): how
+/// long a side waits for the other's next handshake message while both are
+/// connected. A client that speaks `relay-e2e/1` answers at once, so
 /// silence means the peer does not (e.g. an older page showing the `hello`).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -85,6 +86,8 @@ pub(super) struct Task {
     epoch: u64,
     /// The application dropped every handle: no more commands.
     dropped: bool,
+    /// Longest wait for the peer's next handshake message.
+    timeout: Duration,
     /// When the peer's next handshake message is overdue.
     deadline: Option<Instant>,
     /// The event held back until the exchange is confirmed (`PeerJoined`, `Joined`).
@@ -98,6 +101,7 @@ type InFlight = (oneshot::Receiver<Result<(), SendError>>, Reply, u64);
 impl Task {
     pub(super) fn new(
         side: Side,
+        timeout: Duration,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         inner: mpsc::Sender<Command>,
@@ -117,6 +121,7 @@ impl Task {
             held: None,
             epoch: 0,
             dropped: false,
+            timeout,
         }
     }
 
@@ -265,7 +270,7 @@ impl Task {
                 let (state, hello) = HostHello::start(&binding);
                 self.held = Some(Event::PeerJoined);
                 self.phase = Phase::HostShare(state);
-                self.deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
+                self.deadline = Some(Instant::now() + self.timeout);
                 if !self.send_handshake(&hello).await {
                     // The browser left already; its `PeerLeft` follows.
                     self.reset();
@@ -280,7 +285,7 @@ impl Task {
                 }
                 self.held = Some(Event::Joined);
                 self.phase = Phase::JoinerHello;
-                self.deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
+                self.deadline = Some(Instant::now() + self.timeout);
             }
             Event::Data(d) => self.on_data(d).await?,
             Event::PeerLeft(reason) => {
@@ -295,7 +300,7 @@ impl Task {
             }
             Event::PeerResumed => {
                 if self.awaiting() {
-                    self.deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
+                    self.deadline = Some(Instant::now() + self.timeout);
                 }
                 self.emit(Event::PeerResumed).await;
             }
@@ -435,7 +440,7 @@ impl Task {
             }
             (Phase::HostShare(state), Handshake::JoinerHello { share }) => {
                 self.phase = Phase::HostConfirm(state.on_share(&share).map_err(fail)?);
-                self.deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
+                self.deadline = Some(Instant::now() + self.timeout);
             }
             (Phase::HostConfirm(state), Handshake::Confirm { tag }) => {
                 let (channel, confirm) = state.on_confirm(&tag).map_err(fail)?;
@@ -454,7 +459,7 @@ impl Task {
                 let (state, [hello, confirm]) =
                     JoinerConfirm::answer(&binding, &sid, &share).map_err(fail)?;
                 self.phase = Phase::JoinerConfirm(state);
-                self.deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
+                self.deadline = Some(Instant::now() + self.timeout);
                 if !(self.send_handshake(&hello).await && self.send_handshake(&confirm).await) {
                     // The session is over; the connection task's end follows.
                     return Ok(());
@@ -494,7 +499,7 @@ impl Task {
         self.reset();
         let _ = self.inner.send(Command::Leave).await;
         // Swallow the connection task's own ending ("left").
-        let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let _ = tokio::time::timeout(self.timeout, async {
             while let Some(ev) = self.inner_events.recv().await {
                 if matches!(ev, Event::Ended(_)) {
                     break;

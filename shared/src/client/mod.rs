@@ -92,6 +92,9 @@ pub struct Config {
     /// instead of showing its key exchange. Off by default (the plain
     /// protocol, byte for byte); not for rooms yet.
     pub e2e: bool,
+    /// End-to-end encryption: longest wait for the other side's next
+    /// handshake message while both are connected (default 30 s).
+    pub e2e_timeout: Duration,
 }
 
 impl Config {
@@ -111,6 +114,7 @@ impl Config {
             room: None,
             name: None,
             e2e: false,
+            e2e_timeout: HANDSHAKE_TIMEOUT,
         }
     }
 
@@ -430,11 +434,13 @@ impl Client {
                 // which talks to the connection task.
                 let (outer_cmd_tx, outer_cmd_rx) = mpsc::channel(64);
                 let (outer_ev_tx, outer_ev_rx) = mpsc::channel(EVENT_QUEUE);
+                let timeout = config.e2e_timeout;
                 tokio::spawn(conn::run(conn::Task::new(
                     config, role, code, cmd_rx, ev_tx, watches,
                 )));
                 tokio::spawn(e2e::run(e2e::Task::new(
                     side,
+                    timeout,
                     outer_cmd_rx,
                     outer_ev_tx,
                     cmd_tx,
