@@ -12,6 +12,7 @@ mod cluster;
 mod codes;
 mod data;
 mod drain;
+mod framing;
 mod limits;
 mod load;
 mod protocol;
