@@ -27,6 +27,10 @@ const MARKER_BYTES: usize = 64 * 1024;
 /// stream of small frames is acknowledged often enough to trim the buffer.
 const MARKER_FRAMES: u32 = 64;
 
+/// Drain buffer capacity (items) under which the buffer is not kept between
+/// drains: small batches allocate their own.
+const KEEP_DRAINED: usize = 16;
+
 /// How often a paused sender checks whether its peer stopped reading.
 const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -117,8 +121,13 @@ impl Socket {
                 }
             }
         }
-        d.items.clear();
-        self.drained = d;
+        // A socket keeps its drain buffer only while batches are large (a
+        // stream of frames); an idle one gives its memory back (80 bytes an
+        // item), so a quiet connection holds none.
+        if d.items.capacity() > KEEP_DRAINED {
+            d.items.clear();
+            self.drained = d;
+        }
         if self.marker_bytes >= MARKER_BYTES || self.marker_frames >= MARKER_FRAMES {
             self.send_marker();
         }
