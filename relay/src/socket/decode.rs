@@ -67,8 +67,16 @@ impl Frames {
 
     /// Takes bytes read from the client.
     pub fn extend(&mut self, bytes: &[u8]) {
+        // Room for the whole frame these bytes start, once its header is
+        // here, so a large frame is not copied again as the buffer grows.
+        if self.buf.is_empty() {
+            let whole =
+                frame_total_len(bytes).filter(|&t| t <= self.max.saturating_add(MAX_HEADER));
+            self.buf.reserve(whole.unwrap_or(0).max(bytes.len()));
+            self.buf.extend_from_slice(bytes);
+            return;
+        }
         self.buf.extend_from_slice(bytes);
-        // A frame announced whole: room for all of it at once, not in steps.
         if let Some(total) = frame_total_len(&self.buf) {
             if total <= self.max.saturating_add(MAX_HEADER) && total > self.buf.len() {
                 self.buf.reserve(total - self.buf.len());

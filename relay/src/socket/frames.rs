@@ -27,6 +27,9 @@ const MARKER_BYTES: usize = 64 * 1024;
 /// stream of small frames is acknowledged often enough to trim the buffer.
 const MARKER_FRAMES: u32 = 64;
 
+/// The most a server frame's header takes (no mask): 2 bytes and 8 of length.
+const FRAME_HEADER: usize = 10;
+
 /// Drain buffer capacity (items) under which the buffer is not kept between
 /// drains: small batches allocate their own.
 const KEEP_DRAINED: usize = 16;
@@ -80,6 +83,16 @@ impl Socket {
             .metrics
             .relay_seconds
             .with_label_values(&[if d.remote { "redis" } else { "local" }]);
+        // The batch's bytes at once, not copied again as the buffer grows.
+        let bytes: usize = d
+            .items
+            .iter()
+            .map(|(_, item, _)| match item {
+                Item::Data { frame, .. } => frame.len() + FRAME_HEADER,
+                Item::Event { text, .. } => text.len() + FRAME_HEADER,
+            })
+            .sum();
+        self.out.reserve(bytes);
         // One clock read for the whole batch.
         let mut now: Option<Instant> = None;
         for (pos, item, queued_at) in d.items.drain(..) {

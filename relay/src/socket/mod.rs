@@ -247,6 +247,7 @@ impl Actor for Socket {
         let (interval, timeout) = (cfg.heartbeat_interval, cfg.heartbeat_timeout);
         ctx.run_interval(interval, move |act, ctx| {
             act.send_marker();
+            act.out.wake();
             let sent = Instant::now();
             ctx.run_later(timeout, move |act, ctx| {
                 // A paused socket reads nothing, its pongs included; its

@@ -38,25 +38,33 @@ pub struct Out {
     buf: RefCell<BytesMut>,
     /// A close frame is queued: nothing more is written.
     closed: Cell<bool>,
-    /// Inside the pump, which writes what is queued before it returns.
-    pumping: Cell<bool>,
     /// The actor's task, woken when something is queued outside the pump.
     waker: RefCell<Option<Waker>>,
 }
 
 impl Out {
     fn queue(&self, write: impl FnOnce(&mut BytesMut)) {
-        if self.closed.get() {
+        if !self.closed.get() {
+            write(&mut self.buf.borrow_mut());
+        }
+    }
+
+    /// Has the pump write what was queued. Needed only where the actor
+    /// writes from a timer of its own: after a message or a finished
+    /// `ctx.wait`, actix polls the pump anyway, in the same turn.
+    pub fn wake(&self) {
+        if self.buf.borrow().is_empty() {
             return;
         }
-        let mut buf = self.buf.borrow_mut();
-        let was_empty = buf.is_empty();
-        write(&mut buf);
-        if was_empty && !self.pumping.get() {
-            if let Some(w) = &*self.waker.borrow() {
-                w.wake_by_ref();
-            }
+        if let Some(w) = &*self.waker.borrow() {
+            w.wake_by_ref();
         }
+    }
+
+    /// Makes room for `more` bytes at once, so a batch is not copied as
+    /// the buffer grows.
+    pub fn reserve(&self, more: usize) {
+        self.buf.borrow_mut().reserve(more);
     }
 
     fn message(&self, payload: &[u8], op: OpCode) {
@@ -138,10 +146,7 @@ impl ActorFuture<Socket> for Pump {
         ctx: &mut Context<Socket>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<()> {
-        act.out.pumping.set(true);
-        let done = act.pump(ctx, cx);
-        act.out.pumping.set(false);
-        done
+        act.pump(ctx, cx)
     }
 }
 
