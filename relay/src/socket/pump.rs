@@ -226,7 +226,18 @@ impl Socket {
     /// waits for the client to close its own, for at most [`LINGER`].
     pub(super) fn retire(&mut self) {
         let Some(mut io) = self.io.take() else { return };
-        let out = self.out.take();
+        let mut out = self.out.take();
+        // Write what the socket takes now: a draining node exits as soon as
+        // its last socket stopped, before a new task would run, and the
+        // client must still get its SHUTTING_DOWN and close frame.
+        let mut now = TaskContext::from_waker(Waker::noop());
+        while !out.is_empty() {
+            match Pin::new(&mut io).poll_write(&mut now, &out) {
+                Poll::Ready(Ok(n)) if n > 0 => out.advance(n),
+                _ => break,
+            }
+        }
+        let _ = Pin::new(&mut io).poll_flush(&mut now);
         actix::spawn(async move {
             let _ = tokio::time::timeout(LINGER, async move {
                 io.write_all(&out).await?;
