@@ -152,3 +152,15 @@ async fn binary_messages_of_every_length_encoding_cross_intact() {
         assert_eq!(next_binary(&mut mac).await, data, "{len} bytes to the mac");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_still_gets_its_answer() {
+    let relay = Relay::start(&[]);
+    let mut r = Raw::upgrade(relay.addr, "/mac").await;
+    r.frame(true, 1, &register(), true).await;
+    // The client is done sending (FIN) but still reads.
+    r.s.shutdown().await.unwrap();
+    assert_eq!(r.json().await["type"], "registered");
+    // Then the relay closes its side too.
+    while r.read_frame().await.is_some() {}
+}

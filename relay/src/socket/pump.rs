@@ -190,8 +190,14 @@ impl Socket {
             let Some(io) = self.io.as_mut() else { break };
             let frames = &mut self.frames;
             match io.poll_read_with(cx, |bytes| frames.extend(bytes)) {
-                // The client went away (EOF or reset).
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return self.lost(ctx),
+                // The client closed its side: stop, still writing what is
+                // queued (a reply, a close frame) on the way out.
+                Poll::Ready(Ok(0)) => {
+                    ctx.stop();
+                    return Poll::Ready(());
+                }
+                // Reset or broken: nothing more can be written either.
+                Poll::Ready(Err(_)) => return self.lost(ctx),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => {
                     self.frames.release();
