@@ -4,6 +4,7 @@
 //! owns its connection after the HTTP upgrade (`upgrade.rs`) and runs the
 //! WebSocket framing itself (`pump.rs`, `decode.rs`).
 
+mod beat;
 pub mod decode;
 mod frames;
 pub mod io;
@@ -244,24 +245,8 @@ impl Actor for Socket {
             return;
         }
         self.arm_handshake_timer(ctx);
-        let (interval, timeout) = (cfg.heartbeat_interval, cfg.heartbeat_timeout);
-        ctx.run_interval(interval, move |act, ctx| {
-            act.send_marker();
-            act.out.wake();
-            let sent = Instant::now();
-            ctx.run_later(timeout, move |act, ctx| {
-                // A paused socket reads nothing, its pongs included; its
-                // client was sending, so it is alive.
-                if act.last_pong < sent && !act.gate.is_closed() {
-                    act.close(
-                        ctx,
-                        CloseCode::GoingAway,
-                        DisconnectReason::HeartbeatTimeout,
-                        "no pong",
-                    );
-                }
-            });
-        });
+        // Pings and their timeouts come from this thread's one timer (beat.rs).
+        beat::ping_after(cfg.heartbeat_interval, ctx.address().downgrade());
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

@@ -38,26 +38,17 @@ pub struct Out {
     buf: RefCell<BytesMut>,
     /// A close frame is queued: nothing more is written.
     closed: Cell<bool>,
-    /// The actor's task, woken when something is queued outside the pump.
-    waker: RefCell<Option<Waker>>,
 }
 
 impl Out {
+    /// Queues bytes for the pump to write. Everything that writes runs in
+    /// a message handler (heartbeats included, `beat.rs`), a finished
+    /// `ctx.wait` or the pump itself, and actix polls the pump after each of
+    /// those in the same turn, so no wake-up is needed; the actor's own
+    /// timers only close, and a stopping actor writes on its way out.
     fn queue(&self, write: impl FnOnce(&mut BytesMut)) {
         if !self.closed.get() {
             write(&mut self.buf.borrow_mut());
-        }
-    }
-
-    /// Has the pump write what was queued. Needed only where the actor
-    /// writes from a timer of its own: after a message or a finished
-    /// `ctx.wait`, actix polls the pump anyway, in the same turn.
-    pub fn wake(&self) {
-        if self.buf.borrow().is_empty() {
-            return;
-        }
-        if let Some(w) = &*self.waker.borrow() {
-            w.wake_by_ref();
         }
     }
 
@@ -100,13 +91,6 @@ impl Out {
     /// Bytes waiting to be written.
     pub fn len(&self) -> usize {
         self.buf.borrow().len()
-    }
-
-    fn remember(&self, waker: &Waker) {
-        let mut w = self.waker.borrow_mut();
-        if !w.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *w = Some(waker.clone());
-        }
     }
 
     /// Writes what it can; `Err` when the connection is lost.
@@ -152,7 +136,6 @@ impl ActorFuture<Socket> for Pump {
 
 impl Socket {
     fn pump(&mut self, ctx: &mut Context<Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        self.out.remember(cx.waker());
         if self.killer.as_ref().is_some_and(|k| k.poll_cut(cx)) {
             // Cut: the connection goes now, without a close frame.
             self.io = None;
