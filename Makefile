@@ -78,7 +78,7 @@ bench: toolchain deps ## Measure throughput, rooms fan-out and fan-in, latency, 
 	tests/bench/run.sh
 
 # 100,000 connections held at once on this machine: a local cluster of
-# HUNDRED_K_NODES (12) nodes, one load process per node, every pair across
+# HUNDRED_K_NODES (6) nodes, one load process per node, every pair across
 # nodes; memory per connection per node, idle CPU, set-up and drain times,
 # and a ping through every pair at the end (tests/bench/hundred-k.sh).
 bench-100k: toolchain deps ## Hold 100,000 connections on a local cluster and report memory, idle CPU, set-up and drain (~5 min)

@@ -13,6 +13,7 @@ mod codes;
 mod data;
 mod drain;
 mod e2e;
+mod framing;
 mod limits;
 mod load;
 mod protocol;
