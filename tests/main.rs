@@ -13,6 +13,8 @@ mod cluster;
 mod codes;
 mod data;
 mod drain;
+mod e2e;
+mod framing;
 mod limits;
 mod load;
 mod protocol;

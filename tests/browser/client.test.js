@@ -52,6 +52,7 @@ test('codes are normalised like the relay does, and obvious typos caught early',
   assert.equal(normalizeCode('h4f7 kn3x'), 'H4F7KN3X');
   assert.match(codeProblem('h4f7kn3'), /has 7/);
   assert.match(codeProblem('h4f7kn3xy'), /has 9/);
+  assert.equal(codeProblem('h4f7-kn3x-k7p3x'), '', '8 with the secret part');
   assert.match(codeProblem('h4f7k0'), /never contains 0/);
 });
 
