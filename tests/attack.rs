@@ -3,7 +3,8 @@
 //! new codes 8 characters long instead of refusing joins. A person's join
 //! still succeeds, a code issued meanwhile is long and joins like any other,
 //! and once the attack window passes codes are 6 characters again. On one
-//! node, and on a cluster where the guessers spread over every node.
+//! node, and on a cluster where the guessers spread over every node; and an
+//! end-to-end encrypted pairing with an 8-character relay code.
 
 use futures_util::future::join_all;
 use serde_json::json;
@@ -173,4 +174,33 @@ async fn guessing_spread_over_a_cluster_lengthens_codes_on_every_node() {
     }
     let short = register_at(&cluster.node(2).url("/mac")).await;
     assert_eq!(short.code.len(), 6, "{}", short.code);
+}
+
+#[tokio::test]
+async fn an_encrypted_pairing_under_attack_has_a_13_character_full_code() {
+    use relay_protocol::client::{Client, Data, Event};
+
+    use crate::client::config;
+    use crate::e2e::{data, encrypted, host};
+
+    let relay = Relay::start(&[("RELAY_FAILED_JOIN_LIMIT", "1")]);
+    let mut g = relay.browser().await;
+    g.json(json!({"type": "join", "code": "YYYYYY"})).await;
+    g.expect_error("INVALID_CODE").await;
+    assert_eq!(relay.metric("relay_under_attack").await, 1.0);
+
+    let url = [format!("ws://{}", relay.addr)];
+    let (mac, mut mac_ev, code, _) = host(&url).await;
+    // Eight relay characters, a dash, five secret ones.
+    assert_eq!(code.len(), 14, "{code}");
+    assert_eq!(&code[8..9], "-");
+    let typed = code.replace('-', " ").to_lowercase();
+    let (_browser, mut browser_ev) = Client::browser(config(&url), typed);
+    encrypted(&mut browser_ev, "browser", Event::Joined).await;
+    encrypted(&mut mac_ev, "mac", Event::PeerJoined).await;
+    mac.send_text("long code").await.unwrap();
+    assert_eq!(
+        data(&mut browser_ev, "browser").await,
+        Data::Text("long code".into())
+    );
 }
