@@ -1,10 +1,16 @@
 //! What nodes say to each other over Redis pub/sub. Frames and acks, the hot
 //! path, have a compact binary form; control messages (rare) are JSON. One
 //! PUBLISH carries many envelopes, each prefixed by its length.
+//!
+//! A room's directions (host to one guest, one guest to the host) have
+//! kinds of their own, so a pairing's envelopes are the bytes they always
+//! were: a host's frame names every guest of the receiving node it is for,
+//! with that guest's number, and is published once per node, whatever the
+//! number of guests there (docs/design.md, "Rooms across nodes").
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
-use relay_protocol::Role;
+use relay_protocol::{GuestId, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::Frame;
@@ -14,6 +20,23 @@ const ACK: u8 = 2;
 const CONTROL: u8 = 3;
 const PROBE: u8 = 4;
 const WRITTEN: u8 = 5;
+const ROOM_FRAME: u8 = 6;
+const GUEST_FRAME: u8 = 7;
+const GUEST_ACK: u8 = 8;
+const GUEST_WRITTEN: u8 = 9;
+
+/// Guests one room frame may name: a room's ceiling (`RELAY_MAX_GUESTS`
+/// is at most 1,000), so a malformed count cannot make a decoder allocate.
+pub const MAX_ROOM_LANES: usize = 1000;
+
+/// One direction of a room between its host and one guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GuestLane {
+    /// The guest.
+    pub guest: GuestId,
+    /// Toward the host (the guest's frames) or toward the guest.
+    pub to_host: bool,
+}
 
 /// One message between nodes.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +73,47 @@ pub enum Envelope {
         /// The receiving side.
         to: Role,
         /// Highest pairing sequence number written.
+        p: u64,
+    },
+    /// A room host's data frame toward the guests of session `sid` homed
+    /// on the destination node: each named with the frame's number in its
+    /// own direction. Published once per node, however many guests.
+    RoomFrame {
+        /// Session id.
+        sid: String,
+        /// Each guest it is for, with its number in that guest's direction.
+        lanes: Vec<(GuestId, u64)>,
+        /// The frame, verbatim.
+        frame: Frame,
+    },
+    /// A room guest's data frame toward its host (homed on the
+    /// destination node); `p` counts that guest's frames.
+    GuestFrame {
+        /// Session id.
+        sid: String,
+        /// The guest that sent it.
+        guest: GuestId,
+        /// Its number in the guest's direction.
+        p: u64,
+        /// The frame, verbatim.
+        frame: Frame,
+    },
+    /// As [`Envelope::Ack`], for one direction of a room.
+    GuestAck {
+        /// Session id.
+        sid: String,
+        /// The direction whose receiver read up to `p`.
+        lane: GuestLane,
+        /// Highest number read.
+        p: u64,
+    },
+    /// As [`Envelope::Written`], for one direction of a room.
+    GuestWritten {
+        /// Session id.
+        sid: String,
+        /// The direction whose receiver's node wrote up to `p`.
+        lane: GuestLane,
+        /// Highest number written.
         p: u64,
     },
     /// Session bookkeeping between registries.
@@ -182,16 +246,43 @@ impl Envelope {
                 put_sid(out, sid);
                 out.put_u8(role_byte(*to));
                 out.put_u64(*p);
-                match frame {
-                    Frame::Binary(b) => {
-                        out.put_u8(0);
-                        out.put_slice(b);
-                    }
-                    Frame::Text(t) => {
-                        out.put_u8(1);
-                        out.put_slice(t.as_bytes());
-                    }
+                put_frame(out, frame);
+            }
+            Envelope::RoomFrame { sid, lanes, frame } => {
+                out.put_u8(ROOM_FRAME);
+                put_sid(out, sid);
+                // A room holds at most MAX_ROOM_LANES guests; the rest, if a
+                // caller ever passed more, would be refused by the decoder.
+                let lanes = &lanes[..lanes.len().min(MAX_ROOM_LANES)];
+                out.put_u16(lanes.len() as u16);
+                for (guest, p) in lanes {
+                    out.put_u64(*guest);
+                    out.put_u64(*p);
                 }
+                put_frame(out, frame);
+            }
+            Envelope::GuestFrame {
+                sid,
+                guest,
+                p,
+                frame,
+            } => {
+                out.put_u8(GUEST_FRAME);
+                put_sid(out, sid);
+                out.put_u64(*guest);
+                out.put_u64(*p);
+                put_frame(out, frame);
+            }
+            Envelope::GuestAck { sid, lane, p } | Envelope::GuestWritten { sid, lane, p } => {
+                out.put_u8(if matches!(self, Envelope::GuestAck { .. }) {
+                    GUEST_ACK
+                } else {
+                    GUEST_WRITTEN
+                });
+                put_sid(out, sid);
+                out.put_u64(lane.guest);
+                out.put_u8(u8::from(lane.to_host));
+                out.put_u64(*p);
             }
             Envelope::Ack { sid, to, p } => {
                 out.put_u8(ACK);
@@ -250,12 +341,46 @@ impl Envelope {
                 let sid = get_sid(&mut b)?;
                 let to = byte_role(get_u8(&mut b)?)?;
                 let p = get_u64(&mut b)?;
-                let frame = match get_u8(&mut b)? {
-                    0 => Frame::Binary(b),
-                    1 => Frame::Text(ByteString::try_from(b).ok()?),
+                let frame = get_frame(b)?;
+                Some(Envelope::Frame { sid, to, p, frame })
+            }
+            ROOM_FRAME => {
+                let sid = get_sid(&mut b)?;
+                let n = usize::from(get_u16(&mut b)?);
+                if n == 0 || n > MAX_ROOM_LANES || b.remaining() < n * 16 {
+                    return None;
+                }
+                let lanes = (0..n).map(|_| (b.get_u64(), b.get_u64())).collect();
+                let frame = get_frame(b)?;
+                Some(Envelope::RoomFrame { sid, lanes, frame })
+            }
+            GUEST_FRAME => {
+                let sid = get_sid(&mut b)?;
+                let guest = get_u64(&mut b)?;
+                let p = get_u64(&mut b)?;
+                let frame = get_frame(b)?;
+                Some(Envelope::GuestFrame {
+                    sid,
+                    guest,
+                    p,
+                    frame,
+                })
+            }
+            kind @ (GUEST_ACK | GUEST_WRITTEN) => {
+                let sid = get_sid(&mut b)?;
+                let guest = get_u64(&mut b)?;
+                let to_host = match get_u8(&mut b)? {
+                    0 => false,
+                    1 => true,
                     _ => return None,
                 };
-                Some(Envelope::Frame { sid, to, p, frame })
+                let p = get_u64(&mut b)?;
+                let lane = GuestLane { guest, to_host };
+                Some(if kind == GUEST_ACK {
+                    Envelope::GuestAck { sid, lane, p }
+                } else {
+                    Envelope::GuestWritten { sid, lane, p }
+                })
             }
             kind @ (ACK | WRITTEN) => {
                 let sid = get_sid(&mut b)?;
@@ -288,6 +413,32 @@ fn get_sid(b: &mut Bytes) -> Option<String> {
         return None;
     }
     String::from_utf8(b.split_to(len).to_vec()).ok()
+}
+
+fn put_frame(out: &mut BytesMut, frame: &Frame) {
+    match frame {
+        Frame::Binary(b) => {
+            out.put_u8(0);
+            out.put_slice(b);
+        }
+        Frame::Text(t) => {
+            out.put_u8(1);
+            out.put_slice(t.as_bytes());
+        }
+    }
+}
+
+/// The rest of an envelope as a frame (its kind byte, then its bytes).
+fn get_frame(mut b: Bytes) -> Option<Frame> {
+    Some(match get_u8(&mut b)? {
+        0 => Frame::Binary(b),
+        1 => Frame::Text(ByteString::try_from(b).ok()?),
+        _ => return None,
+    })
+}
+
+fn get_u16(b: &mut Bytes) -> Option<u16> {
+    (b.remaining() >= 2).then(|| b.get_u16())
 }
 
 fn get_u8(b: &mut Bytes) -> Option<u8> {
@@ -333,6 +484,38 @@ mod tests {
                 reason: EndReason::Left,
             }),
             Envelope::Probe { nonce: 42 },
+            Envelope::RoomFrame {
+                sid: "s4".into(),
+                lanes: vec![(1, 5), (3, u64::MAX), (u64::MAX, 0)],
+                frame: Frame::Binary(Bytes::from_static(&[9, 0, 9])),
+            },
+            Envelope::RoomFrame {
+                sid: "s4".into(),
+                lanes: vec![(2, 1)],
+                frame: Frame::Text(r#"{"type":"data","payload":""}"#.into()),
+            },
+            Envelope::GuestFrame {
+                sid: "s4".into(),
+                guest: 3,
+                p: 11,
+                frame: Frame::Text(r#"{"type":"data","payload":"ü"}"#.into()),
+            },
+            Envelope::GuestAck {
+                sid: "s4".into(),
+                lane: GuestLane {
+                    guest: 3,
+                    to_host: true,
+                },
+                p: 11,
+            },
+            Envelope::GuestWritten {
+                sid: "s4".into(),
+                lane: GuestLane {
+                    guest: 1,
+                    to_host: false,
+                },
+                p: 5,
+            },
         ];
         let mut buf = BytesMut::new();
         for e in &all {
@@ -341,6 +524,57 @@ mod tests {
         let (back, bad) = Envelope::decode_all(buf.freeze());
         assert_eq!(bad, 0);
         assert_eq!(back, all);
+    }
+
+    #[test]
+    fn a_pairing_s_frame_is_the_bytes_it_always_was() {
+        let mut buf = BytesMut::new();
+        Envelope::Frame {
+            sid: "ab".into(),
+            to: Role::Browser,
+            p: 258,
+            frame: Frame::Binary(Bytes::from_static(b"xy")),
+        }
+        .encode(&mut buf);
+        assert_eq!(
+            &buf[..],
+            &[
+                0, 0, 0, 16, // length
+                1,  // frame
+                2, b'a', b'b', // session
+                1,    // to the browser
+                0, 0, 0, 0, 0, 0, 1, 2, // p
+                0, b'x', b'y', // binary, payload
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_room_envelopes_are_skipped() {
+        let decode = |body: &[u8]| {
+            let mut msg = (body.len() as u32).to_be_bytes().to_vec();
+            msg.extend_from_slice(body);
+            Envelope::decode_all(Bytes::from(msg))
+        };
+        // A room frame naming no guest, more than it holds, or too many.
+        for count in [0u16, 2, MAX_ROOM_LANES as u16 + 1] {
+            let mut body = vec![ROOM_FRAME, 1, b's'];
+            body.extend_from_slice(&count.to_be_bytes());
+            body.extend_from_slice(&[0; 16]);
+            body.extend_from_slice(&[0, b'x']);
+            assert_eq!(decode(&body), (vec![], 1), "{count} lanes");
+        }
+        // A guest report whose direction is neither 0 nor 1.
+        let mut body = vec![GUEST_ACK, 1, b's'];
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 2]);
+        body.extend_from_slice(&[0; 8]);
+        assert_eq!(decode(&body), (vec![], 1));
+        // A guest frame cut short, and one whose text is not UTF-8.
+        assert_eq!(decode(&[GUEST_FRAME, 1, b's', 0, 0]), (vec![], 1));
+        let mut body = vec![GUEST_FRAME, 1, b's'];
+        body.extend_from_slice(&[0; 16]);
+        body.extend_from_slice(&[1, 0xff]);
+        assert_eq!(decode(&body), (vec![], 1));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::link::{Class, Link, Outgoing};
 use super::{Bus, channel};
-use crate::cluster::envelope::Envelope;
+use crate::cluster::envelope::{Envelope, GuestLane};
 use crate::cluster::redis::Redis;
 
 /// Largest single published message; a batch for one node is split above it.
@@ -71,9 +71,16 @@ impl Bus {
 #[derive(PartialEq, Eq, Hash)]
 struct ReportKey {
     sid: String,
-    to: Role,
+    to: Direction,
     written: bool,
     pairing: u64,
+}
+
+/// A pairing's direction (toward a role) or a room's (one guest's).
+#[derive(PartialEq, Eq, Hash)]
+enum Direction {
+    Pair(Role),
+    Room(GuestLane),
 }
 
 /// Coalesces acks and written reports of one link's batch (see the module
@@ -84,8 +91,16 @@ pub(super) fn coalesce(items: &mut Vec<Outgoing>) {
     let mut out: Vec<Outgoing> = Vec::with_capacity(items.len());
     for o in items.drain(..) {
         let (sid, to, p, written) = match (&o.env, o.class) {
-            (Envelope::Ack { sid, to, p }, Class::Ack) => (sid, *to, *p, false),
-            (Envelope::Written { sid, to, p }, Class::Written) => (sid, *to, *p, true),
+            (Envelope::Ack { sid, to, p }, Class::Ack) => (sid, Direction::Pair(*to), *p, false),
+            (Envelope::Written { sid, to, p }, Class::Written) => {
+                (sid, Direction::Pair(*to), *p, true)
+            }
+            (Envelope::GuestAck { sid, lane, p }, Class::Ack) => {
+                (sid, Direction::Room(*lane), *p, false)
+            }
+            (Envelope::GuestWritten { sid, lane, p }, Class::Written) => {
+                (sid, Direction::Room(*lane), *p, true)
+            }
             (_, Class::Control) => {
                 kept.clear();
                 out.push(o);
@@ -104,8 +119,10 @@ pub(super) fn coalesce(items: &mut Vec<Outgoing>) {
         };
         match kept.get(&key) {
             Some(&i) => {
-                if let Envelope::Ack { p: first, .. } | Envelope::Written { p: first, .. } =
-                    &mut out[i].env
+                if let Envelope::Ack { p: first, .. }
+                | Envelope::Written { p: first, .. }
+                | Envelope::GuestAck { p: first, .. }
+                | Envelope::GuestWritten { p: first, .. } = &mut out[i].env
                 {
                     *first = (*first).max(p);
                 }

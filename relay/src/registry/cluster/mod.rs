@@ -394,6 +394,14 @@ fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metr
                 pipe.written_from_peer(p);
             }
         }
+        Envelope::RoomFrame { sid, .. }
+        | Envelope::GuestFrame { sid, .. }
+        | Envelope::GuestAck { sid, .. }
+        | Envelope::GuestWritten { sid, .. } => {
+            // A cluster takes no room yet (requests: NO_ROOMS_YET), so no
+            // node sends these; one from a newer node finds nothing here.
+            tracing::debug!(session = %sid, "room envelope for a session not held here");
+        }
         Envelope::Control(c) => registry.do_send(FromPeerNode(c)),
         Envelope::Probe { .. } => {}
     })
