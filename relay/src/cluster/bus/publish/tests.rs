@@ -156,6 +156,49 @@ fn a_room_frame_is_one_envelope_per_node_and_room_reports_coalesce_per_guest() {
 }
 
 #[test]
+fn one_host_frame_queued_for_each_guest_of_a_node_is_published_once() {
+    let (bus, mut out) = Bus::detached("me");
+    let l = bus.link(&Arc::from("other"));
+    let gate = Gate::new();
+    let one = Frame::Binary(Bytes::from(vec![1u8; 1000]));
+    let two = Frame::Text(r#"{"type":"data","payload":"2"}"#.into());
+    let other = Frame::Binary(Bytes::from(vec![1u8; 1000]));
+    // Each guest's direction queues the frame on its own, as the host's
+    // pushes reach them one after another.
+    for g in 1..=4 {
+        l.room_frame("s".into(), vec![(g, 7)], one.clone(), &gate);
+    }
+    for g in 1..=2 {
+        l.room_frame("s".into(), vec![(g, 8)], two.clone(), &gate);
+    }
+    // Not merged: a frame after another session's, a frame past an ack, and a
+    // different frame with equal bytes (merging it would be right too).
+    l.room_frame("t".into(), vec![(3, 8)], two.clone(), &gate);
+    l.room_frame("s".into(), vec![(3, 8)], two.clone(), &gate);
+    l.ack("s".into(), Role::Mac, 1, 0);
+    l.room_frame("s".into(), vec![(4, 8)], two.clone(), &gate);
+    l.room_frame("s".into(), vec![(5, 1)], other.clone(), &gate);
+    let room = |sid: &str, lanes: Vec<(u64, u64)>, frame: &Frame| Envelope::RoomFrame {
+        sid: sid.into(),
+        lanes,
+        frame: frame.clone(),
+    };
+    assert_eq!(
+        out.envelopes(),
+        [
+            room("s", vec![(1, 7), (2, 7), (3, 7), (4, 7)], &one),
+            room("s", vec![(1, 8), (2, 8)], &two),
+            room("t", vec![(3, 8)], &two),
+            room("s", vec![(3, 8)], &two),
+            ack("s", Role::Mac, 1),
+            room("s", vec![(4, 8)], &two),
+            room("s", vec![(5, 1)], &other),
+        ]
+    );
+    assert_eq!(bus.metrics().bus_queued_bytes.get(), 0);
+}
+
+#[test]
 fn acks_are_not_coalesced_across_a_control_message_of_any_session() {
     let (bus, mut out) = Bus::detached("me");
     let l = bus.link(&Arc::from("other"));
