@@ -241,14 +241,25 @@ impl Scripts {
                   if f[1] then redis.call('SREM', pre .. 'sides:' .. f[1], sid .. '|' .. role) end
                   redis.call('SADD', pre .. 'sides:' .. ARGV[5], sid .. '|' .. role)
                 end
-local c = redis.call('HMGET', s, p .. 'acc', 'm_rbase', 'm_sbase')
+                local c = redis.call('HMGET', s, p .. 'acc', 'm_rbase', 'm_sbase')
                 local function alive(n)
                   if not n or n == '' then return '0' end
                   return tostring(redis.call('EXISTS', pre .. 'lease:' .. n))
                 end
-                return {{'ok', f[1] or '', f[2] or '', f[9] or '', f[4] or '', f[5] or '',
+                local out = {{'ok', f[1] or '', f[2] or '', f[9] or '', f[4] or '', f[5] or '',
                   f[7] or '', f[6] or '0', c[1] or '0', c[2] or '0', c[3] or '0',
                   alive(f[1]), alive(f[4])}}
+                if f[10] and role == 'mac' then
+                  -- A room's host: its guests follow (id, node, state), for
+                  -- their nodes to hand over what they hold.
+                  for id in string.gmatch(redis.call('HGET', s, 'r_ids') or '', '%d+') do
+                    local g = redis.call('HMGET', s, 'g' .. id .. '_at', 'g' .. id .. '_state')
+                    table.insert(out, id)
+                    table.insert(out, g[1] or '')
+                    table.insert(out, g[2] or '')
+                  end
+                end
+                return out
                 "#
             )),
             // ARGV: pre, sid, role, node, conn, grace_deadline_ms

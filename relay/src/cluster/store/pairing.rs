@@ -97,6 +97,8 @@ pub(crate) struct ResumeFacts {
     pub(crate) old_alive: bool,
     /// Whether the peer's node holds a live lease.
     pub(crate) peer_alive: bool,
+    /// A room host's guests, waiting or in (empty for anything else).
+    pub(crate) guests: Vec<super::room::RoomGuest>,
 }
 
 impl ResumeFacts {
@@ -272,6 +274,7 @@ fn parse_resume(reply: &Value) -> Result<ResumeOutcome, Malformed> {
                 m_sbase: f.count("m_sbase")?,
                 old_alive: f.flag("node alive")?,
                 peer_alive: f.flag("peer node alive")?,
+                guests: super::room::room_guests(&mut f)?,
             })
         }
         "ended" => ResumeOutcome::Ended(f.text("how")?.parse()?),
@@ -482,6 +485,7 @@ mod tests {
                 m_sbase: 0,
                 old_alive: false,
                 peer_alive: true,
+                guests: Vec::new(),
             }
         );
         assert!(!facts.was_away() && !facts.peer_away());

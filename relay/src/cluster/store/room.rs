@@ -48,6 +48,19 @@ impl RoomRules {
     }
 }
 
+/// A room guest as its host's resume finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoomGuest {
+    /// Its id.
+    pub(crate) id: GuestId,
+    /// Its node.
+    pub(crate) node: Option<NodeId>,
+    /// Still waiting for the host's answer.
+    pub(crate) waiting: bool,
+    /// Connected to its node (not away, not waiting).
+    pub(crate) here: bool,
+}
+
 /// What `resume_guest` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum GuestResume {
@@ -290,6 +303,7 @@ fn parse_resume_guest(reply: &Value) -> Result<GuestResume, Malformed> {
                     m_sbase: 0,
                     old_alive: f.flag("node alive")?,
                     peer_alive: f.flag("host node alive")?,
+                    guests: Vec::new(),
                 },
             }
         }
@@ -299,6 +313,31 @@ fn parse_resume_guest(reply: &Value) -> Result<GuestResume, Malformed> {
     };
     f.end()?;
     Ok(outcome)
+}
+
+/// The rest of a host's `resume` reply: its guests, three fields each.
+pub(super) fn room_guests(f: &mut Fields<'_>) -> Result<Vec<RoomGuest>, Malformed> {
+    let mut guests = Vec::new();
+    while !f.is_empty() {
+        let id = f.count("guest id")?;
+        let node = f.node("guest node")?;
+        let (waiting, here) = match f.text("guest state")? {
+            "wait" => (true, false),
+            s => {
+                let state: SideState = s
+                    .parse()
+                    .map_err(|e| Malformed(format!("guest state: {e}")))?;
+                (false, state == SideState::Here)
+            }
+        };
+        guests.push(RoomGuest {
+            id,
+            node,
+            waiting,
+            here,
+        });
+    }
+    Ok(guests)
 }
 
 fn parse_answer(reply: &Value, with_state: bool) -> Result<GuestAnswer, Malformed> {

@@ -248,6 +248,7 @@ async fn a_guest_resumes_by_its_token_on_another_node() {
                 m_sbase: 0,
                 old_alive: false,
                 peer_alive: true,
+                guests: Vec::new(),
             },
         }
     );
@@ -284,13 +285,33 @@ async fn a_guest_resumes_by_its_token_on_another_node() {
             GuestResume::Invalid
         );
     }
-    // The host's own resume is a pairing's mac's.
-    assert!(matches!(
-        n3.resume("s1", Role::Mac, &token(1), ConnId(14))
-            .await
-            .unwrap(),
-        ResumeOutcome::Resumed(_)
-    ));
+    // The host's own resume is a pairing's mac's, with its guests listed
+    // for their nodes to hand over.
+    let ResumeOutcome::Resumed(host) = n3
+        .resume("s1", Role::Mac, &token(1), ConnId(14))
+        .await
+        .unwrap()
+    else {
+        panic!("host not resumed")
+    };
+    assert_eq!((host.peer_node.as_deref(), host.acc_checkpoint), (None, 0));
+    assert_eq!(
+        host.guests,
+        [
+            RoomGuest {
+                id: 1,
+                node: Some(Arc::from("n3")),
+                waiting: false,
+                here: true,
+            },
+            RoomGuest {
+                id: 2,
+                node: Some(Arc::from("n2")),
+                waiting: true,
+                here: false,
+            },
+        ]
+    );
 }
 
 #[actix::test]
@@ -469,6 +490,14 @@ fn malformed_replies_are_errors() {
     ok.pop();
     assert!(parse_resume_guest(&arr(&ok)).is_err(), "a field short");
     assert_eq!(guest_side(12), "g12");
+    let guests = |fields: &[&str]| {
+        let reply = arr(fields);
+        room_guests(&mut Fields::of(&reply).unwrap())
+    };
+    assert_eq!(guests(&[]).unwrap(), []);
+    assert!(guests(&["1", "n1", "away"]).unwrap()[0].node.is_some());
+    assert!(guests(&["1", "n1"]).is_err(), "a field short");
+    assert!(guests(&["1", "n1", "gone"]).is_err());
     let join = |fields: &[&str]| {
         let reply = arr(fields);
         guest_joined(&mut Fields::of(&reply).unwrap()).map(drop)
