@@ -34,7 +34,7 @@ use relay_protocol::{GuestId, Role};
 use tokio::sync::Notify;
 use tracing::warn;
 
-use crate::cluster::envelope::{Control, Envelope, GuestLane};
+use crate::cluster::envelope::{Control, Envelope, GuestLane, Lane};
 use crate::frame::Frame;
 use crate::gate::Gate;
 use crate::metrics::{DropReason, Metrics};
@@ -223,10 +223,6 @@ impl Link {
     /// Queues a room host's new data frame for the guests of the other
     /// node named in `lanes` (each with its number), as one envelope:
     /// published once however many guests it is for. As [`Link::frame`].
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the cluster registry does not take rooms yet")
-    )]
     pub fn room_frame(
         &self,
         sid: String,
@@ -238,10 +234,6 @@ impl Link {
     }
 
     /// Queues a room guest's new data frame toward its host. As [`Link::frame`].
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the cluster registry does not take rooms yet")
-    )]
     pub fn guest_frame(&self, sid: String, guest: GuestId, p: u64, frame: Frame, gate: &Arc<Gate>) {
         let env = Envelope::GuestFrame {
             sid,
@@ -253,19 +245,11 @@ impl Link {
     }
 
     /// Queues an acknowledgement of one direction of a room. As [`Link::ack`].
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the cluster registry does not take rooms yet")
-    )]
     pub fn guest_ack(&self, sid: String, lane: GuestLane, p: u64, pairing: u64) {
         self.report(Envelope::GuestAck { sid, lane, p }, Class::Ack, pairing);
     }
 
     /// Queues a written report of one direction of a room. As [`Link::ack`].
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the cluster registry does not take rooms yet")
-    )]
     pub fn guest_written(&self, sid: String, lane: GuestLane, p: u64, pairing: u64) {
         self.report(
             Envelope::GuestWritten { sid, lane, p },
@@ -290,7 +274,9 @@ impl Link {
     /// Queues frames sent again (to a side that moved, or to fill a gap).
     /// Past [`HARD_LIMIT`] the rest are dropped and the link is marked lost,
     /// so their holder sends them again when it has room.
-    pub fn replay(&self, sid: &str, to: Role, frames: Vec<(u64, Frame)>) {
+    /// Frames of a room are never merged: each names its one guest.
+    pub fn replay(&self, sid: &str, lane: impl Into<Lane>, frames: Vec<(u64, Frame)>) {
+        let lane = lane.into();
         let mut st = self.lock();
         let mut dropped = 0;
         for (p, frame) in frames {
@@ -298,11 +284,26 @@ impl Link {
                 dropped += 1;
                 continue;
             }
-            let env = Envelope::Frame {
-                sid: sid.to_owned(),
-                to,
-                p,
-                frame,
+            let sid = sid.to_owned();
+            let env = match lane {
+                Lane::Pair(to) => Envelope::Frame { sid, to, p, frame },
+                Lane::Guest(GuestLane {
+                    guest,
+                    to_host: true,
+                }) => Envelope::GuestFrame {
+                    sid,
+                    guest,
+                    p,
+                    frame,
+                },
+                Lane::Guest(GuestLane {
+                    guest,
+                    to_host: false,
+                }) => Envelope::RoomFrame {
+                    sid,
+                    lanes: vec![(guest, p)],
+                    frame,
+                },
             };
             self.push(&mut st, env, Class::Replay, 0);
         }

@@ -301,7 +301,7 @@ impl ClusterRegistry {
         Peer {
             link: self.bus.link(node),
             sid: Arc::clone(sid),
-            to: role,
+            to: role.into(),
         }
     }
 

@@ -49,6 +49,10 @@ impl Handler<FromPeerNode> for ClusterRegistry {
                     p.resend_to_peer(from);
                 }
             }
+            Control::GuestResend { sid, .. } => {
+                // A cluster takes no room yet (requests: NO_ROOMS_YET).
+                tracing::debug!(session = %sid, "room resend for a session not held here");
+            }
             Control::Resync { node } => {
                 let node: Arc<str> = Arc::from(node.as_str());
                 for p in self.dir.all() {
