@@ -45,10 +45,6 @@ pub enum Lane {
     /// A pairing's direction toward this side.
     Pair(Role),
     /// A room's direction between its host and one guest.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the cluster registry does not take rooms yet")
-    )]
     Guest(GuestLane),
 }
 

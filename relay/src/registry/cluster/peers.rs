@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::requests::now_ms;
 use super::{ClusterRegistry, FromPeerNode, Here, NodeDead, Resubscribed};
-use crate::cluster::envelope::Control;
+use crate::cluster::envelope::{Control, Lane};
 use crate::cluster::store::{Counter, ReclaimOutcome};
 use crate::conns::ConnCommand;
 use crate::pipe::Pipe;
@@ -49,9 +49,11 @@ impl Handler<FromPeerNode> for ClusterRegistry {
                     p.resend_to_peer(from);
                 }
             }
-            Control::GuestResend { sid, .. } => {
-                // A cluster takes no room yet (requests: NO_ROOMS_YET).
-                tracing::debug!(session = %sid, "room resend for a session not held here");
+            Control::GuestResend { sid, lane, from } => {
+                // A guest's node saw a gap in one room direction.
+                if let Some(p) = self.dir.get(&sid, Lane::Guest(lane)) {
+                    p.resend_to_peer(from);
+                }
             }
             Control::Resync { node } => {
                 let node: Arc<str> = Arc::from(node.as_str());

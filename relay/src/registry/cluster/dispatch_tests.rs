@@ -1,0 +1,96 @@
+//! What the dispatcher does with a room's envelopes: a host frame for
+//! several guests of this node reaches each guest's direction at its own
+//! number, once; a guest direction's acks reach the pipe that holds its
+//! frames. In process, with a real registry on a real `redis-server` (the
+//! dispatcher tells it of cut sockets).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Directory, dispatcher};
+use crate::cluster::bus::Bus;
+use crate::cluster::envelope::{Envelope, GuestLane, Lane};
+use crate::cluster::store::testing::TestRedis;
+use crate::frame::Frame;
+use crate::gate::Gate;
+use crate::metrics::Metrics;
+use crate::pipe::{Peer, Pipe};
+use crate::queue::Limits;
+use crate::registry::cluster::ClusterRegistry;
+use crate::registry::testing::settings;
+
+fn limits() -> Limits {
+    Limits {
+        max_buffered: 1_000_000,
+        stall: Duration::from_secs(3600),
+        away_frames: 100,
+        away_bytes: 1_000_000,
+        paced: false,
+    }
+}
+
+fn lane(guest: u64, to_host: bool) -> Lane {
+    Lane::Guest(GuestLane { guest, to_host })
+}
+
+#[actix::test]
+async fn room_envelopes_reach_each_guest_direction_once() {
+    let r = TestRedis::start().await;
+    let metrics = Arc::new(Metrics::new("g").unwrap());
+    let (registry, _) = ClusterRegistry::start(
+        settings(),
+        Arc::clone(&metrics),
+        Arc::from("g"),
+        r.redis(),
+        Duration::from_secs(30),
+    );
+    let (bus, _out) = Bus::detached("g");
+    let peer = |to: Lane| Peer {
+        link: bus.link(&Arc::from("h")),
+        sid: Arc::from("s"),
+        to,
+    };
+    let dir = Directory::default();
+    let sid = Arc::from("s");
+    // Guests 3 and 5 are on this node; guest 4's frames toward the host
+    // are held here until the host's node acknowledges them.
+    let to_3 = Pipe::fed_from_peer(limits(), 0, 0, peer(lane(3, false)));
+    let to_5 = Pipe::fed_from_peer(limits(), 0, 0, peer(lane(5, false)));
+    let from_4 = Pipe::sending_to_peer(limits(), peer(lane(4, true)), 0, 0);
+    dir.set(&sid, lane(3, false), Some(&to_3));
+    dir.set(&sid, lane(5, false), Some(&to_5));
+    dir.set(&sid, lane(4, true), Some(&from_4));
+    let dispatch = dispatcher(dir.clone(), registry, metrics);
+
+    let frame = Frame::Binary(Bytes::from_static(b"to all"));
+    let room = |lanes: Vec<(u64, u64)>| Envelope::RoomFrame {
+        sid: "s".into(),
+        lanes,
+        frame: frame.clone(),
+    };
+    dispatch(room(vec![(3, 1), (5, 1), (9, 1)]));
+    dispatch(room(vec![(3, 1)]));
+    assert_eq!((to_3.held_entries(), to_5.held_entries()), (1, 1));
+    // Guest 3's next frame is its second, guest 5's a gap (asked for).
+    dispatch(room(vec![(3, 2), (5, 3)]));
+    assert_eq!((to_3.held_entries(), to_5.held_entries()), (2, 1));
+    assert_eq!(
+        dir.get("s", lane(9, false)).map(|p| p.held_entries()),
+        None,
+        "a guest not held here is skipped"
+    );
+
+    from_4.push(Frame::Text("hi".into()), &Gate::new());
+    assert_eq!(from_4.held_entries(), 1);
+    let ack = |guest, to_host| Envelope::GuestAck {
+        sid: "s".into(),
+        lane: GuestLane { guest, to_host },
+        p: 1,
+    };
+    dispatch(ack(4, false));
+    assert_eq!(from_4.held_entries(), 1, "another direction's ack");
+    dispatch(ack(4, true));
+    assert_eq!(from_4.held_entries(), 0);
+}
