@@ -5,7 +5,7 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt build clean toolchain deps cluster ops-tools ops-check prom-test browser-test browser-test-run bench chaos soak fuzz
+.PHONY: help run test lint fmt build clean toolchain deps cluster ops-tools ops-check prom-test browser-test browser-test-run bench bench-100k chaos soak fuzz
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -70,6 +70,13 @@ cluster: build deps ## Start Redis, three relay nodes and haproxy on :8080 (Ctrl
 # baseline the run takes about 1.5x as long, plus its build the first time.
 bench: toolchain deps ## Measure throughput, rooms fan-out and fan-in, latency, set-up rate, memory and a reconnect storm (~6 min)
 	tests/bench/run.sh
+
+# 100,000 connections held at once on this machine: a local cluster of
+# HUNDRED_K_NODES (12) nodes, one load process per node, every pair across
+# nodes; memory per connection per node, idle CPU, set-up and drain times,
+# and a ping through every pair at the end (tests/bench/hundred-k.sh).
+bench-100k: toolchain deps ## Hold 100,000 connections on a local cluster and report memory, idle CPU, set-up and drain (~5 min)
+	tests/bench/hundred-k.sh
 
 # Every parser of untrusted input under libFuzzer (fuzz/, cargo-fuzz; nightly,
 # or stable with RUSTC_BOOTSTRAP=1). FUZZ_TARGETS="a b" picks targets; a crash

@@ -283,3 +283,40 @@ async fn a_control_message_flood_is_refused_then_closed_while_data_flows_freely(
     m.json(json!({"type": "register"})).await;
     m.expect("registered").await;
 }
+
+/// IPv6 is counted by /64, the block one host is usually given: two
+/// addresses of one /64 share its ceiling and its join rate; another /64 has
+/// its own. (IPv4 stays per address, above.)
+#[tokio::test]
+async fn ipv6_clients_are_counted_by_their_64_prefix() {
+    let relay = Relay::start(&[
+        ("RELAY_MAX_CONNECTIONS_PER_ADDR", "2"),
+        ("RELAY_JOIN_RATE", "1"),
+        ("RELAY_TRUST_FORWARDED_FOR", "true"),
+    ]);
+    let url = relay.url("/browser");
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+    let mut first = connect_with(&url, &from("2001:db8:7:1::1"))
+        .await
+        .expect("under the ceiling");
+    let mut second = connect_with(&url, &from("2001:db8:7:1:ffff::2"))
+        .await
+        .expect("under the ceiling");
+    let (status, _) = connect_with(&url, &from("2001:db8:7:1::3"))
+        .await
+        .err()
+        .expect("a third address of the same /64 is over its ceiling");
+    assert_eq!(status, 503);
+    let mut elsewhere = connect_with(&url, &from("2001:db8:7:2::1"))
+        .await
+        .expect("another /64 has its own ceiling");
+    // One join a minute for the /64, whichever address of it asks.
+    first.json(json!({"type": "join", "code": "333333"})).await;
+    first.expect_error("INVALID_CODE").await;
+    second.json(json!({"type": "join", "code": "333333"})).await;
+    second.expect_error("RATE_LIMITED").await;
+    elsewhere
+        .json(json!({"type": "join", "code": "333333"}))
+        .await;
+    elsewhere.expect_error("INVALID_CODE").await;
+}

@@ -214,3 +214,59 @@ async fn a_relay_without_rooms_or_a_room_too_big_is_refused_not_mismeasured() {
     .await;
     assert!(!out.status.success());
 }
+
+/// `hold` (the 100,000-connection run's load, tests/bench/hundred-k.sh):
+/// pairs held through several heartbeats stay open because they answer the
+/// relay's pings, every one answers the ping at the end, and with
+/// `--wait-close` it sees the relay's drain close every connection.
+#[tokio::test]
+async fn held_pairs_answer_heartbeats_and_the_final_ping_and_see_the_drain() {
+    use tokio::io::AsyncBufReadExt;
+    let mut relay = Relay::start(&[
+        ("RELAY_HEARTBEAT_INTERVAL", "200ms"),
+        ("RELAY_HEARTBEAT_TIMEOUT", "200ms"),
+    ]);
+    let url = relay.url("");
+    let dir = Scratch::new("hold");
+    let json = dir.0.join("json").join("hold.json");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay-load"))
+        .args([
+            "--quiet",
+            "--timeout",
+            "60s",
+            "--scenario",
+            "hold",
+            "--wait-close",
+        ])
+        .args(["--pairs", "6", "--duration", "1500ms", "--url", &url])
+        .args(["--json", json.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start relay-load");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let pinged = async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.contains("all 6 pairs pinged") {
+                return;
+            }
+        }
+        panic!("relay-load ended before it pinged every pair");
+    };
+    tokio::time::timeout(RUN_LIMIT, pinged)
+        .await
+        .expect("no ping in time");
+    relay.sigterm();
+    relay.wait_exit();
+    let status = tokio::time::timeout(RUN_LIMIT, child.wait())
+        .await
+        .expect("relay-load did not end in time")
+        .unwrap();
+    assert!(status.success());
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = &v["results"];
+    assert_eq!(r["answered"], 6, "{r}");
+    assert_eq!(r["lost_during_hold"], 0, "{r}");
+    assert_eq!(r["closed_by_relay"], 12, "{r}");
+}

@@ -1,5 +1,5 @@
 //! Who may open a WebSocket on this node: the per-node and per-address
-//! connection ceilings (refused with HTTP 503 before the upgrade) and the
+//! (per client, as [`ClientKey`] counts one) connection ceilings (refused with HTTP 503 before the upgrade) and the
 //! `Origin` allow-list for `/browser` (refused with close 1008 after it, as
 //! PROTOCOL.md's close table says, so a browser client stops instead of
 //! retrying a connection it can never make).
@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::client_key::ClientKey;
 
 /// Why a connection was refused before the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +36,7 @@ pub struct Admission {
     max_node: u32,
     max_per_addr: u32,
     open: AtomicU32,
-    per_addr: Mutex<HashMap<IpAddr, u32>>,
+    per_addr: Mutex<HashMap<ClientKey, u32>>,
 }
 
 impl Admission {
@@ -53,6 +55,7 @@ impl Admission {
     /// # Errors
     /// [`Full`] naming the ceiling.
     pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Result<Slot, Full> {
+        let key = ClientKey::of(addr);
         let node_ok = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -64,7 +67,7 @@ impl Admission {
         }
         if self.max_per_addr > 0 {
             let mut map = self.lock();
-            let n = map.entry(addr).or_insert(0);
+            let n = map.entry(key).or_insert(0);
             if *n >= self.max_per_addr {
                 drop(map);
                 self.open.fetch_sub(1, Ordering::AcqRel);
@@ -74,7 +77,7 @@ impl Admission {
         }
         Ok(Slot {
             of: Arc::clone(self),
-            addr,
+            key,
         })
     }
 
@@ -90,7 +93,7 @@ impl Admission {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientKey, u32>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every update is one statement), so a poisoned lock is still usable.
         self.per_addr
@@ -98,14 +101,14 @@ impl Admission {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn release(&self, addr: IpAddr) {
+    fn release(&self, key: ClientKey) {
         if self.max_per_addr > 0 {
             let mut map = self.lock();
-            if let Some(n) = map.get_mut(&addr) {
+            if let Some(n) = map.get_mut(&key) {
                 *n -= 1;
                 if *n == 0 {
-                    // Forget the address, so the map holds only open connections.
-                    map.remove(&addr);
+                    // Forget the client, so the map holds only open connections.
+                    map.remove(&key);
                 }
             }
         }
@@ -117,12 +120,12 @@ impl Admission {
 #[derive(Debug)]
 pub struct Slot {
     of: Arc<Admission>,
-    addr: IpAddr,
+    key: ClientKey,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.of.release(self.addr);
+        self.of.release(self.key);
     }
 }
 

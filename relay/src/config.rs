@@ -63,7 +63,8 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_REQUEST_HEAD", default_value = "16KiB", value_parser = parse_bytes)]
     pub max_request_head: usize,
 
-    /// Join attempts a minute allowed from one client address; 0 turns the limit off.
+    /// Join attempts a minute allowed from one client address (an IPv6 client: its /64);
+    /// 0 turns the limit off.
     #[arg(long, env = "RELAY_JOIN_RATE", default_value_t = 10)]
     pub join_rate: u32,
 
@@ -115,7 +116,8 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: u32,
 
-    /// Most WebSockets one client address holds on this node; more get HTTP 503.
+    /// Most WebSockets one client address (an IPv6 client: its /64) holds on this node;
+    /// more get HTTP 503.
     /// 0 turns it off (do so behind a proxy that hides client addresses).
     #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_ADDR", default_value_t = 256)]
     pub max_connections_per_addr: u32,

@@ -19,6 +19,10 @@ pub mod admission;
 #[cfg(not(fuzzing))]
 mod admission;
 #[cfg(fuzzing)]
+pub mod client_key;
+#[cfg(not(fuzzing))]
+mod client_key;
+#[cfg(fuzzing)]
 pub mod cluster;
 #[cfg(not(fuzzing))]
 mod cluster;

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Full, Origins};
 use crate::cluster::bus::Bus;
+use crate::cluster::lease::Lease;
 use crate::cluster::{Redis, RedisTarget};
 use crate::config::Config;
 use crate::conns::{Connections, Killer, RawSocket};
@@ -80,6 +81,8 @@ pub struct Node {
     server: actix_web::dev::Server,
     /// The admin listener's server, if one is configured.
     admin: Option<actix_web::dev::Server>,
+    /// In a cluster, this node's lease, given up once it has drained.
+    lease: Option<Lease>,
 }
 
 /// Binds the listener and starts serving; call from inside an actix system.
@@ -116,9 +119,9 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
             paced: true,
         },
     };
-    let (registry, cluster) = if config.redis_url.is_empty() {
+    let (registry, cluster, lease) = if config.redis_url.is_empty() {
         let addr = MemoryRegistry::new(settings, Arc::clone(&metrics)).start();
-        (RegistryHandle::new(&addr), None)
+        (RegistryHandle::new(&addr), None, None)
     } else {
         let mut target = RedisTarget::parse(&config.redis_url).map_err(anyhow::Error::msg)?;
         if !config.redis_ca.is_empty() {
@@ -129,7 +132,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         }
         let redis = Redis::start(target, config.redis_timeout, Arc::clone(&metrics));
         let node: Arc<str> = Arc::from(node_id.as_str());
-        let (addr, bus) = ClusterRegistry::start(
+        let (addr, bus, lease) = ClusterRegistry::start(
             settings,
             Arc::clone(&metrics),
             node,
@@ -139,6 +142,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         (
             RegistryHandle::new(&addr),
             Some(ClusterHealth { redis, bus }),
+            Some(lease),
         )
     };
     let registry_kind = match &cluster {
@@ -297,6 +301,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         handle,
         server,
         admin,
+        lease,
     })
 }
 
@@ -314,6 +319,7 @@ impl Node {
             handle,
             server,
             admin,
+            lease,
             ..
         } = self;
         let server = actix::spawn(server);
@@ -321,6 +327,9 @@ impl Node {
         let admin = admin.map(|a| (a.handle(), actix::spawn(a)));
         shutdown::wait_for_signal().await?;
         shutdown::drain(&draining, &conns, &metrics, drain_timeout).await;
+        if let Some(lease) = lease {
+            lease.give_up().await;
+        }
         handle.stop(true).await;
         server.await??;
         if let Some((h, task)) = admin {

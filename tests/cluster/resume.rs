@@ -348,3 +348,126 @@ async fn a_resume_refused_at_its_deadline_never_attaches_later() {
         1.0
     );
 }
+
+/// Both sides on node 1; the mac drops with frames of the browser unread,
+/// then the browser moves to node 2 and the mac to node 3. The unread frames
+/// were queued on node 1 while both were there; they must reach the mac
+/// wherever it resumes, ahead of what the browser sent from node 2, whether
+/// node 1 is still up (`stop_node_1` false) or drained and gone (true).
+async fn both_sides_leave_their_node_with_frames_unread(stop_node_1: bool) {
+    const SENT: u64 = 50;
+    const READ: u64 = 20;
+    const AFTER: u64 = 60;
+    let mut c = Cluster::start(3, &[]);
+    let p = pair_at(&c.node(1).url("/mac"), &c.node(1).url("/browser")).await;
+    let (session, mac_token, browser_token) = (
+        p.session_id.clone(),
+        p.mac_token.clone(),
+        p.browser_token.clone(),
+    );
+    let (mut b_tx, b_rx) = p.browser.into_inner().split();
+    send_range(&mut b_tx, 1, SENT).await;
+    let (m_tx, mut m_rx) = p.mac.into_inner().split();
+    let (first, _) = collect(&mut m_rx, READ as usize, None).await;
+    assert_sequence(&first, READ, "mac before it dropped");
+    Ws::from_stream(m_rx.reunite(m_tx).expect("same stream")).drop_connection();
+    let mut b = Ws::from_stream(b_rx.reunite(b_tx).expect("same stream"));
+    b.expect("peer_disconnected").await;
+    b.drop_connection();
+    wait_field(&c, &session, "b_state", "away").await;
+
+    let mut b = Ws::connect(&c.node(2).url("/browser")).await;
+    b.json(resume_msg(&session, &browser_token, 0)).await;
+    let accepted = b.expect("resumed").await["lastSeq"]
+        .as_u64()
+        .expect("lastSeq");
+    assert_eq!(accepted, SENT, "node 1 took every frame the browser sent");
+    if stop_node_1 {
+        c.node(1).sigterm();
+        c.node_mut(1).wait_exit().await;
+        // A drained node gives its lease up as it exits: nobody waits for
+        // a handover it can no longer give.
+        let lease = format!("relay:lease:{}", c.node(1).id);
+        assert_eq!(
+            redis_command(c.redis.port(), &["EXISTS", &lease]),
+            Ok(Resp::Int(0)),
+            "the drained node's lease outlived it"
+        );
+    }
+    let (mut b_tx, _b_rx) = b.into_inner().split();
+    send_range(&mut b_tx, SENT + 1, AFTER).await;
+
+    let mut m = Ws::connect(&c.node(3).url("/mac")).await;
+    m.json(resume_msg(&session, &mac_token, READ)).await;
+    m.expect("resumed").await;
+    let (_m_tx, mut m_rx) = m.into_inner().split();
+    let (rest, _) = collect(&mut m_rx, (AFTER - READ) as usize, None).await;
+    let want: Vec<u64> = (READ + 1..=AFTER).collect();
+    assert_eq!(
+        rest, want,
+        "mac after both moved: each frame after {READ} once"
+    );
+    assert!(
+        !c.node(3).logged("handover did not come in time"),
+        "node 3 waited for a node that had left"
+    );
+}
+
+#[tokio::test]
+async fn both_sides_leave_a_live_node_and_the_unread_frames_follow() {
+    both_sides_leave_their_node_with_frames_unread(false).await;
+}
+
+#[tokio::test]
+async fn both_sides_leave_a_drained_node_and_the_unread_frames_follow() {
+    both_sides_leave_their_node_with_frames_unread(true).await;
+}
+
+/// A resume whose peer's node cannot replay what it claims to lack (here a
+/// `lastSeq` past what was sent) is refused on a third node. A side that was
+/// away stays away: its peer hears nothing more, and a good resume later
+/// brings it back. A side that was connected (a takeover) has lost its old
+/// connection: its peer hears `peer_disconnected`.
+async fn a_resume_the_peers_node_cannot_replay(was_away: bool) {
+    let c = Cluster::start(3, &[]);
+    let mut p = pair_at(&c.node(1).url("/mac"), &c.node(2).url("/browser")).await;
+    p.mac.data("one").await;
+    assert_eq!(p.browser.recv_json().await["payload"], "one");
+    let mut old = Some(p.browser);
+    if was_away {
+        old.take().expect("connected").drop_connection();
+        p.mac.expect("peer_disconnected").await;
+        wait_field(&c, &p.session_id, "b_state", "away").await;
+    }
+    let mut bad = Ws::connect(&c.node(3).url("/browser")).await;
+    bad.json(resume_msg(&p.session_id, &p.browser_token, 500))
+        .await;
+    let refused = bad.expect_error("INVALID_RESUME").await;
+    let why = refused["message"].as_str().unwrap_or_default();
+    assert!(!why.contains('{'), "a sentence, not a debug print: {why}");
+    if let Some(mut old) = old {
+        assert_eq!(old.until_closed().await, Some(4001));
+        p.mac.expect("peer_disconnected").await;
+    }
+    // The browser comes back with what it has, and the session goes on.
+    let mut b = Ws::connect(&c.node(3).url("/browser")).await;
+    b.json(resume_msg(&p.session_id, &p.browser_token, 1)).await;
+    b.expect("resumed").await;
+    // The mac's next message is the browser coming back: no `peer_resumed`
+    // for the refused resume, no second `peer_disconnected`.
+    assert_eq!(p.mac.recv_json().await["type"], "peer_resumed");
+    p.mac.data("two").await;
+    assert_eq!(b.recv_json().await["payload"], "two");
+    b.data("back").await;
+    assert_eq!(p.mac.recv_json().await["payload"], "back");
+}
+
+#[tokio::test]
+async fn a_refused_resume_of_an_away_side_leaves_it_away_and_its_peer_untold() {
+    a_resume_the_peers_node_cannot_replay(true).await;
+}
+
+#[tokio::test]
+async fn a_refused_takeover_tells_the_peer_its_side_is_gone() {
+    a_resume_the_peers_node_cannot_replay(false).await;
+}

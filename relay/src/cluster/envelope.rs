@@ -8,6 +8,8 @@
 //! with that guest's number, and is published once per node, whatever the
 //! number of guests there (docs/design.md, "Rooms across nodes").
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 use relay_protocol::{GuestId, Role};
@@ -141,6 +143,55 @@ pub enum Envelope {
     },
 }
 
+/// A frame in a [`Control::Handover`], by its pairing number. Control
+/// messages are JSON, so a binary payload travels as base64: handovers are
+/// rare, and bounded by what one reader may leave unacknowledged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldFrame {
+    /// Pairing number.
+    pub p: u64,
+    /// The frame.
+    #[serde(flatten)]
+    pub body: HeldBody,
+}
+
+/// A [`HeldFrame`]'s payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldBody {
+    /// A text frame, verbatim.
+    Text(String),
+    /// A binary frame, base64 (standard alphabet, padded).
+    Binary(String),
+}
+
+impl HeldFrame {
+    /// The frame numbered `p`, for a handover.
+    pub fn new(p: u64, frame: &Frame) -> Self {
+        let body = match frame {
+            Frame::Text(t) => HeldBody::Text(t.to_string()),
+            Frame::Binary(b) => HeldBody::Binary(BASE64.encode(b)),
+        };
+        HeldFrame { p, body }
+    }
+
+    /// The pairing number and frame, or `None` for base64 that does not decode.
+    pub fn into_frame(self) -> Option<(u64, Frame)> {
+        let frame = match self.body {
+            HeldBody::Text(t) => Frame::Text(ByteString::from(t)),
+            HeldBody::Binary(b) => Frame::Binary(Bytes::from(BASE64.decode(b).ok()?)),
+        };
+        Some((self.p, frame))
+    }
+
+    /// Bytes it takes in a link's queue.
+    pub fn size(&self) -> usize {
+        match &self.body {
+            HeldBody::Text(s) | HeldBody::Binary(s) => s.len(),
+        }
+    }
+}
+
 /// Why a side ended for good, as told to the peer's node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -199,6 +250,13 @@ pub enum Control {
         received: Option<u64>,
         /// Control messages queued for the side while it was away.
         events: Vec<String>,
+        /// Frames of the moved side that its peer (on the answering node)
+        /// has not acknowledged: the side's new node holds them from now
+        /// on, as it holds every frame it sends to the peer, so they
+        /// survive the answering node going (a drain, a crash) before the
+        /// peer reads them or moves too.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unacknowledged: Vec<HeldFrame>,
         /// Why its frames cannot be replayed, if so.
         error: Option<String>,
         /// Matches the request.

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::warn;
+use tokio::sync::{oneshot, watch};
+use tracing::{info, warn};
 
 use super::PREFIX;
 use super::redis::Redis;
@@ -74,14 +75,27 @@ pub fn start(
     metrics: Arc<Metrics>,
     on_dead: OnDead,
     on_rejoined: OnRejoined,
-) {
+) -> Lease {
+    let (stop, mut stopping) = watch::channel(false);
+    let (done_tx, done) = oneshot::channel();
+    let key = format!("{PREFIX}lease:{node}");
+    let handle = Lease {
+        stop,
+        done,
+        key: key.clone(),
+        redis: Arc::clone(&redis),
+    };
     actix::spawn(async move {
         let mut tick = tokio::time::interval(CHECK_EVERY.min(ttl / 3));
-        let lease = format!("{PREFIX}lease:{node}");
+        let lease = key;
         let nodes = format!("{PREFIX}nodes");
         let mut watch = Watch::new(ttl);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                // Only a give-up stops it: a handle merely dropped does not.
+                Ok(()) = stopping.changed() => break,
+            }
             let mut renew = ::redis::pipe();
             renew
                 .cmd("SET")
@@ -133,7 +147,37 @@ pub fn start(
                 }
             }
         }
+        let _ = done_tx.send(());
     });
+    handle
+}
+
+/// This node's lease, held until the node leaves.
+pub struct Lease {
+    stop: watch::Sender<bool>,
+    done: oneshot::Receiver<()>,
+    key: String,
+    redis: Arc<Redis>,
+}
+
+impl Lease {
+    /// Stops renewing the lease and deletes it, for a node that drained and
+    /// is about to exit. Until it lapsed by itself (up to a lease later),
+    /// the others would still take the node for alive: every resume of a
+    /// side it held would wait for a handover it can no longer give. With
+    /// it gone they wait for nothing, and the next check reaps whatever the
+    /// node left in Redis, as for a node that died.
+    pub async fn give_up(self) {
+        let _ = self.stop.send(true);
+        // A renewal under way finishes first, so it cannot set the key
+        // again after the delete; it is bounded by the Redis timeout.
+        let _ = tokio::time::timeout(self.redis.timeout() * 2, self.done).await;
+        let del = ::redis::cmd("DEL").arg(&self.key).clone();
+        match self.redis.query::<i64>("lease", &del).await {
+            Ok(_) => info!("lease given up"),
+            Err(e) => warn!(error = %e, "could not give up the lease; it lapses by itself"),
+        }
+    }
 }
 
 #[cfg(test)]

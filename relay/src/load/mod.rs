@@ -14,8 +14,11 @@
 //!   its guests; frames delivered a second summed over guests.
 //! - `fanin`: the same rooms; every guest sends to its host, which reads the
 //!   frames tagged by `from`.
+//! - `hold`: idle pairs held for `--duration`, answering heartbeats, then
+//!   pinged one frame each way (the 100,000-connection run).
 
 mod fanout;
+mod hold;
 mod pairs;
 mod report;
 mod rooms;
@@ -44,6 +47,8 @@ pub enum Scenario {
     Fanout,
     /// Rooms: every guest sends to its host; frames the hosts read a second.
     Fanin,
+    /// Idle pairs held, then each pinged one frame each way.
+    Hold,
 }
 
 /// Load generator for the relay: opens pairs of mac and browser connections
@@ -119,6 +124,10 @@ pub struct Args {
     /// A label for the results (e.g. "relay same-node").
     #[arg(long, default_value = "")]
     pub label: String,
+    /// For `hold`: after the ping, wait for the relay to close every
+    /// connection (the script drains the nodes) and time it.
+    #[arg(long)]
+    pub wait_close: bool,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -145,6 +154,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             Scenario::Storm => scenarios::storm(&args).await,
             Scenario::Fanout => fanout::fanout(&args).await,
             Scenario::Fanin => fanout::fanin(&args).await,
+            Scenario::Hold => hold::hold(&args).await,
         }
     };
     match tokio::time::timeout(limit, work).await {

@@ -26,7 +26,7 @@ fn browser_url(args: &Args, i: usize) -> &str {
 }
 
 /// Opens `args.pairs` pairs, `args.concurrency` at a time.
-async fn open_all(args: &Args) -> anyhow::Result<(Vec<Pair>, Duration)> {
+pub(super) async fn open_all(args: &Args) -> anyhow::Result<(Vec<Pair>, Duration)> {
     let started = Instant::now();
     let progress = Progress::start(args, "opening pairs");
     let opened = Arc::new(AtomicU64::new(0));
@@ -115,7 +115,7 @@ pub(super) async fn setup(args: &Args) -> anyhow::Result<Report> {
 }
 
 /// The next binary message (pings are answered on the way).
-async fn next_binary(ws: &mut pairs::Ws) -> anyhow::Result<bytes::Bytes> {
+pub(super) async fn next_binary(ws: &mut pairs::Ws) -> anyhow::Result<bytes::Bytes> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Binary(b))) => return Ok(b),

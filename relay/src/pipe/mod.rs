@@ -480,13 +480,22 @@ impl Pipe {
     }
 
     /// The sender moved to `peer`'s node: acknowledgements go there from now
-    /// on. Returns the frames of the pairing received so far, counted in the
-    /// same step, so no frame from the old node falls between the two.
-    pub fn fed_from(&self, peer: Peer) -> u64 {
+    /// on. Returns the frames of the pairing received so far and those of
+    /// them the reader has not acknowledged (for the sender's new node to
+    /// hold), taken in the same step, so no frame from the old node falls
+    /// between them and the acknowledgements.
+    pub fn fed_from(&self, peer: Peer) -> (u64, Vec<(u64, Frame)>) {
         let mut g = self.lock();
         g.queue.set_fed(true);
         g.ack_to = Some(peer);
-        g.queue.pairing_count()
+        (g.queue.pairing_count(), g.queue.unacknowledged())
+    }
+
+    /// Sender side, on a pipe toward a reader on another node: holds frames
+    /// that reader's node already has, unacknowledged (handed over by the
+    /// node the sender left), as the replay source should the reader move.
+    pub fn hold_handed_over(&self, frames: Vec<(u64, Frame)>) {
+        self.change(|q| q.hold_handed_over(frames));
     }
 
     /// The sender moved to this node: nothing is acknowledged elsewhere any

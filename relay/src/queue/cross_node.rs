@@ -166,6 +166,57 @@ impl Queue {
         Ok(self.resend_from(0))
     }
 
+    /// Reader side, as the sender moves to another node: the data frames of
+    /// this pairing the reader has not acknowledged, by pairing number. The
+    /// sender's new node holds them from then on (see
+    /// [`Queue::hold_handed_over`]); this queue keeps them for its reader.
+    pub fn unacknowledged(&self) -> Vec<(u64, Frame)> {
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.item {
+                Item::Data { seq, frame, .. } if *seq > self.base => {
+                    Some((seq - self.base, frame.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sender side, on a queue toward a reader on another node: holds
+    /// `frames` (by pairing number, in order), which the reader's node
+    /// already has and its reader has not acknowledged, as the replay source
+    /// should the reader move. They are not published (the reader's node has
+    /// them) nor counted unwritten; its acks free them as they free the rest.
+    /// Frames past this queue's count, or not after what it holds, are not
+    /// this queue's and are ignored.
+    pub fn hold_handed_over(&mut self, frames: Vec<(u64, Frame)>) {
+        let have = self.seq - self.base;
+        let mut last = self
+            .entries
+            .back()
+            .map_or(0, |e| e.seq.saturating_sub(self.base));
+        for (p, frame) in frames {
+            if p <= last || p > have {
+                continue;
+            }
+            last = p;
+            let seq = self.base + p;
+            self.append(
+                seq,
+                Item::Data {
+                    seq,
+                    frame,
+                    from: None,
+                },
+                None,
+            );
+            // Already at the reader's node: nothing of it is unwritten.
+            if let Some(e) = self.entries.back() {
+                self.unwritten -= e.cost();
+            }
+        }
+    }
+
     /// Sender side: every held frame from pairing number `from` on, to
     /// publish again (envelopes were lost; the reader drops what it has).
     /// Empty unless the reader is on another node.

@@ -388,6 +388,51 @@ fn moving_the_reader_to_another_node_replays_what_it_lacks() {
 }
 
 #[test]
+fn a_sender_that_moves_hands_what_its_reader_has_not_acknowledged_to_its_new_node() {
+    // The reader's queue, both sides on one node: five frames, two acknowledged.
+    let mut here = Queue::new(roomy());
+    here.reset_reader();
+    here.attach(C, 0, Instant::now()).unwrap();
+    here.start_pairing();
+    for i in 1..=5 {
+        here.push(data(i));
+    }
+    let d = drain_all(&mut here, 0);
+    let second = d.items[1].0;
+    here.ack(second, Instant::now());
+    // The sender moves: its new node holds 3 to 5, in pairing numbers.
+    here.set_fed(true);
+    let held = here.unacknowledged();
+    assert_eq!(here.pairing_count(), 5);
+    assert_eq!(held.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [3, 4, 5]);
+    assert_eq!(
+        here.held_entries(),
+        3,
+        "the reader's node keeps them for its reader"
+    );
+
+    let mut there = Queue::sending_to_peer(roomy(), 5, 5);
+    let mut offered = held.clone();
+    // Not this queue's: past its count, and out of order.
+    offered.push((9, data(9)));
+    offered.insert(1, (2, data(2)));
+    there.hold_handed_over(offered);
+    assert_eq!(there.held_entries(), 3);
+    assert!(!there.sender_paused(), "held frames are not unwritten");
+    // New frames are published after them; old ones are not published again.
+    assert!(matches!(there.push(data(6)), Pushed::Publish { p: 6, .. }));
+    // The reader moves too, having read 2: everything after comes from here.
+    let replay = there.send_to_peer(2, Instant::now()).unwrap();
+    assert_eq!(
+        replay.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        [3, 4, 5, 6]
+    );
+    assert_eq!(replay[0].1, data(3), "verbatim");
+    there.ack_from_peer(4, Instant::now());
+    assert_eq!(there.held_entries(), 2);
+}
+
+#[test]
 fn a_count_that_may_lag_takes_a_reader_ahead_of_it_and_skips_what_it_has() {
     // A checkpoint said 2 frames; the reader really read 4 before the crash.
     let mut q = Queue::sending_to_peer(roomy(), 2, 2);

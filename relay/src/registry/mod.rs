@@ -43,7 +43,7 @@ pub type SessionId = Arc<str>;
 pub struct Client {
     /// The connection.
     pub conn: ConnId,
-    /// Its address (for join rate limiting).
+    /// Its address (join rates count it as a [`crate::client_key::ClientKey`]).
     pub addr: IpAddr,
     /// Where its pipe sends [`Wake`].
     pub wake: Recipient<Wake>,

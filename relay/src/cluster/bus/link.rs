@@ -34,7 +34,7 @@ use relay_protocol::{GuestId, Role};
 use tokio::sync::Notify;
 use tracing::warn;
 
-use crate::cluster::envelope::{Control, Envelope, GuestLane, Lane};
+use crate::cluster::envelope::{Control, Envelope, GuestLane, HeldFrame, Lane};
 use crate::frame::Frame;
 use crate::gate::Gate;
 use crate::metrics::{DropReason, Metrics};
@@ -192,8 +192,13 @@ impl Link {
             + match &env {
                 Envelope::Frame { frame, .. } | Envelope::GuestFrame { frame, .. } => frame.len(),
                 Envelope::RoomFrame { frame, lanes, .. } => frame.len() + 16 * lanes.len(),
-                Envelope::Control(Control::Handover { events, .. }) => {
-                    events.iter().map(String::len).sum()
+                Envelope::Control(Control::Handover {
+                    events,
+                    unacknowledged,
+                    ..
+                }) => {
+                    events.iter().map(String::len).sum::<usize>()
+                        + unacknowledged.iter().map(HeldFrame::size).sum::<usize>()
                 }
                 _ => 0,
             };

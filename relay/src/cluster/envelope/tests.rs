@@ -127,6 +127,47 @@ fn malformed_room_envelopes_are_skipped() {
 }
 
 #[test]
+fn a_handover_carries_unacknowledged_frames_verbatim_binary_as_base64() {
+    let frames = [
+        (3, Frame::Binary(Bytes::from_static(&[0, 1, 255, b'"']))),
+        (4, Frame::Text(r#"{"type":"data","payload":"é\n"}"#.into())),
+        (5, Frame::Binary(Bytes::new())),
+    ];
+    let c = Control::Handover {
+        sid: "s".into(),
+        role: Role::Browser,
+        received: Some(5),
+        events: vec![],
+        unacknowledged: frames.iter().map(|(p, f)| HeldFrame::new(*p, f)).collect(),
+        error: None,
+        request: 1,
+    };
+    let mut buf = BytesMut::new();
+    Envelope::Control(c.clone()).encode(&mut buf);
+    let (back, bad) = Envelope::decode_all(buf.freeze());
+    assert_eq!((bad, back), (0, vec![Envelope::Control(c.clone())]));
+    let Control::Handover { unacknowledged, .. } = c else {
+        unreachable!()
+    };
+    let back: Vec<_> = unacknowledged
+        .into_iter()
+        .map(|h| h.into_frame().expect("decodes"))
+        .collect();
+    assert_eq!(back, frames);
+    // A node that does not know the field reads the rest; one without it is read as none.
+    let old = r#"{"type":"handover","sid":"s","role":"mac","received":null,"events":[],"error":null,"request":2}"#;
+    let Ok(Control::Handover { unacknowledged, .. }) = serde_json::from_str(old) else {
+        panic!("an older node's handover must parse")
+    };
+    assert!(unacknowledged.is_empty());
+    let bad = HeldFrame {
+        p: 1,
+        body: HeldBody::Binary("not base64!".into()),
+    };
+    assert_eq!(bad.into_frame(), None);
+}
+
+#[test]
 fn garbage_is_skipped_not_panicked_on() {
     for junk in [
         &b""[..],

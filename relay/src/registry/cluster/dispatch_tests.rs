@@ -39,7 +39,7 @@ fn lane(guest: u64, to_host: bool) -> Lane {
 async fn room_envelopes_reach_each_guest_direction_once() {
     let r = TestRedis::start().await;
     let metrics = Arc::new(Metrics::new("g").unwrap());
-    let (registry, _) = ClusterRegistry::start(
+    let (registry, _, _) = ClusterRegistry::start(
         settings(),
         Arc::clone(&metrics),
         Arc::from("g"),

@@ -23,7 +23,6 @@ mod peers;
 mod requests;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,10 +35,12 @@ use tokio::sync::oneshot;
 
 use super::member::Member;
 use super::{Link, RegistrySettings, SessionId};
+use crate::client_key::ClientKey;
+use crate::cluster::Redis;
 use crate::cluster::bus::{Bus, Dispatch};
 use crate::cluster::envelope::{Control, Envelope, GuestLane, Lane};
+use crate::cluster::lease::{self, Lease};
 use crate::cluster::store::{Counter, Store};
-use crate::cluster::{Redis, lease};
 use crate::conns::{ConnCommand, ConnId};
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
@@ -215,7 +216,7 @@ pub struct ClusterRegistry {
     store: Arc<Store>,
     dir: Directory,
     sessions: HashMap<SessionId, Local>,
-    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    limiter: Option<DefaultKeyedRateLimiter<ClientKey>>,
     pending: HashMap<u64, Pending>,
     next_request: u64,
     /// Sessions with a resume in flight here, each with the resumes queued
@@ -245,18 +246,20 @@ struct Reclaim;
 struct Resubscribed;
 
 impl ClusterRegistry {
-    /// Starts the registry of `node`, with its bus and lease.
+    /// Starts the registry of `node`, with its bus and lease (the lease's
+    /// handle is for the node to give it up when it leaves).
     pub fn start(
         settings: RegistrySettings,
         metrics: Arc<Metrics>,
         node: Arc<str>,
         redis: Arc<Redis>,
         lease_ttl: Duration,
-    ) -> (Addr<Self>, Arc<Bus>) {
+    ) -> (Addr<Self>, Arc<Bus>, Lease) {
         let dir = Directory::default();
         let limiter =
             NonZeroU32::new(settings.join_rate).map(|n| RateLimiter::keyed(Quota::per_minute(n)));
         let mut bus_out = None;
+        let mut lease_out = None;
         let addr = ClusterRegistry::create(|ctx| {
             let addr = ctx.address();
             let dispatch = dispatcher(dir.clone(), addr.clone(), Arc::clone(&metrics));
@@ -270,14 +273,14 @@ impl ClusterRegistry {
             );
             let dead = addr.clone();
             let back = addr.clone();
-            lease::start(
+            lease_out = Some(lease::start(
                 Arc::clone(&node),
                 lease_ttl,
                 Arc::clone(&redis),
                 Arc::clone(&metrics),
                 Arc::new(move |n| dead.do_send(NodeDead(n))),
                 Arc::new(move || back.do_send(Reclaim)),
-            );
+            ));
             bus_out = Some(Arc::clone(&bus));
             let store = Arc::new(Store::new(Arc::clone(&redis), Arc::clone(&node)));
             ClusterRegistry {
@@ -297,7 +300,8 @@ impl ClusterRegistry {
         });
         // unwrap-free: `create` runs the closure before returning.
         let bus = bus_out.expect("the registry closure ran");
-        (addr, bus)
+        let lease = lease_out.expect("the registry closure ran");
+        (addr, bus, lease)
     }
 
     /// A handle to publish toward `role` of `sid` on `node`.

@@ -9,11 +9,11 @@ use tracing::{info, warn};
 
 use super::requests::now_ms;
 use super::{ClusterRegistry, FromPeerNode, Here, NodeDead, Resubscribed};
-use crate::cluster::envelope::{Control, Lane};
+use crate::cluster::envelope::{Control, HeldFrame, Lane};
 use crate::cluster::store::{Counter, ReclaimOutcome};
 use crate::conns::ConnCommand;
 use crate::pipe::Pipe;
-use crate::queue::EventEffect;
+use crate::queue::{EventEffect, Gap};
 use crate::registry::SessionId;
 
 impl Handler<FromPeerNode> for ClusterRegistry {
@@ -149,6 +149,7 @@ impl ClusterRegistry {
         let node: Arc<str> = Arc::from(node.as_str());
         let mut events = Vec::new();
         let mut received = None;
+        let mut unacknowledged = Vec::new();
         let mut error = None;
         if let Some(mut local) = self.sessions.remove(&id) {
             let side_here = local.side(role).is_some();
@@ -168,7 +169,7 @@ impl ClusterRegistry {
                 // Frames toward the side are replayed to its new node.
                 if let Some(p) = local.pipe(role).cloned() {
                     if let Err(gap) = p.send_to_peer(self.peer(&id, role, &node), p_last) {
-                        error = Some(format!("its frames cannot be replayed ({gap:?})"));
+                        error = Some(replay_gap(gap, p_last));
                     }
                 } else {
                     // The local side's resume makes that pipe when it is done:
@@ -176,10 +177,14 @@ impl ClusterRegistry {
                     local.peer_read = Some(p_last);
                 }
                 if let Some(p) = local.pipe(role.peer()) {
-                    received = Some(p.fed_from(self.peer(&id, role.peer(), &node)));
+                    let (count, held) = p.fed_from(self.peer(&id, role.peer(), &node));
+                    received = Some(count);
+                    unacknowledged = held.iter().map(|(p, f)| HeldFrame::new(*p, f)).collect();
                 }
                 local.set_node(role, Some(Arc::clone(&node)));
-                if was_away {
+                // A side whose frames cannot be replayed is refused: it is
+                // not back (its new node tells of a takeover's old connection).
+                if was_away && error.is_none() {
                     local.tell(role.peer(), &ServerMessage::PeerResumed, EventEffect::None);
                 }
                 self.sessions.insert(Arc::clone(&id), local);
@@ -194,6 +199,7 @@ impl ClusterRegistry {
             role,
             received,
             events,
+            unacknowledged,
             error,
             request,
         };
@@ -345,5 +351,19 @@ impl Handler<crate::registry::Stats> for ClusterRegistry {
             st.buffered_bytes += p.held_bytes() as i64;
         }
         MessageResult(st)
+    }
+}
+
+/// Why the frames toward a side that moved cannot be replayed, for its
+/// client (counted within the pairing, as the nodes count them).
+fn replay_gap(gap: Gap, p_last: u64) -> String {
+    match gap {
+        Gap::Ahead { sent } => {
+            format!("it claims more frames than the {sent} of this pairing sent to it")
+        }
+        Gap::Behind { oldest } => format!(
+            "frames after {p_last} of this pairing are no longer held (the oldest held is {oldest})"
+        ),
+        Gap::Closed => "the session is over".to_owned(),
     }
 }

@@ -10,7 +10,6 @@ mod tests;
 mod timer_tests;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,6 +30,7 @@ use super::secret::TokenHash;
 use super::session::{Change, Ended, Session};
 use super::timers::Timers;
 use super::tombstones::Tombstones;
+use crate::client_key::ClientKey;
 use crate::conns::ConnCommand;
 use crate::metrics::Metrics;
 use crate::queue::{EventEffect, Limits};
@@ -91,7 +91,7 @@ pub struct MemoryRegistry {
     expired_codes: Tombstones<SessionCode, ()>,
     /// Ended sides by session, endpoint and token (a room has many guests).
     ended: Tombstones<(SessionId, Role, TokenHash), Ended>,
-    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    limiter: Option<DefaultKeyedRateLimiter<ClientKey>>,
     /// The ceiling on failed joins (code guessing).
     failed_joins: FailedJoins,
     timers: Timers<Timer>,

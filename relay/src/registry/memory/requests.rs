@@ -16,6 +16,7 @@ use super::super::{
     SessionId,
 };
 use super::{MemoryRegistry, Timer, unix_ms_in};
+use crate::client_key::ClientKey;
 use crate::conns::ConnCommand;
 use crate::queue::{EventEffect, Gap};
 
@@ -37,7 +38,7 @@ impl MemoryRegistry {
 
     fn join(&mut self, msg: Join, ctx: &mut Context<Self>) -> Result<Joined, Refusal> {
         if let Some(l) = &self.limiter {
-            if l.check_key(&msg.client.addr).is_err() {
+            if l.check_key(&ClientKey::of(msg.client.addr)).is_err() {
                 self.metrics.rate_limited.with_label_values(&["join"]).inc();
                 return Err(ErrorCode::RateLimited.into());
             }

@@ -14,6 +14,7 @@ use relay_protocol::{ErrorCode, Role, ServerMessage, SessionCode};
 use tracing::{info, warn};
 
 use super::{ClusterRegistry, Here, Local};
+use crate::client_key::ClientKey;
 use crate::cluster::envelope::Control;
 use crate::cluster::store::{
     Counter, EndOutcome, Holder, JoinOutcome, NodeId, Registration, SideState, StoreError,
@@ -139,7 +140,7 @@ impl Handler<Join> for ClusterRegistry {
         let early = if let Some(l) = self
             .limiter
             .as_ref()
-            .filter(|l| l.check_key(&msg.client.addr).is_err())
+            .filter(|l| l.check_key(&ClientKey::of(msg.client.addr)).is_err())
         {
             let _ = l;
             self.metrics.rate_limited.with_label_values(&["join"]).inc();

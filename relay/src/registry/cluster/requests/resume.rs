@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending};
 use super::*;
-use crate::cluster::envelope::Control;
+use crate::cluster::envelope::{Control, HeldFrame};
 use crate::cluster::store::{ResumeFacts, ResumeOutcome, SideEnd};
 use crate::conns::{ConnCommand, ConnId};
 use crate::pipe::Pipe;
@@ -328,24 +328,31 @@ impl ClusterRegistry {
         }
         let mut events = Vec::new();
         let mut received = None;
+        let mut unacknowledged = Vec::new();
         for r in replies {
             if let Control::Handover {
                 received: rec,
                 events: ev,
+                unacknowledged: held,
                 error,
                 ..
             } = r
             {
                 if let Some(e) = error {
                     warn!(session = %id, error = %e, "peer node cannot replay");
-                    self.side_lost(&id, role, &msg, ctx);
+                    self.side_lost(&id, role, &msg, &facts, ctx);
                     return Err(Refusal::with(
                         ErrorCode::InvalidResume,
                         format!("This session cannot be resumed: {e}. Start a new session."),
                     ));
                 }
                 events.extend(ev);
-                received = received.or(rec);
+                if rec.is_some() && received.is_none() {
+                    // Only the peer's node counts what it received, and
+                    // only it holds frames of the side's it has not had acknowledged.
+                    received = rec;
+                    unacknowledged = held;
+                }
             }
         }
         let limits = self.settings.limits;
@@ -407,6 +414,16 @@ impl ClusterRegistry {
                     // No handover: the count is the checkpoint's, and the
                     // peer may have read more of this side's frames.
                     out.count_may_lag();
+                }
+                let held: Option<Vec<(u64, crate::frame::Frame)>> = unacknowledged
+                    .into_iter()
+                    .map(HeldFrame::into_frame)
+                    .collect();
+                match held {
+                    Some(held) => out.hold_handed_over(held),
+                    None => {
+                        warn!(session = %id, "a handover's frames did not decode; the peer's node keeps them alone")
+                    }
                 }
                 if facts.peer_away() {
                     out.peer_away();
@@ -504,9 +521,31 @@ impl ClusterRegistry {
         self.mark_away(id, role, conn, ctx);
     }
 
-    /// A resume failed after the script moved the side here: mark it away
-    /// again so its grace period runs.
-    fn side_lost(&mut self, id: &SessionId, role: Role, msg: &Resume, ctx: &mut Context<Self>) {
+    /// A resume failed after the script moved the side here (its peer's
+    /// node cannot replay what it lacks): mark it away again so its grace
+    /// period runs. A side that was connected (a takeover, its old
+    /// connection now closed) is away news to its peer, told by the peer's
+    /// node as for any side that drops; one that was away stays so, and its
+    /// peer, who heard `peer_disconnected` already, hears nothing more.
+    fn side_lost(
+        &mut self,
+        id: &SessionId,
+        role: Role,
+        msg: &Resume,
+        facts: &ResumeFacts,
+        ctx: &mut Context<Self>,
+    ) {
+        let peer_node = self
+            .sessions
+            .get(id)
+            .and_then(|l| l.node_of(role.peer()).cloned());
+        if let Some(n) = peer_node.filter(|_| !facts.was_away()) {
+            let c = Control::Away {
+                sid: id.to_string(),
+                role,
+            };
+            self.send(&n, c, ctx);
+        }
         if let Some(local) = self.sessions.get_mut(id) {
             local.set_side(role, None);
         }

@@ -33,7 +33,7 @@ const READY_WAIT: Duration = Duration::from_secs(10);
 /// Starts the registry of `node` and waits until it takes requests.
 async fn start_node(r: &TestRedis, node: &str) -> Addr<ClusterRegistry> {
     let metrics = Arc::new(Metrics::new(node).unwrap());
-    let (addr, bus) = ClusterRegistry::start(
+    let (addr, bus, _lease) = ClusterRegistry::start(
         settings(),
         metrics,
         Arc::from(node),
