@@ -1,7 +1,8 @@
 //! What the dispatcher does with a room's envelopes: a host frame for
 //! several guests of this node reaches each guest's direction at its own
 //! number, once; a guest direction's acks reach the pipe that holds its
-//! frames. In process, with a real registry on a real `redis-server` (the
+//! frames; a remote guest's frames reach the host's pipe tagged, and are
+//! acknowledged only once the host read them. In process, with a real registry on a real `redis-server` (the
 //! dispatcher tells it of cut sockets).
 
 use std::sync::Arc;
@@ -93,4 +94,111 @@ async fn room_envelopes_reach_each_guest_direction_once() {
     assert_eq!(from_4.held_entries(), 1, "another direction's ack");
     dispatch(ack(4, true));
     assert_eq!(from_4.held_entries(), 0);
+}
+
+/// Takes wake-ups and does nothing: the test drains the pipe itself.
+struct Sink;
+impl actix::Actor for Sink {
+    type Context = actix::Context<Self>;
+}
+impl actix::Handler<crate::pipe::Wake> for Sink {
+    type Result = ();
+    fn handle(&mut self, _: crate::pipe::Wake, _: &mut actix::Context<Self>) {}
+}
+
+#[actix::test]
+async fn a_remote_guest_s_frames_reach_the_host_s_pipe_and_are_acknowledged_once_read() {
+    use actix::Actor as _;
+    use std::num::NonZeroU64;
+
+    use crate::cluster::envelope::Control;
+    use crate::conns::ConnId;
+    use crate::pipe::Receiver;
+    use crate::queue::Drained;
+    use relay_protocol::Role;
+
+    let r = TestRedis::start().await;
+    let metrics = Arc::new(Metrics::new("h").unwrap());
+    let (registry, _, _) = ClusterRegistry::start(
+        settings(),
+        Arc::clone(&metrics),
+        Arc::from("h"),
+        r.redis(),
+        Duration::from_secs(30),
+    );
+    let (bus, mut out) = Bus::detached("h");
+    let dir = Directory::default();
+    let sid = Arc::from("s");
+    // The host reads its pipe on this node; guest 4 sends from node "g".
+    let host = Pipe::new(limits());
+    host.reset_receiver();
+    let rx = Receiver {
+        conn: ConnId(1),
+        wake: Sink.start().recipient(),
+        killer: None,
+    };
+    host.attach(rx, 0).unwrap();
+    let four = NonZeroU64::new(4).unwrap();
+    let to_host = GuestLane {
+        guest: 4,
+        to_host: true,
+    };
+    host.feed_guest(
+        four,
+        0,
+        Peer {
+            link: bus.link(&Arc::from("g")),
+            sid: Arc::clone(&sid),
+            to: Lane::Guest(to_host),
+        },
+    );
+    dir.set(&sid, Role::Mac, Some(&host));
+    let dispatch = dispatcher(dir.clone(), registry, metrics);
+
+    let guest_frame = |guest, p, text: &'static str| Envelope::GuestFrame {
+        sid: "s".into(),
+        guest,
+        p,
+        frame: Frame::Text(text.into()),
+    };
+    dispatch(guest_frame(4, 1, "one"));
+    dispatch(guest_frame(4, 1, "one"));
+    dispatch(guest_frame(6, 1, "not fed here"));
+    let mut d = Drained::default();
+    host.drain(ConnId(1), 0, &mut d);
+    let got: Vec<_> = d
+        .items
+        .iter()
+        .map(|(_, item, _)| match item {
+            crate::queue::Item::Data { frame, from, .. } => (frame.clone(), from.to_owned()),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(got, [(Frame::Text("one".into()), Some(four))]);
+    assert_eq!(out.envelopes(), [], "acknowledged before the host read it");
+    host.ack(d.items[0].0);
+    assert_eq!(
+        out.envelopes(),
+        [Envelope::GuestAck {
+            sid: "s".into(),
+            lane: to_host,
+            p: 1,
+        }]
+    );
+    // Frame 2 was lost: guest 4's node is asked for it.
+    dispatch(guest_frame(4, 3, "three"));
+    assert_eq!(
+        out.envelopes(),
+        [Envelope::Control(Control::GuestResend {
+            sid: "s".into(),
+            lane: to_host,
+            from: 2,
+        })]
+    );
+    assert_eq!(host.held_entries(), 0);
+    // Guest 4 left (or came to this node): its frames from there are dropped.
+    assert_eq!(host.unfeed_guest(four), Some(1));
+    dispatch(guest_frame(4, 2, "two"));
+    assert_eq!(host.held_entries(), 0);
+    assert_eq!(out.envelopes(), []);
 }

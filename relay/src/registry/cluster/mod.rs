@@ -368,7 +368,9 @@ impl Actor for ClusterRegistry {
 fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metrics>) -> Dispatch {
     Arc::new(move |env| match env {
         Envelope::Frame { sid, to, p, frame } => {
-            deliver(&dir, &registry, &metrics, &sid, Lane::Pair(to), p, frame);
+            deliver(&dir, &registry, &metrics, &sid, Lane::Pair(to), p, |pipe| {
+                pipe.push_from_peer(p, frame)
+            });
         }
         Envelope::RoomFrame { sid, lanes, frame } => {
             // One host frame for several guests here: each direction takes
@@ -378,7 +380,9 @@ fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metr
                     guest,
                     to_host: false,
                 });
-                deliver(&dir, &registry, &metrics, &sid, lane, p, frame.clone());
+                deliver(&dir, &registry, &metrics, &sid, lane, p, |pipe| {
+                    pipe.push_from_peer(p, frame.clone())
+                });
             }
         }
         Envelope::Ack { sid, to, p } => {
@@ -401,18 +405,29 @@ fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metr
                 pipe.written_from_peer(p);
             }
         }
-        Envelope::GuestFrame { sid, guest, p, .. } => {
-            // Toward a room host: the per-guest feed into the host's pipe
-            // is not built yet, and a cluster takes no room
-            // (requests: NO_ROOMS_YET), so no node sends these.
-            tracing::debug!(session = %sid, guest, p, "guest frame for a host not held here");
+        Envelope::GuestFrame {
+            sid,
+            guest,
+            p,
+            frame,
+        } => {
+            // Into the host's one pipe, tagged, if that guest feeds it
+            // from another node (`Pipe::feed_guest`); dropped otherwise.
+            let host = Lane::Pair(Role::Mac);
+            match std::num::NonZeroU64::new(guest) {
+                Some(g) => deliver(&dir, &registry, &metrics, &sid, host, p, |pipe| {
+                    pipe.push_from_guest(g, p, frame)
+                }),
+                None => tracing::debug!(session = %sid, p, "frame from guest 0 dropped"),
+            }
         }
         Envelope::Control(c) => registry.do_send(FromPeerNode(c)),
         Envelope::Probe { .. } => {}
     })
 }
 
-/// Hands a frame from another node to the pipe of `lane`, if held here.
+/// Hands a frame (numbered `p`) from another node to the pipe of `lane`,
+/// if held here, with `push`.
 fn deliver(
     dir: &Directory,
     registry: &Addr<ClusterRegistry>,
@@ -420,13 +435,13 @@ fn deliver(
     sid: &str,
     lane: Lane,
     p: u64,
-    frame: crate::frame::Frame,
+    push: impl FnOnce(&Pipe) -> FromPeer,
 ) {
     let Some(pipe) = dir.get(sid, lane) else {
         tracing::debug!(session = %sid, ?lane, p, "frame for a session not held here");
         return;
     };
-    match pipe.push_from_peer(p, frame) {
+    match push(&pipe) {
         FromPeer::Queued => {}
         FromPeer::Duplicate { .. } | FromPeer::Dropped => {
             tracing::debug!(session = %sid, ?lane, p, "frame from another node dropped (duplicate or no receiver)");
