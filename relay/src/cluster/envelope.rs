@@ -8,14 +8,15 @@
 //! with that guest's number, and is published once per node, whatever the
 //! number of guests there (docs/design.md, "Rooms across nodes").
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 use relay_protocol::{GuestId, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::Frame;
+
+mod control;
+pub use control::{Control, EndReason, HeldFrame};
 
 const FRAME: u8 = 1;
 const ACK: u8 = 2;
@@ -140,166 +141,6 @@ pub enum Envelope {
     Probe {
         /// Increasing number of the probe.
         nonce: u64,
-    },
-}
-
-/// A frame in a [`Control::Handover`], by its pairing number. Control
-/// messages are JSON, so a binary payload travels as base64: handovers are
-/// rare, and bounded by what one reader may leave unacknowledged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HeldFrame {
-    /// Pairing number.
-    pub p: u64,
-    /// The frame.
-    #[serde(flatten)]
-    pub body: HeldBody,
-}
-
-/// A [`HeldFrame`]'s payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HeldBody {
-    /// A text frame, verbatim.
-    Text(String),
-    /// A binary frame, base64 (standard alphabet, padded).
-    Binary(String),
-}
-
-impl HeldFrame {
-    /// The frame numbered `p`, for a handover.
-    pub fn new(p: u64, frame: &Frame) -> Self {
-        let body = match frame {
-            Frame::Text(t) => HeldBody::Text(t.to_string()),
-            Frame::Binary(b) => HeldBody::Binary(BASE64.encode(b)),
-        };
-        HeldFrame { p, body }
-    }
-
-    /// The pairing number and frame, or `None` for base64 that does not decode.
-    pub fn into_frame(self) -> Option<(u64, Frame)> {
-        let frame = match self.body {
-            HeldBody::Text(t) => Frame::Text(ByteString::from(t)),
-            HeldBody::Binary(b) => Frame::Binary(Bytes::from(BASE64.decode(b).ok()?)),
-        };
-        Some((self.p, frame))
-    }
-
-    /// Bytes it takes in a link's queue.
-    pub fn size(&self) -> usize {
-        match &self.body {
-            HeldBody::Text(s) | HeldBody::Binary(s) => s.len(),
-        }
-    }
-}
-
-/// Why a side ended for good, as told to the peer's node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// It sent `leave`.
-    Left,
-    /// It closed with 1000.
-    Closed,
-    /// It did not come back in time (grace passed or its buffer overflowed).
-    Timeout,
-}
-
-/// Registry-to-registry messages.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Control {
-    /// To the mac's node: a browser joined on `node`.
-    Joined {
-        /// Session id.
-        sid: String,
-        /// The browser's node.
-        node: String,
-    },
-    /// To the peer's node: side `role` is away (it may resume).
-    Away {
-        /// Session id.
-        sid: String,
-        /// The side that went away.
-        role: Role,
-    },
-    /// To the nodes that hold the session: side `role` is now on `node`,
-    /// having `p_last` frames of this pairing. Close its old connection,
-    /// send it what follows, and answer with [`Control::Handover`].
-    Moved {
-        /// Session id.
-        sid: String,
-        /// The side that moved.
-        role: Role,
-        /// Where it is now.
-        node: String,
-        /// Frames of the current pairing it has received.
-        p_last: u64,
-        /// It was away (its peer is told `peer_resumed`), not taken over.
-        was_away: bool,
-        /// Matches the answer to the request.
-        request: u64,
-    },
-    /// Answer to [`Control::Moved`], to the side's new node.
-    Handover {
-        /// Session id.
-        sid: String,
-        /// The side that moved.
-        role: Role,
-        /// Frames of the moved side its peer received this pairing, if the
-        /// peer is on the answering node.
-        received: Option<u64>,
-        /// Control messages queued for the side while it was away.
-        events: Vec<String>,
-        /// Frames of the moved side that its peer (on the answering node)
-        /// has not acknowledged: the side's new node holds them from now
-        /// on, as it holds every frame it sends to the peer, so they
-        /// survive the answering node going (a drain, a crash) before the
-        /// peer reads them or moves too.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        unacknowledged: Vec<HeldFrame>,
-        /// Why its frames cannot be replayed, if so.
-        error: Option<String>,
-        /// Matches the request.
-        request: u64,
-    },
-    /// To a sender's node: frames from pairing number `from` on were lost; send them again.
-    Resend {
-        /// Session id.
-        sid: String,
-        /// The receiving side.
-        to: Role,
-        /// First missing pairing number.
-        from: u64,
-    },
-    /// As [`Control::Resend`], for one direction of a room.
-    GuestResend {
-        /// Session id.
-        sid: String,
-        /// The direction whose frames were lost.
-        lane: GuestLane,
-        /// First missing number.
-        from: u64,
-    },
-    /// To the peer's node: side `role` ended for good.
-    Ended {
-        /// Session id.
-        sid: String,
-        /// The side that ended.
-        role: Role,
-        /// Why.
-        reason: EndReason,
-    },
-    /// To the mac's node: the code expired with no browser; the session is over.
-    CodeExpired {
-        /// Session id.
-        sid: String,
-        /// The code.
-        code: String,
-    },
-    /// To every node: resend what you hold for me (my subscription was down).
-    Resync {
-        /// The node that missed messages.
-        node: String,
     },
 }
 

@@ -192,11 +192,18 @@ impl Link {
             + match &env {
                 Envelope::Frame { frame, .. } | Envelope::GuestFrame { frame, .. } => frame.len(),
                 Envelope::RoomFrame { frame, lanes, .. } => frame.len() + 16 * lanes.len(),
-                Envelope::Control(Control::Handover {
-                    events,
-                    unacknowledged,
-                    ..
-                }) => {
+                Envelope::Control(
+                    Control::Handover {
+                        events,
+                        unacknowledged,
+                        ..
+                    }
+                    | Control::GuestHandover {
+                        events,
+                        unacknowledged,
+                        ..
+                    },
+                ) => {
                     events.iter().map(String::len).sum::<usize>()
                         + unacknowledged.iter().map(HeldFrame::size).sum::<usize>()
                 }

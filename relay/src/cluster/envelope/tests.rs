@@ -1,6 +1,8 @@
 //! Envelopes round trip, keep a pairing's bytes, and skip what is malformed.
 
+use super::control::{HeldBody, Verdict};
 use super::*;
+use relay_protocol::GuestLeftReason;
 
 #[test]
 fn envelopes_round_trip_in_one_message() {
@@ -180,4 +182,109 @@ fn garbage_is_skipped_not_panicked_on() {
     let (ok, bad) = Envelope::decode_all(Bytes::from_static(b"\x00\x00\x00\x02\x01\x05"));
     assert!(ok.is_empty());
     assert_eq!(bad, 1);
+}
+
+#[test]
+fn a_room_s_control_messages_round_trip_and_keep_their_json() {
+    let sid = || String::from("s");
+    let all = vec![
+        Control::GuestJoined {
+            sid: sid(),
+            guest: 3,
+            node: "b".into(),
+            name: Some("Ada \"é\"".into()),
+            admitted: false,
+        },
+        Control::Decide {
+            sid: sid(),
+            guest: 3,
+            verdict: Verdict::Admit,
+            request: 7,
+        },
+        Control::Decided {
+            sid: sid(),
+            guest: 3,
+            done: true,
+            request: 7,
+        },
+        Control::GuestAway {
+            sid: sid(),
+            guest: 4,
+        },
+        Control::GuestEnded {
+            sid: sid(),
+            guest: 4,
+            reason: GuestLeftReason::Removed,
+        },
+        Control::GuestMoved {
+            sid: sid(),
+            guest: 5,
+            node: "c".into(),
+            p_last: 12,
+            was_away: true,
+            request: 8,
+        },
+        Control::GuestHandover {
+            sid: sid(),
+            guest: 5,
+            received: Some(2),
+            events: vec![r#"{"type":"peer_disconnected"}"#.into()],
+            unacknowledged: vec![HeldFrame::new(
+                2,
+                &Frame::Binary(Bytes::from_static(&[0, 255])),
+            )],
+            error: None,
+            request: 8,
+        },
+    ];
+    let mut buf = BytesMut::new();
+    for c in &all {
+        Envelope::Control(c.clone()).encode(&mut buf);
+    }
+    let (back, bad) = Envelope::decode_all(buf.freeze());
+    assert_eq!(bad, 0);
+    assert_eq!(
+        back,
+        all.into_iter().map(Envelope::Control).collect::<Vec<_>>()
+    );
+    // What other nodes read: pinned, as a pairing's bytes are.
+    let json = |c: &Control| serde_json::to_string(c).unwrap();
+    assert_eq!(
+        json(&Control::Decide {
+            sid: sid(),
+            guest: 3,
+            verdict: Verdict::Remove,
+            request: 1
+        }),
+        r#"{"type":"decide","sid":"s","guest":3,"verdict":"remove","request":1}"#
+    );
+    assert_eq!(
+        json(&Control::GuestEnded {
+            sid: sid(),
+            guest: 4,
+            reason: GuestLeftReason::Timeout
+        }),
+        r#"{"type":"guest_ended","sid":"s","guest":4,"reason":"timeout"}"#
+    );
+}
+
+#[test]
+fn a_node_skips_a_control_message_of_a_kind_it_does_not_know_and_reads_the_rest() {
+    // What a node of before rooms makes of a room's message: one bad
+    // envelope, and the next one read as usual.
+    let mut buf = BytesMut::new();
+    let future = br#"{"type":"a_kind_from_a_newer_node","sid":"s","guest":3}"#;
+    buf.put_u32(1 + future.len() as u32);
+    buf.put_u8(CONTROL);
+    buf.put_slice(future);
+    let ended = Control::Ended {
+        sid: "s".into(),
+        role: Role::Browser,
+        reason: EndReason::Left,
+    };
+    Envelope::Control(ended.clone()).encode(&mut buf);
+    assert_eq!(
+        Envelope::decode_all(buf.freeze()),
+        (vec![Envelope::Control(ended)], 1)
+    );
 }

@@ -55,6 +55,17 @@ impl Handler<FromPeerNode> for ClusterRegistry {
                     p.resend_to_peer(from);
                 }
             }
+            c @ (Control::GuestJoined { .. }
+            | Control::Decide { .. }
+            | Control::Decided { .. }
+            | Control::GuestAway { .. }
+            | Control::GuestEnded { .. }
+            | Control::GuestMoved { .. }
+            | Control::GuestHandover { .. }) => {
+                // No node sends these until the cluster registry takes
+                // rooms (requests: NO_ROOMS_YET).
+                warn!(?c, "a room's message, and this node takes no rooms yet");
+            }
             Control::Resync { node } => {
                 let node: Arc<str> = Arc::from(node.as_str());
                 for p in self.dir.all() {
