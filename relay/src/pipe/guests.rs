@@ -58,6 +58,23 @@ impl Pipe {
         g.guests.0.insert(guest, peer);
     }
 
+    /// Guest `guest`'s direction moved to `peer`'s node (it resumed
+    /// there): acknowledgements, written reports and asks to resend go
+    /// there from now on. Returns how many of its frames were taken and
+    /// those the host has not read, for that node to hold (taken in the
+    /// same step, so no frame from the old node falls between them and
+    /// the acknowledgements); `None` if it fed nothing here.
+    pub fn guest_fed_from(
+        &self,
+        guest: NonZeroU64,
+        peer: Peer,
+    ) -> Option<(u64, Vec<(u64, Frame)>)> {
+        let mut g = self.lock();
+        let moved = g.queue.guest_unread(guest)?;
+        g.guests.0.insert(guest, peer);
+        Some(moved)
+    }
+
     /// Guest `guest` no longer feeds this pipe from another node; returns
     /// how many of its frames were taken (in its direction's numbers).
     pub fn unfeed_guest(&self, guest: NonZeroU64) -> Option<u64> {

@@ -202,6 +202,30 @@ impl Queue {
         out
     }
 
+    /// Guest `guest`'s frames as its direction moves to another node (a
+    /// guest that resumed elsewhere): how many were taken, and those of
+    /// them the reader has not read, by number, for the guest's new node
+    /// to hold (its frames enter in order and leave only by being read, so
+    /// they follow the last one read). The feed goes on where it was.
+    pub fn guest_unread(&self, guest: NonZeroU64) -> Option<(u64, Vec<(u64, Frame)>)> {
+        let f = self.feeds.as_ref()?.get(&guest)?;
+        let unread = self
+            .entries
+            .iter()
+            .filter_map(|e| match &e.item {
+                Item::Data {
+                    frame,
+                    from: Some(g),
+                    ..
+                } if *g == guest => Some(frame.clone()),
+                _ => None,
+            })
+            .zip(f.read + 1..)
+            .map(|(frame, p)| (p, frame))
+            .collect();
+        Some((f.received, unread))
+    }
+
     /// Whether remote guests feed this queue.
     #[inline]
     pub fn has_guest_feeds(&self) -> bool {

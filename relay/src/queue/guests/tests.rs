@@ -204,3 +204,24 @@ fn written_reports_follow_what_the_host_s_socket_took_per_guest() {
     let (_, d) = drain(&mut q, 0);
     assert_eq!(d.guest_written, [report(3, 2)]);
 }
+
+#[test]
+fn a_guest_moving_takes_the_frames_the_host_has_not_read_by_their_numbers() {
+    let mut q = host();
+    let now = Instant::now();
+    for p in 1..=3 {
+        q.push_from_guest(g(2), p, data(20 + p as u8), now);
+        q.push_from_guest(g(3), p, data(30 + p as u8), now);
+    }
+    let (items, _) = drain(&mut q, 0);
+    // The host read guest 2's first two frames and guest 3's first.
+    q.ack(items[2].0, now);
+    assert_eq!(q.guest_unread(g(2)), Some((3, vec![(3, data(23))])));
+    assert_eq!(
+        q.guest_unread(g(3)),
+        Some((3, vec![(2, data(32)), (3, data(33))]))
+    );
+    assert_eq!(q.guest_unread(g(7)), None);
+    // The feed goes on where it was: the guest's new node continues at 4.
+    assert_eq!(q.push_from_guest(g(2), 4, data(24), now), FromPeer::Queued);
+}

@@ -196,9 +196,30 @@ async fn a_remote_guest_s_frames_reach_the_host_s_pipe_and_are_acknowledged_once
         })]
     );
     assert_eq!(host.held_entries(), 0);
-    // Guest 4 left (or came to this node): its frames from there are dropped.
-    assert_eq!(host.unfeed_guest(four), Some(1));
+    // Guest 4 resumes on node "c" before the host read its frame 2: "c"
+    // holds that frame from now on, and hears of the host's reads.
     dispatch(guest_frame(4, 2, "two"));
+    let moved = host.guest_fed_from(
+        four,
+        Peer {
+            link: bus.link(&Arc::from("c")),
+            sid: Arc::clone(&sid),
+            to: Lane::Guest(to_host),
+        },
+    );
+    assert_eq!(moved, Some((2, vec![(2, Frame::Text("two".into()))])));
+    let mut d = Drained::default();
+    host.drain(ConnId(1), 1, &mut d);
+    host.ack(d.items[0].0);
+    let ack = Envelope::GuestAck {
+        sid: "s".into(),
+        lane: to_host,
+        p: 2,
+    };
+    assert_eq!(out.publish(), [(Arc::from("c"), ack)]);
+    // Guest 4 left (or came to this node): its frames from there are dropped.
+    assert_eq!(host.unfeed_guest(four), Some(2));
+    dispatch(guest_frame(4, 3, "three"));
     assert_eq!(host.held_entries(), 0);
     assert_eq!(out.envelopes(), []);
 }
