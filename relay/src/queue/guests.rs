@@ -66,16 +66,27 @@ pub(super) fn count_read(feeds: &mut Option<Box<Feeds>>, e: &Entry) {
 
 impl Queue {
     /// Guest `guest`, on another node, feeds this host's queue from now
-    /// on, the host having read `have` of its frames (numbered in the
-    /// guest's direction): the next one expected is `have + 1`. Replaces
-    /// an earlier feed of that guest.
+    /// on, `have` of its frames (numbered in the guest's direction) having
+    /// come in already: the next one expected is `have + 1`. Those of them
+    /// still queued here (the guest came from this node, or fed it before)
+    /// are not read yet, nor written if not handed out: so an ack never
+    /// covers them early. Replaces an earlier feed of that guest.
     pub fn feed_guest(&mut self, guest: NonZeroU64, have: u64) {
+        let (mut held, mut unwritten) = (0, 0);
+        for e in &self.entries {
+            if matches!(&e.item, Item::Data { from: Some(g), .. } if *g == guest) {
+                held += 1;
+                unwritten += u64::from(e.pos > self.drained_pos);
+            }
+        }
+        let read = have.saturating_sub(held);
+        let written = have.saturating_sub(unwritten);
         let feed = Feed {
             received: have,
-            read: have,
-            reported_read: have,
-            written: have,
-            reported_written: have,
+            read,
+            reported_read: read,
+            written,
+            reported_written: written,
             unreported: 0,
             asked: None,
         };

@@ -225,3 +225,23 @@ fn a_guest_moving_takes_the_frames_the_host_has_not_read_by_their_numbers() {
     // The feed goes on where it was: the guest's new node continues at 4.
     assert_eq!(q.push_from_guest(g(2), 4, data(24), now), FromPeer::Queued);
 }
+
+#[test]
+fn a_feed_started_over_frames_still_queued_acknowledges_none_of_them_early() {
+    let mut q = host();
+    let now = Instant::now();
+    // Guest 4 was on the host's node: two of its frames are queued, the
+    // first handed out. It moves away having sent 2 in all.
+    q.push_from(data(41), Some(g(4)));
+    let (items, _) = drain(&mut q, 0);
+    q.push_from(data(42), Some(g(4)));
+    q.feed_guest(g(4), 2);
+    assert_eq!(q.push_from_guest(g(4), 3, data(43), now), FromPeer::Queued);
+    // The host reads frame 1 only: the ack says 1, not 3.
+    q.ack(items[0].0, now);
+    assert_eq!(q.take_guest_reads(), [report(4, 1)]);
+    assert_eq!(
+        q.guest_unread(g(4)),
+        Some((3, vec![(2, data(42)), (3, data(43))]))
+    );
+}
