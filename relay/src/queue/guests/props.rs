@@ -4,7 +4,8 @@
 //! once, in that guest's order; what goes back to a guest's node never
 //! acknowledges a frame the host has not read (its node must keep those
 //! should the host's node die); and once the host read everything, the
-//! acknowledgements free every guest's node.
+//! acknowledgements free every guest's node, including one a guest moved
+//! to with the frames the host had not read.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU64;
@@ -40,6 +41,10 @@ enum Op {
     Report { guest: usize },
     /// Time passes: a gap still open is asked for again.
     Retry,
+    /// A remote guest resumes on another node: that node holds the frames
+    /// the host has not read, and the guest sends again what did not
+    /// reach the host (what is still on the bus may arrive too).
+    Move { guest: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -52,6 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reconnect),
         3 => (0usize..2).prop_map(|guest| Op::Report { guest }),
         1 => Just(Op::Retry),
+        1 => (0usize..2).prop_map(|guest| Op::Move { guest }),
     ]
 }
 
@@ -251,6 +257,24 @@ proptest! {
                     }
                 }
                 Op::Retry => now += RESEND_RETRY,
+                Op::Move { guest } => {
+                    let Some((received, unread)) = q.guest_unread(tag(REMOTE[guest])) else {
+                        return Err(TestCaseError::fail("a fed guest has a feed"));
+                    };
+                    let node = &mut nodes[guest];
+                    let mut moved = Queue::sending_to_peer(limits(), received, received);
+                    moved.hold_handed_over(unread);
+                    // It resumed with `received` as its `lastSeq`: it
+                    // sends the rest again, from its new node.
+                    for n in received + 1..=node.sent {
+                        if let Pushed::Publish { p, frame, .. } = moved.push(frame(REMOTE[guest], n)) {
+                            node.bus.push_back((p, frame));
+                        }
+                    }
+                    node.queue = moved;
+                    // Reports in flight went to the old node.
+                    node.back.clear();
+                }
             }
         }
         // Everything settles: what was lost is sent again, the host reads
