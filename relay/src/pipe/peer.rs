@@ -169,6 +169,38 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_guest_s_frames_are_refused_on_its_own_node_until_admitted() {
+        use crate::conns::ConnId;
+        use crate::outbound::{GuestOut, Outbound, Sent, Target};
+        use crate::pipe::Pushed;
+
+        let (bus, mut out) = Bus::detached("guest-node");
+        let to_host = Pipe::sending_to_peer(limits(), peer(&bus, "h", 4, true), 0, 0);
+        let id = std::num::NonZeroU64::new(4).unwrap();
+        let guest = GuestOut::new(Arc::clone(&to_host), id, false);
+        let way = Outbound::Guest(Arc::clone(&guest));
+        let gate = Gate::new();
+        let send = |n| way.push(data(n), Target::All, ConnId(1), &gate, |_| {});
+        assert!(matches!(send(1), Sent::Pipe(Pushed::NotPaired)));
+        assert_eq!(out.envelopes(), [], "a waiting guest's frame left its node");
+        guest.admit();
+        assert!(matches!(
+            send(2),
+            Sent::Pipe(Pushed::Queued { remote: true })
+        ));
+        assert_eq!(
+            out.envelopes(),
+            [Envelope::GuestFrame {
+                sid: "s".into(),
+                guest: 4,
+                p: 1,
+                frame: data(2),
+            }]
+        );
+        assert_eq!(way.fence(ConnId(2)), 1, "the guest's resume count");
+    }
+
+    #[test]
     fn a_guest_s_node_acknowledges_reports_and_asks_for_its_direction() {
         let (bus, mut out) = Bus::detached("guest-node");
         let lane = GuestLane {
