@@ -5,7 +5,7 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt build clean toolchain deps cluster ops-tools ops-check prom-test browser-test browser-test-run bench bench-100k chaos soak fuzz
+.PHONY: help run test lint fmt build clean toolchain deps cluster ops-tools ops-check prom-test browser-test browser-test-run vendor-js bench bench-100k chaos soak fuzz
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -35,6 +35,12 @@ browser-test: toolchain deps ## Build the debug relay, then test the browser pag
 browser-test-run:
 	cd tests/browser && npm ci --no-audit --no-fund --prefer-offline
 	cd tests/browser && RELAY_BIN=$(RELAY_BIN) node --test
+
+# The page's third-party code (noble, for end-to-end encryption) is committed
+# as relay/static/noble.js; this rebuilds it, byte for byte, from the
+# versions relay/static/vendor/package-lock.json pins.
+vendor-js: ## Regenerate relay/static/noble.js from the pinned package-lock
+	relay/static/vendor/build.sh
 
 # The cluster tests and `make cluster` run real Redis servers, Sentinels and
 # haproxy; the tests also drop packets with nftables and make TLS
@@ -72,7 +78,7 @@ bench: toolchain deps ## Measure throughput, rooms fan-out and fan-in, latency, 
 	tests/bench/run.sh
 
 # 100,000 connections held at once on this machine: a local cluster of
-# HUNDRED_K_NODES (12) nodes, one load process per node, every pair across
+# HUNDRED_K_NODES (6) nodes, one load process per node, every pair across
 # nodes; memory per connection per node, idle CPU, set-up and drain times,
 # and a ping through every pair at the end (tests/bench/hundred-k.sh).
 bench-100k: toolchain deps ## Hold 100,000 connections on a local cluster and report memory, idle CPU, set-up and drain (~5 min)

@@ -12,13 +12,13 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::{Got, Relay, WAIT, pair};
 
 /// A hand-driven client, for frames no WebSocket library would send.
-struct Raw {
-    s: TcpStream,
+pub(crate) struct Raw {
+    pub(crate) s: TcpStream,
     buf: Vec<u8>,
 }
 
 impl Raw {
-    async fn connect(addr: SocketAddr) -> Raw {
+    pub(crate) async fn connect(addr: SocketAddr) -> Raw {
         Raw {
             s: TcpStream::connect(addr).await.expect("connect"),
             buf: Vec::new(),
@@ -26,7 +26,7 @@ impl Raw {
     }
 
     /// Connects and upgrades to a WebSocket on `path`.
-    async fn upgrade(addr: SocketAddr, path: &str) -> Raw {
+    pub(crate) async fn upgrade(addr: SocketAddr, path: &str) -> Raw {
         let mut r = Raw::connect(addr).await;
         r.send(request(path, "13").as_bytes()).await;
         let head = r.http_head().await;
@@ -34,11 +34,11 @@ impl Raw {
         r
     }
 
-    async fn send(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) {
         self.s.write_all(bytes).await.expect("write");
     }
 
-    async fn fill(&mut self) -> bool {
+    pub(crate) async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 65536];
         let n = tokio::time::timeout(WAIT, self.s.read(&mut chunk))
             .await
@@ -49,7 +49,7 @@ impl Raw {
     }
 
     /// The response head (status line and headers).
-    async fn http_head(&mut self) -> String {
+    pub(crate) async fn http_head(&mut self) -> String {
         loop {
             if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&self.buf[..i]).into_owned();
@@ -63,7 +63,7 @@ impl Raw {
     }
 
     /// Sends one client frame (masked unless `masked` is false).
-    async fn frame(&mut self, fin: bool, opcode: u8, payload: &[u8], masked: bool) {
+    pub(crate) async fn frame(&mut self, fin: bool, opcode: u8, payload: &[u8], masked: bool) {
         let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
         let m = if masked { 0x80 } else { 0 };
         let len = payload.len();
@@ -87,7 +87,7 @@ impl Raw {
     }
 
     /// The next server frame: (opcode, payload), or None when the connection ended.
-    async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+    pub(crate) async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
             if self.buf.len() >= 2 {
                 let opcode = self.buf[0] & 0x0f;
@@ -116,7 +116,7 @@ impl Raw {
     }
 
     /// The next text frame as JSON (skipping pings).
-    async fn json(&mut self) -> Value {
+    pub(crate) async fn json(&mut self) -> Value {
         loop {
             let (op, p) = self.read_frame().await.expect("a frame");
             match op {
@@ -128,7 +128,7 @@ impl Raw {
     }
 
     /// Reads until a close frame (its code) or the end of the connection (None).
-    async fn close_code(&mut self) -> Option<u16> {
+    pub(crate) async fn close_code(&mut self) -> Option<u16> {
         while let Some((op, p)) = self.read_frame().await {
             if op == 8 {
                 return (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]));
@@ -138,7 +138,7 @@ impl Raw {
     }
 }
 
-fn request(path: &str, version: &str) -> String {
+pub(crate) fn request(path: &str, version: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"

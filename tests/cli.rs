@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 
 use crate::support::{Relay, WAIT, http_get};
 
-fn client(args: &[&str]) -> Child {
+pub(crate) fn client(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_relay"))
         .args(args)
         .env_remove("RELAY_URL")
@@ -23,7 +23,7 @@ fn client(args: &[&str]) -> Child {
 }
 
 /// Reads lines (stderr, or a terminal's output) until one contains `needle`; returns it.
-async fn stderr_line<R: tokio::io::AsyncBufRead + Unpin>(
+pub(crate) async fn stderr_line<R: tokio::io::AsyncBufRead + Unpin>(
     lines: &mut tokio::io::Lines<R>,
     needle: &str,
 ) -> String {
@@ -39,10 +39,10 @@ async fn stderr_line<R: tokio::io::AsyncBufRead + Unpin>(
     .unwrap_or_else(|_| panic!("no {needle:?} on stderr in time"))
 }
 
-type ErrLines = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
+pub(crate) type ErrLines = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
 
 /// The code in a line like `relay: code 6YM9AQ: open ...` (or `new code`).
-fn code_in(line: &str) -> String {
+pub(crate) fn code_in(line: &str) -> String {
     let mut words = line.split_whitespace();
     words.find(|w| *w == "code");
     words
@@ -54,13 +54,13 @@ fn code_in(line: &str) -> String {
 
 /// Starts `relay host --url url` with `extra` flags and reads the code it
 /// prints: (the process, its stderr lines after the code, the code).
-async fn host(url: &str, extra: &[&str]) -> (Child, ErrLines, String) {
+pub(crate) async fn host(url: &str, extra: &[&str]) -> (Child, ErrLines, String) {
     let (host, err, line) = host_line(url, extra).await;
     (host, err, code_in(&line))
 }
 
 /// As [`host`], with the whole line that gave the code.
-async fn host_line(url: &str, extra: &[&str]) -> (Child, ErrLines, String) {
+pub(crate) async fn host_line(url: &str, extra: &[&str]) -> (Child, ErrLines, String) {
     let args: Vec<&str> = ["host", "--url", url]
         .into_iter()
         .chain(extra.iter().copied())
@@ -83,7 +83,7 @@ async fn joined(url: &str, code: &str, extra: &[&str]) -> (Child, ErrLines) {
     (join, err)
 }
 
-async fn next_line(
+pub(crate) async fn next_line(
     l: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 ) -> Option<String> {
     tokio::time::timeout(WAIT, l.next_line())
@@ -92,7 +92,7 @@ async fn next_line(
         .expect("stdout")
 }
 
-async fn exit_code(child: &mut Child) -> i32 {
+pub(crate) async fn exit_code(child: &mut Child) -> i32 {
     tokio::time::timeout(WAIT, child.wait())
         .await
         .expect("exit in time")

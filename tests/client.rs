@@ -67,7 +67,7 @@ async fn paired(mac_urls: &[String], browser_urls: &[String]) -> (Client, Events
 }
 
 /// Sends `from..=to` as binary frames carrying their number.
-async fn send_seq(c: &Client, from: u32, to: u32) {
+pub(crate) async fn send_seq(c: &Client, from: u32, to: u32) {
     for i in from..=to {
         loop {
             match c.send_binary(Bytes::from(i.to_be_bytes().to_vec())).await {
@@ -84,7 +84,7 @@ async fn send_seq(c: &Client, from: u32, to: u32) {
 }
 
 /// Receives frames until `n` came, checking each is the next number.
-async fn recv_seq(events: &mut Events, n: u32, who: &str) -> Vec<Event> {
+pub(crate) async fn recv_seq(events: &mut Events, n: u32, who: &str) -> Vec<Event> {
     let mut next = 1u32;
     let mut others = Vec::new();
     while next <= n {

@@ -12,6 +12,8 @@ mod cluster;
 mod codes;
 mod data;
 mod drain;
+mod e2e;
+mod framing;
 mod limits;
 mod load;
 mod protocol;

@@ -1,10 +1,7 @@
 //! The bytes a client writes on its WebSocket, as the relay's frame reader sees them, in chunks of any size.
 #![no_main]
 
-use bytes::Bytes;
-use futures_util::{StreamExt, stream};
 use libfuzzer_sys::fuzz_target;
-use relay::gate::Gate;
 use relay::socket::decode::{Frames, Inbound};
 
 fuzz_target!(|data: &[u8]| {
@@ -15,12 +12,17 @@ fuzz_target!(|data: &[u8]| {
     };
     let chunk = usize::from(*chunk).max(1);
     let max = 64 + usize::from(u16::from_be_bytes([*m1, *m2]));
-    let chunks: Vec<Result<Bytes, ()>> = wire
-        .chunks(chunk)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    let frames = Frames::new(stream::iter(chunks), max, Gate::new());
-    let items: Vec<Inbound> = actix::System::new().block_on(frames.collect());
+    // As the socket's pump does: bytes in as they arrive, every whole item
+    // out, the buffer given back when nothing is left in it.
+    let mut frames = Frames::new(max);
+    let mut items: Vec<Inbound> = Vec::new();
+    for c in wire.chunks(chunk) {
+        frames.extend(c);
+        while let Some(item) = frames.next() {
+            items.push(item);
+        }
+        frames.release();
+    }
     // Every frame has a header of at least 2 bytes (masked: 6).
     assert!(items.len() <= wire.len() / 2 + 1);
     for (i, item) in items.iter().enumerate() {

@@ -3,9 +3,11 @@
 //! library, and tells the person on stderr what happens. Exit status: 0 when
 //! the session ends normally, 1 when the relay refused (the error code is
 //! printed), 2 when the relay's address is wrong, 3 when the relay could not
-//! be reached, 4 when a room's host denied this guest, 5 when it removed it.
-//! `relay host --guests N` hosts a room (see [`room`]).
+//! be reached, 4 when a room's host denied this guest, 5 when it removed it,
+//! 6 when end-to-end encryption stopped the session. Both sides encrypt by
+//! default (see `cli/e2e.rs`); `relay host --guests N` hosts a room (see [`room`]).
 
+mod e2e;
 mod room;
 
 use std::io::IsTerminal;
@@ -36,6 +38,11 @@ pub struct ClientArgs {
     /// when stdout is a terminal (piped output stays verbatim).
     #[arg(long, env = "RELAY_PEER_PREFIX", value_enum, default_value_t = PeerPrefix::Auto)]
     pub peer_prefix: PeerPrefix,
+    /// Turn end-to-end encryption off: the host's code is the relay's six
+    /// characters and frames go in clear (the relay can read them). A full
+    /// code given to `relay join` encrypts regardless.
+    #[arg(long, env = "RELAY_NO_E2E")]
+    pub no_e2e: bool,
 }
 
 /// `relay host`'s settings: the shared ones, and the room it may ask for.
@@ -54,6 +61,10 @@ pub struct HostArgs {
     /// it makes a room of one guest. Default: ask.
     #[arg(long, env = "RELAY_ADMIT", value_enum)]
     pub admit: Option<Admit>,
+    /// Show the link of an encrypted session as a QR code: `auto` when
+    /// stderr is a terminal.
+    #[arg(long, env = "RELAY_QR", value_enum, default_value_t = PeerPrefix::Auto)]
+    pub qr: PeerPrefix,
 }
 
 /// How a room admits its guests, as the command line spells it.
@@ -86,12 +97,17 @@ pub const EXIT_UNREACHABLE: i32 = 3;
 pub const EXIT_DENIED: i32 = 4;
 /// Exit status of a guest the room's host removed (`REMOVED`).
 pub const EXIT_REMOVED: i32 = 5;
+/// Exit status when end-to-end encryption stopped the session: the code
+/// was mistyped or guessed, a frame was tampered with, or one side does
+/// not encrypt.
+pub const EXIT_E2E: i32 = 6;
 
 fn config(args: &ClientArgs) -> Config {
     let mut c = Config::new(args.url[0].clone());
     c.urls = args.url.clone();
     c.max_retries = args.max_retries;
     c.connect_timeout = args.connect_timeout;
+    c.e2e = !args.no_e2e;
     c
 }
 
@@ -114,11 +130,21 @@ pub async fn host(args: HostArgs) -> i32 {
                 return EXIT_USAGE;
             }
             c = c.with_room(n.unwrap_or(1), admit);
+            if c.e2e {
+                say(
+                    "rooms are not end-to-end encrypted yet: the relay can read what guests and you send",
+                );
+            }
             Some(admit)
         }
     };
+    let qr = match args.qr {
+        PeerPrefix::Always => true,
+        PeerPrefix::Auto => std::io::stderr().is_terminal(),
+        PeerPrefix::Never => false,
+    };
     let (client, events) = Client::mac(c);
-    run(client, events, &args.client, Side::Host(room)).await
+    run(client, events, &args.client, Side::Host(room, qr)).await
 }
 
 /// Runs the browser side with `code` (giving `name` to a room's host);
@@ -136,8 +162,8 @@ pub const EXIT_USAGE: i32 = 2;
 /// Which side this process plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
-    /// The mac; in a room, admitting as it says.
-    Host(Option<AdmitMode>),
+    /// The mac; in a room, admitting as it says; `true`: show the link's QR code.
+    Host(Option<AdmitMode>, bool),
     /// The browser, or a room's guest.
     Join,
 }
@@ -154,9 +180,9 @@ async fn run(
     side: Side,
 ) -> i32 {
     let mac = side != Side::Join;
-    let admit = match side {
-        Side::Host(admit) => admit,
-        Side::Join => None,
+    let (admit, qr) = match side {
+        Side::Host(admit, qr) => (admit, qr),
+        Side::Join => (None, false),
     };
     let binary = args.binary;
     let mut stdout = tokio::io::stdout();
@@ -180,6 +206,16 @@ async fn run(
             Event::Registered { code, page, .. } if lost_session => say(format!(
                 "new code {code}: open {page} and type it there (the old code no longer works)"
             )),
+            Event::Registered { code, page, .. } if code.contains('-') => {
+                // A full code: the part after the dash never goes to the relay.
+                let link = e2e::link(&page, &code);
+                say(format!(
+                    "code {code}: open {page} and type it there, or open {link} (end-to-end encrypted; waiting for a browser to join)"
+                ));
+                if let Some(q) = e2e::qr(&link).filter(|_| qr) {
+                    eprintln!("{q}");
+                }
+            }
             Event::Registered { code, page, .. } => match admit {
                 None => say(format!(
                     "code {code}: open {page} and type it there (waiting for a browser to join)"
@@ -304,6 +340,14 @@ async fn run(
                 }
             }
             Event::Latency(_) => {}
+            Event::Encrypted => say(format!(
+                "end-to-end encrypted: the {} and you share a key the relay never saw",
+                peer_name(mac)
+            )),
+            Event::Unfinished => say(format!(
+                "the {} left without its end-of-session frame: its last lines may be missing",
+                peer_name(mac)
+            )),
             // Room events come only to a room host, which told them above.
             Event::GuestJoined { .. }
             | Event::GuestAdmitted(_)
@@ -349,6 +393,17 @@ async fn run(
                     Ended::GaveUp(n) => {
                         say(format!("could not reach the relay after {n} attempts"));
                         EXIT_UNREACHABLE
+                    }
+                    Ended::CodeMismatch => {
+                        say(format!("{why}; session not continued"));
+                        if mac {
+                            say("run relay host again for a new code");
+                        }
+                        EXIT_E2E
+                    }
+                    Ended::Tampered(_) | Ended::NotEncrypted(_) => {
+                        say(why.to_string());
+                        EXIT_E2E
                     }
                 };
             }

@@ -112,7 +112,7 @@ pub struct Config {
     pub message_rate: u32,
 
     /// Most WebSockets this node holds; more get HTTP 503. 0 derives it from the
-    /// open-files limit (two descriptors per connection).
+    /// open-files limit (one descriptor per connection).
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: u32,
 

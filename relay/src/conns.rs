@@ -2,19 +2,18 @@
 //! outside its actor: draining in batches, and the liveness backstop that cuts
 //! sockets whose actor cannot run. Never touches session state.
 //!
-//! Why a backstop: actix-web stops polling a WebSocket's actor while the
-//! socket's write buffer is full, so an actor whose client stopped reading
-//! cannot run its own heartbeat. The sweep here shuts such sockets down at the
-//! TCP level, which wakes the HTTP dispatcher and drops the actor.
+//! Why a backstop: a socket's actor closes a silent client itself, with its
+//! heartbeat; the sweep here cuts any that slipped through (an actor held in
+//! a wait, a bug) at the TCP level, through the socket's [`Killer`].
 
 use std::collections::HashMap;
-use std::net::{Shutdown, TcpStream};
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Context;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures_util::task::AtomicWaker;
 
 /// Identifies one WebSocket connection for its whole life on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,40 +33,34 @@ impl std::fmt::Display for ConnId {
     }
 }
 
-/// The raw descriptor of an accepted TCP connection, stored as connection data
-/// so the WebSocket handler can take its own handle to the socket.
-#[derive(Debug, Clone, Copy)]
-pub struct RawSocket(pub RawFd);
-
-/// A second handle to a client's TCP socket that can cut it from any thread.
-///
-/// It holds a duplicate descriptor, so the socket cannot be closed and its
-/// number reused under it: a cut never hits another connection.
-#[derive(Debug)]
+/// Cuts a client's connection from any thread: the socket's actor drops
+/// its TCP stream at its next poll, which this wakes. The actor owns its
+/// stream and never waits on a full socket, so it always gets that poll.
+#[derive(Debug, Default)]
 pub struct Killer {
-    socket: TcpStream,
+    cut: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl Killer {
-    /// Duplicates the descriptor of the request's connection.
-    ///
-    /// Call only while the connection is open (inside its request handler).
-    pub fn from_raw(raw: RawSocket) -> Option<Self> {
-        // SAFETY: the handler that calls this runs on the connection's own
-        // request, so the descriptor is open for the whole call; we only
-        // duplicate it and never close the borrowed one.
-        #[allow(unsafe_code)]
-        let borrowed = unsafe { BorrowedFd::borrow_raw(raw.0) };
-        let owned: OwnedFd = borrowed.try_clone_to_owned().ok()?;
-        Some(Killer {
-            socket: TcpStream::from(owned),
-        })
+    /// A killer for one connection, not cut.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Shuts the socket down both ways; the client sees the connection drop.
+    /// Cuts the connection: the client sees it drop, without a close frame.
     pub fn kill(&self) {
-        // An error means the socket is already shut, which is the goal.
-        let _ = self.socket.shutdown(Shutdown::Both);
+        self.cut.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether the connection was cut; otherwise wakes `cx` when it is.
+    pub fn poll_cut(&self, cx: &Context<'_>) -> bool {
+        if self.cut.load(Ordering::Acquire) {
+            return true;
+        }
+        self.waker.register(cx.waker());
+        self.cut.load(Ordering::Acquire)
     }
 
     /// Kills the socket after `linger`, giving a client that still reads the
@@ -215,7 +208,7 @@ impl Connections {
     /// Cuts every connection silent for longer than `silence`; returns how many.
     ///
     /// The socket actors close silent clients themselves with a close frame;
-    /// this only catches those whose actor is stalled behind a full socket.
+    /// this only catches those that slipped through (an actor held in a wait).
     pub fn sweep(&self, silence: Duration) -> usize {
         let now = self.epoch.elapsed().as_millis() as u64;
         self.clock.store(now, Ordering::Relaxed);

@@ -2,11 +2,12 @@
 //! with 431 like Node and common proxies do.
 //!
 //! actix-http 3 has no setting for it: its HTTP/1 decoder refuses a head only
-//! past a fixed 128 KiB or 96 headers. So the ceiling is a middleware that
-//! measures each parsed head before any handler (the WebSocket upgrade
-//! included) sees it. What it cannot change is how much actix buffers while a
-//! head is still arriving: that stays bounded by actix's 128 KiB and by
-//! `RELAY_HANDSHAKE_TIMEOUT` (see docs/design.md).
+//! past a fixed 128 KiB or 96 headers. So the ceiling measures each parsed
+//! head: a middleware before any handler of the app, and the same
+//! [`head_len`] check first thing in the WebSocket upgrade, which actix-http
+//! hands to the relay outside the app (`server.rs`). What it cannot change is
+//! how much actix buffers while a head is still arriving: that stays bounded
+//! by actix's 128 KiB and by `RELAY_HANDSHAKE_TIMEOUT` (see docs/design.md).
 
 use actix_web::body::{BoxBody, EitherBody};
 use actix_web::dev::{RequestHead, ServiceRequest, ServiceResponse};

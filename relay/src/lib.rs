@@ -31,6 +31,10 @@ pub mod conns;
 #[cfg(not(fuzzing))]
 mod conns;
 #[cfg(fuzzing)]
+pub mod forwarded;
+#[cfg(not(fuzzing))]
+mod forwarded;
+#[cfg(fuzzing)]
 pub mod frame;
 #[cfg(not(fuzzing))]
 mod frame;

@@ -1,15 +1,16 @@
 //! The HTTP side of a node: routes, the shared state handlers see, and the
 //! node's life from bind to drained exit.
 
-use std::any::Any;
-use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_tls::accept::rustls_0_23::TlsStream;
-use actix_web::dev::{Extensions, ServerHandle};
+use actix_codec::Framed;
+use actix_http::{HttpMessage, HttpService, Method, Request, StatusCode, TlsAcceptorConfig, h1};
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
+use actix_web::body::MessageBody;
+use actix_web::dev::{AppConfig, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -21,7 +22,7 @@ use crate::cluster::bus::Bus;
 use crate::cluster::lease::Lease;
 use crate::cluster::{Redis, RedisTarget};
 use crate::config::Config;
-use crate::conns::{Connections, Killer, RawSocket};
+use crate::conns::Connections;
 use crate::metrics::Metrics;
 use crate::queue::Limits;
 use crate::registry::{ClusterRegistry, MemoryRegistry, RegistryHandle, RegistrySettings};
@@ -187,43 +188,78 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
     // With an admin listener, /metrics is served only there.
     let metrics_on_main = admin_listener.is_none();
     let head_limit = config.max_request_head;
-    let server = HttpServer::new(move || {
+    let app = move || {
         let app = App::new()
             .wrap(from_fn(move |req, next| {
                 crate::head::cap(head_limit, req, next)
             }))
             .app_data(data.clone())
-            .route("/mac", web::get().to(mac))
-            .route("/browser", web::get().to(browser))
+            .route("/mac", web::get().to(not_an_upgrade))
+            .route("/browser", web::get().to(not_an_upgrade))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/", web::get().to(page))
-            .route("/client.js", web::get().to(client_js));
+            .route("/client.js", web::get().to(client_js))
+            .route("/e2e.js", web::get().to(e2e_js))
+            .route("/noble.js", web::get().to(noble_js));
         let app = if metrics_on_main {
             app.route("/metrics", web::get().to(metrics_text))
         } else {
             app
         };
         app.default_service(web::to(not_found))
-    })
-    .workers(workers)
-    .disable_signals()
-    .on_connect(remember_socket)
+    };
     // A client must send its whole HTTP request within the handshake timeout.
     // actix measures this from a clock it refreshes every 500 ms, so shorter
     // values could refuse a prompt client: keep a floor.
-    .client_request_timeout(config.handshake_timeout.max(MIN_REQUEST_TIMEOUT))
-    .client_disconnect_timeout(Duration::from_secs(1))
-    // Sockets are closed by the drain before the server stops; what is left
-    // after that gets one second.
-    .shutdown_timeout(1);
-    let server = match (config.tls_cert.as_str(), config.tls_key.as_str()) {
-        ("", _) | (_, "") => server.listen(listener)?,
-        (cert, key) => server
-            .tls_handshake_timeout(config.handshake_timeout)
-            .listen_rustls_0_23(listener, crate::tls::server_config(cert, key)?)?,
+    let request_timeout = config.handshake_timeout.max(MIN_REQUEST_TIMEOUT);
+    // Not actix-web's `HttpServer`: it has no way to take a connection over
+    // after an upgrade, which is what keeps an idle WebSocket small (see
+    // docs/design.md, "The edge"). The same pieces, put together here.
+    macro_rules! http {
+        () => {
+            HttpService::build()
+                .client_request_timeout(request_timeout)
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .local_addr(addr)
+        };
     }
-    .run();
+    let builder = actix_server::Server::build()
+        .workers(workers)
+        .disable_signals()
+        // Sockets are closed by the drain before the server stops; what is
+        // left after that gets one second.
+        .shutdown_timeout(1);
+    let edge = Arc::clone(&state);
+    let builder = match (config.tls_cert.as_str(), config.tls_key.as_str()) {
+        ("", _) | (_, "") => builder.listen("relay", listener, move || {
+            let edge = Arc::clone(&edge);
+            http!()
+                .upgrade(fn_service(move |(req, framed)| {
+                    take_over(Arc::clone(&edge), req, framed)
+                }))
+                .finish(app_service(app()))
+                .tcp()
+        })?,
+        (cert, key) => {
+            let tls = crate::tls::server_config(cert, key)?;
+            let handshake = config.handshake_timeout;
+            builder.listen("relay-tls", listener, move || {
+                let edge = Arc::clone(&edge);
+                http!()
+                    .upgrade(fn_service(move |(req, framed)| {
+                        take_over(Arc::clone(&edge), req, framed)
+                    }))
+                    .finish(app_service(app()))
+                    .rustls_0_23_with_config(
+                        tls.clone(),
+                        TlsAcceptorConfig::default().handshake_timeout(handshake),
+                    )
+            })?
+        }
+    };
+    let server = builder.run();
     let handle = server.handle();
     let admin = match admin_listener {
         None => None,
@@ -341,46 +377,30 @@ impl Node {
     }
 }
 
-/// Keeps the raw descriptor of every accepted connection, so a WebSocket
-/// handler can duplicate it (see [`Killer`]), and turns off Nagle's delay.
-fn remember_socket(conn: &dyn Any, ext: &mut Extensions) {
-    let tcp = conn
-        .downcast_ref::<actix_web::rt::net::TcpStream>()
-        .or_else(|| {
-            conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>()
-                .map(|tls| tls.get_ref().0)
-        });
-    if let Some(tcp) = tcp {
-        let _ = tcp.set_nodelay(true);
-        ext.insert(RawSocket(tcp.as_raw_fd()));
-    }
-}
-
-/// The client's address: the peer, or with `RELAY_TRUST_FORWARDED_FOR` the
-/// last `X-Forwarded-For` entry (the one the trusted load balancer added).
-fn client_addr(req: &HttpRequest, trust_forwarded_for: bool) -> IpAddr {
-    let peer = req
-        .peer_addr()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    if !trust_forwarded_for {
-        return peer;
-    }
-    let values = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .map(|v| v.to_str().unwrap_or(""));
-    last_forwarded_for(values).unwrap_or(peer)
-}
-
-/// The address the nearest proxy put in `X-Forwarded-For`: the last entry of
-/// the last header, as `ip`, `ip:port` or `[ipv6]:port`. Only that entry: the
-/// ones before it are whatever the client sent, so when the last one does
-/// not parse there is no trusted address (None), never an earlier entry.
-fn last_forwarded_for<'a>(values: impl Iterator<Item = &'a str>) -> Option<IpAddr> {
-    let last = values.last()?.rsplit(',').next()?.trim();
-    last.parse::<IpAddr>()
-        .ok()
-        .or_else(|| last.parse::<SocketAddr>().ok().map(|a| a.ip()))
+/// An actix-web app as the HTTP service of a hand-built server, the way
+/// `HttpServer` serves one (its defaults: no host, the secure flag unset).
+fn app_service<T, B>(
+    app: App<T>,
+) -> impl ServiceFactory<
+    Request,
+    Config = (),
+    Response = ServiceResponse<B>,
+    Error = HttpResponse,
+    InitError = (),
+>
+where
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: MessageBody + 'static,
+{
+    map_config(app.into_factory().map_err(|e| e.error_response()), |_| {
+        AppConfig::default()
+    })
 }
 
 /// Descriptors kept free for Redis, listeners and logs when the connection
@@ -388,21 +408,43 @@ fn last_forwarded_for<'a>(values: impl Iterator<Item = &'a str>) -> Option<IpAdd
 const RESERVED_FDS: u64 = 64;
 
 /// The most WebSockets the open-files limit lets this process hold: each
-/// takes two descriptors (the socket and the duplicate [`Killer`] keeps).
+/// takes one descriptor, its socket.
 fn connections_the_fd_limit_allows() -> u32 {
     let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
-    u32::try_from(soft.saturating_sub(RESERVED_FDS) / 2)
+    u32::try_from(soft.saturating_sub(RESERVED_FDS))
         .unwrap_or(u32::MAX)
         .max(1)
 }
 
-async fn upgrade(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-    role: Role,
-) -> Result<HttpResponse, actix_web::Error> {
-    let addr = client_addr(&req, state.config.trust_forwarded_for);
+/// Takes over a connection whose request asks for a WebSocket (actix-http
+/// hands every such request here, whatever its path): the head ceiling,
+/// the two endpoints, the connection ceilings and the origin, then the
+/// upgrade itself, in that order, as the app's middleware and routes would.
+async fn take_over<T: socket::io::Upgraded>(
+    state: Arc<AppState>,
+    req: Request,
+    framed: Framed<T, h1::Codec>,
+) -> Result<(), actix_web::Error> {
+    let timeout = state.config.handshake_timeout;
+    let limit = state.config.max_request_head;
+    let len = crate::head::head_len(req.head());
+    if len > limit {
+        debug!(len, limit, path = req.path(), "request head too large");
+        let body = format!("request head over {limit} bytes\n");
+        let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        socket::refuse(framed, status, &[], body, timeout).await;
+        return Ok(());
+    }
+    let role = match (req.method() == Method::GET, req.path()) {
+        (true, "/mac") => Role::Mac,
+        (true, "/browser") => Role::Browser,
+        _ => {
+            let body = "invalid path: WebSocket endpoints are /mac and /browser\n";
+            socket::refuse(framed, StatusCode::NOT_FOUND, &[], body.to_owned(), timeout).await;
+            return Ok(());
+        }
+    };
+    let addr = crate::forwarded::client_addr(req.head(), state.config.trust_forwarded_for);
     // Refuse before the upgrade, so a full node spends nothing on the socket.
     let slot = match state.admission.admit(addr) {
         Ok(slot) => slot,
@@ -417,10 +459,10 @@ async fn upgrade(
                 Full::Node => "node full: it holds its maximum of connections; retry later\n",
                 Full::Address => "too many connections from your address; close some, then retry\n",
             };
-            return Ok(HttpResponse::ServiceUnavailable()
-                .insert_header((header::RETRY_AFTER, "5"))
-                .content_type("text/plain")
-                .body(body));
+            let retry = [(header::RETRY_AFTER, "5")];
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            socket::refuse(framed, status, &retry, body.to_owned(), timeout).await;
+            return Ok(());
         }
     };
     let origin_allowed = role != Role::Browser || {
@@ -438,27 +480,18 @@ async fn upgrade(
         addr,
         slot,
         origin_allowed,
-        killer: req
-            .conn_data::<RawSocket>()
-            .and_then(|raw| Killer::from_raw(*raw)),
     };
-    socket::accept(&req, body, role, arrival, Arc::clone(&state.sockets))
+    socket::accept(req, framed, role, arrival, Arc::clone(&state.sockets)).await;
+    Ok(())
 }
 
-async fn mac(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, actix_web::Error> {
-    upgrade(req, body, state, Role::Mac).await
-}
-
-async fn browser(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, actix_web::Error> {
-    upgrade(req, body, state, Role::Browser).await
+/// `/mac` and `/browser` without `Upgrade: websocket`: not a WebSocket.
+async fn not_an_upgrade(req: HttpRequest) -> HttpResponse {
+    match actix_http::ws::verify_handshake(req.head()) {
+        Err(e) => HttpResponse::from_error(e),
+        // Unreachable: a request that asks for a WebSocket is taken over.
+        Ok(()) => HttpResponse::BadRequest().finish(),
+    }
 }
 
 /// The browser side's page (`relay/static/index.html`), built into the binary.
@@ -478,11 +511,30 @@ async fn page(req: HttpRequest) -> HttpResponse {
         .body(PAGE)
 }
 
-async fn client_js() -> HttpResponse {
+/// End-to-end encryption of the browser side (`relay/static/e2e.js`), which `/client.js` imports.
+const E2E_JS: &str = include_str!("../static/e2e.js");
+
+/// The audited noble libraries `e2e.js` imports, bundled with their
+/// licences by `relay/static/vendor/build.sh` from a pinned lockfile.
+const NOBLE_JS: &str = include_str!("../static/noble.js");
+
+fn script(body: &'static str) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/javascript; charset=utf-8")
         .insert_header(("Cache-Control", "no-cache"))
-        .body(CLIENT_JS)
+        .body(body)
+}
+
+async fn client_js() -> HttpResponse {
+    script(CLIENT_JS)
+}
+
+async fn e2e_js() -> HttpResponse {
+    script(E2E_JS)
+}
+
+async fn noble_js() -> HttpResponse {
+    script(NOBLE_JS)
 }
 
 async fn healthz() -> HttpResponse {
@@ -528,28 +580,4 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
     HttpResponse::NotFound()
         .content_type("text/plain")
         .body(body)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_entry_the_proxy_added_counts() {
-        let ip = |s: &str| s.parse::<IpAddr>().ok();
-        let one = |v: &'static str| last_forwarded_for(std::iter::once(v));
-        assert_eq!(one("203.0.113.9"), ip("203.0.113.9"));
-        assert_eq!(one("1.2.3.4, 203.0.113.9"), ip("203.0.113.9"));
-        assert_eq!(one("1.2.3.4,203.0.113.9:4711"), ip("203.0.113.9"));
-        assert_eq!(one("1.2.3.4, [2001:db8::1]:443"), ip("2001:db8::1"));
-        assert_eq!(one("1.2.3.4, 2001:db8::1"), ip("2001:db8::1"));
-        // The client wrote 1.2.3.4; what the proxy added does not parse.
-        assert_eq!(one("1.2.3.4, unknown"), None);
-        assert_eq!(one("1.2.3.4,"), None);
-        assert_eq!(
-            last_forwarded_for(["6.6.6.6", "1.2.3.4, 203.0.113.9"].into_iter()),
-            ip("203.0.113.9")
-        );
-        assert_eq!(last_forwarded_for(std::iter::empty()), None);
-    }
 }

@@ -21,6 +21,8 @@
 // socket or storage can be injected, so the state machine runs in Node too.
 
 /** Connection states, as the `state` event and `client.state` report them. */
+import { SecureLink, parseFullCode } from './e2e.js';
+
 export const State = Object.freeze({
   /** Not connected and not trying: before `join`, after the session ended, or after giving up. */
   DISCONNECTED: 'disconnected',
@@ -146,11 +148,18 @@ export function normalizeCode(typed) {
 /** The relay's code alphabet (no look-alikes). */
 export const CODE_ALPHABET = '346789ABCDEFGHJKLMNPQRTUVWXY';
 
-/** Why a typed code cannot be a code, or '' when it may be one (the relay decides). */
+/**
+ * Why a typed code cannot be a code, or '' when it may be one (the relay
+ * decides). 11 characters are a code with its secret part (end-to-end
+ * encrypted); a link with the code after '#' is read as its code.
+ */
 export function codeProblem(typed) {
-  const code = normalizeCode(typed);
+  const hash = String(typed).lastIndexOf('#');
+  const code = normalizeCode(hash >= 0 ? String(typed).slice(hash + 1) : typed);
   if (code.length === 0) return 'Type the code shown on the Mac.';
-  if (code.length !== 6) return `A code has 6 characters; this one has ${code.length}.`;
+  if (code.length !== 6 && code.length !== 11) {
+    return `A code has 6 characters, or 11 with the part after the dash; this one has ${code.length}.`;
+  }
   const bad = [...code].filter((c) => !CODE_ALPHABET.includes(c));
   if (bad.length > 0) {
     return `A code never contains ${[...new Set(bad)].join(', ')}. Check the code shown on the Mac.`;
@@ -297,7 +306,10 @@ export class RelayClient {
     }
     if (this.ws || this.retryTimer !== null) this.abandon();
     this.resetSession();
-    this.code = normalizeCode(code);
+    // A code with its secret part: the relay gets the first six characters only.
+    const full = parseFullCode(code);
+    this.secure = full?.secret ? new SecureLink(this, full) : null;
+    this.code = full ? full.relay : normalizeCode(code);
     this.name = given || null;
     this.setState(State.CONNECTING);
     this.open();
@@ -334,6 +346,20 @@ export class RelayClient {
     if (!this.session && this.code === null) {
       throw new ClientError('NOT_JOINED', 'Join a session with a code before sending.');
     }
+    if (this.secure) {
+      try {
+        this.secure.send(data);
+      } catch {
+        throw new ClientError('QUEUE_FULL', 'Too many messages wait for the end-to-end encryption; wait a moment.');
+      }
+      return;
+    }
+    this.sendPlain(data);
+  }
+
+  /** Sends `data` as it is (the encrypted link sends its sealed frames through this). */
+  sendPlain(data) {
+    if (this.ended) throw new ClientError('SESSION_OVER', 'The session is over; nothing can be sent.');
     const frame = typeof data === 'string' ? JSON.stringify({ type: 'data', payload: data }) : toBytes(data);
     const size = frameSize(frame);
     if (this.options.maxFrame && size - FRAME_OVERHEAD > this.options.maxFrame) {
@@ -382,6 +408,8 @@ export class RelayClient {
   /** Ends this side of the session for good (the Mac is told). */
   leave() {
     if (this.ended) return;
+    // Encrypted: the sealed end frame goes first, then this is called again.
+    if (this.secure?.leaving()) return;
     // A waiting guest says so too: the host then reads "left", not "closed".
     if (this.ws && (this.phase === 'open' || this.phase === 'waiting') && this.ws.readyState === 1) {
       this.ws.send(JSON.stringify({ type: 'leave' }));
@@ -412,6 +440,7 @@ export class RelayClient {
       peerPresent: this.peerPresent,
       ended: this.ended,
       gaveUp: this.gaveUp,
+      ...(this.secure ? { encrypted: this.secure.open } : {}),
     };
   }
 
@@ -419,6 +448,9 @@ export class RelayClient {
 
   /** Forgets the session: what a new client starts with. */
   resetSession() {
+    /** The end-to-end encrypted link (SecureLink) when joined with a full code, else null. */
+    this.secure?.stop();
+    this.secure = null;
     /** {sessionId, resumeToken} once joined. */
     this.session = null;
     /** The code being joined (as typed), until joined. */
@@ -500,6 +532,7 @@ export class RelayClient {
   }
 
   onMessage(data) {
+    if (this.secure && this.phase !== 'join' && this.secure.takes(data)) return;
     if (typeof data !== 'string') {
       this.received += 1;
       this.save();
@@ -533,7 +566,8 @@ export class RelayClient {
         this.received = 0;
         this.sent = 0;
         this.save();
-        this.emit('joined', { sessionId: msg.sessionId, guestId: this.guestId });
+        this.emit('joined', { sessionId: msg.sessionId, guestId: this.guestId, ...(this.secure ? { encrypted: true } : {}) });
+        this.secure?.joined();
         this.connected();
         break;
       case 'resumed':
@@ -702,6 +736,9 @@ export class RelayClient {
 
   /** The session is over: stop, forget it, tell the page. */
   end(code, message, closeCode) {
+    // Encrypted: a Mac gone without its sealed end frame may have been cut short.
+    const unfinished = this.secure?.unfinished() ?? false;
+    this.secure?.stop();
     this.ended = { code, message };
     this.clearStorage();
     this.abandon(code === 'LEFT');
@@ -710,7 +747,7 @@ export class RelayClient {
     this.queueBytes = 0;
     // Not let in (yet): what to join with if the person tries again.
     const again = this.session ? {} : { join: this.code, name: this.name };
-    this.emit('ended', { code, message, closeCode, peerAway: !this.peerPresent, unsent, ...again });
+    this.emit('ended', { code, message, closeCode, peerAway: !this.peerPresent, unsent, ...(unfinished ? { unfinished } : {}), ...again });
     this.setState(State.DISCONNECTED, { code, reason: message });
   }
 
@@ -836,6 +873,8 @@ export class RelayClient {
           ...(this.guestId !== null ? { guestId: this.guestId } : {}),
           received: this.received,
           sent: this.sent,
+          // The keys live in this page's memory only: a reload cannot take it back.
+          ...(this.secure ? { e2e: true } : {}),
         }),
       );
     } catch {
@@ -847,6 +886,10 @@ export class RelayClient {
     if (!this.storage || !this.options.storageKey) return null;
     try {
       const v = JSON.parse(this.storage.getItem(this.options.storageKey) ?? 'null');
+      if (v?.e2e) {
+        this.clearStorage();
+        return null;
+      }
       if (v && typeof v.sessionId === 'string' && typeof v.resumeToken === 'string') {
         return {
           sessionId: v.sessionId,

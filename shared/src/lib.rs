@@ -6,6 +6,8 @@
 pub mod client;
 pub mod close;
 pub mod code;
+#[cfg(feature = "e2e")]
+pub mod e2e;
 pub mod error;
 pub mod message;
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench-100k`: 100,000 connections held at once on this machine. A
-# local cluster (one redis-server, HUNDRED_K_NODES relay nodes, each under the
-# per-process file limit), one `relay-load --scenario hold` per node, each
+# local cluster (one redis-server, HUNDRED_K_NODES relay nodes, 6 by default,
+# each under the per-process file limit), one `relay-load --scenario hold` per node, each
 # pairing its macs on node i with browsers on node i+1 (so every pair is
 # across nodes), from its own source address. It reports relay memory per
 # connection per node, CPU while idle (heartbeats only), how long set-up
@@ -12,9 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${BENCH_OUT:-target/bench-100k}
 TOTAL=${HUNDRED_K_CONNECTIONS:-100000}
-# A relay connection takes two descriptors (the socket and the duplicate
-# kept to cut a stuck peer): under a 20,000 limit a node holds under 10,000.
-NODES=${HUNDRED_K_NODES:-12}
+# A relay connection takes one descriptor, and so does a load-tool one:
+# under a 20,000 limit six nodes hold 16,666 each (issue 15 asks for 16,000
+# or more a node), and each load process as many.
+NODES=${HUNDRED_K_NODES:-6}
 HOLD=${HUNDRED_K_HOLD:-90s}       # from each load's set-up to its ping
 IDLE_WINDOW=${HUNDRED_K_IDLE_WINDOW:-30}  # seconds of idle CPU measured
 rm -rf "$OUT" && mkdir -p "$OUT/json" "$OUT/logs"
@@ -32,8 +33,8 @@ done
 LIMIT=$(ulimit -n)
 PAIRS=$(( TOTAL / 2 / NODES ))
 PER_NODE=$(( 2 * PAIRS ))
-if (( 2 * PER_NODE + 200 > LIMIT )); then
-  echo "$PER_NODE connections a node need $(( 2 * PER_NODE )) descriptors; the limit is $LIMIT: raise HUNDRED_K_NODES" >&2
+if (( PER_NODE + 200 > LIMIT )); then
+  echo "$PER_NODE connections a node need as many descriptors; the limit is $LIMIT: raise HUNDRED_K_NODES" >&2
   exit 1
 fi
 

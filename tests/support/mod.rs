@@ -71,9 +71,16 @@ pub fn tail_logs(
                 }
             }
         }
+        // The process closed its stderr: every line it wrote is above.
+        keep.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(END_OF_LOG.to_owned());
     });
     rx
 }
+
+/// The line the log keeper adds once a relay's stderr ended.
+pub const END_OF_LOG: &str = "-- end of the relay's log --";
 
 /// A plain HTTP/1.0 GET to `addr` (so no chunked answer): (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -203,6 +210,10 @@ impl Relay {
         let deadline = Instant::now() + WAIT * 2;
         loop {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
+                // Its last lines may still be on their way to `logs`.
+                while !self.logged(END_OF_LOG) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return s;
             }
             assert!(Instant::now() < deadline, "relay did not exit");

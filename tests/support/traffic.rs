@@ -151,7 +151,9 @@ pub async fn listen(mut events: Events, log: Log, pair: usize, is_mac: bool) {
             | Event::SessionLost { .. }
             | Event::CodeExpired { .. }
             | Event::PeerResumed
-            | Event::Latency(_) => {}
+            | Event::Latency(_)
+            | Event::Encrypted
+            | Event::Unfinished => {}
             // These fixtures pair; a room's events and tagged frames are
             // counted as misrouted should one ever arrive.
             Event::Waiting { .. }

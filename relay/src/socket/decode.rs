@@ -1,21 +1,13 @@
-//! Reads WebSocket frames off the request body with backpressure: bytes are
-//! pulled from the connection only when no whole frame is buffered, so a
-//! client that floods cannot grow the node's memory. Reassembles fragmented
-//! messages within the frame limit and checks text is UTF-8.
-//!
-//! actix-web-actors' own reader drains the body into an unbounded buffer;
-//! this one replaces it (the socket actor adds it with `ctx.add_stream`).
-
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! Turns the bytes a client sent into [`Inbound`] items: frames decoded by
+//! actix-http's WebSocket codec, fragmented messages reassembled within the
+//! frame limit, text checked to be UTF-8. No I/O here: the socket's pump
+//! (`pump.rs`) reads bytes only while no whole frame is buffered, so a client
+//! that floods cannot grow the node's memory, and hands them in.
 
 use actix_codec::Decoder;
 use actix_http::ws::{CloseReason, Codec, Frame, Item, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use futures_util::Stream;
-
-use crate::gate::Gate;
 
 /// One thing read from a client.
 #[derive(Debug)]
@@ -44,35 +36,90 @@ struct Partial {
     buf: BytesMut,
 }
 
-/// The stream of [`Inbound`] items of one connection.
-pub struct Frames<S> {
-    body: S,
-    /// Closed while the peer is behind: nothing more is read from the client.
-    gate: std::sync::Arc<Gate>,
+/// The decoder of one connection: what it read and has not handed out yet.
+pub struct Frames {
     codec: Codec,
+    /// Bytes read and not yet decoded: empty, holding no allocation, while
+    /// no frame is in flight.
     buf: BytesMut,
     max: usize,
     partial: Option<Partial>,
-    /// The body ended; decode what is buffered, then end.
-    eof: bool,
-    /// An error ended the stream.
+    /// An oversized or broken frame ended the stream: nothing more is decoded.
     done: bool,
 }
 
-impl<S> Frames<S> {
-    /// Reads frames of at most `max` bytes (whole messages too) from
-    /// `body`, while `gate` is open.
-    pub fn new(body: S, max: usize, gate: std::sync::Arc<Gate>) -> Self {
+impl Frames {
+    /// Decodes frames of at most `max` bytes (whole messages too).
+    pub fn new(max: usize) -> Self {
         Frames {
-            body,
-            gate,
             codec: Codec::new().max_size(max),
             buf: BytesMut::new(),
             max,
             partial: None,
-            eof: false,
             done: false,
         }
+    }
+
+    /// Whether an error ended the stream.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Takes bytes read from the client.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        // Room for the whole frame these bytes start, once its header is
+        // here, so a large frame is not copied again as the buffer grows.
+        if self.buf.is_empty() {
+            let whole =
+                frame_total_len(bytes).filter(|&t| t <= self.max.saturating_add(MAX_HEADER));
+            self.buf.reserve(whole.unwrap_or(0).max(bytes.len()));
+            self.buf.extend_from_slice(bytes);
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+        if let Some(total) = frame_total_len(&self.buf) {
+            if total <= self.max.saturating_add(MAX_HEADER) && total > self.buf.len() {
+                self.buf.reserve(total - self.buf.len());
+            }
+        }
+    }
+
+    /// Gives back the buffer's memory once everything in it was decoded:
+    /// most of a node's connections wait most of the time, holding nothing.
+    pub fn release(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// The next item from what was read, or `None` until more bytes come
+    /// (or after the stream ended).
+    pub fn next(&mut self) -> Option<Inbound> {
+        while !self.done {
+            // actix's parser only reports an oversized frame once all of it
+            // is buffered; refuse it from its header instead.
+            if announced_len(&self.buf).is_some_and(|len| len > self.max as u64) {
+                self.done = true;
+                return Some(Inbound::TooLarge);
+            }
+            match self.codec.decode(&mut self.buf) {
+                Err(ProtocolError::Overflow) => {
+                    self.done = true;
+                    return Some(Inbound::TooLarge);
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Inbound::Broken(e));
+                }
+                Ok(Some(frame)) => {
+                    if let Some(item) = self.assemble(frame) {
+                        return Some(item);
+                    }
+                }
+                Ok(None) => return None,
+            }
+        }
+        None
     }
 
     fn whole(text: bool, data: Bytes) -> Inbound {
@@ -134,6 +181,21 @@ impl<S> Frames<S> {
     }
 }
 
+/// The longest frame header: 2 bytes, 8 of length, 4 of mask.
+const MAX_HEADER: usize = 14;
+
+/// Header and payload length of the next frame, once its header is buffered.
+fn frame_total_len(buf: &[u8]) -> Option<usize> {
+    let len = usize::try_from(announced_len(buf)?).ok()?;
+    let masked = buf.get(1)? & 0x80 != 0;
+    let extended = match buf.get(1)? & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    Some(2 + extended + if masked { 4 } else { 0 } + len)
+}
+
 /// The payload length the next frame's header announces, once enough of the
 /// header is buffered.
 fn announced_len(buf: &[u8]) -> Option<u64> {
@@ -145,71 +207,8 @@ fn announced_len(buf: &[u8]) -> Option<u64> {
     }
 }
 
-impl<S, E> Stream for Frames<S>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-{
-    type Item = Inbound;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if this.gate.poll_open(cx).is_pending() {
-            return Poll::Pending;
-        }
-        loop {
-            // actix's parser only reports an oversized frame once all of it
-            // is buffered; refuse it from its header instead.
-            if announced_len(&this.buf).is_some_and(|len| len > this.max as u64) {
-                this.done = true;
-                return Poll::Ready(Some(Inbound::TooLarge));
-            }
-            match this.codec.decode(&mut this.buf) {
-                Err(ProtocolError::Overflow) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Inbound::TooLarge));
-                }
-                Err(e) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Inbound::Broken(e)));
-                }
-                Ok(Some(frame)) => {
-                    if let Some(item) = this.assemble(frame) {
-                        return Poll::Ready(Some(item));
-                    }
-                    if this.done {
-                        return Poll::Ready(None);
-                    }
-                }
-                Ok(None) if this.eof => {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
-                Ok(None) => match Pin::new(&mut this.body).poll_next(cx) {
-                    Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
-                    // A body error is the connection dropping: end the stream.
-                    Poll::Ready(Some(Err(_))) | Poll::Ready(None) => this.eof = true,
-                    Poll::Pending => {
-                        // Most of a node's connections wait most of the time:
-                        // they hold no buffer while they wait.
-                        if this.buf.is_empty() && this.buf.capacity() > 0 {
-                            this.buf = BytesMut::new();
-                        }
-                        return Poll::Pending;
-                    }
-                },
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use futures_util::StreamExt;
-    use futures_util::stream;
-
     use super::*;
 
     /// A client frame: FIN flag, opcode, masked payload.
@@ -232,12 +231,16 @@ mod tests {
     }
 
     fn read_all(bytes: Vec<u8>, chunk: usize, max: usize) -> Vec<Inbound> {
-        let chunks: Vec<Result<Bytes, ()>> = bytes
-            .chunks(chunk)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
-        let frames = Frames::new(stream::iter(chunks), max, Gate::new());
-        actix::System::new().block_on(frames.collect())
+        let mut frames = Frames::new(max);
+        let mut items = Vec::new();
+        for c in bytes.chunks(chunk) {
+            frames.extend(c);
+            while let Some(item) = frames.next() {
+                items.push(item);
+            }
+            frames.release();
+        }
+        items
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use actix_web_actors::ws::WebsocketContext;
 use relay_protocol::{CloseCode, ErrorCode, ServerMessage};
 use tracing::{debug, warn};
 
@@ -28,12 +27,19 @@ const MARKER_BYTES: usize = 64 * 1024;
 /// stream of small frames is acknowledged often enough to trim the buffer.
 const MARKER_FRAMES: u32 = 64;
 
+/// The most a server frame's header takes (no mask): 2 bytes and 8 of length.
+const FRAME_HEADER: usize = 10;
+
+/// Drain buffer capacity (items) under which the buffer is not kept between
+/// drains: small batches allocate their own.
+const KEEP_DRAINED: usize = 16;
+
 /// How often a paused sender checks whether its peer stopped reading.
 const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Socket {
     /// Takes a place in a session and writes whatever is already queued.
-    pub(super) fn linked(&mut self, link: Link, ctx: &mut WebsocketContext<Self>) {
+    pub(super) fn linked(&mut self, link: Link, ctx: &mut Context<Self>) {
         self.cancel_handshake_timer(ctx);
         self.generation = self.generation.wrapping_add(1);
         self.written = link.written;
@@ -48,8 +54,14 @@ impl Socket {
     }
 
     /// Writes everything new in the inbound pipe.
-    pub(super) fn flush(&mut self, ctx: &mut WebsocketContext<Self>) {
+    pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
         let Some(link) = &self.link else { return };
+        if self.out.len() >= super::pump::WRITE_HIGH {
+            // The client is behind on reading: the frames wait in the pipe
+            // (where its flow control sees them) until the pump wrote these.
+            self.held = true;
+            return;
+        }
         let inbound = Arc::clone(&link.inbound);
         let mut d = std::mem::take(&mut self.drained);
         match inbound.drain(self.id, self.written, &mut d) {
@@ -71,6 +83,16 @@ impl Socket {
             .metrics
             .relay_seconds
             .with_label_values(&[if d.remote { "redis" } else { "local" }]);
+        // The batch's bytes at once, not copied again as the buffer grows.
+        let bytes: usize = d
+            .items
+            .iter()
+            .map(|(_, item, _)| match item {
+                Item::Data { frame, .. } => frame.len() + FRAME_HEADER,
+                Item::Event { text, .. } => text.len() + FRAME_HEADER,
+            })
+            .sum();
+        self.out.reserve(bytes);
         // One clock read for the whole batch.
         let mut now: Option<Instant> = None;
         for (pos, item, queued_at) in d.items.drain(..) {
@@ -79,7 +101,8 @@ impl Socket {
                 Item::Data { frame, from, .. } => {
                     if let Some(id) = from.filter(|_| from != self.last_from) {
                         self.last_from = from;
-                        ctx.text(ServerMessage::From { guest_id: id.get() }.to_text());
+                        self.out
+                            .text(ServerMessage::From { guest_id: id.get() }.to_text());
                     }
                     // Frames written again after a resume were measured the first time.
                     if let Some(at) = queued_at.filter(|_| pos > self.measured) {
@@ -90,12 +113,12 @@ impl Socket {
                     self.marker_bytes += frame.len();
                     self.marker_frames += 1;
                     match frame {
-                        Frame::Binary(b) => ctx.binary(b),
-                        Frame::Text(t) => ctx.text(t),
+                        Frame::Binary(b) => self.out.binary(b),
+                        Frame::Text(t) => self.out.text(t),
                     }
                 }
                 Item::Event { text, effect } => {
-                    ctx.text(text);
+                    self.out.text(text);
                     match effect {
                         EventEffect::None => {}
                         EventEffect::Detach => {
@@ -111,20 +134,25 @@ impl Socket {
                 }
             }
         }
-        d.items.clear();
-        self.drained = d;
+        // A socket keeps its drain buffer only while batches are large (a
+        // stream of frames); an idle one gives its memory back (80 bytes an
+        // item), so a quiet connection holds none.
+        if d.items.capacity() > KEEP_DRAINED {
+            d.items.clear();
+            self.drained = d;
+        }
         if self.marker_bytes >= MARKER_BYTES || self.marker_frames >= MARKER_FRAMES {
-            self.send_marker(ctx);
+            self.send_marker();
         }
     }
 
     /// A ping carrying the written position: its pong proves everything
     /// before it was read.
-    pub(super) fn send_marker(&mut self, ctx: &mut WebsocketContext<Self>) {
+    pub(super) fn send_marker(&mut self) {
         let mut marker = [0u8; 12];
         marker[..4].copy_from_slice(&self.generation.to_be_bytes());
         marker[4..].copy_from_slice(&self.written.to_be_bytes());
-        ctx.ping(&marker);
+        self.out.ping(&marker);
         self.marker_bytes = 0;
         self.marker_frames = 0;
     }
@@ -148,7 +176,7 @@ impl Socket {
     /// While the gate is closed (the peer is behind), checks every second
     /// whether the peer stopped reading altogether, and keeps this socket
     /// counted as alive: it reads nothing, but its client is not silent.
-    fn watch_stall(&mut self, ctx: &mut WebsocketContext<Self>) {
+    fn watch_stall(&mut self, ctx: &mut Context<Self>) {
         if self.stall_watch.is_some() {
             return;
         }
@@ -183,7 +211,7 @@ impl Socket {
     }
 
     /// A data frame from the client.
-    pub(super) fn on_data(&mut self, frame: Frame, ctx: &mut WebsocketContext<Self>) {
+    pub(super) fn on_data(&mut self, frame: Frame, ctx: &mut Context<Self>) {
         let Some(link) = &self.link else {
             self.send_error(ctx, ErrorCode::NotPaired, None);
             return;

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use actix_web_actors::ws::WebsocketContext;
 use bytestring::ByteString;
 use relay_protocol::{ClientMessage, CloseCode, ErrorCode, Role, ServerMessage};
 
@@ -18,7 +17,7 @@ use crate::registry::{
 };
 
 impl Socket {
-    fn client(&self, ctx: &mut WebsocketContext<Self>) -> Client {
+    fn client(&self, ctx: &mut Context<Self>) -> Client {
         let addr = ctx.address();
         Client {
             conn: self.id,
@@ -37,7 +36,7 @@ impl Socket {
     /// answer follows from it (`RegistryHandle`).
     fn ask<T: 'static>(
         &mut self,
-        ctx: &mut WebsocketContext<Self>,
+        ctx: &mut Context<Self>,
         request: impl Future<Output = Result<T, Refusal>> + 'static,
         accept: fn(T) -> (Link, ServerMessage, Vec<String>),
     ) {
@@ -50,7 +49,7 @@ impl Socket {
                         act.linked(link, ctx);
                         act.send(ctx, &reply);
                         for e in events {
-                            ctx.text(e);
+                            act.out.text(e);
                         }
                         act.flush(ctx);
                     }
@@ -69,7 +68,7 @@ impl Socket {
     /// A room host's `admit`, `deny`, `remove` or `to`. The socket reads
     /// nothing else until the registry answers, so frames after a `remove`
     /// can never reach the removed guest.
-    fn on_room_op(&mut self, op: ClientMessage, ctx: &mut WebsocketContext<Self>) {
+    fn on_room_op(&mut self, op: ClientMessage, ctx: &mut Context<Self>) {
         let Some(Outbound::Host(room)) = self.link.as_ref().map(|l| &l.outbound) else {
             self.malformed(
                 ctx,
@@ -114,7 +113,7 @@ impl Socket {
         );
     }
 
-    pub(super) fn on_text(&mut self, text: ByteString, ctx: &mut WebsocketContext<Self>) {
+    pub(super) fn on_text(&mut self, text: ByteString, ctx: &mut Context<Self>) {
         // Most text frames are data: recognised without building a message.
         if ClientMessage::is_plain_data(&text) {
             self.malformed = 0;

@@ -1,13 +1,18 @@
 //! One actor per WebSocket: the handshake (`register`/`join`/`resume`),
 //! heartbeat, the client's frames in, the pipe's frames out, and closing with
-//! the right code. All socket I/O of the relay is in this module; nothing
-//! outside it knows actix-web-actors.
+//! the right code. All socket I/O of the relay is in this module: the actor
+//! owns its connection after the HTTP upgrade (`upgrade.rs`) and runs the
+//! WebSocket framing itself (`pump.rs`, `decode.rs`).
 
+mod beat;
 pub mod decode;
 mod frames;
+pub mod io;
 mod messages;
+mod pump;
 #[cfg(test)]
 mod tests;
+mod upgrade;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -15,9 +20,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use actix_web::{HttpRequest, HttpResponse, web};
-use actix_web_actors::ws::{self, CloseReason, WebsocketContext};
-use bytes::Bytes;
+use actix_codec::Framed;
+use actix_http::Request;
+use actix_http::ws::{self, CloseReason};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use relay_protocol::{CloseCode, ErrorCode, Role, ServerMessage};
 use tracing::{debug, info, warn};
@@ -37,6 +42,9 @@ use crate::registry::RegistryHandle;
 use crate::registry::{Departure, Gone, Link, Refusal};
 use crate::shutdown::Draining;
 use decode::{Frames, Inbound};
+use io::{Io, Upgraded};
+use pump::{Out, Pump};
+pub use upgrade::refuse;
 
 /// What every socket of the node shares: the settings and the node's handles.
 pub struct Shared {
@@ -78,43 +86,55 @@ pub struct Arrival {
     pub slot: Slot,
     /// False for a `/browser` upgrade from an origin the allow-list refuses.
     pub origin_allowed: bool,
-    /// Cuts the TCP socket when the actor cannot run (see `conns`).
-    pub killer: Option<Killer>,
 }
 
-/// Accepts a WebSocket on `/mac` or `/browser` and starts its actor.
-///
-/// # Errors
-/// The handshake error (HTTP 400 and kin) when the request is not a valid upgrade.
-pub fn accept(
-    req: &HttpRequest,
-    body: web::Payload,
+/// Answers a WebSocket upgrade on `/mac` or `/browser` and starts its actor,
+/// which owns the connection from then on; refuses (400) a request that is
+/// not a valid RFC 6455 upgrade.
+pub async fn accept<T: Upgraded>(
+    req: Request,
+    framed: Framed<T, actix_http::h1::Codec>,
     role: Role,
     arrival: Arrival,
     shared: Arc<Shared>,
-) -> Result<HttpResponse, actix_web::Error> {
+) {
+    let timeout = shared.config.handshake_timeout;
+    if let Ok((io, rest)) = upgrade::switch(&req, framed, timeout).await {
+        start(io.into_io(), &rest, role, arrival, shared);
+    }
+}
+
+/// Starts the actor of an upgraded connection; `rest` is what the client
+/// sent after its request, already read.
+pub fn start(
+    io: Io,
+    rest: &[u8],
+    role: Role,
+    arrival: Arrival,
+    shared: Arc<Shared>,
+) -> Addr<Socket> {
     let Arrival {
         addr,
         slot,
         origin_allowed,
-        killer,
     } = arrival;
-    // actix-web-actors also accepts draft versions 7 and 8 and any key;
-    // hold clients to RFC 6455 (version 13, a 16-byte base64 key).
-    actix_http::ws::verify_handshake(req.head())?;
-    let mut res = ws::handshake(req)?;
-    let socket = Socket {
+    let mut frames = Frames::new(shared.config.max_frame);
+    frames.extend(rest);
+    Socket {
         id: ConnId::next(),
         role,
         addr,
         shared,
-        killer: killer.map(Arc::new),
+        killer: Some(Arc::new(Killer::new())),
         _slot: slot,
         origin_allowed,
         gate: Gate::new(),
         stall_watch: None,
         live: None,
-        body: Some(body),
+        io: Some(io),
+        frames,
+        out: Out::default(),
+        held: false,
         link: None,
         target: Target::All,
         last_from: None,
@@ -131,11 +151,8 @@ pub fn accept(
         clean_close: false,
         left: false,
         drained: Drained::default(),
-    };
-    // The context's own reader is unbounded; frames come from `decode`
-    // instead (added in `started`), so hand the context an empty stream.
-    let nothing = futures_util::stream::pending::<Result<Bytes, actix_web::error::PayloadError>>();
-    Ok(res.streaming(WebsocketContext::create(socket, nothing)))
+    }
+    .start()
 }
 
 /// The actor of one WebSocket connection.
@@ -156,8 +173,14 @@ pub struct Socket {
     stall_watch: Option<SpawnHandle>,
     /// Stamped on every sign of life from the client.
     live: Option<Liveness>,
-    /// The request body, until `started` turns it into the frame stream.
-    body: Option<web::Payload>,
+    /// The client's connection; gone once the actor stops or it is cut.
+    io: Option<Io>,
+    /// What was read from the client and not yet handled.
+    frames: Frames,
+    /// What is still to be written to the client.
+    out: Out,
+    /// The pipe was left undrained while the client was behind on reading.
+    held: bool,
     /// The session this socket is in, once registered, joined or resumed.
     link: Option<Link>,
     /// A room host's target (its last `to`).
@@ -190,13 +213,11 @@ pub struct Socket {
 }
 
 impl Actor for Socket {
-    type Context = WebsocketContext<Self>;
+    type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let cfg = Arc::clone(&self.shared.config);
-        if let Some(body) = self.body.take() {
-            ctx.add_stream(Frames::new(body, cfg.max_frame, Arc::clone(&self.gate)));
-        }
+        ctx.spawn(Pump);
         let addr = ctx.address();
         self.live = Some(
             self.shared
@@ -224,26 +245,12 @@ impl Actor for Socket {
             return;
         }
         self.arm_handshake_timer(ctx);
-        let (interval, timeout) = (cfg.heartbeat_interval, cfg.heartbeat_timeout);
-        ctx.run_interval(interval, move |act, ctx| {
-            act.send_marker(ctx);
-            let sent = Instant::now();
-            ctx.run_later(timeout, move |act, ctx| {
-                // A paused socket reads nothing, its pongs included; its
-                // client was sending, so it is alive.
-                if act.last_pong < sent && !act.gate.is_closed() {
-                    act.close(
-                        ctx,
-                        CloseCode::GoingAway,
-                        DisconnectReason::HeartbeatTimeout,
-                        "no pong",
-                    );
-                }
-            });
-        });
+        // Pings and their timeouts come from this thread's one timer (beat.rs).
+        beat::ping_after(cfg.heartbeat_interval, ctx.address().downgrade());
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.retire();
         self.shared.conns.remove(self.id);
         self.shared
             .metrics
@@ -280,7 +287,7 @@ impl Actor for Socket {
 }
 
 impl Socket {
-    fn arm_handshake_timer(&mut self, ctx: &mut WebsocketContext<Self>) {
+    fn arm_handshake_timer(&mut self, ctx: &mut Context<Self>) {
         if let Some(h) = self.handshake_timer.take() {
             ctx.cancel_future(h);
         }
@@ -298,7 +305,7 @@ impl Socket {
         }));
     }
 
-    fn cancel_handshake_timer(&mut self, ctx: &mut WebsocketContext<Self>) {
+    fn cancel_handshake_timer(&mut self, ctx: &mut Context<Self>) {
         if let Some(h) = self.handshake_timer.take() {
             ctx.cancel_future(h);
         }
@@ -307,7 +314,7 @@ impl Socket {
     /// Closes with `code` and stops; the first reason given wins.
     fn close(
         &mut self,
-        ctx: &mut WebsocketContext<Self>,
+        ctx: &mut Context<Self>,
         code: CloseCode,
         reason: DisconnectReason,
         description: &str,
@@ -317,24 +324,24 @@ impl Socket {
         }
         self.ending = Some(reason);
         let description = (!description.is_empty()).then(|| description.to_owned());
-        ctx.close(Some(CloseReason {
+        self.out.close(Some(CloseReason {
             code: ws::CloseCode::from(code.code()),
             description,
         }));
         ctx.stop();
     }
 
-    fn send(&self, ctx: &mut WebsocketContext<Self>, msg: &ServerMessage) {
-        ctx.text(msg.to_text());
+    fn send(&self, _: &mut Context<Self>, msg: &ServerMessage) {
+        self.out.text(msg.to_text());
     }
 
-    fn send_error(&self, ctx: &mut WebsocketContext<Self>, code: ErrorCode, message: Option<&str>) {
+    fn send_error(&self, ctx: &mut Context<Self>, code: ErrorCode, message: Option<&str>) {
         self.shared.metrics.error_sent(code);
         let message = message.unwrap_or(code.default_message());
         self.send(ctx, &ServerMessage::error_with(code, message));
     }
 
-    fn refuse(&mut self, ctx: &mut WebsocketContext<Self>, r: Refusal) {
+    fn refuse(&mut self, ctx: &mut Context<Self>, r: Refusal) {
         self.send_error(ctx, r.code, r.message.as_deref());
         if let Some(code) = r.close {
             let reason = match code {
@@ -346,7 +353,7 @@ impl Socket {
     }
 
     /// A malformed or out-of-place message: say so, and close after too many in a row.
-    fn malformed(&mut self, ctx: &mut WebsocketContext<Self>, why: &str) {
+    fn malformed(&mut self, ctx: &mut Context<Self>, why: &str) {
         self.misbehaved(ctx, ErrorCode::InvalidMessage, why);
     }
 
@@ -364,7 +371,7 @@ impl Socket {
 
     /// A message refused with `code`; like malformed ones, too many in a row
     /// close the connection (1008), so a flood cannot queue unbounded replies.
-    fn misbehaved(&mut self, ctx: &mut WebsocketContext<Self>, code: ErrorCode, why: &str) {
+    fn misbehaved(&mut self, ctx: &mut Context<Self>, code: ErrorCode, why: &str) {
         self.malformed += 1;
         self.send_error(ctx, code, Some(why));
         if self.malformed >= self.shared.config.max_malformed {
@@ -378,7 +385,7 @@ impl Socket {
         }
     }
 
-    fn drain(&mut self, ctx: &mut WebsocketContext<Self>) {
+    fn drain(&mut self, ctx: &mut Context<Self>) {
         if self.ending.is_some() {
             // Already closing: a second SHUTTING_DOWN would follow the close frame.
             return;
@@ -393,8 +400,9 @@ impl Socket {
     }
 }
 
-impl StreamHandler<Inbound> for Socket {
-    fn handle(&mut self, item: Inbound, ctx: &mut Self::Context) {
+impl Socket {
+    /// One thing read from the client.
+    fn on_inbound(&mut self, item: Inbound, ctx: &mut Context<Self>) {
         if let Some(live) = &self.live {
             live.touch();
         }
@@ -405,7 +413,7 @@ impl StreamHandler<Inbound> for Socket {
                 ctx,
                 "Text frames must be valid UTF-8; send binary frames for raw bytes.",
             ),
-            Inbound::Ping(p) => ctx.pong(&p),
+            Inbound::Ping(p) => self.out.pong(&p),
             Inbound::Pong(p) => self.on_pong(&p),
             Inbound::Close(reason) => {
                 self.clean_close = reason
@@ -414,7 +422,7 @@ impl StreamHandler<Inbound> for Socket {
                 // Echo the client's close, as RFC 6455 asks.
                 if self.ending.is_none() {
                     self.ending = Some(DisconnectReason::ClientGone);
-                    ctx.close(reason);
+                    self.out.close(reason);
                     ctx.stop();
                 }
             }
@@ -442,16 +450,6 @@ impl StreamHandler<Inbound> for Socket {
             }
         }
     }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        // The client went away (EOF, reset, or after a fatal framing error).
-        ctx.stop();
-    }
-}
-
-/// The context's own reader gets an empty stream (see [`accept`]); nothing arrives here.
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Socket {
-    fn handle(&mut self, _: Result<ws::Message, ws::ProtocolError>, _: &mut Self::Context) {}
 }
 
 impl Handler<Wake> for Socket {

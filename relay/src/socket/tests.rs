@@ -1,6 +1,6 @@
 //! One socket actor in process, with tokio's clock paused: the client speaks
-//! real WebSocket frames into the actor's request body and reads what the
-//! actor's response body carries, the way the HTTP layer would. The
+//! real WebSocket frames over an in-memory stream in place of the upgraded
+//! connection and reads what the actor writes back. The
 //! handshake and heartbeat timers are checked at their exact deadlines.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,12 +10,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_codec::{Decoder, Encoder};
 use actix_http::ws::{Codec, Frame, Message};
-use actix_web::FromRequest;
-use actix_web::body::{BoxBody, MessageBody};
-use actix_web::http::header;
-use actix_web::test::TestRequest;
 use bytes::{Bytes, BytesMut};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::*;
@@ -33,8 +30,7 @@ enum Got {
 /// A client of one in-process socket actor.
 struct Client {
     to_socket: Option<mpsc::UnboundedSender<Bytes>>,
-    /// What the socket wrote, pumped off its response body as the HTTP
-    /// layer would (the actor only runs while its body is polled).
+    /// What the socket wrote.
     from_socket: mpsc::UnboundedReceiver<Bytes>,
     codec: Codec,
     buf: BytesMut,
@@ -133,43 +129,37 @@ impl Node {
         }
     }
 
-    /// Opens a WebSocket on `/mac` or `/browser` to a fresh socket actor.
+    /// Opens a WebSocket on `/mac` or `/browser` to a fresh socket actor,
+    /// over an in-memory stream in place of the upgraded connection.
     async fn connect(&self, role: Role) -> Client {
-        let (req, _) = TestRequest::get()
-            .uri(if role == Role::Mac {
-                "/mac"
-            } else {
-                "/browser"
-            })
-            .insert_header((header::UPGRADE, "websocket"))
-            .insert_header((header::CONNECTION, "upgrade"))
-            .insert_header((header::SEC_WEBSOCKET_VERSION, "13"))
-            .insert_header((header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ=="))
-            .to_http_parts();
-        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (Ok(b), rx))
-        });
-        let mut payload =
-            actix_web::dev::Payload::from(Box::pin(stream) as actix_http::BoxedPayloadStream);
-        let body = web::Payload::from_request(&req, &mut payload)
-            .await
-            .expect("a body");
+        let (ours, theirs) = tokio::io::duplex(64 << 10);
         let addr = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let arrival = Arrival {
             addr,
             slot: self.admission.admit(addr).expect("room"),
             origin_allowed: true,
-            killer: None,
         };
-        let res = accept(&req, body, role, arrival, Arc::clone(&self.shared)).expect("upgrade");
-        let mut body: BoxBody = res.into_body();
+        start(
+            Io::Other(Box::new(theirs)),
+            &[],
+            role,
+            arrival,
+            Arc::clone(&self.shared),
+        );
+        let (mut rd, mut wr) = tokio::io::split(ours);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+        actix::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if wr.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+        });
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         actix::spawn(async move {
-            while let Some(Ok(b)) =
-                std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_next(cx)).await
-            {
-                if out_tx.send(b).is_err() {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0 || out_tx.send(Bytes::copy_from_slice(&buf[..n])).is_err() {
                     return;
                 }
             }

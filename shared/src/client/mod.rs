@@ -27,6 +27,7 @@
 
 pub mod backoff;
 mod conn;
+mod e2e;
 mod failure;
 pub mod outbox;
 mod room;
@@ -38,6 +39,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 pub use backoff::{AfterClose, Backoff, Next, Reconnector};
+pub use e2e::{HANDSHAKE_TIMEOUT, MISMATCH};
 pub use outbox::{OutboxLimits, QueueFull, Target};
 pub use url::{RelayUrl, UrlError, page_url};
 
@@ -83,6 +85,16 @@ pub struct Config {
     /// Browser: the name a room's host sees when this client asks to join
     /// (at most 64 characters); a pairing's mac never sees it.
     pub name: Option<String>,
+    /// End-to-end encryption (`relay-e2e/1`). Mac: every code gets a secret
+    /// part ([`Event::Registered`] shows the full code) and the session is
+    /// sealed. Browser: a full code (11 characters) always encrypts; with
+    /// this on, a 6-character code also refuses an encrypted mac clearly
+    /// instead of showing its key exchange. Off by default (the plain
+    /// protocol, byte for byte); not for rooms yet.
+    pub e2e: bool,
+    /// End-to-end encryption: longest wait for the other side's next
+    /// handshake message while both are connected (default 30 s).
+    pub e2e_timeout: Duration,
 }
 
 impl Config {
@@ -101,7 +113,15 @@ impl Config {
             reregister_on_lost_session: true,
             room: None,
             name: None,
+            e2e: false,
+            e2e_timeout: HANDSHAKE_TIMEOUT,
         }
+    }
+
+    /// This config, with end-to-end encryption on or off.
+    pub fn with_e2e(mut self, on: bool) -> Self {
+        self.e2e = on;
+        self
     }
 
     /// This config, as a room host for up to `max_guests` guests admitted as `admit` says.
@@ -169,6 +189,17 @@ pub enum Ended {
     /// retrying will not change); reported before the first connection only.
     #[error(transparent)]
     BadUrl(#[from] UrlError),
+    /// End-to-end encryption: the key confirmation failed on this side or
+    /// the other, so the session was not continued (one guess per code).
+    #[error("{}", e2e::MISMATCH)]
+    CodeMismatch,
+    /// End-to-end encryption: a frame was altered, dropped, replayed,
+    /// reordered or injected on the way; the session was stopped.
+    #[error("the session was tampered with on the way: {0}")]
+    Tampered(String),
+    /// End-to-end encryption: one side encrypts and the other does not.
+    #[error("{0}")]
+    NotEncrypted(String),
 }
 
 /// Something that happened, in order.
@@ -275,6 +306,13 @@ pub enum Event {
     },
     /// Frames the relay lost that this client could no longer re-send.
     Lost(u64),
+    /// End-to-end encryption: the key exchange succeeded; from now on the
+    /// relay sees only ciphertext. Comes just before `PeerJoined` or `Joined`.
+    Encrypted,
+    /// End-to-end encryption: the peer is gone for good without its
+    /// end-of-session frame, so its last frames may have been cut (a crash
+    /// looks the same).
+    Unfinished,
     /// The session is over for this client; no more events follow.
     Ended(Ended),
 }
@@ -344,15 +382,36 @@ const EVENT_QUEUE: usize = 1024;
 impl Client {
     /// Starts a mac: connects, registers, and keeps the session up.
     pub fn mac(config: Config) -> (Client, Events) {
-        Self::start(config, Role::Mac, None)
+        Self::start(config, Role::Mac, None, None)
     }
 
-    /// Starts a browser: connects, joins with `code` (as typed), and keeps the session up.
+    /// Starts a browser: connects, joins with `code` (as typed), and keeps
+    /// the session up. A full code (`6YM9AQ-K7P3X`, or a link with one in
+    /// its fragment) encrypts end to end; only its first six characters go
+    /// to the relay.
     pub fn browser(config: Config, code: impl Into<String>) -> (Client, Events) {
-        Self::start(config, Role::Browser, Some(code.into()))
+        let code = code.into();
+        match crate::e2e::FullCode::parse(&code) {
+            Ok(full) if full.secret.is_some() || config.e2e => {
+                let relay = full.relay.to_string();
+                let side = e2e::Side::Joiner(full.relay, full.secret);
+                Self::start(config, Role::Browser, Some(relay), Some(side))
+            }
+            // A plain code, or one the relay will refuse as it stands.
+            _ => Self::start(config, Role::Browser, Some(code), None),
+        }
     }
 
-    fn start(config: Config, role: Role, code: Option<String>) -> (Client, Events) {
+    fn start(
+        config: Config,
+        role: Role,
+        code: Option<String>,
+        e2e: Option<e2e::Side>,
+    ) -> (Client, Events) {
+        let e2e = match (role, e2e) {
+            (Role::Mac, _) if config.e2e && config.room.is_none() => Some(e2e::Side::Host),
+            (_, side) => side,
+        };
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let (state_tx, state_rx) = watch::channel(State::Connecting);
@@ -363,9 +422,33 @@ impl Client {
             latency: lat_tx,
             guest_id: guest_tx,
         };
-        tokio::spawn(conn::run(conn::Task::new(
-            config, role, code, cmd_rx, ev_tx, watches,
-        )));
+        let (cmd_tx, ev_rx) = match e2e {
+            None => {
+                tokio::spawn(conn::run(conn::Task::new(
+                    config, role, code, cmd_rx, ev_tx, watches,
+                )));
+                (cmd_tx, ev_rx)
+            }
+            Some(side) => {
+                // The application's handle talks to the encryption task,
+                // which talks to the connection task.
+                let (outer_cmd_tx, outer_cmd_rx) = mpsc::channel(64);
+                let (outer_ev_tx, outer_ev_rx) = mpsc::channel(EVENT_QUEUE);
+                let timeout = config.e2e_timeout;
+                tokio::spawn(conn::run(conn::Task::new(
+                    config, role, code, cmd_rx, ev_tx, watches,
+                )));
+                tokio::spawn(e2e::run(e2e::Task::new(
+                    side,
+                    timeout,
+                    outer_cmd_rx,
+                    outer_ev_tx,
+                    cmd_tx,
+                    ev_rx,
+                )));
+                (outer_cmd_tx, outer_ev_rx)
+            }
+        };
         (
             Client {
                 commands: cmd_tx,

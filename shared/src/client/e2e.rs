@@ -1,0 +1,585 @@
+//! End-to-end encryption inside the client (`relay-e2e/1`): a task between
+//! the application's [`Client`](super::Client) handle and the connection
+//! task. It runs the key exchange in the session's first data frames, seals
+//! what the application sends and opens what the peer sends, so the
+//! application sees the same events and data as without it. It never
+//! touches the socket: the connection task below it resumes, re-sends and
+//! counts exactly as for plain frames, which is what keeps the frame numbers
+//! (the AEAD nonces) equal on both sides.
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Duration, Instant};
+
+use super::outbox::{Addressed, OutFrame, Target};
+use super::{Command, Data, Ended, Event, SendError};
+use crate::SessionCode;
+use crate::e2e::{
+    AbortReason, Binding, Failure, Handshake, HostConfirm, HostHello, JoinerConfirm, Opener,
+    Payload, Plain, Sealer, Secret,
+};
+
+/// The default of [`Config::e2e_timeout`](super::Config::e2e_timeout): how
+/// long a side waits for the other's next handshake message while both are
+/// connected. A client that speaks `relay-e2e/1` answers at once, so
+/// silence means the peer does not (e.g. an older page showing the `hello`).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The sentence both people see when the key confirmation fails.
+pub const MISMATCH: &str = "the code was mistyped or someone else tried it";
+
+/// Which side, and what it knows of the code.
+pub(super) enum Side {
+    /// The mac: draws a secret for every code it is given.
+    Host,
+    /// The browser, with the secret of the code it was given, or none
+    /// (a 6-character code: it then only refuses an encrypted host clearly).
+    Joiner(SessionCode, Option<Secret>),
+}
+
+/// Where the exchange stands.
+enum Phase {
+    /// No peer (host), or not joined yet (joiner).
+    Idle,
+    /// Host: `hello` sent, waiting for the joiner's.
+    HostShare(HostHello),
+    /// Host: waiting for the joiner's `confirm`.
+    HostConfirm(HostConfirm),
+    /// Joiner: joined, waiting for the host's `hello`.
+    JoinerHello,
+    /// Joiner without a secret: in the session as a plain client, watching
+    /// the first data only to refuse an encrypted host clearly.
+    Detect,
+    /// Joiner: answered, waiting for the host's `confirm`.
+    JoinerConfirm(JoinerConfirm),
+    /// Confirmed: every data frame from the peer is sealed (boxed: the
+    /// ciphers' key schedules are large).
+    Open(Box<Opener>),
+    /// Joiner without a secret, host that does not encrypt: frames pass as they are.
+    Plain,
+}
+
+/// What ends the exchange, and the session with it.
+enum Stop {
+    /// The inner client ended by itself (its `Ended` was passed on).
+    Inner,
+    /// This layer ends the session: tell the peer (if `abort`), leave, report.
+    Leave(Option<AbortReason>, Ended),
+}
+
+pub(super) struct Task {
+    side: Side,
+    /// Host: the code of the current registration, with its secret.
+    code: Option<(SessionCode, Secret)>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    inner: mpsc::Sender<Command>,
+    inner_events: mpsc::Receiver<Event>,
+    phase: Phase,
+    /// Seals this side's frames, once confirmed.
+    sealer: Option<Sealer>,
+    /// The application's send waiting for the connection task's answer,
+    /// with the frame's fate deciding whether it took a number (of the
+    /// sealer of that `epoch` only).
+    in_flight: Option<InFlight>,
+    /// Counts sealers: a late answer never advances the next exchange's.
+    epoch: u64,
+    /// The application dropped every handle: no more commands.
+    dropped: bool,
+    /// Longest wait for the peer's next handshake message.
+    timeout: Duration,
+    /// When the peer's next handshake message is overdue.
+    deadline: Option<Instant>,
+    /// The event held back until the exchange is confirmed (`PeerJoined`, `Joined`).
+    held: Option<Event>,
+}
+
+type Reply = oneshot::Sender<Result<(), SendError>>;
+/// The connection task's answer awaited, the application's reply, the epoch.
+type InFlight = (oneshot::Receiver<Result<(), SendError>>, Reply, u64);
+
+impl Task {
+    pub(super) fn new(
+        side: Side,
+        timeout: Duration,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+        inner: mpsc::Sender<Command>,
+        inner_events: mpsc::Receiver<Event>,
+    ) -> Self {
+        Task {
+            side,
+            code: None,
+            commands,
+            events,
+            inner,
+            inner_events,
+            phase: Phase::Idle,
+            sealer: None,
+            in_flight: None,
+            deadline: None,
+            held: None,
+            epoch: 0,
+            dropped: false,
+            timeout,
+        }
+    }
+
+    async fn emit(&self, e: Event) {
+        // The application dropped its events: nothing to tell.
+        let _ = self.events.send(e).await;
+    }
+
+    /// Sends one handshake message through the connection task; false when
+    /// it was refused (the peer is gone, or the session is over).
+    async fn send_handshake(&self, h: &Handshake) -> bool {
+        let text = serde_json::json!({"type": "data", "payload": h.to_payload()}).to_string();
+        let (tx, rx) = oneshot::channel();
+        let frame = Addressed {
+            to: Target::All,
+            frame: OutFrame::Text(text),
+        };
+        if self.inner.send(Command::Send(frame, tx)).await.is_err() {
+            return false;
+        }
+        matches!(rx.await, Ok(Ok(())))
+    }
+
+    fn binding(&self) -> Option<Binding> {
+        match &self.side {
+            Side::Host => self
+                .code
+                .as_ref()
+                .map(|(c, s)| Binding::new(c.clone(), s.clone(), None)),
+            Side::Joiner(c, Some(s)) => Some(Binding::new(c.clone(), s.clone(), None)),
+            Side::Joiner(_, None) => None,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.epoch += 1;
+        self.phase = Phase::Idle;
+        self.sealer = None;
+        self.deadline = None;
+        self.held = None;
+    }
+
+    /// An application command: data is sealed, the rest passes through.
+    async fn on_command(&mut self, cmd: Command) -> Result<(), Stop> {
+        match cmd {
+            Command::Send(Addressed { to, frame }, reply) => {
+                if to != Target::All {
+                    // Rooms are not encrypted by this client (yet): refuse
+                    // rather than send a frame no guest could open.
+                    let _ = reply.send(Err(SendError::NotRoomHost));
+                    return Ok(());
+                }
+                let frame = match (&self.phase, &self.sealer) {
+                    (Phase::Plain | Phase::Detect, _) => frame,
+                    (_, Some(sealer)) => {
+                        let plain = match frame {
+                            OutFrame::Text(t) => Plain::Text(text_payload(&t)),
+                            OutFrame::Binary(b) => Plain::Binary(b.to_vec()),
+                        };
+                        OutFrame::Binary(Bytes::from(sealer.seal(&plain)))
+                    }
+                    (_, None) => {
+                        let _ = reply.send(Err(SendError::NotPaired));
+                        return Ok(());
+                    }
+                };
+                let (tx, rx) = oneshot::channel();
+                let addressed = Addressed {
+                    to: Target::All,
+                    frame,
+                };
+                if self.inner.send(Command::Send(addressed, tx)).await.is_err() {
+                    let _ = reply.send(Err(SendError::Ended));
+                    return Ok(());
+                }
+                self.in_flight = Some((rx, reply, self.epoch));
+            }
+            Command::Leave => {
+                if let Some(sealer) = self.sealer.as_mut() {
+                    // The peer learns this was the last frame, not a cut.
+                    let end = sealer.seal(&Plain::End);
+                    let (tx, rx) = oneshot::channel();
+                    let f = Addressed {
+                        to: Target::All,
+                        frame: OutFrame::Binary(Bytes::from(end)),
+                    };
+                    if self.inner.send(Command::Send(f, tx)).await.is_ok()
+                        && matches!(rx.await, Ok(Ok(())))
+                    {
+                        sealer.sent();
+                    }
+                }
+                let _ = self.inner.send(Command::Leave).await;
+            }
+            other => {
+                let _ = self.inner.send(other).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// An event of the connection task, seen by the exchange first.
+    async fn on_event(&mut self, ev: Event) -> Result<(), Stop> {
+        match ev {
+            Event::Registered {
+                code,
+                expires_at,
+                page,
+            } => {
+                self.reset();
+                let Side::Host = self.side else {
+                    self.emit(Event::Registered {
+                        code,
+                        expires_at,
+                        page,
+                    })
+                    .await;
+                    return Ok(());
+                };
+                let Ok(relay) = SessionCode::parse(&code) else {
+                    // A relay that hands out a malformed code: show it as it is.
+                    self.emit(Event::Registered {
+                        code,
+                        expires_at,
+                        page,
+                    })
+                    .await;
+                    return Ok(());
+                };
+                let secret = Secret::generate();
+                let full = format!("{relay}-{}", secret.as_str());
+                self.code = Some((relay, secret));
+                self.emit(Event::Registered {
+                    code: full,
+                    expires_at,
+                    page,
+                })
+                .await;
+            }
+            Event::PeerJoined => {
+                self.reset();
+                let Some(binding) = self.binding() else {
+                    self.emit(Event::PeerJoined).await;
+                    return Ok(());
+                };
+                let (state, hello) = HostHello::start(&binding);
+                self.held = Some(Event::PeerJoined);
+                self.phase = Phase::HostShare(state);
+                self.deadline = Some(Instant::now() + self.timeout);
+                if !self.send_handshake(&hello).await {
+                    // The browser left already; its `PeerLeft` follows.
+                    self.reset();
+                }
+            }
+            Event::Joined => {
+                self.reset();
+                if self.binding().is_none() {
+                    self.phase = Phase::Detect;
+                    self.emit(Event::Joined).await;
+                    return Ok(());
+                }
+                self.held = Some(Event::Joined);
+                self.phase = Phase::JoinerHello;
+                self.deadline = Some(Instant::now() + self.timeout);
+            }
+            Event::Data(d) => self.on_data(d).await?,
+            Event::PeerLeft(reason) => {
+                self.unfinished().await;
+                self.reset();
+                self.emit(Event::PeerLeft(reason)).await;
+            }
+            Event::PeerDisconnected => {
+                // Silence while the peer is away says nothing about it.
+                self.deadline = None;
+                self.emit(Event::PeerDisconnected).await;
+            }
+            Event::PeerResumed => {
+                if self.awaiting() {
+                    self.deadline = Some(Instant::now() + self.timeout);
+                }
+                self.emit(Event::PeerResumed).await;
+            }
+            Event::Ended(why) => {
+                if why == Ended::MacDisconnected {
+                    self.unfinished().await;
+                }
+                self.emit(Event::Ended(why)).await;
+                return Err(Stop::Inner);
+            }
+            other => self.emit(other).await,
+        }
+        Ok(())
+    }
+
+    fn awaiting(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::HostShare(_)
+                | Phase::HostConfirm(_)
+                | Phase::JoinerHello
+                | Phase::JoinerConfirm(_)
+        )
+    }
+
+    /// The peer is gone for good: say so when it did not send `end` first.
+    async fn unfinished(&self) {
+        if let Phase::Open(opener) = &self.phase {
+            if !opener.ended() {
+                self.emit(Event::Unfinished).await;
+            }
+        }
+    }
+
+    async fn on_data(&mut self, d: Data) -> Result<(), Stop> {
+        let phase = std::mem::replace(&mut self.phase, Phase::Idle);
+        match (phase, d) {
+            (Phase::Plain, d) => {
+                self.phase = Phase::Plain;
+                self.emit(Event::Data(d)).await;
+            }
+            (Phase::Open(mut opener), Data::Binary(b)) => {
+                let plain = opener
+                    .open(&b)
+                    .map_err(|t| Stop::Leave(None, Ended::Tampered(t.to_string())))?;
+                self.phase = Phase::Open(opener);
+                match plain {
+                    Plain::Text(t) => self.emit(Event::Data(Data::Text(t))).await,
+                    Plain::Binary(b) => self.emit(Event::Data(Data::Binary(b.into()))).await,
+                    Plain::End => {}
+                }
+            }
+            (Phase::Open(_), Data::Text(_)) => {
+                return Err(Stop::Leave(
+                    None,
+                    Ended::Tampered("a frame in clear arrived in an encrypted session".into()),
+                ));
+            }
+            (Phase::Detect, Data::Text(t)) => {
+                if let Payload::Handshake(Handshake::HostHello { .. }) = Payload::parse(&t) {
+                    return Err(Stop::Leave(
+                        Some(AbortReason::NoSecret),
+                        Ended::NotEncrypted(
+                            "this session is end-to-end encrypted: type the whole code the mac shows, with the part after the dash".into(),
+                        ),
+                    ));
+                }
+                self.phase = Phase::Plain;
+                self.emit(Event::Data(Data::Text(t))).await;
+            }
+            (Phase::Detect, d) => {
+                self.phase = Phase::Plain;
+                self.emit(Event::Data(d)).await;
+            }
+            (Phase::Idle, d) => {
+                // Data outside an exchange (a plain host's joiner that has
+                // not joined yet cannot get here): pass it on.
+                self.emit(Event::Data(d)).await;
+            }
+            (phase, Data::Binary(_)) => {
+                self.phase = phase;
+                return Err(self.not_encrypted());
+            }
+            (phase, Data::Text(t)) => match Payload::parse(&t) {
+                Payload::Handshake(h) => self.on_handshake(phase, h).await?,
+                Payload::Invalid(why) => {
+                    return Err(Stop::Leave(
+                        Some(AbortReason::Invalid),
+                        Ended::Tampered(format!("an invalid key exchange message ({why})")),
+                    ));
+                }
+                Payload::Other => {
+                    self.phase = phase;
+                    return Err(self.not_encrypted());
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// The peer sent something that is not `relay-e2e/1` where a handshake message belongs.
+    fn not_encrypted(&self) -> Stop {
+        let why = match self.side {
+            Side::Host => {
+                "the browser that joined does not use end-to-end encryption; session not continued"
+            }
+            Side::Joiner(..) => {
+                "the mac does not use end-to-end encryption; nothing was sent to it in clear"
+            }
+        };
+        Stop::Leave(Some(AbortReason::Invalid), Ended::NotEncrypted(why.into()))
+    }
+
+    async fn on_handshake(&mut self, phase: Phase, h: Handshake) -> Result<(), Stop> {
+        let fail = |f: Failure| {
+            let end = match f {
+                Failure::Mismatch => Ended::CodeMismatch,
+                Failure::Invalid => Ended::Tampered(f.to_string()),
+            };
+            Stop::Leave(Some(f.reason()), end)
+        };
+        match (phase, h) {
+            (_, Handshake::Abort(reason)) => {
+                let end = match reason {
+                    AbortReason::Mismatch => Ended::CodeMismatch,
+                    AbortReason::NoSecret => Ended::NotEncrypted(
+                        "the browser joined with the first part of the code only: type the whole code, with the part after the dash".into(),
+                    ),
+                    AbortReason::Invalid => Ended::Tampered(
+                        "the other side could not read the key exchange".into(),
+                    ),
+                    AbortReason::Timeout => Ended::NotEncrypted(
+                        "the other side gave up waiting for the key exchange".into(),
+                    ),
+                };
+                return Err(Stop::Leave(None, end));
+            }
+            (Phase::HostShare(state), Handshake::JoinerHello { share }) => {
+                self.phase = Phase::HostConfirm(state.on_share(&share).map_err(fail)?);
+                self.deadline = Some(Instant::now() + self.timeout);
+            }
+            (Phase::HostConfirm(state), Handshake::Confirm { tag }) => {
+                let (channel, confirm) = state.on_confirm(&tag).map_err(fail)?;
+                if !self.send_handshake(&confirm).await {
+                    return Ok(()); // the browser left meanwhile
+                }
+                self.open(channel).await;
+            }
+            (Phase::JoinerHello, Handshake::HostHello { sid, share }) => {
+                let Some(binding) = self.binding() else {
+                    return Err(Stop::Leave(
+                        Some(AbortReason::Invalid),
+                        Ended::Tampered("a key exchange without a code".into()),
+                    ));
+                };
+                let (state, [hello, confirm]) =
+                    JoinerConfirm::answer(&binding, &sid, &share).map_err(fail)?;
+                self.phase = Phase::JoinerConfirm(state);
+                self.deadline = Some(Instant::now() + self.timeout);
+                if !(self.send_handshake(&hello).await && self.send_handshake(&confirm).await) {
+                    // The session is over; the connection task's end follows.
+                    return Ok(());
+                }
+            }
+            (Phase::JoinerConfirm(state), Handshake::Confirm { tag }) => {
+                let channel = state.on_confirm(&tag).map_err(fail)?;
+                self.open(channel).await;
+            }
+            (_, _) => {
+                return Err(Stop::Leave(
+                    Some(AbortReason::Invalid),
+                    Ended::Tampered("a key exchange message out of its place".into()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn open(&mut self, channel: crate::e2e::Channel) {
+        self.epoch += 1;
+        self.sealer = Some(channel.sealer);
+        self.phase = Phase::Open(Box::new(channel.opener));
+        self.deadline = None;
+        self.emit(Event::Encrypted).await;
+        if let Some(e) = self.held.take() {
+            self.emit(e).await;
+        }
+    }
+
+    /// Ends the session from this layer: `abort` to the peer, `leave`, and
+    /// the application told why (after the connection task's own end).
+    async fn stop(&mut self, abort: Option<AbortReason>, why: Ended) {
+        if let Some(reason) = abort {
+            let _ = self.send_handshake(&Handshake::Abort(reason)).await;
+        }
+        self.reset();
+        let _ = self.inner.send(Command::Leave).await;
+        // Swallow the connection task's own ending ("left").
+        let _ = tokio::time::timeout(self.timeout, async {
+            while let Some(ev) = self.inner_events.recv().await {
+                if matches!(ev, Event::Ended(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        self.emit(Event::State(super::State::Disconnected)).await;
+        self.emit(Event::Ended(why)).await;
+    }
+
+    fn timed_out(&self) -> Stop {
+        let why = match self.side {
+            Side::Host => {
+                "the browser that joined did not answer the key exchange: it may not support end-to-end encryption"
+            }
+            Side::Joiner(..) => {
+                "the mac did not start the key exchange: it does not use end-to-end encryption"
+            }
+        };
+        Stop::Leave(Some(AbortReason::Timeout), Ended::NotEncrypted(why.into()))
+    }
+}
+
+/// The `payload` of a `data` text frame the handle built (the application's text).
+fn text_payload(frame: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(frame)
+        .ok()
+        .and_then(|v| v.get("payload").and_then(|p| p.as_str()).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+pub(super) async fn run(mut t: Task) {
+    loop {
+        let deadline = t.deadline;
+        let stop = tokio::select! {
+            cmd = t.commands.recv(), if t.in_flight.is_none() && !t.dropped => match cmd {
+                Some(cmd) => t.on_command(cmd).await.err(),
+                None => {
+                    // The application dropped its handle: leave (with the
+                    // sealed end frame), as the plain client does.
+                    t.dropped = true;
+                    t.on_command(Command::Leave).await.err()
+                }
+            },
+            r = async {
+                match t.in_flight.as_mut() {
+                    Some((rx, _, _)) => rx.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let r = r.unwrap_or(Err(SendError::Ended));
+                if let Some((_, reply, epoch)) = t.in_flight.take() {
+                    if r.is_ok() && epoch == t.epoch {
+                        if let Some(s) = t.sealer.as_mut() {
+                            s.sent();
+                        }
+                    }
+                    let _ = reply.send(r);
+                }
+                None
+            },
+            ev = t.inner_events.recv() => match ev {
+                Some(ev) => t.on_event(ev).await.err(),
+                None => Some(Stop::Inner),
+            },
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => Some(t.timed_out()),
+        };
+        match stop {
+            None => {}
+            Some(Stop::Inner) => return,
+            Some(Stop::Leave(abort, why)) => {
+                t.stop(abort, why).await;
+                return;
+            }
+        }
+    }
+}
