@@ -96,7 +96,7 @@ pub struct Metrics {
 }
 
 /// Operation label values of the Redis metrics.
-pub const REDIS_OPS: [&str; 12] = [
+pub const REDIS_OPS: [&str; 13] = [
     "publish",
     "register",
     "join",
@@ -109,6 +109,7 @@ pub const REDIS_OPS: [&str; 12] = [
     "nodes",
     "checkpoint",
     "reap",
+    "room",
 ];
 
 impl Metrics {

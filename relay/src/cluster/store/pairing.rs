@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::Value;
-use relay_protocol::{Role, SessionCode};
+use redis::{ScriptInvocation, Value};
+use relay_protocol::{GuestId, Role, SessionCode};
 
 use super::reply::{Fields, Malformed, int, unknown_status};
 use super::{CODE_KEY_SLACK, NodeId, Op, SESSION_TTL, SideEnd, SideState, Store, StoreError, ms};
@@ -39,6 +39,21 @@ pub(crate) enum JoinOutcome {
     Ceiling,
     /// The code existed but can no longer be joined.
     Expired,
+    /// A room guest joined: the guest `guest_id` is this node's now.
+    Guest {
+        /// The session joined.
+        sid: SessionId,
+        /// The id the room gave the guest.
+        guest_id: GuestId,
+        /// Whether it is in at once (the room admits automatically).
+        admitted: bool,
+        /// Where the host is homed.
+        mac_node: NodeId,
+        /// Whether the host is connected.
+        mac_state: SideState,
+    },
+    /// The room holds as many guests as its host allowed.
+    Full,
     /// A browser already joined.
     Taken,
     /// No such code.
@@ -54,6 +69,9 @@ pub(crate) enum ResumeOutcome {
     Ended(SideEnd),
     /// No side with this token (or it ended long ago).
     Invalid,
+    /// The session is a room and this a browser's token: a guest's, for
+    /// `resume_guest` (nothing changed).
+    Room,
 }
 
 /// The session as `resume` found it, before moving the side here.
@@ -79,6 +97,8 @@ pub(crate) struct ResumeFacts {
     pub(crate) old_alive: bool,
     /// Whether the peer's node holds a live lease.
     pub(crate) peer_alive: bool,
+    /// A room host's guests, waiting or in (empty for anything else).
+    pub(crate) guests: Vec<super::room::RoomGuest>,
 }
 
 impl ResumeFacts {
@@ -109,6 +129,20 @@ impl Store {
         code_ttl: Duration,
         expires_at_ms: u64,
     ) -> Result<Registration, StoreError> {
+        let inv = self.register_call(sid, code, token, conn, code_ttl, expires_at_ms);
+        self.call(Op::Register, &inv, parse_register).await
+    }
+
+    /// The `register` script's invocation; a room adds its rules.
+    pub(super) fn register_call(
+        &self,
+        sid: &str,
+        code: &str,
+        token: &TokenHash,
+        conn: ConnId,
+        code_ttl: Duration,
+        expires_at_ms: u64,
+    ) -> ScriptInvocation<'_> {
         let node = &*self.node;
         let mut inv = self.scripts.register.prepare_invoke();
         inv.key(format!("{PREFIX}code:{code}"))
@@ -124,7 +158,7 @@ impl Store {
             .arg(ms(code_ttl + CODE_KEY_SLACK))
             .arg(expires_at_ms)
             .arg(ms(SESSION_TTL));
-        self.call(Op::Register, &inv, parse_register).await
+        inv
     }
 
     /// Claims the browser side of the session with `code` for this node
@@ -176,7 +210,7 @@ impl Store {
     }
 }
 
-fn parse_register(reply: &Value) -> Result<Registration, Malformed> {
+pub(super) fn parse_register(reply: &Value) -> Result<Registration, Malformed> {
     match int(reply)? {
         1 => Ok(Registration::Created),
         0 => Ok(Registration::CodeTaken),
@@ -206,6 +240,8 @@ fn parse_join(reply: &Value) -> Result<JoinOutcome, Malformed> {
                 mac_state,
             }
         }
+        "guest" => super::room::guest_joined(&mut f)?,
+        "full" => JoinOutcome::Full,
         "ceiling" => JoinOutcome::Ceiling,
         "expired" => JoinOutcome::Expired,
         "taken" => JoinOutcome::Taken,
@@ -238,10 +274,12 @@ fn parse_resume(reply: &Value) -> Result<ResumeOutcome, Malformed> {
                 m_sbase: f.count("m_sbase")?,
                 old_alive: f.flag("node alive")?,
                 peer_alive: f.flag("peer node alive")?,
+                guests: super::room::room_guests(&mut f)?,
             })
         }
         "ended" => ResumeOutcome::Ended(f.text("how")?.parse()?),
         "invalid" => ResumeOutcome::Invalid,
+        "room" => ResumeOutcome::Room,
         other => return Err(unknown_status(other)),
     };
     f.end()?;
@@ -447,6 +485,7 @@ mod tests {
                 m_sbase: 0,
                 old_alive: false,
                 peer_alive: true,
+                guests: Vec::new(),
             }
         );
         assert!(!facts.was_away() && !facts.peer_away());
