@@ -20,6 +20,7 @@ mod pairing;
 mod probe;
 mod prometheus;
 mod resume;
+mod rooms;
 mod sentinel;
 mod tls;
 

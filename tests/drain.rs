@@ -110,10 +110,12 @@ async fn while_draining_the_node_is_not_ready_and_turns_new_clients_away() {
     let p = pair(&relay).await;
     let (mac_tx, mut mac_rx) = p.mac.into_inner().split();
     let (mut browser_tx, browser_rx) = p.browser.into_inner().split();
-    // The browser sends until flow control holds it back; the mac reads nothing.
+    // The browser sends until flow control holds it back; the mac reads
+    // nothing. A send blocked 5 s is held back, not merely slow on a loaded
+    // machine.
     let flood = tokio::spawn(async move {
         let frame = Message::binary(vec![7u8; 64 * 1024]);
-        while tokio::time::timeout(Duration::from_secs(2), browser_tx.send(frame.clone()))
+        while tokio::time::timeout(Duration::from_secs(5), browser_tx.send(frame.clone()))
             .await
             .is_ok_and(|sent| sent.is_ok())
         {}

@@ -308,7 +308,8 @@ async fn resume_after_the_mac_left_says_mac_disconnected() {
 
 #[tokio::test]
 async fn handshake_timeout_closes_with_1008() {
-    let relay = Relay::start(&[("RELAY_HANDSHAKE_TIMEOUT", "300ms")]);
+    // Long enough for a loaded machine to connect and ping within it.
+    let relay = Relay::start(&[("RELAY_HANDSHAKE_TIMEOUT", "1s")]);
     let mut mac = relay.mac().await;
     assert_eq!(mac.until_closed().await, Some(1008));
     let mut b = relay.browser().await;

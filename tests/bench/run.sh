@@ -242,7 +242,13 @@ done
 # --url "$A" --url "$B" --url "$C" ...` (hosts on the first URL, guests spread
 # over all three), read `redis-cli -p "$REDIS_PORT" INFO commandstats`'s
 # cmdstat_publish calls before and after, divide their difference by the
-# run's host_frames, and give both in report.py's rooms_section.
+# run's host_frames, and give both in report.py's rooms_section. Mind that a
+# PUBLISH carries a batch of envelopes (bus/publish.rs), so under load that
+# ratio is below one even if every guest had its own envelope: what shows
+# "once per node" is the number of room-frame envelopes (or payload bytes)
+# published per broadcast frame, which needs a counter beside the bus
+# metrics (the publisher merges one host frame queued for several guests of
+# a node into one RoomFrame; bus/publish/tests.rs checks it).
 fanout_cross_node() {
   say "fan-out across nodes: not measured yet (a cluster refuses rooms today; see fanout_cross_node in $0)"
 }

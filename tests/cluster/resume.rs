@@ -449,6 +449,11 @@ async fn a_resume_the_peers_node_cannot_replay(was_away: bool) {
         assert_eq!(old.until_closed().await, Some(4001));
         p.mac.expect("peer_disconnected").await;
     }
+    // The refused resume leaves the side away in Redis (a script of its own,
+    // after the refusal): a resume before that would be a takeover of the
+    // refused one, and its peer would hear no `peer_resumed` (design.md,
+    // Known limits).
+    wait_field(&c, &p.session_id, "b_state", "away").await;
     // The browser comes back with what it has, and the session goes on.
     let mut b = Ws::connect(&c.node(3).url("/browser")).await;
     b.json(resume_msg(&p.session_id, &p.browser_token, 1)).await;

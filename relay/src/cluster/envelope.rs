@@ -1,21 +1,61 @@
 //! What nodes say to each other over Redis pub/sub. Frames and acks, the hot
 //! path, have a compact binary form; control messages (rare) are JSON. One
 //! PUBLISH carries many envelopes, each prefixed by its length.
+//!
+//! A room's directions (host to one guest, one guest to the host) have
+//! kinds of their own, so a pairing's envelopes are the bytes they always
+//! were: a host's frame names every guest of the receiving node it is for,
+//! with that guest's number, and is published once per node, whatever the
+//! number of guests there (docs/design.md, "Rooms across nodes").
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
-use relay_protocol::Role;
+use relay_protocol::{GuestId, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::Frame;
+
+mod control;
+pub use control::{Control, EndReason, HeldFrame};
 
 const FRAME: u8 = 1;
 const ACK: u8 = 2;
 const CONTROL: u8 = 3;
 const PROBE: u8 = 4;
 const WRITTEN: u8 = 5;
+const ROOM_FRAME: u8 = 6;
+const GUEST_FRAME: u8 = 7;
+const GUEST_ACK: u8 = 8;
+const GUEST_WRITTEN: u8 = 9;
+
+/// Guests one room frame may name: a room's ceiling (`RELAY_MAX_GUESTS`
+/// is at most 1,000), so a malformed count cannot make a decoder allocate.
+pub const MAX_ROOM_LANES: usize = 1000;
+
+/// One direction of a room between its host and one guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GuestLane {
+    /// The guest.
+    pub guest: GuestId,
+    /// Toward the host (the guest's frames) or toward the guest.
+    pub to_host: bool,
+}
+
+/// A direction of a session, as a pipe toward another node names it: a
+/// pairing's (toward a role) or a room's (between the host and one guest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// A pairing's direction toward this side.
+    Pair(Role),
+    /// A room's direction between its host and one guest.
+    Guest(GuestLane),
+}
+
+impl From<Role> for Lane {
+    fn from(role: Role) -> Self {
+        Lane::Pair(role)
+    }
+}
 
 /// One message between nodes.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,163 +94,53 @@ pub enum Envelope {
         /// Highest pairing sequence number written.
         p: u64,
     },
+    /// A room host's data frame toward the guests of session `sid` homed
+    /// on the destination node: each named with the frame's number in its
+    /// own direction. Published once per node, however many guests.
+    RoomFrame {
+        /// Session id.
+        sid: String,
+        /// Each guest it is for, with its number in that guest's direction.
+        lanes: Vec<(GuestId, u64)>,
+        /// The frame, verbatim.
+        frame: Frame,
+    },
+    /// A room guest's data frame toward its host (homed on the
+    /// destination node); `p` counts that guest's frames.
+    GuestFrame {
+        /// Session id.
+        sid: String,
+        /// The guest that sent it.
+        guest: GuestId,
+        /// Its number in the guest's direction.
+        p: u64,
+        /// The frame, verbatim.
+        frame: Frame,
+    },
+    /// As [`Envelope::Ack`], for one direction of a room.
+    GuestAck {
+        /// Session id.
+        sid: String,
+        /// The direction whose receiver read up to `p`.
+        lane: GuestLane,
+        /// Highest number read.
+        p: u64,
+    },
+    /// As [`Envelope::Written`], for one direction of a room.
+    GuestWritten {
+        /// Session id.
+        sid: String,
+        /// The direction whose receiver's node wrote up to `p`.
+        lane: GuestLane,
+        /// Highest number written.
+        p: u64,
+    },
     /// Session bookkeeping between registries.
     Control(Control),
     /// A node's probe of its own subscription.
     Probe {
         /// Increasing number of the probe.
         nonce: u64,
-    },
-}
-
-/// A frame in a [`Control::Handover`], by its pairing number. Control
-/// messages are JSON, so a binary payload travels as base64: handovers are
-/// rare, and bounded by what one reader may leave unacknowledged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HeldFrame {
-    /// Pairing number.
-    pub p: u64,
-    /// The frame.
-    #[serde(flatten)]
-    pub body: HeldBody,
-}
-
-/// A [`HeldFrame`]'s payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HeldBody {
-    /// A text frame, verbatim.
-    Text(String),
-    /// A binary frame, base64 (standard alphabet, padded).
-    Binary(String),
-}
-
-impl HeldFrame {
-    /// The frame numbered `p`, for a handover.
-    pub fn new(p: u64, frame: &Frame) -> Self {
-        let body = match frame {
-            Frame::Text(t) => HeldBody::Text(t.to_string()),
-            Frame::Binary(b) => HeldBody::Binary(BASE64.encode(b)),
-        };
-        HeldFrame { p, body }
-    }
-
-    /// The pairing number and frame, or `None` for base64 that does not decode.
-    pub fn into_frame(self) -> Option<(u64, Frame)> {
-        let frame = match self.body {
-            HeldBody::Text(t) => Frame::Text(ByteString::from(t)),
-            HeldBody::Binary(b) => Frame::Binary(Bytes::from(BASE64.decode(b).ok()?)),
-        };
-        Some((self.p, frame))
-    }
-
-    /// Bytes it takes in a link's queue.
-    pub fn size(&self) -> usize {
-        match &self.body {
-            HeldBody::Text(s) | HeldBody::Binary(s) => s.len(),
-        }
-    }
-}
-
-/// Why a side ended for good, as told to the peer's node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// It sent `leave`.
-    Left,
-    /// It closed with 1000.
-    Closed,
-    /// It did not come back in time (grace passed or its buffer overflowed).
-    Timeout,
-}
-
-/// Registry-to-registry messages.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Control {
-    /// To the mac's node: a browser joined on `node`.
-    Joined {
-        /// Session id.
-        sid: String,
-        /// The browser's node.
-        node: String,
-    },
-    /// To the peer's node: side `role` is away (it may resume).
-    Away {
-        /// Session id.
-        sid: String,
-        /// The side that went away.
-        role: Role,
-    },
-    /// To the nodes that hold the session: side `role` is now on `node`,
-    /// having `p_last` frames of this pairing. Close its old connection,
-    /// send it what follows, and answer with [`Control::Handover`].
-    Moved {
-        /// Session id.
-        sid: String,
-        /// The side that moved.
-        role: Role,
-        /// Where it is now.
-        node: String,
-        /// Frames of the current pairing it has received.
-        p_last: u64,
-        /// It was away (its peer is told `peer_resumed`), not taken over.
-        was_away: bool,
-        /// Matches the answer to the request.
-        request: u64,
-    },
-    /// Answer to [`Control::Moved`], to the side's new node.
-    Handover {
-        /// Session id.
-        sid: String,
-        /// The side that moved.
-        role: Role,
-        /// Frames of the moved side its peer received this pairing, if the
-        /// peer is on the answering node.
-        received: Option<u64>,
-        /// Control messages queued for the side while it was away.
-        events: Vec<String>,
-        /// Frames of the moved side that its peer (on the answering node)
-        /// has not acknowledged: the side's new node holds them from now
-        /// on, as it holds every frame it sends to the peer, so they
-        /// survive the answering node going (a drain, a crash) before the
-        /// peer reads them or moves too.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        unacknowledged: Vec<HeldFrame>,
-        /// Why its frames cannot be replayed, if so.
-        error: Option<String>,
-        /// Matches the request.
-        request: u64,
-    },
-    /// To a sender's node: frames from pairing number `from` on were lost; send them again.
-    Resend {
-        /// Session id.
-        sid: String,
-        /// The receiving side.
-        to: Role,
-        /// First missing pairing number.
-        from: u64,
-    },
-    /// To the peer's node: side `role` ended for good.
-    Ended {
-        /// Session id.
-        sid: String,
-        /// The side that ended.
-        role: Role,
-        /// Why.
-        reason: EndReason,
-    },
-    /// To the mac's node: the code expired with no browser; the session is over.
-    CodeExpired {
-        /// Session id.
-        sid: String,
-        /// The code.
-        code: String,
-    },
-    /// To every node: resend what you hold for me (my subscription was down).
-    Resync {
-        /// The node that missed messages.
-        node: String,
     },
 }
 
@@ -240,16 +170,43 @@ impl Envelope {
                 put_sid(out, sid);
                 out.put_u8(role_byte(*to));
                 out.put_u64(*p);
-                match frame {
-                    Frame::Binary(b) => {
-                        out.put_u8(0);
-                        out.put_slice(b);
-                    }
-                    Frame::Text(t) => {
-                        out.put_u8(1);
-                        out.put_slice(t.as_bytes());
-                    }
+                put_frame(out, frame);
+            }
+            Envelope::RoomFrame { sid, lanes, frame } => {
+                out.put_u8(ROOM_FRAME);
+                put_sid(out, sid);
+                // A room holds at most MAX_ROOM_LANES guests; the rest, if a
+                // caller ever passed more, would be refused by the decoder.
+                let lanes = &lanes[..lanes.len().min(MAX_ROOM_LANES)];
+                out.put_u16(lanes.len() as u16);
+                for (guest, p) in lanes {
+                    out.put_u64(*guest);
+                    out.put_u64(*p);
                 }
+                put_frame(out, frame);
+            }
+            Envelope::GuestFrame {
+                sid,
+                guest,
+                p,
+                frame,
+            } => {
+                out.put_u8(GUEST_FRAME);
+                put_sid(out, sid);
+                out.put_u64(*guest);
+                out.put_u64(*p);
+                put_frame(out, frame);
+            }
+            Envelope::GuestAck { sid, lane, p } | Envelope::GuestWritten { sid, lane, p } => {
+                out.put_u8(if matches!(self, Envelope::GuestAck { .. }) {
+                    GUEST_ACK
+                } else {
+                    GUEST_WRITTEN
+                });
+                put_sid(out, sid);
+                out.put_u64(lane.guest);
+                out.put_u8(u8::from(lane.to_host));
+                out.put_u64(*p);
             }
             Envelope::Ack { sid, to, p } => {
                 out.put_u8(ACK);
@@ -308,12 +265,46 @@ impl Envelope {
                 let sid = get_sid(&mut b)?;
                 let to = byte_role(get_u8(&mut b)?)?;
                 let p = get_u64(&mut b)?;
-                let frame = match get_u8(&mut b)? {
-                    0 => Frame::Binary(b),
-                    1 => Frame::Text(ByteString::try_from(b).ok()?),
+                let frame = get_frame(b)?;
+                Some(Envelope::Frame { sid, to, p, frame })
+            }
+            ROOM_FRAME => {
+                let sid = get_sid(&mut b)?;
+                let n = usize::from(get_u16(&mut b)?);
+                if n == 0 || n > MAX_ROOM_LANES || b.remaining() < n * 16 {
+                    return None;
+                }
+                let lanes = (0..n).map(|_| (b.get_u64(), b.get_u64())).collect();
+                let frame = get_frame(b)?;
+                Some(Envelope::RoomFrame { sid, lanes, frame })
+            }
+            GUEST_FRAME => {
+                let sid = get_sid(&mut b)?;
+                let guest = get_u64(&mut b)?;
+                let p = get_u64(&mut b)?;
+                let frame = get_frame(b)?;
+                Some(Envelope::GuestFrame {
+                    sid,
+                    guest,
+                    p,
+                    frame,
+                })
+            }
+            kind @ (GUEST_ACK | GUEST_WRITTEN) => {
+                let sid = get_sid(&mut b)?;
+                let guest = get_u64(&mut b)?;
+                let to_host = match get_u8(&mut b)? {
+                    0 => false,
+                    1 => true,
                     _ => return None,
                 };
-                Some(Envelope::Frame { sid, to, p, frame })
+                let p = get_u64(&mut b)?;
+                let lane = GuestLane { guest, to_host };
+                Some(if kind == GUEST_ACK {
+                    Envelope::GuestAck { sid, lane, p }
+                } else {
+                    Envelope::GuestWritten { sid, lane, p }
+                })
             }
             kind @ (ACK | WRITTEN) => {
                 let sid = get_sid(&mut b)?;
@@ -348,6 +339,32 @@ fn get_sid(b: &mut Bytes) -> Option<String> {
     String::from_utf8(b.split_to(len).to_vec()).ok()
 }
 
+fn put_frame(out: &mut BytesMut, frame: &Frame) {
+    match frame {
+        Frame::Binary(b) => {
+            out.put_u8(0);
+            out.put_slice(b);
+        }
+        Frame::Text(t) => {
+            out.put_u8(1);
+            out.put_slice(t.as_bytes());
+        }
+    }
+}
+
+/// The rest of an envelope as a frame (its kind byte, then its bytes).
+fn get_frame(mut b: Bytes) -> Option<Frame> {
+    Some(match get_u8(&mut b)? {
+        0 => Frame::Binary(b),
+        1 => Frame::Text(ByteString::try_from(b).ok()?),
+        _ => return None,
+    })
+}
+
+fn get_u16(b: &mut Bytes) -> Option<u16> {
+    (b.remaining() >= 2).then(|| b.get_u16())
+}
+
 fn get_u8(b: &mut Bytes) -> Option<u8> {
     b.has_remaining().then(|| b.get_u8())
 }
@@ -357,103 +374,4 @@ fn get_u64(b: &mut Bytes) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn envelopes_round_trip_in_one_message() {
-        let all = vec![
-            Envelope::Frame {
-                sid: "s1".into(),
-                to: Role::Browser,
-                p: 7,
-                frame: Frame::Binary(Bytes::from_static(&[0, 1, 255])),
-            },
-            Envelope::Frame {
-                sid: "s1".into(),
-                to: Role::Mac,
-                p: u64::MAX,
-                frame: Frame::Text(r#"{"type":"data","payload":"é"}"#.into()),
-            },
-            Envelope::Ack {
-                sid: "s2".into(),
-                to: Role::Mac,
-                p: 3,
-            },
-            Envelope::Written {
-                sid: "s2".into(),
-                to: Role::Browser,
-                p: 9,
-            },
-            Envelope::Control(Control::Ended {
-                sid: "s3".into(),
-                role: Role::Browser,
-                reason: EndReason::Left,
-            }),
-            Envelope::Probe { nonce: 42 },
-        ];
-        let mut buf = BytesMut::new();
-        for e in &all {
-            e.encode(&mut buf);
-        }
-        let (back, bad) = Envelope::decode_all(buf.freeze());
-        assert_eq!(bad, 0);
-        assert_eq!(back, all);
-    }
-
-    #[test]
-    fn a_handover_carries_unacknowledged_frames_verbatim_binary_as_base64() {
-        let frames = [
-            (3, Frame::Binary(Bytes::from_static(&[0, 1, 255, b'"']))),
-            (4, Frame::Text(r#"{"type":"data","payload":"é\n"}"#.into())),
-            (5, Frame::Binary(Bytes::new())),
-        ];
-        let c = Control::Handover {
-            sid: "s".into(),
-            role: Role::Browser,
-            received: Some(5),
-            events: vec![],
-            unacknowledged: frames.iter().map(|(p, f)| HeldFrame::new(*p, f)).collect(),
-            error: None,
-            request: 1,
-        };
-        let mut buf = BytesMut::new();
-        Envelope::Control(c.clone()).encode(&mut buf);
-        let (back, bad) = Envelope::decode_all(buf.freeze());
-        assert_eq!((bad, back), (0, vec![Envelope::Control(c.clone())]));
-        let Control::Handover { unacknowledged, .. } = c else {
-            unreachable!()
-        };
-        let back: Vec<_> = unacknowledged
-            .into_iter()
-            .map(|h| h.into_frame().expect("decodes"))
-            .collect();
-        assert_eq!(back, frames);
-        // A node that does not know the field reads the rest; one without it is read as none.
-        let old = r#"{"type":"handover","sid":"s","role":"mac","received":null,"events":[],"error":null,"request":2}"#;
-        let Ok(Control::Handover { unacknowledged, .. }) = serde_json::from_str(old) else {
-            panic!("an older node's handover must parse")
-        };
-        assert!(unacknowledged.is_empty());
-        let bad = HeldFrame {
-            p: 1,
-            body: HeldBody::Binary("not base64!".into()),
-        };
-        assert_eq!(bad.into_frame(), None);
-    }
-
-    #[test]
-    fn garbage_is_skipped_not_panicked_on() {
-        for junk in [
-            &b""[..],
-            b"\x00\x00\x00\x05abc",
-            b"\x00\x00\x00\x01\x09",
-            b"\xff\xff\xff\xff",
-        ] {
-            let (_, _) = Envelope::decode_all(Bytes::copy_from_slice(junk));
-        }
-        let (ok, bad) = Envelope::decode_all(Bytes::from_static(b"\x00\x00\x00\x02\x01\x05"));
-        assert!(ok.is_empty());
-        assert_eq!(bad, 1);
-    }
-}
+mod tests;

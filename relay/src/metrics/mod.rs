@@ -100,7 +100,7 @@ pub struct Metrics {
 }
 
 /// Operation label values of the Redis metrics.
-pub const REDIS_OPS: [&str; 13] = [
+pub const REDIS_OPS: [&str; 14] = [
     "publish",
     "register",
     "join",
@@ -113,6 +113,7 @@ pub const REDIS_OPS: [&str; 13] = [
     "nodes",
     "checkpoint",
     "reap",
+    "room",
     "attack",
 ];
 

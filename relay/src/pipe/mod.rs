@@ -21,6 +21,7 @@ use crate::frame::{Frame, Sender};
 use crate::gate::Gate;
 use crate::queue::{self, Drained, EventEffect, FromPeer, Gap, Limits, Queue, Status};
 
+mod guests;
 mod peer;
 pub use peer::Peer;
 
@@ -89,6 +90,9 @@ struct Inner {
     /// old socket may still push; the fence, set under this lock before the
     /// count, refuses every frame the old socket pushes after it.
     sender: Option<ConnId>,
+    /// For a room host's pipe: the nodes of the guests feeding it from
+    /// there, where their acknowledgements and written reports go.
+    guests: guests::GuestPeers,
 }
 
 /// What the queue asked for, done once the lock is released.
@@ -178,6 +182,7 @@ impl Pipe {
                 remote,
                 ack_to,
                 sender: None,
+                guests: guests::GuestPeers::default(),
             }),
         })
     }
@@ -334,6 +339,7 @@ impl Pipe {
         let mut g = self.lock();
         let written = g.queue.attach(rx.conn, last_seq, Instant::now())?;
         g.reader = Some(rx);
+        g.report_guest_reads();
         let after = g.settle();
         drop(g);
         after.run();
@@ -549,6 +555,7 @@ impl Pipe {
         if let Some((p, peer)) = out.report_written.zip(g.ack_to.as_ref()) {
             peer.written(p, g.queue.base());
         }
+        g.guests.written(&out.guest_written);
         let settled = g.settle();
         drop(g);
         settled.run();
@@ -567,6 +574,7 @@ impl Pipe {
         if let Some((p, peer)) = g.queue.ack(pos, Instant::now()).zip(g.ack_to.as_ref()) {
             peer.ack(p, g.queue.base());
         }
+        g.report_guest_reads();
         let after = g.settle();
         drop(g);
         after.run();

@@ -67,7 +67,7 @@ fn peer(bus: &Bus, node: &str, to: Role) -> Peer {
     Peer {
         link: bus.link(&Arc::from(node)),
         sid: Arc::from("s"),
-        to,
+        to: to.into(),
     }
 }
 

@@ -17,6 +17,7 @@
 
 mod cross_node;
 mod entry;
+mod guests;
 mod limits;
 mod outcome;
 #[cfg(test)]
@@ -31,6 +32,7 @@ use bytestring::ByteString;
 
 pub use self::entry::{ENTRY_OVERHEAD, EventEffect, Item};
 use self::entry::{Entry, stamp};
+pub use self::guests::GuestReport;
 pub use self::limits::Limits;
 pub use self::outcome::{Drained, FromPeer, Gap, Pushed, Status};
 use crate::conns::ConnId;
@@ -128,6 +130,8 @@ pub struct Queue {
     wake: bool,
     /// A reader just cut, to be closed by the owner (then taken).
     newly_cut: Option<ConnId>,
+    /// For a room host's queue: the guests on other nodes feeding it.
+    feeds: Option<Box<guests::Feeds>>,
 }
 
 impl Queue {
@@ -157,6 +161,7 @@ impl Queue {
             notified: false,
             wake: false,
             newly_cut: None,
+            feeds: None,
         }
     }
 
@@ -424,7 +429,9 @@ impl Queue {
                 break;
             }
             self.bytes -= front.cost();
-            self.entries.pop_front();
+            if let Some(e) = self.entries.pop_front() {
+                guests::count_read(&mut self.feeds, &e);
+            }
         }
     }
 
@@ -532,8 +539,10 @@ impl Queue {
                 .range(start..)
                 .map(|e| (e.pos, e.item.clone(), e.at)),
         );
-        if let Some(last) = self.entries.back() {
-            self.drained_pos = self.drained_pos.max(last.pos);
+        out.guest_written.clear();
+        if let Some(last) = self.entries.back().map(|e| e.pos) {
+            out.guest_written = self.count_written(self.drained_pos, last);
+            self.drained_pos = self.drained_pos.max(last);
         }
         out.remote = self.fed;
         out.report_written = None;
@@ -571,7 +580,9 @@ impl Queue {
                 acked_seq = Some(seq);
             }
             self.bytes -= front.cost();
-            self.entries.pop_front();
+            if let Some(e) = self.entries.pop_front() {
+                guests::count_read(&mut self.feeds, &e);
+            }
         }
         if self.entries.len() != before {
             self.last_ack = now;

@@ -101,4 +101,8 @@ pub struct Drained {
     /// Tell the sender's node that every frame up to this pairing number
     /// was written (cross-node flow control).
     pub report_written: Option<u64>,
+    /// For a room host's queue fed by guests on other nodes: tell each
+    /// guest's node that every frame of that guest up to this number was
+    /// written.
+    pub guest_written: Vec<super::GuestReport>,
 }

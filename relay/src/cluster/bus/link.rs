@@ -30,11 +30,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use relay_protocol::Role;
+use relay_protocol::{GuestId, Role};
 use tokio::sync::Notify;
 use tracing::warn;
 
-use crate::cluster::envelope::{Control, Envelope, HeldFrame};
+use crate::cluster::envelope::{Control, Envelope, GuestLane, HeldFrame, Lane};
 use crate::frame::Frame;
 use crate::gate::Gate;
 use crate::metrics::{DropReason, Metrics};
@@ -190,12 +190,20 @@ impl Link {
     fn push(&self, st: &mut State, env: Envelope, class: Class, pairing: u64) {
         let size = ENVELOPE_OVERHEAD
             + match &env {
-                Envelope::Frame { frame, .. } => frame.len(),
-                Envelope::Control(Control::Handover {
-                    events,
-                    unacknowledged,
-                    ..
-                }) => {
+                Envelope::Frame { frame, .. } | Envelope::GuestFrame { frame, .. } => frame.len(),
+                Envelope::RoomFrame { frame, lanes, .. } => frame.len() + 16 * lanes.len(),
+                Envelope::Control(
+                    Control::Handover {
+                        events,
+                        unacknowledged,
+                        ..
+                    }
+                    | Control::GuestHandover {
+                        events,
+                        unacknowledged,
+                        ..
+                    },
+                ) => {
                     events.iter().map(String::len).sum::<usize>()
                         + unacknowledged.iter().map(HeldFrame::size).sum::<usize>()
                 }
@@ -221,13 +229,51 @@ impl Link {
     /// Queues a new data frame, never dropped; closes `gate` (the sender's)
     /// while the link holds more than [`HIGH_WATER`].
     pub fn frame(&self, sid: String, to: Role, p: u64, frame: Frame, gate: &Arc<Gate>) {
-        let mut st = self.lock();
-        self.push(
-            &mut st,
-            Envelope::Frame { sid, to, p, frame },
-            Class::Frame,
-            0,
+        self.new_frame(Envelope::Frame { sid, to, p, frame }, gate);
+    }
+
+    /// Queues a room host's new data frame for the guests of the other
+    /// node named in `lanes` (each with its number), as one envelope:
+    /// published once however many guests it is for. As [`Link::frame`].
+    pub fn room_frame(
+        &self,
+        sid: String,
+        lanes: Vec<(GuestId, u64)>,
+        frame: Frame,
+        gate: &Arc<Gate>,
+    ) {
+        self.new_frame(Envelope::RoomFrame { sid, lanes, frame }, gate);
+    }
+
+    /// Queues a room guest's new data frame toward its host. As [`Link::frame`].
+    pub fn guest_frame(&self, sid: String, guest: GuestId, p: u64, frame: Frame, gate: &Arc<Gate>) {
+        let env = Envelope::GuestFrame {
+            sid,
+            guest,
+            p,
+            frame,
+        };
+        self.new_frame(env, gate);
+    }
+
+    /// Queues an acknowledgement of one direction of a room. As [`Link::ack`].
+    pub fn guest_ack(&self, sid: String, lane: GuestLane, p: u64, pairing: u64) {
+        self.report(Envelope::GuestAck { sid, lane, p }, Class::Ack, pairing);
+    }
+
+    /// Queues a written report of one direction of a room. As [`Link::ack`].
+    pub fn guest_written(&self, sid: String, lane: GuestLane, p: u64, pairing: u64) {
+        self.report(
+            Envelope::GuestWritten { sid, lane, p },
+            Class::Written,
+            pairing,
         );
+    }
+
+    /// Queues a new data frame of any kind (see [`Link::frame`]).
+    fn new_frame(&self, env: Envelope, gate: &Arc<Gate>) {
+        let mut st = self.lock();
+        self.push(&mut st, env, Class::Frame, 0);
         if st.bytes > HIGH_WATER {
             // Closed under the lock, so the publisher's release cannot come first.
             gate.close();
@@ -240,7 +286,9 @@ impl Link {
     /// Queues frames sent again (to a side that moved, or to fill a gap).
     /// Past [`HARD_LIMIT`] the rest are dropped and the link is marked lost,
     /// so their holder sends them again when it has room.
-    pub fn replay(&self, sid: &str, to: Role, frames: Vec<(u64, Frame)>) {
+    /// Frames of a room are never merged: each names its one guest.
+    pub fn replay(&self, sid: &str, lane: impl Into<Lane>, frames: Vec<(u64, Frame)>) {
+        let lane = lane.into();
         let mut st = self.lock();
         let mut dropped = 0;
         for (p, frame) in frames {
@@ -248,11 +296,26 @@ impl Link {
                 dropped += 1;
                 continue;
             }
-            let env = Envelope::Frame {
-                sid: sid.to_owned(),
-                to,
-                p,
-                frame,
+            let sid = sid.to_owned();
+            let env = match lane {
+                Lane::Pair(to) => Envelope::Frame { sid, to, p, frame },
+                Lane::Guest(GuestLane {
+                    guest,
+                    to_host: true,
+                }) => Envelope::GuestFrame {
+                    sid,
+                    guest,
+                    p,
+                    frame,
+                },
+                Lane::Guest(GuestLane {
+                    guest,
+                    to_host: false,
+                }) => Envelope::RoomFrame {
+                    sid,
+                    lanes: vec![(guest, p)],
+                    frame,
+                },
             };
             self.push(&mut st, env, Class::Replay, 0);
         }

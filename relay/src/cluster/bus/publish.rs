@@ -9,6 +9,12 @@
 //! never merged across a control message of any session (acks count in
 //! pairing numbers, and controls can start a new pairing), nor across two
 //! pairings of their direction.
+//!
+//! A room host's frame reaches each guest's direction on its own (each has
+//! its own numbers, held until that guest acknowledges); queued back to back
+//! toward one node, the same frame for several guests becomes one envelope
+//! naming them all, so a broadcast's payload crosses Redis once per node.
+//! Only neighbours merge, so nothing moves past anything else.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,8 +25,9 @@ use tracing::{debug, info, warn};
 
 use super::link::{Class, Link, Outgoing};
 use super::{Bus, channel};
-use crate::cluster::envelope::Envelope;
+use crate::cluster::envelope::{Envelope, GuestLane, MAX_ROOM_LANES};
 use crate::cluster::redis::Redis;
+use crate::frame::Frame;
 
 /// Largest single published message; a batch for one node is split above it.
 const MAX_MESSAGE: usize = 256 << 10;
@@ -71,9 +78,16 @@ impl Bus {
 #[derive(PartialEq, Eq, Hash)]
 struct ReportKey {
     sid: String,
-    to: Role,
+    to: Direction,
     written: bool,
     pairing: u64,
+}
+
+/// A pairing's direction (toward a role) or a room's (one guest's).
+#[derive(PartialEq, Eq, Hash)]
+enum Direction {
+    Pair(Role),
+    Room(GuestLane),
 }
 
 /// Coalesces acks and written reports of one link's batch (see the module
@@ -83,9 +97,22 @@ pub(super) fn coalesce(items: &mut Vec<Outgoing>) {
     let mut kept: HashMap<ReportKey, usize> = HashMap::new();
     let mut out: Vec<Outgoing> = Vec::with_capacity(items.len());
     for o in items.drain(..) {
+        if let Some(prev) = out.last_mut() {
+            if merge_room_frames(prev, &o) {
+                continue;
+            }
+        }
         let (sid, to, p, written) = match (&o.env, o.class) {
-            (Envelope::Ack { sid, to, p }, Class::Ack) => (sid, *to, *p, false),
-            (Envelope::Written { sid, to, p }, Class::Written) => (sid, *to, *p, true),
+            (Envelope::Ack { sid, to, p }, Class::Ack) => (sid, Direction::Pair(*to), *p, false),
+            (Envelope::Written { sid, to, p }, Class::Written) => {
+                (sid, Direction::Pair(*to), *p, true)
+            }
+            (Envelope::GuestAck { sid, lane, p }, Class::Ack) => {
+                (sid, Direction::Room(*lane), *p, false)
+            }
+            (Envelope::GuestWritten { sid, lane, p }, Class::Written) => {
+                (sid, Direction::Room(*lane), *p, true)
+            }
             (_, Class::Control) => {
                 kept.clear();
                 out.push(o);
@@ -104,8 +131,10 @@ pub(super) fn coalesce(items: &mut Vec<Outgoing>) {
         };
         match kept.get(&key) {
             Some(&i) => {
-                if let Envelope::Ack { p: first, .. } | Envelope::Written { p: first, .. } =
-                    &mut out[i].env
+                if let Envelope::Ack { p: first, .. }
+                | Envelope::Written { p: first, .. }
+                | Envelope::GuestAck { p: first, .. }
+                | Envelope::GuestWritten { p: first, .. } = &mut out[i].env
                 {
                     *first = (*first).max(p);
                 }
@@ -117,6 +146,48 @@ pub(super) fn coalesce(items: &mut Vec<Outgoing>) {
         }
     }
     *items = out;
+}
+
+/// Adds `next`'s guests to `prev` if both are new frames of one room
+/// carrying the very same payload (cloned by reference count from one
+/// host frame); returns whether it did.
+fn merge_room_frames(prev: &mut Outgoing, next: &Outgoing) -> bool {
+    let (
+        Envelope::RoomFrame {
+            sid: a,
+            lanes,
+            frame: fa,
+        },
+        Envelope::RoomFrame {
+            sid: b,
+            lanes: more,
+            frame: fb,
+        },
+    ) = (&mut prev.env, &next.env)
+    else {
+        return false;
+    };
+    let same = prev.class == Class::Frame
+        && next.class == Class::Frame
+        && a == b
+        && same_payload(fa, fb)
+        && lanes.len() + more.len() <= MAX_ROOM_LANES;
+    if same {
+        lanes.extend_from_slice(more);
+    }
+    same
+}
+
+/// Whether two frames share one payload. Merging two frames that merely
+/// have equal bytes would be right too (the receiver takes the lanes in
+/// order, and each lane's numbers say which frame it is); sharing is the
+/// case that matters, and a pointer test is cheap.
+fn same_payload(a: &Frame, b: &Frame) -> bool {
+    match (a, b) {
+        (Frame::Binary(x), Frame::Binary(y)) => x.as_ptr() == y.as_ptr() && x.len() == y.len(),
+        (Frame::Text(x), Frame::Text(y)) => x.as_ptr() == y.as_ptr() && x.len() == y.len(),
+        _ => false,
+    }
 }
 
 /// Encodes one node's envelopes into messages of about [`MAX_MESSAGE`] at

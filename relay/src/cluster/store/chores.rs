@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use redis::Value;
-use relay_protocol::Role;
+use relay_protocol::{GuestId, Role};
 use tracing::warn;
 
 use super::reply::{Fields, Malformed, text, unknown_status};
@@ -45,8 +45,13 @@ pub(crate) enum ExpireOutcome {
 pub(crate) struct DeadSide {
     /// Its session.
     pub(crate) sid: SessionId,
-    /// Which side.
+    /// Which side (a room guest's role is the browser's).
     pub(crate) role: Role,
+    /// The room guest it is, if it is one.
+    pub(crate) guest: Option<GuestId>,
+    /// A room guest still waiting for its host: gone for good, not away
+    /// (it never had its token).
+    pub(crate) gone: bool,
     /// Where its peer is homed, if there is a peer (to be told).
     pub(crate) peer_node: Option<NodeId>,
 }
@@ -58,6 +63,8 @@ pub(crate) struct Due {
     pub(crate) codes: Vec<SessionId>,
     /// Sides whose grace period is over.
     pub(crate) graces: Vec<(SessionId, Role)>,
+    /// Room guests whose grace period is over.
+    pub(crate) guest_graces: Vec<(SessionId, GuestId)>,
 }
 
 impl Store {
@@ -153,18 +160,25 @@ fn parse_expire(reply: &Value) -> Result<ExpireOutcome, Malformed> {
 }
 
 fn parse_dead_node(reply: &Value) -> Result<Vec<DeadSide>, Malformed> {
-    // Flat: session, role, peer node; for each side.
+    // Flat: session, side, peer node, away or gone; for each side.
     let mut f = Fields::of(reply)?;
     let mut sides = Vec::new();
     while !f.is_empty() {
         let sid = f
             .maybe("session")?
             .ok_or_else(|| Malformed("a side without a session".into()))?;
-        let role = role_from(f.text("role")?)?;
+        let (role, guest) = side_from(f.text("side")?)?;
         let peer_node = f.node("peer node")?;
+        let gone = match f.text("how")? {
+            "away" => false,
+            "gone" => true,
+            s => return Err(Malformed(format!("{s:?} is neither away nor gone"))),
+        };
         sides.push(DeadSide {
             sid: Arc::from(sid),
             role,
+            guest,
+            gone,
             peer_node,
         });
     }
@@ -194,6 +208,7 @@ fn parse_due(reply: &Value) -> Result<Due, Malformed> {
     let mut due = Due {
         codes,
         graces: Vec::new(),
+        guest_graces: Vec::new(),
     };
     for member in members(graces)? {
         // One odd member must not stop every other grace period: it is
@@ -201,13 +216,28 @@ fn parse_due(reply: &Value) -> Result<Due, Malformed> {
         let side = member
             .split_once('|')
             .ok_or_else(|| Malformed("no '|'".into()))
-            .and_then(|(sid, role)| Ok((Arc::from(sid), role_from(role)?)));
+            .and_then(|(sid, side)| Ok((Arc::from(sid), side_from(side)?)));
         match side {
-            Ok(side) => due.graces.push(side),
+            Ok((sid, (_, Some(guest)))) => due.guest_graces.push((sid, guest)),
+            Ok((sid, (role, None))) => due.graces.push((sid, role)),
             Err(Malformed(why)) => warn!(member, why, "malformed grace entry in Redis; left"),
         }
     }
     Ok(due)
+}
+
+/// A side's name as the scripts write it: a role, or a room guest `g<id>`
+/// (whose role is the browser's).
+fn side_from(s: &str) -> Result<(Role, Option<GuestId>), Malformed> {
+    match s.strip_prefix('g') {
+        Some(id) => id
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .map(|id| (Role::Browser, Some(id)))
+            .ok_or_else(|| Malformed(format!("{s:?} is not a side"))),
+        None => Ok((role_from(s)?, None)),
+    }
 }
 
 fn parse_nodes(reply: &Value) -> Result<Vec<NodeId>, Malformed> {
@@ -335,11 +365,15 @@ mod tests {
                 DeadSide {
                     sid: Arc::from("s1"),
                     role: Role::Mac,
+                    guest: None,
+                    gone: false,
                     peer_node: Some(Arc::from("n2"))
                 },
                 DeadSide {
                     sid: Arc::from("s2"),
                     role: Role::Mac,
+                    guest: None,
+                    gone: false,
                     peer_node: None
                 },
             ]
@@ -423,6 +457,13 @@ mod tests {
             "a field short"
         );
         assert!(parse_dead_node(&arr(&["s1", "both", ""])).is_err());
+        assert!(parse_dead_node(&arr(&["s1", "g0", "", "away"])).is_err());
+        assert!(parse_dead_node(&arr(&["s1", "mac", "", "later"])).is_err());
+        let guest = parse_dead_node(&arr(&["s1", "g3", "n1", "gone"])).unwrap();
+        assert_eq!(
+            (guest[0].role, guest[0].guest, guest[0].gone),
+            (Role::Browser, Some(3), true)
+        );
         assert_eq!(parse_dead_node(&arr(&[])).unwrap(), []);
         assert!(parse_due(&arr(&["a"])).is_err());
         assert!(parse_due(&Value::Array(vec![arr(&[]), bulk("x")])).is_err());

@@ -17,6 +17,7 @@
 mod chores;
 mod pairing;
 mod reply;
+mod room;
 mod sides;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -100,6 +101,8 @@ pub(crate) enum SideEnd {
     ResumeExpired,
     /// The browser's session ended because the mac ended.
     MacDisconnected,
+    /// The room's host removed the guest.
+    Removed,
 }
 
 impl SideEnd {
@@ -109,6 +112,7 @@ impl SideEnd {
         match self {
             SideEnd::ResumeExpired => ErrorCode::ResumeExpired,
             SideEnd::MacDisconnected => ErrorCode::MacDisconnected,
+            SideEnd::Removed => ErrorCode::Removed,
         }
     }
 }
@@ -117,10 +121,14 @@ impl FromStr for SideEnd {
     type Err = Malformed;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [SideEnd::ResumeExpired, SideEnd::MacDisconnected]
-            .into_iter()
-            .find(|e| e.code().as_str() == s)
-            .ok_or_else(|| Malformed(format!("{s:?} is not how a side ends")))
+        [
+            SideEnd::ResumeExpired,
+            SideEnd::MacDisconnected,
+            SideEnd::Removed,
+        ]
+        .into_iter()
+        .find(|e| e.code().as_str() == s)
+        .ok_or_else(|| Malformed(format!("{s:?} is not how a side ends")))
     }
 }
 
@@ -147,6 +155,12 @@ pub(crate) enum Op {
     Reclaim,
     /// The `checkpoint` script.
     Checkpoint,
+    /// The `resume_guest` script.
+    ResumeGuest,
+    /// The `decide` script (admit or deny).
+    Decide,
+    /// The `remove` script.
+    Remove,
     /// The poll of due code expiries and grace periods.
     Due,
     /// The list of nodes.
@@ -169,6 +183,9 @@ impl Op {
             Op::DeadNode => "dead_node",
             Op::Reclaim => "reclaim",
             Op::Checkpoint => "checkpoint",
+            Op::ResumeGuest => "resume_guest",
+            Op::Decide => "decide",
+            Op::Remove => "remove",
             Op::Due => "due",
             Op::Nodes => "nodes",
             Op::Attack => "attack",
@@ -184,6 +201,8 @@ impl Op {
             Op::GraceEnd => "grace",
             Op::ExpireCode | Op::Due => "expire",
             Op::DeadNode | Op::Reclaim => "reap",
+            Op::ResumeGuest => "resume",
+            Op::Decide | Op::Remove => "room",
             op => op.name(),
         }
     }
@@ -315,7 +334,11 @@ mod tests {
         }
         assert!("gone".parse::<SideState>().is_err());
         assert!("".parse::<SideState>().is_err());
-        for e in [SideEnd::ResumeExpired, SideEnd::MacDisconnected] {
+        for e in [
+            SideEnd::ResumeExpired,
+            SideEnd::MacDisconnected,
+            SideEnd::Removed,
+        ] {
             assert_eq!(e.code().as_str().parse::<SideEnd>().unwrap(), e);
         }
         assert!("INVALID_CODE".parse::<SideEnd>().is_err());
@@ -339,6 +362,9 @@ mod tests {
             Op::Checkpoint,
             Op::Due,
             Op::Nodes,
+            Op::ResumeGuest,
+            Op::Decide,
+            Op::Remove,
             Op::Attack,
         ]
         .into_iter()
@@ -359,6 +385,9 @@ mod tests {
                 "checkpoint",
                 "expire",
                 "nodes",
+                "resume",
+                "room",
+                "room",
                 "attack"
             ]
         );

@@ -58,6 +58,9 @@ pub(crate) struct EndFacts {
     pub(crate) peer_node: Option<NodeId>,
     /// Whether the code could still be joined.
     pub(crate) live: bool,
+    /// A room host's end: the nodes its guests were homed on, once per
+    /// guest (empty for anything else).
+    pub(crate) guest_nodes: Vec<NodeId>,
 }
 
 /// What `reclaim` did.
@@ -209,7 +212,7 @@ impl Store {
     }
 }
 
-fn parse_away(reply: &Value) -> Result<AwayOutcome, Malformed> {
+pub(super) fn parse_away(reply: &Value) -> Result<AwayOutcome, Malformed> {
     let mut f = Fields::of(reply)?;
     let outcome = match f.text("status")? {
         "ok" => {
@@ -231,14 +234,19 @@ fn end_facts(f: &mut Fields<'_>) -> Result<EndFacts, Malformed> {
     let live = f.flag("live")?;
     f.skip("code")?;
     let node = f.node("node")?;
+    let mut guest_nodes = Vec::new();
+    while !f.is_empty() {
+        guest_nodes.extend(f.node("guest node")?);
+    }
     Ok(EndFacts {
         node,
         peer_node,
         live,
+        guest_nodes,
     })
 }
 
-fn parse_end(reply: &Value) -> Result<EndOutcome, Malformed> {
+pub(super) fn parse_end(reply: &Value) -> Result<EndOutcome, Malformed> {
     let mut f = Fields::of(reply)?;
     let outcome = match f.text("status")? {
         "ok" => EndOutcome::Ended(end_facts(&mut f)?),
@@ -250,7 +258,7 @@ fn parse_end(reply: &Value) -> Result<EndOutcome, Malformed> {
     Ok(outcome)
 }
 
-fn parse_grace(reply: &Value) -> Result<GraceOutcome, Malformed> {
+pub(super) fn parse_grace(reply: &Value) -> Result<GraceOutcome, Malformed> {
     let mut f = Fields::of(reply)?;
     let outcome = match f.text("status")? {
         "ok" => GraceOutcome::Ended(end_facts(&mut f)?),
@@ -355,6 +363,7 @@ mod tests {
                 node: Some(Arc::from("n2")),
                 peer_node: Some(Arc::from("n1")),
                 live: true,
+                guest_nodes: Vec::new(),
             })
         );
         let s = dump(&r, "relay:s:s1").await;
@@ -385,6 +394,7 @@ mod tests {
                 node: Some(Arc::from("n1")),
                 peer_node: Some(Arc::from("n2")),
                 live: true,
+                guest_nodes: Vec::new(),
             })
         );
         assert!(dump(&r, "relay:s:s1").await.is_empty());
@@ -429,6 +439,7 @@ mod tests {
                 node: Some(Arc::from("n2")),
                 peer_node: Some(Arc::from("n1")),
                 live: true,
+                guest_nodes: Vec::new(),
             })
         );
         assert_eq!(

@@ -17,6 +17,8 @@
 //! (code expiry, grace periods, dead nodes, resends, checkpoints).
 
 mod chores;
+#[cfg(test)]
+mod dispatch_tests;
 mod peers;
 mod requests;
 
@@ -36,7 +38,7 @@ use super::{Link, RegistrySettings, SessionId};
 use crate::client_key::ClientKey;
 use crate::cluster::Redis;
 use crate::cluster::bus::{Bus, Dispatch};
-use crate::cluster::envelope::{Control, Envelope};
+use crate::cluster::envelope::{Control, Envelope, GuestLane, Lane};
 use crate::cluster::lease::{self, Lease};
 use crate::cluster::store::{Counter, Store};
 use crate::conns::{ConnCommand, ConnId};
@@ -55,20 +57,22 @@ pub struct Directory {
     pipes: Arc<Mutex<PipeMap>>,
 }
 
-/// Pipes by session and the side they deliver to.
-type PipeMap = HashMap<(SessionId, Role), Arc<Pipe>>;
+/// Pipes by session and the direction they deliver (a pairing's side, or
+/// a room's guest direction).
+type PipeMap = HashMap<(SessionId, Lane), Arc<Pipe>>;
 
 impl Directory {
-    fn get(&self, sid: &str, to: Role) -> Option<Arc<Pipe>> {
+    fn get(&self, sid: &str, to: impl Into<Lane>) -> Option<Arc<Pipe>> {
         let map = self.pipes.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&(Arc::from(sid), to)).cloned()
+        map.get(&(Arc::from(sid), to.into())).cloned()
     }
 
-    fn set(&self, sid: &SessionId, to: Role, pipe: Option<&Arc<Pipe>>) {
+    fn set(&self, sid: &SessionId, to: impl Into<Lane>, pipe: Option<&Arc<Pipe>>) {
         let mut map = self.pipes.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (Arc::clone(sid), to.into());
         match pipe {
-            Some(p) => map.insert((Arc::clone(sid), to), Arc::clone(p)),
-            None => map.remove(&(Arc::clone(sid), to)),
+            Some(p) => map.insert(key, Arc::clone(p)),
+            None => map.remove(&key),
         };
     }
 
@@ -305,7 +309,7 @@ impl ClusterRegistry {
         Peer {
             link: self.bus.link(node),
             sid: Arc::clone(sid),
-            to: role,
+            to: role.into(),
         }
     }
 
@@ -364,32 +368,30 @@ impl Actor for ClusterRegistry {
 fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metrics>) -> Dispatch {
     Arc::new(move |env| match env {
         Envelope::Frame { sid, to, p, frame } => {
-            let Some(pipe) = dir.get(&sid, to) else {
-                tracing::debug!(session = %sid, to = to.as_str(), p, "frame for a session not held here");
-                return;
-            };
-            match pipe.push_from_peer(p, frame) {
-                FromPeer::Queued => {}
-                FromPeer::Duplicate { .. } | FromPeer::Dropped => {
-                    tracing::debug!(session = %sid, to = to.as_str(), p, "frame from another node dropped (duplicate or no receiver)");
-                }
-                FromPeer::Gap { next, ask } => {
-                    // Envelopes were lost (a publish failed, a link dropped
-                    // them, or our subscription broke): the pipe asked the
-                    // sender's node to resend, once for the gap.
-                    tracing::debug!(session = %sid, to = to.as_str(), p, next, ask, "gap in frames from another node");
-                    metrics.bus_gaps.inc();
-                }
-                FromPeer::Cut(conn) => registry.do_send(super::Gone {
-                    session_id: Arc::from(sid.as_str()),
-                    member: super::Member::from(to),
-                    conn,
-                    how: super::Departure::Dropped,
-                }),
+            deliver(&dir, &registry, &metrics, &sid, Lane::Pair(to), p, |pipe| {
+                pipe.push_from_peer(p, frame)
+            });
+        }
+        Envelope::RoomFrame { sid, lanes, frame } => {
+            // One host frame for several guests here: each direction takes
+            // it at its own number, in the order named.
+            for (guest, p) in lanes {
+                let lane = Lane::Guest(GuestLane {
+                    guest,
+                    to_host: false,
+                });
+                deliver(&dir, &registry, &metrics, &sid, lane, p, |pipe| {
+                    pipe.push_from_peer(p, frame.clone())
+                });
             }
         }
         Envelope::Ack { sid, to, p } => {
             if let Some(pipe) = dir.get(&sid, to) {
+                pipe.ack_from_peer(p);
+            }
+        }
+        Envelope::GuestAck { sid, lane, p } => {
+            if let Some(pipe) = dir.get(&sid, Lane::Guest(lane)) {
                 pipe.ack_from_peer(p);
             }
         }
@@ -398,7 +400,70 @@ fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metr
                 pipe.written_from_peer(p);
             }
         }
+        Envelope::GuestWritten { sid, lane, p } => {
+            if let Some(pipe) = dir.get(&sid, Lane::Guest(lane)) {
+                pipe.written_from_peer(p);
+            }
+        }
+        Envelope::GuestFrame {
+            sid,
+            guest,
+            p,
+            frame,
+        } => {
+            // Into the host's one pipe, tagged, if that guest feeds it
+            // from another node (`Pipe::feed_guest`); dropped otherwise.
+            let host = Lane::Pair(Role::Mac);
+            match std::num::NonZeroU64::new(guest) {
+                Some(g) => deliver(&dir, &registry, &metrics, &sid, host, p, |pipe| {
+                    pipe.push_from_guest(g, p, frame)
+                }),
+                None => tracing::debug!(session = %sid, p, "frame from guest 0 dropped"),
+            }
+        }
         Envelope::Control(c) => registry.do_send(FromPeerNode(c)),
         Envelope::Probe { .. } => {}
     })
+}
+
+/// Hands a frame (numbered `p`) from another node to the pipe of `lane`,
+/// if held here, with `push`.
+fn deliver(
+    dir: &Directory,
+    registry: &Addr<ClusterRegistry>,
+    metrics: &Metrics,
+    sid: &str,
+    lane: Lane,
+    p: u64,
+    push: impl FnOnce(&Pipe) -> FromPeer,
+) {
+    let Some(pipe) = dir.get(sid, lane) else {
+        tracing::debug!(session = %sid, ?lane, p, "frame for a session not held here");
+        return;
+    };
+    match push(&pipe) {
+        FromPeer::Queued => {}
+        FromPeer::Duplicate { .. } | FromPeer::Dropped => {
+            tracing::debug!(session = %sid, ?lane, p, "frame from another node dropped (duplicate or no receiver)");
+        }
+        FromPeer::Gap { next, ask } => {
+            // Envelopes were lost (a publish failed, a link dropped
+            // them, or our subscription broke): the pipe asked the
+            // sender's node to resend, once for the gap.
+            tracing::debug!(session = %sid, ?lane, p, next, ask, "gap in frames from another node");
+            metrics.bus_gaps.inc();
+        }
+        FromPeer::Cut(conn) => match lane {
+            Lane::Pair(to) => registry.do_send(super::Gone {
+                session_id: Arc::from(sid),
+                member: super::Member::from(to),
+                conn,
+                how: super::Departure::Dropped,
+            }),
+            // No guest is held in a cluster yet (requests: NO_ROOMS_YET).
+            Lane::Guest(_) => {
+                tracing::debug!(session = %sid, ?lane, conn = %conn, "guest cut as a slow consumer");
+            }
+        },
+    }
 }

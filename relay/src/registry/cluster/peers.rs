@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::requests::now_ms;
 use super::{ClusterRegistry, FromPeerNode, Here, NodeDead, Resubscribed};
-use crate::cluster::envelope::{Control, HeldFrame};
+use crate::cluster::envelope::{Control, HeldFrame, Lane};
 use crate::cluster::store::{Counter, ReclaimOutcome};
 use crate::conns::ConnCommand;
 use crate::pipe::Pipe;
@@ -48,6 +48,23 @@ impl Handler<FromPeerNode> for ClusterRegistry {
                 if let Some(p) = self.dir_get(&sid, to) {
                     p.resend_to_peer(from);
                 }
+            }
+            Control::GuestResend { sid, lane, from } => {
+                // A guest's node saw a gap in one room direction.
+                if let Some(p) = self.dir.get(&sid, Lane::Guest(lane)) {
+                    p.resend_to_peer(from);
+                }
+            }
+            c @ (Control::GuestJoined { .. }
+            | Control::Decide { .. }
+            | Control::Decided { .. }
+            | Control::GuestAway { .. }
+            | Control::GuestEnded { .. }
+            | Control::GuestMoved { .. }
+            | Control::GuestHandover { .. }) => {
+                // No node sends these until the cluster registry takes
+                // rooms (requests: NO_ROOMS_YET).
+                warn!(?c, "a room's message, and this node takes no rooms yet");
             }
             Control::Resync { node } => {
                 let node: Arc<str> = Arc::from(node.as_str());

@@ -95,7 +95,7 @@ pub struct MemoryRegistry {
     /// Ended sides by session, endpoint and token (a room has many guests).
     ended: Tombstones<(SessionId, Role, TokenHash), Ended>,
     limiter: Option<DefaultKeyedRateLimiter<ClientKey>>,
-    /// The ceiling on failed joins (code guessing).
+    /// Failed joins this minute, and the attack they make (code guessing).
     failed_joins: FailedJoins,
     timers: Timers<Timer>,
     /// The one actix timer, set for the earliest deadline.

@@ -190,6 +190,12 @@ impl Handler<Join> for ClusterRegistry {
                 } => Ok((sid, mac_node, mac_state)),
                 JoinOutcome::Expired => Err(ErrorCode::ExpiredCode.into()),
                 JoinOutcome::Taken => Err(ErrorCode::AlreadyJoined.into()),
+                JoinOutcome::Full => Err(ErrorCode::RoomFull.into()),
+                // A cluster registers no room yet (NO_ROOMS_YET), so no
+                // join can find one; refuse rather than half-join.
+                JoinOutcome::Guest { .. } => {
+                    Err(Refusal::with(ErrorCode::InvalidCode, NO_ROOMS_YET))
+                }
                 JoinOutcome::Invalid => Err(ErrorCode::InvalidCode.into()),
             }
         };

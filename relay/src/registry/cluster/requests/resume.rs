@@ -122,8 +122,13 @@ impl ClusterRegistry {
                     message: None,
                     close: Some(CloseCode::SessionOver),
                 }),
-                ResumeOutcome::Ended(end @ SideEnd::ResumeExpired) => Err(end.code().into()),
-                ResumeOutcome::Invalid => Err(ErrorCode::InvalidResume.into()),
+                ResumeOutcome::Ended(end @ (SideEnd::ResumeExpired | SideEnd::Removed)) => {
+                    Err(end.code().into())
+                }
+                // No room is registered in a cluster yet (requests/mod.rs).
+                ResumeOutcome::Invalid | ResumeOutcome::Room => {
+                    Err(ErrorCode::InvalidResume.into())
+                }
             }
         };
         Box::pin(claim.into_actor(self).then(move |res, act, ctx| {
