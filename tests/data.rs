@@ -132,7 +132,13 @@ async fn a_thousand_frames_of_random_sizes_both_ways_verbatim_in_order() {
 /// cross-node test in tests/cluster/pairing.rs).
 #[tokio::test]
 async fn bulk_both_ways_at_once_never_stalls() {
-    let relay = Relay::start(&[]);
+    // Each side's acknowledgements (pongs) queue behind its own paused
+    // sending, so what sits unacknowledged is everything in kernel buffers
+    // on both ends: here up to 4 MiB sent and 32 MiB received
+    // (net.ipv4.tcp_wmem / tcp_rmem), past the 32 MiB hard cap of the
+    // default RELAY_MAX_BUFFERED on a loaded machine. 16 MiB puts the cap
+    // (64 MiB) above what the kernel can hold (design.md, Known limits).
+    let relay = Relay::start(&[("RELAY_MAX_BUFFERED", "16MiB")]);
     exchange(&relay, bulk_frames(3, 1000), bulk_frames(4, 1000)).await;
     assert_eq!(
         relay

@@ -281,7 +281,9 @@ async fn a_pair_on_one_node_never_sends_its_frames_through_redis() {
 /// drop nothing: their bounds are for trouble, not for load.
 #[tokio::test]
 async fn bulk_both_ways_at_once_across_nodes_never_stalls() {
-    let c = Cluster::start(2, &[]);
+    // Headroom over what kernel buffers hold unacknowledged, as in
+    // data::bulk_both_ways_at_once_never_stalls.
+    let c = Cluster::start(2, &[("RELAY_MAX_BUFFERED", "16MiB")]);
     let p = pair_at(&c.node(1).url("/mac"), &c.node(2).url("/browser")).await;
     let _ = exchange_frames(
         p.mac,
