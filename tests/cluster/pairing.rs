@@ -307,7 +307,7 @@ async fn bulk_both_ways_at_once_across_nodes_never_stalls() {
 /// The same bulk exchange with both sides on one node of the cluster.
 #[tokio::test]
 async fn bulk_both_ways_at_once_on_one_cluster_node_never_stalls() {
-    let c = Cluster::start(1, &[]);
+    let c = Cluster::start(1, &[("RELAY_MAX_BUFFERED", "16MiB")]);
     let node = c.node(1);
     let p = pair_at(&node.url("/mac"), &node.url("/browser")).await;
     let _ = exchange_frames(
