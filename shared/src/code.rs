@@ -16,6 +16,28 @@ pub const CODE_LEN: usize = 6;
 /// attack: 28^8 ≈ 3.8×10^11 possible codes, 784 times harder to hit.
 pub const LONG_CODE_LEN: usize = 8;
 
+/// What a person typed, as codes read it: spaces and `-` dropped, upper
+/// case. Returns the first `keep` characters and how many there were, or
+/// the first character that is in no code.
+pub(crate) fn typed_chars(typed: &str, keep: usize) -> Result<(String, usize), char> {
+    let mut chars = String::with_capacity(keep);
+    let mut len = 0usize;
+    for c in typed.chars() {
+        if c == '-' || c.is_whitespace() {
+            continue;
+        }
+        len += 1;
+        let upper = c.to_ascii_uppercase();
+        if !ALPHABET.contains(&upper) {
+            return Err(c);
+        }
+        if len <= keep {
+            chars.push(upper);
+        }
+    }
+    Ok((chars, len))
+}
+
 /// A well-formed session code: [`CODE_LEN`] or [`LONG_CODE_LEN`] characters of
 /// [`ALPHABET`], upper case.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,21 +61,7 @@ impl SessionCode {
     /// [`CodeError`] when what remains is not [`CODE_LEN`] or
     /// [`LONG_CODE_LEN`] characters of [`ALPHABET`].
     pub fn parse(typed: &str) -> Result<Self, CodeError> {
-        let mut code = String::with_capacity(LONG_CODE_LEN);
-        let mut len = 0usize;
-        for c in typed.chars() {
-            if c == '-' || c.is_whitespace() {
-                continue;
-            }
-            len += 1;
-            let upper = c.to_ascii_uppercase();
-            if !ALPHABET.contains(&upper) {
-                return Err(CodeError::BadCharacter(c));
-            }
-            if len <= LONG_CODE_LEN {
-                code.push(upper);
-            }
-        }
+        let (code, len) = typed_chars(typed, LONG_CODE_LEN).map_err(CodeError::BadCharacter)?;
         if len != CODE_LEN && len != LONG_CODE_LEN {
             return Err(CodeError::WrongLength(len));
         }

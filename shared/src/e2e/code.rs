@@ -6,7 +6,7 @@ use std::fmt;
 
 use rand::Rng;
 
-use crate::code::{ALPHABET, CODE_LEN, LONG_CODE_LEN};
+use crate::code::{ALPHABET, CODE_LEN, LONG_CODE_LEN, typed_chars};
 use crate::{CodeError, SessionCode};
 
 /// Characters of the secret part: 28^5 ≈ 2^24, above the 20 bits a guesser
@@ -84,21 +84,8 @@ impl FullCode {
             Some((_, fragment)) => fragment,
             None => typed,
         };
-        let mut chars = String::with_capacity(LONG_CODE_LEN + SECRET_LEN);
-        let mut len = 0usize;
-        for c in typed.chars() {
-            if c == '-' || c.is_whitespace() {
-                continue;
-            }
-            len += 1;
-            let upper = c.to_ascii_uppercase();
-            if !ALPHABET.contains(&upper) {
-                return Err(FullCodeError::BadCharacter(c));
-            }
-            if len <= LONG_CODE_LEN + SECRET_LEN {
-                chars.push(upper);
-            }
-        }
+        let (chars, len) =
+            typed_chars(typed, LONG_CODE_LEN + SECRET_LEN).map_err(FullCodeError::BadCharacter)?;
         // The lengths tell the parts apart: 6 and 8 are plain, 11 and 13 are
         // 6 and 8 with a secret (no two of them are equal).
         let (relay, secret) = match len {
