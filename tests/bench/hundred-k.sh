@@ -20,16 +20,8 @@ HOLD=${HUNDRED_K_HOLD:-90s}       # from each load's set-up to its ping
 IDLE_WINDOW=${HUNDRED_K_IDLE_WINDOW:-30}  # seconds of idle CPU measured
 rm -rf "$OUT" && mkdir -p "$OUT/json" "$OUT/logs"
 
-say() { printf '\n== %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)" || true
-for kv in net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 \
-          "net.ipv4.ip_local_port_range=1024 65000" net.ipv4.tcp_tw_reuse=1; do
-  sysctl -qw "$kv" 2>/dev/null || echo "could not set $kv (not root, or not in this namespace)" >&2
-done
+. tests/bench/lib.sh
+raise_limits
 LIMIT=$(ulimit -n)
 PAIRS=$(( TOTAL / 2 / NODES ))
 PER_NODE=$(( 2 * PAIRS ))
@@ -42,19 +34,6 @@ say "building release binaries"
 cargo build --release --locked -p relay --bin relay --bin relay-load
 BIN=${CARGO_TARGET_DIR:-target}/release
 
-wait_ready() { # port, name
-  python3 - "$1" "$2" <<'PY' || { echo "$2 never became ready; see $OUT/logs" >&2; exit 1; }
-import sys, time, urllib.request
-for _ in range(600):
-    try:
-        if urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=1).status == 200:
-            sys.exit(0)
-    except Exception:
-        pass
-    time.sleep(0.05)
-sys.exit(1)
-PY
-}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
@@ -73,7 +52,7 @@ for i in $(seq 0 $((NODES - 1))); do
     "$BIN/relay" >"$OUT/logs/node-$i.log" 2>&1 &
   NODE_PIDS+=($!); NODE_PORTS+=("$port"); PIDS+=($!)
 done
-for i in $(seq 0 $((NODES - 1))); do wait_ready "${NODE_PORTS[$i]}" "node-$i"; done
+for i in $(seq 0 $((NODES - 1))); do wait_ready "${NODE_PORTS[$i]}" "node-$i" 600; done
 sleep 1
 RSS0=() ; for p in "${NODE_PIDS[@]}"; do RSS0+=("$(rss_kib "$p")"); done
 

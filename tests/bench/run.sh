@@ -22,19 +22,8 @@ if [ -n "$BASE_REV" ] && [ -n "$BASE_BIN" ]; then
 fi
 rm -rf "$OUT" && mkdir -p "$OUT/json" "$OUT/logs"
 
-say() { printf '\n== %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-# Many connections need many descriptors: a relay connection takes two (the
-# socket and the duplicate kept to cut a stuck peer), a client one.
-ulimit -n "$(ulimit -Hn)" || true
-for kv in net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 \
-          "net.ipv4.ip_local_port_range=1024 65000" net.ipv4.tcp_tw_reuse=1; do
-  sysctl -qw "$kv" 2>/dev/null || echo "could not set $kv (not root, or not in this namespace)" >&2
-done
+. tests/bench/lib.sh
+raise_limits
 
 say "building release binaries"
 cargo build --release --locked -p relay --bins
@@ -90,20 +79,6 @@ wait_port() { # host:port, name
     sleep 0.05
   done
   echo "$2 did not start on $1; see $OUT/logs" >&2; exit 1
-}
-
-wait_ready() { # port, name: a cluster node answers /readyz 200 once it holds its lease
-  python3 - "$1" "$2" <<'PY' || { echo "$2 never became ready; see $OUT/logs" >&2; exit 1; }
-import sys, time, urllib.request
-for _ in range(300):
-    try:
-        if urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=1).status == 200:
-            sys.exit(0)
-    except Exception:
-        pass
-    time.sleep(0.05)
-sys.exit(1)
-PY
 }
 
 run_relay() { # binary, name, port, extra env...
