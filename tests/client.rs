@@ -67,7 +67,46 @@ async fn paired(mac_urls: &[String], browser_urls: &[String]) -> (Client, Events
 }
 
 /// Sends `from..=to` as binary frames carrying their number.
-pub(crate) async fn send_seq(c: &Client, from: u32, to: u32) {
+/// Both sides send 2,000 numbered frames while node 1, the mac's, is killed
+/// 400 frames in; returns what the browser and the mac heard once each got
+/// all 2,000 (`recv_seq` fails on a frame lost, duplicated or out of order)
+/// and checks the mac resumed.
+pub(crate) async fn kill_node_1_mid_stream(
+    c: &mut Cluster,
+    mac: Client,
+    mut mac_ev: Events,
+    browser: Client,
+    mut browser_ev: Events,
+) -> (Vec<Event>, Vec<Event>) {
+    let (tx, mut rx) = tokio::sync::watch::channel(0u32);
+    let mac_side = async {
+        send_seq(&mac, 1, 400).await;
+        let _ = tx.send(1);
+        send_seq(&mac, 401, 2000).await;
+    };
+    let browser_side = async {
+        send_seq(&browser, 1, 2000).await;
+    };
+    let killer = async {
+        // Kill the mac's node once the stream is going.
+        let _ = rx.wait_for(|v| *v == 1).await;
+        c.kill(1);
+    };
+    let (_, _, _, got_browser, got_mac) = tokio::join!(
+        mac_side,
+        browser_side,
+        killer,
+        recv_seq(&mut browser_ev, 2000, "browser"),
+        recv_seq(&mut mac_ev, 2000, "mac"),
+    );
+    assert!(
+        got_mac.iter().any(|e| matches!(e, Event::Resumed)),
+        "the mac resumed: {got_mac:?}"
+    );
+    (got_browser, got_mac)
+}
+
+async fn send_seq(c: &Client, from: u32, to: u32) {
     for i in from..=to {
         loop {
             match c.send_binary(Bytes::from(i.to_be_bytes().to_vec())).await {
@@ -84,7 +123,7 @@ pub(crate) async fn send_seq(c: &Client, from: u32, to: u32) {
 }
 
 /// Receives frames until `n` came, checking each is the next number.
-pub(crate) async fn recv_seq(events: &mut Events, n: u32, who: &str) -> Vec<Event> {
+async fn recv_seq(events: &mut Events, n: u32, who: &str) -> Vec<Event> {
     let mut next = 1u32;
     let mut others = Vec::new();
     while next <= n {
@@ -179,32 +218,9 @@ async fn a_node_killed_mid_stream_is_ridden_out_with_nothing_lost() {
     let mut c = Cluster::start(3, &[("RELAY_RESUME_BUFFER_FRAMES", "100000")]);
     let (n1, n2, n3) = (c.node(1).url(""), c.node(2).url(""), c.node(3).url(""));
     // The mac tries node 1 first and falls back to node 2; the browser is on node 3.
-    let (mac, mut mac_ev, browser, mut browser_ev) = paired(&[n1, n2.clone()], &[n3, n2]).await;
-    let (tx, mut rx) = tokio::sync::watch::channel(0u32);
-    let mac_side = async {
-        send_seq(&mac, 1, 400).await;
-        let _ = tx.send(1);
-        send_seq(&mac, 401, 2000).await;
-    };
-    let browser_side = async {
-        send_seq(&browser, 1, 2000).await;
-    };
-    let killer = async {
-        // Kill the mac's node once the stream is going.
-        let _ = rx.wait_for(|v| *v == 1).await;
-        c.kill(1);
-    };
-    let (_, _, _, got_browser, got_mac) = tokio::join!(
-        mac_side,
-        browser_side,
-        killer,
-        recv_seq(&mut browser_ev, 2000, "browser"),
-        recv_seq(&mut mac_ev, 2000, "mac"),
-    );
-    assert!(
-        got_mac.iter().any(|e| matches!(e, Event::Resumed)),
-        "the mac resumed: {got_mac:?}"
-    );
+    let (mac, mac_ev, browser, browser_ev) = paired(&[n1, n2.clone()], &[n3, n2]).await;
+    let (got_browser, got_mac) =
+        kill_node_1_mid_stream(&mut c, mac, mac_ev, browser, browser_ev).await;
     // The browser hears peer_disconnected then peer_resumed, or nothing when
     // the mac resumed before the cluster noticed its node died.
     let heard: Vec<&Event> = got_browser
