@@ -8,16 +8,21 @@
 //! (the AEAD nonces) equal on both sides.
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Duration, Instant};
 
 use super::outbox::{Addressed, OutFrame, Target};
 use super::{Command, Data, Ended, Event, SendError};
-use crate::SessionCode;
 use crate::e2e::{
     AbortReason, Binding, Failure, Handshake, HostConfirm, HostHello, JoinerConfirm, Opener,
     Payload, Plain, Sealer, Secret,
 };
+use crate::{GuestId, SessionCode};
+
+mod flight;
+mod guests;
+
+use flight::InFlight;
 
 /// The default of [`Config::e2e_timeout`](super::Config::e2e_timeout): how
 /// long a side waits for the other's next handshake message while both are
@@ -32,6 +37,8 @@ pub const MISMATCH: &str = "the code was mistyped or someone else tried it";
 pub(super) enum Side {
     /// The mac: draws a secret for every code it is given.
     Host,
+    /// A room's host: as [`Side::Host`], with one exchange per admitted guest.
+    RoomHost,
     /// The browser, with the secret of the code it was given, or none
     /// (a 6-character code: it then only refuses an encrypted host clearly).
     Joiner(SessionCode, Option<Secret>),
@@ -78,10 +85,14 @@ pub(super) struct Task {
     phase: Phase,
     /// Seals this side's frames, once confirmed.
     sealer: Option<Sealer>,
-    /// The application's send waiting for the connection task's answer,
-    /// with the frame's fate deciding whether it took a number (of the
-    /// sealer of that `epoch` only).
+    /// The application's send waiting for the connection task's answers,
+    /// each frame's fate deciding whether it took a number (of the sealers
+    /// of that `epoch` only).
     in_flight: Option<InFlight>,
+    /// Room host: each admitted guest's exchange and keys.
+    guests: guests::Guests,
+    /// Joiner: the guest id the relay gave it in a room (CPace's CI carries it).
+    guest_id: watch::Receiver<Option<GuestId>>,
     /// Counts sealers: a late answer never advances the next exchange's.
     epoch: u64,
     /// The application dropped every handle: no more commands.
@@ -95,13 +106,12 @@ pub(super) struct Task {
 }
 
 type Reply = oneshot::Sender<Result<(), SendError>>;
-/// The connection task's answer awaited, the application's reply, the epoch.
-type InFlight = (oneshot::Receiver<Result<(), SendError>>, Reply, u64);
 
 impl Task {
     pub(super) fn new(
         side: Side,
         timeout: Duration,
+        guest_id: watch::Receiver<Option<GuestId>>,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         inner: mpsc::Sender<Command>,
@@ -117,6 +127,8 @@ impl Task {
             phase: Phase::Idle,
             sealer: None,
             in_flight: None,
+            guests: guests::Guests::default(),
+            guest_id,
             deadline: None,
             held: None,
             epoch: 0,
@@ -133,10 +145,15 @@ impl Task {
     /// Sends one handshake message through the connection task; false when
     /// it was refused (the peer is gone, or the session is over).
     async fn send_handshake(&self, h: &Handshake) -> bool {
+        self.send_handshake_to(Target::All, h).await
+    }
+
+    /// [`Task::send_handshake`] to `to` (a room host's go to one guest).
+    async fn send_handshake_to(&self, to: Target, h: &Handshake) -> bool {
         let text = serde_json::json!({"type": "data", "payload": h.to_payload()}).to_string();
         let (tx, rx) = oneshot::channel();
         let frame = Addressed {
-            to: Target::All,
+            to,
             frame: OutFrame::Text(text),
         };
         if self.inner.send(Command::Send(frame, tx)).await.is_err() {
@@ -151,7 +168,12 @@ impl Task {
                 .code
                 .as_ref()
                 .map(|(c, s)| Binding::new(c.clone(), s.clone(), None)),
-            Side::Joiner(c, Some(s)) => Some(Binding::new(c.clone(), s.clone(), None)),
+            // A room's exchanges are per guest (`guests.rs`).
+            Side::RoomHost => None,
+            // A guest of a room binds its id, known since `waiting` or `joined`.
+            Side::Joiner(c, Some(s)) => {
+                Some(Binding::new(c.clone(), s.clone(), *self.guest_id.borrow()))
+            }
             Side::Joiner(_, None) => None,
         }
     }
@@ -162,11 +184,17 @@ impl Task {
         self.sealer = None;
         self.deadline = None;
         self.held = None;
+        self.guests = guests::Guests::default();
     }
 
     /// An application command: data is sealed, the rest passes through.
     async fn on_command(&mut self, cmd: Command) -> Result<(), Stop> {
         match cmd {
+            Command::Send(Addressed { to, frame }, reply)
+                if matches!(self.side, Side::RoomHost) =>
+            {
+                self.send_to_guests(to, frame, reply).await;
+            }
             Command::Send(Addressed { to, frame }, reply) => {
                 if to != Target::All {
                     // Rooms are not encrypted by this client (yet): refuse
@@ -197,9 +225,10 @@ impl Task {
                     let _ = reply.send(Err(SendError::Ended));
                     return Ok(());
                 }
-                self.in_flight = Some((rx, reply, self.epoch));
+                self.in_flight = Some(InFlight::one(rx, reply, self.epoch));
             }
             Command::Leave => {
+                self.end_guests().await;
                 if let Some(sealer) = self.sealer.as_mut() {
                     // The peer learns this was the last frame, not a cut.
                     let end = sealer.seal(&Plain::End);
@@ -232,7 +261,7 @@ impl Task {
                 page,
             } => {
                 self.reset();
-                let Side::Host = self.side else {
+                let (Side::Host | Side::RoomHost) = self.side else {
                     self.emit(Event::Registered {
                         code,
                         expires_at,
@@ -288,6 +317,15 @@ impl Task {
                 self.deadline = Some(Instant::now() + self.timeout);
             }
             Event::Data(d) => self.on_data(d).await?,
+            ev @ (Event::GuestAdmitted(_)
+            | Event::GuestData { .. }
+            | Event::GuestLeft { .. }
+            | Event::GuestAway(_)
+            | Event::GuestBack(_))
+                if matches!(self.side, Side::RoomHost) =>
+            {
+                self.on_guest_event(ev).await;
+            }
             Event::PeerLeft(reason) => {
                 self.unfinished().await;
                 self.reset();
@@ -404,7 +442,7 @@ impl Task {
     /// The peer sent something that is not `relay-e2e/1` where a handshake message belongs.
     fn not_encrypted(&self) -> Stop {
         let why = match self.side {
-            Side::Host => {
+            Side::Host | Side::RoomHost => {
                 "the browser that joined does not use end-to-end encryption; session not continued"
             }
             Side::Joiner(..) => {
@@ -511,9 +549,33 @@ impl Task {
         self.emit(Event::Ended(why)).await;
     }
 
+    /// The earliest handshake deadline: the pairing's, or any guest's.
+    fn next_deadline(&self) -> Option<Instant> {
+        [self.deadline, self.guests.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// A deadline passed: the pairing's ends the session; a guest's ends that guest.
+    async fn on_deadline(&mut self) -> Option<Stop> {
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| d <= now) {
+            return Some(self.timed_out());
+        }
+        for g in self.guests.overdue(now) {
+            let why = format!(
+                "guest {g} did not answer the key exchange: it may not support end-to-end encryption; it was removed"
+            );
+            self.fail_guest(g, Some(AbortReason::Timeout), Ended::NotEncrypted(why))
+                .await;
+        }
+        None
+    }
+
     fn timed_out(&self) -> Stop {
         let why = match self.side {
-            Side::Host => {
+            Side::Host | Side::RoomHost => {
                 "the browser that joined did not answer the key exchange: it may not support end-to-end encryption"
             }
             Side::Joiner(..) => {
@@ -534,7 +596,7 @@ fn text_payload(frame: &str) -> String {
 
 pub(super) async fn run(mut t: Task) {
     loop {
-        let deadline = t.deadline;
+        let deadline = t.next_deadline();
         let stop = tokio::select! {
             cmd = t.commands.recv(), if t.in_flight.is_none() && !t.dropped => match cmd {
                 Some(cmd) => t.on_command(cmd).await.err(),
@@ -547,19 +609,11 @@ pub(super) async fn run(mut t: Task) {
             },
             r = async {
                 match t.in_flight.as_mut() {
-                    Some((rx, _, _)) => rx.await,
+                    Some(f) => f.next_answer().await,
                     None => std::future::pending().await,
                 }
             } => {
-                let r = r.unwrap_or(Err(SendError::Ended));
-                if let Some((_, reply, epoch)) = t.in_flight.take() {
-                    if r.is_ok() && epoch == t.epoch {
-                        if let Some(s) = t.sealer.as_mut() {
-                            s.sent();
-                        }
-                    }
-                    let _ = reply.send(r);
-                }
+                t.answered(r);
                 None
             },
             ev = t.inner_events.recv() => match ev {
@@ -571,7 +625,7 @@ pub(super) async fn run(mut t: Task) {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
                 }
-            } => Some(t.timed_out()),
+            } => t.on_deadline().await,
         };
         match stop {
             None => {}
