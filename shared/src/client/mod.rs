@@ -276,21 +276,18 @@ pub enum Event {
     GuestAway(GuestId),
     /// Room host: the guest resumed.
     GuestBack(GuestId),
-    /// Room host with end-to-end encryption: this guest's key exchange
-    /// succeeded and its frames are sealed with its own keys. Comes just
-    /// before its [`Event::GuestAdmitted`].
+    /// Room host, end-to-end encrypted: the guest's key exchange succeeded
+    /// (its own keys); comes just before its [`Event::GuestAdmitted`].
     GuestEncrypted(GuestId),
-    /// Room host with end-to-end encryption: this guest's key exchange or
-    /// one of its frames failed, so it was removed ([`Event::GuestLeft`]
-    /// follows); the room goes on.
+    /// Room host, end-to-end encrypted: the guest's exchange or a frame of
+    /// it failed; it was removed ([`Event::GuestLeft`] follows).
     GuestFailed {
         /// The guest.
         guest: GuestId,
-        /// What failed ([`Ended::CodeMismatch`], [`Ended::Tampered`] or [`Ended::NotEncrypted`]).
+        /// What failed, as [`Event::Ended`] would say it.
         why: Ended,
     },
-    /// Room host with end-to-end encryption: the guest is gone for good
-    /// without its end-of-session frame (its last frames may have been cut).
+    /// Room host, end-to-end encrypted: the guest left for good without its end frame.
     GuestUnfinished(GuestId),
     /// Room host: a data frame from one guest (a pairing's, and a guest's
     /// own, data is [`Event::Data`]).
