@@ -284,7 +284,7 @@ pub enum Event {
     GuestFailed {
         /// The guest.
         guest: GuestId,
-        /// What failed, as [`Event::Ended`] would say it.
+        /// What failed, as [`Event::Ended`] would say it (of the guest: "it ...").
         why: Ended,
     },
     /// Room host, end-to-end encrypted: the guest left for good without its end frame.

@@ -264,7 +264,7 @@ impl Task {
     }
 
     async fn guest_not_encrypted(&mut self, g: GuestId) {
-        let why = format!("guest {g} does not use end-to-end encryption; it was removed");
+        let why = "it does not use end-to-end encryption".into();
         self.fail_guest(g, Some(AbortReason::Invalid), Ended::NotEncrypted(why))
             .await;
     }
@@ -281,15 +281,15 @@ impl Task {
             (_, Handshake::Abort(reason)) => {
                 let why = match reason {
                     AbortReason::Mismatch => Ended::CodeMismatch,
-                    AbortReason::NoSecret => Ended::NotEncrypted(format!(
-                        "guest {g} joined with the first part of the code only: it needs the whole code, with the part after the dash"
-                    )),
+                    AbortReason::NoSecret => Ended::NotEncrypted(
+                        "it joined with the first part of the code only: it needs the whole code, with the part after the dash".into(),
+                    ),
                     AbortReason::Invalid => {
-                        Ended::Tampered(format!("guest {g} could not read the key exchange"))
+                        Ended::Tampered("it could not read the key exchange".into())
                     }
-                    AbortReason::Timeout => Ended::NotEncrypted(format!(
-                        "guest {g} gave up waiting for the key exchange"
-                    )),
+                    AbortReason::Timeout => {
+                        Ended::NotEncrypted("it gave up waiting for the key exchange".into())
+                    }
                 };
                 Err((None, why))
             }

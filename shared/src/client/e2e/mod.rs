@@ -410,9 +410,9 @@ impl Task {
             return Some(self.timed_out());
         }
         for g in self.guests.overdue(now) {
-            let why = format!(
-                "guest {g} did not answer the key exchange: it may not support end-to-end encryption; it was removed"
-            );
+            let why =
+                "it did not answer the key exchange: it may not support end-to-end encryption"
+                    .into();
             self.fail_guest(g, Some(AbortReason::Timeout), Ended::NotEncrypted(why))
                 .await;
         }
