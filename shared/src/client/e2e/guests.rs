@@ -7,8 +7,15 @@
 //! what the relay counts for that guest, so a guest's resume and the host's
 //! keep the nonces aligned. A guest whose exchange or frame fails is
 //! removed and the room goes on; this never ends the host's session.
+//!
+//! Nothing here waits for the connection task: every command for it goes
+//! into [`Task::hand`]'s queue, which the run loop drains while it keeps
+//! reading the connection task's events. Waiting inline could deadlock
+//! the two tasks (the connection task blocked handing over an event while
+//! this one waits for its answer), which guests talking while another
+//! joins make likely.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -91,10 +98,50 @@ impl Guests {
     }
 }
 
+/// Commands waiting for room in the connection task's queue: at most one
+/// application send (a frame per guest) plus a few per guest event. Past
+/// this the run loop stops reading events until the connection task took
+/// some (backpressure; it never drops a command).
+pub(super) const OUTGOING_MAX: usize = 4096;
+
+/// Commands for the connection task, in the order they must reach it.
+pub(super) type Outgoing = VecDeque<Command>;
+
 impl Task {
+    /// Queues `cmd` for the connection task, behind every earlier one.
+    pub(super) fn hand(&mut self, cmd: Command) {
+        self.outgoing.push_back(cmd);
+    }
+
+    /// Queues a handshake message for guest `g`; nobody waits for its fate
+    /// (one refused leaves the guest without an answer, and its timeout or
+    /// abort follows).
+    fn hand_handshake(&mut self, g: GuestId, h: &Handshake) {
+        let text = serde_json::json!({"type": "data", "payload": h.to_payload()}).to_string();
+        let (tx, _) = oneshot::channel();
+        let f = Addressed {
+            to: Target::Guest(g),
+            frame: OutFrame::Text(text),
+        };
+        self.hand(Command::Send(f, tx));
+    }
+
+    /// A room host's application command: frames sealed per guest, the
+    /// rest passed on in its place among them.
+    pub(super) fn on_room_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send(Addressed { to, frame }, reply) => self.send_to_guests(to, frame, reply),
+            Command::Leave => {
+                self.end_guests();
+                self.hand(Command::Leave);
+            }
+            other => self.hand(other),
+        }
+    }
+
     /// A room host's frame for `to`: sealed for each guest it goes to and
     /// sent `to` that guest alone.
-    pub(super) async fn send_to_guests(&mut self, to: Target, frame: OutFrame, reply: Reply) {
+    fn send_to_guests(&mut self, to: Target, frame: OutFrame, reply: Reply) {
         let partial = self.guests.partial.take();
         let (targets, reached, to_all): (Vec<GuestId>, _, _) = match to {
             Target::All => {
@@ -127,10 +174,7 @@ impl Task {
                 to: Target::Guest(g),
                 frame: OutFrame::Binary(Bytes::from(sealed)),
             };
-            if self.inner.send(Command::Send(f, tx)).await.is_err() {
-                flight.refuse(SendError::Ended);
-                break;
-            }
+            self.hand(Command::Send(f, tx));
             flight.push(g, rx);
         }
         // With no guest to send to, the frame reaches no one, as a plain
@@ -139,24 +183,20 @@ impl Task {
         self.settle();
     }
 
-    /// Leaving: each confirmed guest gets its end frame first.
-    pub(super) async fn end_guests(&mut self) {
+    /// Leaving: each confirmed guest gets its end frame first (nothing is
+    /// sealed after it, so its number needs no answer).
+    fn end_guests(&mut self) {
         let open: Vec<GuestId> = self.guests.open().collect();
         for g in open {
             let Some(end) = self.guests.seal(g, &Plain::End) else {
                 continue;
             };
-            let (tx, rx) = oneshot::channel();
+            let (tx, _) = oneshot::channel();
             let f = Addressed {
                 to: Target::Guest(g),
                 frame: OutFrame::Binary(Bytes::from(end)),
             };
-            if self.inner.send(Command::Send(f, tx)).await.is_err() {
-                return;
-            }
-            if matches!(rx.await, Ok(Ok(()))) {
-                self.guests.sent(g);
-            }
+            self.hand(Command::Send(f, tx));
         }
     }
 
@@ -213,10 +253,7 @@ impl Task {
                 deadline: Some(Instant::now() + self.timeout),
             },
         );
-        if !self.send_handshake_to(Target::Guest(g), &hello).await {
-            // The session is over; the connection task's end follows.
-            self.guests.map.remove(&g);
-        }
+        self.hand_handshake(g, &hello);
     }
 
     async fn on_guest_data(&mut self, g: GuestId, d: Data) {
@@ -299,26 +336,22 @@ impl Task {
                     deadline: Some(Instant::now() + self.timeout),
                 })
             }
-            (Phase::Confirm(state), Handshake::Confirm { tag }) => {
-                match state.on_confirm(&tag) {
-                    Ok((channel, confirm)) => {
-                        if !self.send_handshake_to(Target::Guest(g), &confirm).await {
-                            return; // the session is over
-                        }
-                        self.guests.map.insert(
-                            g,
-                            Guest {
-                                phase: Phase::Open(Box::new(channel)),
-                                deadline: None,
-                            },
-                        );
-                        self.emit(Event::GuestEncrypted(g)).await;
-                        self.emit(Event::GuestAdmitted(g)).await;
-                        return;
-                    }
-                    Err(f) => Err(failed(f)),
+            (Phase::Confirm(state), Handshake::Confirm { tag }) => match state.on_confirm(&tag) {
+                Ok((channel, confirm)) => {
+                    self.hand_handshake(g, &confirm);
+                    self.guests.map.insert(
+                        g,
+                        Guest {
+                            phase: Phase::Open(Box::new(channel)),
+                            deadline: None,
+                        },
+                    );
+                    self.emit(Event::GuestEncrypted(g)).await;
+                    self.emit(Event::GuestAdmitted(g)).await;
+                    return;
                 }
-            }
+                Err(f) => Err(failed(f)),
+            },
             (_, _) => Err((
                 Some(AbortReason::Invalid),
                 Ended::Tampered("a key exchange message out of its place".into()),
@@ -337,16 +370,11 @@ impl Task {
     pub(super) async fn fail_guest(&mut self, g: GuestId, abort: Option<AbortReason>, why: Ended) {
         self.guests.map.remove(&g);
         if let Some(reason) = abort {
-            let _ = self
-                .send_handshake_to(Target::Guest(g), &Handshake::Abort(reason))
-                .await;
+            self.hand_handshake(g, &Handshake::Abort(reason));
         }
-        let (tx, rx) = oneshot::channel();
-        let remove = ClientMessage::Remove { guest_id: g };
-        if self.inner.send(Command::Room(remove, tx)).await.is_ok() {
-            // Refused only when the session is over; its end follows.
-            let _ = rx.await;
-        }
+        // Refused only when the session is over; its end follows.
+        let (tx, _) = oneshot::channel();
+        self.hand(Command::Room(ClientMessage::Remove { guest_id: g }, tx));
         self.emit(Event::GuestFailed { guest: g, why }).await;
     }
 }

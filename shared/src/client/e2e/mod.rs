@@ -92,6 +92,8 @@ pub(super) struct Task {
     in_flight: Option<InFlight>,
     /// Room host: each admitted guest's exchange and keys.
     guests: guests::Guests,
+    /// Room host: commands for the connection task, drained by [`run`].
+    outgoing: guests::Outgoing,
     /// Joiner: the guest id the relay gave it in a room (CPace's CI carries it).
     guest_id: watch::Receiver<Option<GuestId>>,
     /// Counts sealers: a late answer never advances the next exchange's.
@@ -129,6 +131,7 @@ impl Task {
             sealer: None,
             in_flight: None,
             guests: guests::Guests::default(),
+            outgoing: guests::Outgoing::new(),
             guest_id,
             deadline: None,
             held: None,
@@ -146,15 +149,10 @@ impl Task {
     /// Sends one handshake message through the connection task; false when
     /// it was refused (the peer is gone, or the session is over).
     async fn send_handshake(&self, h: &Handshake) -> bool {
-        self.send_handshake_to(Target::All, h).await
-    }
-
-    /// [`Task::send_handshake`] to `to` (a room host's go to one guest).
-    async fn send_handshake_to(&self, to: Target, h: &Handshake) -> bool {
         let text = serde_json::json!({"type": "data", "payload": h.to_payload()}).to_string();
         let (tx, rx) = oneshot::channel();
         let frame = Addressed {
-            to,
+            to: Target::All,
             frame: OutFrame::Text(text),
         };
         if self.inner.send(Command::Send(frame, tx)).await.is_err() {
@@ -191,11 +189,7 @@ impl Task {
     /// An application command: data is sealed, the rest passes through.
     async fn on_command(&mut self, cmd: Command) -> Result<(), Stop> {
         match cmd {
-            Command::Send(Addressed { to, frame }, reply)
-                if matches!(self.side, Side::RoomHost) =>
-            {
-                self.send_to_guests(to, frame, reply).await;
-            }
+            cmd if matches!(self.side, Side::RoomHost) => self.on_room_command(cmd),
             Command::Send(Addressed { to, frame }, reply) => {
                 if to != Target::All {
                     // Rooms are not encrypted by this client (yet): refuse
@@ -229,7 +223,6 @@ impl Task {
                 self.in_flight = Some(InFlight::one(rx, reply, self.epoch));
             }
             Command::Leave => {
-                self.end_guests().await;
                 if let Some(sealer) = self.sealer.as_mut() {
                     // The peer learns this was the last frame, not a cut.
                     let end = sealer.seal(&Plain::End);
@@ -443,6 +436,8 @@ fn text_payload(frame: &str) -> String {
 pub(super) async fn run(mut t: Task) {
     loop {
         let deadline = t.next_deadline();
+        // A handle of its own, so that a permit does not borrow the task.
+        let inner = t.inner.clone();
         let stop = tokio::select! {
             cmd = t.commands.recv(), if t.in_flight.is_none() && !t.dropped => match cmd {
                 Some(cmd) => t.on_command(cmd).await.err(),
@@ -462,7 +457,15 @@ pub(super) async fn run(mut t: Task) {
                 t.answered(r);
                 None
             },
-            ev = t.inner_events.recv() => match ev {
+            permit = inner.reserve(), if !t.outgoing.is_empty() => {
+                match (permit, t.outgoing.pop_front()) {
+                    (Ok(p), Some(cmd)) => p.send(cmd),
+                    // The connection task is gone; its end is passed on below.
+                    _ => t.outgoing.clear(),
+                }
+                None
+            },
+            ev = t.inner_events.recv(), if t.outgoing.len() < guests::OUTGOING_MAX => match ev {
                 Some(ev) => t.on_event(ev).await.err(),
                 None => Some(Stop::Inner),
             },

@@ -13,6 +13,8 @@ use crate::e2e::{Binding, Channel, Handshake, JoinerConfirm, Payload, Plain, Sec
 use crate::{ClientMessage, GuestId, SessionCode};
 
 const CODE: &str = "6YM9AQ";
+/// Far longer than any step takes: only a task that is stuck reaches it.
+const STUCK: Duration = Duration::from_secs(20);
 
 /// The application's handle, the connection task's side, and the code's secret.
 struct Rig {
@@ -135,8 +137,13 @@ impl Rig {
         }
     }
 
+    /// The application's next event (a task that stopped answering fails
+    /// the test instead of hanging it).
     async fn event(&mut self) -> Event {
-        self.events.recv().await.expect("an event")
+        tokio::time::timeout(STUCK, self.events.recv())
+            .await
+            .expect("the task is stuck")
+            .expect("an event")
     }
 
     /// The application sends `text` to `to`; returns the task's reply channel.
@@ -332,5 +339,45 @@ async fn a_guest_that_never_answers_is_removed_when_its_exchange_times_out() {
             guest: 4,
             why: Ended::NotEncrypted(_)
         }
+    ));
+}
+
+#[tokio::test]
+async fn guests_frames_keep_flowing_while_the_connection_task_has_not_taken_a_handshake() {
+    let mut rig = Rig::start(Duration::from_secs(30)).await;
+    let secret = rig.secret.clone();
+    let mut one = rig.admit(1, &secret).await.unwrap();
+    let frames: Vec<Vec<u8>> = (0..500)
+        .map(|i| {
+            let f = one.sealer.seal(&text(&i.to_string()));
+            one.sealer.sent();
+            f
+        })
+        .collect();
+    // Guest 2 comes in, then guest 1 sends far more than the channels
+    // hold, and the connection task takes no command meanwhile: the host
+    // must not wait for guest 2's hello to be taken before reading on.
+    let conn_events = rig.conn_events.clone();
+    let feeder = tokio::spawn(async move {
+        conn_events.send(Event::GuestAdmitted(2)).await.unwrap();
+        for f in frames {
+            let data = Data::Binary(f.into());
+            conn_events
+                .send(Event::GuestData { guest: 1, data })
+                .await
+                .unwrap();
+        }
+    });
+    for i in 0..500 {
+        let want = Event::GuestData {
+            guest: 1,
+            data: Data::Text(i.to_string()),
+        };
+        assert_eq!(rig.event().await, want);
+    }
+    feeder.await.unwrap();
+    assert!(matches!(
+        rig.handshake_for(2).await,
+        Handshake::HostHello { .. }
     ));
 }
