@@ -240,6 +240,11 @@ impl Task {
     /// The guest is in the room: its exchange starts; the application
     /// hears `GuestAdmitted` once it is confirmed.
     async fn start_guest(&mut self, g: GuestId) {
+        if self.guests.map.contains_key(&g) {
+            // Told twice (a relay that repeats itself): a second exchange
+            // would throw away the keys the guest holds.
+            return;
+        }
         let Some((code, secret)) = self.code.clone() else {
             // A relay code the host could not read: no secret was drawn.
             self.emit(Event::GuestAdmitted(g)).await;
