@@ -192,8 +192,8 @@ impl Task {
             cmd if matches!(self.side, Side::RoomHost) => self.on_room_command(cmd),
             Command::Send(Addressed { to, frame }, reply) => {
                 if to != Target::All {
-                    // Rooms are not encrypted by this client (yet): refuse
-                    // rather than send a frame no guest could open.
+                    // Not a room host (those are handled above): there is
+                    // no guest to address.
                     let _ = reply.send(Err(SendError::NotRoomHost));
                     return Ok(());
                 }
