@@ -61,11 +61,7 @@ impl Handler<FromPeerNode> for ClusterRegistry {
             | Control::GuestAway { .. }
             | Control::GuestEnded { .. }
             | Control::GuestMoved { .. }
-            | Control::GuestHandover { .. }) => {
-                // No node sends these until the cluster registry takes
-                // rooms (requests: NO_ROOMS_YET).
-                warn!(?c, "a room's message, and this node takes no rooms yet");
-            }
+            | Control::GuestHandover { .. }) => self.room_control(c, ctx),
             Control::Resync { node } => {
                 let node: Arc<str> = Arc::from(node.as_str());
                 for p in self.dir.all() {

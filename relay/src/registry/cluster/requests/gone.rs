@@ -14,7 +14,9 @@ use crate::cluster::envelope::{Control, EndReason};
 use crate::cluster::store::{AwayOutcome, Counter, EndOutcome, Expiry, Holder};
 use crate::conns::ConnId;
 use crate::queue::EventEffect;
+use crate::registry::member::Member;
 use crate::registry::{Departure, Gone, Overflowed, SessionId};
+use relay_protocol::GuestId;
 
 impl ClusterRegistry {
     /// A side of this node dropped: starts its grace period in Redis, and
@@ -73,6 +75,16 @@ impl Handler<Gone> for ClusterRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Gone, ctx: &mut Context<Self>) {
+        if let Member::Guest(i) = msg.member {
+            if self
+                .sessions
+                .get(&msg.session_id)
+                .is_some_and(|l| l.room.is_some())
+            {
+                self.guest_gone(msg.session_id, i as GuestId, msg.conn, msg.how, ctx);
+                return;
+            }
+        }
         let role = msg.member.role();
         let Some(local) = self.sessions.get_mut(&msg.session_id) else {
             return;

@@ -1,0 +1,152 @@
+//! What the nodes of a room tell each other about its guests: a guest
+//! joined, the host decided, a guest went away or ended.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use relay_protocol::{GuestId, GuestLeftReason, ServerMessage};
+use tracing::{debug, info};
+
+use super::super::ClusterRegistry;
+use super::Guest;
+use crate::cluster::envelope::{Control, Verdict};
+use crate::registry::SessionId;
+
+impl ClusterRegistry {
+    /// A room's control message from another node (or this one).
+    pub(in crate::registry::cluster) fn room_control(
+        &mut self,
+        c: Control,
+        ctx: &mut Context<Self>,
+    ) {
+        match c {
+            Control::GuestJoined {
+                sid,
+                guest,
+                node,
+                name,
+                admitted,
+            } => self.remote_guest_joined(&Arc::from(sid.as_str()), guest, &node, name, admitted),
+            Control::Decide {
+                sid,
+                guest,
+                verdict,
+                request,
+            } => {
+                let id: SessionId = Arc::from(sid.as_str());
+                let done = self.decide_here(&id, guest, verdict);
+                if let Some(host_node) = self
+                    .sessions
+                    .get(&id)
+                    .and_then(|l| l.node_of(relay_protocol::Role::Mac))
+                    .cloned()
+                {
+                    let c = Control::Decided {
+                        sid,
+                        guest,
+                        done,
+                        request,
+                    };
+                    self.send(&host_node, c, ctx);
+                } else if verdict != Verdict::Admit || !done {
+                    debug!(session = %id, guest, "decision for a guest not held here");
+                }
+            }
+            Control::Decided { request, .. } => {
+                if let Some(tx) = self.deciding.remove(&request) {
+                    let _ = tx.send(());
+                }
+            }
+            Control::GuestAway { sid, guest } => {
+                let id: SessionId = Arc::from(sid.as_str());
+                if let Some(local) = self.sessions.get(&id) {
+                    let g = local.room().and_then(|r| r.guests.get(&guest));
+                    if let Some(p) = g.and_then(|g| g.to_guest.as_ref()) {
+                        p.peer_away();
+                    }
+                    if g.is_some_and(|g| g.admitted) {
+                        local.tell_host(&ServerMessage::GuestAway { guest_id: guest });
+                    }
+                }
+            }
+            Control::GuestEnded { sid, guest, reason } => {
+                self.guest_gone_at_host(&Arc::from(sid.as_str()), guest, reason);
+            }
+            other => debug!(?other, "a room's message not handled yet"),
+        }
+    }
+
+    /// On the host's node: guest `guest` joined on `node`.
+    fn remote_guest_joined(
+        &mut self,
+        sid: &SessionId,
+        guest: GuestId,
+        node: &str,
+        name: Option<String>,
+        admitted: bool,
+    ) {
+        let node: Arc<str> = Arc::from(node);
+        let Some(local) = self.sessions.get_mut(sid) else {
+            return;
+        };
+        if !local.hosts_room() {
+            return;
+        }
+        let Some(room) = local.room_mut() else { return };
+        room.guests.insert(
+            guest,
+            Guest {
+                here: None,
+                to_guest: None,
+                out: None,
+                out_pipe: None,
+                token: None,
+                admitted: false,
+            },
+        );
+        local.tell_host(&ServerMessage::GuestJoined {
+            guest_id: guest,
+            name,
+        });
+        if admitted {
+            self.start_remote_guest(sid, guest, &node);
+            if let Some(local) = self.sessions.get(sid) {
+                local.tell_host(&ServerMessage::GuestAdmitted { guest_id: guest });
+            }
+            self.metrics
+                .room_decisions
+                .with_label_values(&["auto"])
+                .inc();
+        }
+        info!(session = %sid, guest, guest_node = %node, "guest joined on another node");
+    }
+
+    /// On a guest's node: guest `guest`, homed here, ended for good
+    /// (`reason`): drops it here and tells the host (here, or its node).
+    pub(in crate::registry::cluster) fn guest_ended_here(
+        &mut self,
+        sid: &SessionId,
+        guest: GuestId,
+        reason: GuestLeftReason,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(local) = self.sessions.get_mut(sid) else {
+            return;
+        };
+        if local.hosts_room() {
+            self.guest_gone_at_host(sid, guest, reason);
+            return;
+        }
+        local.drop_guest(&self.dir, guest);
+        let host_node = local.node_of(relay_protocol::Role::Mac).cloned();
+        self.forget_if_empty(sid);
+        if let Some(n) = host_node {
+            let c = Control::GuestEnded {
+                sid: sid.to_string(),
+                guest,
+                reason,
+            };
+            self.send(&n, c, ctx);
+        }
+    }
+}
