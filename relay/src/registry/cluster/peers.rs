@@ -126,6 +126,10 @@ impl ClusterRegistry {
         let Some(local) = self.sessions.get(&id) else {
             return;
         };
+        if role == Role::Mac && local.room.is_some() && !local.hosts_room() {
+            self.guests_hear_of_host(local, &ServerMessage::PeerDisconnected);
+            return;
+        }
         if local.side(role).is_some_and(|h| h.conn.is_some()) {
             // Stale news: the side is connected here (this node was taken for dead).
             return;
@@ -158,6 +162,15 @@ impl ClusterRegistry {
         let mut received = None;
         let mut unacknowledged = Vec::new();
         let mut error = None;
+        if role == Role::Mac
+            && self
+                .sessions
+                .get(&id)
+                .is_some_and(|l| l.room.is_some() && !l.hosts_room())
+        {
+            self.host_moved_news(&id, &node, was_away);
+            return;
+        }
         if let Some(mut local) = self.sessions.remove(&id) {
             let side_here = local.side(role).is_some();
             let peer_here = local.side(role.peer()).is_some();
@@ -334,6 +347,13 @@ impl Handler<crate::registry::Stats> for ClusterRegistry {
     fn handle(&mut self, _: crate::registry::Stats, _: &mut Context<Self>) -> Self::Result {
         let mut st = crate::registry::SessionStats::default();
         for local in self.sessions.values() {
+            if local.room.is_some() {
+                // Rooms count on their host's node.
+                if local.hosts_room() {
+                    local.room_stats(&mut st);
+                }
+                continue;
+            }
             // Sessions count on their mac's node.
             if let Some(mac) = local.side(Role::Mac) {
                 let browser = local.side(Role::Browser);

@@ -53,6 +53,10 @@ impl ClusterRegistry {
                 // Back on this node meanwhile.
                 return;
             }
+            if role == Role::Mac && local.room.is_some() {
+                act.host_away_news(&id, ctx);
+                return;
+            }
             match local.node_of(role.peer()).cloned() {
                 Some(pn) => {
                     let c = Control::Away {
@@ -156,11 +160,19 @@ impl ClusterRegistry {
         id: &SessionId,
         role: Role,
         reason: EndReason,
-        _: &mut Context<Self>,
+        ctx: &mut Context<Self>,
     ) {
         let Some(mut local) = self.sessions.remove(id) else {
             return;
         };
+        if role == Role::Mac && local.room.is_some() {
+            // A room's host: its guests hear it as a browser hears its mac.
+            if local.hosts_room() {
+                self.host_ended_news(&local, reason, ctx);
+            }
+            let msg = ServerMessage::error(ErrorCode::MacDisconnected);
+            self.guests_hear_of_host(&local, &msg);
+        }
         let peer_here = local.side(role.peer()).is_some();
         if role == Role::Mac && local.side(Role::Mac).is_some() {
             // `sessions_live` counts sessions whose mac is homed on this node.
@@ -228,6 +240,16 @@ impl Handler<Overflowed> for ClusterRegistry {
 
     fn handle(&mut self, msg: Overflowed, ctx: &mut Context<Self>) {
         self.metrics.resume_buffer_overflows.inc();
+        if let Member::Guest(i) = msg.member {
+            if self
+                .sessions
+                .get(&msg.session_id)
+                .is_some_and(|l| l.room.is_some())
+            {
+                self.guest_overflowed(msg.session_id, i as GuestId, ctx);
+                return;
+            }
+        }
         let role = msg.member.role();
         warn!(session = %msg.session_id, role = role.as_str(), "resume buffer overflowed; ending side");
         // The absent side may be homed anywhere: end it unconditionally.

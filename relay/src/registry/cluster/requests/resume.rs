@@ -152,7 +152,7 @@ impl ClusterRegistry {
     }
 }
 
-fn gap_refusal(gap: Gap, last_seq: u64) -> Refusal {
+pub(in crate::registry::cluster) fn gap_refusal(gap: Gap, last_seq: u64) -> Refusal {
     let why = match gap {
         Gap::Closed => return ErrorCode::ResumeExpired.into(),
         Gap::Ahead { sent } => {
@@ -371,6 +371,9 @@ impl ClusterRegistry {
         {
             // Something ended or replaced the side while the handover ran.
             return Err(ErrorCode::ResumeExpired.into());
+        }
+        if role == Role::Mac && local.hosts_room() {
+            return self.host_resumed_here(&msg, facts.was_away(), events, ctx);
         }
         let peer_here = local.side(role.peer()).is_some();
         let accepted_p;

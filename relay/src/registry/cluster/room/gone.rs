@@ -93,6 +93,42 @@ impl ClusterRegistry {
         }
     }
 
+    /// On the host's node: frames for guest `guest`, away, overflowed its
+    /// resume buffer: it ends (`guest_left` with `timeout`), and its node
+    /// forgets it.
+    pub(in crate::registry::cluster) fn guest_overflowed(
+        &mut self,
+        id: SessionId,
+        guest: GuestId,
+        ctx: &mut Context<Self>,
+    ) {
+        warn!(session = %id, guest, "a guest's resume buffer overflowed; ending it");
+        let store = Arc::clone(&self.store);
+        let sid = Arc::clone(&id);
+        let end = async move { store.end_guest(&sid, guest, Holder::Any).await };
+        ctx.spawn(end.into_actor(self).map(move |_, act, ctx| {
+            let node = act
+                .sessions
+                .get(&id)
+                .and_then(|l| l.room())
+                .and_then(|r| r.guests.get(&guest))
+                .map(|g| Arc::clone(&g.node));
+            if let Some(n) = node.filter(|n| **n != *act.node) {
+                // Its node drops it (no connection there to tell).
+                let c = Control::Decide {
+                    sid: id.to_string(),
+                    guest,
+                    verdict: crate::cluster::envelope::Verdict::Remove,
+                    request: 0,
+                };
+                act.send(&n, c, ctx);
+            } else {
+                act.decide_here(&id, guest, crate::cluster::envelope::Verdict::Remove);
+            }
+            act.guest_gone_at_host(&id, guest, GuestLeftReason::Timeout);
+        }));
+    }
+
     /// Ends guest `guest` of `sid`, which the `join` script placed on this
     /// node's connection `conn` but nobody was told of (its deadline passed).
     pub(in crate::registry::cluster) fn end_unseen_guest(

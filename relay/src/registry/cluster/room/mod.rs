@@ -17,6 +17,7 @@
 
 mod gone;
 mod host;
+mod host_news;
 mod peers;
 #[cfg(test)]
 mod tests;
@@ -52,6 +53,8 @@ pub(super) struct RoomHere {
 
 /// One guest of a room as a node holds it.
 pub(super) struct Guest {
+    /// The guest's node.
+    pub(super) node: Arc<str>,
     /// Its connection, if it is homed here (none while away).
     pub(super) here: Option<Here>,
     /// Frames toward it held here: on the host's node, the guest's own pipe
@@ -66,6 +69,8 @@ pub(super) struct Guest {
     pub(super) token: Option<String>,
     /// Admitted (false: waiting for the host).
     pub(super) admitted: bool,
+    /// On the host's node, for a guest elsewhere: its node said it is away.
+    pub(super) away: bool,
 }
 
 /// A guest's id as the tag on its frames to the host.
@@ -121,6 +126,55 @@ impl Local {
                 .map(|(id, _)| *id)
                 .collect()
         })
+    }
+
+    /// The nodes other than `me` that hold guests of this room, once each.
+    pub(super) fn guest_nodes(&self, me: &str) -> Vec<Arc<str>> {
+        let mut nodes: Vec<Arc<str>> = Vec::new();
+        for g in self.room().map(|r| r.guests.values()).into_iter().flatten() {
+            if *g.node != *me && !nodes.contains(&g.node) {
+                nodes.push(Arc::clone(&g.node));
+            }
+        }
+        nodes
+    }
+
+    /// Tells every guest homed here something.
+    pub(super) fn tell_guests(&self, msg: &ServerMessage, effect: EventEffect) {
+        for id in self.guests_here() {
+            self.tell_guest(id, msg, effect);
+        }
+    }
+
+    /// Counts this room for `/metrics`, on its host's node (which knows
+    /// every guest): the room, its guests by state, its size; and the
+    /// session as waiting (no guest), paired (all connected) or away.
+    pub(super) fn room_stats(&self, st: &mut crate::metrics::SessionStats) {
+        let Some(room) = self.room() else { return };
+        st.rooms += 1;
+        let mut size = 0;
+        let mut all_here = self.host.here.as_ref().is_some_and(|h| h.conn.is_some());
+        for g in room.guests.values() {
+            size += 1;
+            let connected = match &g.here {
+                Some(h) => h.conn.is_some(),
+                None => !g.away,
+            };
+            all_here &= connected;
+            match (g.admitted, connected) {
+                (false, _) => st.guests_waiting += 1,
+                (true, true) => st.guests_in += 1,
+                (true, false) => st.guests_away += 1,
+            }
+        }
+        st.room_guests_max = st.room_guests_max.max(size);
+        if size == 0 {
+            st.waiting += 1;
+        } else if all_here {
+            st.paired += 1;
+        } else {
+            st.away += 1;
+        }
     }
 
     /// Guest `id`'s socket link, if it is homed here.
@@ -238,12 +292,14 @@ impl ClusterRegistry {
             room.guests.insert(
                 guest,
                 Guest {
+                    node: Arc::clone(&self.node),
                     here: Some(here),
                     to_guest: Some(Arc::clone(&to_guest)),
                     out: Some(out),
                     out_pipe: None,
                     token: (!admitted).then(|| token.clone()),
                     admitted,
+                    away: false,
                 },
             );
             local.tell_host(&ServerMessage::GuestJoined {
@@ -273,11 +329,10 @@ impl ClusterRegistry {
                 self.guest_peer(sid, guest, false, &mac_node),
             );
             written = to_guest.attach(msg.client.receiver(), 0).unwrap_or(0);
+            // Published to the host's node even while the host is away
+            // there: its pipe holds them (see `host_news`).
             let out_pipe =
                 Pipe::sending_to_peer(limits, self.guest_peer(sid, guest, true, &mac_node), 0, 0);
-            if mac_state == SideState::Away {
-                out_pipe.peer_away();
-            }
             let out = GuestOut::new(Arc::clone(&out_pipe), t, admitted);
             let local = self.sessions.entry(Arc::clone(sid)).or_insert_with(|| {
                 let mut l = Local::new(Arc::clone(sid));
@@ -294,12 +349,14 @@ impl ClusterRegistry {
             room.guests.insert(
                 guest,
                 Guest {
+                    node: Arc::clone(&self.node),
                     here: Some(here),
                     to_guest: Some(to_guest),
                     out: Some(out),
                     out_pipe: Some(out_pipe),
                     token: (!admitted).then(|| token.clone()),
                     admitted,
+                    away: false,
                 },
             );
             if mac_state == SideState::Away {

@@ -59,6 +59,14 @@ impl ClusterRegistry {
             }
             Control::GuestAway { sid, guest } => {
                 let id: SessionId = Arc::from(sid.as_str());
+                if let Some(g) = self
+                    .sessions
+                    .get_mut(&id)
+                    .and_then(|l| l.room_mut())
+                    .and_then(|r| r.guests.get_mut(&guest))
+                {
+                    g.away = true;
+                }
                 if let Some(local) = self.sessions.get(&id) {
                     let g = local.room().and_then(|r| r.guests.get(&guest));
                     if let Some(p) = g.and_then(|g| g.to_guest.as_ref()) {
@@ -96,12 +104,14 @@ impl ClusterRegistry {
         room.guests.insert(
             guest,
             Guest {
+                node: Arc::clone(&node),
                 here: None,
                 to_guest: None,
                 out: None,
                 out_pipe: None,
                 token: None,
                 admitted: false,
+                away: false,
             },
         );
         local.tell_host(&ServerMessage::GuestJoined {

@@ -22,6 +22,7 @@ use crate::outbound::{Sent, Target};
 use crate::pipe::Pushed;
 use crate::queue::{Drained, Item, Status};
 use crate::registry::cluster::ClusterRegistry;
+use crate::registry::member::Member;
 use crate::registry::testing::{TestClient, settings};
 use crate::registry::{
     Deadline, Departure, Gone, Host, Join, Joined, Link, Register, Registered, RoomOp, RoomRequest,
@@ -352,6 +353,21 @@ async fn a_room_of_eight_over_three_nodes_admits_denies_and_relays_both_ways() {
         }
     }
 
+    // Counted once, on the host's node, with every guest wherever it is.
+    let st = nodes[0].send(crate::registry::Stats).await.unwrap();
+    assert_eq!(
+        (
+            st.rooms,
+            st.guests_in,
+            st.guests_waiting,
+            st.room_guests_max,
+            st.paired
+        ),
+        (1, 7, 0, 7, 1)
+    );
+    let st = nodes[1].send(crate::registry::Stats).await.unwrap();
+    assert_eq!((st.rooms, st.guests_in, st.paired), (0, 0, 0));
+
     // Broadcast, then one frame to one guest, then broadcast again.
     const N: u32 = 50;
     for i in 0..N {
@@ -554,3 +570,5 @@ async fn removal_during_traffic_and_guests_leaving() {
     })
     .await;
 }
+
+mod host;
