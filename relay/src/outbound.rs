@@ -43,11 +43,17 @@ pub struct GuestOut {
 impl GuestOut {
     /// Guest `id`'s way into `to_host`, admitted or waiting.
     pub fn new(to_host: Arc<Pipe>, id: NonZeroU64, admitted: bool) -> Arc<Self> {
+        Self::resumed(to_host, id, admitted, 0)
+    }
+
+    /// As [`GuestOut::new`], for a guest whose frames the relay already
+    /// accepted `accepted` of (it resumed on another node).
+    pub fn resumed(to_host: Arc<Pipe>, id: NonZeroU64, admitted: bool, accepted: u64) -> Arc<Self> {
         Arc::new(GuestOut {
             to_host,
             id,
             sender: Mutex::new(None),
-            accepted: AtomicU64::new(0),
+            accepted: AtomicU64::new(accepted),
             admitted: AtomicBool::new(admitted),
         })
     }

@@ -46,8 +46,6 @@ impl Inner {
     }
 }
 
-// The registry's room handling, next on the list, calls these.
-#[cfg_attr(not(test), expect(dead_code))]
 impl Pipe {
     /// Guest `guest`'s frames come from `peer`'s node from now on (its
     /// direction toward the host), the host having read `have` of them;

@@ -35,7 +35,7 @@ use tracing::warn;
 pub(crate) use self::chores::{ExpireOutcome, Expiry};
 pub(crate) use self::pairing::{JoinOutcome, Registration, ResumeFacts, ResumeOutcome};
 use self::reply::Malformed;
-pub(crate) use self::room::{Decision, GuestAnswer, RoomRules};
+pub(crate) use self::room::{Decision, GuestAnswer, GuestResume, RoomRules};
 pub(crate) use self::sides::{
     AwayOutcome, Counter, EndOutcome, GraceOutcome, Holder, ReclaimOutcome,
 };

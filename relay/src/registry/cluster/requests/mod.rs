@@ -5,6 +5,7 @@
 
 mod gone;
 mod resume;
+mod resume_undo;
 pub(in crate::registry::cluster) use resume::gap_refusal;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

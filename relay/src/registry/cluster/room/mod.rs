@@ -19,6 +19,7 @@ mod gone;
 mod host;
 mod host_news;
 mod peers;
+mod resume;
 #[cfg(test)]
 mod tests;
 

@@ -8,8 +8,11 @@ use relay_protocol::{GuestId, GuestLeftReason, ServerMessage};
 use tracing::{debug, info};
 
 use super::super::ClusterRegistry;
-use super::Guest;
+use super::super::Here;
+use super::{Guest, tag};
+use crate::cluster::envelope::HeldFrame;
 use crate::cluster::envelope::{Control, Verdict};
+use crate::conns::ConnCommand;
 use crate::registry::SessionId;
 
 impl ClusterRegistry {
@@ -80,7 +83,26 @@ impl ClusterRegistry {
             Control::GuestEnded { sid, guest, reason } => {
                 self.guest_gone_at_host(&Arc::from(sid.as_str()), guest, reason);
             }
-            other => debug!(?other, "a room's message not handled yet"),
+            Control::GuestMoved {
+                sid,
+                guest,
+                node,
+                p_last,
+                was_away,
+                request,
+            } => {
+                let id: SessionId = Arc::from(sid.as_str());
+                let node: Arc<str> = Arc::from(node.as_str());
+                let reply = self.guest_moved(&id, guest, &node, p_last, was_away, request);
+                self.send(&node, reply, ctx);
+            }
+            c @ Control::GuestHandover { .. } => {
+                if let Control::GuestHandover { request, .. } = &c {
+                    let request = *request;
+                    self.handover(request, c);
+                }
+            }
+            other => debug!(?other, "not a room's message"),
         }
     }
 
@@ -129,6 +151,105 @@ impl ClusterRegistry {
                 .inc();
         }
         info!(session = %sid, guest, guest_node = %node, "guest joined on another node");
+    }
+
+    /// Guest `guest` resumed on `node`, having `p_last` frames of its
+    /// direction. On the host's node: its direction goes there (replayed
+    /// after `p_last`), its frames come from there, and the host hears
+    /// `guest_back` if it was away; on its old node: the old connection
+    /// is replaced and what waited for it goes along. Returns the answer.
+    fn guest_moved(
+        &mut self,
+        id: &SessionId,
+        guest: GuestId,
+        node: &Arc<str>,
+        p_last: u64,
+        was_away: bool,
+        request: u64,
+    ) -> Control {
+        let mut received = None;
+        let mut events = Vec::new();
+        let mut unacknowledged = Vec::new();
+        let mut error = None;
+        let to_guest_peer = self.guest_peer(id, guest, false, node);
+        let from_guest_peer = self.guest_peer(id, guest, true, node);
+        let hosts = self.sessions.get(id).is_some_and(|l| l.hosts_room());
+        let mut drop_here = false;
+        if let Some(local) = self.sessions.get_mut(id) {
+            let to_host = local.host.to.clone();
+            match local.room_mut().and_then(|r| r.guests.get_mut(&guest)) {
+                None if hosts => error = Some("the guest is not in the room".to_owned()),
+                None => {}
+                Some(g) => {
+                    if let Some(Here {
+                        conn: Some((_, cmd)),
+                    }) = g.here.take()
+                    {
+                        cmd.do_send(ConnCommand::Replaced);
+                    }
+                    if let Some(p) = &g.to_guest {
+                        if g.out.is_some() {
+                            // It was homed here.
+                            events = p.take_events(p_last);
+                        }
+                    }
+                    if hosts {
+                        if let Some(p) = &g.to_guest {
+                            if let Err(gap) = p.send_to_peer(to_guest_peer, p_last) {
+                                error = Some(format!("its frames cannot be replayed ({gap:?})"));
+                            }
+                        }
+                        if let (Some(to_host), Some(t)) = (to_host, tag(guest)) {
+                            match g.out.take() {
+                                // It leaves the host's node: its frames come
+                                // from its new node, after those taken here.
+                                Some(out) => {
+                                    // Its old socket, replaced, pushes no more.
+                                    let have = crate::outbound::Outbound::Guest(out)
+                                        .fence(crate::conns::ConnId::next());
+                                    to_host.feed_guest(t, have, from_guest_peer);
+                                    received = Some(have);
+                                }
+                                None => {
+                                    if let Some((have, unread)) =
+                                        to_host.guest_fed_from(t, from_guest_peer)
+                                    {
+                                        received = Some(have);
+                                        unacknowledged = unread
+                                            .iter()
+                                            .map(|(p, f)| HeldFrame::new(*p, f))
+                                            .collect();
+                                    }
+                                }
+                            }
+                        }
+                        g.node = Arc::clone(node);
+                        g.away = false;
+                    } else {
+                        drop_here = true;
+                    }
+                }
+            }
+            if hosts && was_away && error.is_none() {
+                local.tell_host(&ServerMessage::GuestBack { guest_id: guest });
+            }
+            if drop_here {
+                local.drop_guest(&self.dir, guest);
+            }
+        }
+        if drop_here {
+            self.forget_if_empty(id);
+        }
+        info!(session = %id, guest, node = %node, "guest moved");
+        Control::GuestHandover {
+            sid: id.to_string(),
+            guest,
+            received,
+            events,
+            unacknowledged,
+            error,
+            request,
+        }
     }
 
     /// On a guest's node: guest `guest`, homed here, ended for good

@@ -572,3 +572,4 @@ async fn removal_during_traffic_and_guests_leaving() {
 }
 
 mod host;
+mod resume;
