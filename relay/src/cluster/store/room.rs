@@ -3,14 +3,6 @@
 //! (`admit`, `deny`, `remove`). A guest's join is `join` (pairing.rs), whose
 //! script takes a guest id when the code is a room's; a guest's away, end
 //! and grace are the side calls of sides.rs under the guest's name `g<id>`.
-//!
-//! Only the tests call these until the cluster registry takes rooms (a
-//! cluster still refuses them, `NO_ROOMS_YET`); the `expect` below fails the
-//! build once it does, so it cannot outlive its reason.
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the cluster registry does not take rooms yet")
-)]
 
 use std::fmt::Write as _;
 use std::sync::Arc;

@@ -264,6 +264,21 @@ impl Handler<NodeDead> for ClusterRegistry {
                 let Some(peer_node) = side.peer_node else {
                     continue;
                 };
+                if let Some(guest) = side.guest {
+                    // A room guest: its host's node hears it as a guest's.
+                    let sid = side.sid.to_string();
+                    let c = if side.gone {
+                        Control::GuestEnded {
+                            sid,
+                            guest,
+                            reason: relay_protocol::GuestLeftReason::Closed,
+                        }
+                    } else {
+                        Control::GuestAway { sid, guest }
+                    };
+                    act.send(&peer_node, c, ctx);
+                    continue;
+                }
                 let c = Control::Away {
                     sid: side.sid.to_string(),
                     role: side.role,

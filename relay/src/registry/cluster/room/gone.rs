@@ -114,12 +114,11 @@ impl ClusterRegistry {
                 .and_then(|r| r.guests.get(&guest))
                 .map(|g| Arc::clone(&g.node));
             if let Some(n) = node.filter(|n| **n != *act.node) {
-                // Its node drops it (no connection there to tell).
-                let c = Control::Decide {
+                // Its node forgets it.
+                let c = Control::GuestEnded {
                     sid: id.to_string(),
                     guest,
-                    verdict: crate::cluster::envelope::Verdict::Remove,
-                    request: 0,
+                    reason: GuestLeftReason::Timeout,
                 };
                 act.send(&n, c, ctx);
             } else {

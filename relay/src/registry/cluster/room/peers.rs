@@ -81,7 +81,14 @@ impl ClusterRegistry {
                 }
             }
             Control::GuestEnded { sid, guest, reason } => {
-                self.guest_gone_at_host(&Arc::from(sid.as_str()), guest, reason);
+                let id: SessionId = Arc::from(sid.as_str());
+                if self.sessions.get(&id).is_some_and(|l| l.hosts_room()) {
+                    self.guest_gone_at_host(&id, guest, reason);
+                } else if let Some(local) = self.sessions.get_mut(&id) {
+                    // Its grace period passed: nothing of it stays here.
+                    local.drop_guest(&self.dir, guest);
+                    self.forget_if_empty(&id);
+                }
             }
             Control::GuestMoved {
                 sid,

@@ -33,9 +33,18 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// Starts the registry of `node` and waits until it takes requests.
 async fn start_node(r: &TestRedis, node: &str) -> Addr<ClusterRegistry> {
+    start_node_with(r, node, settings()).await
+}
+
+/// As [`start_node`], with `settings`.
+async fn start_node_with(
+    r: &TestRedis,
+    node: &str,
+    settings: crate::registry::RegistrySettings,
+) -> Addr<ClusterRegistry> {
     let metrics = Arc::new(Metrics::new(node).unwrap());
     let (addr, bus, lease) = ClusterRegistry::start(
-        settings(),
+        settings,
         metrics,
         Arc::from(node),
         r.redis(),

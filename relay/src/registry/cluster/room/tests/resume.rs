@@ -184,3 +184,38 @@ async fn a_removal_during_a_resume_on_another_node_holds_everywhere() {
         wait_for("room empty", || host.send(bin("x", 0), Target::All) == 0).await;
     }
 }
+
+/// A guest away on another node past its grace period ends: the host
+/// hears `guest_left` (`timeout`), and its token resumes no more.
+#[actix::test]
+async fn a_guest_away_past_its_grace_period_ends_for_its_host() {
+    let r = TestRedis::start().await;
+    let mut short = crate::registry::testing::settings();
+    short.grace = std::time::Duration::from_millis(300);
+    let n1 = start_node_with(&r, "n1", short.clone()).await;
+    let n2 = start_node_with(&r, "n2", short).await;
+    let host = host_on(&n1, 2, AdmitMode::Auto).await;
+    let g = join(&n2, &host.reg.code, "slow").await.unwrap();
+    let stays = join(&n1, &host.reg.code, "stays").await.unwrap();
+    host.wait(4).await;
+    g.gone(Departure::Dropped);
+    wait_for("guest_left timeout", || {
+        events(&host.seen()).iter().any(|e| {
+            e["type"] == "guest_left" && e["guestId"] == g.id() && e["reason"] == "timeout"
+        })
+    })
+    .await;
+    let away = events(&host.seen())
+        .iter()
+        .position(|e| e["type"] == "guest_away")
+        .expect("guest_away before");
+    assert!(away < host.seen().len());
+    let (_, again) = resume_on(&n2, &g, 0).await;
+    assert_eq!(again.err(), Some(ErrorCode::ResumeExpired));
+    assert_eq!(
+        host.send(bin("x", 0), Target::All),
+        1,
+        "only the one that stayed"
+    );
+    assert_eq!(stays.wait(1).await.len(), 1);
+}
