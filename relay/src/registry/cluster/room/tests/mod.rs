@@ -582,3 +582,4 @@ async fn removal_during_traffic_and_guests_leaving() {
 
 mod host;
 mod resume;
+mod stall;
