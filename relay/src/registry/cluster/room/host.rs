@@ -129,6 +129,64 @@ impl Handler<Host> for ClusterRegistry {
 }
 
 impl ClusterRegistry {
+    /// On the host's node: guest `guest` waits for the host. If it still
+    /// does after `RELAY_ADMIT_TIMEOUT`, it is denied (its node says
+    /// `DENIED`, the host hears `guest_left` with `timeout`), as on one node.
+    pub(in crate::registry::cluster) fn arm_admit_timeout(
+        &self,
+        sid: &SessionId,
+        guest: GuestId,
+        ctx: &mut Context<Self>,
+    ) {
+        let sid = Arc::clone(sid);
+        ctx.run_later(self.settings.admit_timeout, move |act, ctx| {
+            act.admit_timed_out(sid, guest, ctx);
+        });
+    }
+
+    fn admit_timed_out(&mut self, sid: SessionId, guest: GuestId, ctx: &mut Context<Self>) {
+        let waiting = self
+            .sessions
+            .get(&sid)
+            .filter(|l| l.hosts_room())
+            .and_then(|l| l.room())
+            .and_then(|r| r.guests.get(&guest))
+            .is_some_and(|g| !g.admitted);
+        if !waiting {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        let id = Arc::clone(&sid);
+        let deny = async move { store.decide(&id, guest, Decision::Deny).await };
+        ctx.spawn(deny.into_actor(self).map(move |res, act, ctx| {
+            // Answered (or gone) meanwhile: nothing to do.
+            let Ok(GuestAnswer::Done(at, _)) = res else {
+                return;
+            };
+            act.metrics
+                .room_decisions
+                .with_label_values(&["timeout"])
+                .inc();
+            info!(session = %sid, guest, "host did not answer a join in time");
+            match at.node.filter(|n| **n != *act.node) {
+                Some(node) => {
+                    let c = Control::Decide {
+                        sid: sid.to_string(),
+                        guest,
+                        verdict: Verdict::Deny,
+                        // No host waits for the answer.
+                        request: 0,
+                    };
+                    act.send(&node, c, ctx);
+                }
+                None => {
+                    act.decide_here(&sid, guest, Verdict::Deny);
+                }
+            }
+            act.guest_gone_at_host(&sid, guest, GuestLeftReason::Timeout);
+        }));
+    }
+
     fn count_decision(&self, verdict: Verdict, sid: &SessionId, guest_id: GuestId) {
         let label = match verdict {
             Verdict::Admit => "admitted",

@@ -200,6 +200,10 @@ impl Local {
         if let Some(f) = &room.fanout {
             f.remove(id);
         }
+        if let Some(out) = &g.out {
+            // Whatever its socket still pushes is refused from now on.
+            Outbound::Guest(Arc::clone(out)).fence(crate::conns::ConnId::next());
+        }
         if let Some(p) = &g.to_guest {
             p.close();
         }
@@ -319,6 +323,9 @@ impl ClusterRegistry {
             }
             if host_away {
                 local.tell_guest(guest, &ServerMessage::PeerDisconnected, EventEffect::None);
+            }
+            if !admitted {
+                self.arm_admit_timeout(sid, guest, ctx);
             }
             info!(session = %sid, guest, conn = %msg.client.conn, "guest joined (host's node)");
         } else {

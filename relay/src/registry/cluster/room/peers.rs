@@ -29,7 +29,13 @@ impl ClusterRegistry {
                 node,
                 name,
                 admitted,
-            } => self.remote_guest_joined(&Arc::from(sid.as_str()), guest, &node, name, admitted),
+            } => {
+                let id: SessionId = Arc::from(sid.as_str());
+                self.remote_guest_joined(&id, guest, &node, name, admitted);
+                if !admitted && self.sessions.get(&id).is_some_and(|l| l.hosts_room()) {
+                    self.arm_admit_timeout(&id, guest, ctx);
+                }
+            }
             Control::Decide {
                 sid,
                 guest,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use relay_protocol::AdmitMode;
+use relay_protocol::{AdmitMode, ErrorCode};
 
 use super::*;
 
@@ -86,5 +86,53 @@ async fn guests_hear_their_host_go_away_come_back_and_end() {
             Seen::Event(e) => assert_eq!(e["code"], "MAC_DISCONNECTED", "{e}"),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+/// A host that does not answer a join within `RELAY_ADMIT_TIMEOUT`: the
+/// guest is denied on whichever node it is, and the host hears
+/// `guest_left` with `timeout`; a guest whose waiting connection closes is
+/// `guest_left` `closed`.
+#[actix::test]
+async fn a_join_the_host_does_not_answer_in_time_is_denied_on_any_node() {
+    let r = TestRedis::start().await;
+    let mut short = crate::registry::testing::settings();
+    short.admit_timeout = std::time::Duration::from_millis(300);
+    let n1 = start_node_with(&r, "n1", short.clone()).await;
+    let n2 = start_node_with(&r, "n2", short).await;
+    let host = host_on(&n1, 3, AdmitMode::Ask).await;
+    let here = join(&n1, &host.reg.code, "here").await.unwrap();
+    let there = join(&n2, &host.reg.code, "there").await.unwrap();
+    let closes = join(&n2, &host.reg.code, "closes").await.unwrap();
+    closes.gone(Departure::Closed);
+    wait_for("three guest_left", || {
+        events(&host.seen())
+            .iter()
+            .filter(|e| e["type"] == "guest_left")
+            .count()
+            == 3
+    })
+    .await;
+    let left: Vec<(u64, String)> = events(&host.seen())
+        .iter()
+        .filter(|e| e["type"] == "guest_left")
+        .map(|e| {
+            (
+                e["guestId"].as_u64().unwrap(),
+                e["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (g, reason) in [(&here, "timeout"), (&there, "timeout"), (&closes, "closed")] {
+        assert!(left.contains(&(g.id(), reason.to_owned())), "{left:?}");
+    }
+    wait_for("both denied", || {
+        here.client.ended() == [ErrorCode::Denied] && there.client.ended() == [ErrorCode::Denied]
+    })
+    .await;
+    assert!(closes.client.ended().is_empty());
+    // The places are free again.
+    for _ in 0..3 {
+        join(&n2, &host.reg.code, "again").await.unwrap();
     }
 }
