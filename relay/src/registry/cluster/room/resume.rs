@@ -25,7 +25,7 @@ use crate::conns::ConnCommand;
 use crate::frame::Frame;
 use crate::outbound::{GuestOut, Outbound};
 use crate::pipe::Pipe;
-use crate::registry::{Refusal, Resume, Resumed, SessionId};
+use crate::registry::{Departure, Refusal, Resume, Resumed, SessionId};
 
 type Answer = ResponseActFuture<ClusterRegistry, Result<Resumed, Refusal>>;
 
@@ -154,7 +154,7 @@ impl ClusterRegistry {
         }
         let until = msg.deadline.bound(HANDOVER_WAIT);
         let wait = async move { tokio::time::timeout_at(until, rx).await };
-        Box::pin(wait.into_actor(self).map(move |replies, act, _| {
+        Box::pin(wait.into_actor(self).map(move |replies, act, ctx| {
             let partial = act.pending.remove(&request).map(|p| p.replies).unwrap_or_default();
             let replies = match replies {
                 Ok(Ok(r)) => r,
@@ -181,7 +181,7 @@ impl ClusterRegistry {
                     handed.error = handed.error.or(error);
                 }
             }
-            act.guest_resumed(&msg, guest, &facts, host_here, handed)
+            act.guest_resumed(&msg, guest, &facts, host_here, handed, ctx)
         }))
     }
 
@@ -194,9 +194,22 @@ impl ClusterRegistry {
         facts: &ResumeFacts,
         host_here: bool,
         handed: Handed,
+        ctx: &mut Context<Self>,
     ) -> Result<Resumed, Refusal> {
         let id: SessionId = Arc::from(msg.session_id.as_str());
-        msg.deadline.check("resume")?;
+        if let Err(r) = msg.deadline.check("resume") {
+            // The socket may have given up: the guest, homed here now, is
+            // away as if this connection dropped as it attached (its grace
+            // period runs, the host hears `guest_away`), to resume again.
+            self.guest_gone(
+                Arc::clone(&id),
+                guest,
+                msg.client.conn,
+                Departure::Dropped,
+                ctx,
+            );
+            return Err(r);
+        }
         if let Some(e) = handed.error {
             warn!(session = %id, guest, error = %e, "the host's node cannot replay");
             return Err(Refusal::with(
