@@ -228,3 +228,58 @@ async fn a_guest_away_past_its_grace_period_ends_for_its_host() {
     );
     assert_eq!(stays.wait(1).await.len(), 1);
 }
+
+/// A guest that drops and comes back on its own node, the host on
+/// another: it gets what it had not read, once, and its frames go on.
+#[actix::test]
+async fn a_guest_back_on_its_own_node_gets_what_it_missed_once() {
+    let r = TestRedis::start().await;
+    let nodes = three_nodes(&r).await;
+    let host = host_on(&nodes[0], 2, AdmitMode::Auto).await;
+    let g = join(&nodes[1], &host.reg.code, "g").await.unwrap();
+    host.wait(2).await;
+    for i in 0..10 {
+        assert_eq!(host.send(bin("h", i), Target::All), 1);
+        g.send(bin("g", i));
+    }
+    g.wait(10).await;
+    g.gone(Departure::Dropped);
+    wait_for("guest_away", || {
+        events(&host.seen())
+            .iter()
+            .any(|e| e["type"] == "guest_away")
+    })
+    .await;
+    for i in 10..20 {
+        host.send(bin("h", i), Target::All);
+    }
+    let (client, res) = resume_on(&nodes[1], &g, 4).await;
+    let res = res.unwrap();
+    assert_eq!(res.accepted, 10);
+    let s = wait_seen(&res.link, client.conn(), 16).await;
+    // Give the host's node's replay time to arrive, then check no doubles.
+    wait_for("guest_back", || {
+        events(&host.seen())
+            .iter()
+            .any(|e| e["type"] == "guest_back")
+    })
+    .await;
+    host.send(bin("h", 20), Target::All);
+    let s2 = wait_seen(&res.link, client.conn(), s.len() + 1).await;
+    assert_eq!(
+        binaries(&s2),
+        (4..21).map(|i| bin("h", i)).collect::<Vec<_>>()
+    );
+    let gate = Gate::new();
+    res.link
+        .outbound
+        .push(bin("g", 10), Target::All, client.conn(), &gate, |_| {});
+    wait_for("11 frames from g", || {
+        from(&host.seen(), g.id()).len() == 11
+    })
+    .await;
+    assert_eq!(
+        from(&host.seen(), g.id()),
+        (0..11).map(|i| bin("g", i)).collect::<Vec<_>>()
+    );
+}
