@@ -125,9 +125,15 @@ pub enum Trouble {
 impl Room {
     /// A room with no guests admitted yet.
     pub fn new() -> Arc<Self> {
+        Self::resumed(0)
+    }
+
+    /// As [`Room::new`], for a host whose frames the relay accepted
+    /// `accepted` of (its room moved to another node).
+    pub fn resumed(accepted: u64) -> Arc<Self> {
         Arc::new(Room {
             guests: Mutex::new(Members::default()),
-            accepted: AtomicU64::new(0),
+            accepted: AtomicU64::new(accepted),
             gate: Gate::new(),
         })
     }

@@ -59,7 +59,11 @@ impl Handler<ConnCommand> for Stand {
                 self.0.fetch_add(1, Ordering::SeqCst);
             }
             ConnCommand::Ended(code) => self.1.lock().unwrap().push(code),
-            _ => {}
+            ConnCommand::Drain => self
+                .1
+                .lock()
+                .unwrap()
+                .push(relay_protocol::ErrorCode::ShuttingDown),
         }
     }
 }
@@ -91,7 +95,8 @@ impl TestClient {
         }
     }
 
-    /// The codes the registry ended this connection with (`ConnCommand::Ended`).
+    /// The codes the registry ended this connection with (`ConnCommand::Ended`;
+    /// `SHUTTING_DOWN` for `Drain`).
     pub(crate) fn ended(&self) -> Vec<relay_protocol::ErrorCode> {
         self.ended.lock().unwrap().clone()
     }

@@ -61,7 +61,14 @@ impl Handler<FromPeerNode> for ClusterRegistry {
             | Control::GuestAway { .. }
             | Control::GuestEnded { .. }
             | Control::GuestMoved { .. }
-            | Control::GuestHandover { .. }) => self.room_control(c, ctx),
+            | Control::GuestHandover { .. }
+            | Control::HostAt { .. }) => self.room_control(c, ctx),
+            c @ Control::HostHandover { .. } => {
+                if let Control::HostHandover { request, .. } = &c {
+                    let request = *request;
+                    self.handover(request, c);
+                }
+            }
             Control::Resync { node } => {
                 let node: Arc<str> = Arc::from(node.as_str());
                 for p in self.dir.all() {
@@ -169,6 +176,15 @@ impl ClusterRegistry {
                 .is_some_and(|l| l.room.is_some() && !l.hosts_room())
         {
             self.host_moved_news(&id, &node, was_away);
+            return;
+        }
+        if role == Role::Mac
+            && *node != *self.node
+            && self.sessions.get(&id).is_some_and(|l| l.hosts_room())
+        {
+            // The room moves with its host.
+            let reply = self.host_moved_away(&id, &node, p_last, request);
+            self.send(&node, reply, ctx);
             return;
         }
         if let Some(mut local) = self.sessions.remove(&id) {

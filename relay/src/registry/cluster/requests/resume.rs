@@ -364,6 +364,17 @@ impl ClusterRegistry {
         let mut events = Vec::new();
         let mut received = None;
         let mut unacknowledged = Vec::new();
+        if role == Role::Mac {
+            let moved = replies.iter().find_map(|r| match r {
+                Control::HostHandover {
+                    accepted, guests, ..
+                } => Some((*accepted, guests.clone())),
+                _ => None,
+            });
+            if let Some((accepted, guests)) = moved {
+                return self.host_taken_over(&msg, accepted, guests, &facts, ctx);
+            }
+        }
         for r in replies {
             if let Control::Handover {
                 received: rec,

@@ -17,6 +17,7 @@
 
 mod gone;
 mod host;
+mod host_move;
 mod host_news;
 mod peers;
 mod resume;

@@ -115,6 +115,17 @@ impl ClusterRegistry {
                     self.handover(request, c);
                 }
             }
+            Control::HostAt {
+                sid,
+                node,
+                guests,
+                was_away,
+            } => self.host_now_at(
+                &Arc::from(sid.as_str()),
+                &Arc::from(node.as_str()),
+                &guests,
+                was_away,
+            ),
             other => debug!(?other, "not a room's message"),
         }
     }

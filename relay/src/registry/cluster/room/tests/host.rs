@@ -136,3 +136,126 @@ async fn a_join_the_host_does_not_answer_in_time_is_denied_on_any_node() {
         join(&n2, &host.reg.code, "again").await.unwrap();
     }
 }
+
+/// The host drops and resumes on another node while its old node is up:
+/// the room moves with it. A guest on a third node carries on (its frames
+/// the host had not read come again, once); the guests on the old node and
+/// on the new one are closed to resume, and do, nothing lost either way.
+#[actix::test]
+async fn a_host_resuming_on_another_node_takes_its_room_along() {
+    use crate::registry::{Resume, Resumed};
+    use relay_protocol::Role;
+    let r = TestRedis::start().await;
+    let nodes = three_nodes(&r).await;
+    let host = host_on(&nodes[0], 4, AdmitMode::Auto).await;
+    let code = host.reg.code.clone();
+    let a = join(&nodes[0], &code, "a").await.unwrap();
+    let b = join(&nodes[1], &code, "b").await.unwrap();
+    let c = join(&nodes[2], &code, "c").await.unwrap();
+    host.wait(6).await;
+    for i in 0..10 {
+        assert_eq!(host.send(bin("h", i), Target::All), 3);
+        for g in [&a, &b, &c] {
+            g.send(bin("g", i));
+        }
+    }
+    host.wait(6 + 30).await;
+    for i in 0..5 {
+        b.send(bin("late", i));
+    }
+    host.wait(6 + 35).await;
+    nodes[0].do_send(Gone {
+        session_id: Arc::clone(&host.reg.link.session_id),
+        member: host.reg.link.member,
+        conn: host.client.conn(),
+        how: Departure::Dropped,
+    });
+    for g in [&a, &b, &c] {
+        assert_eq!(g.wait(11).await[10].kind(), "peer_disconnected");
+    }
+    // It read 30 data frames: b's 5 late ones are not among them.
+    let client = TestClient::start();
+    let moved: Resumed = nodes[2]
+        .send(Resume {
+            client: client.client.clone(),
+            deadline: Deadline::for_request(),
+            role: Role::Mac,
+            session_id: host.reg.link.session_id.to_string(),
+            resume_token: host.reg.resume_token.clone(),
+            last_seq: 30,
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|r| panic!("resume: {r:?}"));
+    assert_eq!(moved.accepted, 10);
+    let s = wait_seen(&moved.link, client.conn(), 5).await;
+    assert_eq!(
+        data(&s),
+        (0..5)
+            .map(|i| (bin("late", i), Some(b.id())))
+            .collect::<Vec<_>>()
+    );
+    wait_for("a and c closed to resume", || {
+        a.client.ended() == [ErrorCode::ShuttingDown]
+            && c.client.ended() == [ErrorCode::ShuttingDown]
+    })
+    .await;
+    assert!(b.client.ended().is_empty());
+    assert_eq!(b.wait(12).await[11].kind(), "peer_resumed");
+    let gate = Gate::new();
+    for i in 10..20 {
+        let sent = moved
+            .link
+            .outbound
+            .push(bin("h", i), Target::All, client.conn(), &gate, |_| {});
+        assert!(matches!(sent, Sent::Room(3)), "{i}");
+    }
+    let s = b.wait(12 + 10).await;
+    assert_eq!(
+        super::data(&s)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect::<Vec<_>>(),
+        (0..20).map(|i| bin("h", i)).collect::<Vec<_>>()
+    );
+    // a and c resume (a elsewhere, c where the host is now).
+    let resume_guest = |g: &Guesting, client: &TestClient| Resume {
+        client: client.client.clone(),
+        deadline: Deadline::for_request(),
+        role: Role::Browser,
+        session_id: g.joined.link.session_id.to_string(),
+        resume_token: g.joined.resume_token.clone().unwrap(),
+        last_seq: 10,
+    };
+    let (ca, cc) = (TestClient::start(), TestClient::start());
+    let ra = nodes[1].send(resume_guest(&a, &ca)).await.unwrap().unwrap();
+    let rc = nodes[2].send(resume_guest(&c, &cc)).await.unwrap().unwrap();
+    assert_eq!((ra.accepted, rc.accepted), (10, 10));
+    for (r, client) in [(&ra, &ca), (&rc, &cc)] {
+        let s = wait_seen(&r.link, client.conn(), 10).await;
+        assert_eq!(
+            super::data(&s)
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect::<Vec<_>>(),
+            (10..20).map(|i| bin("h", i)).collect::<Vec<_>>()
+        );
+        let pushed = r
+            .link
+            .outbound
+            .push(bin("g", 10), Target::All, client.conn(), &gate, |_| {});
+        assert!(matches!(
+            pushed,
+            Sent::Pipe(crate::pipe::Pushed::Queued { .. })
+        ));
+    }
+    b.send(bin("g", 10));
+    wait_for("every guest's eleventh frame", || {
+        let d = data(&seen(&moved.link, client.conn()).unwrap());
+        [a.id(), b.id(), c.id()].iter().all(|id| {
+            d.iter()
+                .any(|(f, from)| *from == Some(*id) && *f == bin("g", 10))
+        })
+    })
+    .await;
+}
