@@ -168,12 +168,15 @@ pub(crate) enum Op {
     Nodes,
     /// The poll of the attack flag.
     Attack,
+    /// Whether a session is a room.
+    IsRoom,
 }
 
 impl Op {
     /// The operation's name, for errors and logs.
     pub(crate) const fn name(self) -> &'static str {
         match self {
+            Op::IsRoom => "is_room",
             Op::Register => "register",
             Op::Join => "join",
             Op::Resume => "resume",

@@ -232,6 +232,20 @@ impl Store {
         inv
     }
 
+    /// Whether session `sid` is a room (its hash has room fields).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis fails or answers something unexpected.
+    pub(crate) async fn is_room(&self, sid: &str) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("HEXISTS");
+        cmd.arg(format!("{PREFIX}s:{sid}")).arg("r_max");
+        self.call(Op::IsRoom, &cmd, |v| match v {
+            Value::Int(n) => Ok(*n == 1),
+            other => Err(Malformed(format!("HEXISTS answered {other:?}"))),
+        })
+        .await
+    }
+
     /// Removes guest `id` of `sid`, waiting or in: its token resumes no
     /// more (`REMOVED`, remembered as ended sides are).
     ///

@@ -328,8 +328,23 @@ impl ClusterRegistry {
         // Cut short by the deadline, the wait ends in the check before the
         // commit, which undoes the move.
         let until = msg.deadline.bound(HANDOVER_WAIT);
-        let wait = async move { tokio::time::timeout_at(until, rx).await };
-        Box::pin(wait.into_actor(self).map(move |replies, act, ctx| {
+        // A host whose old node is gone cannot have its room handed over:
+        // is it a room? (Asked only then: a pairing's resume costs nothing more.)
+        let orphan = role == Role::Mac
+            && !facts.old_alive
+            && old_node.as_deref().is_some_and(|n| *n != *me)
+            && self.takes_rooms();
+        let store = Arc::clone(&self.store);
+        let sid = msg.session_id.clone();
+        let wait = async move {
+            let replies = tokio::time::timeout_at(until, rx).await;
+            let room = orphan && store.is_room(&sid).await.unwrap_or(false);
+            (replies, room)
+        };
+        Box::pin(wait.into_actor(self).map(move |(replies, room), act, ctx| {
+            if room {
+                return act.orphaned_room(&msg, ctx);
+            }
             let partial = act.pending.remove(&request).map(|p| p.replies).unwrap_or_default();
             let replies = match replies {
                 Ok(Ok(r)) => r,

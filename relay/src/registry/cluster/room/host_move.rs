@@ -257,3 +257,48 @@ impl ClusterRegistry {
         }
     }
 }
+
+impl ClusterRegistry {
+    /// A room host resumed here after the node that held its room died:
+    /// the room's state died with it (a later step rebuilds it from the
+    /// guests' nodes), so the room ends: its guests hear `MAC_DISCONNECTED`
+    /// and the host `RESUME_EXPIRED`, as when a pairing cannot be resumed.
+    pub(in crate::registry::cluster) fn orphaned_room(
+        &mut self,
+        msg: &Resume,
+        ctx: &mut Context<Self>,
+    ) -> Result<Resumed, Refusal> {
+        let id: SessionId = Arc::from(msg.session_id.as_str());
+        warn!(session = %id, "a room host resumed after its room's node died; ending the room");
+        if let Some(local) = self.sessions.get_mut(&id) {
+            if local.host.here.take().is_some() {
+                self.metrics.sessions_live.dec();
+            }
+        }
+        let store = Arc::clone(&self.store);
+        let sid = Arc::clone(&id);
+        let end = async move {
+            store
+                .end_side(&sid, Role::Mac, crate::cluster::store::Holder::Any)
+                .await
+        };
+        ctx.spawn(end.into_actor(self).map(move |res, act, ctx| {
+            if let Ok(crate::cluster::store::EndOutcome::Ended(facts)) = res {
+                let mut told: Vec<Arc<str>> = Vec::new();
+                for n in facts.guest_nodes {
+                    if !told.contains(&n) {
+                        let c = Control::Ended {
+                            sid: id.to_string(),
+                            role: Role::Mac,
+                            reason: crate::cluster::envelope::EndReason::Timeout,
+                        };
+                        act.send(&n, c, ctx);
+                        told.push(n);
+                    }
+                }
+            }
+            act.forget_if_empty(&id);
+        }));
+        Err(ErrorCode::ResumeExpired.into())
+    }
+}

@@ -42,6 +42,19 @@ async fn start_node_with(
     node: &str,
     settings: crate::registry::RegistrySettings,
 ) -> Addr<ClusterRegistry> {
+    let (addr, lease) = start_node_leased(r, node, settings).await;
+    // The lease renews itself for the test's life.
+    std::mem::forget(lease);
+    addr
+}
+
+/// As [`start_node_with`], keeping the node's lease (to give it up: the
+/// node is then dead to the others).
+async fn start_node_leased(
+    r: &TestRedis,
+    node: &str,
+    settings: crate::registry::RegistrySettings,
+) -> (Addr<ClusterRegistry>, crate::cluster::lease::Lease) {
     let metrics = Arc::new(Metrics::new(node).unwrap());
     let (addr, bus, lease) = ClusterRegistry::start(
         settings,
@@ -50,8 +63,6 @@ async fn start_node_with(
         r.redis(),
         Duration::from_secs(30),
     );
-    // The lease renews itself for the test's life.
-    std::mem::forget(lease);
     let until = Instant::now() + WAIT;
     while !bus.is_listening() {
         assert!(
@@ -60,7 +71,7 @@ async fn start_node_with(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    addr
+    (addr, lease)
 }
 
 /// What a connection would write, in order.
