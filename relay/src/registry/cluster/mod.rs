@@ -232,8 +232,6 @@ pub struct ClusterRegistry {
     resuming: HashMap<SessionId, VecDeque<tokio::sync::oneshot::Sender<()>>>,
     /// A room host's decisions waiting for the guest's node, by request.
     deciding: HashMap<u64, oneshot::Sender<()>>,
-    /// Whether rooms are taken (see `room`).
-    takes_rooms: bool,
 }
 
 /// A message from another node, for the registry.
@@ -308,7 +306,6 @@ impl ClusterRegistry {
                 next_request: 1,
                 resuming: HashMap::new(),
                 deciding: HashMap::new(),
-                takes_rooms: cfg!(test),
             }
         });
         // unwrap-free: `create` runs the closure before returning.

@@ -59,22 +59,12 @@ impl ClusterRegistry {
     }
 }
 
-/// Why a cluster refuses rooms: they are built on one node first, and
-/// across nodes next (the guests' frames need their ids on the bus).
-const NO_ROOMS_YET: &str = "Rooms (maxGuests, admit) are not available on a relay cluster yet; register without them for a one-guest session, or use a single-node relay.";
-
 impl Handler<Register> for ClusterRegistry {
     type Result = ResponseActFuture<Self, Result<Registered, Refusal>>;
 
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> Self::Result {
         if let Err(r) = msg.deadline.check("register") {
             return Box::pin(fut::ready(Err(r)));
-        }
-        if msg.room.is_some() && !self.takes_rooms() {
-            return Box::pin(fut::ready(Err(Refusal::with(
-                ErrorCode::InvalidMessage,
-                NO_ROOMS_YET,
-            ))));
         }
         if !self.healthy() {
             return Box::pin(fut::ready(Err(ErrorCode::Unavailable.into())));

@@ -110,7 +110,6 @@ impl ClusterRegistry {
         let store = Arc::clone(&self.store);
         let hash = TokenHash::of(&msg.resume_token);
         let (sid, role, conn) = (msg.session_id.clone(), msg.role, msg.client.conn);
-        let rooms = self.takes_rooms();
         let claim = async move {
             let outcome = store
                 .resume(&sid, role, &hash, conn)
@@ -120,7 +119,7 @@ impl ClusterRegistry {
                 ResumeOutcome::Resumed(facts) => return Ok(Claimed::Side(facts)),
                 ResumeOutcome::Ended(end) => end,
                 // A room guest's token: found by a second script.
-                ResumeOutcome::Room if rooms => {
+                ResumeOutcome::Room => {
                     match store
                         .resume_guest(&sid, &hash, conn)
                         .await
@@ -133,9 +132,7 @@ impl ClusterRegistry {
                         GuestResume::Invalid => return Err(ErrorCode::InvalidResume.into()),
                     }
                 }
-                ResumeOutcome::Invalid | ResumeOutcome::Room => {
-                    return Err(ErrorCode::InvalidResume.into());
-                }
+                ResumeOutcome::Invalid => return Err(ErrorCode::InvalidResume.into()),
             };
             Err(match end {
                 SideEnd::MacDisconnected => Refusal {
@@ -330,10 +327,8 @@ impl ClusterRegistry {
         let until = msg.deadline.bound(HANDOVER_WAIT);
         // A host whose old node is gone cannot have its room handed over:
         // is it a room? (Asked only then: a pairing's resume costs nothing more.)
-        let orphan = role == Role::Mac
-            && !facts.old_alive
-            && old_node.as_deref().is_some_and(|n| *n != *me)
-            && self.takes_rooms();
+        let orphan =
+            role == Role::Mac && !facts.old_alive && old_node.as_deref().is_some_and(|n| *n != *me);
         let store = Arc::clone(&self.store);
         let sid = msg.session_id.clone();
         let wait = async move {

@@ -240,13 +240,6 @@ pub(super) fn unpaced(limits: Limits) -> Limits {
 }
 
 impl ClusterRegistry {
-    /// Whether this node takes rooms. Until rooms across nodes are whole
-    /// (docs/design.md, "Rooms across nodes", what is left to build), a
-    /// cluster refuses them; the tests of this module take them.
-    pub(super) fn takes_rooms(&self) -> bool {
-        self.takes_rooms
-    }
-
     /// A handle to publish one direction of guest `guest` toward `node`.
     pub(super) fn guest_peer(
         &self,
