@@ -232,6 +232,99 @@ async fn removal_and_a_guest_s_resume_across_nodes() {
     );
 }
 
+/// The host drops and resumes on another node: its room goes with it. A
+/// guest on a third node hears `peer_disconnected` and `peer_resumed` and
+/// carries on; the guest on the room's old node is closed to resume (1012),
+/// resumes elsewhere, and misses nothing.
+#[tokio::test]
+async fn a_host_s_resume_on_another_node_takes_the_room_along() {
+    let c = Cluster::start(3, &[]);
+    let mut host = c.node(1).mac().await;
+    host.json(json!({"type": "register", "maxGuests": 2, "admit": "auto"}))
+        .await;
+    let r = host.expect("registered").await;
+    let (code, sid, host_token) = (
+        r["code"].as_str().unwrap().to_owned(),
+        r["sessionId"].as_str().unwrap().to_owned(),
+        r["resumeToken"].as_str().unwrap().to_owned(),
+    );
+    let mut joined = Vec::new();
+    for n in [2, 1] {
+        let mut g = c.node(n).browser().await;
+        g.json(json!({"type": "join", "code": code})).await;
+        let j = g.expect("joined").await;
+        host.expect("guest_joined").await;
+        host.expect("guest_admitted").await;
+        joined.push((
+            g,
+            j["guestId"].as_u64().unwrap(),
+            j["resumeToken"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (mut stays, stays_id, _) = joined.remove(0);
+    let (mut local, local_id, local_token) = joined.remove(0);
+    for seq in 1..=5 {
+        host.binary(seq_frame(seq).into_data().to_vec()).await;
+    }
+    for g in [&mut stays, &mut local] {
+        for seq in 1..=5 {
+            assert_eq!(
+                g.recv().await,
+                Got::Binary(seq_frame(seq).into_data().to_vec())
+            );
+        }
+    }
+    stays.binary(seq_frame(1).into_data().to_vec()).await;
+    assert_eq!(
+        host.expect("from").await["guestId"].as_u64(),
+        Some(stays_id)
+    );
+    assert_eq!(
+        host.recv().await,
+        Got::Binary(seq_frame(1).into_data().to_vec())
+    );
+    host.drop_connection();
+    stays.expect("peer_disconnected").await;
+
+    let mut moved = Ws::connect(&c.node(3).url("/mac")).await;
+    moved.json(resume_msg(&sid, &host_token, 1)).await;
+    let resumed = moved.expect("resumed").await;
+    assert_eq!(resumed["lastSeq"], 5);
+    // The guest on the old node reconnects: away until it is back.
+    assert_eq!(
+        moved.expect("guest_away").await["guestId"].as_u64(),
+        Some(local_id)
+    );
+    stays.expect("peer_resumed").await;
+    local.expect("peer_disconnected").await;
+    local.expect_error("SHUTTING_DOWN").await;
+    local.expect_close(1012).await;
+    let mut back = Ws::connect(&c.node(2).url("/browser")).await;
+    back.json(resume_msg(&sid, &local_token, 5)).await;
+    assert_eq!(back.expect("resumed").await["lastSeq"], 0);
+    assert_eq!(
+        moved.expect("guest_back").await["guestId"].as_u64(),
+        Some(local_id)
+    );
+
+    moved.binary(seq_frame(6).into_data().to_vec()).await;
+    for g in [&mut stays, &mut back] {
+        assert_eq!(
+            g.recv().await,
+            Got::Binary(seq_frame(6).into_data().to_vec())
+        );
+    }
+    back.binary(seq_frame(1).into_data().to_vec()).await;
+    assert_eq!(
+        moved.expect("from").await["guestId"].as_u64(),
+        Some(local_id)
+    );
+    assert_eq!(
+        moved.recv().await,
+        Got::Binary(seq_frame(1).into_data().to_vec())
+    );
+}
+
 #[tokio::test]
 async fn a_mac_s_resume_with_guest_seqs_on_another_node_is_a_plain_resume() {
     let c = Cluster::start(3, &[]);

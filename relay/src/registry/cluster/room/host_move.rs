@@ -42,6 +42,7 @@ impl ClusterRegistry {
     ) -> Control {
         let mut guests = Vec::new();
         let mut accepted = 0;
+        let mut evicted = Vec::new();
         if let Some(local) = self.sessions.get_mut(id) {
             if let Some(here) = local.host.here.take() {
                 if let Some((_, cmd)) = here.conn {
@@ -72,9 +73,10 @@ impl ClusterRegistry {
                         (Some(h), Some(t)) => h.guest_frames_after(t, last_seq),
                         _ => 0,
                     };
-                    if let Some((_, cmd)) = g.here.as_ref().and_then(|h| h.conn.as_ref()) {
+                    if let Some((conn, cmd)) = g.here.as_ref().and_then(|h| h.conn.as_ref()) {
                         // Resumes wherever it reconnects, as in a drain.
                         cmd.do_send(ConnCommand::Drain);
+                        evicted.push((gid, *conn));
                     }
                     guests.push(HandedGuest {
                         id: gid,
@@ -87,6 +89,7 @@ impl ClusterRegistry {
                 }
             }
         }
+        self.away_in_redis(id, evicted);
         // Frames in flight for this session are dropped here from now on.
         self.forget(id);
         info!(session = %id, node = %node, guests = guests.len(), "room host moved to another node");
@@ -96,6 +99,26 @@ impl ClusterRegistry {
             guests,
             request,
         }
+    }
+
+    /// Guests closed to resume are away in Redis: their grace period runs
+    /// (they end if they do not come back), and their resume is `back`.
+    /// A guest that resumed before this ran is not changed (its connection
+    /// is another).
+    fn away_in_redis(&self, id: &SessionId, guests: Vec<(GuestId, ConnId)>) {
+        if guests.is_empty() {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        let sid = Arc::clone(id);
+        let until = super::super::requests::now_ms() + self.settings.grace.as_millis() as u64;
+        actix::spawn(async move {
+            for (g, conn) in guests {
+                if let Err(e) = store.away_guest(&sid, g, conn, until).await {
+                    warn!(session = %sid, guest = g, error = %e, "could not start a guest's grace period");
+                }
+            }
+        });
     }
 
     /// On the host's new node: the room's old node handed it over. Builds
@@ -122,19 +145,22 @@ impl ClusterRegistry {
             .get(&id)
             .map(Local::guests_here)
             .unwrap_or_default();
+        let mut evicted = Vec::new();
         for g in mine {
             let local = self.sessions.get_mut(&id).ok_or(ErrorCode::ResumeExpired)?;
-            if let Some(cmd) = local
+            if let Some((conn, cmd)) = local
                 .room()
                 .and_then(|r| r.guests.get(&g))
                 .and_then(|g| g.here.as_ref())
                 .and_then(|h| h.conn.as_ref())
-                .map(|(_, cmd)| cmd.clone())
+                .map(|(c, cmd)| (*c, cmd.clone()))
             {
                 cmd.do_send(ConnCommand::Drain);
+                evicted.push((g, conn));
             }
             local.drop_guest(&self.dir, g);
         }
+        self.away_in_redis(&id, evicted);
         let mut room = RoomHere {
             fanout: Some(Arc::clone(&fanout)),
             ..RoomHere::default()
@@ -175,6 +201,9 @@ impl ClusterRegistry {
                 // Held for it until it resumes somewhere.
                 p.peer_away();
             }
+            // Away until it resumes (its host hears `guest_away` now and
+            // `guest_back` then).
+            guest.away = resumes;
             fanout.add(hg.id, hg.id as usize, Arc::clone(&p));
             self.dir.set(&id, lane(hg.id, false), Some(&p));
             to_host.feed_guest(t, hg.have, self.guest_peer(&id, hg.id, true, &node));
@@ -194,6 +223,11 @@ impl ClusterRegistry {
         let written = to_host
             .attach(msg.client.receiver(), msg.last_seq)
             .map_err(|g| super::super::requests::gap_refusal(g, msg.last_seq))?;
+        for (&gid, g) in local.room().map(|r| r.guests.iter()).into_iter().flatten() {
+            if g.away {
+                local.tell_host(&ServerMessage::GuestAway { guest_id: gid });
+            }
+        }
         for (node, list) in tell {
             let c = Control::HostAt {
                 sid: id.to_string(),

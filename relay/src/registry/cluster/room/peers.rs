@@ -199,6 +199,7 @@ impl ClusterRegistry {
         let from_guest_peer = self.guest_peer(id, guest, true, node);
         let hosts = self.sessions.get(id).is_some_and(|l| l.hosts_room());
         let mut drop_here = false;
+        let mut came_back = was_away;
         if let Some(local) = self.sessions.get_mut(id) {
             let to_host = local.host.to.clone();
             match local.room_mut().and_then(|r| r.guests.get_mut(&guest)) {
@@ -247,6 +248,7 @@ impl ClusterRegistry {
                                 }
                             }
                         }
+                        came_back |= g.away;
                         g.node = Arc::clone(node);
                         g.away = false;
                     } else {
@@ -254,7 +256,7 @@ impl ClusterRegistry {
                     }
                 }
             }
-            if hosts && was_away && error.is_none() {
+            if hosts && came_back && error.is_none() {
                 local.tell_host(&ServerMessage::GuestBack { guest_id: guest });
             }
             if drop_here {

@@ -36,6 +36,8 @@ struct Handed {
     events: Vec<String>,
     held: Vec<HeldFrame>,
     error: Option<String>,
+    /// The host's node held it away (closed to resume by a host's move).
+    marked_away: bool,
 }
 
 impl ClusterRegistry {
@@ -74,6 +76,7 @@ impl ClusterRegistry {
         let Some(room) = local.room_mut() else {
             return Box::pin(fut::ready(Err(ErrorCode::ResumeExpired.into())));
         };
+        let mut marked_away = false;
         match room.guests.get_mut(&guest) {
             Some(g) => {
                 if let Some(Here {
@@ -84,6 +87,7 @@ impl ClusterRegistry {
                         cmd.do_send(ConnCommand::Replaced);
                     }
                 }
+                marked_away = g.away;
                 g.node = Arc::clone(&me);
                 g.away = false;
             }
@@ -163,7 +167,10 @@ impl ClusterRegistry {
                     partial
                 }
             };
-            let mut handed = Handed::default();
+            let mut handed = Handed {
+                marked_away,
+                ..Handed::default()
+            };
             for r in replies {
                 if let Control::GuestHandover {
                     received,
@@ -283,7 +290,7 @@ impl ClusterRegistry {
         let written = to_guest
             .attach(msg.client.receiver(), msg.last_seq)
             .map_err(|gap| super::super::requests::gap_refusal(gap, msg.last_seq))?;
-        if host_here && facts.was_away() {
+        if host_here && (facts.was_away() || handed.marked_away) {
             local.tell_host(&ServerMessage::GuestBack { guest_id: guest });
         }
         let link = local

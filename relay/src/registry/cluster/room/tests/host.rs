@@ -188,12 +188,23 @@ async fn a_host_resuming_on_another_node_takes_its_room_along() {
         .unwrap()
         .unwrap_or_else(|r| panic!("resume: {r:?}"));
     assert_eq!(moved.accepted, 10);
-    let s = wait_seen(&moved.link, client.conn(), 5).await;
+    let s = wait_seen(&moved.link, client.conn(), 2 + 5).await;
     assert_eq!(
         data(&s),
         (0..5)
             .map(|i| (bin("late", i), Some(b.id())))
             .collect::<Vec<_>>()
+    );
+    let mut away: Vec<u64> = events(&s)
+        .iter()
+        .filter(|e| e["type"] == "guest_away")
+        .map(|e| e["guestId"].as_u64().unwrap())
+        .collect();
+    away.sort_unstable();
+    assert_eq!(
+        away,
+        [a.id(), c.id()],
+        "the guests closed to resume are away"
     );
     wait_for("a and c closed to resume", || {
         a.client.ended() == [ErrorCode::ShuttingDown]
@@ -249,6 +260,14 @@ async fn a_host_resuming_on_another_node_takes_its_room_along() {
             Sent::Pipe(crate::pipe::Pushed::Queued { .. })
         ));
     }
+    wait_for("both back", || {
+        events(&seen(&moved.link, client.conn()).unwrap())
+            .iter()
+            .filter(|e| e["type"] == "guest_back")
+            .count()
+            == 2
+    })
+    .await;
     b.send(bin("g", 10));
     wait_for("every guest's eleventh frame", || {
         let d = data(&seen(&moved.link, client.conn()).unwrap());
