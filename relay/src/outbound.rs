@@ -43,11 +43,17 @@ pub struct GuestOut {
 impl GuestOut {
     /// Guest `id`'s way into `to_host`, admitted or waiting.
     pub fn new(to_host: Arc<Pipe>, id: NonZeroU64, admitted: bool) -> Arc<Self> {
+        Self::resumed(to_host, id, admitted, 0)
+    }
+
+    /// As [`GuestOut::new`], for a guest whose frames the relay already
+    /// accepted `accepted` of (it resumed on another node).
+    pub fn resumed(to_host: Arc<Pipe>, id: NonZeroU64, admitted: bool, accepted: u64) -> Arc<Self> {
         Arc::new(GuestOut {
             to_host,
             id,
             sender: Mutex::new(None),
-            accepted: AtomicU64::new(0),
+            accepted: AtomicU64::new(accepted),
             admitted: AtomicBool::new(admitted),
         })
     }
@@ -119,9 +125,15 @@ pub enum Trouble {
 impl Room {
     /// A room with no guests admitted yet.
     pub fn new() -> Arc<Self> {
+        Self::resumed(0)
+    }
+
+    /// As [`Room::new`], for a host whose frames the relay accepted
+    /// `accepted` of (its room moved to another node).
+    pub fn resumed(accepted: u64) -> Arc<Self> {
         Arc::new(Room {
             guests: Mutex::new(Members::default()),
-            accepted: AtomicU64::new(0),
+            accepted: AtomicU64::new(accepted),
             gate: Gate::new(),
         })
     }

@@ -212,8 +212,16 @@ def rooms_section(get):
         v = get(into, "frames_per_second")
         rows.append(f"| fan-in {size}: {fmt(get(into, 'guests_per_room'))} guests to one host, read by the host "
                     f"({fmt(get(into, 'rooms'))} rooms) | {fmt(v)} frames/s | {fmt(one)} frames/s | {ratio(v, one)} |")
-    rows.append("| fan-out across nodes, and Redis publishes per broadcast frame | not measured yet: "
-                "a cluster refuses rooms today | | |")
+    for size in FANOUT_SIZES:
+        one = get(f"tp-{size}-onecross", "frames_per_second")
+        out = f"tp-{size}-fanout-cross"
+        v = get(out, "frames_per_second")
+        rows.append(f"| fan-out {size} across three nodes: one host to {fmt(get(out, 'guests_per_room'))} guests, "
+                    f"delivered (one guest: a pair across nodes) | {fmt(v)} frames/s | {fmt(one)} frames/s | "
+                    f"{ratio(v, one)} |")
+        per = get(f"fanout-cross-{size}-publish", "publishes_per_host_frame")
+        rows.append(f"| fan-out {size} across three nodes: Redis PUBLISH calls per broadcast frame "
+                    f"(batched; at most one envelope per node with guests) | {fmt(per)} | | |")
     return ("\n## Rooms: fan-out and fan-in on one node\n\n"
             "`relay-load --scenario fanout`/`fanin` on the one-node relay, in the same interleaved rounds as "
             "the pairing throughput (\"one guest\"), with as many rooms as throughput has pairs. Every frame "

@@ -211,24 +211,41 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-# The place of issue 13's cross-node fan-out: one host and 16 guests spread
-# over three nodes, frames delivered a second against one guest, and Redis
-# PUBLISHes per broadcast frame (the issue wants one per node holding guests,
-# never one per guest). A cluster node refuses a room register today
-# (INVALID_MESSAGE), so it is not measured yet. Once it takes rooms: start a
-# third node, run `load tp-$size-fanout-cross-r$round --scenario fanout
-# --url "$A" --url "$B" --url "$C" ...` (hosts on the first URL, guests spread
-# over all three), read `redis-cli -p "$REDIS_PORT" INFO commandstats`'s
-# cmdstat_publish calls before and after, divide their difference by the
-# run's host_frames, and give both in report.py's rooms_section. Mind that a
-# PUBLISH carries a batch of envelopes (bus/publish.rs), so under load that
-# ratio is below one even if every guest had its own envelope: what shows
-# "once per node" is the number of room-frame envelopes (or payload bytes)
-# published per broadcast frame, which needs a counter beside the bus
-# metrics (the publisher merges one host frame queued for several guests of
-# a node into one RoomFrame; bus/publish/tests.rs checks it).
+# Issue 13's cross-node fan-out: one host (node A) and 16 guests spread over
+# three nodes (A, B and a third, C), frames delivered a second against one
+# guest across nodes in the same run (a pairing, A to B), and Redis PUBLISH
+# calls per broadcast frame (INFO commandstats before and after the run,
+# divided by the host's frames). A PUBLISH carries a batch of envelopes
+# (bus/publish.rs), and the publisher merges one host frame queued for
+# several guests of a node into one RoomFrame (bus/publish/tests.rs), so
+# what crosses Redis per broadcast frame is at most one envelope per node
+# holding guests; the ratio below is calls, which batching keeps under that.
+publishes() { redis-cli -p "$REDIS_PORT" INFO commandstats | awk -F'[=,:]' '/^cmdstat_publish:/ { print $3 }'; }
 fanout_cross_node() {
-  say "fan-out across nodes: not measured yet (a cluster refuses rooms today; see fanout_cross_node in $0)"
+  say "fan-out across nodes: one host to 16 guests over three nodes, against one guest across nodes"
+  C_PORT=$(free_port); start_relay node-c "$C_PORT" RELAY_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  C=ws://127.0.0.1:$C_PORT
+  local before after
+  for size in 64 1KiB; do
+    load "tp-$size-onecross-r1" --scenario throughput --size "$size" --duration "$DUR" --pairs 1 \
+      --url "$A" --url "$B" --label "relay cluster, one pair across nodes"
+    before=$(publishes)
+    load "tp-$size-fanout-cross-r1" --scenario fanout --size "$size" --duration "$DUR" --rooms 1 --guests 16 \
+      --url "$A" --url "$B" --url "$C" --label "relay cluster, room of 16 over three nodes"
+    after=$(publishes)
+    python3 - "$OUT/json/tp-$size-fanout-cross-r1.json" "$OUT/json/fanout-cross-$size-publish.json" \
+      "${before:-0}" "${after:-0}" <<'PY'
+import json, sys
+run = json.load(open(sys.argv[1]))["results"]
+calls = int(sys.argv[4]) - int(sys.argv[3])
+frames = run.get("host_frames") or 0
+json.dump({"scenario": "fanout_publishes", "label": "redis PUBLISH calls per broadcast frame",
+           "results": {"publishes": calls, "host_frames": frames,
+                       "publishes_per_host_frame": (calls / frames) if frames else None}},
+          open(sys.argv[2], "w"))
+PY
+  done
+  kill -9 "$PID_node_c" 2>/dev/null || true
 }
 fanout_cross_node
 

@@ -37,6 +37,9 @@ class RoomsSection(unittest.TestCase):
             "tp-64-fanout": {"frames_per_second": 3_000_000.0, "host_frames_per_second": 187_500.0,
                              "deliveries_per_host_frame": 16.0, "guests_per_room": 16, "rooms": 16},
             "tp-64-fanin": {"frames_per_second": 1_000_000.0, "guests_per_room": 16, "rooms": 16},
+            "tp-64-onecross": {"frames_per_second": 400_000.0},
+            "tp-64-fanout-cross": {"frames_per_second": 600_000.0, "guests_per_room": 16},
+            "fanout-cross-64-publish": {"publishes_per_host_frame": 0.05},
         }
         text = report.rooms_section(getter(r))
         self.assertIn("| fan-out 64: one host to 16 guests, delivered (16 rooms) | 3,000,000 frames/s | "
@@ -45,7 +48,10 @@ class RoomsSection(unittest.TestCase):
                       "2,000,000 frames/s | 0.09 |", text)
         self.assertIn("| fan-in 64: 16 guests to one host, read by the host (16 rooms) | 1,000,000 frames/s | "
                       "2,000,000 frames/s | 0.50 |", text)
-        self.assertIn("fan-out across nodes, and Redis publishes per broadcast frame | not measured yet", text)
+        self.assertIn("| fan-out 64 across three nodes: one host to 16 guests, delivered (one guest: a pair "
+                      "across nodes) | 600,000 frames/s | 400,000 frames/s | 1.50 |", text)
+        self.assertIn("| fan-out 64 across three nodes: Redis PUBLISH calls per broadcast frame (batched; at most "
+                      "one envelope per node with guests) | 0.05 | | |", text)
 
     def test_a_missing_run_shows_a_dash_not_an_error(self):
         text = report.rooms_section(getter({"tp-1KiB-fanout": {"frames_per_second": 10.0}}))

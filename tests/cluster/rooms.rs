@@ -1,44 +1,328 @@
-//! Rooms in a cluster. Until rooms cross nodes (docs/design.md, "Rooms
-//! across nodes": the Redis part is built, the bus and registry part is
-//! not), a cluster refuses a room host plainly and goes on serving
-//! pairings; and what a room client may already send (`guestSeqs` on a
-//! resume, shared/PROTOCOL.md) changes nothing for anyone else.
+//! Rooms in a cluster (docs/design.md, "Rooms across nodes"): real relay
+//! processes on a real `redis-server`, the host on one node and its guests
+//! spread over three; and what a room client may send (`guestSeqs` on a
+//! resume, shared/PROTOCOL.md) changes nothing for a pairing.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::seq_frame;
 use crate::support::cluster::{Cluster, pair_at};
 use crate::support::{Got, Ws, resume_msg};
 
+/// The node (1-based) each of eight guests joins on.
+const SPREAD: [usize; 8] = [1, 2, 3, 2, 3, 1, 2, 3];
+
+/// A room of eight guests over three nodes, the host on node 1: each join
+/// is heard with its name, a ninth finds the room full, the host denies one
+/// (on another node) and admits the rest; broadcast and directed frames,
+/// binary and text, reach each guest verbatim and in order, and every
+/// guest's frames reach the host in order, each after a `from` naming it.
 #[tokio::test]
-async fn a_cluster_refuses_a_room_host_plainly_and_the_socket_can_still_register() {
-    let c = Cluster::start(2, &[]);
-    for room in [
-        json!({"type": "register", "maxGuests": 3}),
-        json!({"type": "register", "admit": "auto"}),
-        json!({"type": "register", "maxGuests": 1, "admit": "ask"}),
-    ] {
-        let mut mac = c.node(1).mac().await;
-        mac.json(room.clone()).await;
-        let e = mac.expect_error("INVALID_MESSAGE").await;
-        let says = e["message"].as_str().expect("a message");
-        assert!(
-            says.contains("single-node relay") && says.contains("without them"),
-            "{room}: {says}"
-        );
-        // The refusal changed nothing: a plain register on the same socket
-        // gets a pairing whose browser joins on the other node.
-        mac.json(json!({"type": "register"})).await;
-        let r = mac.expect("registered").await;
-        assert!(r.get("maxGuests").is_none(), "{r}");
-        let mut browser = c.node(2).browser().await;
-        browser
-            .json(json!({"type": "join", "code": r["code"], "name": "Ana"}))
+async fn a_room_of_eight_over_three_nodes_relays_both_ways() {
+    let c = Cluster::start(3, &[]);
+    let mut host = c.node(1).mac().await;
+    host.json(json!({"type": "register", "maxGuests": 8, "admit": "ask"}))
+        .await;
+    let r = host.expect("registered").await;
+    let code = r["code"].as_str().unwrap().to_owned();
+    let mut guests = Vec::new();
+    for (i, n) in SPREAD.iter().enumerate() {
+        let mut g = c.node(*n).browser().await;
+        let name = format!("guest {i}");
+        g.json(json!({"type": "join", "code": code, "name": name}))
             .await;
-        let j = browser.expect("joined").await;
-        assert!(j.get("guestId").is_none(), "a pairing's browser: {j}");
-        mac.expect("peer_joined").await;
+        let id = g.expect("waiting").await["guestId"].as_u64().unwrap();
+        let heard = host.expect("guest_joined").await;
+        assert_eq!(
+            (heard["guestId"].as_u64(), heard["name"].as_str()),
+            (Some(id), Some(name.as_str()))
+        );
+        guests.push((g, id));
     }
+    let mut late = c.node(2).browser().await;
+    late.json(json!({"type": "join", "code": code})).await;
+    late.expect_error("ROOM_FULL").await;
+
+    let (mut denied, denied_id) = guests.remove(3);
+    host.json(json!({"type": "deny", "guestId": denied_id}))
+        .await;
+    denied.expect_error("DENIED").await;
+    denied.expect_close(1000).await;
+    let left = host.expect("guest_left").await;
+    assert_eq!(
+        (left["guestId"].as_u64(), left["reason"].as_str()),
+        (Some(denied_id), Some("denied"))
+    );
+    for (g, id) in &mut guests {
+        host.json(json!({"type": "admit", "guestId": id})).await;
+        let j = g.expect("joined").await;
+        assert_eq!(j["guestId"].as_u64(), Some(*id));
+        assert_eq!(
+            host.expect("guest_admitted").await["guestId"].as_u64(),
+            Some(*id)
+        );
+    }
+
+    const N: u64 = 30;
+    for seq in 1..=N {
+        host.binary(seq_frame(seq).into_data().to_vec()).await;
+    }
+    let one = guests[4].1;
+    host.json(json!({"type": "to", "guestId": one})).await;
+    host.binary(b"for one guest only\0\xff".to_vec()).await;
+    host.json(json!({"type": "to"})).await;
+    host.data("to all, as text").await;
+    for (g, id) in &mut guests {
+        for seq in 1..=N {
+            assert_eq!(
+                g.recv().await,
+                Got::Binary(seq_frame(seq).into_data().to_vec()),
+                "guest {id}"
+            );
+        }
+        if *id == one {
+            assert_eq!(
+                g.recv().await,
+                Got::Binary(b"for one guest only\0\xff".to_vec())
+            );
+        }
+        let t = g.expect("data").await;
+        assert_eq!(t["payload"], "to all, as text", "guest {id}");
+    }
+
+    for (g, _) in &mut guests {
+        for seq in 1..=N {
+            g.binary(seq_frame(seq).into_data().to_vec()).await;
+        }
+    }
+    let mut next = std::collections::HashMap::new();
+    let mut from = None;
+    for _ in 0..N as usize * guests.len() {
+        let got = loop {
+            match host.recv().await {
+                Got::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    assert_eq!(v["type"], "from", "{v}");
+                    from = v["guestId"].as_u64();
+                }
+                other => break other,
+            }
+        };
+        let id = from.expect("a from before the first guest frame");
+        let seq = next.entry(id).or_insert(1u64);
+        assert_eq!(
+            got,
+            Got::Binary(seq_frame(*seq).into_data().to_vec()),
+            "from guest {id}"
+        );
+        *seq += 1;
+    }
+    assert!(next.values().all(|n| *n == N + 1), "{next:?}");
+}
+
+/// The host removes a guest on another node while frames flow: it is cut
+/// with `REMOVED` and its token resumes on no node; a guest that drops and
+/// resumes on another node gets every frame it had not read, once, in
+/// order; the others get everything.
+#[tokio::test]
+async fn removal_and_a_guest_s_resume_across_nodes() {
+    let c = Cluster::start(3, &[]);
+    let mut host = c.node(1).mac().await;
+    host.json(json!({"type": "register", "maxGuests": 3, "admit": "auto"}))
+        .await;
+    let r = host.expect("registered").await;
+    let code = r["code"].as_str().unwrap().to_owned();
+    let mut guests = Vec::new();
+    for n in [2, 3, 1] {
+        let mut g = c.node(n).browser().await;
+        g.json(json!({"type": "join", "code": code})).await;
+        let j = g.expect("joined").await;
+        host.expect("guest_joined").await;
+        host.expect("guest_admitted").await;
+        guests.push((
+            g,
+            j["guestId"].as_u64().unwrap(),
+            j["sessionId"].as_str().unwrap().to_owned(),
+            j["resumeToken"].as_str().unwrap().to_owned(),
+        ));
+    }
+    const N: u64 = 40;
+    for seq in 1..=N {
+        host.binary(seq_frame(seq).into_data().to_vec()).await;
+    }
+    let (mut removed, removed_id, sid, removed_token) = guests.remove(0);
+    host.json(json!({"type": "remove", "guestId": removed_id}))
+        .await;
+    for seq in N + 1..=2 * N {
+        host.binary(seq_frame(seq).into_data().to_vec()).await;
+    }
+    // Cut with REMOVED, whatever it had read of the first frames.
+    loop {
+        match removed.recv().await {
+            Got::Binary(_) => {}
+            Got::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(
+                    (v["type"].as_str(), v["code"].as_str()),
+                    (Some("error"), Some("REMOVED")),
+                    "{v}"
+                );
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    for n in 1..=3 {
+        let mut again = Ws::connect(&c.node(n).url("/browser")).await;
+        again.json(resume_msg(&sid, &removed_token, 0)).await;
+        again.expect_error("REMOVED").await;
+    }
+    // The guest on node 3 reads 10, drops, and resumes on node 2.
+    let (mut moving, moving_id, _, moving_token) = guests.remove(0);
+    for seq in 1..=10 {
+        assert_eq!(
+            moving.recv().await,
+            Got::Binary(seq_frame(seq).into_data().to_vec())
+        );
+    }
+    moving.drop_connection();
+    // The removal's guest_left and the drop's guest_away, in either order.
+    let mut heard = Vec::new();
+    while heard.len() < 2 {
+        let v = host.recv_json().await;
+        heard.push((
+            v["type"].as_str().unwrap().to_owned(),
+            v["guestId"].as_u64().unwrap(),
+            v["reason"].clone(),
+        ));
+    }
+    heard.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        heard,
+        [
+            ("guest_away".to_owned(), moving_id, Value::Null),
+            ("guest_left".to_owned(), removed_id, json!("removed")),
+        ]
+    );
+    let mut back = Ws::connect(&c.node(2).url("/browser")).await;
+    back.json(resume_msg(&sid, &moving_token, 10)).await;
+    back.expect("resumed").await;
+    assert_eq!(
+        host.expect("guest_back").await["guestId"].as_u64(),
+        Some(moving_id)
+    );
+    for seq in 11..=2 * N {
+        assert_eq!(
+            back.recv().await,
+            Got::Binary(seq_frame(seq).into_data().to_vec()),
+            "after the resume"
+        );
+    }
+    let (mut stays, _, _, _) = guests.remove(0);
+    for seq in 1..=2 * N {
+        assert_eq!(
+            stays.recv().await,
+            Got::Binary(seq_frame(seq).into_data().to_vec())
+        );
+    }
+    host.binary(seq_frame(2 * N + 1).into_data().to_vec()).await;
+    assert_eq!(
+        back.recv().await,
+        Got::Binary(seq_frame(2 * N + 1).into_data().to_vec())
+    );
+}
+
+/// The host drops and resumes on another node: its room goes with it. A
+/// guest on a third node hears `peer_disconnected` and `peer_resumed` and
+/// carries on; the guest on the room's old node is closed to resume (1012),
+/// resumes elsewhere, and misses nothing.
+#[tokio::test]
+async fn a_host_s_resume_on_another_node_takes_the_room_along() {
+    let c = Cluster::start(3, &[]);
+    let mut host = c.node(1).mac().await;
+    host.json(json!({"type": "register", "maxGuests": 2, "admit": "auto"}))
+        .await;
+    let r = host.expect("registered").await;
+    let (code, sid, host_token) = (
+        r["code"].as_str().unwrap().to_owned(),
+        r["sessionId"].as_str().unwrap().to_owned(),
+        r["resumeToken"].as_str().unwrap().to_owned(),
+    );
+    let mut joined = Vec::new();
+    for n in [2, 1] {
+        let mut g = c.node(n).browser().await;
+        g.json(json!({"type": "join", "code": code})).await;
+        let j = g.expect("joined").await;
+        host.expect("guest_joined").await;
+        host.expect("guest_admitted").await;
+        joined.push((
+            g,
+            j["guestId"].as_u64().unwrap(),
+            j["resumeToken"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (mut stays, stays_id, _) = joined.remove(0);
+    let (mut local, local_id, local_token) = joined.remove(0);
+    for seq in 1..=5 {
+        host.binary(seq_frame(seq).into_data().to_vec()).await;
+    }
+    for g in [&mut stays, &mut local] {
+        for seq in 1..=5 {
+            assert_eq!(
+                g.recv().await,
+                Got::Binary(seq_frame(seq).into_data().to_vec())
+            );
+        }
+    }
+    stays.binary(seq_frame(1).into_data().to_vec()).await;
+    assert_eq!(
+        host.expect("from").await["guestId"].as_u64(),
+        Some(stays_id)
+    );
+    assert_eq!(
+        host.recv().await,
+        Got::Binary(seq_frame(1).into_data().to_vec())
+    );
+    host.drop_connection();
+    stays.expect("peer_disconnected").await;
+
+    let mut moved = Ws::connect(&c.node(3).url("/mac")).await;
+    moved.json(resume_msg(&sid, &host_token, 1)).await;
+    let resumed = moved.expect("resumed").await;
+    assert_eq!(resumed["lastSeq"], 5);
+    // The guest on the old node reconnects: away until it is back.
+    assert_eq!(
+        moved.expect("guest_away").await["guestId"].as_u64(),
+        Some(local_id)
+    );
+    stays.expect("peer_resumed").await;
+    local.expect("peer_disconnected").await;
+    local.expect_error("SHUTTING_DOWN").await;
+    local.expect_close(1012).await;
+    let mut back = Ws::connect(&c.node(2).url("/browser")).await;
+    back.json(resume_msg(&sid, &local_token, 5)).await;
+    assert_eq!(back.expect("resumed").await["lastSeq"], 0);
+    assert_eq!(
+        moved.expect("guest_back").await["guestId"].as_u64(),
+        Some(local_id)
+    );
+
+    moved.binary(seq_frame(6).into_data().to_vec()).await;
+    for g in [&mut stays, &mut back] {
+        assert_eq!(
+            g.recv().await,
+            Got::Binary(seq_frame(6).into_data().to_vec())
+        );
+    }
+    back.binary(seq_frame(1).into_data().to_vec()).await;
+    assert_eq!(
+        moved.expect("from").await["guestId"].as_u64(),
+        Some(local_id)
+    );
+    assert_eq!(
+        moved.recv().await,
+        Got::Binary(seq_frame(1).into_data().to_vec())
+    );
 }
 
 #[tokio::test]

@@ -46,9 +46,31 @@ impl Inner {
     }
 }
 
-// The registry's room handling, next on the list, calls these.
-#[cfg_attr(not(test), expect(dead_code))]
 impl Pipe {
+    /// A room host's pipe on the node that takes its room over, for a
+    /// host that has `last_seq` data frames already.
+    pub fn for_host_at(limits: crate::queue::Limits, last_seq: u64) -> std::sync::Arc<Self> {
+        let p = Self::with_queue(
+            crate::queue::Queue::fed_from_peer(limits, last_seq, 0),
+            None,
+            None,
+        );
+        p.fed_here(0);
+        p
+    }
+
+    /// Frames of this direction sent so far, and those not acknowledged
+    /// (by number), for a handover.
+    pub fn sent_and_held(&self) -> (u64, Vec<(u64, Frame)>) {
+        let g = self.lock();
+        (g.queue.pairing_count(), g.queue.unacknowledged())
+    }
+
+    /// Frames of guest `guest` held here after the host's data frame `seq`.
+    pub fn guest_frames_after(&self, guest: NonZeroU64, seq: u64) -> u64 {
+        self.lock().queue.guest_entries_after(guest, seq)
+    }
+
     /// Guest `guest`'s frames come from `peer`'s node from now on (its
     /// direction toward the host), the host having read `have` of them;
     /// acknowledgements, written reports and asks to resend go there.

@@ -238,6 +238,15 @@ impl Queue {
     }
 
     /// Whether remote guests feed this queue.
+    /// Frames of guest `guest` held here after the host's data frame
+    /// `seq`: those its reader has not had yet.
+    pub fn guest_entries_after(&self, guest: NonZeroU64, seq: u64) -> u64 {
+        let n = self.entries.iter().filter(|e| {
+            matches!(&e.item, Item::Data { seq: s, from: Some(g), .. } if *g == guest && *s > seq)
+        });
+        n.count() as u64
+    }
+
     #[inline]
     pub fn has_guest_feeds(&self) -> bool {
         self.feeds.is_some()

@@ -33,9 +33,12 @@ pub(crate) fn settings() -> RegistrySettings {
     }
 }
 
-/// Where a socket actor would be: takes wake-ups (and reads nothing) and
-/// counts `Replaced`.
-struct Stand(Arc<AtomicUsize>);
+/// Where a socket actor would be: takes wake-ups (and reads nothing),
+/// counts `Replaced` and keeps the codes it was ended with.
+struct Stand(
+    Arc<AtomicUsize>,
+    Arc<std::sync::Mutex<Vec<relay_protocol::ErrorCode>>>,
+);
 
 impl Actor for Stand {
     type Context = Context<Self>;
@@ -51,8 +54,16 @@ impl Handler<ConnCommand> for Stand {
     type Result = ();
 
     fn handle(&mut self, cmd: ConnCommand, _: &mut Context<Self>) {
-        if matches!(cmd, ConnCommand::Replaced) {
-            self.0.fetch_add(1, Ordering::SeqCst);
+        match cmd {
+            ConnCommand::Replaced => {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+            ConnCommand::Ended(code) => self.1.lock().unwrap().push(code),
+            ConnCommand::Drain => self
+                .1
+                .lock()
+                .unwrap()
+                .push(relay_protocol::ErrorCode::ShuttingDown),
         }
     }
 }
@@ -62,13 +73,15 @@ pub(crate) struct TestClient {
     /// What goes into the requests.
     pub(crate) client: Client,
     replaced: Arc<AtomicUsize>,
+    ended: Arc<std::sync::Mutex<Vec<relay_protocol::ErrorCode>>>,
 }
 
 impl TestClient {
     /// A new connection (its actor runs in the test's actix system).
     pub(crate) fn start() -> Self {
         let replaced = Arc::new(AtomicUsize::new(0));
-        let addr = Stand(Arc::clone(&replaced)).start();
+        let ended = Arc::default();
+        let addr = Stand(Arc::clone(&replaced), Arc::clone(&ended)).start();
         TestClient {
             client: Client {
                 conn: ConnId::next(),
@@ -78,7 +91,14 @@ impl TestClient {
                 killer: None,
             },
             replaced,
+            ended,
         }
+    }
+
+    /// The codes the registry ended this connection with (`ConnCommand::Ended`;
+    /// `SHUTTING_DOWN` for `Drain`).
+    pub(crate) fn ended(&self) -> Vec<relay_protocol::ErrorCode> {
+        self.ended.lock().unwrap().clone()
     }
 
     /// The connection's id.

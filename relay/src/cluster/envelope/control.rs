@@ -250,6 +250,33 @@ pub enum Control {
         /// Matches the answer to the request.
         request: u64,
     },
+    /// Answer to [`Control::Moved`] of a room host, from the node that
+    /// held its room, to the host's new node: the room's guests and where
+    /// each direction stands. The old node forgets the room; its own
+    /// guests are closed to resume (1012), as in a drain.
+    HostHandover {
+        /// Session id.
+        sid: String,
+        /// Frames the relay accepted from the host.
+        accepted: u64,
+        /// The room's guests.
+        guests: Vec<HandedGuest>,
+        /// Matches the request.
+        request: u64,
+    },
+    /// To a guest's node: the room's host is on `node` now. Each guest
+    /// named sends there from after the count given (the frames of it the
+    /// host has), and acknowledges there what it reads.
+    HostAt {
+        /// Session id.
+        sid: String,
+        /// The host's node.
+        node: String,
+        /// Each guest of that node, with the frames of it the host has.
+        guests: Vec<(GuestId, u64)>,
+        /// The host was away (its guests hear `peer_resumed`).
+        was_away: bool,
+    },
     /// As [`Control::Handover`], for a room guest: answer to
     /// [`Control::GuestMoved`], to the guest's new node.
     GuestHandover {
@@ -271,6 +298,24 @@ pub enum Control {
         /// Matches the request.
         request: u64,
     },
+}
+
+/// A room guest as the host's old node hands it over (`HostHandover`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandedGuest {
+    /// The guest.
+    pub id: GuestId,
+    /// Its node.
+    pub node: String,
+    /// In the room (false: waiting for the host).
+    pub admitted: bool,
+    /// Frames of its direction sent to it so far.
+    pub sent: u64,
+    /// Those it has not acknowledged, for the host's new node to hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldFrame>,
+    /// Frames of it the host has (read, within the host's `lastSeq`).
+    pub have: u64,
 }
 
 /// A room host's decision about one guest, for the guest's node.

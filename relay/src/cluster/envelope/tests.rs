@@ -236,6 +236,25 @@ fn a_room_s_control_messages_round_trip_and_keep_their_json() {
             error: None,
             request: 8,
         },
+        Control::HostHandover {
+            sid: sid(),
+            accepted: 9,
+            guests: vec![HandedGuest {
+                id: 6,
+                node: "d".into(),
+                admitted: true,
+                sent: 4,
+                held: vec![HeldFrame::new(4, &Frame::Text("x".into()))],
+                have: 3,
+            }],
+            request: 9,
+        },
+        Control::HostAt {
+            sid: sid(),
+            node: "e".into(),
+            guests: vec![(6, 3), (7, 0)],
+            was_away: true,
+        },
     ];
     let mut buf = BytesMut::new();
     for c in &all {
@@ -265,6 +284,15 @@ fn a_room_s_control_messages_round_trip_and_keep_their_json() {
             reason: GuestLeftReason::Timeout
         }),
         r#"{"type":"guest_ended","sid":"s","guest":4,"reason":"timeout"}"#
+    );
+    assert_eq!(
+        json(&Control::HostAt {
+            sid: sid(),
+            node: "e".into(),
+            guests: vec![(6, 3)],
+            was_away: false
+        }),
+        r#"{"type":"host_at","sid":"s","node":"e","guests":[[6,3]],"was_away":false}"#
     );
 }
 

@@ -35,6 +35,7 @@ use tracing::warn;
 pub(crate) use self::chores::{ExpireOutcome, Expiry};
 pub(crate) use self::pairing::{JoinOutcome, Registration, ResumeFacts, ResumeOutcome};
 use self::reply::Malformed;
+pub(crate) use self::room::{Decision, GuestAnswer, GuestResume, RoomRules};
 pub(crate) use self::sides::{
     AwayOutcome, Counter, EndOutcome, GraceOutcome, Holder, ReclaimOutcome,
 };
@@ -167,12 +168,15 @@ pub(crate) enum Op {
     Nodes,
     /// The poll of the attack flag.
     Attack,
+    /// Whether a session is a room.
+    IsRoom,
 }
 
 impl Op {
     /// The operation's name, for errors and logs.
     pub(crate) const fn name(self) -> &'static str {
         match self {
+            Op::IsRoom => "is_room",
             Op::Register => "register",
             Op::Join => "join",
             Op::Resume => "resume",

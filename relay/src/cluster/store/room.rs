@@ -3,14 +3,6 @@
 //! (`admit`, `deny`, `remove`). A guest's join is `join` (pairing.rs), whose
 //! script takes a guest id when the code is a room's; a guest's away, end
 //! and grace are the side calls of sides.rs under the guest's name `g<id>`.
-//!
-//! Only the tests call these until the cluster registry takes rooms (a
-//! cluster still refuses them, `NO_ROOMS_YET`); the `expect` below fails the
-//! build once it does, so it cannot outlive its reason.
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the cluster registry does not take rooms yet")
-)]
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -238,6 +230,20 @@ impl Store {
         let mut inv = script.prepare_invoke();
         inv.arg(PREFIX).arg(sid).arg(guest_side(id));
         inv
+    }
+
+    /// Whether session `sid` is a room (its hash has room fields).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis fails or answers something unexpected.
+    pub(crate) async fn is_room(&self, sid: &str) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("HEXISTS");
+        cmd.arg(format!("{PREFIX}s:{sid}")).arg("r_max");
+        self.call(Op::IsRoom, &cmd, |v| match v {
+            Value::Int(n) => Ok(*n == 1),
+            other => Err(Malformed(format!("HEXISTS answered {other:?}"))),
+        })
+        .await
     }
 
     /// Removes guest `id` of `sid`, waiting or in: its token resumes no

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use relay_protocol::Role;
+use relay_protocol::{GuestId, GuestLeftReason, Role};
 use tracing::debug;
 
 use super::ClusterRegistry;
@@ -45,6 +45,9 @@ impl ClusterRegistry {
             }
             for (sid, role) in due.graces {
                 act.run_grace_end(sid, role, ctx);
+            }
+            for (sid, guest) in due.guest_graces {
+                act.run_guest_grace_end(sid, guest, ctx);
             }
         }));
     }
@@ -91,7 +94,9 @@ impl ClusterRegistry {
                 reason: EndReason::Timeout,
             };
             let mut told = Vec::new();
-            for n in [facts.node, facts.peer_node].into_iter().flatten() {
+            // A room host's guests' nodes hear it as a browser's node does.
+            let nodes = [facts.node, facts.peer_node].into_iter().flatten();
+            for n in nodes.chain(facts.guest_nodes) {
                 if !told.contains(&n) {
                     act.send(&n, c.clone(), ctx);
                     told.push(n);
@@ -99,6 +104,33 @@ impl ClusterRegistry {
             }
             if role == Role::Browser && !facts.live {
                 act.expire_unjoinable(&id, ctx);
+            }
+        }));
+    }
+
+    /// Ends a room guest whose grace period passed, if it is still away:
+    /// its host's node tells the host (`guest_left`, `timeout`), its own
+    /// node forgets it.
+    fn run_guest_grace_end(&self, id: SessionId, guest: GuestId, ctx: &mut Context<Self>) {
+        let store = Arc::clone(&self.store);
+        let sid = Arc::clone(&id);
+        let run = async move { store.grace_end_guest(&sid, guest).await };
+        ctx.spawn(run.into_actor(self).map(move |res, act, ctx| {
+            let Ok(GraceOutcome::Ended(facts)) = res else {
+                return;
+            };
+            debug!(session = %id, guest, "a guest's grace period is over");
+            let c = Control::GuestEnded {
+                sid: id.to_string(),
+                guest,
+                reason: GuestLeftReason::Timeout,
+            };
+            let mut told = Vec::new();
+            for n in [facts.node, facts.peer_node].into_iter().flatten() {
+                if !told.contains(&n) {
+                    act.send(&n, c.clone(), ctx);
+                    told.push(n);
+                }
             }
         }));
     }

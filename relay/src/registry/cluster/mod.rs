@@ -21,6 +21,7 @@ mod chores;
 mod dispatch_tests;
 mod peers;
 mod requests;
+mod room;
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -111,6 +112,9 @@ struct Local {
     /// when it moved there while a local side's resume was still gathering
     /// (no pipe toward the peer existed yet to replay).
     peer_read: Option<u64>,
+    /// A room's guests as this node holds them (`None` for a pairing;
+    /// boxed: a pairing pays one pointer for it).
+    room: Option<Box<room::RoomHere>>,
 }
 
 impl Local {
@@ -121,6 +125,7 @@ impl Local {
             // One guest place: a pairing.
             places: vec![Slot::default()],
             peer_read: None,
+            room: None,
         }
     }
 
@@ -175,7 +180,9 @@ impl Local {
     }
 
     fn is_empty(&self) -> bool {
-        self.host.here.is_none() && self.places.iter().all(|p| p.here.is_none())
+        self.host.here.is_none()
+            && self.places.iter().all(|p| p.here.is_none())
+            && self.guests_here().is_empty()
     }
 
     fn link(&self, role: Role, written: u64) -> Option<Link> {
@@ -223,6 +230,8 @@ pub struct ClusterRegistry {
     /// behind it: two resumes of one session (its two sides, after their
     /// node died) must not rebuild its local state at the same time.
     resuming: HashMap<SessionId, VecDeque<tokio::sync::oneshot::Sender<()>>>,
+    /// A room host's decisions waiting for the guest's node, by request.
+    deciding: HashMap<u64, oneshot::Sender<()>>,
 }
 
 /// A message from another node, for the registry.
@@ -296,6 +305,7 @@ impl ClusterRegistry {
                 pending: HashMap::new(),
                 next_request: 1,
                 resuming: HashMap::new(),
+                deciding: HashMap::new(),
             }
         });
         // unwrap-free: `create` runs the closure before returning.
@@ -331,6 +341,7 @@ impl ClusterRegistry {
                 }
                 local.set_pipe(&self.dir, role, None);
             }
+            local.close_room(&self.dir);
         }
     }
 
@@ -460,10 +471,18 @@ fn deliver(
                 conn,
                 how: super::Departure::Dropped,
             }),
-            // No guest is held in a cluster yet (requests: NO_ROOMS_YET).
-            Lane::Guest(_) => {
-                tracing::debug!(session = %sid, ?lane, conn = %conn, "guest cut as a slow consumer");
-            }
+            // A room guest homed here stopped reading: cut, as on one node.
+            Lane::Guest(g) => match usize::try_from(g.guest) {
+                Ok(i) if !g.to_host => registry.do_send(super::Gone {
+                    session_id: Arc::from(sid),
+                    member: super::Member::Guest(i),
+                    conn,
+                    how: super::Departure::Dropped,
+                }),
+                _ => {
+                    tracing::debug!(session = %sid, ?lane, conn = %conn, "cut on a guest's way to its host")
+                }
+            },
         },
     }
 }

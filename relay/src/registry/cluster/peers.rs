@@ -61,10 +61,13 @@ impl Handler<FromPeerNode> for ClusterRegistry {
             | Control::GuestAway { .. }
             | Control::GuestEnded { .. }
             | Control::GuestMoved { .. }
-            | Control::GuestHandover { .. }) => {
-                // No node sends these until the cluster registry takes
-                // rooms (requests: NO_ROOMS_YET).
-                warn!(?c, "a room's message, and this node takes no rooms yet");
+            | Control::GuestHandover { .. }
+            | Control::HostAt { .. }) => self.room_control(c, ctx),
+            c @ Control::HostHandover { .. } => {
+                if let Control::HostHandover { request, .. } = &c {
+                    let request = *request;
+                    self.handover(request, c);
+                }
             }
             Control::Resync { node } => {
                 let node: Arc<str> = Arc::from(node.as_str());
@@ -130,6 +133,10 @@ impl ClusterRegistry {
         let Some(local) = self.sessions.get(&id) else {
             return;
         };
+        if role == Role::Mac && local.room.is_some() && !local.hosts_room() {
+            self.guests_hear_of_host(local, &ServerMessage::PeerDisconnected);
+            return;
+        }
         if local.side(role).is_some_and(|h| h.conn.is_some()) {
             // Stale news: the side is connected here (this node was taken for dead).
             return;
@@ -162,6 +169,24 @@ impl ClusterRegistry {
         let mut received = None;
         let mut unacknowledged = Vec::new();
         let mut error = None;
+        if role == Role::Mac
+            && self
+                .sessions
+                .get(&id)
+                .is_some_and(|l| l.room.is_some() && !l.hosts_room())
+        {
+            self.host_moved_news(&id, &node, was_away);
+            return;
+        }
+        if role == Role::Mac
+            && *node != *self.node
+            && self.sessions.get(&id).is_some_and(|l| l.hosts_room())
+        {
+            // The room moves with its host.
+            let reply = self.host_moved_away(&id, &node, p_last, request);
+            self.send(&node, reply, ctx);
+            return;
+        }
         if let Some(mut local) = self.sessions.remove(&id) {
             let side_here = local.side(role).is_some();
             let peer_here = local.side(role.peer()).is_some();
@@ -255,6 +280,21 @@ impl Handler<NodeDead> for ClusterRegistry {
                 let Some(peer_node) = side.peer_node else {
                     continue;
                 };
+                if let Some(guest) = side.guest {
+                    // A room guest: its host's node hears it as a guest's.
+                    let sid = side.sid.to_string();
+                    let c = if side.gone {
+                        Control::GuestEnded {
+                            sid,
+                            guest,
+                            reason: relay_protocol::GuestLeftReason::Closed,
+                        }
+                    } else {
+                        Control::GuestAway { sid, guest }
+                    };
+                    act.send(&peer_node, c, ctx);
+                    continue;
+                }
                 let c = Control::Away {
                     sid: side.sid.to_string(),
                     role: side.role,
@@ -338,6 +378,13 @@ impl Handler<crate::registry::Stats> for ClusterRegistry {
     fn handle(&mut self, _: crate::registry::Stats, _: &mut Context<Self>) -> Self::Result {
         let mut st = crate::registry::SessionStats::default();
         for local in self.sessions.values() {
+            if local.room.is_some() {
+                // Rooms count on their host's node.
+                if local.hosts_room() {
+                    local.room_stats(&mut st);
+                }
+                continue;
+            }
             // Sessions count on their mac's node.
             if let Some(mac) = local.side(Role::Mac) {
                 let browser = local.side(Role::Browser);

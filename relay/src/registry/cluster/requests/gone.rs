@@ -14,7 +14,9 @@ use crate::cluster::envelope::{Control, EndReason};
 use crate::cluster::store::{AwayOutcome, Counter, EndOutcome, Expiry, Holder};
 use crate::conns::ConnId;
 use crate::queue::EventEffect;
+use crate::registry::member::Member;
 use crate::registry::{Departure, Gone, Overflowed, SessionId};
+use relay_protocol::GuestId;
 
 impl ClusterRegistry {
     /// A side of this node dropped: starts its grace period in Redis, and
@@ -51,6 +53,10 @@ impl ClusterRegistry {
                 // Back on this node meanwhile.
                 return;
             }
+            if role == Role::Mac && local.room.is_some() {
+                act.host_away_news(&id, ctx);
+                return;
+            }
             match local.node_of(role.peer()).cloned() {
                 Some(pn) => {
                     let c = Control::Away {
@@ -73,6 +79,16 @@ impl Handler<Gone> for ClusterRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Gone, ctx: &mut Context<Self>) {
+        if let Member::Guest(i) = msg.member {
+            if self
+                .sessions
+                .get(&msg.session_id)
+                .is_some_and(|l| l.room.is_some())
+            {
+                self.guest_gone(msg.session_id, i as GuestId, msg.conn, msg.how, ctx);
+                return;
+            }
+        }
         let role = msg.member.role();
         let Some(local) = self.sessions.get_mut(&msg.session_id) else {
             return;
@@ -144,11 +160,19 @@ impl ClusterRegistry {
         id: &SessionId,
         role: Role,
         reason: EndReason,
-        _: &mut Context<Self>,
+        ctx: &mut Context<Self>,
     ) {
         let Some(mut local) = self.sessions.remove(id) else {
             return;
         };
+        if role == Role::Mac && local.room.is_some() {
+            // A room's host: its guests hear it as a browser hears its mac.
+            if local.hosts_room() {
+                self.host_ended_news(&local, reason, ctx);
+            }
+            let msg = ServerMessage::error(ErrorCode::MacDisconnected);
+            self.guests_hear_of_host(&local, &msg);
+        }
         let peer_here = local.side(role.peer()).is_some();
         if role == Role::Mac && local.side(Role::Mac).is_some() {
             // `sessions_live` counts sessions whose mac is homed on this node.
@@ -216,6 +240,16 @@ impl Handler<Overflowed> for ClusterRegistry {
 
     fn handle(&mut self, msg: Overflowed, ctx: &mut Context<Self>) {
         self.metrics.resume_buffer_overflows.inc();
+        if let Member::Guest(i) = msg.member {
+            if self
+                .sessions
+                .get(&msg.session_id)
+                .is_some_and(|l| l.room.is_some())
+            {
+                self.guest_overflowed(msg.session_id, i as GuestId, ctx);
+                return;
+            }
+        }
         let role = msg.member.role();
         warn!(session = %msg.session_id, role = role.as_str(), "resume buffer overflowed; ending side");
         // The absent side may be homed anywhere: end it unconditionally.

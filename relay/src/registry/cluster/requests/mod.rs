@@ -5,6 +5,8 @@
 
 mod gone;
 mod resume;
+mod resume_undo;
+pub(in crate::registry::cluster) use resume::gap_refusal;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,18 +15,22 @@ use relay_protocol::code::ALPHABET;
 use relay_protocol::{ErrorCode, Role, ServerMessage, SessionCode};
 use tracing::{info, warn};
 
+use super::room::RoomHere;
 use super::{ClusterRegistry, Here, Local};
 use crate::client_key::ClientKey;
 use crate::cluster::envelope::Control;
 use crate::cluster::store::{
-    Counter, EndOutcome, Holder, JoinOutcome, NodeId, Registration, SideState, StoreError,
+    Counter, EndOutcome, Holder, JoinOutcome, NodeId, Registration, RoomRules, SideState,
+    StoreError,
 };
 use crate::conns::ConnId;
+use crate::outbound::{Outbound, Room};
 use crate::pipe::Pipe;
 use crate::queue::EventEffect;
 use crate::registry::guessing::{code_len, current_minute};
+use crate::registry::member::Member;
 use crate::registry::secret::{self, TokenHash};
-use crate::registry::{Join, Joined, Refusal, Register, Registered, SessionId};
+use crate::registry::{Join, Joined, Link, Refusal, Register, Registered, SessionId};
 
 /// Attempts at a free code before answering `UNAVAILABLE`.
 const CODE_ATTEMPTS: usize = 8;
@@ -53,31 +59,12 @@ impl ClusterRegistry {
     }
 }
 
-/// Why a cluster refuses rooms: they are built on one node first, and
-/// across nodes next (the guests' frames need their ids on the bus).
-const NO_ROOMS_YET: &str = "Rooms (maxGuests, admit) are not available on a relay cluster yet; register without them for a one-guest session, or use a single-node relay.";
-
-impl Handler<super::super::Host> for ClusterRegistry {
-    type Result = Result<(), Refusal>;
-
-    fn handle(&mut self, _: super::super::Host, _: &mut Context<Self>) -> Self::Result {
-        // No room is ever registered here, so no socket is a room host.
-        Err(Refusal::with(ErrorCode::InvalidMessage, NO_ROOMS_YET))
-    }
-}
-
 impl Handler<Register> for ClusterRegistry {
     type Result = ResponseActFuture<Self, Result<Registered, Refusal>>;
 
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> Self::Result {
         if let Err(r) = msg.deadline.check("register") {
             return Box::pin(fut::ready(Err(r)));
-        }
-        if msg.room.is_some() {
-            return Box::pin(fut::ready(Err(Refusal::with(
-                ErrorCode::InvalidMessage,
-                NO_ROOMS_YET,
-            ))));
         }
         if !self.healthy() {
             return Box::pin(fut::ready(Err(ErrorCode::Unavailable.into())));
@@ -86,6 +73,10 @@ impl Handler<Register> for ClusterRegistry {
         let ttl = self.settings.code_ttl;
         let conn = msg.client.conn;
         let deadline = msg.deadline;
+        let room = msg.room.map(|r| RoomRules {
+            max_guests: r.max_guests,
+            admit: r.admit,
+        });
         // The gauge is this node's view of the attack flag (polled each second).
         let len = code_len(self.metrics.under_attack.get() == 1);
         let attempt = async move {
@@ -97,10 +88,19 @@ impl Handler<Register> for ClusterRegistry {
                 deadline.check("register")?;
                 let code = nanoid::format(nanoid::rngs::default, &ALPHABET, len);
                 let expires_at = now_ms() + ttl.as_millis() as u64;
-                let made = store
-                    .register(&sid, &code, &hash, conn, ttl, expires_at)
-                    .await
-                    .map_err(|e| unavailable(&e))?;
+                let made = match room {
+                    None => {
+                        store
+                            .register(&sid, &code, &hash, conn, ttl, expires_at)
+                            .await
+                    }
+                    Some(rules) => {
+                        store
+                            .register_room(&sid, &code, &hash, conn, ttl, expires_at, rules)
+                            .await
+                    }
+                }
+                .map_err(|e| unavailable(&e))?;
                 if made == Registration::Created {
                     return Ok((sid, token, code, expires_at));
                 }
@@ -119,10 +119,23 @@ impl Handler<Register> for ClusterRegistry {
             let mut local = Local::new(Arc::clone(&id));
             let to_mac = Pipe::new(act.settings.limits);
             let written = to_mac.attach(msg.client.receiver(), 0).unwrap_or(0);
-            local.set_pipe(&act.dir, Role::Mac, Some(to_mac));
-            local.set_pipe(&act.dir, Role::Browser, Some(Pipe::new(act.settings.limits)));
+            local.set_pipe(&act.dir, Role::Mac, Some(Arc::clone(&to_mac)));
             local.set_side(Role::Mac, Some(Here { conn: Some((msg.client.conn, msg.client.commands.clone())) }));
-            let link = local.link(Role::Mac, written).ok_or(ErrorCode::Unavailable)?;
+            let link = if msg.room.is_some() {
+                // A room: the host's frames go to its admitted guests.
+                let fanout = Room::new();
+                local.room = Some(Box::new(RoomHere { fanout: Some(Arc::clone(&fanout)), ..RoomHere::default() }));
+                Link {
+                    session_id: Arc::clone(&id),
+                    inbound: to_mac,
+                    outbound: Outbound::Host(fanout),
+                    member: Member::Host,
+                    written,
+                }
+            } else {
+                local.set_pipe(&act.dir, Role::Browser, Some(Pipe::new(act.settings.limits)));
+                local.link(Role::Mac, written).ok_or(ErrorCode::Unavailable)?
+            };
             act.sessions.insert(id, local);
             act.metrics.code_issued(&code);
             act.metrics.sessions_live.inc();
@@ -187,25 +200,34 @@ impl Handler<Join> for ClusterRegistry {
                     sid,
                     mac_node,
                     mac_state,
-                } => Ok((sid, mac_node, mac_state)),
+                } => Ok((sid, None, mac_node, mac_state)),
+                JoinOutcome::Guest {
+                    sid,
+                    guest_id,
+                    admitted,
+                    mac_node,
+                    mac_state,
+                } => Ok((sid, Some((guest_id, admitted)), mac_node, mac_state)),
                 JoinOutcome::Expired => Err(ErrorCode::ExpiredCode.into()),
                 JoinOutcome::Taken => Err(ErrorCode::AlreadyJoined.into()),
                 JoinOutcome::Full => Err(ErrorCode::RoomFull.into()),
-                // A cluster registers no room yet (NO_ROOMS_YET), so no
-                // join can find one; refuse rather than half-join.
-                JoinOutcome::Guest { .. } => {
-                    Err(Refusal::with(ErrorCode::InvalidCode, NO_ROOMS_YET))
-                }
                 JoinOutcome::Invalid => Err(ErrorCode::InvalidCode.into()),
             }
         };
         Box::pin(claim.into_actor(self).map(move |res, act, ctx| {
-            let result = res.and_then(|(sid, mac_node, mac_state)| {
+            let result = res.and_then(|(sid, guest, mac_node, mac_state)| {
                 if let Err(r) = msg.deadline.check("join") {
                     // Neither the mac nor its node heard of this browser yet:
                     // free the session for a join that is answered in time.
-                    act.end_unseen(&sid, Role::Browser, conn, ctx);
+                    match guest {
+                        None => act.end_unseen(&sid, Role::Browser, conn, ctx),
+                        Some((g, _)) => act.end_unseen_guest(&sid, g, conn, ctx),
+                    }
                     return Err(r);
+                }
+                if let Some((g, admitted)) = guest {
+                    return act
+                        .guest_joined(&sid, g, admitted, mac_node, mac_state, &msg, token, ctx);
                 }
                 act.joined(&sid, mac_node, mac_state, &msg, token, ctx)
             });

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending};
 use super::*;
 use crate::cluster::envelope::{Control, HeldFrame};
-use crate::cluster::store::{ResumeFacts, ResumeOutcome, SideEnd};
+use crate::cluster::store::{GuestResume, ResumeFacts, ResumeOutcome, SideEnd};
 use crate::conns::{ConnCommand, ConnId};
 use crate::pipe::Pipe;
 use crate::queue::{EventEffect, Gap};
@@ -115,21 +115,33 @@ impl ClusterRegistry {
                 .resume(&sid, role, &hash, conn)
                 .await
                 .map_err(|e| unavailable(&e))?;
-            match outcome {
-                ResumeOutcome::Resumed(facts) => Ok(facts),
-                ResumeOutcome::Ended(end @ SideEnd::MacDisconnected) => Err(Refusal {
+            let end = match outcome {
+                ResumeOutcome::Resumed(facts) => return Ok(Claimed::Side(facts)),
+                ResumeOutcome::Ended(end) => end,
+                // A room guest's token: found by a second script.
+                ResumeOutcome::Room => {
+                    match store
+                        .resume_guest(&sid, &hash, conn)
+                        .await
+                        .map_err(|e| unavailable(&e))?
+                    {
+                        GuestResume::Resumed { guest_id, facts } => {
+                            return Ok(Claimed::Guest(guest_id, facts));
+                        }
+                        GuestResume::Ended(end) => end,
+                        GuestResume::Invalid => return Err(ErrorCode::InvalidResume.into()),
+                    }
+                }
+                ResumeOutcome::Invalid => return Err(ErrorCode::InvalidResume.into()),
+            };
+            Err(match end {
+                SideEnd::MacDisconnected => Refusal {
                     code: end.code(),
                     message: None,
                     close: Some(CloseCode::SessionOver),
-                }),
-                ResumeOutcome::Ended(end @ (SideEnd::ResumeExpired | SideEnd::Removed)) => {
-                    Err(end.code().into())
-                }
-                // No room is registered in a cluster yet (requests/mod.rs).
-                ResumeOutcome::Invalid | ResumeOutcome::Room => {
-                    Err(ErrorCode::InvalidResume.into())
-                }
-            }
+                },
+                SideEnd::ResumeExpired | SideEnd::Removed => end.code().into(),
+            })
         };
         Box::pin(claim.into_actor(self).then(move |res, act, ctx| {
             let step: ResponseActFuture<Self, Result<Resumed, Refusal>> = match res {
@@ -138,10 +150,18 @@ impl ClusterRegistry {
                     act.count_resume(&res, false);
                     Box::pin(fut::ready(res))
                 }
-                Ok(facts) => {
+                Ok(claimed) => {
+                    let (facts, guest) = match claimed {
+                        Claimed::Side(f) => (f, None),
+                        Claimed::Guest(g, f) => (f, Some(g)),
+                    };
                     // The side still looked connected: this resume takes it over.
                     let takeover = !facts.was_away();
-                    Box::pin(act.resume_here(msg, facts, ctx).map(move |res, act, _| {
+                    let run = match guest {
+                        None => act.resume_here(msg, facts, ctx),
+                        Some(g) => act.resume_guest_here(msg, g, facts, ctx),
+                    };
+                    Box::pin(run.map(move |res, act, _| {
                         act.count_resume(&res, takeover);
                         res
                     }))
@@ -152,7 +172,15 @@ impl ClusterRegistry {
     }
 }
 
-fn gap_refusal(gap: Gap, last_seq: u64) -> Refusal {
+/// What the resume scripts gave this node.
+enum Claimed {
+    /// A pairing's side, or a room's host.
+    Side(ResumeFacts),
+    /// A room's guest.
+    Guest(relay_protocol::GuestId, ResumeFacts),
+}
+
+pub(in crate::registry::cluster) fn gap_refusal(gap: Gap, last_seq: u64) -> Refusal {
     let why = match gap {
         Gap::Closed => return ErrorCode::ResumeExpired.into(),
         Gap::Ahead { sent } => {
@@ -169,7 +197,11 @@ fn gap_refusal(gap: Gap, last_seq: u64) -> Refusal {
 }
 
 impl ClusterRegistry {
-    fn count_resume(&self, res: &Result<Resumed, Refusal>, takeover: bool) {
+    pub(in crate::registry::cluster) fn count_resume(
+        &self,
+        res: &Result<Resumed, Refusal>,
+        takeover: bool,
+    ) {
         let answer = res.as_ref().map(|_| takeover).map_err(|r| r.code);
         self.metrics.resume_answered(answer);
     }
@@ -293,8 +325,21 @@ impl ClusterRegistry {
         // Cut short by the deadline, the wait ends in the check before the
         // commit, which undoes the move.
         let until = msg.deadline.bound(HANDOVER_WAIT);
-        let wait = async move { tokio::time::timeout_at(until, rx).await };
-        Box::pin(wait.into_actor(self).map(move |replies, act, ctx| {
+        // A host whose old node is gone cannot have its room handed over:
+        // is it a room? (Asked only then: a pairing's resume costs nothing more.)
+        let orphan =
+            role == Role::Mac && !facts.old_alive && old_node.as_deref().is_some_and(|n| *n != *me);
+        let store = Arc::clone(&self.store);
+        let sid = msg.session_id.clone();
+        let wait = async move {
+            let replies = tokio::time::timeout_at(until, rx).await;
+            let room = orphan && store.is_room(&sid).await.unwrap_or(false);
+            (replies, room)
+        };
+        Box::pin(wait.into_actor(self).map(move |(replies, room), act, ctx| {
+            if room {
+                return act.orphaned_room(&msg, ctx);
+            }
             let partial = act.pending.remove(&request).map(|p| p.replies).unwrap_or_default();
             let replies = match replies {
                 Ok(Ok(r)) => r,
@@ -329,6 +374,17 @@ impl ClusterRegistry {
         let mut events = Vec::new();
         let mut received = None;
         let mut unacknowledged = Vec::new();
+        if role == Role::Mac {
+            let moved = replies.iter().find_map(|r| match r {
+                Control::HostHandover {
+                    accepted, guests, ..
+                } => Some((*accepted, guests.clone())),
+                _ => None,
+            });
+            if let Some((accepted, guests)) = moved {
+                return self.host_taken_over(&msg, accepted, guests, &facts, ctx);
+            }
+        }
         for r in replies {
             if let Control::Handover {
                 received: rec,
@@ -371,6 +427,9 @@ impl ClusterRegistry {
         {
             // Something ended or replaced the side while the handover ran.
             return Err(ErrorCode::ResumeExpired.into());
+        }
+        if role == Role::Mac && local.hosts_room() {
+            return self.host_resumed_here(&msg, facts.was_away(), events, ctx);
         }
         let peer_here = local.side(role.peer()).is_some();
         let accepted_p;
@@ -462,97 +521,6 @@ impl ClusterRegistry {
         })
     }
 
-    /// A resume that moved the side here, and told the other nodes so, did
-    /// not commit in time. The side stays homed here but away, as if its new
-    /// connection had dropped as it attached: its grace period runs, its
-    /// peer hears `peer_disconnected` (a peer on another node first heard
-    /// `peer_resumed` from the move, unless the side had been connected),
-    /// and it can resume again, here or anywhere. Nothing is undone if the
-    /// side is no longer this resume's (a resume elsewhere took it).
-    fn abandon_resume(
-        &mut self,
-        id: &SessionId,
-        role: Role,
-        conn: ConnId,
-        facts: &ResumeFacts,
-        ctx: &mut Context<Self>,
-    ) {
-        let Some(local) = self.sessions.get_mut(id) else {
-            return;
-        };
-        if local
-            .side(role)
-            .and_then(|h| h.conn.as_ref())
-            .map(|(c, _)| *c)
-            != Some(conn)
-        {
-            return;
-        }
-        local.set_side(role, Some(Here { conn: None }));
-        if let Some(p) = local.pipe(role) {
-            if p.remote_node().is_some() {
-                // Toward the side's old node, which gave it up: hold frames
-                // within the away limits instead.
-                p.peer_away();
-            } else if let Some(old) = facts.old_conn {
-                // A takeover here replaced the old connection, which never
-                // says it is gone.
-                p.detach(old);
-            }
-        }
-        match local.node_of(role.peer()).cloned() {
-            Some(peer_node) => {
-                let c = Control::Away {
-                    sid: id.to_string(),
-                    role,
-                };
-                self.send(&peer_node, c, ctx);
-            }
-            // A peer here heard nothing of a takeover; of a side that was
-            // away it heard `peer_disconnected` already.
-            None if !facts.was_away() => local.tell(
-                role.peer(),
-                &ServerMessage::PeerDisconnected,
-                EventEffect::None,
-            ),
-            None => {}
-        }
-        warn!(session = %id, role = role.as_str(), conn = %conn, "resume not committed by its deadline; the side is away");
-        self.mark_away(id, role, conn, ctx);
-    }
-
-    /// A resume failed after the script moved the side here (its peer's
-    /// node cannot replay what it lacks): mark it away again so its grace
-    /// period runs. A side that was connected (a takeover, its old
-    /// connection now closed) is away news to its peer, told by the peer's
-    /// node as for any side that drops; one that was away stays so, and its
-    /// peer, who heard `peer_disconnected` already, hears nothing more.
-    fn side_lost(
-        &mut self,
-        id: &SessionId,
-        role: Role,
-        msg: &Resume,
-        facts: &ResumeFacts,
-        ctx: &mut Context<Self>,
-    ) {
-        let peer_node = self
-            .sessions
-            .get(id)
-            .and_then(|l| l.node_of(role.peer()).cloned());
-        if let Some(n) = peer_node.filter(|_| !facts.was_away()) {
-            let c = Control::Away {
-                sid: id.to_string(),
-                role,
-            };
-            self.send(&n, c, ctx);
-        }
-        if let Some(local) = self.sessions.get_mut(id) {
-            local.set_side(role, None);
-        }
-        self.forget_if_empty(id);
-        self.mark_away(id, role, msg.client.conn, ctx);
-    }
-
     /// Collects a handover reply; finishes the resume when all are in.
     pub(in crate::registry::cluster) fn handover(&mut self, request: u64, reply: Control) {
         let Some(p) = self.pending.get_mut(&request) else {
@@ -565,7 +533,7 @@ impl ClusterRegistry {
         }
     }
 
-    fn finish_pending(&mut self, request: u64) {
+    pub(in crate::registry::cluster) fn finish_pending(&mut self, request: u64) {
         if let Some(p) = self.pending.get_mut(&request) {
             if let Some(done) = p.done.take() {
                 let _ = done.send(std::mem::take(&mut p.replies));
