@@ -1,0 +1,9 @@
+//! The HTTP transport (issue 14): virtual connections served by the same
+//! socket actor as a WebSocket, paired with WebSocket peers, through real
+//! proxies, and switched mid-session.
+
+mod bad_input;
+mod basics;
+pub mod client;
+mod proxies;
+mod switch;
