@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::client::{Http, Mode, binary};
 use crate::support::cluster::free_port;
-use crate::support::{Got, Relay, WAIT, register, resume_msg};
+use crate::support::{Got, Registered, Relay, WAIT, register, resume_msg};
 
 /// A proxy process on a free port, with its own temp dir; killed on drop.
 pub struct Proxy {
@@ -164,9 +164,13 @@ fn program(name: &str) -> PathBuf {
 /// Pairs an HTTP browser behind `proxy` with a WebSocket mac on the relay,
 /// exchanges data both ways verbatim, and resumes the browser over HTTP.
 async fn through(proxy: &Proxy, relay: &Relay, mode: Mode) {
-    // The proxy does let plain HTTP through.
-    let mut reg = register(relay).await;
-    let mut browser = Http::open(&proxy.base(), "browser", mode).await;
+    through_to(&proxy.base(), register(relay).await, mode).await;
+}
+
+/// The same with the mac registered anywhere, the browser at `base`.
+pub async fn through_to(base: &str, reg: Registered, mode: Mode) {
+    let mut reg = reg;
+    let mut browser = Http::open(base, "browser", mode).await;
     browser
         .json(json!({"type": "join", "code": reg.code}))
         .await;
@@ -197,7 +201,7 @@ async fn through(proxy: &Proxy, relay: &Relay, mode: Mode) {
     for i in 10..20u8 {
         reg.ws.binary(vec![i]).await;
     }
-    let mut again = Http::open(&proxy.base(), "browser", mode).await;
+    let mut again = Http::open(base, "browser", mode).await;
     again.json(resume_msg(&reg.session_id, &token, 20)).await;
     let resumed = again.expect("resumed").await;
     assert_eq!(resumed["lastSeq"], 10);

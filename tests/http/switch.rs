@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{Http, Mode, base, binary};
-use crate::support::{Got, Relay, WAIT, Ws, pair, register, resume_msg};
+use crate::support::{Got, Pair, Relay, WAIT, Ws, pair, register, resume_msg};
 
 /// A frame carrying `seq`, its length varying with it.
 fn frame(seq: u64) -> Vec<u8> {
@@ -132,6 +132,13 @@ async fn run_mac(ws: Ws, total: u64, expect_back: u64) -> u64 {
 async fn a_browser_switches_websocket_http_websocket_mid_stream_and_loses_nothing() {
     let relay = Relay::start(&[]);
     let p = pair(&relay).await;
+    switch_mid_stream(p, &[base(relay.addr)], &relay.url("/browser")).await;
+}
+
+/// The browser of `p` reads numbered frames on its WebSocket, switches to
+/// HTTP (requests to each of `http` in turn), then to a WebSocket at
+/// `ws_back`, sending numbered frames of its own all along.
+pub async fn switch_mid_stream(p: Pair, http: &[String], ws_back: &str) {
     let (session, token) = (p.session_id.clone(), p.browser_token.clone());
     const TOTAL: u64 = 1200;
     let mac = tokio::spawn(run_mac(p.mac, TOTAL, 90));
@@ -145,7 +152,7 @@ async fn a_browser_switches_websocket_http_websocket_mid_stream_and_loses_nothin
 
     // To HTTP, by stream: a takeover of the WebSocket that still looks open.
     let mut http = Side::Http(Box::new(
-        Http::open(&base(relay.addr), "browser", Mode::Stream).await,
+        Http::open_over(http, "browser", Mode::Stream).await,
     ));
     let accepted = http.resume(&session, &token, got).await;
     match std::mem::replace(&mut side, http) {
@@ -158,7 +165,7 @@ async fn a_browser_switches_websocket_http_websocket_mid_stream_and_loses_nothin
     side.read_until(&mut got, 700).await;
 
     // Back to a WebSocket: the virtual connection is replaced (4001).
-    let mut ws = Side::Ws(Box::new(relay.browser().await));
+    let mut ws = Side::Ws(Box::new(Ws::connect(ws_back).await));
     let accepted = ws.resume(&session, &token, got).await;
     let old = std::mem::replace(&mut side, ws);
     let Side::Http(mut old) = old else {
