@@ -52,6 +52,25 @@ async fn requests_taking_turns_over_three_nodes_carry_every_frame_once_in_order(
         browser.send(vec![binary(&[10])]).await;
         assert_eq!(reg.ws.recv().await, Got::Binary(vec![10]));
     }
+    // Two requests in three were served by another node than the one
+    // that got them (the connection's home is node 1).
+    let (mut forwarded, mut all) = (0.0, 0.0);
+    for i in 1..=3 {
+        for op in ["send", "receive"] {
+            for served in ["here", "forwarded"] {
+                let sample = format!(r#"relay_http_requests_total{{op="{op}",served="{served}"}}"#);
+                let v = cluster.node(i).metric(&sample).await;
+                all += v;
+                if served == "forwarded" {
+                    forwarded += v;
+                }
+            }
+        }
+    }
+    assert!(
+        forwarded * 3.0 >= all * 2.0 - 6.0,
+        "{forwarded} of {all} forwarded"
+    );
     // A cid no node holds is 404 on every node.
     for b in &bases {
         let (status, _, _) = super::client::post(

@@ -16,6 +16,7 @@ use actix_http::ws::OpCode;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
+use prometheus::IntGauge;
 use tokio::sync::Notify;
 
 use super::Socket;
@@ -52,6 +53,8 @@ struct Held {
 pub enum SendStep {
     /// Every frame of the batch was taken (now or before).
     Taken,
+    /// The batch was accepted now: wait for [`VirtualConn::taken`].
+    Accepted,
     /// The batch is being applied: wait for [`VirtualConn::taken`].
     Applying,
     /// Not the batch the connection can take now; this one is.
@@ -119,6 +122,8 @@ pub struct VirtualConn {
     state: Mutex<State>,
     /// Wakes waiting requests on any change (items, batches taken, close, a new receive).
     changed: Notify,
+    /// Counts this connection while it is open.
+    gauge: Option<IntGauge>,
 }
 
 impl Default for VirtualConn {
@@ -140,11 +145,21 @@ impl Default for VirtualConn {
                 pump: None,
             }),
             changed: Notify::new(),
+            gauge: None,
         }
     }
 }
 
 impl VirtualConn {
+    /// A connection counted in `gauge` until it closes.
+    pub fn counted(gauge: IntGauge) -> Self {
+        gauge.inc();
+        VirtualConn {
+            gauge: Some(gauge),
+            ..VirtualConn::default()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves positions whole (each change
         // is one step), so the state is still usable.
@@ -207,6 +222,9 @@ impl VirtualConn {
             Instant::now(),
         ));
         drop(s);
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
         self.changed.notify_waiters();
     }
 
@@ -286,7 +304,7 @@ impl VirtualConn {
         s.inbound
             .extend(frames.into_iter().map(|f| (batch, Some(f))));
         Self::wake_pump(&s);
-        SendStep::Applying
+        SendStep::Accepted
     }
 
     /// Whether batch `batch` was taken: `None` while it is being applied.
