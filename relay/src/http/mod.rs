@@ -180,7 +180,10 @@ async fn open(req: &HttpRequest, edge: &Edge, role: Role) -> HttpResponse {
         }
     };
     let gauge = edge.metrics.open.with_label_values(&[role.as_str()]);
-    let conn = Arc::new(VirtualConn::counted(gauge));
+    // Room for a whole pipe's worth of frames as items (base64 and JSON
+    // grow them), whatever the client acknowledges.
+    let cap = edge.config.max_buffered.saturating_mul(4);
+    let conn = Arc::new(VirtualConn::new(gauge, cap));
     edge.metrics
         .opened
         .with_label_values(&[role.as_str()])

@@ -19,9 +19,12 @@ use bytes::Bytes;
 use prometheus::IntGauge;
 use tokio::sync::Notify;
 
+use tracing::warn;
+
 use super::Socket;
 use super::decode::Inbound;
 use super::pump::WRITE_HIGH;
+use crate::metrics::DisconnectReason;
 
 /// Client frames handed to the actor in one poll before it lets other work run.
 const READ_BUDGET: u32 = 64;
@@ -100,6 +103,8 @@ struct State {
     sent: u64,
     /// Bytes of the items after `sent`.
     unsent_bytes: usize,
+    /// Bytes of all items held.
+    held_bytes: usize,
     /// A marker written when no item was held: everything before it was
     /// acknowledged already, so the next receive vouches for it.
     loose_marker: Option<Marker>,
@@ -124,6 +129,9 @@ pub struct VirtualConn {
     changed: Notify,
     /// Counts this connection while it is open.
     gauge: Option<IntGauge>,
+    /// Bytes of items it holds at most: past them the client is a slow
+    /// consumer (it collects without acknowledging), closed with 1013.
+    cap: usize,
 }
 
 impl Default for VirtualConn {
@@ -135,6 +143,7 @@ impl Default for VirtualConn {
                 acked: 0,
                 sent: 0,
                 unsent_bytes: 0,
+                held_bytes: 0,
                 loose_marker: None,
                 closed: None,
                 generation: 0,
@@ -146,16 +155,19 @@ impl Default for VirtualConn {
             }),
             changed: Notify::new(),
             gauge: None,
+            cap: usize::MAX,
         }
     }
 }
 
 impl VirtualConn {
-    /// A connection counted in `gauge` until it closes.
-    pub fn counted(gauge: IntGauge) -> Self {
+    /// A connection counted in `gauge` until it closes, holding at most
+    /// `cap` bytes of items.
+    pub fn new(gauge: IntGauge, cap: usize) -> Self {
         gauge.inc();
         VirtualConn {
             gauge: Some(gauge),
+            cap,
             ..VirtualConn::default()
         }
     }
@@ -203,6 +215,11 @@ impl VirtualConn {
             }
             _ => return,
         }
+        if s.held_bytes > self.cap {
+            // Bounded whatever the client does: the socket sees the close
+            // at its next poll and stops (`pump_virtual`).
+            self.close_locked(&mut s, 1013, "slow consumer");
+        }
         drop(s);
         self.changed.notify_waiters();
     }
@@ -210,6 +227,12 @@ impl VirtualConn {
     /// The close item, the last one.
     pub(super) fn close(&self, code: u16, reason: &str) {
         let mut s = self.lock();
+        self.close_locked(&mut s, code, reason);
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    fn close_locked(&self, s: &mut State, code: u16, reason: &str) {
         if s.closed.is_some() {
             return;
         }
@@ -221,11 +244,9 @@ impl VirtualConn {
             },
             Instant::now(),
         ));
-        drop(s);
         if let Some(g) = &self.gauge {
             g.dec();
         }
-        self.changed.notify_waiters();
     }
 
     /// The socket ended without a close: the client sees an abnormal drop.
@@ -334,6 +355,7 @@ impl VirtualConn {
         let mut marker = s.loose_marker.take();
         while s.items.front().is_some_and(|h| h.pos <= after) {
             if let Some(h) = s.items.pop_front() {
+                s.held_bytes -= h.json.len();
                 marker = h.marker.or(marker);
             }
         }
@@ -405,6 +427,7 @@ impl State {
         self.next_pos += 1;
         let json = Bytes::from(item(pos).to_string());
         self.unsent_bytes += json.len();
+        self.held_bytes += json.len();
         self.items.push_back(Held {
             pos,
             json,
@@ -441,6 +464,14 @@ impl Socket {
         cx: &mut TaskContext<'_>,
     ) -> Poll<()> {
         conn.register(cx);
+        if self.ending.is_none() && conn.closed().is_some() {
+            // Closed from the edge: it held more than it may for a client
+            // that does not acknowledge.
+            warn!(conn = %self.id, role = self.role.as_str(), "slow consumer over HTTP; closing");
+            self.ending = Some(DisconnectReason::SlowConsumer);
+            ctx.stop();
+            return Poll::Ready(());
+        }
         if self.held && self.out.len() < WRITE_HIGH {
             // The client collected: what waits in the pipe can follow.
             self.held = false;
