@@ -303,5 +303,29 @@ GUESSERS=$(python3 -c 'print(",".join(f"127.0.0.{i}" for i in range(2, 52)))')
 load guess --scenario guess "${GUESS_URLS[@]}" --source "$GUESSERS" --duration "$GUESS_FOR" \
   --label "50 addresses, 3 nodes"
 
+# The HTTP transport (issue 14) against WebSocket on one fresh node: one
+# pair's throughput each way (the mac always on a WebSocket, the browser on a
+# WebSocket, an HTTP stream or HTTP long polls), round trips one frame at a
+# time, and memory per waiting HTTP client (a registered mac with a long poll
+# open) beside an idle registered WebSocket (tests/bench/http-bench.mjs).
+say "HTTP transport: streaming and long polling against WebSocket"
+HTTP_PORT=$(free_port); start_relay http "$HTTP_PORT"
+if [ -n "$QUICK" ]; then HTTP_ARGS=(2000 1024 200); else HTTP_ARGS=(20000 1024 2000); fi
+timeout 5m node tests/bench/http-bench.mjs "127.0.0.1:$HTTP_PORT" "$PID_http" "${HTTP_ARGS[@]}" >"$OUT/http.json"
+
 python3 tests/bench/report.py "$OUT"
+python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+r = json.load(open(f"{out}/http.json"))
+rows = ["", "## HTTP transport against WebSocket (one node, one pair)", "",
+        f"{r['frames']} frames of {r['size']} B; the mac on a WebSocket, the browser on each transport.", "",
+        "| measure | WebSocket | HTTP stream | HTTP long poll |", "| --- | --- | --- | --- |"]
+d, t = r["down"], r["rtt"]
+rows.append(f"| mac to browser, frames/s | {d['websocket']['frames_per_s']} | {d['stream']['frames_per_s']} | {d['poll']['frames_per_s']} |")
+rows.append(f"| browser to mac (batches of 32), frames/s | {r['up']['websocket']['frames_per_s']} | {r['up']['http']['frames_per_s']} | (as stream) |")
+rows.append(f"| round trip one at a time, p50 / p99 ms | {t['websocket']['p50_ms']} / {t['websocket']['p99_ms']} | {t['stream']['p50_ms']} / {t['stream']['p99_ms']} | {t['poll']['p50_ms']} / {t['poll']['p99_ms']} |")
+rows.append(f"| memory per waiting client, bytes | {r['idle']['websocket']['bytes_each']} | | {r['idle']['http_poll']['bytes_each']} |")
+open(f"{out}/report.md", "a").write("\n".join(rows) + "\n")
+PY
 say "report: $OUT/report.md"
