@@ -5,16 +5,22 @@
 // mac with a long poll open) beside that of an idle registered WebSocket.
 // Timestamps ride in the frames, so latency is end to end on one clock.
 //
-// Usage: node http-bench.mjs HOST:PORT RELAY_PID [frames] [size] [idle]
-// Prints one JSON object.
+// Usage: node http-bench.mjs HOST:PORT RELAY_PID [frames] [size] [idle] [OTHER_HOST:PORT]
+// Prints one JSON object. With PHASE=idle-websocket or PHASE=idle-http in
+// the environment it measures only that client's memory (give each a fresh
+// relay: a process that already grew reuses what it freed, and under-counts).
+// With OTHER_HOST:PORT (another node of the same
+// cluster) every HTTP request after the open goes there: each one takes the
+// no-sticky hop, which is what that run measures.
 import fs from 'node:fs';
 import WebSocket from 'ws';
 
-const [hostport, pid, framesArg, sizeArg, idleArg] = process.argv.slice(2);
+const [hostport, pid, framesArg, sizeArg, idleArg, other] = process.argv.slice(2);
 const FRAMES = Number(framesArg ?? 20000);
 const SIZE = Number(sizeArg ?? 1024);
 const IDLE = Number(idleArg ?? 2000);
 const base = `http://${hostport}`;
+const later = other ? `http://${other}` : base;
 // Node's fetch opens as many sockets per origin as there are requests in
 // flight, so every waiting poll has its own.
 
@@ -50,7 +56,7 @@ async function expectType(next, type) {
 async function post(path, body, cid) {
   const headers = { 'content-type': 'application/json' };
   if (cid) headers['relay-connection'] = cid;
-  const res = await fetch(base + path, { method: 'POST', headers, body: body === undefined ? '' : JSON.stringify(body) });
+  const res = await fetch((cid ? later : base) + path, { method: 'POST', headers, body: body === undefined ? '' : JSON.stringify(body) });
   return res;
 }
 
@@ -236,11 +242,16 @@ async function idle(kind) {
   return { clients: IDLE, bytes_each: Math.round((after - before) / IDLE) };
 }
 
-const out = { frames: FRAMES, size: SIZE, down: {}, up: {}, rtt: {}, idle: {} };
-for (const kind of ['websocket', 'stream', 'poll']) out.down[kind] = await down(kind);
-for (const kind of ['websocket', 'stream']) out.up[kind === 'stream' ? 'http' : kind] = await up(kind);
-for (const kind of ['websocket', 'stream', 'poll']) out.rtt[kind] = await rtt(kind);
-out.idle.websocket = await idle('websocket');
-out.idle.http_poll = await idle('poll');
-console.log(JSON.stringify(out, null, 1));
+const phase = process.env.PHASE;
+if (phase === 'idle-websocket') {
+  console.log(JSON.stringify(await idle('websocket')));
+} else if (phase === 'idle-http') {
+  console.log(JSON.stringify(await idle('poll')));
+} else {
+  const out = { frames: FRAMES, size: SIZE, down: {}, up: {}, rtt: {} };
+  for (const kind of ['websocket', 'stream', 'poll']) out.down[kind] = await down(kind);
+  for (const kind of ['websocket', 'stream']) out.up[kind === 'stream' ? 'http' : kind] = await up(kind);
+  for (const kind of ['websocket', 'stream', 'poll']) out.rtt[kind] = await rtt(kind);
+  console.log(JSON.stringify(out, null, 1));
+}
 process.exit(0);
