@@ -298,11 +298,13 @@ impl VirtualConn {
     /// A batch of the client's frames, numbered `batch`.
     pub fn send(&self, batch: u64, frames: Vec<Inbound>) -> SendStep {
         let mut s = self.lock();
-        if batch <= s.taken {
-            return SendStep::Taken;
-        }
+        // Closed first, a retry of a taken batch included: the client
+        // resumes, and `resumed` says which of its frames were taken.
         if let Some((closed, _)) = &s.closed {
             return SendStep::Closed(closed.clone());
+        }
+        if batch <= s.taken {
+            return SendStep::Taken;
         }
         if batch == s.accepted {
             return SendStep::Applying;
@@ -504,3 +506,7 @@ impl Socket {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+#[path = "virtual_conn_tests.rs"]
+mod tests;
