@@ -89,8 +89,9 @@ pub struct Config {
     /// part ([`Event::Registered`] shows the full code) and the session is
     /// sealed. Browser: a full code (11 characters) always encrypts; with
     /// this on, a 6-character code also refuses an encrypted mac clearly
-    /// instead of showing its key exchange. Off by default (the plain
-    /// protocol, byte for byte); not for rooms yet.
+    /// instead of showing its key exchange. A room host runs one exchange
+    /// per guest and seals each frame for each guest it goes to. Off by
+    /// default (the plain protocol, byte for byte).
     pub e2e: bool,
     /// End-to-end encryption: longest wait for the other side's next
     /// handshake message while both are connected (default 30 s).
@@ -275,6 +276,19 @@ pub enum Event {
     GuestAway(GuestId),
     /// Room host: the guest resumed.
     GuestBack(GuestId),
+    /// Room host, end-to-end encrypted: the guest's key exchange succeeded
+    /// (its own keys); comes just before its [`Event::GuestAdmitted`].
+    GuestEncrypted(GuestId),
+    /// Room host, end-to-end encrypted: the guest's exchange or a frame of
+    /// it failed; it was removed ([`Event::GuestLeft`] follows).
+    GuestFailed {
+        /// The guest.
+        guest: GuestId,
+        /// What failed, as [`Event::Ended`] would say it (of the guest: "it ...").
+        why: Ended,
+    },
+    /// Room host, end-to-end encrypted: the guest left for good without its end frame.
+    GuestUnfinished(GuestId),
     /// Room host: a data frame from one guest (a pairing's, and a guest's
     /// own, data is [`Event::Data`]).
     GuestData {
@@ -409,7 +423,8 @@ impl Client {
         e2e: Option<e2e::Side>,
     ) -> (Client, Events) {
         let e2e = match (role, e2e) {
-            (Role::Mac, _) if config.e2e && config.room.is_none() => Some(e2e::Side::Host),
+            (Role::Mac, _) if config.e2e && config.room.is_some() => Some(e2e::Side::RoomHost),
+            (Role::Mac, _) if config.e2e => Some(e2e::Side::Host),
             (_, side) => side,
         };
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
@@ -441,6 +456,7 @@ impl Client {
                 tokio::spawn(e2e::run(e2e::Task::new(
                     side,
                     timeout,
+                    guest_rx.clone(),
                     outer_cmd_rx,
                     outer_ev_tx,
                     cmd_tx,
