@@ -1,7 +1,11 @@
 //! The HTTP transport through real proxies started by the test: haproxy
-//! refusing the WebSocket upgrade, and nginx buffering whole responses
-//! (`proxy_buffering on`, ignoring `X-Accel-Buffering`, as a proxy that
-//! does not know it would). The relay is one process behind each.
+//! refusing the WebSocket upgrade; nginx with `proxy_buffering on` (and
+//! `X-Accel-Buffering` ignored, as a proxy that does not know it would),
+//! the common setting; and haproxy holding every response until it is
+//! complete (`http-response wait-for-body`), which is what a proxy that
+//! buffers whole responses does, and what nginx's buffering turns out not
+//! to do to a response that arrives a little at a time: it passes each
+//! piece on. The relay is one process behind each.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -114,8 +118,26 @@ impl Proxy {
         })
     }
 
-    /// nginx that buffers whole responses before passing them on, in front
-    /// of `backends` (round robin); it passes no `Upgrade` either.
+    /// haproxy that holds every response until it is complete (at most a
+    /// minute or its buffer, 16 KiB), in front of `backends`.
+    pub fn haproxy_holding_responses(backends: &[SocketAddr]) -> Proxy {
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("    server node-{i} {a}\n"))
+            .collect();
+        Proxy::start("haproxy", move |_, port| {
+            format!(
+                "global\n    maxconn 512\n\
+                 defaults\n    mode http\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n\
+                 frontend relay\n    bind 127.0.0.1:{port}\n    default_backend relays\n\
+                 backend relays\n    balance roundrobin\n    http-response wait-for-body time 60s\n{servers}"
+            )
+        })
+    }
+
+    /// nginx with `proxy_buffering on` in front of `backends` (round
+    /// robin); it passes no `Upgrade` either.
     pub fn nginx_buffering(backends: &[SocketAddr]) -> Proxy {
         let servers: String = backends
             .iter()
@@ -225,16 +247,31 @@ async fn through_a_proxy_that_refuses_websocket_the_http_transport_pairs_and_res
 }
 
 #[tokio::test]
-async fn through_a_proxy_that_buffers_responses_long_polling_works() {
+async fn through_nginx_with_proxy_buffering_on_long_polling_works() {
     let relay = Relay::start(&[]);
     let proxy = Proxy::nginx_buffering(&[relay.addr]);
     through(&proxy, &relay, Mode::Poll).await;
 }
 
 #[tokio::test]
-async fn through_a_proxy_that_buffers_responses_a_stream_still_arrives_whole_when_it_ends() {
-    // A short wait, so each buffered stream ends (and arrives) soon.
+async fn through_nginx_with_proxy_buffering_on_streaming_works() {
+    // A short wait, so a stream nginx held would end (and arrive) soon.
     let relay = Relay::start(&[("RELAY_HEARTBEAT_INTERVAL", "1s")]);
     let proxy = Proxy::nginx_buffering(&[relay.addr]);
+    through(&proxy, &relay, Mode::Stream).await;
+}
+
+#[tokio::test]
+async fn through_a_proxy_that_holds_whole_responses_long_polling_works() {
+    let relay = Relay::start(&[]);
+    let proxy = Proxy::haproxy_holding_responses(&[relay.addr]);
+    through(&proxy, &relay, Mode::Poll).await;
+}
+
+#[tokio::test]
+async fn through_a_proxy_that_holds_whole_responses_a_stream_arrives_whole_when_it_ends() {
+    // A short wait, so each held stream ends (and arrives) soon.
+    let relay = Relay::start(&[("RELAY_HEARTBEAT_INTERVAL", "1s")]);
+    let proxy = Proxy::haproxy_holding_responses(&[relay.addr]);
     through(&proxy, &relay, Mode::Stream).await;
 }
