@@ -105,6 +105,8 @@ struct State {
     unsent_bytes: usize,
     /// Bytes of all items held.
     held_bytes: usize,
+    /// Items were written since waiting requests were last told.
+    unannounced: bool,
     /// A marker written when no item was held: everything before it was
     /// acknowledged already, so the next receive vouches for it.
     loose_marker: Option<Marker>,
@@ -144,6 +146,7 @@ impl Default for VirtualConn {
                 sent: 0,
                 unsent_bytes: 0,
                 held_bytes: 0,
+                unannounced: false,
                 loose_marker: None,
                 closed: None,
                 generation: 0,
@@ -219,9 +222,22 @@ impl VirtualConn {
             // Bounded whatever the client does: the socket sees the close
             // at its next poll and stops (`pump_virtual`).
             self.close_locked(&mut s, 1013, "slow consumer");
+            drop(s);
+            self.changed.notify_waiters();
+            return;
         }
-        drop(s);
-        self.changed.notify_waiters();
+        // Told at the end of the actor's turn (`announce`), so a receive
+        // gets what one turn wrote together: an error and its close, say.
+        s.unannounced = true;
+    }
+
+    /// Wakes waiting receives if items were written since the last time.
+    fn announce(&self) {
+        let mut s = self.lock();
+        if std::mem::take(&mut s.unannounced) {
+            drop(s);
+            self.changed.notify_waiters();
+        }
     }
 
     /// The close item, the last one.
@@ -497,6 +513,8 @@ impl Socket {
                 break;
             }
         }
+        // What this turn wrote (handlers run before this poll, frames in it).
+        conn.announce();
         if ctx.state().stopping() {
             return Poll::Ready(());
         }
