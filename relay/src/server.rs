@@ -23,6 +23,7 @@ use crate::cluster::lease::Lease;
 use crate::cluster::{Redis, RedisTarget};
 use crate::config::Config;
 use crate::conns::Connections;
+use crate::http;
 use crate::metrics::Metrics;
 use crate::queue::Limits;
 use crate::registry::{ClusterRegistry, MemoryRegistry, RegistryHandle, RegistrySettings};
@@ -186,6 +187,15 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
     };
 
     let data = web::Data::from(Arc::clone(&state));
+    let http_edge = web::Data::from(http::Edge::new(
+        Arc::clone(&config),
+        Arc::clone(&metrics),
+        Arc::clone(&state.sockets),
+        Arc::clone(&state.admission),
+        state.origins.clone(),
+        (state.cluster.as_ref())
+            .map(|c| http::Forwarder::new(node_id.as_str().into(), c.redis.clone())),
+    )?);
     // With an admin listener, /metrics is served only there.
     let metrics_on_main = admin_listener.is_none();
     let head_limit = config.max_request_head;
@@ -195,6 +205,8 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
                 crate::head::cap(head_limit, req, next)
             }))
             .app_data(data.clone())
+            .app_data(http_edge.clone())
+            .configure(http::routes)
             .route("/mac", web::get().to(not_an_upgrade))
             .route("/browser", web::get().to(not_an_upgrade))
             .route("/healthz", web::get().to(healthz))

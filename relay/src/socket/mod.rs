@@ -2,7 +2,9 @@
 //! heartbeat, the client's frames in, the pipe's frames out, and closing with
 //! the right code. All socket I/O of the relay is in this module: the actor
 //! owns its connection after the HTTP upgrade (`upgrade.rs`) and runs the
-//! WebSocket framing itself (`pump.rs`, `decode.rs`).
+//! WebSocket framing itself (`pump.rs`, `decode.rs`). A client of the HTTP
+//! transport gets the same actor, its edge a virtual connection
+//! (`virtual_conn.rs`) that `crate::http` fills and empties.
 
 mod beat;
 pub mod decode;
@@ -13,6 +15,7 @@ mod pump;
 #[cfg(test)]
 mod tests;
 mod upgrade;
+mod virtual_conn;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -45,6 +48,7 @@ use decode::{Frames, Inbound};
 use io::{Io, Upgraded};
 use pump::{Out, Pump};
 pub use upgrade::refuse;
+pub use virtual_conn::{Closed, Collected, Heard, ReceiveRefused, SendStep, VirtualConn};
 
 /// What every socket of the node shares: the settings and the node's handles.
 pub struct Shared {
@@ -113,13 +117,36 @@ pub fn start(
     arrival: Arrival,
     shared: Arc<Shared>,
 ) -> Addr<Socket> {
+    let mut frames = Frames::new(shared.config.max_frame);
+    frames.extend(rest);
+    spawn(Some(io), frames, Out::default(), role, arrival, shared)
+}
+
+/// Starts the actor of a virtual connection (the HTTP transport): the same
+/// actor as a WebSocket's, whose edge is `conn`.
+pub fn start_virtual(
+    conn: Arc<VirtualConn>,
+    role: Role,
+    arrival: Arrival,
+    shared: Arc<Shared>,
+) -> Addr<Socket> {
+    let frames = Frames::new(shared.config.max_frame);
+    spawn(None, frames, Out::virtual_conn(conn), role, arrival, shared)
+}
+
+fn spawn(
+    io: Option<Io>,
+    frames: Frames,
+    out: Out,
+    role: Role,
+    arrival: Arrival,
+    shared: Arc<Shared>,
+) -> Addr<Socket> {
     let Arrival {
         addr,
         slot,
         origin_allowed,
     } = arrival;
-    let mut frames = Frames::new(shared.config.max_frame);
-    frames.extend(rest);
     Socket {
         id: ConnId::next(),
         role,
@@ -131,9 +158,9 @@ pub fn start(
         gate: Gate::new(),
         stall_watch: None,
         live: None,
-        io: Some(io),
+        io,
         frames,
-        out: Out::default(),
+        out,
         held: false,
         link: None,
         target: Target::All,
