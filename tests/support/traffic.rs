@@ -153,7 +153,8 @@ pub async fn listen(mut events: Events, log: Log, pair: usize, is_mac: bool) {
             | Event::PeerResumed
             | Event::Latency(_)
             | Event::Encrypted
-            | Event::Unfinished => {}
+            | Event::Unfinished
+            | Event::Transport { .. } => {}
             // These fixtures pair; a room's events and tagged frames are
             // counted as misrouted should one ever arrive.
             Event::Waiting { .. }

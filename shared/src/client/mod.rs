@@ -29,6 +29,8 @@ pub mod backoff;
 mod conn;
 mod e2e;
 mod failure;
+mod http;
+mod link;
 pub mod outbox;
 mod room;
 pub mod url;
@@ -40,6 +42,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use backoff::{AfterClose, Backoff, Next, Reconnector};
 pub use e2e::{HANDSHAKE_TIMEOUT, MISMATCH};
+pub use link::{Transport, TransportMode};
 pub use outbox::{OutboxLimits, QueueFull, Target};
 pub use url::{RelayUrl, UrlError, page_url};
 
@@ -95,11 +98,23 @@ pub struct Config {
     /// End-to-end encryption: longest wait for the other side's next
     /// handshake message while both are connected (default 30 s).
     pub e2e_timeout: Duration,
+    /// Which transports to use: WebSocket first with the HTTP fallback
+    /// ([`TransportMode::Auto`], the default), or only one of them.
+    pub transport: TransportMode,
+    /// Auto: how long the WebSocket may take to open and to answer the
+    /// first message before the client falls back to HTTP; also how long an
+    /// HTTP receive stream may take to open before the client takes it as
+    /// buffered by a proxy and long-polls (default 5 s).
+    pub fallback_after: Duration,
+    /// Auto, on the HTTP fallback: how often to try the WebSocket again
+    /// (the session moves back by resuming on it; default 60 s).
+    pub websocket_retry: Duration,
 }
 
 impl Config {
     /// Defaults: 10 s connect timeout, 1 s→30 s backoff with 75–125 % jitter,
     /// unlimited retries, 1000 frames / 8 MiB outbound queue, a ping every 5 s,
+    /// WebSocket with the HTTP fallback (after 5 s; WebSocket tried again every 60 s),
     /// and a mac that registers again when the relay lost its session (an
     /// app stays reachable: it only has to show the new code).
     pub fn new(url: impl Into<String>) -> Self {
@@ -115,7 +130,16 @@ impl Config {
             name: None,
             e2e: false,
             e2e_timeout: HANDSHAKE_TIMEOUT,
+            transport: TransportMode::Auto,
+            fallback_after: Duration::from_secs(5),
+            websocket_retry: Duration::from_secs(60),
         }
+    }
+
+    /// This config, with the transports `mode` allows.
+    pub fn with_transport(mut self, mode: TransportMode) -> Self {
+        self.transport = mode;
+        self
     }
 
     /// This config, with end-to-end encryption on or off.
@@ -293,6 +317,15 @@ pub enum Event {
     PeerResumed,
     /// The session was taken back on a new connection.
     Resumed,
+    /// The connection now goes over `transport` (the HTTP fallback, or back
+    /// on WebSocket); `cause` says why, for a person. Never sent to a client
+    /// that stays on WebSocket.
+    Transport {
+        /// The transport in use from now on.
+        transport: Transport,
+        /// Why it changed (e.g. the WebSocket upgrade was refused).
+        cause: String,
+    },
     /// A data frame from the peer.
     Data(Data),
     /// Round trip of the last app-level ping.
@@ -362,6 +395,7 @@ pub struct Client {
     state: watch::Receiver<State>,
     latency: watch::Receiver<Option<Duration>>,
     guest_id: watch::Receiver<Option<GuestId>>,
+    transport: watch::Receiver<Transport>,
 }
 
 /// The stream of [`Event`]s of one client.
@@ -417,10 +451,12 @@ impl Client {
         let (state_tx, state_rx) = watch::channel(State::Connecting);
         let (lat_tx, lat_rx) = watch::channel(None);
         let (guest_tx, guest_rx) = watch::channel(None);
+        let (transport_tx, transport_rx) = watch::channel(Transport::WebSocket);
         let watches = conn::Watches {
             state: state_tx,
             latency: lat_tx,
             guest_id: guest_tx,
+            transport: transport_tx,
         };
         let (cmd_tx, ev_rx) = match e2e {
             None => {
@@ -455,6 +491,7 @@ impl Client {
                 state: state_rx,
                 latency: lat_rx,
                 guest_id: guest_rx,
+                transport: transport_rx,
             },
             Events(ev_rx),
         )
@@ -575,6 +612,11 @@ impl Client {
     /// [`Event::Waiting`] or [`Event::Joined`]); `None` in a pairing.
     pub fn guest_id(&self) -> Option<GuestId> {
         *self.guest_id.borrow()
+    }
+
+    /// The transport of the current (or last) connection.
+    pub fn transport(&self) -> Transport {
+        *self.transport.borrow()
     }
 
     /// Round trip of the last app-level ping, if one was answered.
