@@ -127,7 +127,7 @@ fn config(args: &ClientArgs) -> Config {
     c.max_retries = args.max_retries;
     c.connect_timeout = args.connect_timeout;
     c.e2e = !args.no_e2e;
-    c.transport = match args.transport {
+    c.transports.mode = match args.transport {
         TransportArg::Auto => TransportMode::Auto,
         TransportArg::Websocket => TransportMode::WebSocket,
         TransportArg::Http => TransportMode::Http,

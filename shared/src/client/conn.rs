@@ -110,7 +110,8 @@ impl Task {
         let reconnector = Reconnector::new(config.backoff, config.max_retries);
         let outbox = Outbox::new(config.outbox);
         let room_host = role == Role::Mac && config.room.is_some();
-        let http = super::http::Dialer::new(config.connect_timeout, config.fallback_after);
+        let http =
+            super::http::Dialer::new(config.connect_timeout, config.transports.fallback_after);
         Task {
             config,
             urls: Vec::new(),

@@ -5,6 +5,7 @@
 //! is; this module owns only the shape, never a socket.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::net::TcpStream;
@@ -69,6 +70,31 @@ impl std::str::FromStr for TransportMode {
             "websocket" | "ws" => Ok(TransportMode::WebSocket),
             "http" => Ok(TransportMode::Http),
             _ => Err(format!("{s:?}: give auto, websocket or http")),
+        }
+    }
+}
+
+/// Which transports a client uses, and when it moves between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transports {
+    /// WebSocket with the HTTP fallback (the default), or only one of them.
+    pub mode: TransportMode,
+    /// Auto: how long the WebSocket may take to open and to answer the
+    /// first message before the client falls back to HTTP; also how long an
+    /// HTTP receive stream may take to open before the client takes it as
+    /// buffered by a proxy and long-polls (default 5 s).
+    pub fallback_after: Duration,
+    /// Auto, on the HTTP fallback: how often to try the WebSocket again
+    /// (the session moves back by resuming on it; default 60 s).
+    pub websocket_retry: Duration,
+}
+
+impl Default for Transports {
+    fn default() -> Self {
+        Transports {
+            mode: TransportMode::Auto,
+            fallback_after: Duration::from_secs(5),
+            websocket_retry: Duration::from_secs(60),
         }
     }
 }

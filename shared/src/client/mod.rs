@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use backoff::{AfterClose, Backoff, Next, Reconnector};
 pub use e2e::{HANDSHAKE_TIMEOUT, MISMATCH};
-pub use link::{Transport, TransportMode};
+pub use link::{Transport, TransportMode, Transports};
 pub use outbox::{OutboxLimits, QueueFull, Target};
 pub use url::{RelayUrl, UrlError, page_url};
 
@@ -98,17 +98,8 @@ pub struct Config {
     /// End-to-end encryption: longest wait for the other side's next
     /// handshake message while both are connected (default 30 s).
     pub e2e_timeout: Duration,
-    /// Which transports to use: WebSocket first with the HTTP fallback
-    /// ([`TransportMode::Auto`], the default), or only one of them.
-    pub transport: TransportMode,
-    /// Auto: how long the WebSocket may take to open and to answer the
-    /// first message before the client falls back to HTTP; also how long an
-    /// HTTP receive stream may take to open before the client takes it as
-    /// buffered by a proxy and long-polls (default 5 s).
-    pub fallback_after: Duration,
-    /// Auto, on the HTTP fallback: how often to try the WebSocket again
-    /// (the session moves back by resuming on it; default 60 s).
-    pub websocket_retry: Duration,
+    /// Which transports to use and when to move between them ([`Transports`]).
+    pub transports: Transports,
 }
 
 impl Config {
@@ -130,16 +121,8 @@ impl Config {
             name: None,
             e2e: false,
             e2e_timeout: HANDSHAKE_TIMEOUT,
-            transport: TransportMode::Auto,
-            fallback_after: Duration::from_secs(5),
-            websocket_retry: Duration::from_secs(60),
+            transports: Transports::default(),
         }
-    }
-
-    /// This config, with the transports `mode` allows.
-    pub fn with_transport(mut self, mode: TransportMode) -> Self {
-        self.transport = mode;
-        self
     }
 
     /// This config, with end-to-end encryption on or off.
@@ -317,9 +300,7 @@ pub enum Event {
     PeerResumed,
     /// The session was taken back on a new connection.
     Resumed,
-    /// The connection now goes over `transport` (the HTTP fallback, or back
-    /// on WebSocket); `cause` says why, for a person. Never sent to a client
-    /// that stays on WebSocket.
+    /// The connection moved to `transport`; never sent to a client that stays on WebSocket.
     Transport {
         /// The transport in use from now on.
         transport: Transport,
@@ -395,7 +376,6 @@ pub struct Client {
     state: watch::Receiver<State>,
     latency: watch::Receiver<Option<Duration>>,
     guest_id: watch::Receiver<Option<GuestId>>,
-    transport: watch::Receiver<Transport>,
 }
 
 /// The stream of [`Event`]s of one client.
@@ -451,7 +431,7 @@ impl Client {
         let (state_tx, state_rx) = watch::channel(State::Connecting);
         let (lat_tx, lat_rx) = watch::channel(None);
         let (guest_tx, guest_rx) = watch::channel(None);
-        let (transport_tx, transport_rx) = watch::channel(Transport::WebSocket);
+        let (transport_tx, _) = watch::channel(Transport::WebSocket);
         let watches = conn::Watches {
             state: state_tx,
             latency: lat_tx,
@@ -491,7 +471,6 @@ impl Client {
                 state: state_rx,
                 latency: lat_rx,
                 guest_id: guest_rx,
-                transport: transport_rx,
             },
             Events(ev_rx),
         )
@@ -612,11 +591,6 @@ impl Client {
     /// [`Event::Waiting`] or [`Event::Joined`]); `None` in a pairing.
     pub fn guest_id(&self) -> Option<GuestId> {
         *self.guest_id.borrow()
-    }
-
-    /// The transport of the current (or last) connection.
-    pub fn transport(&self) -> Transport {
-        *self.transport.borrow()
     }
 
     /// Round trip of the last app-level ping, if one was answered.

@@ -50,7 +50,7 @@ impl Task {
     pub(super) async fn connect(&mut self) -> Result<Link, Failure> {
         let base = self.next_base();
         let timeout = self.config.connect_timeout;
-        match self.config.transport {
+        match self.config.transports.mode {
             TransportMode::WebSocket => self
                 .websocket(&base, timeout)
                 .await
@@ -65,7 +65,7 @@ impl Task {
                 r
             }
             TransportMode::Auto => {
-                let quick = timeout.min(self.config.fallback_after);
+                let quick = timeout.min(self.config.transports.fallback_after);
                 let failed = match self.websocket(&base, quick).await {
                     Ok(ws) => return Ok(Link::websocket(ws)),
                     Err(f) if f.no_listener => return Err(f.failure),
@@ -133,7 +133,8 @@ impl Task {
         if before == now {
             return;
         }
-        let _ = self.watches.transport.send(now);
+        // `send_replace`: nobody may be watching, and the value must change anyway.
+        self.watches.transport.send_replace(now);
         let cause = match (now, cause) {
             (_, Some(c)) => c,
             (Transport::Http, None) => "the client is set to use HTTP".to_owned(),
@@ -155,13 +156,18 @@ impl Task {
             probe: None,
             probing: None,
             url: self.urls[self.current].endpoint(self.role),
-            timeout: self.config.connect_timeout.min(self.config.fallback_after),
-            every: self.config.websocket_retry,
+            timeout: self
+                .config
+                .connect_timeout
+                .min(self.config.transports.fallback_after),
+            every: self.config.transports.websocket_retry,
         };
-        if self.config.transport == TransportMode::Auto {
+        if self.config.transports.mode == TransportMode::Auto {
             match transport {
                 Transport::WebSocket if hello => {
-                    s.silence = Some(Box::pin(tokio::time::sleep(self.config.fallback_after)));
+                    s.silence = Some(Box::pin(tokio::time::sleep(
+                        self.config.transports.fallback_after,
+                    )));
                 }
                 Transport::WebSocket => {}
                 Transport::Http => s.probe = Some(Box::pin(tokio::time::sleep(s.every))),
@@ -175,7 +181,7 @@ impl Task {
         self.prefer_http = true;
         self.transport_cause = Some(format!(
             "the WebSocket stayed silent for {:?}",
-            self.config.fallback_after
+            self.config.transports.fallback_after
         ));
         Outcome::Reconnect
     }
@@ -184,7 +190,7 @@ impl Task {
     /// relay said anything (`silent`) is as good as refused, in auto mode.
     pub(super) fn dropped(&mut self, o: Outcome, silent: bool) -> Outcome {
         if silent
-            && self.config.transport == TransportMode::Auto
+            && self.config.transports.mode == TransportMode::Auto
             && *self.watches.transport.borrow() == Transport::WebSocket
             && matches!(&o, Outcome::Closed(AfterClose::Reconnect, c) if *c == DROPPED)
         {
