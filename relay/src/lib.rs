@@ -47,6 +47,10 @@ pub mod head;
 #[cfg(not(fuzzing))]
 mod head;
 #[cfg(fuzzing)]
+pub mod http;
+#[cfg(not(fuzzing))]
+mod http;
+#[cfg(fuzzing)]
 pub mod metrics;
 #[cfg(not(fuzzing))]
 mod metrics;

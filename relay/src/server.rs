@@ -186,6 +186,13 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
     };
 
     let data = web::Data::from(Arc::clone(&state));
+    let http_edge = web::Data::from(crate::http::Edge::new(
+        Arc::clone(&config),
+        Arc::clone(&metrics),
+        Arc::clone(&state.sockets),
+        Arc::clone(&state.admission),
+        state.origins.clone(),
+    ));
     // With an admin listener, /metrics is served only there.
     let metrics_on_main = admin_listener.is_none();
     let head_limit = config.max_request_head;
@@ -195,6 +202,8 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
                 crate::head::cap(head_limit, req, next)
             }))
             .app_data(data.clone())
+            .app_data(http_edge.clone())
+            .configure(crate::http::routes)
             .route("/mac", web::get().to(not_an_upgrade))
             .route("/browser", web::get().to(not_an_upgrade))
             .route("/healthz", web::get().to(healthz))

@@ -134,6 +134,11 @@ impl Handler<Beat> for Socket {
             Beat::Ping => {
                 self.send_marker();
                 let sent = std::time::Instant::now();
+                // A virtual connection answers no pings: a receive open
+                // now is its sign of life (one arriving later is `Heard`).
+                if self.out.conn.as_ref().is_some_and(|c| c.receiving()) {
+                    self.last_pong = sent;
+                }
                 let me = ctx.address().downgrade();
                 check_after(cfg.heartbeat_timeout, me.clone(), sent);
                 ping_after(cfg.heartbeat_interval, me);

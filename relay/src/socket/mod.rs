@@ -13,6 +13,7 @@ mod pump;
 #[cfg(test)]
 mod tests;
 mod upgrade;
+mod virtual_conn;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -45,6 +46,7 @@ use decode::{Frames, Inbound};
 use io::{Io, Upgraded};
 use pump::{Out, Pump};
 pub use upgrade::refuse;
+pub use virtual_conn::{Closed, Collected, Heard, ReceiveRefused, SendStep, VirtualConn};
 
 /// What every socket of the node shares: the settings and the node's handles.
 pub struct Shared {
@@ -113,13 +115,36 @@ pub fn start(
     arrival: Arrival,
     shared: Arc<Shared>,
 ) -> Addr<Socket> {
+    let mut frames = Frames::new(shared.config.max_frame);
+    frames.extend(rest);
+    spawn(Some(io), frames, Out::default(), role, arrival, shared)
+}
+
+/// Starts the actor of a virtual connection (the HTTP transport): the same
+/// actor as a WebSocket's, whose edge is `conn`.
+pub fn start_virtual(
+    conn: Arc<VirtualConn>,
+    role: Role,
+    arrival: Arrival,
+    shared: Arc<Shared>,
+) -> Addr<Socket> {
+    let frames = Frames::new(shared.config.max_frame);
+    spawn(None, frames, Out::virtual_conn(conn), role, arrival, shared)
+}
+
+fn spawn(
+    io: Option<Io>,
+    frames: Frames,
+    out: Out,
+    role: Role,
+    arrival: Arrival,
+    shared: Arc<Shared>,
+) -> Addr<Socket> {
     let Arrival {
         addr,
         slot,
         origin_allowed,
     } = arrival;
-    let mut frames = Frames::new(shared.config.max_frame);
-    frames.extend(rest);
     Socket {
         id: ConnId::next(),
         role,
@@ -131,9 +156,9 @@ pub fn start(
         gate: Gate::new(),
         stall_watch: None,
         live: None,
-        io: Some(io),
+        io,
         frames,
-        out: Out::default(),
+        out,
         held: false,
         link: None,
         target: Target::All,

@@ -9,6 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Socket;
 use super::io::Io;
+use super::virtual_conn::VirtualConn;
 
 /// Unwritten bytes past which the socket leaves its pipe undrained until
 /// the client reads: the pipe then holds the frames, and its flow control
@@ -32,15 +34,26 @@ const READ_BUDGET: u32 = 64;
 /// its end before it is dropped.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// The frames a socket has yet to write to its client.
+/// The frames a socket has yet to write to its client: the seam between
+/// the actor and its edge, a WebSocket or a virtual connection (HTTP).
 #[derive(Default)]
 pub struct Out {
     buf: RefCell<BytesMut>,
     /// A close frame is queued: nothing more is written.
     closed: Cell<bool>,
+    /// Set for a virtual connection: frames go to it, not to `buf`.
+    pub(super) conn: Option<Arc<VirtualConn>>,
 }
 
 impl Out {
+    /// The frames of a virtual connection.
+    pub(super) fn virtual_conn(conn: Arc<VirtualConn>) -> Self {
+        Out {
+            conn: Some(conn),
+            ..Out::default()
+        }
+    }
+
     /// Queues bytes for the pump to write. Everything that writes runs in
     /// a message handler (heartbeats included, `beat.rs`), a finished
     /// `ctx.wait` or the pump itself, and actix polls the pump after each of
@@ -59,6 +72,9 @@ impl Out {
     }
 
     fn message(&self, payload: &[u8], op: OpCode) {
+        if let Some(conn) = &self.conn {
+            return conn.write(payload, op);
+        }
         self.queue(|b| Parser::write_message(b, payload, op, true, false));
     }
 
@@ -84,12 +100,21 @@ impl Out {
 
     /// The close frame, the last one written.
     pub fn close(&self, reason: Option<CloseReason>) {
+        if let Some(conn) = &self.conn {
+            let (code, text) = reason.map_or((1005, None), |r| (r.code.into(), r.description));
+            conn.close(code, text.as_deref().unwrap_or(""));
+            self.closed.set(true);
+            return;
+        }
         self.queue(|b| Parser::write_close(b, reason, false));
         self.closed.set(true);
     }
 
     /// Bytes waiting to be written.
     pub fn len(&self) -> usize {
+        if let Some(conn) = &self.conn {
+            return conn.unsent();
+        }
         self.buf.borrow().len()
     }
 
@@ -141,6 +166,9 @@ impl Socket {
             self.io = None;
             ctx.stop();
             return Poll::Ready(());
+        }
+        if let Some(conn) = self.out.conn.clone() {
+            return self.pump_virtual(&conn, ctx, cx);
         }
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(());
@@ -214,6 +242,10 @@ impl Socket {
     /// frame, usually), to a short task that writes it, closes this end and
     /// waits for the client to close its own, for at most [`LINGER`].
     pub(super) fn retire(&mut self) {
+        if let Some(conn) = &self.out.conn {
+            // Stopped without a close (cut, say): an abnormal drop.
+            conn.lost();
+        }
         let Some(mut io) = self.io.take() else { return };
         let mut out = self.out.take();
         // Write what the socket takes now: a draining node exits as soon as
