@@ -211,7 +211,8 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
             .route("/", web::get().to(page))
             .route("/client.js", web::get().to(client_js))
             .route("/e2e.js", web::get().to(e2e_js))
-            .route("/noble.js", web::get().to(noble_js));
+            .route("/noble.js", web::get().to(noble_js))
+            .route("/transport.js", web::get().to(transport_js));
         let app = if metrics_on_main {
             app.route("/metrics", web::get().to(metrics_text))
         } else {
@@ -546,6 +547,14 @@ async fn e2e_js() -> HttpResponse {
 
 async fn noble_js() -> HttpResponse {
     script(NOBLE_JS)
+}
+
+/// The browser's transports (`relay/static/transport.js`: WebSocket or the
+/// HTTP fallback), which `/client.js` imports.
+const TRANSPORT_JS: &str = include_str!("../static/transport.js");
+
+async fn transport_js() -> HttpResponse {
+    script(TRANSPORT_JS)
 }
 
 async fn healthz() -> HttpResponse {

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::super::failure::{self, DROPPED, Failure};
 use super::super::link::{Link, Transport, TransportMode, Ws};
-use super::super::url::RelayUrl;
+use super::super::url::{RelayUrl, UrlError};
 use super::{AfterClose, Event, Outcome, Task};
 
 /// A WebSocket attempt that failed, and whether nothing listens at all
@@ -74,10 +74,7 @@ impl Task {
                 match self.over_http(&base).await {
                     Ok(link) => {
                         self.prefer_http = true;
-                        self.transport_cause = Some(match failed.failure {
-                            Failure::Transient(why) => why,
-                            Failure::Permanent(e) => e.to_string(),
-                        });
+                        self.transport_cause = Some(why_not(failed.failure));
                         Ok(link)
                     }
                     // A proxy's refusal of the upgrade is no wrong address
@@ -137,7 +134,7 @@ impl Task {
         self.watches.transport.send_replace(now);
         let cause = match (now, cause) {
             (_, Some(c)) => c,
-            (Transport::Http, None) => "the client is set to use HTTP".to_owned(),
+            (Transport::Http, None) => "set to use HTTP".to_owned(),
             (Transport::WebSocket, None) => "the WebSocket works again".to_owned(),
         };
         self.emit(Event::Transport {
@@ -204,6 +201,23 @@ impl Task {
     pub(super) fn upgraded(&mut self, ws: Box<Ws>) -> Outcome {
         self.prefer_http = false;
         Outcome::Switch(Link::websocket(*ws))
+    }
+}
+
+/// Why the WebSocket did not work, for a person.
+fn why_not(f: Failure) -> String {
+    match f {
+        Failure::Transient(why) => why,
+        Failure::Permanent(
+            UrlError::NotARelay { endpoint, status }
+            | UrlError::NotFound {
+                endpoint, status, ..
+            }
+            | UrlError::Redirect {
+                endpoint, status, ..
+            },
+        ) => format!("the WebSocket upgrade at {endpoint} was refused with HTTP {status}"),
+        Failure::Permanent(e) => e.to_string(),
     }
 }
 
