@@ -1,0 +1,136 @@
+// The page behind a proxy that refuses WebSocket (a real haproxy answering
+// the upgrade 403, as corporate proxies do), in headless Chromium: it falls
+// back to HTTP by itself, says so, and pairs end to end encrypted with
+// `relay host` (Rust, on WebSocket straight to the relay), lines both ways.
+
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+
+import {
+  ARTIFACTS, Node, RELAY_BIN, freePort, kill, launchChromium, screenshot, sendFromPage, state, tail, track,
+  waitFor, waitIncoming,
+} from './harness.js';
+
+const started = [];
+const dirs = [];
+after(async () => {
+  for (const c of started) await kill(c);
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+function tmpdir(name) {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), `relay-${name}-`));
+  dirs.push(d);
+  return d;
+}
+
+const HAPROXY = fs.existsSync('/usr/sbin/haproxy') ? '/usr/sbin/haproxy' : 'haproxy';
+
+/** haproxy in front of `port`, refusing every WebSocket upgrade with 403; its port and log. */
+async function refusingProxy(port) {
+  const dir = tmpdir('haproxy');
+  const listen = await freePort();
+  const cfg = path.join(dir, 'haproxy.cfg');
+  fs.writeFileSync(cfg, `global
+    log stderr format raw local0 info
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+    timeout http-request 10s
+frontend relay
+    bind 127.0.0.1:${listen}
+    http-request deny deny_status 403 if { hdr(upgrade) -i websocket }
+    default_backend relays
+backend relays
+    server node-1 127.0.0.1:${port}
+`);
+  const logs = [];
+  const child = track(spawn(HAPROXY, ['-db', '-f', cfg], { stdio: ['ignore', 'pipe', 'pipe'] }));
+  started.push(child);
+  for (const s of [child.stdout, child.stderr]) {
+    s.setEncoding('utf8');
+    s.on('data', (c) => logs.push(...c.split('\n').filter(Boolean)));
+  }
+  await waitFor(
+    () => new Promise((resolve) => {
+      const s = net.connect(listen, '127.0.0.1', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
+    }),
+    'haproxy to listen',
+  ).catch((e) => {
+    throw new Error(`${e.message}\n${tail(logs)}`);
+  });
+  return { port: listen, logs };
+}
+
+/** `relay host` on WebSocket straight to `port`: the process, its output so far, and its full code. */
+async function host(port) {
+  const child = track(spawn(RELAY_BIN, ['host', '--url', `ws://127.0.0.1:${port}`, '--qr', 'never'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  }));
+  started.push(child);
+  const out = { err: '', out: '' };
+  child.stderr.setEncoding('utf8');
+  child.stdout.setEncoding('utf8');
+  child.stderr.on('data', (c) => (out.err += c));
+  child.stdout.on('data', (c) => (out.out += c));
+  const code = await waitFor(() => out.err.match(/code ([0-9A-Z]{6}-[0-9A-Z]{5}):/)?.[1], 'the full code');
+  return { child, out, code };
+}
+
+test('behind a proxy that refuses WebSocket the page falls back to HTTP, says so, and pairs with relay host', { timeout: 90_000 }, async () => {
+  const node = new Node('single', '');
+  let context;
+  try {
+    await node.start();
+    const proxy = await refusingProxy(node.port);
+    const h = await host(node.port);
+    const profile = path.join(tmpdir('chromium'), 'profile');
+    fs.mkdirSync(profile);
+    context = await launchChromium(profile);
+    const page = context.pages()[0] ?? (await context.newPage());
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+
+    // The page and its scripts come through the proxy (plain GETs pass).
+    await page.goto(`http://127.0.0.1:${proxy.port}/#${h.code}`);
+    await waitFor(async () => (await state(page)) === 'connected', 'the page to connect');
+    await waitFor(() => page.$eval('#transport', (e) => e.dataset.transport === 'http'), 'the page to show the HTTP fallback');
+    assert.match(await page.textContent('#transport'), /HTTP fallback/);
+    assert.ok(
+      proxy.logs.some((l) => l.includes('403') && l.includes('/browser')),
+      `haproxy refused the page's WebSocket:\n${tail(proxy.logs)}`,
+    );
+    await waitFor(() => page.isVisible('#e2e'), 'the page to say it is end-to-end encrypted');
+    await waitFor(() => h.out.err.includes('a browser joined'), 'the host to see the browser');
+
+    h.child.stdin.write('over websocket, then http é\n');
+    await waitIncoming(page, ['over websocket, then http é'], 'the page to show the host line');
+    await sendFromPage(page, 'from chromium over http');
+    await waitFor(() => h.out.out.includes('from chromium over http\n'), 'the host to print the page line');
+    // haproxy logs a request when it ends: the page's sends (a receive stream is still open).
+    assert.ok(proxy.logs.some((l) => l.includes('POST /http/send')), 'the page sent over HTTP');
+    await screenshot(page, 'browser-http-fallback', { narrow: true });
+    assert.deepEqual(errors, []);
+
+    h.child.stdin.end();
+    await waitFor(async () => (await state(page)) === 'disconnected', 'the page to see the session end');
+  } catch (e) {
+    throw new Error(`${e.message}\n${tail(node.logs)}`);
+  } finally {
+    await context?.close().catch(() => {});
+    await kill(node.child);
+  }
+});
