@@ -56,9 +56,9 @@ impl Task {
                 .await
                 .map(Link::websocket)
                 .map_err(|f| f.failure),
-            TransportMode::Http => self.over_http(&base).await,
+            TransportMode::Http => self.over_http(&base, timeout).await,
             TransportMode::Auto if self.prefer_http => {
-                let r = self.over_http(&base).await;
+                let r = self.over_http(&base, timeout).await;
                 // HTTP failing too says nothing against the WebSocket: try
                 // it first again next time.
                 self.prefer_http = r.is_ok();
@@ -71,7 +71,11 @@ impl Task {
                     Err(f) if f.no_listener => return Err(f.failure),
                     Err(f) => f,
                 };
-                match self.over_http(&base).await {
+                // The attempt as a whole keeps to about the connect timeout.
+                let rest = timeout
+                    .saturating_sub(quick)
+                    .max(self.config.transports.fallback_after);
+                match self.over_http(&base, rest).await {
                     Ok(link) => {
                         self.prefer_http = true;
                         self.transport_cause = Some(why_not(failed.failure));
@@ -112,8 +116,7 @@ impl Task {
         }
     }
 
-    async fn over_http(&mut self, base: &RelayUrl) -> Result<Link, Failure> {
-        let timeout = self.config.connect_timeout;
+    async fn over_http(&mut self, base: &RelayUrl, timeout: Duration) -> Result<Link, Failure> {
         let link = self
             .http
             .dial(base, self.role, self.ever_connected, timeout)
