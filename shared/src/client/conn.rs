@@ -276,7 +276,11 @@ impl Task {
                 }
                 sw = switch.next() => match sw {
                     Switched::Silent => return self.silent(),
-                    Switched::Upgraded(ws) => return self.upgraded(ws),
+                    // Only a session can move (a waiting guest has no token).
+                    Switched::Upgraded(ws) if taken && self.session.is_some() => {
+                        return self.upgraded(ws);
+                    }
+                    Switched::Upgraded(_) => switch.later(),
                 },
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Send(f, reply)) => {

@@ -252,6 +252,11 @@ impl Switch {
         self.silence.take().is_some()
     }
 
+    /// The probe opened at a bad time: try again after the interval.
+    pub(super) fn later(&mut self) {
+        self.probe = Some(Box::pin(tokio::time::sleep(self.every)));
+    }
+
     /// Waits for the next thing worth acting on (forever when there is none).
     pub(super) async fn next(&mut self) -> Switched {
         loop {
