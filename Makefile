@@ -43,13 +43,13 @@ vendor-js: ## Regenerate relay/static/noble.js from the pinned package-lock
 	relay/static/vendor/build.sh
 
 # The cluster tests and `make cluster` run real Redis servers, Sentinels and
-# haproxy; the tests also drop packets with nftables and make TLS
+# haproxy (and nginx, the HTTP transport's buffering proxy); the tests also drop packets with nftables and make TLS
 # certificates with openssl; the browser test drives Debian's chromium with
 # node; the bench runs redis-benchmark and python3; ops-check and the
 # Prometheus test (tests/cluster/prometheus.rs) run promtool and prometheus.
 # Each entry is command:package. haproxy and nft are in /usr/sbin, which a
 # normal user's PATH may lack.
-DEPS := redis-server:redis-server redis-sentinel:redis-sentinel redis-benchmark:redis-tools haproxy:haproxy \
+DEPS := redis-server:redis-server redis-sentinel:redis-sentinel redis-benchmark:redis-tools haproxy:haproxy nginx:nginx \
 	nft:nftables openssl:openssl chromium:chromium node:nodejs npm:npm python3:python3 \
 	promtool:prometheus prometheus:prometheus
 

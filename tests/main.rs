@@ -15,6 +15,7 @@ mod data;
 mod drain;
 mod e2e;
 mod framing;
+mod http;
 mod http_clients;
 mod limits;
 mod load;

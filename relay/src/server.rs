@@ -23,6 +23,7 @@ use crate::cluster::lease::Lease;
 use crate::cluster::{Redis, RedisTarget};
 use crate::config::Config;
 use crate::conns::Connections;
+use crate::http;
 use crate::metrics::Metrics;
 use crate::queue::Limits;
 use crate::registry::{ClusterRegistry, MemoryRegistry, RegistryHandle, RegistrySettings};
@@ -186,12 +187,14 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
     };
 
     let data = web::Data::from(Arc::clone(&state));
-    let http_edge = web::Data::from(crate::http::Edge::new(
+    let http_edge = web::Data::from(http::Edge::new(
         Arc::clone(&config),
         Arc::clone(&metrics),
         Arc::clone(&state.sockets),
         Arc::clone(&state.admission),
         state.origins.clone(),
+        (state.cluster.as_ref())
+            .map(|c| http::Forwarder::new(node_id.as_str().into(), c.redis.clone())),
     ));
     // With an admin listener, /metrics is served only there.
     let metrics_on_main = admin_listener.is_none();
@@ -203,7 +206,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
             }))
             .app_data(data.clone())
             .app_data(http_edge.clone())
-            .configure(crate::http::routes)
+            .configure(http::routes)
             .route("/mac", web::get().to(not_an_upgrade))
             .route("/browser", web::get().to(not_an_upgrade))
             .route("/healthz", web::get().to(healthz))

@@ -54,6 +54,15 @@ impl Table {
         self.lock().get(cid).cloned()
     }
 
+    /// The cids of the connections not closed.
+    pub fn live(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| e.conn.closed().is_none())
+            .map(|(cid, _)| cid.clone())
+            .collect()
+    }
+
     /// Forgets connections closed for longer than [`LINGER`], every
     /// [`SWEEP_EVERY`], for as long as the node runs.
     pub fn sweep_forever(&self) {

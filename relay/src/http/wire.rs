@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::socket::decode::Inbound;
 
@@ -159,43 +159,49 @@ pub fn ok(body: &serde_json::Value) -> HttpResponse {
 
 /// A request refused: its status, a sentence saying what to do, and the
 /// extra fields its JSON body carries.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Refused {
-    status: StatusCode,
+    status: u16,
     sentence: String,
     extra: serde_json::Value,
     /// Seconds for `Retry-After`.
-    retry_after: Option<&'static str>,
+    retry_after: Option<u32>,
 }
 
 impl Refused {
     /// Refused with `status`; `extra` is a JSON object of more fields.
     pub fn new(status: StatusCode, sentence: impl Into<String>, extra: serde_json::Value) -> Self {
         Refused {
-            status,
+            status: status.as_u16(),
             sentence: sentence.into(),
             extra,
             retry_after: None,
         }
     }
 
+    /// Its status.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY)
+    }
+
     /// Asks the client to retry after `seconds`.
-    pub fn retry_after(mut self, seconds: &'static str) -> Self {
+    pub fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
         self
     }
 
     /// The answer: `{"error": sentence}` and the extra fields.
     pub fn response(self) -> HttpResponse {
+        let status = self.status();
         let mut body = self.extra;
         if let Some(map) = body.as_object_mut() {
             map.insert("error".to_owned(), self.sentence.into());
         }
-        let mut res = HttpResponse::build(self.status);
+        let mut res = HttpResponse::build(status);
         res.content_type("application/json")
             .insert_header(("Cache-Control", "no-store"));
         if let Some(s) = self.retry_after {
-            res.insert_header((actix_web::http::header::RETRY_AFTER, s));
+            res.insert_header((actix_web::http::header::RETRY_AFTER, s.to_string()));
         }
         res.body(body.to_string())
     }
