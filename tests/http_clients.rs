@@ -2,8 +2,10 @@
 //! the WebSocket upgrade, as a corporate proxy does: `relay host` and
 //! `relay join --url http://HOST` pair and pipe both ways; the library
 //! clients carry binary and text verbatim; and a session moves WebSocket →
-//! HTTP → WebSocket mid-stream with nothing lost, doubled or reordered. The
-//! two sides are on different nodes of a cluster.
+//! HTTP → WebSocket mid-stream with nothing lost, doubled or reordered; and
+//! behind a proxy that buffers whole responses the client long-polls. The HTTP
+//! side's requests go round robin over three nodes (no sticky sessions); the
+//! WebSocket side is on a fourth.
 
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::cli::{ErrLines, client, code_in, exit_code, next_line, stderr_line};
 use crate::client::{config, until};
+use crate::support::buffering::BufferingProxy;
 use crate::support::cluster::{Cluster, Lb};
 
 /// A client config for `url` with the transports `mode` and fallback delays
@@ -28,12 +31,19 @@ fn over(url: &str, mode: TransportMode) -> Config {
     c
 }
 
-/// Two nodes, and a balancer in front of node 1 that refuses WebSocket.
-fn blocked_cluster() -> (Cluster, Lb) {
-    let c = Cluster::start(2, &[]);
-    let lb = Lb::start_blocking_websocket(&[c.node(1).addr]);
-    lb.block_websocket(false);
+/// Four nodes, the first three behind a round-robin balancer that refuses
+/// WebSocket with `block`; node 4 is the WebSocket side's.
+fn cluster_behind(block: bool) -> (Cluster, Lb) {
+    let c = Cluster::start(4, &[]);
+    let lb = Lb::start_blocking_websocket(&c.addrs()[..3]);
+    if block {
+        lb.block_websocket(false);
+    }
     (c, lb)
+}
+
+fn blocked_cluster() -> (Cluster, Lb) {
+    cluster_behind(true)
 }
 
 fn http_url(lb: &Lb) -> String {
@@ -97,16 +107,16 @@ async fn a_websocket_only_cli_says_the_upgrade_was_refused() {
     assert_eq!(exit_code(&mut bad).await, 2);
 }
 
-/// A mac on node 2 (WebSocket) and a browser behind the blocking balancer
-/// (auto), paired; the browser's transport event.
-async fn paired_across(c: &Cluster, lb: &Lb) -> (Client, Events, Client, Events, String) {
-    let (mac, mut mac_ev) = Client::mac(config(&[c.node(2).url("")]));
+/// A mac on node 4 (WebSocket) and a browser at `url` (auto), paired; the
+/// browser's transport event.
+async fn paired_across(c: &Cluster, url: &str) -> (Client, Events, Client, Events, String) {
+    let (mac, mut mac_ev) = Client::mac(config(&[c.node(4).url("")]));
     let code = until(&mut mac_ev, "registered", |e| match e {
         Event::Registered { code, .. } => Some(code.clone()),
         _ => None,
     })
     .await;
-    let (browser, mut browser_ev) = Client::browser(over(&http_url(lb), TransportMode::Auto), code);
+    let (browser, mut browser_ev) = Client::browser(over(url, TransportMode::Auto), code);
     let cause = until(&mut browser_ev, "the fallback", |e| match e {
         Event::Transport {
             transport: Transport::Http,
@@ -129,7 +139,7 @@ async fn paired_across(c: &Cluster, lb: &Lb) -> (Client, Events, Client, Events,
 #[tokio::test]
 async fn library_clients_over_http_carry_binary_and_text_verbatim() {
     let (c, lb) = blocked_cluster();
-    let (mac, mut mac_ev, browser, mut browser_ev, cause) = paired_across(&c, &lb).await;
+    let (mac, mut mac_ev, browser, mut browser_ev, cause) = paired_across(&c, &http_url(&lb)).await;
     assert!(cause.contains("HTTP 403"), "{cause}");
 
     let every_byte: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
@@ -236,9 +246,8 @@ async fn recv_numbered(
 
 #[tokio::test]
 async fn a_switch_websocket_http_websocket_mid_stream_loses_nothing() {
-    let c = Cluster::start(2, &[]);
-    let lb = Lb::start_blocking_websocket(&[c.node(1).addr]);
-    let (mac, mut mac_ev) = Client::mac(config(&[c.node(2).url("")]));
+    let (c, lb) = cluster_behind(false);
+    let (mac, mut mac_ev) = Client::mac(config(&[c.node(4).url("")]));
     let code = until(&mut mac_ev, "registered", |e| match e {
         Event::Registered { code, .. } => Some(code.clone()),
         _ => None,
@@ -309,5 +318,23 @@ async fn a_switch_websocket_http_websocket_mid_stream_loses_nothing() {
         *seen_rx.borrow(),
         vec![Transport::Http, Transport::WebSocket],
         "the browser moved to HTTP and back"
+    );
+}
+
+#[tokio::test]
+async fn behind_a_proxy_that_buffers_responses_the_client_long_polls() {
+    let c = Cluster::start(4, &[]);
+    // The proxy holds answers until they are whole and passes no upgrade:
+    // the WebSocket fails, and a receive stream would arrive only when it
+    // ends (after the relay's 25 s wait, longer than any wait here), so
+    // frames coming both ways show the client moved to long polls.
+    let proxy = BufferingProxy::start(&c.addrs()[..3]);
+    let (mac, mut mac_ev, browser, mut browser_ev, _) = paired_across(&c, &proxy.base()).await;
+    let (seen, _) = watch::channel(Vec::new());
+    tokio::join!(
+        send_numbered(&mac, 1, 200),
+        send_numbered(&browser, 1, 200),
+        recv_numbered(&mut browser_ev, 200, "browser", &seen),
+        recv_numbered(&mut mac_ev, 200, "mac", &seen),
     );
 }
