@@ -2,10 +2,13 @@
 // the upgrade 403, as corporate proxies do), in headless Chromium: it falls
 // back to HTTP by itself, says so, and pairs end to end encrypted with
 // `relay host` (Rust, on WebSocket straight to the relay), lines both ways.
+// Behind a proxy that holds answers until they are whole, it also leaves
+// the receive stream for long polls.
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -75,6 +78,51 @@ backend relays
   return { port: listen, logs };
 }
 
+/**
+ * A proxy in front of `port` that holds every answer until it is whole (as
+ * some antivirus products do) and passes no WebSocket upgrade; it records
+ * the receive modes it forwarded.
+ */
+async function bufferingProxy(port) {
+  const modes = [];
+  const server = http.createServer(async (req, res) => {
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    const body = Buffer.concat(chunks);
+    if (req.url === '/http/receive') modes.push(JSON.parse(body.toString() || '{}').mode);
+    const headers = { ...req.headers };
+    for (const h of ['host', 'connection', 'content-length', 'transfer-encoding']) delete headers[h];
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}${req.url}`, {
+        method: req.method,
+        headers,
+        body: ['GET', 'HEAD'].includes(req.method) ? undefined : body,
+      });
+      const whole = Buffer.from(await r.arrayBuffer());
+      const out = {};
+      r.headers.forEach((v, k) => {
+        if (!['content-length', 'transfer-encoding', 'connection', 'content-encoding'].includes(k)) out[k] = v;
+      });
+      res.writeHead(r.status, out);
+      res.end(whole);
+    } catch {
+      res.writeHead(502);
+      res.end();
+    }
+  });
+  server.on('upgrade', (req, socket) => socket.end('HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n'));
+  const listen = await freePort();
+  await new Promise((resolve) => server.listen(listen, '127.0.0.1', resolve));
+  return {
+    port: listen,
+    modes,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise((r) => server.close(() => r()));
+    },
+  };
+}
+
 /** `relay host` on WebSocket straight to `port`: the process, its output so far, and its full code. */
 async function host(port) {
   const child = track(spawn(RELAY_BIN, ['host', '--url', `ws://127.0.0.1:${port}`, '--qr', 'never'], {
@@ -131,6 +179,43 @@ test('behind a proxy that refuses WebSocket the page falls back to HTTP, says so
     throw new Error(`${e.message}\n${tail(node.logs)}`);
   } finally {
     await context?.close().catch(() => {});
+    await kill(node.child);
+  }
+});
+
+test('behind a proxy that holds answers until whole the page receives by long polls', { timeout: 90_000 }, async () => {
+  const node = new Node('single', '');
+  let context;
+  let proxy;
+  try {
+    await node.start();
+    proxy = await bufferingProxy(node.port);
+    const h = await host(node.port);
+    const profile = path.join(tmpdir('chromium'), 'profile');
+    fs.mkdirSync(profile);
+    context = await launchChromium(profile);
+    const page = context.pages()[0] ?? (await context.newPage());
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+
+    await page.goto(`http://127.0.0.1:${proxy.port}/#${h.code}`);
+    await waitFor(async () => (await state(page)) === 'connected', 'the page to connect');
+    await waitFor(() => page.$eval('#transport', (e) => e.dataset.transport === 'http'), 'the page to show the HTTP fallback');
+    await waitFor(() => h.out.err.includes('a browser joined'), 'the host to see the browser');
+    h.child.stdin.write('held by the proxy, then polled\n');
+    await waitIncoming(page, ['held by the proxy, then polled'], 'the page to show the host line');
+    await sendFromPage(page, 'from chromium by poll');
+    await waitFor(() => h.out.out.includes('from chromium by poll\n'), 'the host to print the page line');
+    // The stream did not open in time, so the page polls from then on.
+    assert.equal(proxy.modes[0], 'stream');
+    assert.ok(proxy.modes.includes('poll'), `receive modes: ${proxy.modes.join(', ')}`);
+    assert.ok(proxy.modes.lastIndexOf('stream') < proxy.modes.indexOf('poll'), `receive modes: ${proxy.modes.join(', ')}`);
+    assert.deepEqual(errors, []);
+  } catch (e) {
+    throw new Error(`${e.message}\n${tail(node.logs)}`);
+  } finally {
+    await context?.close().catch(() => {});
+    await proxy?.close();
     await kill(node.child);
   }
 });
