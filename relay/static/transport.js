@@ -504,6 +504,7 @@ export class Transports {
     this.onHttp = this.mode === 'http';
     this.shared = { buffered: false };
     this.probeTimer = null;
+    this.live = null; // the latest HttpSocket
     this.ready = null; // a probe WebSocket that opened, for the next open()
     const t = this;
     /** What client.js creates with `new`: a socket of the transport in use. */
@@ -543,7 +544,8 @@ export class Transports {
 
   /** A new virtual connection; `hooks.opened()` and `hooks.failed()` hear how its dial went. */
   http(hooks = {}) {
-    return new HttpSocket({
+    // The latest virtual connection: probes run only while it is open.
+    this.live = new HttpSocket({
       ...hooks,
       base: httpBase(this.url),
       fetch: this.fetch,
@@ -552,6 +554,7 @@ export class Transports {
       fallbackAfter: this.fallbackAfter,
       shared: this.shared,
     });
+    return this.live;
   }
 
   /** An AutoSocket fell back to HTTP. */
@@ -581,6 +584,8 @@ export class Transports {
 
   probe() {
     this.probeTimer = null;
+    // Nothing on HTTP any more (the session ended, or moved): no probing.
+    if (this.live?.readyState !== 1) return;
     let ws;
     try {
       ws = new this.WebSocket(this.url);

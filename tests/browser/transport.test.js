@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { HttpSocket, SseReader, httpBase, toItem } from '../../relay/static/transport.js';
+import { HttpSocket, SseReader, Transports, httpBase, toItem } from '../../relay/static/transport.js';
 
 test('a stream is read across chunks and every kind of line end', () => {
   const got = [];
@@ -124,4 +124,118 @@ test('a relay that does not open the connection is a dropped attempt', async () 
   const { events } = socketWith(async () => [404, { error: 'not found' }]);
   await until(() => events.length > 0, 'closed');
   assert.deepEqual(events, [{ close: 1006, reason: '' }]);
+});
+
+/** A WebSocket the test opens and closes by hand. */
+class FakeWebSocket {
+  static made = [];
+  constructor(url) {
+    this.url = url;
+    this.sent = [];
+    this.closed = false;
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    FakeWebSocket.made.push(this);
+  }
+  send(d) {
+    this.sent.push(d);
+  }
+  close() {
+    this.closed = true;
+  }
+}
+
+/** A relay's HTTP side that opens connections, takes batches and polls empty. */
+function relayFetch(log) {
+  return async (url, init) => {
+    const path = new URL(url).pathname;
+    const body = init.body ? JSON.parse(init.body) : null;
+    log.push({ path, body });
+    if (path === '/http/browser') return new Response('{"connection":"c"}', { status: 200 });
+    if (path === '/http/send') return new Response(JSON.stringify({ batch: body.batch }), { status: 200 });
+    await new Promise((r) => setTimeout(r, 5));
+    return new Response('[]', { status: 200 });
+  };
+}
+
+function transports(log, better) {
+  FakeWebSocket.made = [];
+  const changes = [];
+  const t = new Transports(
+    { url: 'ws://relay.test/browser', NativeWebSocket: FakeWebSocket, fetch: relayFetch(log), fallbackAfter: 30, websocketRetry: 30 },
+    (c) => changes.push(c.transport),
+    better,
+  );
+  t.shared.buffered = true; // poll: the scripted relay has no stream
+  return { t, changes };
+}
+
+test('auto falls back when the upgrade is refused, and a probe that opens takes the session back', async () => {
+  const log = [];
+  let offered = 0;
+  const { t, changes } = transports(log, () => {
+    offered += 1;
+    return true;
+  });
+  const s = new t.Socket('ws://relay.test/browser');
+  const events = [];
+  s.onopen = () => events.push('open');
+  // The proxy refuses the upgrade: the browser reports a close 1006.
+  FakeWebSocket.made[0].onclose({ code: 1006 });
+  await until(() => events.includes('open'), 'open over HTTP');
+  assert.deepEqual(changes, ['http']);
+  s.send('{"type":"join","code":"H4F7KN"}');
+  await until(() => log.some((r) => r.path === '/http/send'), 'a batch');
+  assert.deepEqual(log.find((r) => r.path === '/http/send').body.frames, [{ text: '{"type":"join","code":"H4F7KN"}' }]);
+  // A probe opens: the client is offered the WebSocket and opens its next socket on it.
+  await until(() => FakeWebSocket.made.length === 2, 'a probe');
+  const probe = FakeWebSocket.made[1];
+  probe.onopen();
+  assert.equal(offered, 1);
+  s.close();
+  const next = new t.Socket('ws://relay.test/browser');
+  assert.equal(next, probe);
+  let opened = false;
+  next.onopen = () => (opened = true);
+  await until(() => opened, 'the open of the adopted WebSocket');
+  assert.deepEqual(changes, ['http', 'websocket']);
+});
+
+test('a WebSocket that stays silent falls back, and what was written goes again over HTTP', async () => {
+  const log = [];
+  const { t, changes } = transports(log, () => false);
+  const s = new t.Socket('ws://relay.test/browser');
+  const ws = FakeWebSocket.made[0];
+  const events = [];
+  s.onopen = () => events.push('open');
+  ws.onopen();
+  assert.deepEqual(events, ['open']);
+  s.send('{"type":"resume","sessionId":"s","resumeToken":"t","lastSeq":3}');
+  assert.equal(ws.sent.length, 1);
+  // Nothing comes back: HTTP takes over without a second open.
+  await until(() => log.some((r) => r.path === '/http/send'), 'the frame again over HTTP');
+  assert.ok(ws.closed);
+  assert.deepEqual(changes, ['http']);
+  assert.deepEqual(events, ['open']);
+  assert.equal(log.find((r) => r.path === '/http/send').body.frames[0].text, ws.sent[0]);
+  s.close();
+});
+
+test('websocket mode never falls back; http mode never tries the WebSocket', async () => {
+  FakeWebSocket.made = [];
+  const ws = new Transports({ url: 'ws://relay.test/browser', NativeWebSocket: FakeWebSocket, transport: 'websocket' });
+  assert.ok(new ws.Socket('ws://relay.test/browser') instanceof FakeWebSocket);
+  const log = [];
+  const changes = [];
+  const only = new Transports(
+    { url: 'ws://relay.test/browser', NativeWebSocket: FakeWebSocket, fetch: relayFetch(log), transport: 'http' },
+    (c) => changes.push(c.transport),
+  );
+  only.shared.buffered = true;
+  const s = new only.Socket('ws://relay.test/browser');
+  let open = false;
+  s.onopen = () => (open = true);
+  await until(() => open, 'open over HTTP');
+  assert.equal(FakeWebSocket.made.length, 1, 'only the websocket-mode socket');
+  assert.deepEqual(changes, ['http']);
+  s.close();
 });
