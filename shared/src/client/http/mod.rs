@@ -64,7 +64,9 @@ impl Conn {
 /// about the path (kept across virtual connections).
 #[derive(Debug, Clone)]
 pub(super) struct Dialer {
-    http: reqwest::Client,
+    /// The connection pool, or why there is none (TLS could not start): then
+    /// every dial fails with it, and the WebSocket still works.
+    http: Result<reqwest::Client, String>,
     /// A receive stream did not arrive as it went: a proxy buffers
     /// responses, so receive by long polls.
     buffered: Arc<AtomicBool>,
@@ -76,15 +78,13 @@ impl Dialer {
     /// A dialer whose connections time out after `connect_timeout`, and
     /// whose streams must open within `open_within`.
     pub(super) fn new(connect_timeout: Duration, open_within: Duration) -> Dialer {
-        // The builder fails only when TLS cannot be set up at all; then
-        // every dial says so (below) and the WebSocket still works.
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             // A redirect says the address is wrong, as on the WebSocket.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .map_err(|e| format!("the HTTP transport cannot start: {e}"));
         Dialer {
             http,
             buffered: Arc::new(AtomicBool::new(false)),
@@ -110,8 +110,11 @@ impl Dialer {
             Role::Browser => "/http/browser",
         };
         let url = base.http_endpoint(path);
-        let request = self
+        let http = self
             .http
+            .as_ref()
+            .map_err(|e| Failure::Transient(e.clone()))?;
+        let request = http
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body("")
@@ -144,7 +147,7 @@ impl Dialer {
         let opened: Opened = serde_json::from_slice(&body)
             .map_err(|e| Failure::Transient(format!("{url}: not a relay's answer ({e})")))?;
         let conn = Arc::new(Conn {
-            http: self.http.clone(),
+            http: http.clone(),
             cid: opened.connection,
             send_url: base.http_endpoint("/http/send"),
             receive_url: base.http_endpoint("/http/receive"),
