@@ -195,7 +195,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
         state.origins.clone(),
         (state.cluster.as_ref())
             .map(|c| http::Forwarder::new(node_id.as_str().into(), c.redis.clone())),
-    ));
+    )?);
     // With an admin listener, /metrics is served only there.
     let metrics_on_main = admin_listener.is_none();
     let head_limit = config.max_request_head;

@@ -192,3 +192,41 @@ async fn a_client_that_stops_receiving_is_dropped_like_a_silent_websocket() {
     mac.json(json!({"type": "ping", "ts": 3})).await;
     assert_eq!(mac.expect("pong").await["ts"], 3);
 }
+
+#[tokio::test]
+async fn a_client_that_collects_without_acknowledging_is_cut_as_a_slow_consumer() {
+    let relay = Relay::start(&[
+        ("RELAY_HEARTBEAT_TIMEOUT", "1s"),
+        ("RELAY_MAX_BUFFERED", "262144"),
+        ("RELAY_MAX_FRAME", "65536"),
+    ]);
+    let mut reg = crate::support::register(&relay).await;
+    let mut browser = Http::open(&base(relay.addr), "browser", Mode::Poll).await;
+    browser
+        .json(json!({"type": "join", "code": reg.code}))
+        .await;
+    browser.expect("joined").await;
+    reg.ws.expect("peer_joined").await;
+    // The browser keeps polling from 0, acknowledging nothing: it gets the
+    // same items again and again (alive, but never reading on).
+    let poller = tokio::spawn(async move {
+        loop {
+            let res = browser.receive_raw(0, Mode::Poll).await;
+            if res.status().as_u16() != 200 {
+                return res.status().as_u16();
+            }
+            let _ = res.bytes().await;
+        }
+    });
+    // The mac sends more than the relay holds for a reader that does not read.
+    for _ in 0..300 {
+        reg.ws.binary(vec![7u8; 4096]).await;
+    }
+    relay
+        .wait_metric(r#"relay_disconnects_total{reason="slow_consumer"}"#, |v| {
+            v >= 1.0
+        })
+        .await;
+    reg.ws.expect("peer_disconnected").await;
+    poller.abort();
+}

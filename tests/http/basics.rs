@@ -119,6 +119,29 @@ async fn websocket_mac_with_http_browser(mode: Mode) {
     let (status, body) = browser.send_batch(vec![]).await;
     assert_eq!(status, 410, "{body}");
     assert_eq!(body["close"], 1000);
+
+    // Counted by transport: one fallback, its frames, and none open now.
+    assert_eq!(
+        relay
+            .metric(r#"relay_http_connections_total{role="browser"}"#)
+            .await,
+        1.0
+    );
+    relay
+        .wait_metric(r#"relay_http_connections_open{role="browser"}"#, |v| {
+            v == 0.0
+        })
+        .await;
+    let frames_in = relay
+        .metric(r#"relay_http_frames_total{direction="in"}"#)
+        .await;
+    assert_eq!(frames_in, (1 + texts.len() + bins.len()) as f64);
+    assert!(
+        relay
+            .metric(r#"relay_http_frames_total{direction="out"}"#)
+            .await
+            > bins.len() as f64
+    );
 }
 
 #[tokio::test]

@@ -115,6 +115,11 @@ impl Http {
         }
     }
 
+    /// Sends every later request to `bases`, in turn.
+    pub fn set_bases(&mut self, bases: &[String]) {
+        self.bases = bases.to_vec();
+    }
+
     fn url(&mut self, path: &str) -> String {
         let base = &self.bases[self.turn % self.bases.len()];
         self.turn += 1;

@@ -52,6 +52,25 @@ async fn requests_taking_turns_over_three_nodes_carry_every_frame_once_in_order(
         browser.send(vec![binary(&[10])]).await;
         assert_eq!(reg.ws.recv().await, Got::Binary(vec![10]));
     }
+    // Two requests in three were served by another node than the one
+    // that got them (the connection's home is node 1).
+    let (mut forwarded, mut all) = (0.0, 0.0);
+    for i in 1..=3 {
+        for op in ["send", "receive"] {
+            for served in ["here", "forwarded"] {
+                let sample = format!(r#"relay_http_requests_total{{op="{op}",served="{served}"}}"#);
+                let v = cluster.node(i).metric(&sample).await;
+                all += v;
+                if served == "forwarded" {
+                    forwarded += v;
+                }
+            }
+        }
+    }
+    assert!(
+        forwarded * 3.0 >= all * 2.0 - 6.0,
+        "{forwarded} of {all} forwarded"
+    );
     // A cid no node holds is 404 on every node.
     for b in &bases {
         let (status, _, _) = super::client::post(
@@ -74,4 +93,52 @@ async fn a_switch_across_nodes_mid_stream_loses_nothing() {
     .await;
     let bases: Vec<String> = (1..=3).map(|i| base(cluster.node(i).addr)).collect();
     switch_mid_stream(p, &bases, &cluster.node(2).url("/browser")).await;
+}
+
+#[tokio::test]
+async fn when_the_connections_node_dies_other_nodes_say_404_and_a_resume_carries_on() {
+    let mut cluster = Cluster::start(3, &[]);
+    let mut reg = register_at(&cluster.node(3).url("/mac")).await;
+    // Opened on node 1 (its home), every later request to node 2.
+    let bases = [base(cluster.node(1).addr), base(cluster.node(2).addr)];
+    let mut browser = Http::open(&bases[0], "browser", Mode::Poll).await;
+    browser.set_bases(&bases[1..]);
+    browser
+        .json(json!({"type": "join", "code": reg.code}))
+        .await;
+    let joined = browser.expect("joined").await;
+    let token = joined["resumeToken"].as_str().expect("token").to_owned();
+    reg.ws.expect("peer_joined").await;
+    reg.ws.binary(vec![1]).await;
+    assert_eq!(browser.recv().await, Got::Binary(vec![1]));
+
+    cluster.kill(1);
+    reg.ws.binary(vec![2]).await;
+    // Node 2 finds nobody at the home's channel: the connection is gone.
+    let (status, body) = browser.send_batch(vec![binary(&[7])]).await;
+    assert_eq!(status, 404, "{body}");
+    // So the client opens a new one and resumes, losing nothing.
+    let mut again = Http::open(&bases[1], "browser", Mode::Poll).await;
+    again
+        .json(crate::support::resume_msg(&reg.session_id, &token, 1))
+        .await;
+    loop {
+        let v = again.recv_json().await;
+        if v["type"] == "resumed" {
+            assert_eq!(v["lastSeq"], 0);
+            break;
+        }
+    }
+    assert_eq!(again.recv().await, Got::Binary(vec![2]));
+    again.binary(&[7]).await;
+    loop {
+        match reg.ws.recv().await {
+            Got::Binary(b) => {
+                assert_eq!(b, vec![7]);
+                break;
+            }
+            Got::Text(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }

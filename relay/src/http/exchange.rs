@@ -9,6 +9,7 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{BufMut, Bytes, BytesMut};
+use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use super::forward::Forwarder;
@@ -87,9 +88,11 @@ pub(super) async fn send(
         let cid = cid_of(&req)?;
         let limit = wire::send_body_limit(edge.config.max_frame);
         let body = wire::read_body(body, limit).await?;
-        let n = match edge.table.get(&cid) {
+        let local = edge.table.get(&cid);
+        edge.count_request("send", local.is_some());
+        let n = match local {
             Some(entry) => apply_send(&edge, &entry, &body).await?,
-            None => Forwarder::of(&edge)?.send(&cid, body).await?,
+            None => edge.forwarded(Forwarder::of(&edge)?.send(&cid, body).await)?,
         };
         Ok(wire::ok(&serde_json::json!({ "batch": n })))
     };
@@ -108,9 +111,16 @@ pub(super) async fn send(
 pub(super) async fn apply_send(edge: &Edge, entry: &Entry, body: &[u8]) -> Result<u64, Refused> {
     let batch = wire::batch(body, edge.config.max_frame)?;
     let n = batch.number;
+    let frames = batch.frames.len() as u64;
     let conn = &entry.conn;
     let step = match conn.send(n, batch.frames) {
-        SendStep::Applying => {
+        step @ (SendStep::Applying | SendStep::Accepted) => {
+            if step == SendStep::Accepted {
+                edge.metrics
+                    .frames
+                    .with_label_values(&["in"])
+                    .inc_by(frames);
+            }
             let deadline = Instant::now() + edge.wait();
             wait_until(conn, deadline, || conn.taken(n)).await
         }
@@ -124,7 +134,7 @@ pub(super) async fn apply_send(edge: &Edge, entry: &Entry, body: &[u8]) -> Resul
             "Not the batch expected next: send that one (one batch at a time).",
             serde_json::json!({ "expected": expected }),
         )),
-        Some(SendStep::Applying) | None => Err(Refused::new(
+        Some(SendStep::Applying | SendStep::Accepted) | None => Err(Refused::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "The batch is still being taken (the peer is behind); send it again.",
             serde_json::json!({}),
@@ -267,14 +277,16 @@ pub(super) async fn receive(
             Mode::Poll => POLL_BYTES,
             Mode::Stream => STREAM_BYTES,
         };
-        let source = match edge.table.get(&cid) {
+        let local = edge.table.get(&cid);
+        edge.count_request("receive", local.is_some());
+        let source = match local {
             Some(entry) => Source::Local(begin_receive(&entry, asked.after)?),
             None => {
                 let forwarder = Forwarder::of(&edge)?;
                 // The home collects the first items at once: a poll needs
                 // nothing more, a stream carries on with `more`.
-                let (generation, got) =
-                    forwarder.receive(&cid, asked.after, room, deadline).await?;
+                let started = forwarder.receive(&cid, asked.after, room, deadline).await;
+                let (generation, got) = edge.forwarded(started)?;
                 Source::Remote {
                     forwarder,
                     cid,
@@ -283,9 +295,10 @@ pub(super) async fn receive(
                 }
             }
         };
+        let out = edge.metrics.frames.with_label_values(&["out"]);
         Ok(match asked.mode {
-            Mode::Poll => poll(source, deadline).await,
-            Mode::Stream => stream(source, deadline),
+            Mode::Poll => poll(source, deadline, &out).await,
+            Mode::Stream => stream(source, deadline, out),
         })
     };
     cors(
@@ -295,8 +308,9 @@ pub(super) async fn receive(
 }
 
 /// A long poll: the items there are, as soon as there is one, or `[]`.
-async fn poll(mut source: Source, deadline: Instant) -> HttpResponse {
+async fn poll(mut source: Source, deadline: Instant, out: &IntCounter) -> HttpResponse {
     let got = source.next(POLL_BYTES, deadline).await;
+    out.inc_by(got.items.len() as u64);
     let mut body = BytesMut::from(&b"["[..]);
     for (i, item) in got.items.iter().enumerate() {
         if i > 0 {
@@ -313,8 +327,9 @@ async fn poll(mut source: Source, deadline: Instant) -> HttpResponse {
 
 /// Server-sent events: `: open` at once, then one event per item until the
 /// wait, [`STREAM_BYTES`], the close item or a newer receive ends it.
-fn stream(source: Source, deadline: Instant) -> HttpResponse {
+fn stream(source: Source, deadline: Instant, out: IntCounter) -> HttpResponse {
     struct Streaming {
+        out: IntCounter,
         source: Source,
         deadline: Instant,
         bytes: usize,
@@ -322,6 +337,7 @@ fn stream(source: Source, deadline: Instant) -> HttpResponse {
         done: bool,
     }
     let start = Streaming {
+        out,
         source,
         deadline,
         bytes: 0,
@@ -341,6 +357,7 @@ fn stream(source: Source, deadline: Instant) -> HttpResponse {
         if got.items.is_empty() {
             return None;
         }
+        st.out.inc_by(got.items.len() as u64);
         let mut chunk = BytesMut::new();
         for item in &got.items {
             chunk.extend_from_slice(b"data: ");

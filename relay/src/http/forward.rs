@@ -188,7 +188,10 @@ impl Forwarder {
         };
         let published = self.publish(&home, &msg).await;
         let answer = match published {
-            Ok(()) => {
+            // Nobody listens on the home's channel: that node is gone, and
+            // its connections with it; the client resumes on a new one.
+            Ok(0) => Err(exchange::unknown()),
+            Ok(_) => {
                 let limit = wait + self.redis.timeout() * 2 + Duration::from_secs(1);
                 match tokio::time::timeout(limit, rx).await {
                     Ok(Ok(a)) => a,
@@ -206,7 +209,8 @@ impl Forwarder {
         answer
     }
 
-    async fn publish(&self, node: &str, msg: &Message) -> Result<(), Refused> {
+    /// Publishes `msg` to `node`; how many subscribers got it.
+    async fn publish(&self, node: &str, msg: &Message) -> Result<i64, Refused> {
         let payload = serde_json::to_vec(msg).map_err(|_| unavailable("encoding"))?;
         let cmd = redis::cmd("PUBLISH")
             .arg(channel(node))
@@ -215,7 +219,6 @@ impl Forwarder {
         self.redis
             .query::<i64>("http_forward", &cmd)
             .await
-            .map(|_| ())
             .map_err(|_| unavailable("the registry is unreachable"))
     }
 

@@ -6,6 +6,7 @@
 
 mod exchange;
 mod forward;
+mod metrics;
 mod table;
 mod wire;
 
@@ -35,18 +36,22 @@ const MAX_WAIT: Duration = Duration::from_secs(25);
 /// What the HTTP transport's handlers share.
 pub struct Edge {
     config: Arc<Config>,
-    metrics: Arc<Metrics>,
+    node_metrics: Arc<Metrics>,
     sockets: Arc<socket::Shared>,
     admission: Arc<Admission>,
     origins: Origins,
     table: Table,
     /// In a cluster: requests for other nodes' connections go there.
     forwarder: Option<Arc<Forwarder>>,
+    metrics: metrics::HttpMetrics,
 }
 
 impl Edge {
     /// The edge of a node; starts the sweep of closed connections and, in
     /// a cluster (`forwarder`), the forwarding between nodes.
+    ///
+    /// # Errors
+    /// When its metrics cannot be registered (a name taken).
     pub fn new(
         config: Arc<Config>,
         metrics: Arc<Metrics>,
@@ -54,12 +59,13 @@ impl Edge {
         admission: Arc<Admission>,
         origins: Origins,
         forwarder: Option<Arc<Forwarder>>,
-    ) -> Arc<Self> {
+    ) -> prometheus::Result<Arc<Self>> {
         let table = Table::default();
         table.sweep_forever();
         let edge = Arc::new(Edge {
             config,
-            metrics,
+            metrics: metrics::HttpMetrics::new(&metrics)?,
+            node_metrics: metrics,
             sockets,
             admission,
             origins,
@@ -67,7 +73,22 @@ impl Edge {
             forwarder,
         });
         Forwarder::run(Arc::clone(&edge));
-        edge
+        Ok(edge)
+    }
+
+    fn count_request(&self, op: &str, here: bool) {
+        let served = metrics::SERVED[usize::from(!here)];
+        self.metrics.requests.with_label_values(&[op, served]).inc();
+    }
+
+    /// A forwarded request's result, its failure to get an answer counted.
+    fn forwarded<T>(&self, r: Result<T, wire::Refused>) -> Result<T, wire::Refused> {
+        if let Err(e) = &r
+            && e.status() == StatusCode::SERVICE_UNAVAILABLE
+        {
+            self.metrics.forward_failures.inc();
+        }
+        r
     }
 
     /// How long a receive is held: 25 s, or less with a shorter heartbeat.
@@ -141,7 +162,7 @@ async fn open(req: &HttpRequest, edge: &Edge, role: Role) -> HttpResponse {
     let slot = match edge.admission.admit(addr) {
         Ok(slot) => slot,
         Err(full) => {
-            edge.metrics
+            edge.node_metrics
                 .connections_refused
                 .with_label_values(&[full.as_str()])
                 .inc();
@@ -158,7 +179,15 @@ async fn open(req: &HttpRequest, edge: &Edge, role: Role) -> HttpResponse {
             return cors(res.response(), origin.as_deref());
         }
     };
-    let conn = Arc::new(VirtualConn::default());
+    let gauge = edge.metrics.open.with_label_values(&[role.as_str()]);
+    // Room for a whole pipe's worth of frames as items (base64 and JSON
+    // grow them), whatever the client acknowledges.
+    let cap = edge.config.max_buffered.saturating_mul(4);
+    let conn = Arc::new(VirtualConn::new(gauge, cap));
+    edge.metrics
+        .opened
+        .with_label_values(&[role.as_str()])
+        .inc();
     let arrival = socket::Arrival {
         addr,
         slot,

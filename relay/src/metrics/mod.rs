@@ -509,6 +509,14 @@ impl Metrics {
         self.room_guests_max.set(st.room_guests_max);
     }
 
+    /// Registers a metric kept elsewhere (the HTTP transport's).
+    ///
+    /// # Errors
+    /// A prometheus error if its name is taken.
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

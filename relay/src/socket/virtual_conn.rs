@@ -16,11 +16,15 @@ use actix_http::ws::OpCode;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
+use prometheus::IntGauge;
 use tokio::sync::Notify;
+
+use tracing::warn;
 
 use super::Socket;
 use super::decode::Inbound;
 use super::pump::WRITE_HIGH;
+use crate::metrics::DisconnectReason;
 
 /// Client frames handed to the actor in one poll before it lets other work run.
 const READ_BUDGET: u32 = 64;
@@ -52,6 +56,8 @@ struct Held {
 pub enum SendStep {
     /// Every frame of the batch was taken (now or before).
     Taken,
+    /// The batch was accepted now: wait for [`VirtualConn::taken`].
+    Accepted,
     /// The batch is being applied: wait for [`VirtualConn::taken`].
     Applying,
     /// Not the batch the connection can take now; this one is.
@@ -97,6 +103,8 @@ struct State {
     sent: u64,
     /// Bytes of the items after `sent`.
     unsent_bytes: usize,
+    /// Bytes of all items held.
+    held_bytes: usize,
     /// A marker written when no item was held: everything before it was
     /// acknowledged already, so the next receive vouches for it.
     loose_marker: Option<Marker>,
@@ -119,6 +127,11 @@ pub struct VirtualConn {
     state: Mutex<State>,
     /// Wakes waiting requests on any change (items, batches taken, close, a new receive).
     changed: Notify,
+    /// Counts this connection while it is open.
+    gauge: Option<IntGauge>,
+    /// Bytes of items it holds at most: past them the client is a slow
+    /// consumer (it collects without acknowledging), closed with 1013.
+    cap: usize,
 }
 
 impl Default for VirtualConn {
@@ -130,6 +143,7 @@ impl Default for VirtualConn {
                 acked: 0,
                 sent: 0,
                 unsent_bytes: 0,
+                held_bytes: 0,
                 loose_marker: None,
                 closed: None,
                 generation: 0,
@@ -140,11 +154,24 @@ impl Default for VirtualConn {
                 pump: None,
             }),
             changed: Notify::new(),
+            gauge: None,
+            cap: usize::MAX,
         }
     }
 }
 
 impl VirtualConn {
+    /// A connection counted in `gauge` until it closes, holding at most
+    /// `cap` bytes of items.
+    pub fn new(gauge: IntGauge, cap: usize) -> Self {
+        gauge.inc();
+        VirtualConn {
+            gauge: Some(gauge),
+            cap,
+            ..VirtualConn::default()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves positions whole (each change
         // is one step), so the state is still usable.
@@ -188,6 +215,11 @@ impl VirtualConn {
             }
             _ => return,
         }
+        if s.held_bytes > self.cap {
+            // Bounded whatever the client does: the socket sees the close
+            // at its next poll and stops (`pump_virtual`).
+            self.close_locked(&mut s, 1013, "slow consumer");
+        }
         drop(s);
         self.changed.notify_waiters();
     }
@@ -195,6 +227,12 @@ impl VirtualConn {
     /// The close item, the last one.
     pub(super) fn close(&self, code: u16, reason: &str) {
         let mut s = self.lock();
+        self.close_locked(&mut s, code, reason);
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    fn close_locked(&self, s: &mut State, code: u16, reason: &str) {
         if s.closed.is_some() {
             return;
         }
@@ -206,8 +244,9 @@ impl VirtualConn {
             },
             Instant::now(),
         ));
-        drop(s);
-        self.changed.notify_waiters();
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
     }
 
     /// The socket ended without a close: the client sees an abnormal drop.
@@ -259,11 +298,13 @@ impl VirtualConn {
     /// A batch of the client's frames, numbered `batch`.
     pub fn send(&self, batch: u64, frames: Vec<Inbound>) -> SendStep {
         let mut s = self.lock();
-        if batch <= s.taken {
-            return SendStep::Taken;
-        }
+        // Closed first, a retry of a taken batch included: the client
+        // resumes, and `resumed` says which of its frames were taken.
         if let Some((closed, _)) = &s.closed {
             return SendStep::Closed(closed.clone());
+        }
+        if batch <= s.taken {
+            return SendStep::Taken;
         }
         if batch == s.accepted {
             return SendStep::Applying;
@@ -286,7 +327,7 @@ impl VirtualConn {
         s.inbound
             .extend(frames.into_iter().map(|f| (batch, Some(f))));
         Self::wake_pump(&s);
-        SendStep::Applying
+        SendStep::Accepted
     }
 
     /// Whether batch `batch` was taken: `None` while it is being applied.
@@ -316,6 +357,7 @@ impl VirtualConn {
         let mut marker = s.loose_marker.take();
         while s.items.front().is_some_and(|h| h.pos <= after) {
             if let Some(h) = s.items.pop_front() {
+                s.held_bytes -= h.json.len();
                 marker = h.marker.or(marker);
             }
         }
@@ -387,6 +429,7 @@ impl State {
         self.next_pos += 1;
         let json = Bytes::from(item(pos).to_string());
         self.unsent_bytes += json.len();
+        self.held_bytes += json.len();
         self.items.push_back(Held {
             pos,
             json,
@@ -423,6 +466,14 @@ impl Socket {
         cx: &mut TaskContext<'_>,
     ) -> Poll<()> {
         conn.register(cx);
+        if self.ending.is_none() && conn.closed().is_some() {
+            // Closed from the edge: it held more than it may for a client
+            // that does not acknowledge.
+            warn!(conn = %self.id, role = self.role.as_str(), "slow consumer over HTTP; closing");
+            self.ending = Some(DisconnectReason::SlowConsumer);
+            ctx.stop();
+            return Poll::Ready(());
+        }
         if self.held && self.out.len() < WRITE_HIGH {
             // The client collected: what waits in the pipe can follow.
             self.held = false;
@@ -455,3 +506,7 @@ impl Socket {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+#[path = "virtual_conn_tests.rs"]
+mod tests;
