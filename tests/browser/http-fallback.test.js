@@ -15,7 +15,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 
 import {
-  ARTIFACTS, Node, RELAY_BIN, freePort, kill, launchChromium, screenshot, sendFromPage, state, tail, track,
+  ARTIFACTS, Mac, Node, RELAY_BIN, freePort, kill, launchChromium, screenshot, sendFromPage, state, tail, track,
   waitFor, waitIncoming,
 } from './harness.js';
 
@@ -123,6 +123,59 @@ async function bufferingProxy(port) {
   };
 }
 
+/**
+ * A plain proxy in front of `port` that streams answers as they come and
+ * refuses the WebSocket upgrade (403) while `refuse` is set; when it is not,
+ * upgrades are tunnelled to the relay.
+ */
+async function switchableProxy(port) {
+  const state = { refuse: true, sockets: new Set() };
+  const server = http.createServer((req, res) => {
+    const up = http.request(
+      { host: '127.0.0.1', port, method: req.method, path: req.url, headers: req.headers, agent: false },
+      (r) => {
+        res.writeHead(r.statusCode, r.headers);
+        r.pipe(res);
+      },
+    );
+    up.on('error', () => res.destroy());
+    res.on('close', () => up.destroy());
+    req.pipe(up);
+  });
+  server.on('upgrade', (req, socket, head) => {
+    if (state.refuse) {
+      socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+      return;
+    }
+    const up = net.connect(port, '127.0.0.1', () => {
+      let head0 = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) head0 += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      up.write(`${head0}\r\n`);
+      up.write(head);
+      socket.pipe(up);
+      up.pipe(socket);
+    });
+    for (const s of [up, socket]) {
+      state.sockets.add(s);
+      s.on('error', () => {
+        up.destroy();
+        socket.destroy();
+      });
+      s.on('close', () => state.sockets.delete(s));
+    }
+  });
+  const listen = await freePort();
+  await new Promise((resolve) => server.listen(listen, '127.0.0.1', resolve));
+  return Object.assign(state, {
+    port: listen,
+    close: () => {
+      for (const s of state.sockets) s.destroy();
+      server.closeAllConnections();
+      return new Promise((r) => server.close(() => r()));
+    },
+  });
+}
+
 /** `relay host` on WebSocket straight to `port`: the process, its output so far, and its full code. */
 async function host(port) {
   const child = track(spawn(RELAY_BIN, ['host', '--url', `ws://127.0.0.1:${port}`, '--qr', 'never'], {
@@ -214,6 +267,80 @@ test('behind a proxy that holds answers until whole the page receives by long po
   } catch (e) {
     throw new Error(`${e.message}\n${tail(node.logs)}`);
   } finally {
+    await context?.close().catch(() => {});
+    await proxy?.close();
+    await kill(node.child);
+  }
+});
+
+test('/client.js moves from the HTTP fallback back to WebSocket mid-stream once the proxy lets WebSocket through, losing nothing', { timeout: 90_000 }, async () => {
+  const node = new Node('single', '');
+  let context;
+  let proxy;
+  let mac;
+  try {
+    await node.start();
+    proxy = await switchableProxy(node.port);
+    mac = await new Mac(`ws://127.0.0.1:${node.port}/mac`).opened();
+    mac.send({ type: 'register' });
+    const { code } = await mac.expect('registered');
+    const profile = path.join(tmpdir('chromium'), 'profile');
+    fs.mkdirSync(profile);
+    context = await launchChromium(profile);
+    const page = context.pages()[0] ?? (await context.newPage());
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await page.goto(`http://127.0.0.1:${proxy.port}/`);
+    // A client of its own, probing for the WebSocket every half second.
+    await page.evaluate(async (joinCode) => {
+      const { RelayClient } = await import('/client.js');
+      const client = new RelayClient({ storageKey: '', fallbackAfter: 1000, websocketRetry: 500 });
+      window.probe = { client, got: [], transports: [] };
+      client.on('data', (d) => window.probe.got.push(d.text));
+      client.on('transport', (t) => {
+        window.probe.transports.push(t.transport);
+        window.probe.switchedAt = window.probe.got.length;
+      });
+      client.join(joinCode);
+    }, code);
+    const probe = (expr) => page.evaluate(expr);
+    await waitFor(() => probe('window.probe.client.state === "connected"'), 'the client to join over HTTP');
+    assert.deepEqual(await probe('window.probe.transports'), ['http']);
+    await mac.expect('peer_joined');
+
+    // Numbered frames both ways, while the proxy starts letting WebSocket through.
+    const N = 300;
+    let sent = 0;
+    const pageSends = probe(`(async () => {
+      for (let i = 1; i <= ${N}; i += 1) {
+        window.probe.client.send('page ' + i);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    })()`);
+    for (let i = 1; i <= N; i += 1) {
+      mac.data(`mac ${i}`);
+      sent = i;
+      if (sent === 100) proxy.refuse = false;
+      // The last third goes once the page is back on WebSocket, so the move
+      // happens in the middle of the stream.
+      if (sent === 200) {
+        await waitFor(async () => (await probe('window.probe.transports.length')) === 2, 'the move back to WebSocket');
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await pageSends;
+    await waitFor(async () => (await probe('window.probe.got.length')) >= N, 'every frame on the page');
+    const want = (who) => Array.from({ length: N }, (_, i) => `${who} ${i + 1}`);
+    assert.deepEqual(await probe('window.probe.got'), want('mac'), 'the page lost, doubled or reordered nothing');
+    await waitFor(() => mac.payloads().length >= N, 'every frame at the Mac');
+    assert.deepEqual(mac.payloads(), want('page'), 'the Mac lost, doubled or reordered nothing');
+    assert.deepEqual(await probe('window.probe.transports'), ['http', 'websocket']);
+    assert.ok((await probe('window.probe.switchedAt')) < N, 'the move came before the last frames');
+    assert.deepEqual(errors, []);
+  } catch (e) {
+    throw new Error(`${e.message}\n${tail(node.logs)}`);
+  } finally {
+    await mac?.close();
     await context?.close().catch(() => {});
     await proxy?.close();
     await kill(node.child);
