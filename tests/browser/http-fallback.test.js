@@ -3,7 +3,8 @@
 // back to HTTP by itself, says so, and pairs end to end encrypted with
 // `relay host` (Rust, on WebSocket straight to the relay), lines both ways.
 // Behind a proxy that holds answers until they are whole, it also leaves
-// the receive stream for long polls.
+// the receive stream for long polls; and once a proxy lets WebSocket
+// through again, /client.js moves back onto it mid-stream, losing nothing.
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
