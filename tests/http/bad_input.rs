@@ -230,3 +230,39 @@ async fn a_client_that_collects_without_acknowledging_is_cut_as_a_slow_consumer(
     reg.ws.expect("peer_disconnected").await;
     poller.abort();
 }
+
+#[tokio::test]
+async fn a_head_over_the_limit_is_431_on_the_http_transport_too() {
+    let relay = Relay::start(&[("RELAY_MAX_REQUEST_HEAD", "4096")]);
+    let big = "x".repeat(5000);
+    let (status, _, _) = post(
+        &format!("{}/http/mac", base(relay.addr)),
+        &[("X-Padding", big.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(status, 431);
+}
+
+#[tokio::test]
+async fn a_draining_node_tells_a_waiting_http_client_to_go_elsewhere() {
+    let relay = Relay::start(&[]);
+    let mut mac = Http::open(&base(relay.addr), "mac", Mode::Poll).await;
+    mac.json(json!({"type": "register"})).await;
+    mac.expect("registered").await;
+    // The mac's next poll is waiting when the node is told to stop.
+    let received = r#"relay_http_requests_total{op="receive",served="here"}"#;
+    let before = relay.metric(received).await;
+    let after = mac.after;
+    let waiting = tokio::spawn(async move {
+        let res = mac.receive_raw(after, Mode::Poll).await;
+        res.json::<Value>().await.expect("JSON")
+    });
+    relay.wait_metric(received, |v| v > before).await;
+    relay.sigterm();
+    let items = waiting.await.expect("the poll answered");
+    let error: Value =
+        serde_json::from_str(items[0]["text"].as_str().unwrap_or("{}")).unwrap_or_default();
+    assert_eq!(error["code"], "SHUTTING_DOWN", "{items}");
+    assert_eq!(items[1]["close"], 1012, "{items}");
+}
