@@ -91,6 +91,39 @@ async fn cli_host_and_join_pair_through_a_proxy_that_refuses_websocket() {
 }
 
 #[tokio::test]
+async fn http_is_chosen_by_flag_or_by_relay_transport() {
+    // No proxy: HTTP because it was asked for, on two nodes.
+    let c = Cluster::start(2, &[]);
+    let url = c.node(1).url("");
+    let mut host = client(&["host", "--url", &url, "--transport", "http", "--no-e2e"]);
+    let mut host_err: ErrLines = BufReader::new(host.stderr.take().unwrap()).lines();
+    stderr_line(&mut host_err, "over HTTP (--transport http)").await;
+    let code = code_in(&stderr_line(&mut host_err, "code ").await);
+    let mut join = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["join", "--url", &c.node(2).url(""), &code])
+        .env("RELAY_TRANSPORT", "http")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start relay join");
+    let mut join_err: ErrLines = BufReader::new(join.stderr.take().unwrap()).lines();
+    stderr_line(&mut join_err, "over HTTP (--transport http)").await;
+    stderr_line(&mut join_err, "joined").await;
+    let mut host_in = host.stdin.take().unwrap();
+    let mut join_out = BufReader::new(join.stdout.take().unwrap()).lines();
+    host_in.write_all(b"both sides on HTTP\n").await.unwrap();
+    assert_eq!(
+        next_line(&mut join_out).await.as_deref(),
+        Some("both sides on HTTP")
+    );
+    drop(host_in);
+    assert_eq!(exit_code(&mut host).await, 0);
+    assert_eq!(exit_code(&mut join).await, 0);
+}
+
+#[tokio::test]
 async fn a_websocket_only_cli_says_the_upgrade_was_refused() {
     let (_c, lb) = blocked_cluster();
     let url = http_url(&lb);

@@ -331,6 +331,9 @@ async fn run(
             Event::PeerResumed => say(format!("the {} is back", peer_name(mac))),
             Event::Resumed => say("session resumed"),
             Event::Transport { transport, cause } => say(match transport {
+                Transport::Http if args.transport == TransportArg::Http => {
+                    "over HTTP (--transport http)".to_owned()
+                }
                 Transport::Http => format!(
                     "on the HTTP fallback ({cause}); slower than WebSocket, but nothing is lost"
                 ),
