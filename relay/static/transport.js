@@ -164,7 +164,15 @@ export class HttpSocket {
   async dial() {
     try {
       const res = await this.post('http/browser', '');
-      if (res.status !== 200) throw new Error(`HTTP ${res.status}`);
+      if (res.status !== 200) {
+        // An origin the relay refuses is 403 with close 1008: stop, as a WebSocket's close says.
+        const body = await res.json().catch(() => ({}));
+        if (Number.isInteger(body.close)) {
+          this.closeReason = String(body.error ?? '');
+          return this.fail(body.close);
+        }
+        throw new Error(`HTTP ${res.status}`);
+      }
       const { connection } = await res.json();
       if (this.readyState === CLOSED) return;
       this.cid = String(connection);
@@ -240,12 +248,11 @@ export class HttpSocket {
   /** The close code an answer other than 200 means, or null to retry. */
   async refused(res) {
     if (res.status === 408 || res.status === 429 || res.status >= 500) return null;
-    if (res.status === 410) {
-      const body = await res.json().catch(() => ({}));
-      if (Number.isInteger(body.close)) {
-        this.closeReason = String(body.reason ?? '');
-        return body.close;
-      }
+    // 410 (closed) or 403 (an origin refused, 1008) carry the close code to act on.
+    const body = await res.json().catch(() => ({}));
+    if (Number.isInteger(body.close)) {
+      this.closeReason = String(body.reason ?? body.error ?? '');
+      return body.close;
     }
     // 404: the relay forgot the connection; 400, 409: start afresh. A dropped connection.
     return 1006;

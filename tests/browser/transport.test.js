@@ -120,10 +120,14 @@ test('a 410 closes with its code, and a gap in positions drops the connection', 
   assert.deepEqual(gap.events, ['open', 'a', { close: 1006, reason: '' }]);
 });
 
-test('a relay that does not open the connection is a dropped attempt', async () => {
+test('a relay that does not open the connection is a dropped attempt, or a stop when it says a close code', async () => {
   const { events } = socketWith(async () => [404, { error: 'not found' }]);
   await until(() => events.length > 0, 'closed');
   assert.deepEqual(events, [{ close: 1006, reason: '' }]);
+  // An origin the relay refuses: 403 with close 1008, which stops a client.
+  const origin = socketWith(async () => [403, { error: 'origin not allowed', close: 1008 }]);
+  await until(() => origin.events.length > 0, 'closed');
+  assert.deepEqual(origin.events, [{ close: 1008, reason: 'origin not allowed' }]);
 });
 
 /** A WebSocket the test opens and closes by hand. */

@@ -231,11 +231,11 @@ async fn refused(resp: reqwest::Response) -> Refused {
     let status = resp.status().as_u16();
     let body = resp.bytes().await.unwrap_or_default();
     let said = wire::error_sentence(status, &body);
+    // 410 (closed), or 403 (an origin refused: 1008): the close code to act on.
+    if let Some((code, reason)) = wire::gone(&body) {
+        return Refused::Over(Ok(close(code, reason)));
+    }
     match status {
-        410 => match wire::gone(&body) {
-            Some((code, reason)) => Refused::Over(Ok(close(code, reason))),
-            None => Refused::Over(Err(LinkError(said))),
-        },
         408 | 429 | 500..=599 => Refused::Retry(said),
         // 404: the relay forgot the connection (a dropped connection, 1006);
         // 400, 409: this client and the relay disagree: start afresh.
