@@ -3,7 +3,7 @@
 //! wrong secret refused on both sides, clear refusals when one side does
 //! not encrypt, a hostile relay stand-in caught (`hostile`), and a cluster
 //! whose Redis and logs never see the plaintext, across a node killed
-//! mid-stream (`cluster`).
+//! mid-stream (`cluster`); rooms encrypt per guest (`rooms`).
 
 use bytes::Bytes;
 use relay_protocol::client::{Client, Config, Data, Ended, Event, Events, MISMATCH};
@@ -15,6 +15,7 @@ use crate::support::{Relay, WAIT};
 mod cli;
 mod cluster;
 mod hostile;
+mod rooms;
 
 /// `config(urls)` with end-to-end encryption on.
 pub(crate) fn secure(urls: &[String]) -> Config {

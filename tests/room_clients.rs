@@ -28,7 +28,7 @@ struct Link {
 
 /// A TCP proxy in front of the relay that can hold a client's bytes and
 /// cut its connections, the way a network that fails does.
-struct Proxy {
+pub(crate) struct Proxy {
     addr: SocketAddr,
     links: Arc<Mutex<Vec<Link>>>,
     /// Bytes from clients swallowed while held.
@@ -37,7 +37,7 @@ struct Proxy {
 }
 
 impl Proxy {
-    async fn start(relay: SocketAddr) -> Proxy {
+    pub(crate) async fn start(relay: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let links = Arc::new(Mutex::new(Vec::<Link>::new()));
@@ -65,19 +65,19 @@ impl Proxy {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("ws://{}", self.addr)
     }
 
     /// From now on, what the clients connected now write goes nowhere.
-    fn hold(&self) {
+    pub(crate) fn hold(&self) {
         for l in self.links.lock().unwrap().iter() {
             l.hold.store(true, Ordering::SeqCst);
         }
     }
 
     /// Waits until at least `n` bytes were swallowed.
-    async fn wait_held(&self, n: usize) {
+    pub(crate) async fn wait_held(&self, n: usize) {
         tokio::time::timeout(WAIT, async {
             while self.held.load(Ordering::SeqCst) < n {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -88,7 +88,7 @@ impl Proxy {
     }
 
     /// Cuts every connection open now; later ones pass.
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         for mut l in self.links.lock().unwrap().drain(..) {
             if let Some(c) = l.cut.take() {
                 let _ = c.send(());

@@ -154,11 +154,6 @@ pub async fn host(args: HostArgs) -> i32 {
                 return EXIT_USAGE;
             }
             c = c.with_room(n.unwrap_or(1), admit);
-            if c.e2e {
-                say(
-                    "rooms are not end-to-end encrypted yet: the relay can read what guests and you send",
-                );
-            }
             Some(admit)
         }
     };
@@ -230,7 +225,7 @@ async fn run(
             Event::Registered { code, page, .. } if lost_session => say(format!(
                 "new code {code}: open {page} and type it there (the old code no longer works)"
             )),
-            Event::Registered { code, page, .. } if code.contains('-') => {
+            Event::Registered { code, page, .. } if code.contains('-') && admit.is_none() => {
                 // A full code: the part after the dash never goes to the relay.
                 let link = e2e::link(&page, &code);
                 say(format!(
@@ -249,9 +244,20 @@ async fn run(
                         AdmitMode::Ask => "each guest waits for your answer",
                         AdmitMode::Auto => "guests get in at once",
                     };
-                    say(format!(
-                        "code {code}: open {page} and type it there (a room: {how}; /help for the commands)"
-                    ));
+                    if code.contains('-') {
+                        // Each guest gets its own key exchange with this code's secret.
+                        let link = e2e::link(&page, &code);
+                        say(format!(
+                            "code {code}: open {page} and type it there, or open {link} (a room, end-to-end encrypted per guest: {how}; /help for the commands)"
+                        ));
+                        if let Some(q) = e2e::qr(&link).filter(|_| qr) {
+                            eprintln!("{q}");
+                        }
+                    } else {
+                        say(format!(
+                            "code {code}: open {page} and type it there (a room: {how}; /help for the commands)"
+                        ));
+                    }
                     // Commands come from stdin, so read it from now on.
                     if pump.is_none() {
                         let input = Input::Room(view.clone(), typing);
@@ -373,6 +379,9 @@ async fn run(
                 }
             }
             Event::Latency(_) => {}
+            Event::Encrypted if client.guest_id().is_some() => {
+                say("end-to-end encrypted: the host and you share a key the relay never saw")
+            }
             Event::Encrypted => say(format!(
                 "end-to-end encrypted: the {} and you share a key the relay never saw",
                 peer_name(mac)
@@ -386,7 +395,10 @@ async fn run(
             | Event::GuestAdmitted(_)
             | Event::GuestLeft { .. }
             | Event::GuestAway(_)
-            | Event::GuestBack(_) => {}
+            | Event::GuestBack(_)
+            | Event::GuestEncrypted(_)
+            | Event::GuestFailed { .. }
+            | Event::GuestUnfinished(_) => {}
             Event::Error { code, message } => say(format!("{code}: {message}")),
             Event::Lost(n) => say(format!(
                 "{n} frames sent before a relay crash could not be sent again"

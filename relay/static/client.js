@@ -584,7 +584,7 @@ export class RelayClient {
         this.sent = 0;
         this.save();
         this.emit('joined', { sessionId: msg.sessionId, guestId: this.guestId, ...(this.secure ? { encrypted: true } : {}) });
-        this.secure?.joined();
+        this.secure?.joined(this.guestId);
         this.connected();
         break;
       case 'resumed':

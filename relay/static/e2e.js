@@ -405,6 +405,7 @@ const NOT_E2E_MAC = 'The Mac does not use end-to-end encryption, so nothing was 
 export class SecureLink {
   constructor(client, { relay, secret }) {
     this.client = client;
+    this.code = { relay, secret };
     this.joiner = new Joiner(relay, secret);
     /** 'hello' | 'confirm' | 'open' */
     this.phase = 'hello';
@@ -422,8 +423,13 @@ export class SecureLink {
     return this.phase === 'open' && !this.stopped;
   }
 
-  /** The relay took the join: the host's hello is due. */
-  joined() {
+  /**
+   * The relay took the join: the host's hello is due. A guest of a room
+   * (`guestId` from `joined`) runs its own exchange with the host, its id in
+   * CPace's CI, so its keys are its own (PROTOCOL.md, "Rooms").
+   */
+  joined(guestId = null) {
+    if (guestId !== null) this.joiner = new Joiner(this.code.relay, this.code.secret, guestId);
     this.arm();
   }
 

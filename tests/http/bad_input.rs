@@ -266,3 +266,58 @@ async fn a_draining_node_tells_a_waiting_http_client_to_go_elsewhere() {
     assert_eq!(error["code"], "SHUTTING_DOWN", "{items}");
     assert_eq!(items[1]["close"], 1012, "{items}");
 }
+
+#[tokio::test]
+async fn bodies_the_node_holds_at_once_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    // Sends of 64 B frames: a body is at most 4 x 64 B + 64 KiB, and the
+    // node holds sixteen of those at once.
+    let relay = Relay::start(&[("RELAY_MAX_FRAME", "64"), ("RELAY_MAX_BUFFERED", "64")]);
+    let mut mac = Http::open(&base(relay.addr), "mac", Mode::Poll).await;
+    let cap = 4 * 64 + (64 << 10);
+    // Sixteen clients announce a body at the cap and send none of it yet.
+    let mut slow = Vec::new();
+    for _ in 0..16 {
+        let mut tcp = tokio::net::TcpStream::connect(relay.addr)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /http/send HTTP/1.1\r\nHost: relay\r\nRelay-Connection: {}\r\nContent-Length: {cap}\r\n\r\n",
+            mac.cid
+        );
+        tcp.write_all(head.as_bytes()).await.expect("write");
+        slow.push(tcp);
+    }
+    // The node reads their heads and waits for their bodies: then one more
+    // is told to come back, without its body being read.
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    let (status, body) = loop {
+        let (status, body) = mac.send_batch(vec![]).await;
+        if status != 200 {
+            break (status, body);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the budget never filled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    says_what_to_do(&body);
+    mac.batch -= 1;
+    // Once they go, the budget is back.
+    drop(slow);
+    loop {
+        let (status, _) = mac.send_batch(vec![text(r#"{"type":"register"}"#)]).await;
+        if status == 200 {
+            break;
+        }
+        mac.batch -= 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the budget never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    mac.expect("registered").await;
+}

@@ -249,3 +249,31 @@ async fn a_lost_answer_is_received_again_and_acknowledgements_never_go_back() {
     let res = mac.receive_raw(9, Mode::Poll).await;
     assert_eq!(res.status().as_u16(), 400);
 }
+
+#[tokio::test]
+async fn a_room_guest_over_http_is_a_guest_like_any_other() {
+    let relay = Relay::start(&[]);
+    let mut host = relay.mac().await;
+    host.json(json!({"type": "register", "maxGuests": 2, "admit": "auto"}))
+        .await;
+    let code = host.expect("registered").await["code"].clone();
+    let mut guest = Http::open(&base(relay.addr), "browser", Mode::Stream).await;
+    guest
+        .json(json!({"type": "join", "code": code, "name": "Ana"}))
+        .await;
+    let joined = guest.expect("joined").await;
+    let id = joined["guestId"].clone();
+    assert_eq!(host.expect("guest_joined").await["guestId"], id);
+    assert_eq!(host.expect("guest_admitted").await["guestId"], id);
+
+    host.binary(vec![1, 2, 3]).await;
+    assert_eq!(guest.recv().await, Got::Binary(vec![1, 2, 3]));
+    guest.binary(&[4, 5]).await;
+    assert_eq!(host.expect("from").await["guestId"], id);
+    assert_eq!(host.recv().await, Got::Binary(vec![4, 5]));
+
+    // Removed by the host: the guest's connection ends as a WebSocket's would.
+    host.json(json!({"type": "remove", "guestId": id})).await;
+    guest.expect_error("REMOVED").await;
+    guest.expect_close(1000).await;
+}

@@ -165,6 +165,9 @@ pub async fn listen(mut events: Events, log: Log, pair: usize, is_mac: bool) {
             | Event::GuestLeft { .. }
             | Event::GuestAway(_)
             | Event::GuestBack(_)
+            | Event::GuestEncrypted(_)
+            | Event::GuestFailed { .. }
+            | Event::GuestUnfinished(_)
             | Event::GuestData { .. } => l.from_peer.misrouted += 1,
         }
     }

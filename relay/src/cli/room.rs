@@ -170,6 +170,21 @@ pub(super) fn on_event(view: &Shared, ev: &Event, ask: bool, terminal: bool) -> 
                 say(format!("{who} {why}"));
             }
         }
+        Event::GuestEncrypted(g) => say(format!(
+            "{}: end-to-end encrypted with its own key the relay never saw",
+            v.who(*g)
+        )),
+        Event::GuestFailed { guest, why } => {
+            // The sentence of a failed exchange, then what it means here.
+            say(format!(
+                "{}: {why}; it was removed, the room goes on",
+                v.who(*guest)
+            ));
+        }
+        Event::GuestUnfinished(g) => say(format!(
+            "{} left without its end-of-session frame: its last lines may be missing",
+            v.who(*g)
+        )),
         Event::GuestAway(g) => {
             if let Some((_, s)) = v.guests.get_mut(g) {
                 *s = Standing::Away;

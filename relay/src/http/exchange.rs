@@ -87,12 +87,24 @@ pub(super) async fn send(
     let res = async {
         let cid = cid_of(&req)?;
         let limit = wire::send_body_limit(edge.config.max_frame);
+        // Held while the body is read and parsed: what all sends of the
+        // node may hold at once is bounded, however many arrive.
+        let budget = edge.body_budget(&req, limit)?;
         let body = wire::read_body(body, limit).await?;
         let local = edge.table.get(&cid);
         edge.count_request("send", local.is_some());
         let n = match local {
-            Some(entry) => apply_send(&edge, &entry, &body).await?,
-            None => edge.forwarded(Forwarder::of(&edge)?.send(&cid, body).await)?,
+            Some(entry) => {
+                let batch = wire::batch(&body, edge.config.max_frame)?;
+                // Parsed: the frames are the connection's to bound now.
+                drop((body, budget));
+                apply_batch(&edge, &entry, batch).await?
+            }
+            None => {
+                let sent = Forwarder::of(&edge)?.send(&cid, body).await;
+                drop(budget);
+                edge.forwarded(sent)?
+            }
         };
         Ok(wire::ok(&serde_json::json!({ "batch": n })))
     };
@@ -110,6 +122,14 @@ pub(super) async fn send(
 /// still being taken.
 pub(super) async fn apply_send(edge: &Edge, entry: &Entry, body: &[u8]) -> Result<u64, Refused> {
     let batch = wire::batch(body, edge.config.max_frame)?;
+    apply_batch(edge, entry, batch).await
+}
+
+/// Applies a parsed batch to a connection of this node (see [`apply_send`]).
+///
+/// # Errors
+/// As [`apply_send`].
+async fn apply_batch(edge: &Edge, entry: &Entry, batch: wire::Batch) -> Result<u64, Refused> {
     let n = batch.number;
     let frames = batch.frames.len() as u64;
     let conn = &entry.conn;

@@ -11,7 +11,9 @@ mod table;
 mod wire;
 
 use std::sync::Arc;
+
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -30,6 +32,9 @@ use wire::Refused;
 /// The header that names a virtual connection (never the URL: URLs land in logs).
 pub const CONNECTION_HEADER: &str = "relay-connection";
 
+/// How many `send` bodies at the cap the node holds at once at most.
+const BODIES_AT_THE_CAP: usize = 16;
+
 /// The longest a receive (or a send waiting for its batch) is held.
 const MAX_WAIT: Duration = Duration::from_secs(25);
 
@@ -43,6 +48,8 @@ pub struct Edge {
     table: Table,
     /// In a cluster: requests for other nodes' connections go there.
     forwarder: Option<Arc<Forwarder>>,
+    /// Bytes of `send` bodies the node may hold at once (one permit a byte).
+    bodies: Arc<Semaphore>,
     metrics: metrics::HttpMetrics,
 }
 
@@ -62,7 +69,10 @@ impl Edge {
     ) -> prometheus::Result<Arc<Self>> {
         let table = Table::default();
         table.sweep_forever();
+        // Sixteen sends at the body cap at once, however many are in flight.
+        let budget = wire::send_body_limit(config.max_frame).saturating_mul(BODIES_AT_THE_CAP);
         let edge = Arc::new(Edge {
+            bodies: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))),
             config,
             metrics: metrics::HttpMetrics::new(&metrics)?,
             node_metrics: metrics,
@@ -74,6 +84,36 @@ impl Edge {
         });
         Forwarder::run(Arc::clone(&edge));
         Ok(edge)
+    }
+
+    /// A share of the node's body budget for this request: its declared
+    /// length, or the cap when it declares none.
+    ///
+    /// # Errors
+    /// 503 (retry) when the node holds its budget of bodies already.
+    fn body_budget(
+        &self,
+        req: &HttpRequest,
+        limit: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Refused> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(limit)
+            .min(limit);
+        let permits = u32::try_from(declared.max(1)).unwrap_or(u32::MAX);
+        Arc::clone(&self.bodies)
+            .try_acquire_many_owned(permits)
+            .map_err(|_| {
+                Refused::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The node is taking in as many requests as it can hold; send the same batch again.",
+                    serde_json::json!({}),
+                )
+                .retry_after(1)
+            })
     }
 
     fn count_request(&self, op: &str, here: bool) {

@@ -46,7 +46,16 @@ pub struct Frames {
     partial: Option<Partial>,
     /// An oversized or broken frame ended the stream: nothing more is decoded.
     done: bool,
+    /// The last read was large: the client is streaming (see [`Frames::spare`]).
+    streaming: bool,
 }
+
+/// A read at least this large says the client is streaming frames.
+const STREAMING: usize = 16 << 10;
+
+/// Room made for one read straight into the buffer: what the worker's
+/// scratch buffer takes (`io.rs`).
+const READ_ROOM: usize = 64 << 10;
 
 impl Frames {
     /// Decodes frames of at most `max` bytes (whole messages too).
@@ -57,6 +66,7 @@ impl Frames {
             max,
             partial: None,
             done: false,
+            streaming: false,
         }
     }
 
@@ -65,8 +75,30 @@ impl Frames {
         self.done
     }
 
+    /// Where the next read goes, when not through the worker's scratch
+    /// buffer: this connection's own buffer, with room made for a read,
+    /// while the client streams frames and one is half read (the buffer is
+    /// held then anyway). Read there, a frame is copied once less; a
+    /// connection that sends a little at a time never gets the room.
+    pub fn spare(&mut self) -> Option<&mut BytesMut> {
+        if !self.streaming || self.buf.is_empty() {
+            return None;
+        }
+        let rest_of_frame = frame_total_len(&self.buf)
+            .filter(|&t| t <= self.max.saturating_add(MAX_HEADER))
+            .map_or(0, |t| t.saturating_sub(self.buf.len()));
+        self.buf.reserve(rest_of_frame.max(READ_ROOM));
+        Some(&mut self.buf)
+    }
+
+    /// `n` bytes were read into [`Frames::spare`].
+    pub fn filled(&mut self, n: usize) {
+        self.streaming = n >= STREAMING;
+    }
+
     /// Takes bytes read from the client.
     pub fn extend(&mut self, bytes: &[u8]) {
+        self.streaming = bytes.len() >= STREAMING;
         // Room for the whole frame these bytes start, once its header is
         // here, so a large frame is not copied again as the buffer grows.
         if self.buf.is_empty() {
@@ -262,6 +294,47 @@ mod tests {
             assert!(matches!(&items[3], Inbound::Binary(b) if b[..] == [0, 255]));
             assert_eq!(items.len(), 4);
         }
+    }
+
+    /// A streaming client's reads go straight into the connection's
+    /// buffer while a frame is half read, and decode the same; one that
+    /// sends a little at a time never gets the room.
+    #[test]
+    fn streamed_reads_go_into_the_buffer_and_decode_the_same() {
+        let mut wire = Vec::new();
+        for i in 0..100u32 {
+            wire.extend(frame(true, 2, &vec![i as u8; 1000 + i as usize]));
+        }
+        let mut frames = Frames::new(1 << 20);
+        let mut got = Vec::new();
+        let (first, mut rest) = wire.split_at(STREAMING + 7);
+        frames.extend(first);
+        while let Some(item) = frames.next() {
+            got.push(item);
+        }
+        while !rest.is_empty() {
+            let buf = frames.spare().expect("streaming, a frame half read");
+            assert!(buf.capacity() - buf.len() >= READ_ROOM);
+            let n = rest.len().min(STREAMING + 1000);
+            buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            frames.filled(n);
+            while let Some(item) = frames.next() {
+                got.push(item);
+            }
+        }
+        assert_eq!(got.len(), 100);
+        for (i, item) in got.iter().enumerate() {
+            assert!(
+                matches!(item, Inbound::Binary(b) if b.len() == 1000 + i && b.iter().all(|&x| x == i as u8)),
+                "frame {i}"
+            );
+        }
+
+        let mut frames = Frames::new(1 << 20);
+        frames.extend(&wire[..100]);
+        assert!(frames.next().is_none());
+        assert!(frames.spare().is_none(), "a small read is not streaming");
     }
 
     #[test]

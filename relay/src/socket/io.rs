@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use actix_tls::accept::rustls_0_23::TlsStream;
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -77,6 +78,29 @@ impl Io {
             take(&scratch[..n]);
             Poll::Ready(Ok(n))
         })
+    }
+}
+
+impl Io {
+    /// Reads what is there straight into `buf`'s spare room (plain TCP:
+    /// one copy fewer than through the scratch buffer), for a connection
+    /// that is streaming frames and holds a buffer anyway; `Ok(0)` is the
+    /// end of the stream.
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Io::Tcp(tcp) => loop {
+                ready!(tcp.poll_read_ready(cx))?;
+                match tcp.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => return Poll::Ready(other),
+                }
+            },
+            Io::Other(_) => self.poll_read_with(cx, |bytes| buf.extend_from_slice(bytes)),
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! heartbeat, the client's frames in, the pipe's frames out, and closing with
 //! the right code. All socket I/O of the relay is in this module: the actor
 //! owns its connection after the HTTP upgrade (`upgrade.rs`) and runs the
-//! WebSocket framing itself (`pump.rs`, `decode.rs`).
+//! WebSocket framing itself (`pump.rs`, `decode.rs`). A client of the HTTP
+//! transport gets the same actor, its edge a virtual connection
+//! (`virtual_conn.rs`) that `crate::http` fills and empties.
 
 mod beat;
 pub mod decode;

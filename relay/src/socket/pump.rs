@@ -200,7 +200,14 @@ impl Socket {
             }
             let Some(io) = self.io.as_mut() else { break };
             let frames = &mut self.frames;
-            match io.poll_read_with(cx, |bytes| frames.extend(bytes)) {
+            let read = match frames.spare() {
+                Some(buf) => io.poll_read_into(cx, buf),
+                None => io.poll_read_with(cx, |bytes| frames.extend(bytes)),
+            };
+            if let Poll::Ready(Ok(n)) = read {
+                frames.filled(n);
+            }
+            match read {
                 // The client closed its side: stop, still writing what is
                 // queued (a reply, a close frame) on the way out.
                 Poll::Ready(Ok(0)) => {

@@ -8,16 +8,22 @@
 //! (the AEAD nonces) equal on both sides.
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Duration, Instant};
 
 use super::outbox::{Addressed, OutFrame, Target};
-use super::{Command, Data, Ended, Event, SendError};
-use crate::SessionCode;
+use super::{Command, Ended, Event, SendError};
 use crate::e2e::{
-    AbortReason, Binding, Failure, Handshake, HostConfirm, HostHello, JoinerConfirm, Opener,
-    Payload, Plain, Sealer, Secret,
+    AbortReason, Binding, Handshake, HostConfirm, HostHello, JoinerConfirm, Opener, Plain, Sealer,
+    Secret,
 };
+use crate::{GuestId, SessionCode};
+
+mod flight;
+mod guests;
+mod pairing;
+
+use flight::InFlight;
 
 /// The default of [`Config::e2e_timeout`](super::Config::e2e_timeout): how
 /// long a side waits for the other's next handshake message while both are
@@ -32,6 +38,8 @@ pub const MISMATCH: &str = "the code was mistyped or someone else tried it";
 pub(super) enum Side {
     /// The mac: draws a secret for every code it is given.
     Host,
+    /// A room's host: as [`Side::Host`], with one exchange per admitted guest.
+    RoomHost,
     /// The browser, with the secret of the code it was given, or none
     /// (a 6-character code: it then only refuses an encrypted host clearly).
     Joiner(SessionCode, Option<Secret>),
@@ -78,10 +86,16 @@ pub(super) struct Task {
     phase: Phase,
     /// Seals this side's frames, once confirmed.
     sealer: Option<Sealer>,
-    /// The application's send waiting for the connection task's answer,
-    /// with the frame's fate deciding whether it took a number (of the
-    /// sealer of that `epoch` only).
+    /// The application's send waiting for the connection task's answers,
+    /// each frame's fate deciding whether it took a number (of the sealers
+    /// of that `epoch` only).
     in_flight: Option<InFlight>,
+    /// Room host: each admitted guest's exchange and keys.
+    guests: guests::Guests,
+    /// Room host: commands for the connection task, drained by [`run`].
+    outgoing: guests::Outgoing,
+    /// Joiner: the guest id the relay gave it in a room (CPace's CI carries it).
+    guest_id: watch::Receiver<Option<GuestId>>,
     /// Counts sealers: a late answer never advances the next exchange's.
     epoch: u64,
     /// The application dropped every handle: no more commands.
@@ -95,13 +109,12 @@ pub(super) struct Task {
 }
 
 type Reply = oneshot::Sender<Result<(), SendError>>;
-/// The connection task's answer awaited, the application's reply, the epoch.
-type InFlight = (oneshot::Receiver<Result<(), SendError>>, Reply, u64);
 
 impl Task {
     pub(super) fn new(
         side: Side,
         timeout: Duration,
+        guest_id: watch::Receiver<Option<GuestId>>,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         inner: mpsc::Sender<Command>,
@@ -117,6 +130,9 @@ impl Task {
             phase: Phase::Idle,
             sealer: None,
             in_flight: None,
+            guests: guests::Guests::default(),
+            outgoing: guests::Outgoing::new(),
+            guest_id,
             deadline: None,
             held: None,
             epoch: 0,
@@ -151,7 +167,12 @@ impl Task {
                 .code
                 .as_ref()
                 .map(|(c, s)| Binding::new(c.clone(), s.clone(), None)),
-            Side::Joiner(c, Some(s)) => Some(Binding::new(c.clone(), s.clone(), None)),
+            // A room's exchanges are per guest (`guests.rs`).
+            Side::RoomHost => None,
+            // A guest of a room binds its id, known since `waiting` or `joined`.
+            Side::Joiner(c, Some(s)) => {
+                Some(Binding::new(c.clone(), s.clone(), *self.guest_id.borrow()))
+            }
             Side::Joiner(_, None) => None,
         }
     }
@@ -162,15 +183,17 @@ impl Task {
         self.sealer = None;
         self.deadline = None;
         self.held = None;
+        self.guests = guests::Guests::default();
     }
 
     /// An application command: data is sealed, the rest passes through.
     async fn on_command(&mut self, cmd: Command) -> Result<(), Stop> {
         match cmd {
+            cmd if matches!(self.side, Side::RoomHost) => self.on_room_command(cmd),
             Command::Send(Addressed { to, frame }, reply) => {
                 if to != Target::All {
-                    // Rooms are not encrypted by this client (yet): refuse
-                    // rather than send a frame no guest could open.
+                    // Not a room host (those are handled above): there is
+                    // no guest to address.
                     let _ = reply.send(Err(SendError::NotRoomHost));
                     return Ok(());
                 }
@@ -197,7 +220,7 @@ impl Task {
                     let _ = reply.send(Err(SendError::Ended));
                     return Ok(());
                 }
-                self.in_flight = Some((rx, reply, self.epoch));
+                self.in_flight = Some(InFlight::one(rx, reply, self.epoch));
             }
             Command::Leave => {
                 if let Some(sealer) = self.sealer.as_mut() {
@@ -232,7 +255,7 @@ impl Task {
                 page,
             } => {
                 self.reset();
-                let Side::Host = self.side else {
+                let (Side::Host | Side::RoomHost) = self.side else {
                     self.emit(Event::Registered {
                         code,
                         expires_at,
@@ -288,6 +311,15 @@ impl Task {
                 self.deadline = Some(Instant::now() + self.timeout);
             }
             Event::Data(d) => self.on_data(d).await?,
+            ev @ (Event::GuestAdmitted(_)
+            | Event::GuestData { .. }
+            | Event::GuestLeft { .. }
+            | Event::GuestAway(_)
+            | Event::GuestBack(_))
+                if matches!(self.side, Side::RoomHost) =>
+            {
+                self.on_guest_event(ev).await;
+            }
             Event::PeerLeft(reason) => {
                 self.unfinished().await;
                 self.reset();
@@ -335,161 +367,6 @@ impl Task {
         }
     }
 
-    async fn on_data(&mut self, d: Data) -> Result<(), Stop> {
-        let phase = std::mem::replace(&mut self.phase, Phase::Idle);
-        match (phase, d) {
-            (Phase::Plain, d) => {
-                self.phase = Phase::Plain;
-                self.emit(Event::Data(d)).await;
-            }
-            (Phase::Open(mut opener), Data::Binary(b)) => {
-                let plain = opener
-                    .open(&b)
-                    .map_err(|t| Stop::Leave(None, Ended::Tampered(t.to_string())))?;
-                self.phase = Phase::Open(opener);
-                match plain {
-                    Plain::Text(t) => self.emit(Event::Data(Data::Text(t))).await,
-                    Plain::Binary(b) => self.emit(Event::Data(Data::Binary(b.into()))).await,
-                    Plain::End => {}
-                }
-            }
-            (Phase::Open(_), Data::Text(_)) => {
-                return Err(Stop::Leave(
-                    None,
-                    Ended::Tampered("a frame in clear arrived in an encrypted session".into()),
-                ));
-            }
-            (Phase::Detect, Data::Text(t)) => {
-                if let Payload::Handshake(Handshake::HostHello { .. }) = Payload::parse(&t) {
-                    return Err(Stop::Leave(
-                        Some(AbortReason::NoSecret),
-                        Ended::NotEncrypted(
-                            "this session is end-to-end encrypted: type the whole code the mac shows, with the part after the dash".into(),
-                        ),
-                    ));
-                }
-                self.phase = Phase::Plain;
-                self.emit(Event::Data(Data::Text(t))).await;
-            }
-            (Phase::Detect, d) => {
-                self.phase = Phase::Plain;
-                self.emit(Event::Data(d)).await;
-            }
-            (Phase::Idle, d) => {
-                // Data outside an exchange (a plain host's joiner that has
-                // not joined yet cannot get here): pass it on.
-                self.emit(Event::Data(d)).await;
-            }
-            (phase, Data::Binary(_)) => {
-                self.phase = phase;
-                return Err(self.not_encrypted());
-            }
-            (phase, Data::Text(t)) => match Payload::parse(&t) {
-                Payload::Handshake(h) => self.on_handshake(phase, h).await?,
-                Payload::Invalid(why) => {
-                    return Err(Stop::Leave(
-                        Some(AbortReason::Invalid),
-                        Ended::Tampered(format!("an invalid key exchange message ({why})")),
-                    ));
-                }
-                Payload::Other => {
-                    self.phase = phase;
-                    return Err(self.not_encrypted());
-                }
-            },
-        }
-        Ok(())
-    }
-
-    /// The peer sent something that is not `relay-e2e/1` where a handshake message belongs.
-    fn not_encrypted(&self) -> Stop {
-        let why = match self.side {
-            Side::Host => {
-                "the browser that joined does not use end-to-end encryption; session not continued"
-            }
-            Side::Joiner(..) => {
-                "the mac does not use end-to-end encryption; nothing was sent to it in clear"
-            }
-        };
-        Stop::Leave(Some(AbortReason::Invalid), Ended::NotEncrypted(why.into()))
-    }
-
-    async fn on_handshake(&mut self, phase: Phase, h: Handshake) -> Result<(), Stop> {
-        let fail = |f: Failure| {
-            let end = match f {
-                Failure::Mismatch => Ended::CodeMismatch,
-                Failure::Invalid => Ended::Tampered(f.to_string()),
-            };
-            Stop::Leave(Some(f.reason()), end)
-        };
-        match (phase, h) {
-            (_, Handshake::Abort(reason)) => {
-                let end = match reason {
-                    AbortReason::Mismatch => Ended::CodeMismatch,
-                    AbortReason::NoSecret => Ended::NotEncrypted(
-                        "the browser joined with the first part of the code only: type the whole code, with the part after the dash".into(),
-                    ),
-                    AbortReason::Invalid => Ended::Tampered(
-                        "the other side could not read the key exchange".into(),
-                    ),
-                    AbortReason::Timeout => Ended::NotEncrypted(
-                        "the other side gave up waiting for the key exchange".into(),
-                    ),
-                };
-                return Err(Stop::Leave(None, end));
-            }
-            (Phase::HostShare(state), Handshake::JoinerHello { share }) => {
-                self.phase = Phase::HostConfirm(state.on_share(&share).map_err(fail)?);
-                self.deadline = Some(Instant::now() + self.timeout);
-            }
-            (Phase::HostConfirm(state), Handshake::Confirm { tag }) => {
-                let (channel, confirm) = state.on_confirm(&tag).map_err(fail)?;
-                if !self.send_handshake(&confirm).await {
-                    return Ok(()); // the browser left meanwhile
-                }
-                self.open(channel).await;
-            }
-            (Phase::JoinerHello, Handshake::HostHello { sid, share }) => {
-                let Some(binding) = self.binding() else {
-                    return Err(Stop::Leave(
-                        Some(AbortReason::Invalid),
-                        Ended::Tampered("a key exchange without a code".into()),
-                    ));
-                };
-                let (state, [hello, confirm]) =
-                    JoinerConfirm::answer(&binding, &sid, &share).map_err(fail)?;
-                self.phase = Phase::JoinerConfirm(state);
-                self.deadline = Some(Instant::now() + self.timeout);
-                if !(self.send_handshake(&hello).await && self.send_handshake(&confirm).await) {
-                    // The session is over; the connection task's end follows.
-                    return Ok(());
-                }
-            }
-            (Phase::JoinerConfirm(state), Handshake::Confirm { tag }) => {
-                let channel = state.on_confirm(&tag).map_err(fail)?;
-                self.open(channel).await;
-            }
-            (_, _) => {
-                return Err(Stop::Leave(
-                    Some(AbortReason::Invalid),
-                    Ended::Tampered("a key exchange message out of its place".into()),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    async fn open(&mut self, channel: crate::e2e::Channel) {
-        self.epoch += 1;
-        self.sealer = Some(channel.sealer);
-        self.phase = Phase::Open(Box::new(channel.opener));
-        self.deadline = None;
-        self.emit(Event::Encrypted).await;
-        if let Some(e) = self.held.take() {
-            self.emit(e).await;
-        }
-    }
-
     /// Ends the session from this layer: `abort` to the peer, `leave`, and
     /// the application told why (after the connection task's own end).
     async fn stop(&mut self, abort: Option<AbortReason>, why: Ended) {
@@ -511,9 +388,33 @@ impl Task {
         self.emit(Event::Ended(why)).await;
     }
 
+    /// The earliest handshake deadline: the pairing's, or any guest's.
+    fn next_deadline(&self) -> Option<Instant> {
+        [self.deadline, self.guests.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// A deadline passed: the pairing's ends the session; a guest's ends that guest.
+    async fn on_deadline(&mut self) -> Option<Stop> {
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| d <= now) {
+            return Some(self.timed_out());
+        }
+        for g in self.guests.overdue(now) {
+            let why =
+                "it did not answer the key exchange: it may not support end-to-end encryption"
+                    .into();
+            self.fail_guest(g, Some(AbortReason::Timeout), Ended::NotEncrypted(why))
+                .await;
+        }
+        None
+    }
+
     fn timed_out(&self) -> Stop {
         let why = match self.side {
-            Side::Host => {
+            Side::Host | Side::RoomHost => {
                 "the browser that joined did not answer the key exchange: it may not support end-to-end encryption"
             }
             Side::Joiner(..) => {
@@ -534,7 +435,9 @@ fn text_payload(frame: &str) -> String {
 
 pub(super) async fn run(mut t: Task) {
     loop {
-        let deadline = t.deadline;
+        let deadline = t.next_deadline();
+        // A handle of its own, so that a permit does not borrow the task.
+        let inner = t.inner.clone();
         let stop = tokio::select! {
             cmd = t.commands.recv(), if t.in_flight.is_none() && !t.dropped => match cmd {
                 Some(cmd) => t.on_command(cmd).await.err(),
@@ -547,22 +450,22 @@ pub(super) async fn run(mut t: Task) {
             },
             r = async {
                 match t.in_flight.as_mut() {
-                    Some((rx, _, _)) => rx.await,
+                    Some(f) => f.next_answer().await,
                     None => std::future::pending().await,
                 }
             } => {
-                let r = r.unwrap_or(Err(SendError::Ended));
-                if let Some((_, reply, epoch)) = t.in_flight.take() {
-                    if r.is_ok() && epoch == t.epoch {
-                        if let Some(s) = t.sealer.as_mut() {
-                            s.sent();
-                        }
-                    }
-                    let _ = reply.send(r);
+                t.answered(r);
+                None
+            },
+            permit = inner.reserve(), if !t.outgoing.is_empty() => {
+                match (permit, t.outgoing.pop_front()) {
+                    (Ok(p), Some(cmd)) => p.send(cmd),
+                    // The connection task is gone; its end is passed on below.
+                    _ => t.outgoing.clear(),
                 }
                 None
             },
-            ev = t.inner_events.recv() => match ev {
+            ev = t.inner_events.recv(), if t.outgoing.len() < guests::OUTGOING_MAX => match ev {
                 Some(ev) => t.on_event(ev).await.err(),
                 None => Some(Stop::Inner),
             },
@@ -571,7 +474,7 @@ pub(super) async fn run(mut t: Task) {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
                 }
-            } => Some(t.timed_out()),
+            } => t.on_deadline().await,
         };
         match stop {
             None => {}
@@ -583,3 +486,6 @@ pub(super) async fn run(mut t: Task) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
