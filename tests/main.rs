@@ -16,6 +16,7 @@ mod drain;
 mod e2e;
 mod framing;
 mod http;
+mod http_clients;
 mod limits;
 mod load;
 mod protocol;

@@ -14,7 +14,9 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use relay_protocol::client::{Client, Config, Data, Ended, Event, SendError, State, Target};
+use relay_protocol::client::{
+    Client, Config, Data, Ended, Event, SendError, State, Target, Transport, TransportMode,
+};
 use relay_protocol::{AdmitMode, ErrorCode, PeerLeftReason};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -43,6 +45,23 @@ pub struct ClientArgs {
     /// code given to `relay join` encrypts regardless.
     #[arg(long, env = "RELAY_NO_E2E")]
     pub no_e2e: bool,
+    /// How to reach the relay: `auto` tries WebSocket and falls back to
+    /// plain HTTP when the upgrade is refused or stays silent (a proxy that
+    /// blocks WebSocket), going back to WebSocket when it works again;
+    /// `websocket` or `http` use only that one.
+    #[arg(long, env = "RELAY_TRANSPORT", value_enum, default_value_t = TransportArg::Auto)]
+    pub transport: TransportArg,
+}
+
+/// The transports a client may use, as the command line spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// WebSocket, with the HTTP fallback.
+    Auto,
+    /// WebSocket only.
+    Websocket,
+    /// HTTP only.
+    Http,
 }
 
 /// `relay host`'s settings: the shared ones, and the room it may ask for.
@@ -108,6 +127,11 @@ fn config(args: &ClientArgs) -> Config {
     c.max_retries = args.max_retries;
     c.connect_timeout = args.connect_timeout;
     c.e2e = !args.no_e2e;
+    c.transports.mode = match args.transport {
+        TransportArg::Auto => TransportMode::Auto,
+        TransportArg::Websocket => TransportMode::WebSocket,
+        TransportArg::Http => TransportMode::Http,
+    };
     c
 }
 
@@ -312,6 +336,15 @@ async fn run(
             )),
             Event::PeerResumed => say(format!("the {} is back", peer_name(mac))),
             Event::Resumed => say("session resumed"),
+            Event::Transport { transport, cause } => say(match transport {
+                Transport::Http if args.transport == TransportArg::Http => {
+                    "over HTTP (--transport http)".to_owned()
+                }
+                Transport::Http => format!(
+                    "on the HTTP fallback ({cause}); slower than WebSocket, but nothing is lost"
+                ),
+                Transport::WebSocket => format!("back on WebSocket ({cause})"),
+            }),
             Event::Retrying {
                 attempt,
                 delay,

@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod config;
 pub mod load;
+mod scripts;
 pub mod server;
 
 #[cfg(fuzzing)]

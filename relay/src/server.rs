@@ -212,9 +212,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/", web::get().to(page))
-            .route("/client.js", web::get().to(client_js))
-            .route("/e2e.js", web::get().to(e2e_js))
-            .route("/noble.js", web::get().to(noble_js));
+            .configure(crate::scripts::routes);
         let app = if metrics_on_main {
             app.route("/metrics", web::get().to(metrics_text))
         } else {
@@ -511,9 +509,6 @@ async fn not_an_upgrade(req: HttpRequest) -> HttpResponse {
 /// The browser side's page (`relay/static/index.html`), built into the binary.
 const PAGE: &str = include_str!("../static/index.html");
 
-/// The browser client module (`relay/static/client.js`), built into the binary.
-const CLIENT_JS: &str = include_str!("../static/client.js");
-
 async fn page(req: HttpRequest) -> HttpResponse {
     // `/` is not a WebSocket endpoint: an upgrade there is refused (404).
     if wants_websocket(&req) {
@@ -523,32 +518,6 @@ async fn page(req: HttpRequest) -> HttpResponse {
         .content_type("text/html; charset=utf-8")
         .insert_header(("Cache-Control", "no-cache"))
         .body(PAGE)
-}
-
-/// End-to-end encryption of the browser side (`relay/static/e2e.js`), which `/client.js` imports.
-const E2E_JS: &str = include_str!("../static/e2e.js");
-
-/// The audited noble libraries `e2e.js` imports, bundled with their
-/// licences by `relay/static/vendor/build.sh` from a pinned lockfile.
-const NOBLE_JS: &str = include_str!("../static/noble.js");
-
-fn script(body: &'static str) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/javascript; charset=utf-8")
-        .insert_header(("Cache-Control", "no-cache"))
-        .body(body)
-}
-
-async fn client_js() -> HttpResponse {
-    script(CLIENT_JS)
-}
-
-async fn e2e_js() -> HttpResponse {
-    script(E2E_JS)
-}
-
-async fn noble_js() -> HttpResponse {
-    script(NOBLE_JS)
 }
 
 async fn healthz() -> HttpResponse {

@@ -22,6 +22,7 @@
 
 /** Connection states, as the `state` event and `client.state` report them. */
 import { SecureLink, parseFullCode } from './e2e.js';
+import { Transports } from './transport.js';
 
 export const State = Object.freeze({
   /** Not connected and not trying: before `join`, after the session ended, or after giving up. */
@@ -238,6 +239,8 @@ function defaultStorage() {
  *             guest was let in, `join` and `name` are what it joined with, so a
  *             person can try again with `join(join, {name})`.
  * - `gaveup`  {attempts}: reconnecting stopped at `maxRetries`; `reconnect()` starts again.
+ * - `transport` {transport, reason}: the connection moved to 'http' (the fallback) or
+ *             back to 'websocket' (never sent while on WebSocket all along).
  * - `event`   msg: any other control message (for the curious).
  */
 export class RelayClient {
@@ -245,7 +248,10 @@ export class RelayClient {
     this.options = { ...DEFAULTS, ...options };
     const o = this.options;
     this.url = o.url ?? browserUrl();
-    this.WebSocket = o.WebSocket ?? globalThis.WebSocket;
+    // A WebSocket, or the HTTP fallback behind the same interface (transport.js;
+    // `transport`: 'auto', 'websocket' or 'http'). An injected WebSocket is used as it is.
+    this.transports = new Transports({ ...o, url: this.url }, (t) => this.emit('transport', t), () => this.upgrade());
+    this.WebSocket = o.WebSocket ?? this.transports.Socket;
     this.random = o.random ?? Math.random;
     this.now = o.now ?? (() => Date.now());
     this.setTimeout = o.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms));
@@ -407,6 +413,14 @@ export class RelayClient {
     return true;
   }
 
+  /** A WebSocket opened while on the HTTP fallback: resume on it (nothing is lost). */
+  upgrade() {
+    if (this.phase !== 'open' || !this.ws) return false;
+    this.abandon();
+    this.open();
+    return true;
+  }
+
   /** Ends this side of the session for good (the Mac is told). */
   leave() {
     if (this.ended) return;
@@ -442,6 +456,7 @@ export class RelayClient {
       peerPresent: this.peerPresent,
       ended: this.ended,
       gaveUp: this.gaveUp,
+      transport: this.transports.current,
       ...(this.secure ? { encrypted: this.secure.open } : {}),
     };
   }

@@ -742,6 +742,8 @@ fn start_nodes(n: usize, url: &str, env: &[(&str, &str)]) -> Vec<Node> {
 /// `haproxy.log` in its temp dir.
 pub struct Lb {
     port: u16,
+    /// Extra settings (see [`Self::start_blocking_websocket`]); none for the shared config.
+    extra: Extra,
     child: Child,
     /// Processes of earlier configs, finishing their open connections.
     retired: Vec<Child>,
@@ -751,10 +753,16 @@ pub struct Lb {
 impl Lb {
     /// Starts haproxy on a free port in front of `backends`.
     pub fn start(backends: &[SocketAddr]) -> Lb {
+        Self::start_with(backends, |_| Extra::default())
+    }
+
+    fn start_with(backends: &[SocketAddr], extra: impl FnOnce(&Path) -> Extra) -> Lb {
         let dir = TempDir::new("haproxy");
-        let (child, port) = spawn_haproxy(dir.path(), backends);
+        let extra = extra(dir.path());
+        let (child, port) = spawn_haproxy(dir.path(), backends, &extra);
         Lb {
             port,
+            extra,
             child,
             retired: Vec::new(),
             dir,
@@ -799,7 +807,7 @@ impl Lb {
     /// keeps forwarding the connections it has until they end, as a reload
     /// would.
     pub fn reconfigure(&mut self, backends: &[SocketAddr]) {
-        let (child, port) = spawn_haproxy(self.dir.path(), backends);
+        let (child, port) = spawn_haproxy(self.dir.path(), backends, &self.extra);
         let old = std::mem::replace(&mut self.child, child);
         // SIGUSR1 is haproxy's soft stop.
         signal(old.id(), "USR1");
@@ -822,7 +830,8 @@ impl Lb {
             self.port,
             self.retired.len()
         ));
-        std::fs::write(&cfg, haproxy_config(self.port, backends)).expect("write haproxy config");
+        std::fs::write(&cfg, haproxy_config(self.port, backends, &self.extra))
+            .expect("write haproxy config");
         let mut child = haproxy(dir, &cfg)
             .arg("-sf")
             .arg(self.child.id().to_string())
@@ -846,14 +855,30 @@ impl Lb {
     }
 }
 
-/// The shared haproxy config with its `bind` line and `server` lines replaced.
-fn haproxy_config(port: u16, backends: &[SocketAddr]) -> String {
+/// Lines a test adds to the shared haproxy config.
+#[derive(Default)]
+struct Extra {
+    /// After `global`.
+    global: String,
+    /// After the frontend's `bind`.
+    frontend: String,
+    /// Servers to cut in [`Lb::block_websocket`].
+    servers: usize,
+}
+
+/// The shared haproxy config with its `bind` line and `server` lines
+/// replaced, and `extra`'s lines added.
+fn haproxy_config(port: u16, backends: &[SocketAddr], extra: &Extra) -> String {
     let mut out = String::new();
     let mut servers_written = false;
     for line in HAPROXY_CFG.lines() {
         let t = line.trim_start();
-        if t.starts_with("bind ") {
+        if t == "global" {
+            out.push_str("global\n");
+            out.push_str(&extra.global);
+        } else if t.starts_with("bind ") {
             out.push_str(&format!("    bind 127.0.0.1:{port}\n"));
+            out.push_str(&extra.frontend);
         } else if t.starts_with("server ") {
             if !servers_written {
                 for (i, a) in backends.iter().enumerate() {
@@ -889,12 +914,12 @@ fn haproxy(dir: &Path, cfg: &Path) -> Command {
 
 /// Starts haproxy in the foreground on a free port and waits until the port
 /// accepts connections.
-fn spawn_haproxy(dir: &Path, backends: &[SocketAddr]) -> (Child, u16) {
+fn spawn_haproxy(dir: &Path, backends: &[SocketAddr], extra: &Extra) -> (Child, u16) {
     let mut last = String::new();
     for attempt in 0..5 {
         let port = free_port();
         let cfg = dir.join(format!("haproxy-{port}.cfg"));
-        std::fs::write(&cfg, haproxy_config(port, backends)).expect("write haproxy config");
+        std::fs::write(&cfg, haproxy_config(port, backends, extra)).expect("write haproxy config");
         let mut child = haproxy(dir, &cfg)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run haproxy (is it installed? `make deps`): {e}"));
@@ -923,6 +948,64 @@ fn spawn_haproxy(dir: &Path, backends: &[SocketAddr]) -> (Child, u16) {
         }
     }
     panic!("haproxy did not start: {last}");
+}
+
+impl Lb {
+    /// The balancer of [`Self::start`], refusing the WebSocket upgrade
+    /// (403, as a corporate proxy does) while [`Self::block_websocket`] is
+    /// in force; plain HTTP always passes. Starts open.
+    pub fn start_blocking_websocket(backends: &[SocketAddr]) -> Lb {
+        Self::start_with(backends, |dir| {
+            let acl = dir.join("blocked.acl");
+            std::fs::write(&acl, "").expect("write the ACL file");
+            Extra {
+                global: format!(
+                    "    stats socket {} level admin\n",
+                    dir.join("admin.sock").display()
+                ),
+                frontend: format!(
+                    "    http-request deny deny_status 403 if {{ hdr(upgrade) -i websocket }} {{ src -f {} }}\n",
+                    acl.display()
+                ),
+                servers: backends.len(),
+            }
+        })
+    }
+
+    /// Refuses every WebSocket upgrade from now on; with `cut`, also cuts
+    /// every connection open through the balancer (WebSockets and HTTP
+    /// requests alike), as a proxy that starts filtering would.
+    pub fn block_websocket(&self, cut: bool) {
+        let acl = self.dir.path().join("blocked.acl");
+        self.admin(&format!("add acl {} 127.0.0.1", acl.display()));
+        if cut {
+            for n in 1..=self.extra.servers {
+                self.admin(&format!("shutdown sessions server relays/node-{n}"));
+            }
+        }
+    }
+
+    /// Lets WebSocket upgrades through again.
+    pub fn allow_websocket(&self) {
+        let acl = self.dir.path().join("blocked.acl");
+        self.admin(&format!("clear acl {}", acl.display()));
+    }
+
+    /// One command on haproxy's admin socket; its answer.
+    fn admin(&self, command: &str) -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(self.dir.path().join("admin.sock"))
+            .expect("haproxy's admin socket (start_blocking_websocket)");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        s.write_all(format!("{command}\n").as_bytes())
+            .expect("write to haproxy");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(
+            !answer.to_ascii_lowercase().contains("unknown") && !answer.contains("denied"),
+            "haproxy refused {command:?}: {answer}"
+        );
+        answer
+    }
 }
 
 impl Drop for Lb {

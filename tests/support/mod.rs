@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod buffering;
 pub mod certs;
 pub mod cluster;
 pub mod traffic;

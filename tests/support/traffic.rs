@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use relay_protocol::client::{Client, Config, Data, Event, Events, SendError, State};
+use relay_protocol::client::{
+    Client, Config, Data, Event, Events, SendError, State, TransportMode,
+};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
@@ -153,7 +155,8 @@ pub async fn listen(mut events: Events, log: Log, pair: usize, is_mac: bool) {
             | Event::PeerResumed
             | Event::Latency(_)
             | Event::Encrypted
-            | Event::Unfinished => {}
+            | Event::Unfinished
+            | Event::Transport { .. } => {}
             // These fixtures pair; a room's events and tagged frames are
             // counted as misrouted should one ever arrive.
             Event::Waiting { .. }
@@ -205,6 +208,9 @@ pub fn config(url: &str) -> Config {
     c.connect_timeout = Duration::from_secs(5);
     // A lost session is a failure these tests must see (an end), not a new code.
     c.reregister_on_lost_session = false;
+    // These fixtures watch the WebSocket path under failures: a frozen node
+    // must cost one WebSocket attempt, not an HTTP fallback attempt too.
+    c.transports.mode = TransportMode::WebSocket;
     c
 }
 

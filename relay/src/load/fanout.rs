@@ -14,6 +14,7 @@ use anyhow::Context;
 use futures_util::SinkExt;
 use futures_util::stream::{self, SplitSink, SplitStream, StreamExt};
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant as Deadline;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -135,7 +136,7 @@ pub(super) async fn fanout(args: &Args) -> anyhow::Result<Report> {
     let wake_every = (window / 4).max(1);
     let delivered = Arc::new(AtomicU64::new(0));
     let deadline = Deadline::now() + args.duration;
-    let (mut hosts, mut guests, mut others) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut hosts, mut guests, mut host_reads) = (Vec::new(), Vec::new(), Vec::new());
     for (r, room) in rooms.into_iter().enumerate() {
         let progressed = Progressed::new(room.guests.len());
         // The host's total once it stopped, so each guest knows when it has all.
@@ -150,7 +151,7 @@ pub(super) async fn fanout(args: &Args) -> anyhow::Result<Report> {
             sent_tx,
         )));
         // The host reads its guest events and answers pings.
-        others.push(tokio::spawn(drain(host_rx)));
+        host_reads.push(tokio::spawn(drain(host_rx)));
         for (g, (id, ws)) in room.guests.into_iter().enumerate() {
             let (tx, rx) = ws.split();
             // The write half is not needed: the read half answers pings.
@@ -195,10 +196,7 @@ pub(super) async fn fanout(args: &Args) -> anyhow::Result<Report> {
             ));
         }
     }
-    for t in others {
-        t.abort();
-    }
-    leave(host_sinks).await;
+    leave(host_sinks.into_iter().zip(host_reads).collect()).await;
     fail_on(
         &problems,
         "fan-out did not deliver every frame to every guest in order",
@@ -343,15 +341,25 @@ async fn drain(mut rx: SplitStream<Ws>) {
 
 /// Ends each host's session for good (`leave`), which also closes its
 /// guests: rooms left to their grace period would hold the relay's memory
-/// through the runs that follow on the same node. Bounded: the relay cleans
-/// up either way.
-async fn leave(hosts: Vec<SplitSink<Ws, Message>>) {
-    let leaving = stream::iter(hosts).for_each_concurrent(64, |mut tx| async move {
+/// through the runs that follow on the same node. Each host's read half
+/// (`drain`) keeps reading until the relay closes the connection, so the
+/// relay has read `leave` before the socket goes: a socket dropped with
+/// unread bytes is reset, and the relay may then see the host vanish
+/// instead of leave. Bounded: the relay cleans up either way.
+async fn leave(hosts: Vec<(SplitSink<Ws, Message>, JoinHandle<()>)>) {
+    let leaving = stream::iter(hosts).for_each_concurrent(64, |(mut tx, read)| async move {
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             tx.send(Message::text(r#"{"type":"leave"}"#)).await?;
             tx.close().await
         })
         .await;
+        let abort = read.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), read)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
     });
     let _ = tokio::time::timeout(Duration::from_secs(10), leaving).await;
 }
@@ -414,17 +422,19 @@ pub(super) async fn fanin(args: &Args) -> anyhow::Result<Report> {
     let (at_end, secs) = measure(args, &received, deadline).await;
     let mut problems = Vec::new();
     let mut sent_total = 0;
+    let mut host_reads = Vec::new();
     for (r, (s, h)) in senders.into_iter().zip(hosts).enumerate() {
         let (sent, failed) = s.await.context("a room's senders")?;
         problems.extend(failed);
-        let (host, ended) = h.await.context("a host's reader")?;
+        let (host, ended, rx) = h.await.context("a host's reader")?;
+        host_reads.push(tokio::spawn(drain(rx)));
         sent_total += sent.values().sum::<u64>();
         problems.extend(host.problems(r, &sent, ended));
     }
     for t in others {
         t.abort();
     }
-    leave(host_sinks).await;
+    leave(host_sinks.into_iter().zip(host_reads).collect()).await;
     fail_on(
         &problems,
         "fan-in did not bring every guest's frames to its host in order",
@@ -458,25 +468,25 @@ struct HostReader {
 
 impl HostReader {
     /// Reads until it has its room's total (once known) or `until`; how its
-    /// connection ended, if it did.
+    /// connection ended, if it did, and its read half for [`leave`].
     async fn read(
         mut self,
         mut rx: SplitStream<Ws>,
         mut total: watch::Receiver<Option<u64>>,
         until: Deadline,
-    ) -> (Self, Option<String>) {
+    ) -> (Self, Option<String>, SplitStream<Ws>) {
         let (mut from, mut count) = (None, 0u64);
         loop {
             let known = *total.borrow();
             if known.is_some_and(|n| count >= n) {
-                return (self, None);
+                return (self, None, rx);
             }
             let m = tokio::select! {
                 m = tokio::time::timeout_at(until, rx.next()) => m,
                 // Watched only until the total is known (see `GuestReader::read`).
                 r = total.changed(), if known.is_none() => match r {
                     Ok(()) => continue,
-                    Err(_) => return (self, Some("the guests' senders are gone".into())),
+                    Err(_) => return (self, Some("the guests' senders are gone".into()), rx),
                 },
             };
             match m {
@@ -500,11 +510,13 @@ impl HostReader {
                         from = Some(id);
                     }
                 }
-                Ok(Some(Ok(Message::Close(c)))) => return (self, Some(format!("closed: {c:?}"))),
+                Ok(Some(Ok(Message::Close(c)))) => {
+                    return (self, Some(format!("closed: {c:?}")), rx);
+                }
                 Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => return (self, Some(e.to_string())),
-                Ok(None) => return (self, Some("connection ended".into())),
-                Err(_) => return (self, Some("timed out".into())),
+                Ok(Some(Err(e))) => return (self, Some(e.to_string()), rx),
+                Ok(None) => return (self, Some("connection ended".into()), rx),
+                Err(_) => return (self, Some("timed out".into()), rx),
             }
         }
     }

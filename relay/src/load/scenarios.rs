@@ -418,7 +418,7 @@ pub(super) async fn idle(args: &Args) -> anyhow::Result<Report> {
 }
 
 pub(super) async fn storm(args: &Args) -> anyhow::Result<Report> {
-    use relay_protocol::client::{Client, Config, Data, Event};
+    use relay_protocol::client::{Client, Config, Data, Event, TransportMode};
     let kill = args
         .kill
         .as_deref()
@@ -439,6 +439,9 @@ pub(super) async fn storm(args: &Args) -> anyhow::Result<Report> {
         c.backoff.cap = Duration::from_secs(2);
         // A lost session is a failure to count, not something to paper over.
         c.reregister_on_lost_session = false;
+        // This measures the WebSocket relay: an overloaded moment must not
+        // move some clients to the HTTP fallback and mix the transports.
+        c.transports.mode = TransportMode::WebSocket;
         c
     };
     // Pairs through the client library, which resumes by itself.

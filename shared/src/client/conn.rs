@@ -6,28 +6,26 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::debug;
 
 use super::backoff::{AfterClose, Next, Reconnector, after_close};
-use super::failure::{self, Cause, DROPPED, Failure, closed_by_relay};
+use super::failure::{Cause, DROPPED, Failure, closed_by_relay};
+use super::link::{Link, Transport, Tx};
 use super::outbox::{Addressed, OutFrame, Outbox, Target};
 use super::room::Commands;
 use super::url::{RelayUrl, UrlError};
 use super::{Command, Config, Data, Ended, Event, SendError, State};
 use crate::{ClientMessage, GuestId, GuestSeqs, Role, ServerMessage};
+use dial::Switched;
 
+mod dial;
 mod refusal;
 mod rooms;
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Close code a client sends when it reconnects on purpose: not 1000, so the
 /// relay keeps the session for the grace period.
@@ -37,8 +35,11 @@ const RECONNECTING: u16 = 4002;
 enum Outcome {
     /// Reconnect as the close code says.
     Closed(AfterClose, Cause),
-    /// The application asked to reconnect now.
+    /// The application asked to reconnect now (or the transport failed
+    /// over): connect again at once.
     Reconnect,
+    /// A better transport answered: resume on this link at once.
+    Switch(Link),
     /// The session is over.
     Ended(Ended),
 }
@@ -48,6 +49,7 @@ pub(super) struct Watches {
     pub(super) state: watch::Sender<State>,
     pub(super) latency: watch::Sender<Option<std::time::Duration>>,
     pub(super) guest_id: watch::Sender<Option<GuestId>>,
+    pub(super) transport: watch::Sender<Transport>,
 }
 
 pub(super) struct Task {
@@ -89,6 +91,13 @@ pub(super) struct Task {
     from: Option<GuestId>,
     /// Room host: data frames received from each guest (`guestSeqs`).
     guest_seqs: GuestSeqs,
+    /// The HTTP transport's connection pool and what it learned of the path.
+    http: super::http::Dialer,
+    /// Auto: the WebSocket did not work last time, so connect over HTTP
+    /// (a probe brings the client back to WebSocket).
+    prefer_http: bool,
+    /// Why the transport last changed, for the [`Event::Transport`] to come.
+    transport_cause: Option<String>,
 }
 
 impl Task {
@@ -103,6 +112,8 @@ impl Task {
         let reconnector = Reconnector::new(config.backoff, config.max_retries);
         let outbox = Outbox::new(config.outbox);
         let room_host = role == Role::Mac && config.room.is_some();
+        let http =
+            super::http::Dialer::new(config.connect_timeout, config.transports.fallback_after);
         Task {
             config,
             urls: Vec::new(),
@@ -127,6 +138,9 @@ impl Task {
             wire_target: Target::All,
             from: None,
             guest_seqs: GuestSeqs::new(),
+            http,
+            prefer_http: false,
+            transport_cause: None,
         }
     }
 
@@ -155,34 +169,6 @@ impl Task {
             .map(|u| RelayUrl::parse(u))
             .collect::<Result<_, _>>()?;
         Ok(())
-    }
-
-    /// The endpoint of the next address in turn.
-    fn url(&mut self) -> String {
-        self.current = self.next_url % self.urls.len();
-        self.next_url += 1;
-        self.urls[self.current].endpoint(self.role)
-    }
-
-    async fn connect(&mut self) -> Result<Ws, Failure> {
-        let url = self.url();
-        let attempt = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true);
-        match tokio::time::timeout(self.config.connect_timeout, attempt).await {
-            Ok(Ok((ws, _))) => {
-                self.ever_connected = true;
-                Ok(ws)
-            }
-            Ok(Err(e)) => Err(failure::classify(
-                &self.urls[self.current],
-                &url,
-                self.ever_connected,
-                e,
-            )),
-            Err(_) => Err(Failure::Transient(format!(
-                "no answer from {url} within {:?}",
-                self.config.connect_timeout
-            ))),
-        }
     }
 
     /// Waits before the next attempt; false when the client gives up or the
@@ -244,8 +230,13 @@ impl Task {
     }
 
     /// Runs one connection; returns how it ended.
-    async fn session(&mut self, ws: Ws) -> Outcome {
-        let (mut tx, mut rx) = ws.split();
+    async fn session(&mut self, link: Link) -> Outcome {
+        let Link {
+            mut tx,
+            mut rx,
+            transport,
+        } = link;
+        self.on_transport(transport).await;
         // The relay's view of this connection starts afresh.
         self.wire_target = Target::All;
         self.from = None;
@@ -264,6 +255,7 @@ impl Task {
                 name: self.config.name.clone(),
             }),
         };
+        let mut switch = self.switch(transport, hello.is_some());
         if let Some(m) = hello {
             if tx.send(Message::text(m.to_text())).await.is_err() {
                 return Outcome::Closed(AfterClose::Reconnect, DROPPED);
@@ -279,9 +271,20 @@ impl Task {
                 }
             }
             tokio::select! {
-                msg = rx.next() => match self.on_message(msg, &mut tx, &mut taken).await {
-                    Ok(()) => {}
-                    Err(o) => return o,
+                msg = rx.next() => {
+                    let silent = switch.heard();
+                    match self.on_message(msg, &mut tx, &mut taken).await {
+                        Ok(()) => {}
+                        Err(o) => return self.dropped(o, silent),
+                    }
+                }
+                sw = switch.next() => match sw {
+                    Switched::Silent => return self.silent(),
+                    // Only a session can move (a waiting guest has no token).
+                    Switched::Upgraded(ws) if taken && self.session.is_some() => {
+                        return self.upgraded(ws);
+                    }
+                    Switched::Upgraded(_) => switch.later(),
                 },
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Send(f, reply)) => {
@@ -341,7 +344,7 @@ impl Task {
     /// Writes what waits (a room host's commands in their place among the
     /// frames, and a `to` before each frame whose target differs from the
     /// connection's); when too much is unconfirmed, asks for a pong first.
-    async fn flush(&mut self, tx: &mut SplitSink<Ws, Message>) -> Result<(), Outcome> {
+    async fn flush(&mut self, tx: &mut Tx) -> Result<(), Outcome> {
         let dropped = || Outcome::Closed(AfterClose::Reconnect, DROPPED);
         loop {
             while let Some(c) = self.room_commands.due(self.outbox.total_sent()) {
@@ -380,8 +383,8 @@ impl Task {
 
     async fn on_message(
         &mut self,
-        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-        tx: &mut SplitSink<Ws, Message>,
+        msg: Option<Result<Message, super::link::LinkError>>,
+        tx: &mut Tx,
         taken: &mut bool,
     ) -> Result<(), Outcome> {
         let msg = match msg {
@@ -409,7 +412,7 @@ impl Task {
     async fn on_control(
         &mut self,
         m: ServerMessage,
-        tx: &mut SplitSink<Ws, Message>,
+        tx: &mut Tx,
         taken: &mut bool,
     ) -> Result<(), Outcome> {
         match m {
@@ -510,7 +513,7 @@ impl Task {
         self.set_state(State::Connected).await;
     }
 
-    async fn sync(&mut self, tx: &mut SplitSink<Ws, Message>) -> Result<(), Outcome> {
+    async fn sync(&mut self, tx: &mut Tx) -> Result<(), Outcome> {
         let m = self.ping();
         tx.send(m)
             .await
@@ -518,7 +521,7 @@ impl Task {
     }
 }
 
-async fn close(tx: &mut SplitSink<Ws, Message>, code: u16) {
+async fn close(tx: &mut Tx, code: u16) {
     let frame = CloseFrame {
         code: WsCloseCode::from(code),
         reason: "".into(),
@@ -531,9 +534,14 @@ pub(super) async fn run(mut t: Task) {
         t.end(Ended::BadUrl(e)).await;
         return;
     }
+    let mut next: Option<Link> = None;
     loop {
-        let ws = match t.connect().await {
-            Ok(ws) => ws,
+        let attempt = match next.take() {
+            Some(link) => Ok(link),
+            None => t.connect().await,
+        };
+        let link = match attempt {
+            Ok(link) => link,
             Err(Failure::Permanent(e)) => {
                 t.end(Ended::BadUrl(e)).await;
                 return;
@@ -546,12 +554,13 @@ pub(super) async fn run(mut t: Task) {
                 return;
             }
         };
-        match t.session(ws).await {
+        match t.session(link).await {
             Outcome::Ended(why) => {
                 t.end(why).await;
                 return;
             }
             Outcome::Reconnect => {}
+            Outcome::Switch(link) => next = Some(link),
             Outcome::Closed(how, cause) => {
                 if !t.wait_to_retry(how, cause).await {
                     return;

@@ -155,6 +155,17 @@ impl RelayUrl {
         format!("{}://{}{}{path}", self.scheme, self.authority, self.prefix)
     }
 
+    /// The HTTP transport's `path` (`/http/send`) at this address: `http`,
+    /// or `https` when the sockets are `wss`.
+    pub fn http_endpoint(&self, path: &str) -> String {
+        let scheme = if self.scheme == "wss" {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}{}{path}", self.authority, self.prefix)
+    }
+
     /// The page where a person types the code (`http://host:port/`): the
     /// relay serves it at the root of the same address, over `https` when
     /// the sockets are `wss`.

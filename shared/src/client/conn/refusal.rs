@@ -5,10 +5,9 @@
 use std::borrow::Cow;
 
 use futures_util::SinkExt;
-use futures_util::stream::SplitSink;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{AfterClose, DROPPED, Ended, Event, Outbox, Outcome, Task, Ws};
+use super::{AfterClose, DROPPED, Ended, Event, Outbox, Outcome, Task, Tx};
 use crate::{ErrorCode, Role};
 
 impl Task {
@@ -16,7 +15,7 @@ impl Task {
         &mut self,
         code: ErrorCode,
         message: String,
-        tx: &mut SplitSink<Ws, Message>,
+        tx: &mut Tx,
     ) -> Result<(), Outcome> {
         match code {
             ErrorCode::InvalidResume | ErrorCode::ResumeExpired
@@ -60,7 +59,7 @@ impl Task {
         &mut self,
         code: ErrorCode,
         message: String,
-        tx: &mut SplitSink<Ws, Message>,
+        tx: &mut Tx,
     ) -> Result<(), Outcome> {
         let unconfirmed = self.outbox.unconfirmed();
         self.session = None;
