@@ -19,6 +19,8 @@ use tokio::sync::oneshot;
 use crate::client::{config, until};
 use crate::support::{Relay, WAIT};
 
+mod guest_seqs;
+
 /// One connection through the proxy.
 struct Link {
     /// Swallow what the client writes instead of passing it on.

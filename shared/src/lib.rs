@@ -15,5 +15,6 @@ pub use close::CloseCode;
 pub use code::{CodeError, SessionCode};
 pub use error::ErrorCode;
 pub use message::{
-    AdmitMode, ClientMessage, GuestId, GuestLeftReason, PeerLeftReason, Role, ServerMessage,
+    AdmitMode, ClientMessage, GuestId, GuestLeftReason, GuestSeqs, PeerLeftReason, Role,
+    ServerMessage,
 };

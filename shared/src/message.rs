@@ -90,6 +90,14 @@ pub enum ClientMessage {
         resume_token: String,
         /// Data frames this client has received in the session.
         last_seq: u64,
+        /// Room host: data frames it received from each guest (from the
+        /// `from` tags); sent only when non-empty. Malformed reads as absent.
+        #[serde(
+            default,
+            skip_serializing_if = "GuestSeqs::is_empty",
+            deserialize_with = "lenient_guest_seqs"
+        )]
+        guest_seqs: GuestSeqs,
     },
     /// Data as text; relayed verbatim to the peer.
     Data {
@@ -202,6 +210,20 @@ impl PeerLeftReason {
 
 /// A guest's id within its room: positive, never reused in a session.
 pub type GuestId = u64;
+
+/// A room host's `guestSeqs`: data frames it received from each guest.
+pub type GuestSeqs = std::collections::BTreeMap<GuestId, u64>;
+
+/// Reads `guestSeqs`, taking anything malformed (keys that are not guest
+/// ids, values that are not counts) as absent rather than refusing the
+/// resume: the field is a hint the relay may need, never a condition.
+fn lenient_guest_seqs<'de, D>(d: D) -> Result<GuestSeqs, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).unwrap_or_default())
+}
 
 /// How a room admits its guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

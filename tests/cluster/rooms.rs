@@ -325,6 +325,41 @@ async fn a_host_s_resume_on_another_node_takes_the_room_along() {
     );
 }
 
+/// The host's node is killed: guests on the two other nodes hear
+/// `peer_disconnected` once the node is reaped, as a pairing's browser
+/// does, not only `MAC_DISCONNECTED` when the host's grace period ends.
+#[tokio::test]
+async fn guests_elsewhere_hear_their_host_away_when_its_node_dies() {
+    let mut c = Cluster::start(3, &[]);
+    let mut host = c.node(1).mac().await;
+    host.json(json!({"type": "register", "maxGuests": 2, "admit": "auto"}))
+        .await;
+    let code = host.expect("registered").await["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut guests = Vec::new();
+    for n in [2, 3] {
+        let mut g = c.node(n).browser().await;
+        g.json(json!({"type": "join", "code": code})).await;
+        g.expect("joined").await;
+        host.expect("guest_joined").await;
+        host.expect("guest_admitted").await;
+        guests.push(g);
+    }
+    host.binary(seq_frame(1).into_data().to_vec()).await;
+    for g in &mut guests {
+        assert_eq!(
+            g.recv().await,
+            Got::Binary(seq_frame(1).into_data().to_vec())
+        );
+    }
+    c.kill(1);
+    for g in &mut guests {
+        g.expect("peer_disconnected").await;
+    }
+}
+
 #[tokio::test]
 async fn a_mac_s_resume_with_guest_seqs_on_another_node_is_a_plain_resume() {
     let c = Cluster::start(3, &[]);

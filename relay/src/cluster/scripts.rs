@@ -321,7 +321,8 @@ impl Scripts {
                 "#,
             ),
             // ARGV: pre, node, grace_deadline_ms
-            // Reply, flat per side: session, side, peer node, 'away'/'gone'.
+            // Reply, flat per side: session, side, peer node, 'away'/'gone';
+            // a room host's side once per other node holding its guests.
             dead_node: Script::new(&format!(
                 r#"
                 local pre, node = ARGV[1], ARGV[2]
@@ -344,10 +345,29 @@ impl Scripts {
                       redis.call('HSET', s, p .. 'state', 'away')
                       redis.call('ZADD', pre .. 'grace', ARGV[3], m)
                     end
-                    table.insert(out, sid)
-                    table.insert(out, role)
-                    table.insert(out, f[3] or '')
-                    table.insert(out, (f[2] == 'wait') and 'gone' or 'away')
+                    -- A room host's peers are its guests: one entry per
+                    -- other node holding any, so each is told it is away.
+                    local told = false
+                    if role == 'mac' and redis.call('HEXISTS', s, 'r_max') == 1 then
+                      local seen = {{}}
+                      for gid in string.gmatch(redis.call('HGET', s, 'r_ids') or '', '%S+') do
+                        local at = redis.call('HGET', s, 'g' .. gid .. '_at')
+                        if at and at ~= node and not seen[at] then
+                          seen[at] = true
+                          told = true
+                          table.insert(out, sid)
+                          table.insert(out, role)
+                          table.insert(out, at)
+                          table.insert(out, 'away')
+                        end
+                      end
+                    end
+                    if not told then
+                      table.insert(out, sid)
+                      table.insert(out, role)
+                      table.insert(out, f[3] or '')
+                      table.insert(out, (f[2] == 'wait') and 'gone' or 'away')
+                    end
                   end
                 end
                 redis.call('DEL', pre .. 'sides:' .. node)

@@ -212,6 +212,22 @@ pub struct Resume {
     pub resume_token: String,
     /// Data frames it has received.
     pub last_seq: u64,
+    /// A room host's `guestSeqs`: what it received from each guest, which
+    /// only a room rebuilt after its node died goes by (empty otherwise).
+    pub guest_seqs: relay_protocol::GuestSeqs,
+}
+
+impl Resume {
+    /// `guestSeqs` if it can be gone by: its counts add up to `lastSeq`
+    /// (docs/protocol-notes.md, Rooms: otherwise it reads as not given).
+    /// Whether it names only guests of the room is for the caller to check.
+    pub fn sound_guest_seqs(&self) -> Option<&relay_protocol::GuestSeqs> {
+        let mut sum: u64 = 0;
+        for &n in self.guest_seqs.values() {
+            sum = sum.checked_add(n)?;
+        }
+        (!self.guest_seqs.is_empty() && sum == self.last_seq).then_some(&self.guest_seqs)
+    }
 }
 
 /// Answer to [`Resume`].
@@ -362,5 +378,33 @@ fn flatten<T>(r: Result<Result<T, Refusal>, MailboxError>) -> Result<T, Refusal>
             tracing::warn!(error = %e, "registry did not answer");
             Err(ErrorCode::Unavailable.into())
         }
+    }
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+
+    fn resume(last_seq: u64, seqs: &[(u64, u64)]) -> Resume {
+        Resume {
+            client: testing::TestClient::start().client,
+            deadline: Deadline::for_request(),
+            role: Role::Mac,
+            session_id: "s".into(),
+            resume_token: "t".into(),
+            last_seq,
+            guest_seqs: seqs.iter().copied().collect(),
+        }
+    }
+
+    #[actix::test]
+    async fn guest_seqs_count_only_when_they_add_up_to_last_seq() {
+        assert!(resume(12, &[(1, 7), (3, 5)]).sound_guest_seqs().is_some());
+        assert!(resume(0, &[(1, 0)]).sound_guest_seqs().is_some());
+        assert!(resume(12, &[(1, 7), (3, 4)]).sound_guest_seqs().is_none());
+        assert!(resume(12, &[(1, 13)]).sound_guest_seqs().is_none());
+        assert!(resume(0, &[]).sound_guest_seqs().is_none());
+        let overflow = resume(5, &[(1, u64::MAX), (2, 6)]);
+        assert!(overflow.sound_guest_seqs().is_none());
     }
 }

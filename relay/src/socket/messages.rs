@@ -284,6 +284,7 @@ impl Socket {
                     session_id,
                     resume_token,
                     last_seq,
+                    guest_seqs,
                 },
                 role,
             ) => {
@@ -295,6 +296,7 @@ impl Socket {
                     session_id,
                     resume_token,
                     last_seq,
+                    guest_seqs,
                 };
                 let registry = self.shared.registry.clone();
                 self.ask(ctx, async move { registry.resume(msg).await }, |r| {

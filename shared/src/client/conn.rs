@@ -20,7 +20,7 @@ use super::outbox::{Addressed, OutFrame, Outbox, Target};
 use super::room::Commands;
 use super::url::{RelayUrl, UrlError};
 use super::{Command, Config, Data, Ended, Event, SendError, State};
-use crate::{ClientMessage, GuestId, Role, ServerMessage};
+use crate::{ClientMessage, GuestId, GuestSeqs, Role, ServerMessage};
 use dial::Switched;
 
 mod dial;
@@ -89,6 +89,8 @@ pub(super) struct Task {
     wire_target: Target,
     /// Room host: the guest the last `from` on this connection named.
     from: Option<GuestId>,
+    /// Room host: data frames received from each guest (`guestSeqs`).
+    guest_seqs: GuestSeqs,
     /// The HTTP transport's connection pool and what it learned of the path.
     http: super::http::Dialer,
     /// Auto: the WebSocket did not work last time, so connect over HTTP
@@ -135,6 +137,7 @@ impl Task {
             room_commands: Commands::default(),
             wire_target: Target::All,
             from: None,
+            guest_seqs: GuestSeqs::new(),
             http,
             prefer_http: false,
             transport_cause: None,
@@ -243,6 +246,7 @@ impl Task {
                 session_id: id.clone(),
                 resume_token: token.clone(),
                 last_seq: self.received,
+                guest_seqs: self.guest_seqs.clone(),
             }),
             (None, Role::Mac) if self.want_register => Some(self.register_message()),
             (None, Role::Mac) => None,
@@ -428,6 +432,7 @@ impl Task {
                 self.paired = self.room_host;
                 self.want_register = false;
                 self.received = 0;
+                self.guest_seqs.clear();
                 self.took(taken).await;
                 let page = self.urls[self.current].page();
                 self.emit(Event::Registered {

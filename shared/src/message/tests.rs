@@ -26,7 +26,8 @@ fn client_messages_parse_from_the_wire() {
         ClientMessage::Resume {
             session_id: "s".into(),
             resume_token: "t".into(),
-            last_seq: 7
+            last_seq: 7,
+            guest_seqs: GuestSeqs::new(),
         }
     );
     assert_eq!(
@@ -209,4 +210,56 @@ fn server_messages_use_camel_case_fields() {
             ErrorCode::NotPaired.default_message()
         )
     );
+}
+
+#[test]
+fn a_hosts_guest_seqs_go_out_only_when_there_are_some() {
+    let mut m = ClientMessage::Resume {
+        session_id: "s".into(),
+        resume_token: "t".into(),
+        last_seq: 12,
+        guest_seqs: GuestSeqs::new(),
+    };
+    assert_eq!(
+        m.to_text(),
+        r#"{"type":"resume","sessionId":"s","resumeToken":"t","lastSeq":12}"#
+    );
+    let ClientMessage::Resume { guest_seqs, .. } = &mut m else {
+        unreachable!()
+    };
+    guest_seqs.extend([(1, 7), (3, 5)]);
+    let text = m.to_text();
+    assert_eq!(
+        text,
+        r#"{"type":"resume","sessionId":"s","resumeToken":"t","lastSeq":12,"guestSeqs":{"1":7,"3":5}}"#
+    );
+    assert_eq!(ClientMessage::parse(&text).unwrap(), m);
+}
+
+#[test]
+fn malformed_guest_seqs_read_as_absent_not_as_a_bad_resume() {
+    for seqs in [
+        r#"{"x":1}"#,
+        r#"{"1":-1}"#,
+        r#"{"1":"7"}"#,
+        r#"[7,5]"#,
+        r#"null"#,
+        r#"7"#,
+        r#"{"1":1.5}"#,
+    ] {
+        let text = format!(
+            r#"{{"type":"resume","sessionId":"s","resumeToken":"t","lastSeq":3,"guestSeqs":{seqs}}}"#
+        );
+        let m = ClientMessage::parse(&text).unwrap_or_else(|e| panic!("{seqs}: {e}"));
+        let ClientMessage::Resume {
+            guest_seqs,
+            last_seq,
+            ..
+        } = m
+        else {
+            panic!("not a resume")
+        };
+        assert!(guest_seqs.is_empty(), "{seqs}");
+        assert_eq!(last_seq, 3);
+    }
 }

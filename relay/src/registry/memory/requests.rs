@@ -142,6 +142,8 @@ impl MemoryRegistry {
             session_id,
             resume_token,
             last_seq,
+            // One node keeps the merged order: `lastSeq` says it all.
+            guest_seqs: _,
         } = msg;
         let Some(s) = self.sessions.get_mut(session_id.as_str()) else {
             return Err(self.refuse_resume(&session_id, role, &resume_token));

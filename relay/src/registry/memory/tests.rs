@@ -64,6 +64,7 @@ async fn requests_past_their_deadline_are_refused_and_change_nothing() {
             session_id: r.link.session_id.to_string(),
             resume_token: j.resume_token.clone().expect("a pairing's token"),
             last_seq: 0,
+            guest_seqs: Default::default(),
         })
         .await
         .unwrap();

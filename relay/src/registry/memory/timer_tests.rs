@@ -165,6 +165,7 @@ impl Registry {
                 session_id,
                 resume_token: token.to_owned(),
                 last_seq: 0,
+                guest_seqs: Default::default(),
             })
             .await?;
         c.linked(r.link);

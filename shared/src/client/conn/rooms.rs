@@ -38,7 +38,12 @@ impl Task {
     pub(super) async fn data(&mut self, data: Data) {
         self.received += 1;
         let ev = match self.from {
-            Some(guest) if self.room_host => Event::GuestData { guest, data },
+            Some(guest) if self.room_host => {
+                // Kept for every guest of the session, gone ones too: the
+                // counts add up to `lastSeq`, as the contract says.
+                *self.guest_seqs.entry(guest).or_default() += 1;
+                Event::GuestData { guest, data }
+            }
             _ => Event::Data(data),
         };
         self.emit(ev).await;

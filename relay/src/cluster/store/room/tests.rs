@@ -473,6 +473,53 @@ async fn a_dead_node_s_guests_are_away_or_gone_and_their_graces_come_due() {
     assert!(due.graces.is_empty());
 }
 
+/// A dead host's guests on other nodes must hear that it is away, as a
+/// pairing's browser does: the host's side comes once per such node.
+#[actix::test]
+async fn a_dead_host_node_names_each_other_node_holding_its_guests() {
+    let r = TestRedis::start().await;
+    room(&r, 4, AdmitMode::Auto).await;
+    joined(&r, "n2", 2, 7, 1).await;
+    joined(&r, "n2", 3, 8, 2).await;
+    joined(&r, "n3", 4, 9, 3).await;
+    joined(&r, "n1", 5, 10, 4).await;
+    let _: () = r.cmd(redis::cmd("SADD").arg("relay:nodes").arg("n1")).await;
+
+    let mut dead = r.store("n2").dead_node("n1", 7_000).await.unwrap();
+    dead.sort_by(|a, b| (a.guest, &a.peer_node).cmp(&(b.guest, &b.peer_node)));
+    let seen: Vec<_> = dead
+        .iter()
+        .map(|d| (d.role, d.guest, d.gone, d.peer_node.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Role::Mac, None, false, Some("n2")),
+            (Role::Mac, None, false, Some("n3")),
+            // Its guest on the dead node, whose peer (the host) died with it.
+            (Role::Browser, Some(4), false, Some("n1")),
+        ]
+    );
+    let s = dump(&r, "relay:s:s1").await;
+    assert_eq!((&*s["m_state"], &*s["g4_state"]), ("away", "away"));
+    assert_eq!(s["g1_state"], "here", "guests elsewhere are not touched");
+}
+
+/// A room host on a dead node with no guest elsewhere is still reported
+/// once, as a pairing's mac without a browser is.
+#[actix::test]
+async fn a_dead_host_node_with_no_guests_elsewhere_reports_the_host_once() {
+    let r = TestRedis::start().await;
+    room(&r, 4, AdmitMode::Auto).await;
+    let _: () = r.cmd(redis::cmd("SADD").arg("relay:nodes").arg("n1")).await;
+    let dead = r.store("n2").dead_node("n1", 7_000).await.unwrap();
+    let seen: Vec<_> = dead
+        .iter()
+        .map(|d| (d.role, d.guest, d.peer_node.as_deref()))
+        .collect();
+    assert_eq!(seen, [(Role::Mac, None, None)]);
+}
+
 #[test]
 fn malformed_replies_are_errors() {
     let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());

@@ -108,6 +108,7 @@ fn resume_mac(client: &TestClient, deadline: Deadline) -> Resume {
         session_id: SID.to_owned(),
         resume_token: MAC_TOKEN.to_owned(),
         last_seq: 0,
+        guest_seqs: Default::default(),
     }
 }
 

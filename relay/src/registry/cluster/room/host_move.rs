@@ -303,7 +303,10 @@ impl ClusterRegistry {
         ctx: &mut Context<Self>,
     ) -> Result<Resumed, Refusal> {
         let id: SessionId = Arc::from(msg.session_id.as_str());
-        warn!(session = %id, "a room host resumed after its room's node died; ending the room");
+        // Whether the host sent what a rebuild would go by (design.md,
+        // "Rooms across nodes", Left to build): known only in the log yet.
+        let per_guest = msg.sound_guest_seqs().map_or(0, |s| s.len());
+        warn!(session = %id, per_guest, "a room host resumed after its room's node died; ending the room");
         if let Some(local) = self.sessions.get_mut(&id) {
             if local.host.here.take().is_some() {
                 self.metrics.sessions_live.dec();

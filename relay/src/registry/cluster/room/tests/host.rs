@@ -44,6 +44,7 @@ async fn guests_hear_their_host_go_away_come_back_and_end() {
             session_id: host.reg.link.session_id.to_string(),
             resume_token: host.reg.resume_token.clone(),
             last_seq: 0,
+            guest_seqs: Default::default(),
         })
         .await
         .unwrap()
@@ -183,6 +184,7 @@ async fn a_host_resuming_on_another_node_takes_its_room_along() {
             session_id: host.reg.link.session_id.to_string(),
             resume_token: host.reg.resume_token.clone(),
             last_seq: 30,
+            guest_seqs: Default::default(),
         })
         .await
         .unwrap()
@@ -237,6 +239,7 @@ async fn a_host_resuming_on_another_node_takes_its_room_along() {
         session_id: g.joined.link.session_id.to_string(),
         resume_token: g.joined.resume_token.clone().unwrap(),
         last_seq: 10,
+        guest_seqs: Default::default(),
     };
     let (ca, cc) = (TestClient::start(), TestClient::start());
     let ra = nodes[1].send(resume_guest(&a, &ca)).await.unwrap().unwrap();
@@ -302,6 +305,7 @@ async fn a_room_whose_node_died_ends_when_its_host_resumes_elsewhere() {
             session_id: host.reg.link.session_id.to_string(),
             resume_token: host.reg.resume_token.clone(),
             last_seq: 0,
+            guest_seqs: Default::default(),
         })
         .await
         .unwrap();

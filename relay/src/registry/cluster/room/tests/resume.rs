@@ -13,6 +13,7 @@ fn resume_msg(g: &Guesting, client: &TestClient, last_seq: u64) -> Resume {
         session_id: g.joined.link.session_id.to_string(),
         resume_token: g.joined.resume_token.clone().expect("an admitted guest"),
         last_seq,
+        guest_seqs: Default::default(),
     }
 }
 
