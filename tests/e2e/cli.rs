@@ -144,7 +144,9 @@ async fn a_room_host_encrypts_for_each_of_its_guests() {
         stderr_line(&mut err, &format!("joined as guest {id}")).await;
         stderr_line(&mut host_err, &format!("guest {id}: end-to-end encrypted")).await;
         stderr_line(&mut host_err, &format!("guest {id} is in")).await;
-        guests.push(join);
+        // Kept open: a guest whose stderr is closed cannot print its last
+        // lines, and `eprintln!` then ends it with status 101.
+        guests.push((join, err));
     }
     let mut host_in = host.stdin.take().unwrap();
     let mut host_out = BufReader::new(host.stdout.take().unwrap()).lines();
@@ -154,7 +156,7 @@ async fn a_room_host_encrypts_for_each_of_its_guests() {
         .unwrap();
     let mut outs: Vec<_> = guests
         .iter_mut()
-        .map(|g| BufReader::new(g.stdout.take().unwrap()).lines())
+        .map(|(g, _)| BufReader::new(g.stdout.take().unwrap()).lines())
         .collect();
     for want in ["sealed for all", "again all"] {
         assert_eq!(next_line(&mut outs[0]).await.as_deref(), Some(want));
@@ -162,7 +164,7 @@ async fn a_room_host_encrypts_for_each_of_its_guests() {
     for want in ["sealed for all", "sealed for 2", "again all"] {
         assert_eq!(next_line(&mut outs[1]).await.as_deref(), Some(want));
     }
-    for (i, g) in guests.iter_mut().enumerate() {
+    for (i, (g, _)) in guests.iter_mut().enumerate() {
         let mut input = g.stdin.take().unwrap();
         input
             .write_all(format!("sealed from {}\n", i + 1).as_bytes())
@@ -176,7 +178,7 @@ async fn a_room_host_encrypts_for_each_of_its_guests() {
     // The host's input ends: each guest gets its end frame, then the end.
     drop(host_in);
     assert_eq!(exit_code(&mut host).await, 0);
-    for g in &mut guests {
+    for (g, _) in &mut guests {
         assert_eq!(exit_code(g).await, 0);
     }
 }
