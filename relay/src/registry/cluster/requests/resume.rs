@@ -294,20 +294,7 @@ impl ClusterRegistry {
         );
         self.sessions.insert(Arc::clone(&id), local);
 
-        let request = self.next_request;
-        self.next_request += 1;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.pending.insert(
-            request,
-            Pending {
-                waiting: ask.len(),
-                replies: Vec::new(),
-                done: Some(tx),
-            },
-        );
-        if ask.is_empty() {
-            self.finish_pending(request);
-        }
+        let (request, rx) = self.open_pending(ask.len());
         for n in &ask {
             self.send(
                 n,
@@ -531,6 +518,28 @@ impl ClusterRegistry {
         if p.waiting == 0 {
             self.finish_pending(request);
         }
+    }
+
+    /// A request waiting for `waiting` nodes' replies; done at once if none.
+    pub(in crate::registry::cluster) fn open_pending(
+        &mut self,
+        waiting: usize,
+    ) -> (u64, tokio::sync::oneshot::Receiver<Vec<Control>>) {
+        let request = self.next_request;
+        self.next_request += 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending.insert(
+            request,
+            Pending {
+                waiting,
+                replies: Vec::new(),
+                done: Some(tx),
+            },
+        );
+        if waiting == 0 {
+            self.finish_pending(request);
+        }
+        (request, rx)
     }
 
     pub(in crate::registry::cluster) fn finish_pending(&mut self, request: u64) {

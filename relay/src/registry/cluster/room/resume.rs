@@ -17,7 +17,7 @@ use actix::prelude::*;
 use relay_protocol::{ErrorCode, GuestId, ServerMessage};
 use tracing::{info, warn};
 
-use super::super::{ClusterRegistry, HANDOVER_WAIT, Here, Local, Pending};
+use super::super::{ClusterRegistry, HANDOVER_WAIT, Here, Local};
 use super::{Guest, tag, unpaced};
 use crate::cluster::envelope::{Control, HeldFrame};
 use crate::cluster::store::ResumeFacts;
@@ -131,20 +131,7 @@ impl ClusterRegistry {
                 ask.push(Arc::clone(n));
             }
         }
-        let request = self.next_request;
-        self.next_request += 1;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.pending.insert(
-            request,
-            Pending {
-                waiting: ask.len(),
-                replies: Vec::new(),
-                done: Some(tx),
-            },
-        );
-        if ask.is_empty() {
-            self.finish_pending(request);
-        }
+        let (request, rx) = self.open_pending(ask.len());
         for n in &ask {
             let c = Control::GuestMoved {
                 sid: msg.session_id.clone(),
