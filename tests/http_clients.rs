@@ -35,10 +35,11 @@ fn over(url: &str, mode: TransportMode) -> Config {
 /// WebSocket with `block`; node 4 is the WebSocket side's.
 fn cluster_behind(block: bool) -> (Cluster, Lb) {
     let c = Cluster::start(4, &[]);
-    let lb = Lb::start_blocking_websocket(&c.addrs()[..3]);
-    if block {
-        lb.block_websocket(false);
-    }
+    let lb = if block {
+        Lb::start_refusing_websocket(&c.addrs()[..3])
+    } else {
+        Lb::start_blocking_websocket(&c.addrs()[..3])
+    };
     (c, lb)
 }
 
@@ -46,14 +47,10 @@ fn blocked_cluster() -> (Cluster, Lb) {
     cluster_behind(true)
 }
 
-fn http_url(lb: &Lb) -> String {
-    format!("http://{}", lb.addr())
-}
-
 #[tokio::test]
 async fn cli_host_and_join_pair_through_a_proxy_that_refuses_websocket() {
     let (_c, lb) = blocked_cluster();
-    let url = http_url(&lb);
+    let url = lb.base();
     let mut host = client(&["host", "--url", &url]);
     let mut host_err: ErrLines = BufReader::new(host.stderr.take().unwrap()).lines();
     let line = stderr_line(&mut host_err, "on the HTTP fallback").await;
@@ -126,7 +123,7 @@ async fn http_is_chosen_by_flag_or_by_relay_transport() {
 #[tokio::test]
 async fn a_websocket_only_cli_says_the_upgrade_was_refused() {
     let (_c, lb) = blocked_cluster();
-    let url = http_url(&lb);
+    let url = lb.base();
     let mut join = client(&["join", "--url", &url, "--transport", "websocket", "333333"]);
     let mut err: ErrLines = BufReader::new(join.stderr.take().unwrap()).lines();
     let line = stderr_line(&mut err, "HTTP 403").await;
@@ -172,7 +169,7 @@ async fn paired_across(c: &Cluster, url: &str) -> (Client, Events, Client, Event
 #[tokio::test]
 async fn library_clients_over_http_carry_binary_and_text_verbatim() {
     let (c, lb) = blocked_cluster();
-    let (mac, mut mac_ev, browser, mut browser_ev, cause) = paired_across(&c, &http_url(&lb)).await;
+    let (mac, mut mac_ev, browser, mut browser_ev, cause) = paired_across(&c, &lb.base()).await;
     assert!(cause.contains("HTTP 403"), "{cause}");
 
     let every_byte: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
@@ -222,7 +219,7 @@ async fn library_clients_over_http_carry_binary_and_text_verbatim() {
 #[tokio::test]
 async fn a_websocket_only_client_is_refused_where_auto_falls_back() {
     let (_c, lb) = blocked_cluster();
-    let (_b, mut ev) = Client::browser(over(&http_url(&lb), TransportMode::WebSocket), "333333");
+    let (_b, mut ev) = Client::browser(over(&lb.base(), TransportMode::WebSocket), "333333");
     let ended = until(&mut ev, "the end", |e| match e {
         Event::Ended(why) => Some(why.clone()),
         Event::Transport { .. } => panic!("a WebSocket-only client used another transport"),
@@ -287,8 +284,7 @@ async fn a_switch_websocket_http_websocket_mid_stream_loses_nothing() {
     })
     .await;
     // The balancer lets WebSocket through for now.
-    let (browser, mut browser_ev) =
-        Client::browser(over(&http_url(&lb), TransportMode::Auto), code);
+    let (browser, mut browser_ev) = Client::browser(over(&lb.base(), TransportMode::Auto), code);
     until(&mut browser_ev, "joined", |e| {
         matches!(e, Event::Joined).then_some(())
     })

@@ -5,10 +5,10 @@
 use serde_json::json;
 
 use super::client::{Http, Mode, base, binary};
-use super::proxies::{Proxy, through_to};
+use super::proxies::through_to;
 use super::switch::switch_mid_stream;
 use crate::support::Got;
-use crate::support::cluster::{Cluster, pair_at, register_at};
+use crate::support::cluster::{Cluster, Lb, pair_at, register_at};
 
 #[tokio::test]
 async fn behind_a_round_robin_proxy_over_three_nodes_the_http_side_pairs_and_resumes() {
@@ -18,7 +18,7 @@ async fn behind_a_round_robin_proxy_over_three_nodes_the_http_side_pairs_and_res
         cluster.node(2).addr,
         cluster.node(3).addr,
     ];
-    let proxy = Proxy::haproxy_refusing_websocket(&rr);
+    let proxy = Lb::start_refusing_websocket(&rr);
     let mac_url = cluster.node(4).url("/mac");
     through_to(&proxy.base(), register_at(&mac_url).await, Mode::Poll).await;
     through_to(&proxy.base(), register_at(&mac_url).await, Mode::Stream).await;

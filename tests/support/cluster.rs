@@ -36,10 +36,11 @@ pub fn free_port() -> u16 {
 }
 
 /// A fresh, empty directory under the system temp dir; removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(kind: &str) -> TempDir {
+    /// Creates `relay-test-KIND-PID-N`, emptied if it was left over.
+    pub(crate) fn new(kind: &str) -> TempDir {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path =
@@ -49,7 +50,8 @@ impl TempDir {
         TempDir(path)
     }
 
-    fn path(&self) -> &Path {
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -96,7 +98,7 @@ fn tail(path: &Path, n: usize) -> String {
 
 /// The path of program `name`: from PATH, else from /usr/sbin or /sbin,
 /// where Debian puts haproxy and a normal user's PATH may not look.
-fn program(name: &str) -> PathBuf {
+pub(crate) fn program(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
@@ -775,6 +777,12 @@ impl Lb {
         format!("ws://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// `http://127.0.0.1:PORT`, for the HTTP transport. The port changes
+    /// with [`Self::reconfigure`], as for [`Self::url`].
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
@@ -951,6 +959,25 @@ fn spawn_haproxy(dir: &Path, backends: &[SocketAddr], extra: &Extra) -> (Child, 
 }
 
 impl Lb {
+    /// The balancer of [`Self::start_blocking_websocket`] with the block
+    /// already in force: every WebSocket upgrade is refused (403), plain
+    /// HTTP passes. [`Self::allow_websocket`] opens it.
+    pub fn start_refusing_websocket(backends: &[SocketAddr]) -> Lb {
+        let lb = Self::start_blocking_websocket(backends);
+        lb.block_websocket(false);
+        lb
+    }
+
+    /// The balancer of [`Self::start`] holding every response until it is
+    /// complete (at most a minute or its 16 KiB buffer), as a proxy that
+    /// buffers whole responses does.
+    pub fn start_holding_responses(backends: &[SocketAddr]) -> Lb {
+        Self::start_with(backends, |_| Extra {
+            frontend: "    http-response wait-for-body time 60s\n".to_owned(),
+            ..Extra::default()
+        })
+    }
+
     /// The balancer of [`Self::start`], refusing the WebSocket upgrade
     /// (403, as a corporate proxy does) while [`Self::block_websocket`] is
     /// in force; plain HTTP always passes. Starts open.
