@@ -144,6 +144,56 @@ async fn host_and_join_pipe_lines_both_ways_and_exit_cleanly() {
 }
 
 #[tokio::test]
+async fn with_stderr_closed_the_clients_still_pipe_and_exit_with_their_status() {
+    let relay = Relay::start(&[]);
+    let url = format!("ws://{}", relay.addr);
+    let (mut host, mut host_err, code) = host(&url, &[]).await;
+    // The browser's stderr is a pipe nobody reads from the start (as under
+    // a reader that went away): each line it would print fails with EPIPE.
+    let mut join = client(&["join", "--url", &url, &code]);
+    drop(join.stderr.take());
+    stderr_line(&mut host_err, "browser joined").await;
+    // The host's reader goes away too: its closing lines fail the same way.
+    drop(host_err);
+
+    let mut host_in = host.stdin.take().unwrap();
+    let mut join_in = join.stdin.take().unwrap();
+    let mut host_out = BufReader::new(host.stdout.take().unwrap()).lines();
+    let mut join_out = BufReader::new(join.stdout.take().unwrap()).lines();
+    host_in.write_all(b"from the mac\n").await.unwrap();
+    join_in.write_all(b"from the browser\n").await.unwrap();
+    assert_eq!(
+        next_line(&mut join_out).await.as_deref(),
+        Some("from the mac")
+    );
+    assert_eq!(
+        next_line(&mut host_out).await.as_deref(),
+        Some("from the browser")
+    );
+    drop(join_in);
+    assert_eq!(exit_code(&mut join).await, 0);
+    assert_eq!(exit_code(&mut host).await, 0);
+
+    // A refusal keeps its status (1) with stderr a dead pipe, or closed
+    // outright by the shell (`2>&-`).
+    let mut refused = client(&["join", "--url", &url, "333333"]);
+    drop(refused.stderr.take());
+    assert_eq!(exit_code(&mut refused).await, 1);
+    let mut closed = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec "$0" "$@" 2>&-"#)
+        .arg(env!("CARGO_BIN_EXE_relay"))
+        .args(["join", "--url", &url, "333333"])
+        .env_remove("RELAY_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start relay client");
+    assert_eq!(exit_code(&mut closed).await, 1);
+}
+
+#[tokio::test]
 async fn binary_mode_relays_bytes_verbatim() {
     let relay = Relay::start(&[]);
     let url = format!("ws://{}", relay.addr);

@@ -6,6 +6,17 @@
 //! be reached, 4 when a room's host denied this guest, 5 when it removed it,
 //! 6 when end-to-end encryption stopped the session. Both sides encrypt by
 //! default (see `cli/e2e.rs`); `relay host --guests N` hosts a room (see [`room`]).
+//!
+//! Output that cannot be written: stderr carries only diagnostics, so a
+//! failed write there (closed, or a pipe whose reader left) is ignored and
+//! the session and its exit status go on as if it had been read; nothing
+//! here may use `eprintln!`, which panics (status 101) instead. Stdout
+//! carries the peer's data: once it cannot be written (e.g. `| head -1`
+//! exited) the client leaves the session and exits 0, as a reader that got
+//! what it wanted means a normal end.
+
+// `eprintln!`/`println!` panic when the stream is gone; see `note`.
+#![deny(clippy::print_stderr, clippy::print_stdout)]
 
 mod e2e;
 mod room;
@@ -135,8 +146,16 @@ fn config(args: &ClientArgs) -> Config {
     c
 }
 
+/// Writes one line to stderr, ignoring failure: diagnostics nobody can
+/// read must not end the session (see the module's comment).
+fn note(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Tells the person `relay: LINE` on stderr.
 fn say(line: impl AsRef<str>) {
-    eprintln!("relay: {}", line.as_ref());
+    note(&format!("relay: {}", line.as_ref()));
 }
 
 /// Runs the mac side (a room host with `--guests` or `--admit`); returns the exit status.
@@ -232,7 +251,7 @@ async fn run(
                     "code {code}: open {page} and type it there, or open {link} (end-to-end encrypted; waiting for a browser to join)"
                 ));
                 if let Some(q) = e2e::qr(&link).filter(|_| qr) {
-                    eprintln!("{q}");
+                    note(&q);
                 }
             }
             Event::Registered { code, page, .. } => match admit {
@@ -251,7 +270,7 @@ async fn run(
                             "code {code}: open {page} and type it there, or open {link} (a room, end-to-end encrypted per guest: {how}; /help for the commands)"
                         ));
                         if let Some(q) = e2e::qr(&link).filter(|_| qr) {
-                            eprintln!("{q}");
+                            note(&q);
                         }
                     } else {
                         say(format!(

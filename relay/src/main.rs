@@ -1,6 +1,6 @@
 //! The `relay` binary: parses settings, sets up logging, runs a node.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 
 use clap::{Parser, Subcommand};
 use relay::Config;
@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     if let Err(e) = config.validate() {
-        eprintln!("relay: {e}");
+        complain(format_args!("{e}"));
         std::process::exit(2);
     }
     init_logging(&config);
@@ -61,6 +61,12 @@ fn main() -> anyhow::Result<()> {
         let node = relay::server::start(config)?;
         node.run_until_signalled().await
     })
+}
+
+/// Writes `relay: WHAT` to stderr, ignoring failure: with stderr gone the
+/// exit status still says what happened, where `eprintln!` would panic (101).
+fn complain(what: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "relay: {what}");
 }
 
 /// Runs a client subcommand on its own runtime; returns its exit status.
@@ -85,7 +91,7 @@ where
             status
         }
         Err(e) => {
-            eprintln!("relay: cannot start: {e}");
+            complain(format_args!("cannot start: {e}"));
             1
         }
     }
@@ -104,10 +110,10 @@ fn raise_open_files_limit() {
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|e| {
-        eprintln!(
-            "relay: RELAY_LOG {:?} is not a valid filter ({e}); using info",
+        complain(format_args!(
+            "RELAY_LOG {:?} is not a valid filter ({e}); using info",
             config.log
-        );
+        ));
         EnvFilter::new("info")
     });
     let builder = tracing_subscriber::fmt()
