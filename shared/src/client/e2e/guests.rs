@@ -9,13 +9,10 @@
 //! removed and the room goes on; this never ends the host's session.
 //!
 //! Nothing here waits for the connection task: every command for it goes
-//! into [`Task::hand`]'s queue, which the run loop drains while it keeps
-//! reading the connection task's events. Waiting inline could deadlock
-//! the two tasks (the connection task blocked handing over an event while
-//! this one waits for its answer), which guests talking while another
-//! joins make likely.
+//! into [`Task::hand`]'s queue (see `mod.rs`), which guests talking while
+//! another joins would otherwise make likely to deadlock.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -98,34 +95,7 @@ impl Guests {
     }
 }
 
-/// Commands waiting for room in the connection task's queue: at most one
-/// application send (a frame per guest) plus a few per guest event. Past
-/// this the run loop stops reading events until the connection task took
-/// some (backpressure; it never drops a command).
-pub(super) const OUTGOING_MAX: usize = 4096;
-
-/// Commands for the connection task, in the order they must reach it.
-pub(super) type Outgoing = VecDeque<Command>;
-
 impl Task {
-    /// Queues `cmd` for the connection task, behind every earlier one.
-    pub(super) fn hand(&mut self, cmd: Command) {
-        self.outgoing.push_back(cmd);
-    }
-
-    /// Queues a handshake message for guest `g`; nobody waits for its fate
-    /// (one refused leaves the guest without an answer, and its timeout or
-    /// abort follows).
-    fn hand_handshake(&mut self, g: GuestId, h: &Handshake) {
-        let text = serde_json::json!({"type": "data", "payload": h.to_payload()}).to_string();
-        let (tx, _) = oneshot::channel();
-        let f = Addressed {
-            to: Target::Guest(g),
-            frame: OutFrame::Text(text),
-        };
-        self.hand(Command::Send(f, tx));
-    }
-
     /// A room host's application command: frames sealed per guest, the
     /// rest passed on in its place among them.
     pub(super) fn on_room_command(&mut self, cmd: Command) {
@@ -258,7 +228,7 @@ impl Task {
                 deadline: Some(Instant::now() + self.timeout),
             },
         );
-        self.hand_handshake(g, &hello);
+        self.hand_handshake(Target::Guest(g), &hello);
     }
 
     async fn on_guest_data(&mut self, g: GuestId, d: Data) {
@@ -343,7 +313,7 @@ impl Task {
             }
             (Phase::Confirm(state), Handshake::Confirm { tag }) => match state.on_confirm(&tag) {
                 Ok((channel, confirm)) => {
-                    self.hand_handshake(g, &confirm);
+                    self.hand_handshake(Target::Guest(g), &confirm);
                     self.guests.map.insert(
                         g,
                         Guest {
@@ -375,7 +345,7 @@ impl Task {
     pub(super) async fn fail_guest(&mut self, g: GuestId, abort: Option<AbortReason>, why: Ended) {
         self.guests.map.remove(&g);
         if let Some(reason) = abort {
-            self.hand_handshake(g, &Handshake::Abort(reason));
+            self.hand_handshake(Target::Guest(g), &Handshake::Abort(reason));
         }
         // Refused only when the session is over; its end follows.
         let (tx, _) = oneshot::channel();

@@ -6,6 +6,17 @@
 //! touches the socket: the connection task below it resumes, re-sends and
 //! counts exactly as for plain frames, which is what keeps the frame numbers
 //! (the AEAD nonces) equal on both sides.
+//!
+//! It never waits for the connection task inline either: every command for
+//! it goes into [`Task::hand`]'s queue, which [`run`] drains while it keeps
+//! reading the connection task's events. Waiting for an answer (or for room
+//! in its command channel) while not reading could deadlock the two tasks:
+//! with a slow application the event channel fills, the connection task
+//! blocks handing over an event, and this one would wait for it to take a
+//! command. What needs an answer (the application's send) is awaited in
+//! [`run`] through [`InFlight`].
+
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -30,6 +41,12 @@ use flight::InFlight;
 /// connected. A client that speaks `relay-e2e/1` answers at once, so
 /// silence means the peer does not (e.g. an older page showing the `hello`).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Commands waiting for room in the connection task's queue: at most one
+/// application send (a frame per guest in a room) plus a few per event.
+/// Past this the run loop stops reading events and commands until the
+/// connection task took some (backpressure; it never drops a command).
+const OUTGOING_MAX: usize = 4096;
 
 /// The sentence both people see when the key confirmation fails.
 pub const MISMATCH: &str = "the code was mistyped or someone else tried it";
@@ -92,8 +109,9 @@ pub(super) struct Task {
     in_flight: Option<InFlight>,
     /// Room host: each admitted guest's exchange and keys.
     guests: guests::Guests,
-    /// Room host: commands for the connection task, drained by [`run`].
-    outgoing: guests::Outgoing,
+    /// Commands for the connection task, in the order they must reach it;
+    /// drained by [`run`].
+    outgoing: VecDeque<Command>,
     /// Joiner: the guest id the relay gave it in a room (CPace's CI carries it).
     guest_id: watch::Receiver<Option<GuestId>>,
     /// Counts sealers: a late answer never advances the next exchange's.
@@ -131,7 +149,7 @@ impl Task {
             sealer: None,
             in_flight: None,
             guests: guests::Guests::default(),
-            outgoing: guests::Outgoing::new(),
+            outgoing: VecDeque::new(),
             guest_id,
             deadline: None,
             held: None,
@@ -146,19 +164,33 @@ impl Task {
         let _ = self.events.send(e).await;
     }
 
-    /// Sends one handshake message through the connection task; false when
-    /// it was refused (the peer is gone, or the session is over).
-    async fn send_handshake(&self, h: &Handshake) -> bool {
+    /// Queues `cmd` for the connection task, behind every earlier one.
+    fn hand(&mut self, cmd: Command) {
+        self.outgoing.push_back(cmd);
+    }
+
+    /// Queues a handshake message for `to`; nobody waits for its fate (one
+    /// refused means the peer or guest left, and that event follows).
+    fn hand_handshake(&mut self, to: Target, h: &Handshake) {
         let text = serde_json::json!({"type": "data", "payload": h.to_payload()}).to_string();
-        let (tx, rx) = oneshot::channel();
+        let (tx, _) = oneshot::channel();
         let frame = Addressed {
-            to: Target::All,
+            to,
             frame: OutFrame::Text(text),
         };
-        if self.inner.send(Command::Send(frame, tx)).await.is_err() {
-            return false;
+        self.hand(Command::Send(frame, tx));
+    }
+
+    /// Hands the next queued command to the connection task, or, when the
+    /// task is gone, drops them all (its end is passed on by the caller).
+    fn take_outgoing(
+        &mut self,
+        permit: Result<mpsc::Permit<'_, Command>, mpsc::error::SendError<()>>,
+    ) {
+        match (permit, self.outgoing.pop_front()) {
+            (Ok(p), Some(cmd)) => p.send(cmd),
+            _ => self.outgoing.clear(),
         }
-        matches!(rx.await, Ok(Ok(())))
     }
 
     fn binding(&self) -> Option<Binding> {
@@ -187,7 +219,7 @@ impl Task {
     }
 
     /// An application command: data is sealed, the rest passes through.
-    async fn on_command(&mut self, cmd: Command) -> Result<(), Stop> {
+    fn on_command(&mut self, cmd: Command) {
         match cmd {
             cmd if matches!(self.side, Side::RoomHost) => self.on_room_command(cmd),
             Command::Send(Addressed { to, frame }, reply) => {
@@ -195,7 +227,7 @@ impl Task {
                     // Not a room host (those are handled above): there is
                     // no guest to address.
                     let _ = reply.send(Err(SendError::NotRoomHost));
-                    return Ok(());
+                    return;
                 }
                 let frame = match (&self.phase, &self.sealer) {
                     (Phase::Plain | Phase::Detect, _) => frame,
@@ -208,7 +240,7 @@ impl Task {
                     }
                     (_, None) => {
                         let _ = reply.send(Err(SendError::NotPaired));
-                        return Ok(());
+                        return;
                     }
                 };
                 let (tx, rx) = oneshot::channel();
@@ -216,34 +248,25 @@ impl Task {
                     to: Target::All,
                     frame,
                 };
-                if self.inner.send(Command::Send(addressed, tx)).await.is_err() {
-                    let _ = reply.send(Err(SendError::Ended));
-                    return Ok(());
-                }
+                self.hand(Command::Send(addressed, tx));
                 self.in_flight = Some(InFlight::one(rx, reply, self.epoch));
             }
             Command::Leave => {
-                if let Some(sealer) = self.sealer.as_mut() {
-                    // The peer learns this was the last frame, not a cut.
+                if let Some(sealer) = self.sealer.as_ref() {
+                    // The peer learns this was the last frame, not a cut
+                    // (nothing is sealed after it, so its number needs no answer).
                     let end = sealer.seal(&Plain::End);
-                    let (tx, rx) = oneshot::channel();
+                    let (tx, _) = oneshot::channel();
                     let f = Addressed {
                         to: Target::All,
                         frame: OutFrame::Binary(Bytes::from(end)),
                     };
-                    if self.inner.send(Command::Send(f, tx)).await.is_ok()
-                        && matches!(rx.await, Ok(Ok(())))
-                    {
-                        sealer.sent();
-                    }
+                    self.hand(Command::Send(f, tx));
                 }
-                let _ = self.inner.send(Command::Leave).await;
+                self.hand(Command::Leave);
             }
-            other => {
-                let _ = self.inner.send(other).await;
-            }
+            other => self.hand(other),
         }
-        Ok(())
     }
 
     /// An event of the connection task, seen by the exchange first.
@@ -294,10 +317,8 @@ impl Task {
                 self.held = Some(Event::PeerJoined);
                 self.phase = Phase::HostShare(state);
                 self.deadline = Some(Instant::now() + self.timeout);
-                if !self.send_handshake(&hello).await {
-                    // The browser left already; its `PeerLeft` follows.
-                    self.reset();
-                }
+                // Refused only when the browser left already; its `PeerLeft` follows.
+                self.hand_handshake(Target::All, &hello);
             }
             Event::Joined => {
                 self.reset();
@@ -371,15 +392,23 @@ impl Task {
     /// the application told why (after the connection task's own end).
     async fn stop(&mut self, abort: Option<AbortReason>, why: Ended) {
         if let Some(reason) = abort {
-            let _ = self.send_handshake(&Handshake::Abort(reason)).await;
+            self.hand_handshake(Target::All, &Handshake::Abort(reason));
         }
         self.reset();
-        let _ = self.inner.send(Command::Leave).await;
-        // Swallow the connection task's own ending ("left").
+        self.hand(Command::Leave);
+        // Hand over what is queued while swallowing the connection task's
+        // events up to its own ending ("left").
         let _ = tokio::time::timeout(self.timeout, async {
-            while let Some(ev) = self.inner_events.recv().await {
-                if matches!(ev, Event::Ended(_)) {
-                    break;
+            loop {
+                let inner = self.inner.clone();
+                tokio::select! {
+                    permit = inner.reserve(), if !self.outgoing.is_empty() => {
+                        self.take_outgoing(permit);
+                    }
+                    ev = self.inner_events.recv() => match ev {
+                        None | Some(Event::Ended(_)) => break,
+                        Some(_) => {}
+                    },
                 }
             }
         })
@@ -439,15 +468,20 @@ pub(super) async fn run(mut t: Task) {
         // A handle of its own, so that a permit does not borrow the task.
         let inner = t.inner.clone();
         let stop = tokio::select! {
-            cmd = t.commands.recv(), if t.in_flight.is_none() && !t.dropped => match cmd {
-                Some(cmd) => t.on_command(cmd).await.err(),
-                None => {
-                    // The application dropped its handle: leave (with the
-                    // sealed end frame), as the plain client does.
-                    t.dropped = true;
-                    t.on_command(Command::Leave).await.err()
+            cmd = t.commands.recv(),
+                if t.in_flight.is_none() && !t.dropped && t.outgoing.len() < OUTGOING_MAX =>
+            {
+                match cmd {
+                    Some(cmd) => t.on_command(cmd),
+                    None => {
+                        // The application dropped its handle: leave (with the
+                        // sealed end frame), as the plain client does.
+                        t.dropped = true;
+                        t.on_command(Command::Leave);
+                    }
                 }
-            },
+                None
+            }
             r = async {
                 match t.in_flight.as_mut() {
                     Some(f) => f.next_answer().await,
@@ -458,14 +492,11 @@ pub(super) async fn run(mut t: Task) {
                 None
             },
             permit = inner.reserve(), if !t.outgoing.is_empty() => {
-                match (permit, t.outgoing.pop_front()) {
-                    (Ok(p), Some(cmd)) => p.send(cmd),
-                    // The connection task is gone; its end is passed on below.
-                    _ => t.outgoing.clear(),
-                }
+                // A connection task that is gone: its end is passed on below.
+                t.take_outgoing(permit);
                 None
             },
-            ev = t.inner_events.recv(), if t.outgoing.len() < guests::OUTGOING_MAX => match ev {
+            ev = t.inner_events.recv(), if t.outgoing.len() < OUTGOING_MAX => match ev {
                 Some(ev) => t.on_event(ev).await.err(),
                 None => Some(Stop::Inner),
             },

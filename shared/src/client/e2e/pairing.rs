@@ -1,8 +1,11 @@
 //! The pairing's exchange, as the joiner or the host of one browser: the
 //! peer's data read as handshake messages until confirmed, then opened as
 //! sealed frames. A room host's per-guest exchanges are in `guests.rs`.
+//! Like them, nothing here waits for the connection task: messages go into
+//! [`Task::hand`]'s queue.
 
 use super::{Phase, Side, Stop, Task};
+use crate::client::outbox::Target;
 use crate::client::{Data, Ended, Event};
 use tokio::time::Instant;
 
@@ -118,9 +121,9 @@ impl Task {
             }
             (Phase::HostConfirm(state), Handshake::Confirm { tag }) => {
                 let (channel, confirm) = state.on_confirm(&tag).map_err(fail)?;
-                if !self.send_handshake(&confirm).await {
-                    return Ok(()); // the browser left meanwhile
-                }
+                // Refused only when the browser left meanwhile: its
+                // `PeerLeft` follows and ends this exchange.
+                self.hand_handshake(Target::All, &confirm);
                 self.open(channel).await;
             }
             (Phase::JoinerHello, Handshake::HostHello { sid, share }) => {
@@ -134,10 +137,10 @@ impl Task {
                     JoinerConfirm::answer(&binding, &sid, &share).map_err(fail)?;
                 self.phase = Phase::JoinerConfirm(state);
                 self.deadline = Some(Instant::now() + self.timeout);
-                if !(self.send_handshake(&hello).await && self.send_handshake(&confirm).await) {
-                    // The session is over; the connection task's end follows.
-                    return Ok(());
-                }
+                // Refused only when the session is over; the connection
+                // task's end follows.
+                self.hand_handshake(Target::All, &hello);
+                self.hand_handshake(Target::All, &confirm);
             }
             (Phase::JoinerConfirm(state), Handshake::Confirm { tag }) => {
                 let channel = state.on_confirm(&tag).map_err(fail)?;

@@ -1,7 +1,8 @@
-//! The room host's encryption task on its own: the test plays the
-//! connection task below it (answering each frame it is handed) and each
-//! guest (with the joiner's state machine), so every frame the task writes
-//! can be checked: for whom, sealed with which keys, under which number.
+//! The encryption task on its own, as a room host or a pairing's host: the
+//! test plays the connection task below it (answering each frame it is
+//! handed) and each guest or the browser (with the joiner's state machine),
+//! so every frame the task writes can be checked: for whom, sealed with
+//! which keys, under which number.
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Duration;
@@ -28,13 +29,18 @@ struct Rig {
 impl Rig {
     /// A room host registered with [`CODE`]; `timeout` for each guest's exchange.
     async fn start(timeout: Duration) -> Rig {
+        Rig::start_as(Side::RoomHost, timeout).await
+    }
+
+    /// `side` (a host) registered with [`CODE`]; `timeout` for each exchange.
+    async fn start_as(side: Side, timeout: Duration) -> Rig {
         let (app, commands) = mpsc::channel(64);
         let (events_tx, mut events) = mpsc::channel(64);
         let (inner, conn) = mpsc::channel(64);
         let (conn_events, inner_events) = mpsc::channel(64);
         let (_guest_tx, guest_rx) = watch::channel(None);
         tokio::spawn(run(Task::new(
-            Side::RoomHost,
+            side,
             timeout,
             guest_rx,
             commands,
@@ -135,6 +141,52 @@ impl Rig {
                 None
             }
         }
+    }
+
+    /// A pairing's host: the browser joins with `secret` and answers the
+    /// host's `hello`; returns the browser's state, waiting for the host's
+    /// `confirm`, which the connection task has not taken yet.
+    async fn browser_answers(&mut self, secret: &Secret) -> JoinerConfirm {
+        self.conn_events.send(Event::PeerJoined).await.unwrap();
+        let (to, OutFrame::Text(t)) = self.frame().await else {
+            panic!("a handshake message is text")
+        };
+        assert_eq!(to, Target::All);
+        let Payload::Handshake(Handshake::HostHello { sid, share }) =
+            Payload::parse(&text_payload(&t))
+        else {
+            panic!("no hello for the browser");
+        };
+        let binding = Binding::new(SessionCode::parse(CODE).unwrap(), secret.clone(), None);
+        let (state, msgs) = JoinerConfirm::answer(&binding, &sid, &share).unwrap();
+        for h in msgs {
+            let data = Data::Text(h.to_payload());
+            self.conn_events.send(Event::Data(data)).await.unwrap();
+        }
+        state
+    }
+
+    /// The host's next frame to all, as a handshake message.
+    async fn handshake(&mut self) -> Handshake {
+        let (to, OutFrame::Text(t)) = self.frame().await else {
+            panic!("a handshake message is text")
+        };
+        assert_eq!(to, Target::All);
+        match Payload::parse(&text_payload(&t)) {
+            Payload::Handshake(h) => h,
+            other => panic!("not a handshake message: {other:?}"),
+        }
+    }
+
+    /// Plays the connection task handing over `events` (a busy relay, or
+    /// a peer sending much), while taking no command.
+    fn feed(&self, events: Vec<Event>) -> tokio::task::JoinHandle<()> {
+        let conn_events = self.conn_events.clone();
+        tokio::spawn(async move {
+            for ev in events {
+                conn_events.send(ev).await.unwrap();
+            }
+        })
     }
 
     /// The application's next event (a task that stopped answering fails
@@ -380,4 +432,63 @@ async fn guests_frames_keep_flowing_while_the_connection_task_has_not_taken_a_ha
         rig.handshake_for(2).await,
         Handshake::HostHello { .. }
     ));
+}
+
+#[tokio::test]
+async fn a_pairing_host_reads_on_while_the_connection_task_has_not_taken_its_confirm() {
+    let mut rig = Rig::start_as(Side::Host, Duration::from_secs(30)).await;
+    let secret = rig.secret.clone();
+    let browser = rig.browser_answers(&secret).await;
+    // The connection task hands over far more than the channels hold
+    // before it takes the host's `confirm`: the host must not wait for it.
+    let latencies: Vec<Event> = (0..500)
+        .map(|i| Event::Latency(Duration::from_millis(i)))
+        .collect();
+    let feeder = rig.feed(latencies.clone());
+    assert_eq!(rig.event().await, Event::Encrypted);
+    assert_eq!(rig.event().await, Event::PeerJoined);
+    for want in latencies {
+        assert_eq!(rig.event().await, want);
+    }
+    feeder.await.unwrap();
+    let Handshake::Confirm { tag } = rig.handshake().await else {
+        panic!("no confirm for the browser");
+    };
+    browser.on_confirm(&tag).expect("the host's tag verifies");
+}
+
+#[tokio::test]
+async fn a_pairing_host_leaving_while_its_app_reads_late_still_ends_the_session_sealed() {
+    let mut rig = Rig::start_as(Side::Host, Duration::from_secs(30)).await;
+    let secret = rig.secret.clone();
+    let browser = rig.browser_answers(&secret).await;
+    let Handshake::Confirm { tag } = rig.handshake().await else {
+        panic!("no confirm for the browser");
+    };
+    let mut browser = browser.on_confirm(&tag).unwrap();
+    assert_eq!(rig.event().await, Event::Encrypted);
+    assert_eq!(rig.event().await, Event::PeerJoined);
+    // The application leaves, then reads its events late, while the
+    // browser's frames (more than the channels hold) are still coming and
+    // the connection task takes no command.
+    let frames: Vec<Event> = (0..500)
+        .map(|i| {
+            let f = browser.sealer.seal(&text(&i.to_string()));
+            browser.sealer.sent();
+            Event::Data(Data::Binary(f.into()))
+        })
+        .collect();
+    rig.app.send(Command::Leave).await.unwrap();
+    let feeder = rig.feed(frames);
+    for i in 0..500 {
+        assert_eq!(rig.event().await, Event::Data(Data::Text(i.to_string())));
+    }
+    feeder.await.unwrap();
+    // Then the sealed end, and the leave behind it.
+    let (to, OutFrame::Binary(end)) = rig.frame().await else {
+        panic!("the end frame is sealed binary")
+    };
+    assert_eq!(to, Target::All);
+    assert_eq!(browser.opener.open(&end).unwrap(), Plain::End);
+    assert!(matches!(rig.conn.recv().await, Some(Command::Leave)));
 }
