@@ -11,6 +11,13 @@
 //   client.join('h4f-7kn');
 //   client.send('hello mac');                    // a {"type":"data"} text frame
 //
+// Options are DEFAULTS below plus the transports' (transport.js,
+// TRANSPORT_DEFAULTS): `transport` ('auto', 'websocket', 'http'),
+// `fallbackAfter` and `websocketRetry` (ms; on the HTTP fallback, how often
+// to try the WebSocket again, 0 = never), e.g.
+// `new RelayClient({ websocketRetry: 15_000 })`; `parseInterval('30s')`
+// reads one written as a person does (a page's query string).
+//
 // As a guest of a room (a host that shares its session with several people,
 // PROTOCOL.md "Rooms"), `join(code, { name })` gives the host a name to show;
 // the client may then be `waiting` until the host lets it in, and ends with
@@ -20,10 +27,12 @@
 // contract: shared/PROTOCOL.md. Everything that needs a clock, randomness, a
 // socket or storage can be injected, so the state machine runs in Node too.
 
-/** Connection states, as the `state` event and `client.state` report them. */
 import { SecureLink, parseFullCode } from './e2e.js';
 import { Transports } from './transport.js';
 
+export { TRANSPORT_DEFAULTS, parseInterval } from './transport.js';
+
+/** Connection states, as the `state` event and `client.state` report them. */
 export const State = Object.freeze({
   /** Not connected and not trying: before `join`, after the session ended, or after giving up. */
   DISCONNECTED: 'disconnected',

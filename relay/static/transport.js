@@ -7,8 +7,8 @@
 //
 // Auto (the default): a WebSocket first; when its upgrade fails, or it stays
 // silent for `fallbackAfter` ms, the HTTP fallback, and from then on a
-// WebSocket tried again every `websocketRetry` ms: when one opens, the client
-// resumes on it (a resume loses nothing).
+// WebSocket tried again every `websocketRetry` ms (0: never): when one opens,
+// the client resumes on it (a resume loses nothing).
 
 /** Defaults of the transports (ms). */
 export const TRANSPORT_DEFAULTS = Object.freeze({
@@ -16,9 +16,31 @@ export const TRANSPORT_DEFAULTS = Object.freeze({
   transport: 'auto',
   /** Auto: longest wait for the WebSocket to open and to answer; also for an HTTP stream to open. */
   fallbackAfter: 4_000,
-  /** Auto, on HTTP: how often to try the WebSocket again. */
+  /** Auto, on HTTP: how often to try the WebSocket again; 0 = never (stay on HTTP). */
   websocketRetry: 60_000,
 });
+
+/**
+ * `websocketRetry` as given, when it is one: a whole number of ms, 0 or
+ * more (Infinity too, as never); anything else is the default, so a bad
+ * value never probes in a tight loop or not at all by mistake.
+ */
+function retryInterval(ms) {
+  if (ms === Infinity || (Number.isSafeInteger(ms) && ms >= 0)) return ms;
+  return TRANSPORT_DEFAULTS.websocketRetry;
+}
+
+/**
+ * An interval written as a person does, for a page's query string
+ * (`?ws-retry=30s`): `N` or `Ns` seconds, `Nm` minutes, `Nms`; in ms, or
+ * undefined when it is not one (the caller keeps its default).
+ */
+export function parseInterval(text) {
+  const m = /^\s*(\d{1,9})\s*(ms|s|m)?\s*$/.exec(text ?? '');
+  if (!m) return undefined;
+  const unit = { ms: 1, s: 1000, m: 60_000 }[m[2] ?? 's'];
+  return Number(m[1]) * unit;
+}
 
 /** Items in one send batch at most (the relay's bound). */
 const BATCH_ITEMS = 64;
@@ -498,7 +520,7 @@ export class Transports {
     this.mode = ['auto', 'websocket', 'http'].includes(o.transport) ? o.transport : 'auto';
     this.url = o.url;
     this.fallbackAfter = o.fallbackAfter;
-    this.websocketRetry = o.websocketRetry;
+    this.websocketRetry = retryInterval(o.websocketRetry);
     this.WebSocket = o.NativeWebSocket ?? globalThis.WebSocket;
     this.fetch = o.fetch ?? ((...a) => globalThis.fetch(...a));
     this.setTimeout = o.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms));
@@ -577,9 +599,10 @@ export class Transports {
     this.onChange?.({ transport, reason, buffered: this.shared.buffered });
   }
 
-  /** Auto, on HTTP: try a WebSocket in `websocketRetry` ms. */
+  /** Auto, on HTTP: try a WebSocket in `websocketRetry` ms (never with 0). */
   probeLater() {
     if (this.mode !== 'auto') return;
+    if (this.websocketRetry === 0 || this.websocketRetry === Infinity) return;
     this.stopProbe();
     this.probeTimer = this.setTimeout(() => this.probe(), this.websocketRetry);
   }

@@ -252,9 +252,11 @@ test('behind a proxy that holds answers until whole the page receives by long po
     const errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
 
-    await page.goto(`http://127.0.0.1:${proxy.port}/#${h.code}`);
+    // ?ws-retry sets how often the page tries WebSocket again (2 minutes).
+    await page.goto(`http://127.0.0.1:${proxy.port}/?ws-retry=2m#${h.code}`);
     await waitFor(async () => (await state(page)) === 'connected', 'the page to connect');
     await waitFor(() => page.$eval('#transport', (e) => e.dataset.transport === 'http'), 'the page to show the HTTP fallback');
+    assert.equal(await page.evaluate('window.relayClient.transports.websocketRetry'), 120_000);
     await waitFor(() => h.out.err.includes('a browser joined'), 'the host to see the browser');
     h.child.stdin.write('held by the proxy, then polled\n');
     await waitIncoming(page, ['held by the proxy, then polled'], 'the page to show the host line');

@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { HttpSocket, SseReader, Transports, httpBase, toItem } from '../../relay/static/transport.js';
+import { HttpSocket, SseReader, TRANSPORT_DEFAULTS, Transports, httpBase, parseInterval, toItem } from '../../relay/static/transport.js';
 
 test('a stream is read across chunks and every kind of line end', () => {
   const got = [];
@@ -242,4 +242,76 @@ test('websocket mode never falls back; http mode never tries the WebSocket', asy
   assert.equal(FakeWebSocket.made.length, 1, 'only the websocket-mode socket');
   assert.deepEqual(changes, ['http']);
   s.close();
+});
+
+/**
+ * Auto transports whose WebSocket is refused, on the HTTP fallback, with
+ * `websocketRetry` as given. Timers of a second or more are held (the
+ * test runs them), shorter ones run; `delays` has every timer's ms.
+ */
+async function onFallback(websocketRetry) {
+  FakeWebSocket.made = [];
+  const delays = [];
+  const held = [];
+  const log = [];
+  const changes = [];
+  const t = new Transports(
+    {
+      url: 'ws://relay.test/browser',
+      NativeWebSocket: FakeWebSocket,
+      fetch: relayFetch(log),
+      fallbackAfter: 30,
+      websocketRetry,
+      setTimeout: (fn, ms) => {
+        delays.push(ms);
+        if (ms >= 1000) return held.push({ fn, ms });
+        return setTimeout(fn, ms);
+      },
+      clearTimeout: (id) => clearTimeout(id),
+    },
+    (c) => changes.push(c.transport),
+    () => false,
+  );
+  t.shared.buffered = true;
+  const s = new t.Socket('ws://relay.test/browser');
+  FakeWebSocket.made[0].onclose({ code: 1006 });
+  await until(() => changes.includes('http'), 'the fallback');
+  return { t, s, delays, held, log };
+}
+
+test('how often the fallback tries the WebSocket again is an option; 0 never tries, a bad value is the default', async () => {
+  const every = await onFallback(15_000);
+  assert.deepEqual(every.delays.filter((ms) => ms === 15_000), [15_000]);
+  // The probe runs when its time comes, is refused, and the next waits as long.
+  every.held.find((h) => h.ms === 15_000).fn();
+  assert.equal(FakeWebSocket.made.length, 2, 'a probe');
+  FakeWebSocket.made[1].onclose({ code: 1006 });
+  assert.deepEqual(every.delays.filter((ms) => ms === 15_000), [15_000, 15_000]);
+  every.s.close();
+
+  const never = await onFallback(0);
+  assert.equal(never.t.websocketRetry, 0);
+  // A few polls later still no probe, and none waiting.
+  const polls = () => never.log.filter((r) => r.path === '/http/receive').length;
+  await until(() => polls() >= 3, 'polls');
+  assert.equal(FakeWebSocket.made.length, 1, 'no probe');
+  assert.ok(!never.delays.includes(0), 'no probe timer');
+  never.s.close();
+
+  for (const bad of [-1, 1.5, Number.NaN, '15000', null]) {
+    const t = new Transports({ url: 'ws://relay.test/browser', websocketRetry: bad });
+    assert.equal(t.websocketRetry, TRANSPORT_DEFAULTS.websocketRetry, String(bad));
+  }
+  assert.equal(new Transports({ url: 'ws://relay.test/browser' }).websocketRetry, 60_000);
+});
+
+test('a retry interval is read as a person writes it', () => {
+  assert.equal(parseInterval('30'), 30_000);
+  assert.equal(parseInterval('30s'), 30_000);
+  assert.equal(parseInterval(' 2m '), 120_000);
+  assert.equal(parseInterval('500ms'), 500);
+  assert.equal(parseInterval('0'), 0);
+  for (const bad of ['', null, undefined, 'abc', '-5', '1.5s', '5h', '30 seconds']) {
+    assert.equal(parseInterval(bad), undefined, String(bad));
+  }
 });
