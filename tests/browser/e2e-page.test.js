@@ -6,13 +6,10 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
 
 import {
-  ARTIFACTS, Node, RELAY_BIN, WAIT, kill, launchChromium, sendFromPage, state, track, waitFor, waitIncoming, within,
+  ARTIFACTS, Node, WAIT, kill, openBrowser, sendFromPage, startHost, state, waitFor, waitIncoming, within,
 } from './harness.js';
 
 const started = [];
@@ -20,44 +17,15 @@ after(async () => {
   for (const c of started) await kill(c);
 });
 
-/** `relay host` against `port`: the process, its output so far, and its full code. */
-async function host(port) {
-  const child = track(spawn(RELAY_BIN, ['host', '--url', `ws://127.0.0.1:${port}`, '--qr', 'never'], {
-    stdio: ['pipe', 'pipe', 'pipe'],
-  }));
-  started.push(child);
-  const out = { err: '', out: '' };
-  child.stderr.setEncoding('utf8');
-  child.stdout.setEncoding('utf8');
-  child.stderr.on('data', (c) => (out.err += c));
-  child.stdout.on('data', (c) => (out.out += c));
-  const code = await waitFor(() => out.err.match(/code ([0-9A-Z]{6}-[0-9A-Z]{5}):/)?.[1], 'the full code');
-  const link = await waitFor(() => out.err.match(/or open (\S+) \(end-to-end/)?.[1], 'the link');
-  const exited = new Promise((res) => child.once('exit', (c) => res(c)));
-  return { child, out, code, link, exited };
-}
-
-async function browser(name) {
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), `relay-e2e-${name}-`));
-  const profile = path.join(tmp, 'chromium-profile');
-  fs.mkdirSync(profile);
-  const context = await launchChromium(profile);
-  const page = context.pages()[0] ?? (await context.newPage());
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
-  return { context, page, errors };
-}
 
 test('the page opened from the host link pairs encrypted with relay host, both ways', { timeout: 90_000 }, async () => {
   const node = new Node('single', '');
-  let context;
+  let b;
   try {
     await node.start();
-    const h = await host(node.port);
+    const h = await startHost(node.port, [], started);
     assert.equal(h.link, `http://127.0.0.1:${node.port}/#${h.code}`);
-    const b = await browser('link');
-    context = b.context;
+    b = await openBrowser('e2e-link');
     const { page } = b;
     await page.goto(h.link);
     await waitFor(() => page.isVisible('#e2e'), 'the page to say it is end-to-end encrypted');
@@ -83,20 +51,19 @@ test('the page opened from the host link pairs encrypted with relay host, both w
     const log = await page.$$eval('#log li', (els) => els.map((e) => e.textContent));
     assert.ok(!log.some((l) => l.includes('may have been cut')), JSON.stringify(log));
   } finally {
-    await context?.close();
+    await b?.close();
     await node.sigkill();
   }
 });
 
 test('a mistyped secret part stops the page and relay host with the sentence', { timeout: 90_000 }, async () => {
   const node = new Node('single', '');
-  let context;
+  let b;
   try {
     await node.start();
-    const h = await host(node.port);
+    const h = await startHost(node.port, [], started);
     const wrong = `${h.code.slice(0, 7)}${h.code.endsWith('33333') ? '44444' : '33333'}`;
-    const b = await browser('wrong');
-    context = b.context;
+    b = await openBrowser('e2e-wrong');
     const { page } = b;
     await page.goto(`http://127.0.0.1:${node.port}/`);
     await page.getByLabel('Code shown on the Mac').fill(wrong.toLowerCase());
@@ -107,7 +74,7 @@ test('a mistyped secret part stops the page and relay host with the sentence', {
     assert.equal(await within(h.exited, WAIT, 'the host to exit'), 6);
     assert.match(h.out.err, /the code was mistyped or someone else tried it/);
   } finally {
-    await context?.close();
+    await b?.close();
     await node.sigkill();
   }
 });
@@ -171,10 +138,10 @@ test('two Chromiums pair encrypted: a host written with /e2e.js and the page', {
   let b;
   try {
     await node.start();
-    a = await browser('host');
+    a = await openBrowser('e2e-host');
     const full = await browserHost(a.page, node.port);
     assert.match(full, /^[0-9A-Z]{6}-[0-9A-Z]{5}$/);
-    b = await browser('page');
+    b = await openBrowser('e2e-page');
     await b.page.goto(`http://127.0.0.1:${node.port}/#${full}`);
     await waitFor(() => b.page.isVisible('#e2e'), 'the page to say it is end-to-end encrypted');
     await waitFor(() => a.page.evaluate(() => window.host.encrypted), 'the browser host to confirm');
@@ -189,29 +156,19 @@ test('two Chromiums pair encrypted: a host written with /e2e.js and the page', {
     for (const line of node.logs) assert.ok(!line.includes('sealed from'), `the relay logged a plaintext: ${line}`);
     assert.deepEqual([...a.errors, ...b.errors], []);
   } finally {
-    await a?.context.close();
-    await b?.context.close();
+    await a?.close();
+    await b?.close();
     await node.sigkill();
   }
 });
 
 test('the page given a whole code refuses a Mac that does not encrypt, sending it nothing', { timeout: 90_000 }, async () => {
   const node = new Node('single', '');
-  let context;
+  let b;
   try {
     await node.start();
-    const child = track(spawn(RELAY_BIN, ['host', '--url', `ws://127.0.0.1:${node.port}`, '--no-e2e'], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-    }));
-    started.push(child);
-    const out = { err: '', out: '' };
-    child.stderr.setEncoding('utf8');
-    child.stdout.setEncoding('utf8');
-    child.stderr.on('data', (c) => (out.err += c));
-    child.stdout.on('data', (c) => (out.out += c));
-    const code = await waitFor(() => out.err.match(/code ([0-9A-Z]{6}):/)?.[1], 'the plain code');
-    const b = await browser('plain-mac');
-    context = b.context;
+    const { child, out, code } = await startHost(node.port, ['--no-e2e'], started);
+    b = await openBrowser('e2e-plain-mac');
     await b.page.goto(`http://127.0.0.1:${node.port}/#${code}-K7P3X`);
     await waitFor(() => out.err.includes('browser joined'), 'the plain host to see the page');
     child.stdin.write('in clear\n');
@@ -221,7 +178,7 @@ test('the page given a whole code refuses a Mac that does not encrypt, sending i
     // Only the page's abort reached the host: no line of the person's.
     assert.ok(out.out.split('\n').filter(Boolean).every((l) => l.includes('"abort"')), out.out);
   } finally {
-    await context?.close();
+    await b?.close();
     await node.sigkill();
   }
 });

@@ -8,10 +8,9 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 
 import {
-  Node, RELAY_BIN, WAIT, chromiumForFile, incoming, kill, sendFromPage, state, track, waitFor, waitIncoming, within,
+  Node, WAIT, chromiumForFile, incoming, kill, sendFromPage, startHost, state, waitFor, waitIncoming, within,
 } from './harness.js';
 
 const openPage = chromiumForFile('e2e-rooms');
@@ -20,22 +19,9 @@ after(async () => {
   for (const c of started) await kill(c);
 });
 
-/** `relay host --guests 2 --admit auto` against `port`: the process, its output, full code and link. */
-async function roomHost(port) {
-  const args = ['host', '--url', `ws://127.0.0.1:${port}`, '--guests', '2', '--admit', 'auto', '--qr', 'never',
-    '--peer-prefix', 'always'];
-  const child = track(spawn(RELAY_BIN, args, { stdio: ['pipe', 'pipe', 'pipe'] }));
-  started.push(child);
-  const out = { err: '', out: '' };
-  child.stderr.setEncoding('utf8');
-  child.stdout.setEncoding('utf8');
-  child.stderr.on('data', (c) => (out.err += c));
-  child.stdout.on('data', (c) => (out.out += c));
-  const code = await waitFor(() => out.err.match(/code ([0-9A-Z]{6}-[0-9A-Z]{5}):/)?.[1], 'the full code');
-  const link = await waitFor(() => out.err.match(/or open (\S+) \(a room, end-to-end encrypted per guest/)?.[1], 'the link');
-  const exited = new Promise((res) => child.once('exit', (c) => res(c)));
-  return { child, out, code, link, exited };
-}
+/** `relay host --guests 2 --admit auto` against `port`, marking each guest's lines. */
+const roomHost = (port) =>
+  startHost(port, ['--guests', '2', '--admit', 'auto', '--peer-prefix', 'always'], started);
 
 /** A page that typed `code` into the form. */
 async function typed(port, code) {

@@ -374,31 +374,85 @@ export const incoming = (page) => page.$$eval('#log li.msg.in .body', (els) => e
 export const state = (page) => page.$eval('#status', (e) => e.dataset.state);
 export const bannerShown = (page) => page.$eval('#banner', (e) => e.dataset.shown === 'true');
 
-/** Debian's headless Chromium with a fresh profile in `profile`, every wait bounded. */
 /**
- * One headless Chromium for a whole test file, with a fresh profile in a
- * temporary directory: checks the relay binary and Chromium are there,
- * registers the file's before/after hooks, and returns a function that
- * opens a new page.
+ * `relay host --url ws://127.0.0.1:PORT --qr never` plus `extra` flags,
+ * added to `started` (the caller kills those when its file ends) once it
+ * printed its code: `{child, out, code, link, exited}`; `out.err` and
+ * `out.out` grow with its stderr and stdout, `code` is the full code
+ * (plain with `--no-e2e`), `link` the one it prints beside it (null with
+ * `--no-e2e`), `exited` resolves to its exit status.
+ */
+export async function startHost(port, extra, started) {
+  const args = ['host', '--url', `ws://127.0.0.1:${port}`, '--qr', 'never', ...extra];
+  const child = track(spawn(RELAY_BIN, args, { stdio: ['pipe', 'pipe', 'pipe'] }));
+  started.push(child);
+  const out = { err: '', out: '' };
+  child.stderr.setEncoding('utf8');
+  child.stdout.setEncoding('utf8');
+  child.stderr.on('data', (c) => (out.err += c));
+  child.stdout.on('data', (c) => (out.out += c));
+  const exited = new Promise((res) => child.once('exit', (c) => res(c)));
+  if (extra.includes('--no-e2e')) {
+    // A plain code, and no link.
+    const code = await waitFor(() => out.err.match(/code ([0-9A-Z]{6}):/)?.[1], 'the plain code');
+    return { child, out, code, link: null, exited };
+  }
+  const code = await waitFor(() => out.err.match(/code ([0-9A-Z]{6}-[0-9A-Z]{5}):/)?.[1], 'the full code');
+  const link = await waitFor(() => out.err.match(/ or open (\S+) \(/)?.[1], 'the link');
+  return { child, out, code, link, exited };
+}
+
+/** Fails the test at once, saying what to do, when the relay binary or Chromium is missing. */
+export function needBinaries() {
+  for (const [what, p] of [['relay binary', RELAY_BIN], ['chromium', CHROMIUM]]) {
+    assert.ok(fs.existsSync(p), `${what} missing at ${p} (make deps; cargo build --bin relay)`);
+  }
+}
+
+/**
+ * A headless Chromium with a fresh profile in a temporary directory of its
+ * own (`name` in its name), after checking the relay binary and Chromium
+ * are there: `{context, page, errors, close}`, `page` its first page,
+ * `errors` that page's uncaught errors. `close()` ends Chromium and removes
+ * the directory; call it in a `finally`.
+ */
+export async function openBrowser(name) {
+  needBinaries();
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), `relay-${name}-chromium-`));
+  const profile = path.join(tmp, 'chromium-profile');
+  fs.mkdirSync(profile);
+  const removeTmp = () => fs.rmSync(tmp, { recursive: true, force: true });
+  let context;
+  try {
+    context = await launchChromium(profile);
+  } catch (e) {
+    removeTmp();
+    throw e;
+  }
+  const page = context.pages()[0] ?? (await context.newPage());
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  const close = async () => {
+    await context.close().catch(() => {});
+    removeTmp();
+  };
+  return { context, page, errors, close };
+}
+
+/**
+ * One headless Chromium for a whole test file ([`openBrowser`] in the
+ * file's before/after hooks); returns a function that opens a new page.
  */
 export function chromiumForFile(name) {
-  let tmp;
-  let context;
+  let browser;
   before(async () => {
-    for (const [what, p] of [['relay binary', RELAY_BIN], ['chromium', CHROMIUM]]) {
-      assert.ok(fs.existsSync(p), `${what} missing at ${p} (make deps; cargo build --bin relay)`);
-    }
-    fs.mkdirSync(ARTIFACTS, { recursive: true });
-    tmp = fs.mkdtempSync(path.join(os.tmpdir(), `relay-${name}-test-`));
-    const profile = path.join(tmp, 'chromium-profile');
-    fs.mkdirSync(profile);
-    context = await launchChromium(profile);
+    browser = await openBrowser(name);
   });
   after(async () => {
-    await context?.close().catch(() => {});
-    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+    await browser?.close();
   });
-  return () => context.newPage();
+  return () => browser.context.newPage();
 }
 
 /** The trimmed text of `sel` on `page`. */
@@ -407,6 +461,7 @@ export const text = (page, sel) => page.textContent(sel).then((t) => t.trim());
 /** The status indicator's tone (green, yellow, red, gray). */
 export const tone = (page) => page.$eval('#status', (e) => e.dataset.tone);
 
+/** Debian's headless Chromium with a fresh profile in `profile`, every wait bounded. */
 export async function launchChromium(profile) {
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 
 import {
-  ARTIFACTS, Mac, Node, RELAY_BIN, freePort, kill, launchChromium, screenshot, sendFromPage, state, tail, track,
+  ARTIFACTS, Mac, Node, freePort, kill, openBrowser, screenshot, sendFromPage, startHost, state, tail, track,
   waitFor, waitIncoming,
 } from './harness.js';
 
@@ -177,34 +177,16 @@ async function switchableProxy(port) {
   });
 }
 
-/** `relay host` on WebSocket straight to `port`: the process, its output so far, and its full code. */
-async function host(port) {
-  const child = track(spawn(RELAY_BIN, ['host', '--url', `ws://127.0.0.1:${port}`, '--qr', 'never'], {
-    stdio: ['pipe', 'pipe', 'pipe'],
-  }));
-  started.push(child);
-  const out = { err: '', out: '' };
-  child.stderr.setEncoding('utf8');
-  child.stdout.setEncoding('utf8');
-  child.stderr.on('data', (c) => (out.err += c));
-  child.stdout.on('data', (c) => (out.out += c));
-  const code = await waitFor(() => out.err.match(/code ([0-9A-Z]{6}-[0-9A-Z]{5}):/)?.[1], 'the full code');
-  return { child, out, code };
-}
 
 test('behind a proxy that refuses WebSocket the page falls back to HTTP, says so, and pairs with relay host', { timeout: 90_000 }, async () => {
   const node = new Node('single', '');
-  let context;
+  let browser;
   try {
     await node.start();
     const proxy = await refusingProxy(node.port);
-    const h = await host(node.port);
-    const profile = path.join(tmpdir('chromium'), 'profile');
-    fs.mkdirSync(profile);
-    context = await launchChromium(profile);
-    const page = context.pages()[0] ?? (await context.newPage());
-    const errors = [];
-    page.on('pageerror', (e) => errors.push(String(e)));
+    const h = await startHost(node.port, [], started);
+    browser = await openBrowser('http-fallback');
+    const { page, errors } = browser;
 
     // The page and its scripts come through the proxy (plain GETs pass).
     await page.goto(`http://127.0.0.1:${proxy.port}/#${h.code}`);
@@ -232,25 +214,21 @@ test('behind a proxy that refuses WebSocket the page falls back to HTTP, says so
   } catch (e) {
     throw new Error(`${e.message}\n${tail(node.logs)}`);
   } finally {
-    await context?.close().catch(() => {});
+    await browser?.close();
     await kill(node.child);
   }
 });
 
 test('behind a proxy that holds answers until whole the page receives by long polls', { timeout: 90_000 }, async () => {
   const node = new Node('single', '');
-  let context;
+  let browser;
   let proxy;
   try {
     await node.start();
     proxy = await bufferingProxy(node.port);
-    const h = await host(node.port);
-    const profile = path.join(tmpdir('chromium'), 'profile');
-    fs.mkdirSync(profile);
-    context = await launchChromium(profile);
-    const page = context.pages()[0] ?? (await context.newPage());
-    const errors = [];
-    page.on('pageerror', (e) => errors.push(String(e)));
+    const h = await startHost(node.port, [], started);
+    browser = await openBrowser('http-fallback');
+    const { page, errors } = browser;
 
     // ?ws-retry sets how often the page tries WebSocket again (2 minutes).
     await page.goto(`http://127.0.0.1:${proxy.port}/?ws-retry=2m#${h.code}`);
@@ -270,7 +248,7 @@ test('behind a proxy that holds answers until whole the page receives by long po
   } catch (e) {
     throw new Error(`${e.message}\n${tail(node.logs)}`);
   } finally {
-    await context?.close().catch(() => {});
+    await browser?.close();
     await proxy?.close();
     await kill(node.child);
   }
@@ -278,7 +256,7 @@ test('behind a proxy that holds answers until whole the page receives by long po
 
 test('/client.js moves from the HTTP fallback back to WebSocket mid-stream once the proxy lets WebSocket through, losing nothing', { timeout: 90_000 }, async () => {
   const node = new Node('single', '');
-  let context;
+  let browser;
   let proxy;
   let mac;
   try {
@@ -287,12 +265,8 @@ test('/client.js moves from the HTTP fallback back to WebSocket mid-stream once 
     mac = await new Mac(`ws://127.0.0.1:${node.port}/mac`).opened();
     mac.send({ type: 'register' });
     const { code } = await mac.expect('registered');
-    const profile = path.join(tmpdir('chromium'), 'profile');
-    fs.mkdirSync(profile);
-    context = await launchChromium(profile);
-    const page = context.pages()[0] ?? (await context.newPage());
-    const errors = [];
-    page.on('pageerror', (e) => errors.push(String(e)));
+    browser = await openBrowser('http-fallback');
+    const { page, errors } = browser;
     await page.goto(`http://127.0.0.1:${proxy.port}/`);
     // A client of its own, probing for the WebSocket every half second.
     await page.evaluate(async (joinCode) => {
@@ -344,7 +318,7 @@ test('/client.js moves from the HTTP fallback back to WebSocket mid-stream once 
     throw new Error(`${e.message}\n${tail(node.logs)}`);
   } finally {
     await mac?.close();
-    await context?.close().catch(() => {});
+    await browser?.close();
     await proxy?.close();
     await kill(node.child);
   }

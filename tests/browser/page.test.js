@@ -19,8 +19,6 @@ import os from 'node:os';
 import path from 'node:path';
 
 import {
-  RELAY_BIN,
-  CHROMIUM,
   ARTIFACTS,
   WAIT,
   RECONNECT_WAIT,
@@ -35,7 +33,8 @@ import {
   incoming,
   state,
   bannerShown,
-  launchChromium,
+  needBinaries,
+  openBrowser,
   sendFromPage,
   waitIncoming,
 } from './harness.js';
@@ -43,19 +42,14 @@ import {
 // ---- the test ------------------------------------------------------------------
 
 test('the page pairs, survives its relay node dying, and loses no message', { timeout: 150_000 }, async () => {
-  for (const [what, p] of [['relay binary', RELAY_BIN], ['chromium', CHROMIUM]]) {
-    assert.ok(fs.existsSync(p), `${what} missing at ${p} (make deps; cargo build --bin relay)`);
-  }
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  needBinaries();
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-browser-test-'));
-  const profile = path.join(tmp, 'chromium-profile');
-  fs.mkdirSync(profile);
   let redis;
   let proxy;
-  let context;
+  let browser;
   let mac;
   const nodes = [];
-  const pageErrors = [];
+  let pageErrors = [];
   const consoleLines = [];
   try {
     redis = await startRedis(tmp);
@@ -73,9 +67,9 @@ test('the page pairs, survives its relay node dying, and loses no message', { ti
     assert.match(code, /^[346789ABCDEFGHJKLMNPQRTUVWXY]{6}$/);
 
     // The browser opens the page on node 1 (through the proxy).
-    context = await launchChromium(profile);
-    const page = context.pages()[0] ?? (await context.newPage());
-    page.on('pageerror', (e) => pageErrors.push(String(e)));
+    browser = await openBrowser('page');
+    const { page } = browser;
+    pageErrors = browser.errors;
     page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
     await page.goto(`http://127.0.0.1:${proxy.port}/`);
     assert.equal(await page.title(), 'Relay · connect to your Mac');
@@ -170,7 +164,7 @@ test('the page pairs, survives its relay node dying, and loses no message', { ti
     throw e;
   } finally {
     await mac?.close();
-    await context?.close().catch(() => {});
+    await browser?.close();
     await proxy?.close();
     for (const n of nodes) await n.sigkill();
     await kill(redis?.child);
@@ -179,13 +173,9 @@ test('the page pairs, survives its relay node dying, and loses no message', { ti
 });
 
 test('after a reload the page resumes; a capped page gives up, offers Retry, and shows why the session ended', { timeout: 90_000 }, async () => {
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-browser-test-'));
-  const profile = path.join(tmp, 'chromium-profile');
-  fs.mkdirSync(profile);
-  let context;
+  let browser;
   let mac;
-  const pageErrors = [];
+  let pageErrors = [];
   // One node, sessions in memory: a restart forgets them.
   const node = new Node('single', '');
   try {
@@ -194,9 +184,9 @@ test('after a reload the page resumes; a capped page gives up, offers Retry, and
     mac.send({ type: 'register' });
     const { code } = await mac.expect('registered');
 
-    context = await launchChromium(profile);
-    const page = context.pages()[0] ?? (await context.newPage());
-    page.on('pageerror', (e) => pageErrors.push(String(e)));
+    browser = await openBrowser('page-reload');
+    const { page } = browser;
+    pageErrors = browser.errors;
     // ?retries=1: give up after one failed attempt.
     await page.goto(`http://127.0.0.1:${node.port}/?retries=1`);
     await page.screenshot({ path: path.join(ARTIFACTS, 'browser-join.png') });
@@ -244,8 +234,7 @@ test('after a reload the page resumes; a capped page gives up, offers Retry, and
     throw e;
   } finally {
     await mac?.close();
-    await context?.close().catch(() => {});
+    await browser?.close();
     await node.sigkill();
-    fs.rmSync(tmp, { recursive: true, force: true });
   }
 });
