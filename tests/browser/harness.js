@@ -402,6 +402,32 @@ export async function startHost(port, extra, started) {
   return { child, out, code, link, exited };
 }
 
+/**
+ * deploy/local/haproxy.cfg (what `make cluster` runs, and what the Rust
+ * tests' balancer fixture, tests/support/cluster.rs `Lb`, reads too) with
+ * its `bind` line on 127.0.0.1:`listen`, its `server` lines for `ports`,
+ * and `frontend` lines added after the bind (e.g. a rule refusing the
+ * WebSocket upgrade).
+ */
+export function haproxyConfig(listen, ports, frontend = []) {
+  const shared = fs.readFileSync(path.join(ROOT, 'deploy/local/haproxy.cfg'), 'utf8');
+  const out = [];
+  let servers = false;
+  for (const line of shared.split('\n')) {
+    const t = line.trimStart();
+    if (t.startsWith('bind ')) {
+      out.push(`    bind 127.0.0.1:${listen}`, ...frontend.map((l) => `    ${l}`));
+    } else if (t.startsWith('server ')) {
+      if (!servers) ports.forEach((p, i) => out.push(`    server node-${i + 1} 127.0.0.1:${p}`));
+      servers = true;
+    } else {
+      out.push(line);
+    }
+  }
+  assert.ok(servers, 'deploy/local/haproxy.cfg has no server lines');
+  return out.join('\n');
+}
+
 /** Fails the test at once, saying what to do, when the relay binary or Chromium is missing. */
 export function needBinaries() {
   for (const [what, p] of [['relay binary', RELAY_BIN], ['chromium', CHROMIUM]]) {

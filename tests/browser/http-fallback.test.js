@@ -16,7 +16,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 
 import {
-  ARTIFACTS, Mac, Node, freePort, kill, openBrowser, screenshot, sendFromPage, startHost, state, tail, track,
+  ARTIFACTS, Mac, Node, freePort, haproxyConfig, kill, openBrowser, screenshot, sendFromPage, startHost, state, tail, track,
   waitFor, waitIncoming,
 } from './harness.js';
 
@@ -40,23 +40,9 @@ async function refusingProxy(port) {
   const dir = tmpdir('haproxy');
   const listen = await freePort();
   const cfg = path.join(dir, 'haproxy.cfg');
-  fs.writeFileSync(cfg, `global
-    log stderr format raw local0 info
-defaults
-    mode http
-    log global
-    option httplog
-    timeout connect 2s
-    timeout client 1h
-    timeout server 1h
-    timeout http-request 10s
-frontend relay
-    bind 127.0.0.1:${listen}
-    http-request deny deny_status 403 if { hdr(upgrade) -i websocket }
-    default_backend relays
-backend relays
-    server node-1 127.0.0.1:${port}
-`);
+  // The deployment's settings, refusing every upgrade at the frontend.
+  const refuse = 'http-request deny deny_status 403 if { hdr(upgrade) -i websocket }';
+  fs.writeFileSync(cfg, haproxyConfig(listen, [port], [refuse]));
   const logs = [];
   const child = track(spawn(HAPROXY, ['-db', '-f', cfg], { stdio: ['ignore', 'pipe', 'pipe'] }));
   started.push(child);
