@@ -10,7 +10,7 @@ use tokio::time::Duration;
 use super::{Side, Task, run, text_payload};
 use crate::client::outbox::{Addressed, OutFrame, Target};
 use crate::client::{Command, Data, Ended, Event, QueueFull, SendError};
-use crate::e2e::{Binding, Channel, Handshake, JoinerConfirm, Payload, Plain, Secret};
+use crate::e2e::{Binding, Channel, Handshake, HostHello, JoinerConfirm, Payload, Plain, Secret};
 use crate::{ClientMessage, GuestId, SessionCode};
 
 const CODE: &str = "6YM9AQ";
@@ -34,8 +34,31 @@ impl Rig {
 
     /// `side` (a host) registered with [`CODE`]; `timeout` for each exchange.
     async fn start_as(side: Side, timeout: Duration) -> Rig {
+        let mut rig = Rig::spawn(side, timeout, Secret::generate());
+        rig.conn_events
+            .send(Event::Registered {
+                code: CODE.into(),
+                expires_at: 0,
+                page: "http://h/".into(),
+            })
+            .await
+            .unwrap();
+        let Some(Event::Registered { code, .. }) = rig.events.recv().await else {
+            panic!("no registered");
+        };
+        let secret = code.strip_prefix(&format!("{CODE}-")).expect("a full code");
+        rig.secret = crate::e2e::FullCode::parse(&format!("{CODE}{secret}"))
+            .unwrap()
+            .secret
+            .unwrap();
+        rig
+    }
+
+    /// The task as `side`, nothing told yet; `secret` is the rig's until
+    /// the task draws one (a host's registration).
+    fn spawn(side: Side, timeout: Duration, secret: Secret) -> Rig {
         let (app, commands) = mpsc::channel(64);
-        let (events_tx, mut events) = mpsc::channel(64);
+        let (events_tx, events) = mpsc::channel(64);
         let (inner, conn) = mpsc::channel(64);
         let (conn_events, inner_events) = mpsc::channel(64);
         let (_guest_tx, guest_rx) = watch::channel(None);
@@ -48,22 +71,6 @@ impl Rig {
             inner,
             inner_events,
         )));
-        conn_events
-            .send(Event::Registered {
-                code: CODE.into(),
-                expires_at: 0,
-                page: "http://h/".into(),
-            })
-            .await
-            .unwrap();
-        let Some(Event::Registered { code, .. }) = events.recv().await else {
-            panic!("no registered");
-        };
-        let secret = code.strip_prefix(&format!("{CODE}-")).expect("a full code");
-        let secret = crate::e2e::FullCode::parse(&format!("{CODE}{secret}"))
-            .unwrap()
-            .secret
-            .unwrap();
         Rig {
             app,
             events,
@@ -491,4 +498,42 @@ async fn a_pairing_host_leaving_while_its_app_reads_late_still_ends_the_session_
     assert_eq!(to, Target::All);
     assert_eq!(browser.opener.open(&end).unwrap(), Plain::End);
     assert!(matches!(rig.conn.recv().await, Some(Command::Leave)));
+}
+
+#[tokio::test]
+async fn a_joiner_reads_on_while_the_connection_task_has_not_taken_its_answer() {
+    let secret = Secret::generate();
+    let code = SessionCode::parse(CODE).unwrap();
+    let side = Side::Joiner(code.clone(), Some(secret.clone()));
+    let mut rig = Rig::spawn(side, Duration::from_secs(30), secret.clone());
+    rig.conn_events.send(Event::Joined).await.unwrap();
+    // The mac (the test, with the host's state machine) says hello.
+    let (mac, hello) = HostHello::start(&Binding::new(code, secret, None));
+    let data = Data::Text(hello.to_payload());
+    rig.conn_events.send(Event::Data(data)).await.unwrap();
+    // The connection task hands over far more than the channels hold
+    // before it takes the joiner's answer: the joiner must not wait for it.
+    let latencies: Vec<Event> = (0..500)
+        .map(|i| Event::Latency(Duration::from_millis(i)))
+        .collect();
+    let feeder = rig.feed(latencies.clone());
+    for want in latencies {
+        assert_eq!(rig.event().await, want);
+    }
+    feeder.await.unwrap();
+    let Handshake::JoinerHello { share } = rig.handshake().await else {
+        panic!("no hello from the joiner");
+    };
+    let Handshake::Confirm { tag } = rig.handshake().await else {
+        panic!("no confirm from the joiner");
+    };
+    let (_, confirm) = mac
+        .on_share(&share)
+        .unwrap()
+        .on_confirm(&tag)
+        .expect("the joiner's tag verifies");
+    let data = Data::Text(confirm.to_payload());
+    rig.conn_events.send(Event::Data(data)).await.unwrap();
+    assert_eq!(rig.event().await, Event::Encrypted);
+    assert_eq!(rig.event().await, Event::Joined);
 }
