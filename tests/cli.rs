@@ -194,6 +194,27 @@ async fn with_stderr_closed_the_clients_still_pipe_and_exit_with_their_status() 
 }
 
 #[tokio::test]
+async fn when_stdouts_reader_goes_away_the_client_leaves_and_exits_0() {
+    let relay = Relay::start(&[]);
+    let url = format!("ws://{}", relay.addr);
+    let (mut host, mut host_err, code) = host(&url, &[]).await;
+    let mut join = client(&["join", "--url", &url, &code]);
+    let mut join_err = BufReader::new(join.stderr.take().unwrap()).lines();
+    stderr_line(&mut join_err, "joined").await;
+    stderr_line(&mut host_err, "browser joined").await;
+    let mut host_in = host.stdin.take().unwrap();
+    let mut join_out = BufReader::new(join.stdout.take().unwrap()).lines();
+    host_in.write_all(b"first\n").await.unwrap();
+    assert_eq!(next_line(&mut join_out).await.as_deref(), Some("first"));
+    // As `relay join ... | head -1`: the reader has what it wanted and goes.
+    drop(join_out);
+    host_in.write_all(b"second\n").await.unwrap();
+    assert_eq!(exit_code(&mut join).await, 0);
+    stderr_line(&mut host_err, "session over").await;
+    assert_eq!(exit_code(&mut host).await, 0);
+}
+
+#[tokio::test]
 async fn binary_mode_relays_bytes_verbatim() {
     let relay = Relay::start(&[]);
     let url = format!("ws://{}", relay.addr);
