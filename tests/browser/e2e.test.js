@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { WebSocket } from 'ws';
 
-import { RELAY_BIN, WAIT, track, waitFor, within, kill } from './harness.js';
+import { RELAY_BIN, WAIT, kill, startHost, track, waitFor, within } from './harness.js';
 import {
   Host,
   Joiner,
@@ -124,19 +124,6 @@ async function relay() {
   return { child, addr, log: () => log };
 }
 
-/** Starts `relay host`; returns it with its stderr and stdout so far. */
-function host(addr) {
-  const child = track(spawn(RELAY_BIN, ['host', '--url', `ws://${addr}`], { stdio: ['pipe', 'pipe', 'pipe'] }));
-  const out = { err: '', out: '' };
-  child.stderr.setEncoding('utf8');
-  child.stdout.setEncoding('utf8');
-  child.stderr.on('data', (c) => (out.err += c));
-  child.stdout.on('data', (c) => (out.out += c));
-  // Listened to at once: the host may exit before a test asks.
-  const exited = new Promise((res) => child.once('exit', (c) => res(c)));
-  return { child, out, exited };
-}
-
 /** A joiner speaking the protocol with ws and e2e.js, as the page will. */
 class Browser {
   constructor(addr) {
@@ -165,10 +152,8 @@ after(async () => {
 async function exchange(secret) {
   const r = await relay();
   processes.push(r.child);
-  const h = host(r.addr);
-  processes.push(h.child);
-  const code = await waitFor(() => h.out.err.match(/code ([0-9A-Z]{6}-[0-9A-Z]{5}):/)?.[1], 'the full code');
-  const [relayCode, realSecret] = code.split('-');
+  const h = await startHost(Number(r.addr.split(':').pop()), [], processes);
+  const [relayCode, realSecret] = h.code.split('-');
   const b = new Browser(r.addr);
   await waitFor(() => b.ws.readyState === WebSocket.OPEN, 'the browser connection');
   b.ws.send(JSON.stringify({ type: 'join', code: relayCode }));
