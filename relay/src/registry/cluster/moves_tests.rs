@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::requests::now_ms;
 use crate::cluster::bus::Bus;
-use crate::cluster::envelope::Control;
+use crate::cluster::envelope::{Control, Envelope, HeldFrame};
 use crate::cluster::store::testing::TestRedis;
 use crate::conns::ConnId;
 use crate::frame::Frame;
@@ -22,7 +22,8 @@ use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::pipe::Pushed;
 use crate::queue::{Drained, Item, Status};
-use crate::registry::cluster::ClusterRegistry;
+use crate::registry::cluster::{ClusterRegistry, FromPeerNode};
+use crate::registry::secret::TokenHash;
 use crate::registry::testing::{TestClient, settings};
 use crate::registry::{Deadline, Join, Link, Register, Resume};
 
@@ -321,4 +322,178 @@ async fn frames_the_node_a_side_left_took_reach_the_peer_once_and_follow_its_nex
         heard(&resumed.link, mac.conn(), 2).await,
         ["peer_resumed", "b1"]
     );
+}
+
+/// Plays node n1, which holds both sides of session `s1` and then goes
+/// quiet: it answers the `moved` it is sent only when the test says.
+struct SilentN1 {
+    messages: std::pin::Pin<Box<dyn futures_util::Stream<Item = redis::Msg> + Send>>,
+}
+
+impl SilentN1 {
+    /// Session `s1` paired on n1 (mac connection 1, browser 2), both away,
+    /// as n1 leaves it once it drained them; n1's lease is live.
+    async fn start(r: &TestRedis) -> SilentN1 {
+        r.lease("n1").await;
+        let n1 = r.store("n1");
+        let ttl = Duration::from_secs(60);
+        let expires = now_ms() + 60_000;
+        n1.register(
+            "s1",
+            "ABCDEF",
+            &TokenHash::of("mac"),
+            ConnId(1),
+            ttl,
+            expires,
+        )
+        .await
+        .unwrap();
+        let code = relay_protocol::SessionCode::parse("ABCDEF").unwrap();
+        n1.join(&code, &TokenHash::of("browser"), ConnId(2), 1, 0, ttl)
+            .await
+            .unwrap();
+        for (role, conn) in [(Role::Mac, ConnId(1)), (Role::Browser, ConnId(2))] {
+            n1.away("s1", role, conn, expires).await.unwrap();
+        }
+        let mut ps = r
+            .redis()
+            .client()
+            .await
+            .unwrap()
+            .get_async_pubsub()
+            .await
+            .unwrap();
+        ps.subscribe(crate::cluster::bus::channel("n1"))
+            .await
+            .unwrap();
+        SilentN1 {
+            messages: Box::pin(ps.into_on_message()),
+        }
+    }
+
+    /// The next `moved` sent to n1: the side that moved and the request to answer.
+    async fn moved(&mut self) -> (Role, String, u64) {
+        use futures_util::StreamExt;
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.messages.next())
+                .await
+                .expect("a moved for n1")
+                .expect("n1's subscription");
+            let (envs, _) = Envelope::decode_all(Bytes::from(msg.get_payload_bytes().to_vec()));
+            for env in envs {
+                if let Envelope::Control(Control::Moved {
+                    role,
+                    node,
+                    request,
+                    ..
+                }) = env
+                {
+                    return (role, node, request);
+                }
+            }
+        }
+    }
+}
+
+fn resume_s1(client: &TestClient, role: Role, last_seq: u64) -> Resume {
+    Resume {
+        client: client.client.clone(),
+        deadline: Deadline::for_request(),
+        role,
+        session_id: "s1".to_owned(),
+        resume_token: role.as_str().to_owned(),
+        last_seq,
+        guest_seqs: Default::default(),
+    }
+}
+
+/// Both sides on n1, which drains them at once: the browser resumes on n2
+/// and the mac on n3 at the same time. n3's `moved` reaches n2 while the
+/// browser's resume there still waits for n1's handover, so n2 has no pipe
+/// toward the mac yet to replay from. n1's handover then brings the
+/// browser's frames b3 to b5, which the mac (having read 2) never had: n2
+/// must replay them to the mac's new node once it makes that pipe, or the
+/// mac waits for them for good (the balancer drain test's stall, seen with
+/// the third node drained).
+#[actix::test]
+async fn a_peer_that_moves_while_its_side_resumes_gets_what_the_handover_brought() {
+    let r = TestRedis::start().await;
+    let mut n1 = SilentN1::start(&r).await;
+    let (n2, _) = start_node(&r, "n2").await;
+    let (n3, _) = start_node(&r, "n3").await;
+
+    let browser = TestClient::start();
+    // In n2's mailbox once `send` returns; answered once n1 hands over.
+    let browser_resume = n2.send(resume_s1(&browser, Role::Browser, 0));
+    let (role, node, to_n2) = n1.moved().await;
+    assert_eq!((role, &*node), (Role::Browser, "n2"));
+
+    // The mac resumes on n3, which asks n1 and n2; n1 forgot the session
+    // when the browser left (no peer there any more) and says nothing.
+    let mac = TestClient::start();
+    let mac_resume = n3.send(resume_s1(&mac, Role::Mac, 2));
+    let (role, _, to_n3) = n1.moved().await;
+    assert_eq!(role, Role::Mac);
+    let empty = Control::Handover {
+        sid: "s1".into(),
+        role: Role::Mac,
+        received: None,
+        events: vec![],
+        unacknowledged: vec![],
+        error: None,
+        request: to_n3,
+    };
+    n3.do_send(FromPeerNode(empty));
+    // Done only once n2 answered too: n2 has heard of the mac's move.
+    let mac_back = mac_resume.await.unwrap().unwrap();
+
+    // n1's handover for the browser: it had b1 to b5, the mac read 2.
+    let held = (3..=5)
+        .map(|i| {
+            let payload = format!("b{i}");
+            HeldFrame::new(i, &Frame::Binary(Bytes::from(payload.into_bytes())))
+        })
+        .collect();
+    n2.do_send(FromPeerNode(Control::Handover {
+        sid: "s1".into(),
+        role: Role::Browser,
+        received: Some(5),
+        events: vec![],
+        unacknowledged: held,
+        error: None,
+        request: to_n2,
+    }));
+    let browser_back = browser_resume.await.unwrap().unwrap();
+    assert_eq!(browser_back.accepted, 5);
+
+    let data = |link: &Link, conn: ConnId| -> Vec<String> {
+        written(link, conn)
+            .into_iter()
+            .filter(|s| s.starts_with(['b', 'm']))
+            .collect()
+    };
+    let until = Instant::now() + WAIT;
+    while data(&mac_back.link, mac.conn()).len() < 3 {
+        assert!(
+            Instant::now() < until,
+            "the mac on n3 only got {:?}",
+            written(&mac_back.link, mac.conn())
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sends(&browser_back.link, "b6");
+    sends(&mac_back.link, "m1");
+    let until = Instant::now() + WAIT;
+    while data(&mac_back.link, mac.conn()).len() < 4
+        || data(&browser_back.link, browser.conn()).is_empty()
+    {
+        assert!(Instant::now() < until, "b6 or m1 did not cross");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        data(&mac_back.link, mac.conn()),
+        ["b3", "b4", "b5", "b6"],
+        "each once, in order"
+    );
+    assert_eq!(data(&browser_back.link, browser.conn()), ["m1"]);
 }
