@@ -92,6 +92,12 @@ pub enum Control {
         sid: String,
         /// The side that went away.
         role: Role,
+        /// The node it went away from. Another node's `Moved` can overtake
+        /// this message (they come over different connections), so the
+        /// peer's node ignores it once it knows the side is elsewhere.
+        /// Absent from older nodes: taken as news, as they did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
     /// To the nodes that hold the session: side `role` is now on `node`,
     /// having `p_last` frames of this pairing. Close its old connection,

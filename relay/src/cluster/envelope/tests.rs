@@ -170,6 +170,25 @@ fn a_handover_carries_unacknowledged_frames_verbatim_binary_as_base64() {
 }
 
 #[test]
+fn an_away_names_the_node_the_side_left_and_an_older_nodes_away_still_parses() {
+    let c = Control::Away {
+        sid: "s".into(),
+        role: Role::Mac,
+        node: Some("n1".into()),
+    };
+    let mut buf = BytesMut::new();
+    Envelope::Control(c.clone()).encode(&mut buf);
+    let (back, bad) = Envelope::decode_all(buf.freeze());
+    assert_eq!((bad, back), (0, vec![Envelope::Control(c)]));
+    // An older node's, without it: news from wherever the side was.
+    let old = r#"{"type":"away","sid":"s","role":"browser"}"#;
+    let Ok(Control::Away { role, node, .. }) = serde_json::from_str(old) else {
+        panic!("an older node's away must parse")
+    };
+    assert_eq!((role, node), (Role::Browser, None));
+}
+
+#[test]
 fn garbage_is_skipped_not_panicked_on() {
     for junk in [
         &b""[..],

@@ -19,6 +19,8 @@
 mod chores;
 #[cfg(test)]
 mod dispatch_tests;
+#[cfg(test)]
+mod moves_tests;
 mod peers;
 mod requests;
 mod room;

@@ -22,7 +22,7 @@ impl Handler<FromPeerNode> for ClusterRegistry {
     fn handle(&mut self, FromPeerNode(c): FromPeerNode, ctx: &mut Context<Self>) {
         match c {
             Control::Joined { sid, node } => self.peer_joined(&sid, node),
-            Control::Away { sid, role } => self.peer_away(&sid, role),
+            Control::Away { sid, role, node } => self.peer_away(&sid, role, node.as_deref()),
             Control::Moved {
                 sid,
                 role,
@@ -127,8 +127,8 @@ impl ClusterRegistry {
         self.sessions.insert(id, local);
     }
 
-    /// On the node of a side's peer: that side went away.
-    fn peer_away(&mut self, sid: &str, role: Role) {
+    /// On the node of a side's peer: that side went away from `from`.
+    fn peer_away(&mut self, sid: &str, role: Role, from: Option<&str>) {
         let id: SessionId = Arc::from(sid);
         let Some(local) = self.sessions.get(&id) else {
             return;
@@ -140,6 +140,16 @@ impl ClusterRegistry {
         if local.side(role).is_some_and(|h| h.conn.is_some()) {
             // Stale news: the side is connected here (this node was taken for dead).
             return;
+        }
+        if let (Some(from), Some(now)) = (from, local.node_of(role)) {
+            if **now != *from {
+                // Stale news: the side resumed on another node, whose
+                // `Moved` came first (the node it left published this
+                // before, on another connection). Heeded, it would hold
+                // the peer's frames away from the side's new node for good.
+                info!(session = %id, role = role.as_str(), from, now = %now, "away news from a node the side already left; ignored");
+                return;
+            }
         }
         if let Some(p) = local.pipe(role) {
             p.peer_away();
@@ -298,6 +308,7 @@ impl Handler<NodeDead> for ClusterRegistry {
                 let c = Control::Away {
                     sid: side.sid.to_string(),
                     role: side.role,
+                    node: Some(dead.to_string()),
                 };
                 act.send(&peer_node, c, ctx);
             }

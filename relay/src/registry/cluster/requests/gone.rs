@@ -62,6 +62,7 @@ impl ClusterRegistry {
                     let c = Control::Away {
                         sid: id.to_string(),
                         role,
+                        node: Some(act.node.to_string()),
                     };
                     act.send(&pn, c, ctx);
                 }

@@ -446,7 +446,9 @@ impl ClusterRegistry {
         }
         // The peer is elsewhere (or there is none).
         let to_side = local.pipe(role).cloned().ok_or(ErrorCode::ResumeExpired)?;
-        let received = received.or(local.peer_read.take());
+        // The peer moved while this resume ran, having read this many frames.
+        let peer_read = local.peer_read.take();
+        let received = received.or(peer_read);
         match peer_node {
             Some(pn) => {
                 accepted_p = received.unwrap_or_else(|| facts.acc_checkpoint.saturating_sub(sbase));
@@ -473,6 +475,15 @@ impl ClusterRegistry {
                 }
                 if facts.peer_away() {
                     out.peer_away();
+                }
+                if let Some(p_last) = peer_read {
+                    // Its node's `Moved` found no pipe here to replay from,
+                    // and the handover may have brought frames it lacks
+                    // (the side's old node held them): replay now, else
+                    // it waits for them for good.
+                    if let Err(gap) = out.send_to_peer(self.peer(&id, role.peer(), &pn), p_last) {
+                        warn!(session = %id, ?gap, p_last, "the peer moved during this resume and its frames cannot be replayed");
+                    }
                 }
                 if let Some(local) = self.sessions.get_mut(&id) {
                     local.set_pipe(&self.dir, role.peer(), Some(out));

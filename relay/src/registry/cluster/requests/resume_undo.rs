@@ -56,6 +56,7 @@ impl ClusterRegistry {
                 let c = Control::Away {
                     sid: id.to_string(),
                     role,
+                    node: Some(self.node.to_string()),
                 };
                 self.send(&peer_node, c, ctx);
             }
@@ -94,6 +95,7 @@ impl ClusterRegistry {
             let c = Control::Away {
                 sid: id.to_string(),
                 role,
+                node: Some(self.node.to_string()),
             };
             self.send(&n, c, ctx);
         }

@@ -34,6 +34,7 @@ impl ClusterRegistry {
             let c = Control::Away {
                 sid: id.to_string(),
                 role: Role::Mac,
+                node: Some(self.node.to_string()),
             };
             self.send(&n, c, ctx);
         }
