@@ -75,7 +75,10 @@ impl Side {
             if self.stream.is_none() {
                 self.resume(lb).await;
             }
-            if self.write().await && self.ping().await && self.read(want).await {
+            let wrote = self.write().await && self.ping().await;
+            // A write that failed met the node's close: what the node sent
+            // before it (SHUTTING_DOWN, the close frame) is still there to read.
+            if self.read(want).await && wrote {
                 return;
             }
             self.stream = None;
