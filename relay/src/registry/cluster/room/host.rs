@@ -3,8 +3,13 @@
 //! itself, or its node with `Decide`), and the host's socket reads on only
 //! once that node confirmed: no frame it sends after a `remove` reaches the
 //! removed guest, and none after an `admit` overtakes the guest's `joined`.
+//! A node that does not confirm within `HANDOVER_WAIT` is asked again, a
+//! bounded number of times, while the host reads on; a waiting guest's
+//! node takes no frame of the room for it before the admission reaches it
+//! (`decide_here`), so a guest never hears a room it is not in.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -20,6 +25,17 @@ use crate::conns::ConnCommand;
 use crate::pipe::Pipe;
 use crate::queue::EventEffect;
 use crate::registry::{Host, Refusal, RoomOp, SessionId};
+
+/// How long the host's node waits, past the first [`HANDOVER_WAIT`], before
+/// it asks a guest's node again about a decision it has not confirmed: a
+/// message lost on pub/sub is lost for good, and a node whose subscription
+/// broke takes about two probes (2 s) to listen again.
+const DECIDE_AGAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// How many times the host's node asks again before it gives up on a
+/// guest's node: 8 s past the first wait, four times what a live node
+/// needs to resubscribe.
+const DECIDE_TRIES: u32 = 8;
 
 /// Why a socket that holds no room here may not act on guests.
 const NOT_A_HOST: &str = "admit, deny and remove are for a room host (register with maxGuests).";
@@ -101,24 +117,19 @@ impl Handler<Host> for ClusterRegistry {
                         act.decided_at_host(&session_id, guest_id, verdict, None);
                         return ready(Ok(()));
                     };
-                    let request = act.next_request;
-                    act.next_request += 1;
-                    let (tx, rx) = oneshot::channel();
-                    act.deciding.insert(request, tx);
-                    let c = Control::Decide {
-                        sid: session_id.to_string(),
-                        guest: guest_id,
-                        verdict,
-                        request,
-                    };
-                    act.send(&node, c, ctx);
+                    let (request, rx) = act.tell_decision(&session_id, guest_id, verdict, &node, ctx);
                     let wait = async move { tokio::time::timeout(HANDOVER_WAIT, rx).await };
-                    Box::pin(wait.into_actor(act).map(move |res, act, _| {
-                        act.deciding.remove(&request);
-                        if !matches!(res, Ok(Ok(_))) {
-                            // Decided in Redis all the same: the guest's
-                            // node acts on it when the message arrives.
-                            warn!(session = %session_id, guest_id, node = %node, "the guest's node did not confirm in time");
+                    Box::pin(wait.into_actor(act).map(move |res, act, ctx| {
+                        // Not confirmed: its entry is still there (a late
+                        // `Decided` removes it).
+                        if !matches!(res, Ok(Ok(_))) && act.deciding.contains_key(&request) {
+                            // Decided in Redis all the same, so the host
+                            // reads on as if confirmed: its frames for an
+                            // admitted guest are held here until the
+                            // guest's node, asked again, takes them after
+                            // `joined` (docs/protocol-notes.md, Rooms).
+                            warn!(session = %session_id, guest_id, node = %node, "the guest's node did not confirm in time; asking again");
+                            act.ask_again(session_id.clone(), guest_id, verdict, node.clone(), request, DECIDE_TRIES, ctx);
                         }
                         act.decided_at_host(&session_id, guest_id, verdict, Some(node));
                         Ok(())
@@ -170,14 +181,18 @@ impl ClusterRegistry {
             info!(session = %sid, guest, "host did not answer a join in time");
             match at.node.filter(|n| **n != *act.node) {
                 Some(node) => {
-                    let c = Control::Decide {
-                        sid: sid.to_string(),
+                    // No host waits for the answer, but the guest must
+                    // hear it: asked again until its node confirms.
+                    let (request, _) = act.tell_decision(&sid, guest, Verdict::Deny, &node, ctx);
+                    act.ask_again(
+                        Arc::clone(&sid),
                         guest,
-                        verdict: Verdict::Deny,
-                        // No host waits for the answer.
-                        request: 0,
-                    };
-                    act.send(&node, c, ctx);
+                        Verdict::Deny,
+                        node,
+                        request,
+                        DECIDE_TRIES,
+                        ctx,
+                    );
                 }
                 None => {
                     act.decide_here(&sid, guest, Verdict::Deny);
@@ -185,6 +200,83 @@ impl ClusterRegistry {
             }
             act.guest_gone_at_host(&sid, guest, GuestLeftReason::Timeout);
         }));
+    }
+
+    /// Tells guest `guest`'s node `node` of the host's decision (`Decide`);
+    /// returns the request and what fires when the node confirms.
+    fn tell_decision(
+        &mut self,
+        sid: &SessionId,
+        guest: GuestId,
+        verdict: Verdict,
+        node: &Arc<str>,
+        ctx: &mut Context<Self>,
+    ) -> (u64, oneshot::Receiver<()>) {
+        let request = self.next_request;
+        self.next_request += 1;
+        let (tx, rx) = oneshot::channel();
+        self.deciding.insert(request, tx);
+        let c = Control::Decide {
+            sid: sid.to_string(),
+            guest,
+            verdict,
+            request,
+        };
+        self.send(node, c, ctx);
+        (request, rx)
+    }
+
+    /// The guest's node has not confirmed decision `request` (its `Decide`
+    /// or our `Decided` lost, or the node slow): in [`DECIDE_AGAIN_EVERY`]
+    /// ask again if it still has not (its entry in `deciding` is still
+    /// there), `tries` times at most. A node that never confirms an
+    /// admission leaves a guest that never got its token: it ends
+    /// (`guest_left`, `timeout`), as a guest away too long does. (A node
+    /// that dies is reaped by its lease, and its guests with it.)
+    #[allow(clippy::too_many_arguments)]
+    fn ask_again(
+        &mut self,
+        sid: SessionId,
+        guest: GuestId,
+        verdict: Verdict,
+        node: Arc<str>,
+        request: u64,
+        tries: u32,
+        ctx: &mut Context<Self>,
+    ) {
+        ctx.run_later(DECIDE_AGAIN_EVERY, move |act, ctx| {
+            if !act.deciding.contains_key(&request) {
+                return; // confirmed
+            }
+            let still_here = act
+                .sessions
+                .get(&sid)
+                .filter(|l| l.hosts_room())
+                .and_then(|l| l.room())
+                .and_then(|r| r.guests.get(&guest))
+                .is_some_and(|g| *g.node == *node);
+            if verdict == Verdict::Admit && !still_here {
+                // It left, moved or ended meanwhile: its node answered that.
+                act.deciding.remove(&request);
+                return;
+            }
+            if tries == 0 {
+                act.deciding.remove(&request);
+                warn!(session = %sid, guest, node = %node, ?verdict, "the guest's node never confirmed the host's decision");
+                if verdict == Verdict::Admit {
+                    act.end_guest_at_host(sid, guest, "its node never confirmed its admission", ctx);
+                }
+                return;
+            }
+            let c = Control::Decide {
+                sid: sid.to_string(),
+                guest,
+                verdict,
+                request,
+            };
+            act.send(&node, c, ctx);
+            act.ask_again(sid, guest, verdict, node, request, tries - 1, ctx);
+        });
     }
 
     fn count_decision(&self, verdict: Verdict, sid: &SessionId, guest_id: GuestId) {
@@ -224,9 +316,15 @@ impl ClusterRegistry {
         match verdict {
             Verdict::Admit => {
                 let id = Arc::clone(&local.id);
+                let host_node = local.node_of(relay_protocol::Role::Mac).cloned();
                 let Some(g) = local.room_mut().and_then(|r| r.guests.get_mut(&guest)) else {
                     return false;
                 };
+                if g.admitted {
+                    // The host's node asked again (our answer was late or
+                    // lost): it has its `joined` already.
+                    return true;
+                }
                 let token = g.token.take().unwrap_or_default();
                 g.admitted = true;
                 let joined = ServerMessage::Joined {
@@ -239,6 +337,23 @@ impl ClusterRegistry {
                 }
                 if let Some(o) = &g.out {
                     o.admit();
+                }
+                if let (Some(p), Some(node), true) = (&g.to_guest, host_node, g.out_pipe.is_some())
+                {
+                    // The host elsewhere: its frames reach this guest from
+                    // now on, after `joined`. Those its node published
+                    // before (it goes ahead when this answer is slow or
+                    // lost) were dropped here; it holds them until we
+                    // acknowledge, so ask for them from the first.
+                    self.dir.set(&id, lane(guest, false), Some(p));
+                    self.bus.link(&node).control(Control::GuestResend {
+                        sid: id.to_string(),
+                        lane: crate::cluster::envelope::GuestLane {
+                            guest,
+                            to_host: false,
+                        },
+                        from: 1,
+                    });
                 }
             }
             Verdict::Deny | Verdict::Remove => {

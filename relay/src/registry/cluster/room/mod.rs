@@ -345,7 +345,12 @@ impl ClusterRegistry {
                 local.room = Some(Box::default());
             }
             local.set_node(relay_protocol::Role::Mac, Some(Arc::clone(&mac_node)));
-            self.dir.set(sid, lane(guest, false), Some(&to_guest));
+            // A guest still waiting hears nothing of the room: the host's
+            // frames reach its pipe only once it is admitted here
+            // (`decide_here`), whatever the host's node did meanwhile.
+            if admitted {
+                self.dir.set(sid, lane(guest, false), Some(&to_guest));
+            }
             self.dir.set(sid, lane(guest, true), Some(&out_pipe));
             let room = local.room_mut().ok_or(ErrorCode::InvalidCode)?;
             room.guests.insert(

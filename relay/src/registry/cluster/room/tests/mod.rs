@@ -591,6 +591,8 @@ async fn removal_during_traffic_and_guests_leaving() {
     .await;
 }
 
+mod grace;
 mod host;
+mod lost;
 mod resume;
 mod stall;
