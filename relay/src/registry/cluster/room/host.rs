@@ -20,8 +20,8 @@ use tracing::{info, warn};
 use super::super::{ClusterRegistry, HANDOVER_WAIT};
 use super::{lane, tag, unpaced};
 use crate::cluster::envelope::{Control, Verdict};
-use crate::cluster::store::{Decision, GuestAnswer};
-use crate::conns::ConnCommand;
+use crate::cluster::store::{Decision, GuestAnswer, Holder};
+use crate::conns::{ConnCommand, ConnId};
 use crate::pipe::Pipe;
 use crate::queue::EventEffect;
 use crate::registry::{Host, Refusal, RoomOp, SessionId};
@@ -36,6 +36,13 @@ const DECIDE_AGAIN_EVERY: Duration = Duration::from_secs(1);
 /// guest's node: 8 s past the first wait, four times what a live node
 /// needs to resubscribe.
 const DECIDE_TRIES: u32 = 8;
+
+/// How long past `RELAY_ADMIT_TIMEOUT` a guest's node waits for the host's
+/// answer before it denies a waiting guest itself: the host's node's first
+/// wait and every time it asks again, and a second to spare.
+const WAITING_SLACK: Duration = Duration::from_secs(
+    HANDOVER_WAIT.as_secs() + DECIDE_AGAIN_EVERY.as_secs() * (DECIDE_TRIES as u64 + 1),
+);
 
 /// Why a socket that holds no room here may not act on guests.
 const NOT_A_HOST: &str = "admit, deny and remove are for a room host (register with maxGuests).";
@@ -153,6 +160,69 @@ impl ClusterRegistry {
         ctx.run_later(self.settings.admit_timeout, move |act, ctx| {
             act.admit_timed_out(sid, guest, ctx);
         });
+    }
+
+    /// On a guest's node with the host elsewhere: guest `guest` (connection
+    /// `conn`) waits for the host. The host's node denies it after
+    /// `RELAY_ADMIT_TIMEOUT` and asks this node until it confirms; should
+    /// none of that reach this node (its subscription broke for longer, or
+    /// the host's node died), the guest is cut here once that time and the
+    /// asking are over ([`WAITING_SLACK`] later): ended in Redis (whatever
+    /// the host decided meanwhile: this guest never got its token), `DENIED`
+    /// as on one node, and the host's node told.
+    pub(in crate::registry::cluster) fn arm_wait_bound(
+        &self,
+        sid: &SessionId,
+        guest: GuestId,
+        conn: ConnId,
+        ctx: &mut Context<Self>,
+    ) {
+        let sid = Arc::clone(sid);
+        ctx.run_later(
+            self.settings.admit_timeout + WAITING_SLACK,
+            move |act, ctx| {
+                act.waited_too_long(sid, guest, conn, ctx);
+            },
+        );
+    }
+
+    fn waited_too_long(
+        &mut self,
+        sid: SessionId,
+        guest: GuestId,
+        conn: ConnId,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(local) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if local.hosts_room() {
+            return; // the host came here: its own timer answers
+        }
+        let Some(g) = local.room_mut().and_then(|r| r.guests.get_mut(&guest)) else {
+            return;
+        };
+        let same_conn = g
+            .here
+            .as_ref()
+            .and_then(|h| h.conn.as_ref())
+            .is_some_and(|(c, _)| *c == conn);
+        if g.admitted || !same_conn {
+            return;
+        }
+        warn!(session = %sid, guest, "no answer to a guest's join reached its node; denying it here");
+        if let Some((_, c)) = g.here.take().and_then(|h| h.conn) {
+            c.do_send(ConnCommand::Ended(ErrorCode::Denied));
+        }
+        let store = Arc::clone(&self.store);
+        let id = Arc::clone(&sid);
+        let end = async move { store.end_guest(&id, guest, Holder::Conn(conn)).await };
+        ctx.spawn(end.into_actor(self).map(move |res, act, ctx| {
+            if let Err(e) = &res {
+                warn!(session = %sid, guest, error = %e, "could not end the guest in Redis; ending it here");
+            }
+            act.guest_ended_here(&sid, guest, GuestLeftReason::Timeout, ctx);
+        }));
     }
 
     fn admit_timed_out(&mut self, sid: SessionId, guest: GuestId, ctx: &mut Context<Self>) {

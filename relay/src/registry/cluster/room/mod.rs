@@ -369,6 +369,9 @@ impl ClusterRegistry {
             if mac_state == SideState::Away {
                 local.tell_guest(guest, &ServerMessage::PeerDisconnected, EventEffect::None);
             }
+            if !admitted {
+                self.arm_wait_bound(sid, guest, msg.client.conn, ctx);
+            }
             self.send(
                 &mac_node,
                 Control::GuestJoined {

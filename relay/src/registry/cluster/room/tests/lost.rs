@@ -220,3 +220,33 @@ async fn a_guest_s_resume_that_misses_its_deadline_ends_when_its_grace_passes() 
     );
     assert_eq!(data(&stays.wait(2).await).len(), 2);
 }
+
+/// The host does not answer a join on another node in time, and its
+/// node's denial never reaches the guest's node: the host hears
+/// `guest_left` (`timeout`) once, and the guest's node, having waited out
+/// the admit timeout and the host's node's asking, denies the guest
+/// itself: nobody waits for an answer for ever.
+#[actix::test]
+async fn a_waiting_guest_whose_node_hears_no_answer_is_denied_there() {
+    let r = TestRedis::start().await;
+    let mut quick = settings();
+    quick.admit_timeout = Duration::from_millis(300);
+    let n1 = start_node_with(&r, "n1", quick.clone()).await;
+    let (n2, bus2) = start_node_with_bus(&r, "n2", quick).await;
+    let host = host_on(&n1, 1, AdmitMode::Ask).await;
+    let g = join(&n2, &host.reg.code, "unanswered").await.unwrap();
+    bus2.lose_controls(true);
+    wait_for("the host's timeout", || {
+        about(&host, g.id()) == ["guest_joined", "guest_left"]
+    })
+    .await;
+    assert!(g.client.ended().is_empty(), "its node heard nothing yet");
+    wait_long(
+        "the guest's node to deny it",
+        Duration::from_secs(20),
+        || g.client.ended() == [ErrorCode::Denied],
+    )
+    .await;
+    assert_eq!(about(&host, g.id()), ["guest_joined", "guest_left"]);
+    assert_eq!(g.seen().map(|s| data(&s).len()).unwrap_or(0), 0);
+}
