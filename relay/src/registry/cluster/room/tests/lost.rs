@@ -250,3 +250,46 @@ async fn a_waiting_guest_whose_node_hears_no_answer_is_denied_there() {
     assert_eq!(about(&host, g.id()), ["guest_joined", "guest_left"]);
     assert_eq!(g.seen().map(|s| data(&s).len()).unwrap_or(0), 0);
 }
+
+/// The host removes a guest whose node loses the `Decide`: the host's
+/// node reads on after its wait with the guest out of the room (its
+/// frames no longer sent to the guest, the guest's no longer taken), and
+/// once the node hears again the guest is cut with `REMOVED`.
+#[actix::test]
+async fn a_lost_remove_keeps_the_guest_out_and_cuts_it_once_heard() {
+    let r = TestRedis::start().await;
+    let n1 = start_node(&r, "n1").await;
+    let (n2, bus2) = start_node_with_bus(&r, "n2", settings()).await;
+    let host = host_on(&n1, 2, AdmitMode::Auto).await;
+    let g = join(&n2, &host.reg.code, "removed").await.unwrap();
+    let stays = join(&n2, &host.reg.code, "stays").await.unwrap();
+    host.wait(4).await;
+    bus2.lose_controls(true);
+    host.act(RoomOp::Remove, g.id()).await.unwrap();
+    assert_eq!(
+        about(&host, g.id()),
+        ["guest_joined", "guest_admitted", "guest_left"]
+    );
+    assert_eq!(host.send(bin("h", 0), Target::All), 1);
+    assert_eq!(data(&stays.wait(1).await), [(bin("h", 0), None)]);
+    // What the removed guest still sends is not taken, what stays's is.
+    g.send(bin("g", 0));
+    stays.send(bin("s", 0));
+    wait_for("the frame of the guest that stays", || {
+        data(&host.seen()).contains(&(bin("s", 0), Some(stays.id())))
+    })
+    .await;
+    assert!(g.client.ended().is_empty(), "its node has not heard yet");
+    bus2.lose_controls(false);
+    wait_for("the removed guest cut", || {
+        g.client.ended() == [ErrorCode::Removed]
+    })
+    .await;
+    assert!(
+        !data(&host.seen())
+            .iter()
+            .any(|(_, from)| *from == Some(g.id())),
+        "nothing of the removed guest reached the host"
+    );
+    assert_eq!(g.seen().map(|s| data(&s).len()).unwrap_or(0), 0);
+}
