@@ -318,15 +318,18 @@ impl ClusterRegistry {
             if !act.deciding.contains_key(&request) {
                 return; // confirmed
             }
-            let still_here = act
+            let still_there = act
                 .sessions
                 .get(&sid)
                 .filter(|l| l.hosts_room())
                 .and_then(|l| l.room())
                 .and_then(|r| r.guests.get(&guest))
-                .is_some_and(|g| *g.node == *node);
-            if verdict == Verdict::Admit && !still_here {
-                // It left, moved or ended meanwhile: its node answered that.
+                .is_some_and(|g| *g.node == *node && !g.away);
+            if verdict == Verdict::Admit && !still_there {
+                // It left, moved or ended meanwhile: its node answered
+                // that. Or it is away (its node died, say): whether it got
+                // its token died with that node, so its grace period
+                // decides, as for any guest away.
                 act.deciding.remove(&request);
                 return;
             }

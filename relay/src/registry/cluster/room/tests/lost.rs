@@ -8,6 +8,7 @@ use relay_protocol::{AdmitMode, Role};
 
 use super::*;
 use crate::cluster::bus::Bus;
+use crate::cluster::lease::Lease;
 use crate::registry::{RegistrySettings, Resume};
 
 /// Starts the registry of `node` with `settings`, keeping its bus (to make
@@ -17,17 +18,23 @@ async fn start_node_with_bus(
     node: &str,
     settings: RegistrySettings,
 ) -> (Addr<ClusterRegistry>, Arc<Bus>) {
-    let metrics = Arc::new(Metrics::new(node).unwrap());
-    let (addr, bus, lease) = ClusterRegistry::start(
-        settings,
-        metrics,
-        Arc::from(node),
-        r.redis(),
-        Duration::from_secs(30),
-    );
+    let (addr, bus, lease) = start_node_full(r, node, settings, Duration::from_secs(30)).await;
     std::mem::forget(lease);
-    wait_for("the subscription to deliver", || bus.is_listening()).await;
     (addr, bus)
+}
+
+/// As [`start_node_with_bus`], with a lease of `ttl`, kept (to give it up).
+async fn start_node_full(
+    r: &TestRedis,
+    node: &str,
+    settings: RegistrySettings,
+    ttl: Duration,
+) -> (Addr<ClusterRegistry>, Arc<Bus>, Lease) {
+    let metrics = Arc::new(Metrics::new(node).unwrap());
+    let (addr, bus, lease) =
+        ClusterRegistry::start(settings, metrics, Arc::from(node), r.redis(), ttl);
+    wait_for("the subscription to deliver", || bus.is_listening()).await;
+    (addr, bus, lease)
 }
 
 /// Waits until `f` holds, for up to `within` (a test of the relay's own
@@ -292,4 +299,37 @@ async fn a_lost_remove_keeps_the_guest_out_and_cuts_it_once_heard() {
         "nothing of the removed guest reached the host"
     );
     assert_eq!(g.seen().map(|s| data(&s).len()).unwrap_or(0), 0);
+}
+
+/// The guest's node dies (deaf, then its lease gone) before it confirms
+/// the host's admission: once the node is reaped the host hears the guest
+/// away, as for any guest of a dead node (whether it got its token died
+/// with the node), and gone (`guest_left`, `timeout`) when its grace
+/// period passes.
+#[actix::test]
+async fn a_guest_whose_node_dies_before_confirming_its_admission_is_away_then_gone() {
+    let r = TestRedis::start().await;
+    let mut short = settings();
+    short.grace = Duration::from_secs(1);
+    let ttl = Duration::from_secs(2);
+    let (n1, _, _l1) = start_node_full(&r, "n1", short.clone(), ttl).await;
+    let (n2, bus2, lease2) = start_node_full(&r, "n2", short, ttl).await;
+    let host = host_on(&n1, 2, AdmitMode::Ask).await;
+    let g = join(&n2, &host.reg.code, "doomed").await.unwrap();
+    host.wait(1).await;
+    bus2.lose_controls(true);
+    host.act(RoomOp::Admit, g.id()).await.unwrap();
+    lease2.give_up().await;
+    wait_long("guest_left", Duration::from_secs(20), || {
+        about(&host, g.id()).len() == 4
+    })
+    .await;
+    assert_eq!(
+        about(&host, g.id()),
+        ["guest_joined", "guest_admitted", "guest_away", "guest_left"]
+    );
+    let left = events(&host.seen()).pop().unwrap();
+    assert_eq!(left["reason"], "timeout");
+    assert_eq!(host.send(bin("h", 0), Target::All), 0);
+    drop(n2);
 }
