@@ -3,46 +3,27 @@
 //! itself, or its node with `Decide`), and the host's socket reads on only
 //! once that node confirmed: no frame it sends after a `remove` reaches the
 //! removed guest, and none after an `admit` overtakes the guest's `joined`.
-//! A node that does not confirm within `HANDOVER_WAIT` is asked again, a
-//! bounded number of times, while the host reads on; a waiting guest's
-//! node takes no frame of the room for it before the admission reaches it
+//! A node that does not confirm within `HANDOVER_WAIT` is asked again
+//! while the host reads on (`confirm`); a waiting guest's node takes no
+//! frame of the room for it before the admission reaches it
 //! (`decide_here`), so a guest never hears a room it is not in.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use bytestring::ByteString;
 use relay_protocol::{ErrorCode, GuestId, GuestLeftReason, ServerMessage};
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::super::{ClusterRegistry, HANDOVER_WAIT};
+use super::confirm::DECIDE_TRIES;
 use super::{lane, tag, unpaced};
 use crate::cluster::envelope::{Control, Verdict};
-use crate::cluster::store::{Decision, GuestAnswer, Holder};
-use crate::conns::{ConnCommand, ConnId};
+use crate::cluster::store::{Decision, GuestAnswer};
+use crate::conns::ConnCommand;
 use crate::pipe::Pipe;
 use crate::queue::EventEffect;
 use crate::registry::{Host, Refusal, RoomOp, SessionId};
-
-/// How long the host's node waits, past the first [`HANDOVER_WAIT`], before
-/// it asks a guest's node again about a decision it has not confirmed: a
-/// message lost on pub/sub is lost for good, and a node whose subscription
-/// broke takes about two probes (2 s) to listen again.
-const DECIDE_AGAIN_EVERY: Duration = Duration::from_secs(1);
-
-/// How many times the host's node asks again before it gives up on a
-/// guest's node: 8 s past the first wait, four times what a live node
-/// needs to resubscribe.
-const DECIDE_TRIES: u32 = 8;
-
-/// How long past `RELAY_ADMIT_TIMEOUT` a guest's node waits for the host's
-/// answer before it denies a waiting guest itself: the host's node's first
-/// wait and every time it asks again, and a second to spare.
-const WAITING_SLACK: Duration = Duration::from_secs(
-    HANDOVER_WAIT.as_secs() + DECIDE_AGAIN_EVERY.as_secs() * (DECIDE_TRIES as u64 + 1),
-);
 
 /// Why a socket that holds no room here may not act on guests.
 const NOT_A_HOST: &str = "admit, deny and remove are for a room host (register with maxGuests).";
@@ -129,7 +110,9 @@ impl Handler<Host> for ClusterRegistry {
                     Box::pin(wait.into_actor(act).map(move |res, act, ctx| {
                         // Not confirmed: its entry is still there (a late
                         // `Decided` removes it).
-                        if !matches!(res, Ok(Ok(_))) && act.deciding.contains_key(&request) {
+                        let unconfirmed =
+                            !matches!(res, Ok(Ok(_))) && act.deciding.contains_key(&request);
+                        if unconfirmed {
                             // Decided in Redis all the same, so the host
                             // reads on as if confirmed: its frames for an
                             // admitted guest are held here until the
@@ -139,6 +122,9 @@ impl Handler<Host> for ClusterRegistry {
                             act.ask_again(session_id.clone(), guest_id, verdict, node.clone(), request, DECIDE_TRIES, ctx);
                         }
                         act.decided_at_host(&session_id, guest_id, verdict, Some(node));
+                        if unconfirmed && verdict == Verdict::Admit {
+                            act.hold_unconfirmed(&session_id, guest_id);
+                        }
                         Ok(())
                     }))
                 }),
@@ -160,69 +146,6 @@ impl ClusterRegistry {
         ctx.run_later(self.settings.admit_timeout, move |act, ctx| {
             act.admit_timed_out(sid, guest, ctx);
         });
-    }
-
-    /// On a guest's node with the host elsewhere: guest `guest` (connection
-    /// `conn`) waits for the host. The host's node denies it after
-    /// `RELAY_ADMIT_TIMEOUT` and asks this node until it confirms; should
-    /// none of that reach this node (its subscription broke for longer, or
-    /// the host's node died), the guest is cut here once that time and the
-    /// asking are over ([`WAITING_SLACK`] later): ended in Redis (whatever
-    /// the host decided meanwhile: this guest never got its token), `DENIED`
-    /// as on one node, and the host's node told.
-    pub(in crate::registry::cluster) fn arm_wait_bound(
-        &self,
-        sid: &SessionId,
-        guest: GuestId,
-        conn: ConnId,
-        ctx: &mut Context<Self>,
-    ) {
-        let sid = Arc::clone(sid);
-        ctx.run_later(
-            self.settings.admit_timeout + WAITING_SLACK,
-            move |act, ctx| {
-                act.waited_too_long(sid, guest, conn, ctx);
-            },
-        );
-    }
-
-    fn waited_too_long(
-        &mut self,
-        sid: SessionId,
-        guest: GuestId,
-        conn: ConnId,
-        ctx: &mut Context<Self>,
-    ) {
-        let Some(local) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        if local.hosts_room() {
-            return; // the host came here: its own timer answers
-        }
-        let Some(g) = local.room_mut().and_then(|r| r.guests.get_mut(&guest)) else {
-            return;
-        };
-        let same_conn = g
-            .here
-            .as_ref()
-            .and_then(|h| h.conn.as_ref())
-            .is_some_and(|(c, _)| *c == conn);
-        if g.admitted || !same_conn {
-            return;
-        }
-        warn!(session = %sid, guest, "no answer to a guest's join reached its node; denying it here");
-        if let Some((_, c)) = g.here.take().and_then(|h| h.conn) {
-            c.do_send(ConnCommand::Ended(ErrorCode::Denied));
-        }
-        let store = Arc::clone(&self.store);
-        let id = Arc::clone(&sid);
-        let end = async move { store.end_guest(&id, guest, Holder::Conn(conn)).await };
-        ctx.spawn(end.into_actor(self).map(move |res, act, ctx| {
-            if let Err(e) = &res {
-                warn!(session = %sid, guest, error = %e, "could not end the guest in Redis; ending it here");
-            }
-            act.guest_ended_here(&sid, guest, GuestLeftReason::Timeout, ctx);
-        }));
     }
 
     fn admit_timed_out(&mut self, sid: SessionId, guest: GuestId, ctx: &mut Context<Self>) {
@@ -270,86 +193,6 @@ impl ClusterRegistry {
             }
             act.guest_gone_at_host(&sid, guest, GuestLeftReason::Timeout);
         }));
-    }
-
-    /// Tells guest `guest`'s node `node` of the host's decision (`Decide`);
-    /// returns the request and what fires when the node confirms.
-    fn tell_decision(
-        &mut self,
-        sid: &SessionId,
-        guest: GuestId,
-        verdict: Verdict,
-        node: &Arc<str>,
-        ctx: &mut Context<Self>,
-    ) -> (u64, oneshot::Receiver<()>) {
-        let request = self.next_request;
-        self.next_request += 1;
-        let (tx, rx) = oneshot::channel();
-        self.deciding.insert(request, tx);
-        let c = Control::Decide {
-            sid: sid.to_string(),
-            guest,
-            verdict,
-            request,
-        };
-        self.send(node, c, ctx);
-        (request, rx)
-    }
-
-    /// The guest's node has not confirmed decision `request` (its `Decide`
-    /// or our `Decided` lost, or the node slow): in [`DECIDE_AGAIN_EVERY`]
-    /// ask again if it still has not (its entry in `deciding` is still
-    /// there), `tries` times at most. A node that never confirms an
-    /// admission leaves a guest that never got its token: it ends
-    /// (`guest_left`, `timeout`), as a guest away too long does. (A node
-    /// that dies is reaped by its lease, and its guests with it.)
-    #[allow(clippy::too_many_arguments)]
-    fn ask_again(
-        &mut self,
-        sid: SessionId,
-        guest: GuestId,
-        verdict: Verdict,
-        node: Arc<str>,
-        request: u64,
-        tries: u32,
-        ctx: &mut Context<Self>,
-    ) {
-        ctx.run_later(DECIDE_AGAIN_EVERY, move |act, ctx| {
-            if !act.deciding.contains_key(&request) {
-                return; // confirmed
-            }
-            let still_there = act
-                .sessions
-                .get(&sid)
-                .filter(|l| l.hosts_room())
-                .and_then(|l| l.room())
-                .and_then(|r| r.guests.get(&guest))
-                .is_some_and(|g| *g.node == *node && !g.away);
-            if verdict == Verdict::Admit && !still_there {
-                // It left, moved or ended meanwhile: its node answered
-                // that. Or it is away (its node died, say): whether it got
-                // its token died with that node, so its grace period
-                // decides, as for any guest away.
-                act.deciding.remove(&request);
-                return;
-            }
-            if tries == 0 {
-                act.deciding.remove(&request);
-                warn!(session = %sid, guest, node = %node, ?verdict, "the guest's node never confirmed the host's decision");
-                if verdict == Verdict::Admit {
-                    act.end_guest_at_host(sid, guest, "its node never confirmed its admission", ctx);
-                }
-                return;
-            }
-            let c = Control::Decide {
-                sid: sid.to_string(),
-                guest,
-                verdict,
-                request,
-            };
-            act.send(&node, c, ctx);
-            act.ask_again(sid, guest, verdict, node, request, tries - 1, ctx);
-        });
     }
 
     fn count_decision(&self, verdict: Verdict, sid: &SessionId, guest_id: GuestId) {

@@ -15,6 +15,7 @@
 //! way to the host is a `GuestOut` over a pipe sending there by the lane
 //! `(guest, to host)`, admitted only once the host's node says so.
 
+mod confirm;
 mod gone;
 mod host;
 mod host_move;

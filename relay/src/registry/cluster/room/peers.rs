@@ -61,9 +61,17 @@ impl ClusterRegistry {
                     debug!(session = %id, guest, "decision for a guest not held here");
                 }
             }
-            Control::Decided { request, .. } => {
+            Control::Decided {
+                sid,
+                guest,
+                request,
+                ..
+            } => {
                 if let Some(tx) = self.deciding.remove(&request) {
-                    let _ = tx.send(());
+                    if tx.send(()).is_err() {
+                        // Nobody waits any more: the host's node went on.
+                        self.confirmed_late(&Arc::from(sid.as_str()), guest);
+                    }
                 }
             }
             Control::GuestAway { sid, guest } => {

@@ -333,3 +333,32 @@ async fn a_guest_whose_node_dies_before_confirming_its_admission_is_away_then_go
     assert_eq!(host.send(bin("h", 0), Target::All), 0);
     drop(n2);
 }
+
+/// While a guest's node has not confirmed its admission, the host's frames
+/// for it are held within the away limits (1 MiB here): a host that sends
+/// more meanwhile ends the guest (`guest_left`, `timeout`) at once, as one
+/// away too long, and is never paused by it.
+#[actix::test]
+async fn frames_held_for_an_unconfirmed_guest_are_bounded() {
+    let r = TestRedis::start().await;
+    let n1 = start_node(&r, "n1").await;
+    let (n2, bus2) = start_node_with_bus(&r, "n2", settings()).await;
+    let host = host_on(&n1, 2, AdmitMode::Ask).await;
+    let g = join(&n2, &host.reg.code, "unconfirmed").await.unwrap();
+    host.wait(1).await;
+    bus2.lose_controls(true);
+    host.act(RoomOp::Admit, g.id()).await.unwrap();
+    let mut sent = 0;
+    while host.send(Frame::Binary(Bytes::from(vec![7u8; 100_000])), Target::All) == 1 {
+        sent += 1;
+        assert!(sent <= 11, "more than 1 MiB held for a guest not in");
+    }
+    wait_for("guest_left", || about(&host, g.id()).len() == 3).await;
+    assert_eq!(
+        about(&host, g.id()),
+        ["guest_joined", "guest_admitted", "guest_left"]
+    );
+    assert_eq!(events(&host.seen()).pop().unwrap()["reason"], "timeout");
+    assert!(!host.gate.is_closed());
+    assert_eq!(g.seen(), Some(vec![]));
+}
