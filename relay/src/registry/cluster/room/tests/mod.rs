@@ -591,8 +591,10 @@ async fn removal_during_traffic_and_guests_leaving() {
     .await;
 }
 
-mod grace;
 mod host;
-mod lost;
 mod resume;
 mod stall;
+
+// A guest's absence bounds, and messages lost between nodes.
+mod grace;
+mod lost;
