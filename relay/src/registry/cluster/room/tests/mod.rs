@@ -595,6 +595,5 @@ mod host;
 mod resume;
 mod stall;
 
-// A guest's absence bounds, and messages lost between nodes.
 mod grace;
 mod lost;
