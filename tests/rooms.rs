@@ -413,6 +413,27 @@ async fn a_host_that_never_answers_is_taken_for_a_no() {
 }
 
 #[tokio::test]
+async fn a_guest_away_past_its_grace_period_is_gone_for_good() {
+    let relay = Relay::start(&[("RELAY_GRACE", "300ms")]);
+    let mut h = host(&relay, 2, "auto").await;
+    let g = join_auto(&relay, &mut h, "leaves").await;
+    let mut stays = join_auto(&relay, &mut h, "stays").await;
+    g.ws.drop_connection();
+    let away = h.ws.expect("guest_away").await;
+    assert_eq!(away["guestId"].as_u64(), Some(g.id));
+    let left = h.ws.expect("guest_left").await;
+    assert_eq!(
+        (left["guestId"].as_u64(), left["reason"].as_str()),
+        (Some(g.id), Some("timeout"))
+    );
+    let mut again = relay.browser().await;
+    again.json(resume_msg(&h.session_id, &g.token, 0)).await;
+    again.expect_error("RESUME_EXPIRED").await;
+    h.ws.binary(vec![7]).await;
+    assert_eq!(stays.ws.recv().await, Got::Binary(vec![7]));
+}
+
+#[tokio::test]
 async fn a_target_the_relay_cannot_take_never_sends_to_another_guest() {
     // Two control messages a second: `to` must not be held to it.
     let relay = Relay::start(&[("RELAY_MESSAGE_RATE", "2")]);

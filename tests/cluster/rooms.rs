@@ -360,6 +360,74 @@ async fn guests_elsewhere_hear_their_host_away_when_its_node_dies() {
     }
 }
 
+/// Guests that drop and stay away past their grace period (1 s here),
+/// one on another node and one on the host's: the host hears each away,
+/// then gone (`guest_left`, `timeout`), and neither token resumes on any
+/// node; the host's frames then go to the guest that stayed only.
+#[tokio::test]
+async fn guests_away_past_their_grace_period_end_on_every_node() {
+    let c = Cluster::start(3, &[("RELAY_GRACE", "1s")]);
+    let mut host = c.node(1).mac().await;
+    host.json(json!({"type": "register", "maxGuests": 3, "admit": "auto"}))
+        .await;
+    let r = host.expect("registered").await;
+    let code = r["code"].as_str().unwrap().to_owned();
+    let sid = r["sessionId"].as_str().unwrap().to_owned();
+    let mut guests = Vec::new();
+    for n in [2, 1, 3] {
+        let mut g = c.node(n).browser().await;
+        g.json(json!({"type": "join", "code": code})).await;
+        let j = g.expect("joined").await;
+        host.expect("guest_joined").await;
+        host.expect("guest_admitted").await;
+        guests.push((
+            g,
+            j["guestId"].as_u64().unwrap(),
+            j["resumeToken"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (mut stays, _, _) = guests.pop().unwrap();
+    let mut gone = Vec::new();
+    for (g, id, token) in guests {
+        g.drop_connection();
+        gone.push((id, token));
+    }
+    // Each is away, then left with `timeout`, in that order per guest.
+    let mut heard: Vec<(u64, String, Value)> = Vec::new();
+    while heard.len() < 4 {
+        let v = host.recv_json().await;
+        heard.push((
+            v["guestId"].as_u64().unwrap(),
+            v["type"].as_str().unwrap().to_owned(),
+            v["reason"].clone(),
+        ));
+    }
+    for (id, _) in &gone {
+        let about: Vec<(&str, &Value)> = heard
+            .iter()
+            .filter(|(g, _, _)| g == id)
+            .map(|(_, t, r)| (t.as_str(), r))
+            .collect();
+        assert_eq!(
+            about,
+            [
+                ("guest_away", &Value::Null),
+                ("guest_left", &json!("timeout"))
+            ],
+            "guest {id}"
+        );
+    }
+    for (_, token) in &gone {
+        for n in 1..=3 {
+            let mut again = Ws::connect(&c.node(n).url("/browser")).await;
+            again.json(resume_msg(&sid, token, 0)).await;
+            again.expect_error("RESUME_EXPIRED").await;
+        }
+    }
+    host.binary(bytes(1)).await;
+    assert_eq!(stays.recv().await, Got::Binary(bytes(1)));
+}
+
 #[tokio::test]
 async fn a_mac_s_resume_with_guest_seqs_on_another_node_is_a_plain_resume() {
     let c = Cluster::start(3, &[]);

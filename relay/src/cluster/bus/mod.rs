@@ -58,6 +58,10 @@ pub struct Bus {
     probe_sent: AtomicU64,
     probe_seen: AtomicU64,
     resubscribe: Notify,
+    /// Tests: control messages that arrive are dropped, as if lost on the
+    /// way (see [`Bus::lose_controls`]).
+    #[cfg(test)]
+    losing_controls: AtomicBool,
 }
 
 impl Bus {
@@ -86,6 +90,8 @@ impl Bus {
             probe_sent: AtomicU64::new(0),
             probe_seen: AtomicU64::new(0),
             resubscribe: Notify::new(),
+            #[cfg(test)]
+            losing_controls: AtomicBool::new(false),
         })
     }
 
@@ -140,6 +146,24 @@ impl Bus {
         let metrics = Arc::new(Metrics::new(node).expect("metrics"));
         let bus = Self::unstarted(Arc::from(node), metrics);
         (Arc::clone(&bus), Detached { bus, start: 0 })
+    }
+
+    /// Tests: while `lose` holds, every control message that arrives is
+    /// dropped before the registry sees it (frames still go through), as
+    /// when pub/sub loses a message.
+    #[cfg(test)]
+    pub fn lose_controls(&self, lose: bool) {
+        self.losing_controls.store(lose, Ordering::Relaxed);
+    }
+
+    /// Whether `env`, arrived, is to be dropped (see [`Bus::lose_controls`]).
+    fn loses(&self, env: &Envelope) -> bool {
+        #[cfg(test)]
+        if self.losing_controls.load(Ordering::Relaxed) {
+            return matches!(env, Envelope::Control(_));
+        }
+        let _ = env;
+        false
     }
 
     /// The metrics this bus counts in.

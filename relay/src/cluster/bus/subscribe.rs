@@ -81,7 +81,7 @@ impl Bus {
                             if let Envelope::Probe { nonce } = env {
                                 self.probe_seen.fetch_max(nonce, Ordering::Relaxed);
                                 self.listening.store(true, Ordering::Relaxed);
-                            } else {
+                            } else if !self.loses(&env) {
                                 dispatch(env);
                             }
                         }

@@ -102,7 +102,19 @@ impl ClusterRegistry {
         guest: GuestId,
         ctx: &mut Context<Self>,
     ) {
-        warn!(session = %id, guest, "a guest's resume buffer overflowed; ending it");
+        self.end_guest_at_host(id, guest, "its resume buffer overflowed", ctx);
+    }
+
+    /// On the host's node: guest `guest` ends (`why`): in Redis, at its
+    /// node (which forgets it), and for the host (`guest_left`, `timeout`).
+    pub(in crate::registry::cluster) fn end_guest_at_host(
+        &mut self,
+        id: SessionId,
+        guest: GuestId,
+        why: &'static str,
+        ctx: &mut Context<Self>,
+    ) {
+        warn!(session = %id, guest, why, "ending a guest");
         let store = Arc::clone(&self.store);
         let sid = Arc::clone(&id);
         let end = async move { store.end_guest(&sid, guest, Holder::Any).await };

@@ -3,16 +3,20 @@
 //! itself, or its node with `Decide`), and the host's socket reads on only
 //! once that node confirmed: no frame it sends after a `remove` reaches the
 //! removed guest, and none after an `admit` overtakes the guest's `joined`.
+//! A node that does not confirm within `HANDOVER_WAIT` is asked again
+//! while the host reads on (`confirm`); a waiting guest's node takes no
+//! frame of the room for it before the admission reaches it
+//! (`decide_here`), so a guest never hears a room it is not in.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 use bytestring::ByteString;
 use relay_protocol::{ErrorCode, GuestId, GuestLeftReason, ServerMessage};
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::super::{ClusterRegistry, HANDOVER_WAIT};
+use super::confirm::DECIDE_TRIES;
 use super::{lane, tag, unpaced};
 use crate::cluster::envelope::{Control, Verdict};
 use crate::cluster::store::{Decision, GuestAnswer};
@@ -101,26 +105,26 @@ impl Handler<Host> for ClusterRegistry {
                         act.decided_at_host(&session_id, guest_id, verdict, None);
                         return ready(Ok(()));
                     };
-                    let request = act.next_request;
-                    act.next_request += 1;
-                    let (tx, rx) = oneshot::channel();
-                    act.deciding.insert(request, tx);
-                    let c = Control::Decide {
-                        sid: session_id.to_string(),
-                        guest: guest_id,
-                        verdict,
-                        request,
-                    };
-                    act.send(&node, c, ctx);
+                    let (request, rx) = act.tell_decision(&session_id, guest_id, verdict, &node, ctx);
                     let wait = async move { tokio::time::timeout(HANDOVER_WAIT, rx).await };
-                    Box::pin(wait.into_actor(act).map(move |res, act, _| {
-                        act.deciding.remove(&request);
-                        if !matches!(res, Ok(Ok(_))) {
-                            // Decided in Redis all the same: the guest's
-                            // node acts on it when the message arrives.
-                            warn!(session = %session_id, guest_id, node = %node, "the guest's node did not confirm in time");
+                    Box::pin(wait.into_actor(act).map(move |res, act, ctx| {
+                        // Not confirmed: its entry is still there (a late
+                        // `Decided` removes it).
+                        let unconfirmed =
+                            !matches!(res, Ok(Ok(_))) && act.deciding.contains_key(&request);
+                        if unconfirmed {
+                            // Decided in Redis all the same, so the host
+                            // reads on as if confirmed: its frames for an
+                            // admitted guest are held here until the
+                            // guest's node, asked again, takes them after
+                            // `joined` (docs/protocol-notes.md, Rooms).
+                            warn!(session = %session_id, guest_id, node = %node, "the guest's node did not confirm in time; asking again");
+                            act.ask_again(session_id.clone(), guest_id, verdict, node.clone(), request, DECIDE_TRIES, ctx);
                         }
                         act.decided_at_host(&session_id, guest_id, verdict, Some(node));
+                        if unconfirmed && verdict == Verdict::Admit {
+                            act.hold_unconfirmed(&session_id, guest_id);
+                        }
                         Ok(())
                     }))
                 }),
@@ -170,14 +174,18 @@ impl ClusterRegistry {
             info!(session = %sid, guest, "host did not answer a join in time");
             match at.node.filter(|n| **n != *act.node) {
                 Some(node) => {
-                    let c = Control::Decide {
-                        sid: sid.to_string(),
+                    // No host waits for the answer, but the guest must
+                    // hear it: asked again until its node confirms.
+                    let (request, _) = act.tell_decision(&sid, guest, Verdict::Deny, &node, ctx);
+                    act.ask_again(
+                        Arc::clone(&sid),
                         guest,
-                        verdict: Verdict::Deny,
-                        // No host waits for the answer.
-                        request: 0,
-                    };
-                    act.send(&node, c, ctx);
+                        Verdict::Deny,
+                        node,
+                        request,
+                        DECIDE_TRIES,
+                        ctx,
+                    );
                 }
                 None => {
                     act.decide_here(&sid, guest, Verdict::Deny);
@@ -224,9 +232,15 @@ impl ClusterRegistry {
         match verdict {
             Verdict::Admit => {
                 let id = Arc::clone(&local.id);
+                let host_node = local.node_of(relay_protocol::Role::Mac).cloned();
                 let Some(g) = local.room_mut().and_then(|r| r.guests.get_mut(&guest)) else {
                     return false;
                 };
+                if g.admitted {
+                    // The host's node asked again (our answer was late or
+                    // lost): it has its `joined` already.
+                    return true;
+                }
                 let token = g.token.take().unwrap_or_default();
                 g.admitted = true;
                 let joined = ServerMessage::Joined {
@@ -239,6 +253,23 @@ impl ClusterRegistry {
                 }
                 if let Some(o) = &g.out {
                     o.admit();
+                }
+                if let (Some(p), Some(node), true) = (&g.to_guest, host_node, g.out_pipe.is_some())
+                {
+                    // The host elsewhere: its frames reach this guest from
+                    // now on, after `joined`. Those its node published
+                    // before (it goes ahead when this answer is slow or
+                    // lost) were dropped here; it holds them until we
+                    // acknowledge, so ask for them from the first.
+                    self.dir.set(&id, lane(guest, false), Some(p));
+                    self.bus.link(&node).control(Control::GuestResend {
+                        sid: id.to_string(),
+                        lane: crate::cluster::envelope::GuestLane {
+                            guest,
+                            to_host: false,
+                        },
+                        from: 1,
+                    });
                 }
             }
             Verdict::Deny | Verdict::Remove => {

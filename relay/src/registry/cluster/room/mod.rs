@@ -15,6 +15,7 @@
 //! way to the host is a `GuestOut` over a pipe sending there by the lane
 //! `(guest, to host)`, admitted only once the host's node says so.
 
+mod confirm;
 mod gone;
 mod host;
 mod host_move;
@@ -345,7 +346,12 @@ impl ClusterRegistry {
                 local.room = Some(Box::default());
             }
             local.set_node(relay_protocol::Role::Mac, Some(Arc::clone(&mac_node)));
-            self.dir.set(sid, lane(guest, false), Some(&to_guest));
+            // A guest still waiting hears nothing of the room: the host's
+            // frames reach its pipe only once it is admitted here
+            // (`decide_here`), whatever the host's node did meanwhile.
+            if admitted {
+                self.dir.set(sid, lane(guest, false), Some(&to_guest));
+            }
             self.dir.set(sid, lane(guest, true), Some(&out_pipe));
             let room = local.room_mut().ok_or(ErrorCode::InvalidCode)?;
             room.guests.insert(
@@ -363,6 +369,9 @@ impl ClusterRegistry {
             );
             if mac_state == SideState::Away {
                 local.tell_guest(guest, &ServerMessage::PeerDisconnected, EventEffect::None);
+            }
+            if !admitted {
+                self.arm_wait_bound(sid, guest, msg.client.conn, ctx);
             }
             self.send(
                 &mac_node,

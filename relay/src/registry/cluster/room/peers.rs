@@ -61,9 +61,17 @@ impl ClusterRegistry {
                     debug!(session = %id, guest, "decision for a guest not held here");
                 }
             }
-            Control::Decided { request, .. } => {
+            Control::Decided {
+                sid,
+                guest,
+                request,
+                ..
+            } => {
                 if let Some(tx) = self.deciding.remove(&request) {
-                    let _ = tx.send(());
+                    if tx.send(()).is_err() {
+                        // Nobody waits any more: the host's node went on.
+                        self.confirmed_late(&Arc::from(sid.as_str()), guest);
+                    }
                 }
             }
             Control::GuestAway { sid, guest } => {
@@ -91,7 +99,17 @@ impl ClusterRegistry {
                 if self.sessions.get(&id).is_some_and(|l| l.hosts_room()) {
                     self.guest_gone_at_host(&id, guest, reason);
                 } else if let Some(local) = self.sessions.get_mut(&id) {
-                    // Its grace period passed: nothing of it stays here.
+                    // Its grace period passed (nothing of it stays here), or
+                    // the host's node gave up on confirming its admission:
+                    // a guest still waiting here never got in, and is cut
+                    // as a host that never answers cuts it.
+                    if let Some(g) = local.room_mut().and_then(|r| r.guests.get_mut(&guest)) {
+                        if !g.admitted {
+                            if let Some((_, c)) = g.here.take().and_then(|h| h.conn) {
+                                c.do_send(ConnCommand::Ended(relay_protocol::ErrorCode::Denied));
+                            }
+                        }
+                    }
                     local.drop_guest(&self.dir, guest);
                     self.forget_if_empty(&id);
                 }

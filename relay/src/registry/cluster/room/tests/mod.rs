@@ -594,3 +594,6 @@ async fn removal_during_traffic_and_guests_leaving() {
 mod host;
 mod resume;
 mod stall;
+
+mod grace;
+mod lost;
