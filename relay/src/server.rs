@@ -227,6 +227,9 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
     // Not actix-web's `HttpServer`: it has no way to take a connection over
     // after an upgrade, which is what keeps an idle WebSocket small (see
     // docs/design.md, "The edge"). The same pieces, put together here.
+    // The upgrade's future is boxed: actix-http keeps it inline in every
+    // connection's dispatcher, where it would cost each HTTP request
+    // waiting on the connection its size (docs/design.md, "The HTTP edge").
     macro_rules! http {
         () => {
             HttpService::build()
@@ -248,7 +251,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
             let edge = Arc::clone(&edge);
             http!()
                 .upgrade(fn_service(move |(req, framed)| {
-                    take_over(Arc::clone(&edge), req, framed)
+                    Box::pin(take_over(Arc::clone(&edge), req, framed))
                 }))
                 .finish(app_service(app()))
                 .tcp()
@@ -260,7 +263,7 @@ pub fn start(config: Config) -> anyhow::Result<Node> {
                 let edge = Arc::clone(&edge);
                 http!()
                     .upgrade(fn_service(move |(req, framed)| {
-                        take_over(Arc::clone(&edge), req, framed)
+                        Box::pin(take_over(Arc::clone(&edge), req, framed))
                     }))
                     .finish(app_service(app()))
                     .rustls_0_23_with_config(

@@ -164,19 +164,24 @@ export class HttpSocket {
     return new URL(path, this.env.base).href;
   }
 
-  /** A POST with a timeout (none for a stream, whose chunks are timed). */
-  async post(path, body, timeout = REQUEST_TIMEOUT) {
+  /**
+   * A POST with a timeout (none for a stream, whose chunks are timed). With
+   * `read`, the timeout also covers reading the answer: `read(res)` is what
+   * it returns (a poll's head comes at once, its items when there are some).
+   */
+  async post(path, body, timeout = REQUEST_TIMEOUT, read = null) {
     const abort = new AbortController();
     this.aborts.add(abort);
     const timer = timeout ? this.env.setTimeout(() => abort.abort(), timeout) : null;
     try {
-      return await this.env.fetch(this.url(path), {
+      const res = await this.env.fetch(this.url(path), {
         method: 'POST',
         headers: { 'Content-Type': 'application/json', ...(this.cid ? { 'Relay-Connection': this.cid } : {}) },
         body,
         cache: 'no-store',
         signal: abort.signal,
       });
+      return read ? await read(res) : res;
     } finally {
       if (timer !== null) this.env.clearTimeout(timer);
       this.aborts.delete(abort);
@@ -307,9 +312,11 @@ export class HttpSocket {
 
   /** 'again', a close code, or null (retry). */
   async poll() {
-    const res = await this.post('http/receive', JSON.stringify({ after: this.after, mode: 'poll' }));
-    if (res.status !== 200) return this.refused(res);
-    const items = await res.json();
+    const asked = JSON.stringify({ after: this.after, mode: 'poll' });
+    const { res, items } = await this.post('http/receive', asked, REQUEST_TIMEOUT, async (res) =>
+      res.status === 200 ? { res, items: await res.json() } : { res, items: null },
+    );
+    if (items === null) return this.refused(res);
     for (const item of items) {
       if (this.deliver(item)) return 'closed';
     }

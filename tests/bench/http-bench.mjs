@@ -7,7 +7,8 @@
 //
 // Usage: node http-bench.mjs HOST:PORT RELAY_PID [frames] [size] [idle] [OTHER_HOST:PORT]
 // Prints one JSON object. With PHASE=idle-websocket or PHASE=idle-http in
-// the environment it measures only that client's memory (give each a fresh
+// the environment it measures only that client's memory (PHASE=idle-http-stream:
+// the same with an event stream open instead of a long poll; give each a fresh
 // relay: a process that already grew reuses what it freed, and under-counts).
 // With OTHER_HOST:PORT (another node of the same
 // cluster) every HTTP request after the open goes there: each one takes the
@@ -229,7 +230,7 @@ async function idle(kind) {
         await expectType(ws.next, 'registered');
         held.push(ws);
       } else {
-        const h = await Http.open('mac', 'poll');
+        const h = await Http.open('mac', kind);
         await h.send([{ text: JSON.stringify({ type: 'register' }) }]);
         await expectType(() => h.next(), 'registered');
         held.push(h);
@@ -247,6 +248,8 @@ if (phase === 'idle-websocket') {
   console.log(JSON.stringify(await idle('websocket')));
 } else if (phase === 'idle-http') {
   console.log(JSON.stringify(await idle('poll')));
+} else if (phase === 'idle-http-stream') {
+  console.log(JSON.stringify(await idle('stream')));
 } else {
   const out = { frames: FRAMES, size: SIZE, down: {}, up: {}, rtt: {} };
   for (const kind of ['websocket', 'stream', 'poll']) out.down[kind] = await down(kind);

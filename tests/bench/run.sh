@@ -324,7 +324,7 @@ load guess --scenario guess "${GUESS_URLS[@]}" --source "$GUESSERS" --duration "
 # pair's throughput each way (the mac always on a WebSocket, the browser on a
 # WebSocket, an HTTP stream or HTTP long polls), round trips one frame at a
 # time, and memory per waiting HTTP client (a registered mac with a long poll
-# open) beside an idle registered WebSocket (tests/bench/http-bench.mjs).
+# or a stream open) beside an idle registered WebSocket (tests/bench/http-bench.mjs).
 say "HTTP transport: streaming and long polling against WebSocket"
 if [ -n "$QUICK" ]; then HTTP_ARGS=(2000 1024 200); else HTTP_ARGS=(20000 1024 2000); fi
 http_bench() { # name, phase (empty: throughput and round trips): one fresh node, $OUT/http-<name>.json
@@ -336,6 +336,7 @@ http_bench() { # name, phase (empty: throughput and round trips): one fresh node
 http_bench load ""
 http_bench idle-websocket idle-websocket
 http_bench idle-http idle-http
+http_bench idle-http-stream idle-http-stream
 # The no-sticky hop: two nodes, every HTTP request after the open to the other.
 HOP_REDIS_PORT=$(free_port); start_redis hop-redis "$HOP_REDIS_PORT"
 HOP_A=$(free_port); start_relay hop-a "$HOP_A" RELAY_REDIS_URL="redis://127.0.0.1:$HOP_REDIS_PORT"
@@ -351,6 +352,7 @@ r = json.load(open(f"{out}/http-load.json"))
 hop = json.load(open(f"{out}/http-hop.json"))
 idle_ws = json.load(open(f"{out}/http-idle-websocket.json"))
 idle_http = json.load(open(f"{out}/http-idle-http.json"))
+idle_stream = json.load(open(f"{out}/http-idle-http-stream.json"))
 rows = ["", "## HTTP transport against WebSocket (one pair)", "",
         f"{r['frames']} frames of {r['size']} B; the mac on a WebSocket, the browser on each transport.",
         "\"hop\": two nodes, every HTTP request landing on the node that is not the connection's.", "",
@@ -360,7 +362,7 @@ d, t, hd, ht = r["down"], r["rtt"], hop["down"], hop["rtt"]
 rows.append(f"| mac to browser, frames/s | {d['websocket']['frames_per_s']} | {d['stream']['frames_per_s']} | {d['poll']['frames_per_s']} | {hd['stream']['frames_per_s']} | {hd['poll']['frames_per_s']} |")
 rows.append(f"| browser to mac (batches of 32), frames/s | {r['up']['websocket']['frames_per_s']} | {r['up']['http']['frames_per_s']} | | {hop['up']['http']['frames_per_s']} | |")
 rows.append(f"| round trip one at a time, p50 / p99 ms | {t['websocket']['p50_ms']} / {t['websocket']['p99_ms']} | {t['stream']['p50_ms']} / {t['stream']['p99_ms']} | {t['poll']['p50_ms']} / {t['poll']['p99_ms']} | {ht['stream']['p50_ms']} / {ht['stream']['p99_ms']} | {ht['poll']['p50_ms']} / {ht['poll']['p99_ms']} |")
-rows.append(f"| memory per waiting client ({idle_ws['clients']}), bytes | {idle_ws['bytes_each']} | | {idle_http['bytes_each']} | | |")
+rows.append(f"| memory per waiting client ({idle_ws['clients']}), bytes | {idle_ws['bytes_each']} | {idle_stream['bytes_each']} | {idle_http['bytes_each']} | | |")
 open(f"{out}/report.md", "a").write("\n".join(rows) + "\n")
 PY
 say "report: $OUT/report.md"

@@ -277,3 +277,29 @@ async fn a_room_guest_over_http_is_a_guest_like_any_other() {
     guest.expect_error("REMOVED").await;
     guest.expect_close(1000).await;
 }
+
+/// A waiting poll holds no request on the relay (docs/design.md, "The HTTP
+/// edge"): its head comes before there is anything to receive, and its
+/// items in the body once they are written.
+#[tokio::test]
+async fn a_waiting_poll_sends_its_head_at_once_and_its_items_when_they_come() {
+    let relay = Relay::start(&[]);
+    let mut mac = Http::open(&base(relay.addr), "mac", Mode::Poll).await;
+    // Nothing written to this connection yet, and the head is here.
+    let res = mac.receive_raw(0, Mode::Poll).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    // The register's answer is written while that poll waits: it carries it.
+    mac.json(json!({"type": "register"})).await;
+    let text = tokio::time::timeout(crate::support::WAIT, res.text())
+        .await
+        .expect("the body in time")
+        .expect("a whole body");
+    let items: Vec<serde_json::Value> = serde_json::from_str(&text).expect("a JSON array");
+    assert_eq!(items.len(), 1, "{text}");
+    assert_eq!(items[0]["pos"], 1);
+    let registered: serde_json::Value =
+        serde_json::from_str(items[0]["text"].as_str().expect("a text item")).expect("JSON");
+    assert_eq!(registered["type"], "registered", "{text}");
+}

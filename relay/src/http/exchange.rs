@@ -317,7 +317,7 @@ pub(super) async fn receive(
         };
         let out = edge.metrics.frames.with_label_values(&["out"]);
         Ok(match asked.mode {
-            Mode::Poll => poll(source, deadline, &out).await,
+            Mode::Poll => poll(source, deadline, out),
             Mode::Stream => stream(source, deadline, out),
         })
     };
@@ -328,21 +328,32 @@ pub(super) async fn receive(
 }
 
 /// A long poll: the items there are, as soon as there is one, or `[]`.
-async fn poll(mut source: Source, deadline: Instant, out: &IntCounter) -> HttpResponse {
-    let got = source.next(POLL_BYTES, deadline).await;
-    out.inc_by(got.items.len() as u64);
-    let mut body = BytesMut::from(&b"["[..]);
-    for (i, item) in got.items.iter().enumerate() {
-        if i > 0 {
-            body.put_u8(b',');
+///
+/// The head goes at once and the wait is the body's: once the handler has
+/// answered, actix-web lets go of the request (its header map alone is
+/// about 6.5 KiB) and of the handler's future, so a waiting poll holds
+/// only this body and the HTTP/1 connection (docs/design.md, "The HTTP
+/// edge"). The answer is chunked for that; a client reads it whole, and a
+/// buffering proxy passes it on whole, as before.
+fn poll(source: Source, deadline: Instant, out: IntCounter) -> HttpResponse {
+    let answer = futures_util::stream::once(async move {
+        let mut source = source;
+        let got = source.next(POLL_BYTES, deadline).await;
+        out.inc_by(got.items.len() as u64);
+        let mut body = BytesMut::from(&b"["[..]);
+        for (i, item) in got.items.iter().enumerate() {
+            if i > 0 {
+                body.put_u8(b',');
+            }
+            body.extend_from_slice(item);
         }
-        body.extend_from_slice(item);
-    }
-    body.put_u8(b']');
+        body.put_u8(b']');
+        Ok::<_, Infallible>(body.freeze())
+    });
     HttpResponse::Ok()
         .content_type("application/json")
         .insert_header(("Cache-Control", "no-store"))
-        .body(body.freeze())
+        .streaming(answer)
 }
 
 /// Server-sent events: `: open` at once, then one event per item until the
