@@ -180,10 +180,11 @@ impl Room {
         if guests.sender.is_some_and(|s| s != conn) {
             return None;
         }
-        self.accepted.fetch_add(1, Ordering::SeqCst);
+        // The frame's number among the host's frames (see `Pipe::push_host`).
+        let n = self.accepted.fetch_add(1, Ordering::SeqCst) + 1;
         let mut reached = 0;
         for m in guests.list.iter().filter(|m| to.includes(m.id)) {
-            match m.pipe.push_as(frame.clone(), None, conn, &self.gate) {
+            match m.pipe.push_host(frame.clone(), n, conn, &self.gate) {
                 Pushed::Queued { .. } | Pushed::Backlogged { .. } => reached += 1,
                 Pushed::SlowConsumer(conn) => {
                     reached += 1;

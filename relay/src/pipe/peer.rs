@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::cluster::bus::Link;
-use crate::cluster::envelope::{Control, GuestLane, Lane};
+use crate::cluster::envelope::{Control, GuestLane, Lane, host_number};
 use crate::frame::Frame;
 use crate::gate::Gate;
 
@@ -25,7 +25,9 @@ impl Peer {
         self.link.node()
     }
 
-    pub(super) fn frame(&self, p: u64, frame: Frame, gate: &Arc<Gate>) {
+    /// Hands the link frame `p`; `host` is its number among a room host's
+    /// frames (0: none), on the way to a guest.
+    pub(super) fn frame(&self, p: u64, frame: Frame, gate: &Arc<Gate>, host: u64) {
         let sid = self.sid.to_string();
         match self.to {
             Lane::Pair(to) => self.link.frame(sid, to, p, frame, gate),
@@ -38,13 +40,17 @@ impl Peer {
             Lane::Guest(GuestLane {
                 guest,
                 to_host: false,
-            }) => self.link.room_frame(sid, vec![(guest, p)], frame, gate),
+            }) => self
+                .link
+                .room_frame(sid, host_number(host), vec![(guest, p)], frame, gate),
         }
     }
 
-    pub(super) fn replay(&self, frames: Vec<(u64, Frame)>) {
+    /// Hands the link frames sent again, each with its number among a room
+    /// host's frames (0: none).
+    pub(super) fn replay(&self, frames: Vec<(u64, Frame, u64)>) {
         if !frames.is_empty() {
-            self.link.replay(&self.sid, self.to, frames);
+            self.link.replay_numbered(&self.sid, self.to, frames);
         }
     }
 
@@ -129,6 +135,7 @@ mod tests {
             out.envelopes(),
             [Envelope::RoomFrame {
                 sid: "s".into(),
+                host: None,
                 lanes: vec![(3, 2), (5, 1)],
                 frame: all,
             }]
@@ -140,11 +147,13 @@ mod tests {
             [
                 Envelope::RoomFrame {
                     sid: "s".into(),
+                    host: None,
                     lanes: vec![(3, 1)],
                     frame: data(0),
                 },
                 Envelope::RoomFrame {
                     sid: "s".into(),
+                    host: None,
                     lanes: vec![(3, 2)],
                     frame: data(1),
                 },

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use super::entry::{Entry, Item, stamp};
-use super::outcome::{FromPeer, Gap};
+use super::outcome::{FromPeer, Gap, Pushed};
 use super::{AWAY, Queue, RESEND_RETRY, Reader};
 use crate::frame::Frame;
 
@@ -217,10 +217,33 @@ impl Queue {
         }
     }
 
+    /// Queues a room host's data frame toward one guest, numbered `host`
+    /// among the host's frames (kept with it for replays; see `Entry::host`).
+    #[inline]
+    pub fn push_host(&mut self, frame: Frame, host: u64) -> Pushed {
+        let before = self.next_pos;
+        let pushed = self.push_from(frame, None);
+        if self.next_pos > before {
+            if let Some(e) = self.entries.back_mut() {
+                e.host = host;
+            }
+        }
+        pushed
+    }
+
     /// Sender side: every held frame from pairing number `from` on, to
     /// publish again (envelopes were lost; the reader drops what it has).
     /// Empty unless the reader is on another node.
     pub fn resend_from(&self, from: u64) -> Vec<(u64, Frame)> {
+        self.resend_numbered(from)
+            .into_iter()
+            .map(|(p, frame, _)| (p, frame))
+            .collect()
+    }
+
+    /// As [`Queue::resend_from`], each with its number among a room host's
+    /// frames (0 if none; see [`Queue::push_host`]).
+    pub fn resend_numbered(&self, from: u64) -> Vec<(u64, Frame, u64)> {
         if self.reader != Reader::Remote {
             return Vec::new();
         }
@@ -228,7 +251,7 @@ impl Queue {
             .iter()
             .filter_map(|e| match &e.item {
                 Item::Data { seq, frame, .. } if seq - self.base >= from => {
-                    Some((seq - self.base, frame.clone()))
+                    Some((seq - self.base, frame.clone(), e.host))
                 }
                 _ => None,
             })

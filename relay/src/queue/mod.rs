@@ -311,6 +311,7 @@ impl Queue {
             seq,
             item,
             at,
+            host: 0,
         };
         self.next_pos += 1;
         self.bytes += entry.cost();
