@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::frame::Frame;
 
 mod control;
-pub use control::{Control, EndReason, HandedGuest, HeldFrame, Verdict};
+pub use control::{Control, EndReason, HandedGuest, HeldFrame, RebuiltGuest, Verdict};
 
 const FRAME: u8 = 1;
 const ACK: u8 = 2;

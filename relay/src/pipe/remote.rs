@@ -75,9 +75,25 @@ impl Pipe {
 
     /// Receiver side, fed from a room host's node: the host's number of the
     /// last frame taken (0: none known), and this direction's count.
-    #[cfg(test)]
     pub fn host_at(&self) -> (u64, u64) {
         let g = self.lock();
         (g.host_at, g.queue.pairing_count())
+    }
+
+    /// Sender side, on a guest's way to its room host: the host's node died
+    /// and its room is rebuilt on `peer`'s node. Sends there every frame
+    /// after number `from` if given and held (the host's own count of this
+    /// guest's frames), else every frame held (the host may have read some
+    /// of them: they come again), then keeps publishing there. Returns the
+    /// number the replay started after.
+    pub fn send_to_rebuilt_host(&self, peer: Peer, from: Option<u64>) -> u64 {
+        let unread = self.lock().queue.acknowledged();
+        if let Some(f) = from {
+            if self.send_to_peer(peer.clone(), f).is_ok() {
+                return f;
+            }
+        }
+        let _ = self.send_to_peer(peer, unread);
+        unread
     }
 }

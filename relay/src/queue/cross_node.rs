@@ -217,6 +217,14 @@ impl Queue {
         }
     }
 
+    /// Sender side: the pairing number up to which the reader
+    /// acknowledged (every frame after it is held).
+    pub fn acknowledged(&self) -> u64 {
+        self.oldest_held()
+            .saturating_sub(1)
+            .saturating_sub(self.base)
+    }
+
     /// Queues a room host's data frame toward one guest, numbered `host`
     /// among the host's frames (kept with it for replays; see `Entry::host`).
     #[inline]

@@ -298,6 +298,22 @@ fn a_room_s_control_messages_round_trip_and_keep_their_json() {
             guests: vec![(6, 3), (7, 0)],
             was_away: true,
         },
+        Control::HostRebuild {
+            sid: sid(),
+            node: "e".into(),
+            guests: vec![(6, Some(3)), (7, None)],
+            request: 10,
+        },
+        Control::HostRebuilt {
+            sid: sid(),
+            guests: vec![super::RebuiltGuest {
+                id: 6,
+                took: 40,
+                host_at: 52,
+                from: 3,
+            }],
+            request: 10,
+        },
     ];
     let mut buf = BytesMut::new();
     for c in &all {
@@ -336,6 +352,28 @@ fn a_room_s_control_messages_round_trip_and_keep_their_json() {
             was_away: false
         }),
         r#"{"type":"host_at","sid":"s","node":"e","guests":[[6,3]],"was_away":false}"#
+    );
+    assert_eq!(
+        json(&Control::HostRebuild {
+            sid: sid(),
+            node: "e".into(),
+            guests: vec![(6, Some(3)), (7, None)],
+            request: 1,
+        }),
+        r#"{"type":"host_rebuild","sid":"s","node":"e","guests":[[6,3],[7,null]],"request":1}"#
+    );
+    assert_eq!(
+        json(&Control::HostRebuilt {
+            sid: sid(),
+            guests: vec![super::RebuiltGuest {
+                id: 6,
+                took: 40,
+                host_at: 52,
+                from: 3,
+            }],
+            request: 1,
+        }),
+        r#"{"type":"host_rebuilt","sid":"s","guests":[{"id":6,"took":40,"host_at":52,"from":3}],"request":1}"#
     );
 }
 
