@@ -346,6 +346,7 @@ impl Pipe {
     /// [`Gap`] when `last_seq` does not fit what was sent and acknowledged.
     pub fn attach(&self, rx: Receiver, last_seq: u64) -> Result<u64, Gap> {
         let mut g = self.lock();
+        g.queue.renumber(last_seq);
         let written = g.queue.attach(rx.conn, last_seq, Instant::now())?;
         g.reader = Some(rx);
         g.report_guest_reads();

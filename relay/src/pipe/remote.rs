@@ -21,6 +21,8 @@ impl Pipe {
     /// [`Gap`] when `p_last` does not fit what was sent and acknowledged.
     pub fn send_to_peer(&self, peer: Peer, p_last: u64) -> Result<(), Gap> {
         let mut g = self.lock();
+        let at = g.queue.base() + p_last;
+        g.queue.renumber(at);
         g.queue.send_to_peer(p_last, Instant::now())?;
         // Under the lock: before any frame the sender pushes from now on.
         peer.replay(g.queue.resend_numbered(0));
@@ -81,19 +83,28 @@ impl Pipe {
     }
 
     /// Sender side, on a guest's way to its room host: the host's node died
-    /// and its room is rebuilt on `peer`'s node. Sends there every frame
-    /// after number `from` if given and held (the host's own count of this
-    /// guest's frames), else every frame held (the host may have read some
-    /// of them: they come again), then keeps publishing there. Returns the
-    /// number the replay started after.
-    pub fn send_to_rebuilt_host(&self, peer: Peer, from: Option<u64>) -> u64 {
-        let unread = self.lock().queue.acknowledged();
-        if let Some(f) = from {
-            if self.send_to_peer(peer.clone(), f).is_ok() {
-                return f;
-            }
+    /// and its room is rebuilt elsewhere. Where that node's copy of this
+    /// direction starts: after `from` (the host's own count of this guest's
+    /// frames) if given and this pipe can replay from there, else after
+    /// what the host acknowledged (it may have read some of the frames
+    /// after that: they come again).
+    pub fn rebuilt_host_start(&self, from: Option<u64>) -> u64 {
+        let g = self.lock();
+        let acked = g.queue.acknowledged();
+        match from {
+            Some(f) if g.queue.check(g.queue.base() + f).is_ok() && f >= acked => f,
+            _ => acked,
         }
-        let _ = self.send_to_peer(peer, unread);
-        unread
+    }
+
+    /// Toward a room guest whose count died with its node: frames held are
+    /// numbered after the count it brings back (`Queue::number_on_return`).
+    pub fn number_on_return(&self) {
+        self.change(Queue::number_on_return);
+    }
+
+    /// Sender side: the pairing number up to which the reader acknowledged.
+    pub fn acknowledged(&self) -> u64 {
+        self.lock().queue.acknowledged()
     }
 }

@@ -225,6 +225,32 @@ impl Queue {
             .saturating_sub(self.base)
     }
 
+    /// Toward a room guest whose node died with its host's: its count of
+    /// this direction died there, so the frames held for it are numbered
+    /// after the count it brings when it comes back (see `renumber`).
+    pub fn number_on_return(&mut self) {
+        self.unnumbered = true;
+    }
+
+    /// The reader came back with `last_seq` frames: if this queue waited
+    /// for that count (`number_on_return`), what it holds is renumbered to
+    /// follow it, once. Called before the reader attaches or is sent to.
+    pub fn renumber(&mut self, last_seq: u64) {
+        if !std::mem::take(&mut self.unnumbered) {
+            return;
+        }
+        let by = last_seq.saturating_sub(self.oldest_held().saturating_sub(1));
+        for e in &mut self.entries {
+            e.seq += by;
+            if let Item::Data { seq, .. } = &mut e.item {
+                *seq += by;
+            }
+        }
+        self.seq += by;
+        self.peer_written += by;
+        self.reported += by;
+    }
+
     /// Queues a room host's data frame toward one guest, numbered `host`
     /// among the host's frames (kept with it for replays; see `Entry::host`).
     #[inline]

@@ -346,7 +346,7 @@ pub struct HandedGuest {
 }
 
 /// A room guest as its node answers a rebuild (`HostRebuilt`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RebuiltGuest {
     /// The guest.
     pub id: GuestId,
@@ -356,6 +356,11 @@ pub struct RebuiltGuest {
     pub host_at: u64,
     /// The frames of it the host's node will get start after this one.
     pub from: u64,
+    /// Frames taken and not yet acknowledged by the guest, for the host's
+    /// node to hold (as [`HandedGuest::held`]): the replay source should
+    /// the guest move.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldFrame>,
 }
 
 /// A room host's decision about one guest, for the guest's node.

@@ -323,9 +323,10 @@ impl ClusterRegistry {
             let room = orphan && store.is_room(&sid).await.unwrap_or(false);
             (replies, room)
         };
-        Box::pin(wait.into_actor(self).map(move |(replies, room), act, ctx| {
+        Box::pin(wait.into_actor(self).then(move |(replies, room), act, ctx| {
             if room {
-                return act.orphaned_room(&msg, ctx);
+                // Its room died with that node: rebuilt from its guests' nodes.
+                return act.rebuild_room(msg, facts, ctx);
             }
             let partial = act.pending.remove(&request).map(|p| p.replies).unwrap_or_default();
             let replies = match replies {
@@ -336,7 +337,8 @@ impl ClusterRegistry {
                     partial
                 }
             };
-            act.resumed(msg, facts, replies, sbase, p_last, ctx)
+            let done = act.resumed(msg, facts, replies, sbase, p_last, ctx);
+            Box::pin(fut::ready(done))
         }))
     }
 

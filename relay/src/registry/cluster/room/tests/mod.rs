@@ -592,5 +592,6 @@ async fn removal_during_traffic_and_guests_leaving() {
 }
 
 mod host;
+mod rebuild;
 mod resume;
 mod stall;
