@@ -203,6 +203,34 @@ fn one_host_frame_queued_for_each_guest_of_a_node_is_published_once() {
     assert_eq!(bus.metrics().bus_queued_bytes.get(), 0);
 }
 
+/// A host frame's number goes in the merged envelope once; frames of
+/// different numbers are never merged, whatever their payload.
+#[test]
+fn room_frames_merge_only_with_the_same_host_number() {
+    let (bus, mut out) = Bus::detached("me");
+    let l = bus.link(&Arc::from("other"));
+    let gate = Gate::new();
+    let one = Frame::Binary(Bytes::from(vec![1u8; 100]));
+    l.room_frame("s".into(), Some(7), vec![(1, 3)], one.clone(), &gate);
+    l.room_frame("s".into(), Some(7), vec![(2, 5)], one.clone(), &gate);
+    l.room_frame("s".into(), Some(8), vec![(3, 1)], one.clone(), &gate);
+    l.room_frame("s".into(), None, vec![(4, 1)], one.clone(), &gate);
+    let room = |host, lanes| Envelope::RoomFrame {
+        sid: "s".into(),
+        host,
+        lanes,
+        frame: one.clone(),
+    };
+    assert_eq!(
+        out.envelopes(),
+        [
+            room(Some(7), vec![(1, 3), (2, 5)]),
+            room(Some(8), vec![(3, 1)]),
+            room(None, vec![(4, 1)]),
+        ]
+    );
+}
+
 #[test]
 fn acks_are_not_coalesced_across_a_control_message_of_any_session() {
     let (bus, mut out) = Bus::detached("me");
