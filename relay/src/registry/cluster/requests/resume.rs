@@ -326,11 +326,11 @@ impl ClusterRegistry {
             (replies, room)
         };
         Box::pin(wait.into_actor(self).then(move |(replies, room), act, ctx| {
+            let partial = act.pending.remove(&request).map(|p| p.replies).unwrap_or_default();
             if room {
                 // Its room died with that node: rebuilt from its guests' nodes.
                 return act.rebuild_room(msg, facts, ctx);
             }
-            let partial = act.pending.remove(&request).map(|p| p.replies).unwrap_or_default();
             let replies = match replies {
                 Ok(Ok(r)) => r,
                 _ if msg.deadline.has_passed() => partial,
