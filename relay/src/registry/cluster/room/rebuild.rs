@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use relay_protocol::{ErrorCode, GuestId, Role, ServerMessage};
+use relay_protocol::{ErrorCode, GuestId, GuestLeftReason, Role, ServerMessage};
 use tracing::{info, warn};
 
 use super::super::{ClusterRegistry, HANDOVER_WAIT};
 use super::{Guest, RoomHere, lane, tag, unpaced};
-use crate::cluster::envelope::{Control, HeldFrame, RebuiltGuest};
-use crate::cluster::store::ResumeFacts;
+use crate::cluster::envelope::{Control, EndReason, HeldFrame, RebuiltGuest};
+use crate::cluster::store::{Holder, ResumeFacts};
 use crate::conns::ConnCommand;
 use crate::frame::Frame;
 use crate::outbound::{Outbound, Room};
@@ -223,6 +223,7 @@ impl ClusterRegistry {
             fanout: Some(Arc::clone(&fanout)),
             ..RoomHere::default()
         };
+        let mut unanswered: Vec<(Arc<str>, Vec<GuestId>)> = Vec::new();
         for rg in &facts.guests {
             let Some(node) = rg.node.clone() else {
                 continue;
@@ -246,8 +247,18 @@ impl ClusterRegistry {
                 }
                 continue;
             }
-            // A guest of the dead node, or of one that did not answer: it
-            // resumes, bringing its own count of the host's direction.
+            if !dead && *node != *self.node && !standing.contains_key(&rg.id) {
+                // Its node did not answer (a node of before, which skips
+                // the question, or a stalled one) and still points it at
+                // the dead node: it ends, as the whole room did before.
+                match unanswered.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, list)) => list.push(rg.id),
+                    None => unanswered.push((Arc::clone(&node), vec![rg.id])),
+                }
+                continue;
+            }
+            // A guest of the dead node: it resumes, bringing its own count
+            // of the host's direction.
             let s = standing.remove(&rg.id).unwrap_or(Standing {
                 took: 0,
                 host_at: 0,
@@ -291,6 +302,13 @@ impl ClusterRegistry {
                 local.tell_host(&ServerMessage::GuestAway { guest_id: gid });
             }
         }
+        for &g in unanswered.iter().flat_map(|(_, list)| list) {
+            local.tell_host(&ServerMessage::GuestLeft {
+                guest_id: g,
+                reason: GuestLeftReason::Timeout,
+            });
+        }
+        self.end_unanswered(&id, unanswered, ctx);
         // Its guests elsewhere send here now, after the counts they gave,
         // and hear the host is back.
         for (node, guests) in tell {
@@ -369,5 +387,39 @@ impl ClusterRegistry {
         }
         self.away_in_redis(id, evicted);
         out
+    }
+
+    /// Guests whose node did not answer the rebuild end for good: in Redis
+    /// (their places free, their tokens remembered as ended), and on their
+    /// node, told as when the host ends (`MAC_DISCONNECTED`).
+    fn end_unanswered(
+        &mut self,
+        id: &SessionId,
+        unanswered: Vec<(Arc<str>, Vec<GuestId>)>,
+        ctx: &mut Context<Self>,
+    ) {
+        if unanswered.is_empty() {
+            return;
+        }
+        warn!(session = %id, nodes = unanswered.len(), "nodes holding guests did not answer the rebuild; their guests end");
+        let mut guests = Vec::new();
+        for (node, list) in unanswered {
+            let c = Control::Ended {
+                sid: id.to_string(),
+                role: Role::Mac,
+                reason: EndReason::Timeout,
+            };
+            self.send(&node, c, ctx);
+            guests.extend(list);
+        }
+        let store = Arc::clone(&self.store);
+        let sid = Arc::clone(id);
+        actix::spawn(async move {
+            for g in guests {
+                if let Err(e) = store.end_guest(&sid, g, Holder::Any).await {
+                    warn!(session = %sid, guest = g, error = %e, "could not end a guest whose node did not answer");
+                }
+            }
+        });
     }
 }
