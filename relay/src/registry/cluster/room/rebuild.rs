@@ -1,5 +1,6 @@
 //! A room whose host's node died, rebuilt where the host resumed
-//! (docs/design.md, "Rooms across nodes", Left to build 1). The host's new
+//! (docs/design.md, "Rooms across nodes", "A room whose host's node
+//! died"). The host's new
 //! node asks each node holding guests where they stand (`HostRebuild`,
 //! answered with `HostRebuilt`: what the node took of the host's frames,
 //! the host's number of the last of them, and where the guest's frames to
@@ -68,6 +69,14 @@ impl ClusterRegistry {
     }
 }
 
+/// The host's `guestSeqs` if it can be gone by (adding up to its
+/// `lastSeq`), empty otherwise. It may name guests the room no longer
+/// holds (the Rust client counts gone ones too, so its values add up):
+/// only the counts of the guests rebuilt are read.
+fn guest_seqs(msg: &Resume) -> relay_protocol::GuestSeqs {
+    msg.sound_guest_seqs().cloned().unwrap_or_default()
+}
+
 /// The guests a node is asked about, each with the host's count of its frames.
 type Asks = Vec<(GuestId, Option<u64>)>;
 
@@ -101,7 +110,7 @@ impl ClusterRegistry {
         ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, Result<Resumed, Refusal>> {
         let id: SessionId = Arc::from(msg.session_id.as_str());
-        let seqs = msg.sound_guest_seqs().cloned().unwrap_or_default();
+        let seqs = guest_seqs(&msg);
         let mut ask: Vec<(Arc<str>, Asks)> = Vec::new();
         for g in &facts.guests {
             let Some(node) = &g.node else { continue };
@@ -176,7 +185,7 @@ impl ClusterRegistry {
             // Something ended or replaced the host while the nodes answered.
             return Err(ErrorCode::ResumeExpired.into());
         }
-        let seqs = msg.sound_guest_seqs().cloned().unwrap_or_default();
+        let seqs = guest_seqs(msg);
         let mut standing: BTreeMap<GuestId, Standing> = BTreeMap::new();
         let mut tell: Vec<(Arc<str>, Counts)> = Vec::new();
         let node_of = |g: GuestId| {
