@@ -299,6 +299,9 @@ pub enum Control {
     HostRebuilt {
         /// Session id.
         sid: String,
+        /// The answering node.
+        #[serde(default)]
+        node: String,
         /// The guests the node holds of those named.
         guests: Vec<RebuiltGuest>,
         /// Matches the request.

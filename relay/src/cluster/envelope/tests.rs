@@ -306,6 +306,7 @@ fn a_room_s_control_messages_round_trip_and_keep_their_json() {
         },
         Control::HostRebuilt {
             sid: sid(),
+            node: "f".into(),
             guests: vec![super::RebuiltGuest {
                 id: 6,
                 took: 40,
@@ -366,6 +367,7 @@ fn a_room_s_control_messages_round_trip_and_keep_their_json() {
     assert_eq!(
         json(&Control::HostRebuilt {
             sid: sid(),
+            node: "f".into(),
             guests: vec![super::RebuiltGuest {
                 id: 6,
                 took: 40,
@@ -375,7 +377,7 @@ fn a_room_s_control_messages_round_trip_and_keep_their_json() {
             }],
             request: 1,
         }),
-        r#"{"type":"host_rebuilt","sid":"s","guests":[{"id":6,"took":40,"host_at":52,"from":3}],"request":1}"#
+        r#"{"type":"host_rebuilt","sid":"s","node":"f","guests":[{"id":6,"took":40,"host_at":52,"from":3}],"request":1}"#
     );
 }
 

@@ -46,6 +46,12 @@ impl ClusterRegistry {
                     continue;
                 };
                 let (Some(out), Some(fed)) = (&guest.out_pipe, &guest.to_guest) else {
+                    // Its resume here is under way, toward the dead node:
+                    // closed to resume again, it finds the host's new node
+                    // (the new node holds it as away meanwhile).
+                    if let Some((_, cmd)) = guest.here.as_ref().and_then(|h| h.conn.as_ref()) {
+                        cmd.do_send(ConnCommand::Drain);
+                    }
                     continue;
                 };
                 let from = out.rebuilt_host_start(from);
@@ -63,6 +69,7 @@ impl ClusterRegistry {
         info!(session = %id, node = %node, guests = answer.len(), "room host's node died; told its new node where its guests here stand");
         Control::HostRebuilt {
             sid: id.to_string(),
+            node: self.node.to_string(),
             guests: answer,
             request,
         }
@@ -195,8 +202,10 @@ impl ClusterRegistry {
                 .find(|rg| rg.id == g)
                 .and_then(|rg| rg.node.clone())
         };
+        let mut answered: Vec<Arc<str>> = Vec::new();
         for r in replies {
-            if let Control::HostRebuilt { guests, .. } = r {
+            if let Control::HostRebuilt { guests, node, .. } = r {
+                answered.push(Arc::from(node.as_str()));
                 for g in guests {
                     if let Some(node) = node_of(g.id) {
                         match tell.iter_mut().find(|(n, _)| *n == node) {
@@ -256,7 +265,7 @@ impl ClusterRegistry {
                 }
                 continue;
             }
-            if !dead && *node != *self.node && !standing.contains_key(&rg.id) {
+            if !dead && *node != *self.node && !answered.contains(&node) {
                 // Its node did not answer (a node of before, which skips
                 // the question, or a stalled one) and still points it at
                 // the dead node: it ends, as the whole room did before.
@@ -266,8 +275,9 @@ impl ClusterRegistry {
                 }
                 continue;
             }
-            // A guest of the dead node: it resumes, bringing its own count
-            // of the host's direction.
+            // A guest of the dead node (or one whose resume its node was
+            // still making): it resumes, bringing its own count of the
+            // host's direction.
             let s = standing.remove(&rg.id).unwrap_or(Standing {
                 took: 0,
                 host_at: 0,
