@@ -70,6 +70,10 @@ struct Member {
     /// The guest's place in its session (what the registry calls it by).
     place: usize,
     pipe: Arc<Pipe>,
+    /// The host's frames numbered up to this one are not for it: its node
+    /// took them before the host's node died (a rebuilt room; see
+    /// [`Room::add_after`]).
+    after: u64,
 }
 
 /// The admitted guests and the host connection whose frames they take.
@@ -145,7 +149,20 @@ impl Room {
 
     /// Guest `id` in `place`, reading `pipe`, now gets the host's frames.
     pub fn add(&self, id: GuestId, place: usize, pipe: Arc<Pipe>) {
-        self.lock().list.push(Member { id, place, pipe });
+        self.add_after(id, place, pipe, 0);
+    }
+
+    /// As [`Room::add`], for a guest whose node has the host's frames up to
+    /// number `after`: those the host sends again after a rebuild (its
+    /// `resumed.lastSeq` being lower) are dropped for it, not sent twice.
+    pub fn add_after(&self, id: GuestId, place: usize, pipe: Arc<Pipe>, after: u64) {
+        let m = Member {
+            id,
+            place,
+            pipe,
+            after,
+        };
+        self.lock().list.push(m);
     }
 
     /// Guest `id` gets no more of the host's frames.
@@ -180,10 +197,15 @@ impl Room {
         if guests.sender.is_some_and(|s| s != conn) {
             return None;
         }
-        self.accepted.fetch_add(1, Ordering::SeqCst);
+        // The frame's number among the host's frames (see `Pipe::push_host`).
+        let n = self.accepted.fetch_add(1, Ordering::SeqCst) + 1;
         let mut reached = 0;
-        for m in guests.list.iter().filter(|m| to.includes(m.id)) {
-            match m.pipe.push_as(frame.clone(), None, conn, &self.gate) {
+        for m in guests
+            .list
+            .iter()
+            .filter(|m| to.includes(m.id) && n > m.after)
+        {
+            match m.pipe.push_host(frame.clone(), n, conn, &self.gate) {
                 Pushed::Queued { .. } | Pushed::Backlogged { .. } => reached += 1,
                 Pushed::SlowConsumer(conn) => {
                     reached += 1;

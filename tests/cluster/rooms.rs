@@ -462,3 +462,158 @@ async fn a_mac_s_resume_with_guest_seqs_on_another_node_is_a_plain_resume() {
 fn bytes(seq: u64) -> Vec<u8> {
     seq_frame(seq).into_data().to_vec()
 }
+
+/// The host's node is killed (`kill -9`) mid-stream, the host being the
+/// Rust client (falling back to node 2), its guests on nodes 2 and 3: the
+/// room is rebuilt where the host resumes, from its guests' nodes. Every
+/// guest frame reaches the host once and in order (the host's `guestSeqs`
+/// say where each guest's frames go on), and every host frame reaches each
+/// guest once and in order (the host sends again after its
+/// `resumed.lastSeq`, and each guest's node drops what it had). The guest
+/// on node 2 is closed to resume there, as on a room's move.
+#[tokio::test]
+async fn a_room_is_rebuilt_when_its_host_s_node_is_killed() {
+    use relay_protocol::AdmitMode;
+    use relay_protocol::client::{Client, Event};
+
+    use crate::client::{config, until};
+
+    const N: u32 = 300;
+    let mut c = Cluster::start(3, &[("RELAY_RESUME_BUFFER_FRAMES", "100000")]);
+    let (n1, n2, n3) = (c.node(1).url(""), c.node(2).url(""), c.node(3).url(""));
+    let (host, mut hev) = Client::mac(config(&[n1, n2.clone()]).with_room(2, AdmitMode::Auto));
+    let code = until(&mut hev, "registered", |e| match e {
+        Event::Registered { code, .. } => Some(code.clone()),
+        _ => None,
+    })
+    .await;
+    let mut guests = Vec::new();
+    for url in [n2, n3] {
+        let (g, mut ev) = Client::browser(config(&[url]), code.clone());
+        until(&mut ev, "joined", |e| {
+            matches!(e, Event::Joined).then_some(())
+        })
+        .await;
+        let id = g.guest_id().unwrap();
+        until(&mut hev, "guest_admitted", |e| {
+            matches!(e, Event::GuestAdmitted(g) if *g == id).then_some(())
+        })
+        .await;
+        guests.push((g, ev, id));
+    }
+    let [(a, mut aev, a_id), (b, mut bev, b_id)] = <[_; 2]>::try_from(guests).ok().unwrap();
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let host_side = async {
+        send_numbered(&host, 0, 1, N / 5).await;
+        let _ = tx.send(true);
+        send_numbered(&host, 0, N / 5 + 1, N).await;
+    };
+    let killer = async {
+        let _ = rx.wait_for(|k| *k).await;
+        c.kill(1);
+    };
+    let ids = [a_id, b_id];
+    let (_, _, _, _, got_host, _, _) = tokio::join!(
+        host_side,
+        send_numbered(&a, a_id, 1, N),
+        send_numbered(&b, b_id, 1, N),
+        killer,
+        host_gets_numbered(&mut hev, &ids, N),
+        recv_numbered(&mut aev, N, "guest on node 2"),
+        recv_numbered(&mut bev, N, "guest on node 3"),
+    );
+    assert!(
+        got_host.iter().any(|e| matches!(e, Event::Resumed)),
+        "the host resumed: {got_host:?}"
+    );
+    assert!(c.node(2).logged("the room is rebuilt here"));
+}
+
+/// Frame `n` of sender `id` (0: the host).
+fn numbered(id: u64, n: u32) -> Vec<u8> {
+    let mut b = vec![id as u8];
+    b.extend_from_slice(&n.to_be_bytes());
+    b
+}
+
+/// Sends frames `from..=to` of sender `id`, waiting for room while the
+/// client's queue is full (it is reconnecting).
+async fn send_numbered(c: &relay_protocol::client::Client, id: u64, from: u32, to: u32) {
+    use relay_protocol::client::SendError;
+    for n in from..=to {
+        loop {
+            match c.send_binary(bytes::Bytes::from(numbered(id, n))).await {
+                Ok(()) => break,
+                Err(SendError::Full(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("send {n}: {e}"),
+            }
+        }
+        if n % 32 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Receives the host's frames 1..=n, each once and in order; returns the
+/// other events.
+async fn recv_numbered(
+    ev: &mut relay_protocol::client::Events,
+    n: u32,
+    who: &str,
+) -> Vec<relay_protocol::client::Event> {
+    use relay_protocol::client::{Data, Event};
+    let mut next = 1u32;
+    let mut others = Vec::new();
+    while next <= n {
+        let e =
+            crate::client::until(ev, &format!("{who}: frame {next}"), |e| Some(e.clone())).await;
+        match e {
+            Event::Data(Data::Binary(b)) => {
+                assert_eq!(
+                    b[..],
+                    numbered(0, next)[..],
+                    "{who}: lost, duplicated or reordered"
+                );
+                next += 1;
+            }
+            other => others.push(other),
+        }
+    }
+    others
+}
+
+/// Receives frames 1..=n of each guest at the host, each guest's once, in
+/// order and tagged with it; returns the other events.
+async fn host_gets_numbered(
+    ev: &mut relay_protocol::client::Events,
+    guests: &[u64],
+    n: u32,
+) -> Vec<relay_protocol::client::Event> {
+    use relay_protocol::client::{Data, Event};
+    let mut next = vec![1u32; guests.len()];
+    let mut others = Vec::new();
+    while next.iter().any(|&k| k <= n) {
+        let e = crate::client::until(ev, "guest frames", |e| Some(e.clone())).await;
+        match e {
+            Event::GuestData {
+                guest,
+                data: Data::Binary(b),
+            } => {
+                let i = guests
+                    .iter()
+                    .position(|g| *g == guest)
+                    .expect("a known guest");
+                assert_eq!(
+                    b[..],
+                    numbered(guest, next[i])[..],
+                    "guest {guest}: lost, duplicated or reordered"
+                );
+                next[i] += 1;
+            }
+            other => others.push(other),
+        }
+    }
+    others
+}

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::frame::Frame;
 
 mod control;
-pub use control::{Control, EndReason, HandedGuest, HeldFrame, Verdict};
+pub use control::{Control, EndReason, HandedGuest, HeldFrame, RebuiltGuest, Verdict};
 
 const FRAME: u8 = 1;
 const ACK: u8 = 2;
@@ -27,6 +27,15 @@ const ROOM_FRAME: u8 = 6;
 const GUEST_FRAME: u8 = 7;
 const GUEST_ACK: u8 = 8;
 const GUEST_WRITTEN: u8 = 9;
+
+/// The guest id of a room frame's first lane when that lane carries the
+/// host's number of the frame instead (guests are numbered from 1).
+const HOST_LANE: GuestId = 0;
+
+/// A room host's frame number as an envelope carries it (0: none).
+pub fn host_number(n: u64) -> Option<u64> {
+    (n > 0).then_some(n)
+}
 
 /// Guests one room frame may name: a room's ceiling (`RELAY_MAX_GUESTS`
 /// is at most 1,000), so a malformed count cannot make a decoder allocate.
@@ -97,9 +106,18 @@ pub enum Envelope {
     /// A room host's data frame toward the guests of session `sid` homed
     /// on the destination node: each named with the frame's number in its
     /// own direction. Published once per node, however many guests.
+    ///
+    /// `host`, the frame's number among the host's frames, is written as a
+    /// first lane naming guest 0 (no guest has that id), which a node that
+    /// does not know it skips as a guest it does not hold: mixed clusters
+    /// keep working, and what a rebuild of the room goes by (the guest's
+    /// node keeps the host's number of the last frame it took) comes for
+    /// free with the frame.
     RoomFrame {
         /// Session id.
         sid: String,
+        /// The frame's number among the host's frames, if the sender said.
+        host: Option<u64>,
         /// Each guest it is for, with its number in that guest's direction.
         lanes: Vec<(GuestId, u64)>,
         /// The frame, verbatim.
@@ -172,13 +190,24 @@ impl Envelope {
                 out.put_u64(*p);
                 put_frame(out, frame);
             }
-            Envelope::RoomFrame { sid, lanes, frame } => {
+            Envelope::RoomFrame {
+                sid,
+                host,
+                lanes,
+                frame,
+            } => {
                 out.put_u8(ROOM_FRAME);
                 put_sid(out, sid);
-                // A room holds at most MAX_ROOM_LANES guests; the rest, if a
-                // caller ever passed more, would be refused by the decoder.
-                let lanes = &lanes[..lanes.len().min(MAX_ROOM_LANES)];
-                out.put_u16(lanes.len() as u16);
+                // At most MAX_ROOM_LANES lanes, the host's number's included
+                // (the publisher merges within that); more, if a caller ever
+                // passed them, would be refused by the decoder.
+                let marker = usize::from(host.is_some());
+                let lanes = &lanes[..lanes.len().min(MAX_ROOM_LANES - marker)];
+                out.put_u16((lanes.len() + marker) as u16);
+                if let Some(n) = host {
+                    out.put_u64(HOST_LANE);
+                    out.put_u64(*n);
+                }
                 for (guest, p) in lanes {
                     out.put_u64(*guest);
                     out.put_u64(*p);
@@ -274,9 +303,25 @@ impl Envelope {
                 if n == 0 || n > MAX_ROOM_LANES || b.remaining() < n * 16 {
                     return None;
                 }
-                let lanes = (0..n).map(|_| (b.get_u64(), b.get_u64())).collect();
+                let mut lanes: Vec<(GuestId, u64)> =
+                    (0..n).map(|_| (b.get_u64(), b.get_u64())).collect();
+                let host = match lanes.first() {
+                    Some(&(HOST_LANE, n)) => Some(n),
+                    _ => None,
+                };
+                if host.is_some() {
+                    lanes.remove(0);
+                    if lanes.is_empty() {
+                        return None;
+                    }
+                }
                 let frame = get_frame(b)?;
-                Some(Envelope::RoomFrame { sid, lanes, frame })
+                Some(Envelope::RoomFrame {
+                    sid,
+                    host,
+                    lanes,
+                    frame,
+                })
             }
             GUEST_FRAME => {
                 let sid = get_sid(&mut b)?;

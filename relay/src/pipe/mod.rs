@@ -23,6 +23,7 @@ use crate::queue::{self, Drained, EventEffect, FromPeer, Gap, Limits, Queue, Sta
 
 mod guests;
 mod peer;
+mod remote;
 pub use peer::Peer;
 
 /// How long a slow consumer's socket may still read its close frame before
@@ -93,6 +94,8 @@ struct Inner {
     /// For a room host's pipe: the nodes of the guests feeding it from
     /// there, where their acknowledgements and written reports go.
     guests: guests::GuestPeers,
+    /// Fed from a room host's node: the host's number of the last frame taken.
+    host_at: u64,
 }
 
 /// What the queue asked for, done once the lock is released.
@@ -183,6 +186,7 @@ impl Pipe {
                 ack_to,
                 sender: None,
                 guests: guests::GuestPeers::default(),
+                host_at: 0,
             }),
         })
     }
@@ -239,7 +243,7 @@ impl Pipe {
     /// For tests: [`Pipe::push_as`] from no connection in particular.
     #[cfg(test)]
     pub fn push(&self, frame: Frame, gate: &Arc<Gate>) -> Pushed {
-        self.push_checked(frame, None, None, gate)
+        self.push_checked(frame, None, None, gate, 0)
     }
 
     /// Sender side: queues one data frame from connection `conn` toward the
@@ -249,7 +253,7 @@ impl Pipe {
     /// nodes, if the link to its node is full).
     #[inline]
     pub fn push_as(&self, frame: Frame, from: Sender, conn: ConnId, gate: &Arc<Gate>) -> Pushed {
-        self.push_checked(frame, from, Some(conn), gate)
+        self.push_checked(frame, from, Some(conn), gate, 0)
     }
 
     #[inline]
@@ -259,6 +263,7 @@ impl Pipe {
         from: Sender,
         conn: Option<ConnId>,
         gate: &Arc<Gate>,
+        host: u64,
     ) -> Pushed {
         let mut g = self.lock();
         if let (Some(fence), Some(conn)) = (g.sender, conn) {
@@ -266,7 +271,11 @@ impl Pipe {
                 return Pushed::Replaced;
             }
         }
-        let pushed = match g.queue.push_from(frame, from) {
+        let queued = match host {
+            0 => g.queue.push_from(frame, from),
+            n => g.queue.push_host(frame, n),
+        };
+        let pushed = match queued {
             queue::Pushed::Queued { backlogged } => {
                 if backlogged {
                     g.pause(gate);
@@ -283,7 +292,7 @@ impl Pipe {
                 // Handed to the link under the lock, so frames reach it in
                 // the queue's order, replays included.
                 if let Some(peer) = &g.remote {
-                    peer.frame(p, frame, gate);
+                    peer.frame(p, frame, gate, host);
                 }
                 if backlogged {
                     g.pause(gate);
@@ -337,6 +346,7 @@ impl Pipe {
     /// [`Gap`] when `last_seq` does not fit what was sent and acknowledged.
     pub fn attach(&self, rx: Receiver, last_seq: u64) -> Result<u64, Gap> {
         let mut g = self.lock();
+        g.queue.renumber(last_seq);
         let written = g.queue.attach(rx.conn, last_seq, Instant::now())?;
         g.reader = Some(rx);
         g.report_guest_reads();
@@ -421,45 +431,6 @@ impl Pipe {
     /// every frame up to pairing number `p` to its socket.
     pub fn written_from_peer(&self, p: u64) {
         self.change(|q| q.written_from_peer(p));
-    }
-
-    /// Sender side: the receiver is (now) on another node and has every
-    /// frame up to pairing number `p_last`; send it the rest, then keep
-    /// publishing there.
-    ///
-    /// # Errors
-    /// [`Gap`] when `p_last` does not fit what was sent and acknowledged.
-    pub fn send_to_peer(&self, peer: Peer, p_last: u64) -> Result<(), Gap> {
-        let mut g = self.lock();
-        let frames = g.queue.send_to_peer(p_last, Instant::now())?;
-        // Under the lock: before any frame the sender pushes from now on.
-        peer.replay(frames);
-        g.remote = Some(peer);
-        let after = g.settle();
-        drop(g);
-        after.run();
-        Ok(())
-    }
-
-    /// Sender side: publishes again every held frame from pairing number
-    /// `from` on (envelopes were lost; the receiver drops what it has).
-    pub fn resend_to_peer(&self, from: u64) {
-        let g = self.lock();
-        if let Some(peer) = &g.remote {
-            // Under the lock, so the link gets them in order with new pushes.
-            peer.replay(g.queue.resend_from(from));
-        }
-    }
-
-    /// The node this pipe publishes to, if its receiver is remote.
-    pub fn remote_node(&self) -> Option<Arc<str>> {
-        self.lock().remote.as_ref().map(|p| Arc::clone(p.node()))
-    }
-
-    /// Sender side: the remote receiver went away; keep its frames within
-    /// the away limits until it comes back somewhere.
-    pub fn peer_away(&self) {
-        self.change(Queue::peer_away);
     }
 
     /// Starts a new pairing on this direction: frames are numbered from 1

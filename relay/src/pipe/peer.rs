@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::cluster::bus::Link;
-use crate::cluster::envelope::{Control, GuestLane, Lane};
+use crate::cluster::envelope::{Control, GuestLane, Lane, host_number};
 use crate::frame::Frame;
 use crate::gate::Gate;
 
@@ -25,7 +25,9 @@ impl Peer {
         self.link.node()
     }
 
-    pub(super) fn frame(&self, p: u64, frame: Frame, gate: &Arc<Gate>) {
+    /// Hands the link frame `p`; `host` is its number among a room host's
+    /// frames (0: none), on the way to a guest.
+    pub(super) fn frame(&self, p: u64, frame: Frame, gate: &Arc<Gate>, host: u64) {
         let sid = self.sid.to_string();
         match self.to {
             Lane::Pair(to) => self.link.frame(sid, to, p, frame, gate),
@@ -38,13 +40,17 @@ impl Peer {
             Lane::Guest(GuestLane {
                 guest,
                 to_host: false,
-            }) => self.link.room_frame(sid, vec![(guest, p)], frame, gate),
+            }) => self
+                .link
+                .room_frame(sid, host_number(host), vec![(guest, p)], frame, gate),
         }
     }
 
-    pub(super) fn replay(&self, frames: Vec<(u64, Frame)>) {
+    /// Hands the link frames sent again, each with its number among a room
+    /// host's frames (0: none).
+    pub(super) fn replay(&self, frames: Vec<(u64, Frame, u64)>) {
         if !frames.is_empty() {
-            self.link.replay(&self.sid, self.to, frames);
+            self.link.replay_numbered(&self.sid, self.to, frames);
         }
     }
 
@@ -129,6 +135,7 @@ mod tests {
             out.envelopes(),
             [Envelope::RoomFrame {
                 sid: "s".into(),
+                host: None,
                 lanes: vec![(3, 2), (5, 1)],
                 frame: all,
             }]
@@ -140,11 +147,13 @@ mod tests {
             [
                 Envelope::RoomFrame {
                     sid: "s".into(),
+                    host: None,
                     lanes: vec![(3, 1)],
                     frame: data(0),
                 },
                 Envelope::RoomFrame {
                     sid: "s".into(),
+                    host: None,
                     lanes: vec![(3, 2)],
                     frame: data(1),
                 },
@@ -254,5 +263,38 @@ mod tests {
                 from: 2,
             })]
         );
+    }
+
+    /// The host's node died: a guest's way to its host starts, at the node
+    /// that rebuilds the room, after the host's own count of the guest's
+    /// frames when the pipe can replay from there, else after what the
+    /// host acknowledged (frames it read and had not acknowledged come
+    /// again); the replay there then holds every frame after it.
+    #[test]
+    fn a_guest_s_way_to_a_rebuilt_room_starts_after_the_host_s_count() {
+        let (bus, mut out) = Bus::detached("guest-node");
+        let gate = Gate::new();
+        // Five frames sent to the dead node, two of them acknowledged.
+        let to_host = Pipe::sending_to_peer(limits(), peer(&bus, "dead", 4, true), 0, 0);
+        for n in 1..=5 {
+            to_host.push(data(n), &gate);
+        }
+        to_host.ack_from_peer(2);
+        out.envelopes();
+        assert_eq!(to_host.rebuilt_host_start(Some(3)), 3);
+        for wrong in [None, Some(1), Some(9)] {
+            assert_eq!(to_host.rebuilt_host_start(wrong), 2, "{wrong:?}");
+        }
+        to_host.send_to_peer(peer(&bus, "new", 4, true), 3).unwrap();
+        to_host.push(data(6), &gate);
+        let sent: Vec<Envelope> = (4..=6)
+            .map(|p| Envelope::GuestFrame {
+                sid: "s".into(),
+                guest: 4,
+                p,
+                frame: data(p as u8),
+            })
+            .collect();
+        assert_eq!(out.envelopes(), sent);
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use super::entry::{Entry, Item, stamp};
-use super::outcome::{FromPeer, Gap};
+use super::outcome::{FromPeer, Gap, Pushed};
 use super::{AWAY, Queue, RESEND_RETRY, Reader};
 use crate::frame::Frame;
 
@@ -217,10 +217,67 @@ impl Queue {
         }
     }
 
+    /// Sender side: the pairing number up to which the reader
+    /// acknowledged (every frame after it is held).
+    pub fn acknowledged(&self) -> u64 {
+        self.oldest_held()
+            .saturating_sub(1)
+            .saturating_sub(self.base)
+    }
+
+    /// Toward a room guest whose node died with its host's: its count of
+    /// this direction died there, so the frames held for it are numbered
+    /// after the count it brings when it comes back (see `renumber`).
+    pub fn number_on_return(&mut self) {
+        self.unnumbered = true;
+    }
+
+    /// The reader came back with `last_seq` frames: if this queue waited
+    /// for that count (`number_on_return`), what it holds is renumbered to
+    /// follow it, once. Called before the reader attaches or is sent to.
+    pub fn renumber(&mut self, last_seq: u64) {
+        if !std::mem::take(&mut self.unnumbered) {
+            return;
+        }
+        let by = last_seq.saturating_sub(self.oldest_held().saturating_sub(1));
+        for e in &mut self.entries {
+            e.seq += by;
+            if let Item::Data { seq, .. } = &mut e.item {
+                *seq += by;
+            }
+        }
+        self.seq += by;
+        self.peer_written += by;
+        self.reported += by;
+    }
+
+    /// Queues a room host's data frame toward one guest, numbered `host`
+    /// among the host's frames (kept with it for replays; see `Entry::host`).
+    #[inline]
+    pub fn push_host(&mut self, frame: Frame, host: u64) -> Pushed {
+        let before = self.next_pos;
+        let pushed = self.push_from(frame, None);
+        if self.next_pos > before {
+            if let Some(e) = self.entries.back_mut() {
+                e.host = host;
+            }
+        }
+        pushed
+    }
+
     /// Sender side: every held frame from pairing number `from` on, to
     /// publish again (envelopes were lost; the reader drops what it has).
     /// Empty unless the reader is on another node.
     pub fn resend_from(&self, from: u64) -> Vec<(u64, Frame)> {
+        self.resend_numbered(from)
+            .into_iter()
+            .map(|(p, frame, _)| (p, frame))
+            .collect()
+    }
+
+    /// As [`Queue::resend_from`], each with its number among a room host's
+    /// frames (0 if none; see [`Queue::push_host`]).
+    pub fn resend_numbered(&self, from: u64) -> Vec<(u64, Frame, u64)> {
         if self.reader != Reader::Remote {
             return Vec::new();
         }
@@ -228,7 +285,7 @@ impl Queue {
             .iter()
             .filter_map(|e| match &e.item {
                 Item::Data { seq, frame, .. } if seq - self.base >= from => {
-                    Some((seq - self.base, frame.clone()))
+                    Some((seq - self.base, frame.clone(), e.host))
                 }
                 _ => None,
             })

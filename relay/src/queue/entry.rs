@@ -62,6 +62,11 @@ pub(super) struct Entry {
     /// latency histogram): a clock read per frame would cost more than the
     /// rest of the frame's bookkeeping.
     pub(super) at: Option<Instant>,
+    /// On a room host's way to one guest: the frame's number among the
+    /// host's frames (0: none, or not a host's frame), published with it so
+    /// that the guest's node knows where it stands should the host's node
+    /// die (docs/design.md, "Rooms across nodes").
+    pub(super) host: u64,
 }
 
 impl Entry {

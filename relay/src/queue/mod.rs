@@ -132,6 +132,8 @@ pub struct Queue {
     newly_cut: Option<ConnId>,
     /// For a room host's queue: the guests on other nodes feeding it.
     feeds: Option<Box<guests::Feeds>>,
+    /// Toward a room guest whose count died with a node: see `renumber`.
+    unnumbered: bool,
 }
 
 impl Queue {
@@ -162,6 +164,7 @@ impl Queue {
             wake: false,
             newly_cut: None,
             feeds: None,
+            unnumbered: false,
         }
     }
 
@@ -311,6 +314,7 @@ impl Queue {
             seq,
             item,
             at,
+            host: 0,
         };
         self.next_pos += 1;
         self.bytes += entry.cost();

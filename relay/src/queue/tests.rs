@@ -477,3 +477,39 @@ fn closing_keeps_the_last_events_for_an_attached_reader_only() {
     away.close();
     assert_eq!(away.held_entries(), 0);
 }
+
+/// Toward a room guest whose node died with its host's: what the rebuilt
+/// room holds for it is numbered after the count the guest brings back,
+/// once, whether it comes back to this node or to another; the host's
+/// number of each frame goes along with it.
+#[test]
+fn a_queue_waiting_for_its_reader_s_count_numbers_what_it_holds_after_it() {
+    let fresh = || {
+        let mut q = Queue::sending_to_peer(roomy(), 0, 0);
+        q.peer_away();
+        q.number_on_return();
+        for i in 1..=3 {
+            q.push_host(data(i), 40 + u64::from(i));
+        }
+        q
+    };
+    // Back here, having 10 frames of its direction.
+    let mut q = fresh();
+    q.renumber(10);
+    q.attach(C, 10, Instant::now()).unwrap();
+    assert_eq!(seqs(&drain_all(&mut q, 0)), [11, 12, 13]);
+    q.renumber(20);
+    assert!(matches!(q.push(data(4)), Pushed::Queued { .. }));
+    assert_eq!(q.pairing_count(), 14, "renumbered once");
+    // Back on another node: sent there after its count, with the host's numbers.
+    let mut q = fresh();
+    q.renumber(7);
+    q.send_to_peer(7, Instant::now()).unwrap();
+    assert_eq!(
+        q.resend_numbered(0)
+            .into_iter()
+            .map(|(p, _, host)| (p, host))
+            .collect::<Vec<_>>(),
+        [(8, 41), (9, 42), (10, 43)]
+    );
+}

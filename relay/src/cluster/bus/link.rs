@@ -191,7 +191,7 @@ impl Link {
         let size = ENVELOPE_OVERHEAD
             + match &env {
                 Envelope::Frame { frame, .. } | Envelope::GuestFrame { frame, .. } => frame.len(),
-                Envelope::RoomFrame { frame, lanes, .. } => frame.len() + 16 * lanes.len(),
+                Envelope::RoomFrame { frame, lanes, .. } => frame.len() + 16 * (lanes.len() + 1),
                 Envelope::Control(
                     Control::Handover {
                         events,
@@ -235,14 +235,22 @@ impl Link {
     /// Queues a room host's new data frame for the guests of the other
     /// node named in `lanes` (each with its number), as one envelope:
     /// published once however many guests it is for. As [`Link::frame`].
+    /// `host` is the frame's number among the host's frames, if known.
     pub fn room_frame(
         &self,
         sid: String,
+        host: Option<u64>,
         lanes: Vec<(GuestId, u64)>,
         frame: Frame,
         gate: &Arc<Gate>,
     ) {
-        self.new_frame(Envelope::RoomFrame { sid, lanes, frame }, gate);
+        let env = Envelope::RoomFrame {
+            sid,
+            host,
+            lanes,
+            frame,
+        };
+        self.new_frame(env, gate);
     }
 
     /// Queues a room guest's new data frame toward its host. As [`Link::frame`].
@@ -287,11 +295,24 @@ impl Link {
     /// Past [`HARD_LIMIT`] the rest are dropped and the link is marked lost,
     /// so their holder sends them again when it has room.
     /// Frames of a room are never merged: each names its one guest.
+    #[cfg(test)]
     pub fn replay(&self, sid: &str, lane: impl Into<Lane>, frames: Vec<(u64, Frame)>) {
+        let frames = frames.into_iter().map(|(p, f)| (p, f, 0)).collect();
+        self.replay_numbered(sid, lane, frames);
+    }
+
+    /// As [`Link::replay`], each frame with its number among a room host's
+    /// frames (0: none), which a room frame carries.
+    pub fn replay_numbered(
+        &self,
+        sid: &str,
+        lane: impl Into<Lane>,
+        frames: Vec<(u64, Frame, u64)>,
+    ) {
         let lane = lane.into();
         let mut st = self.lock();
         let mut dropped = 0;
-        for (p, frame) in frames {
+        for (p, frame, host) in frames {
             if dropped > 0 || st.bytes + ENVELOPE_OVERHEAD + frame.len() > HARD_LIMIT {
                 dropped += 1;
                 continue;
@@ -313,6 +334,7 @@ impl Link {
                     to_host: false,
                 }) => Envelope::RoomFrame {
                     sid,
+                    host: crate::cluster::envelope::host_number(host),
                     lanes: vec![(guest, p)],
                     frame,
                 },

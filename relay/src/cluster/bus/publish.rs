@@ -155,11 +155,13 @@ fn merge_room_frames(prev: &mut Outgoing, next: &Outgoing) -> bool {
     let (
         Envelope::RoomFrame {
             sid: a,
+            host: ha,
             lanes,
             frame: fa,
         },
         Envelope::RoomFrame {
             sid: b,
+            host: hb,
             lanes: more,
             frame: fb,
         },
@@ -167,11 +169,14 @@ fn merge_room_frames(prev: &mut Outgoing, next: &Outgoing) -> bool {
     else {
         return false;
     };
+    // The host's number takes a lane of the envelope (see `Envelope::RoomFrame`).
+    let marker = usize::from(ha.is_some());
     let same = prev.class == Class::Frame
         && next.class == Class::Frame
         && a == b
+        && ha == hb
         && same_payload(fa, fb)
-        && lanes.len() + more.len() <= MAX_ROOM_LANES;
+        && lanes.len() + more.len() + marker <= MAX_ROOM_LANES;
     if same {
         lanes.extend_from_slice(more);
     }

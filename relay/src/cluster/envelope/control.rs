@@ -283,6 +283,36 @@ pub enum Control {
         /// The host was away (its guests hear `peer_resumed`).
         was_away: bool,
     },
+    /// To a node holding guests of a room whose host's node died: the host
+    /// resumed on `node`, where the room is rebuilt. Each guest named
+    /// sends there after the count given (the host's own count of that
+    /// guest's frames, `guestSeqs`) or, without one, every frame of it
+    /// held (the host may have read some of those: they come again), and
+    /// acknowledges there what it reads. Answered with
+    /// [`Control::HostRebuilt`].
+    HostRebuild {
+        /// Session id.
+        sid: String,
+        /// The host's node.
+        node: String,
+        /// Each guest of that node, with the host's count of its frames if known.
+        guests: Vec<(GuestId, Option<u64>)>,
+        /// Matches the answer to the request.
+        request: u64,
+    },
+    /// Answer to [`Control::HostRebuild`], to the host's node: where each
+    /// of its guests stands.
+    HostRebuilt {
+        /// Session id.
+        sid: String,
+        /// The answering node.
+        #[serde(default)]
+        node: String,
+        /// The guests the node holds of those named.
+        guests: Vec<RebuiltGuest>,
+        /// Matches the request.
+        request: u64,
+    },
     /// As [`Control::Handover`], for a room guest: answer to
     /// [`Control::GuestMoved`], to the guest's new node.
     GuestHandover {
@@ -322,6 +352,24 @@ pub struct HandedGuest {
     pub held: Vec<HeldFrame>,
     /// Frames of it the host has (read, within the host's `lastSeq`).
     pub have: u64,
+}
+
+/// A room guest as its node answers a rebuild (`HostRebuilt`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RebuiltGuest {
+    /// The guest.
+    pub id: GuestId,
+    /// Frames of the host's direction toward it its node took.
+    pub took: u64,
+    /// The host's number of the last of them (0: not known).
+    pub host_at: u64,
+    /// The frames of it the host's node will get start after this one.
+    pub from: u64,
+    /// Frames taken and not yet acknowledged by the guest, for the host's
+    /// node to hold (as [`HandedGuest::held`]): the replay source should
+    /// the guest move.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldFrame>,
 }
 
 /// A room host's decision about one guest, for the guest's node.

@@ -37,13 +37,21 @@ fn envelopes_round_trip_in_one_message() {
         Envelope::Probe { nonce: 42 },
         Envelope::RoomFrame {
             sid: "s4".into(),
+            host: None,
             lanes: vec![(1, 5), (3, u64::MAX), (u64::MAX, 0)],
             frame: Frame::Binary(Bytes::from_static(&[9, 0, 9])),
         },
         Envelope::RoomFrame {
             sid: "s4".into(),
+            host: None,
             lanes: vec![(2, 1)],
             frame: Frame::Text(r#"{"type":"data","payload":""}"#.into()),
+        },
+        Envelope::RoomFrame {
+            sid: "s4".into(),
+            host: Some(u64::MAX),
+            lanes: vec![(2, 9), (7, 1)],
+            frame: Frame::Binary(Bytes::from_static(&[1])),
         },
         Envelope::GuestFrame {
             sid: "s4".into(),
@@ -98,6 +106,41 @@ fn a_pairing_s_frame_is_the_bytes_it_always_was() {
             0, b'x', b'y', // binary, payload
         ]
     );
+}
+
+/// The host's number of a room frame is a first lane naming guest 0: a
+/// node that does not know it reads the frame as before, with one more
+/// guest it does not hold (which its dispatcher skips).
+#[test]
+fn a_room_frame_s_host_number_is_a_lane_an_older_node_skips() {
+    let frame = Frame::Text(r#"{"type":"data","payload":"x"}"#.into());
+    let encode = |e: Envelope| {
+        let mut buf = BytesMut::new();
+        e.encode(&mut buf);
+        buf.freeze()
+    };
+    let with = encode(Envelope::RoomFrame {
+        sid: "s".into(),
+        host: Some(42),
+        lanes: vec![(3, 7), (5, 1)],
+        frame: frame.clone(),
+    });
+    // What a node of before reads: the same bytes as a frame for guest 0 too.
+    let before = encode(Envelope::RoomFrame {
+        sid: "s".into(),
+        host: None,
+        lanes: vec![(0, 42), (3, 7), (5, 1)],
+        frame: frame.clone(),
+    });
+    assert_eq!(with, before);
+    // A host's number with no guest is no frame.
+    let alone = encode(Envelope::RoomFrame {
+        sid: "s".into(),
+        host: None,
+        lanes: vec![(0, 42)],
+        frame,
+    });
+    assert_eq!(Envelope::decode_all(alone), (vec![], 1));
 }
 
 #[test]
@@ -274,6 +317,24 @@ fn a_room_s_control_messages_round_trip_and_keep_their_json() {
             guests: vec![(6, 3), (7, 0)],
             was_away: true,
         },
+        Control::HostRebuild {
+            sid: sid(),
+            node: "e".into(),
+            guests: vec![(6, Some(3)), (7, None)],
+            request: 10,
+        },
+        Control::HostRebuilt {
+            sid: sid(),
+            node: "f".into(),
+            guests: vec![super::RebuiltGuest {
+                id: 6,
+                took: 40,
+                host_at: 52,
+                from: 3,
+                held: Vec::new(),
+            }],
+            request: 10,
+        },
     ];
     let mut buf = BytesMut::new();
     for c in &all {
@@ -312,6 +373,30 @@ fn a_room_s_control_messages_round_trip_and_keep_their_json() {
             was_away: false
         }),
         r#"{"type":"host_at","sid":"s","node":"e","guests":[[6,3]],"was_away":false}"#
+    );
+    assert_eq!(
+        json(&Control::HostRebuild {
+            sid: sid(),
+            node: "e".into(),
+            guests: vec![(6, Some(3)), (7, None)],
+            request: 1,
+        }),
+        r#"{"type":"host_rebuild","sid":"s","node":"e","guests":[[6,3],[7,null]],"request":1}"#
+    );
+    assert_eq!(
+        json(&Control::HostRebuilt {
+            sid: sid(),
+            node: "f".into(),
+            guests: vec![super::RebuiltGuest {
+                id: 6,
+                took: 40,
+                host_at: 52,
+                from: 3,
+                held: Vec::new(),
+            }],
+            request: 1,
+        }),
+        r#"{"type":"host_rebuilt","sid":"s","node":"f","guests":[{"id":6,"took":40,"host_at":52,"from":3}],"request":1}"#
     );
 }
 

@@ -68,6 +68,7 @@ async fn room_envelopes_reach_each_guest_direction_once() {
     let frame = Frame::Binary(Bytes::from_static(b"to all"));
     let room = |lanes: Vec<(u64, u64)>| Envelope::RoomFrame {
         sid: "s".into(),
+        host: None,
         lanes,
         frame: frame.clone(),
     };
@@ -82,6 +83,20 @@ async fn room_envelopes_reach_each_guest_direction_once() {
         None,
         "a guest not held here is skipped"
     );
+    // With the host's number: each guest's node keeps it for the frame
+    // taken (none for guest 5's gap, nor for a duplicate of guest 3's).
+    assert_eq!((to_3.host_at(), to_5.host_at()), ((0, 2), (0, 1)));
+    let at = |host, lanes: Vec<(u64, u64)>| Envelope::RoomFrame {
+        sid: "s".into(),
+        host: Some(host),
+        lanes,
+        frame: frame.clone(),
+    };
+    dispatch(at(40, vec![(3, 3), (5, 3)]));
+    dispatch(at(39, vec![(3, 2)]));
+    assert_eq!((to_3.host_at(), to_5.host_at()), ((40, 3), (0, 1)));
+    dispatch(at(41, vec![(5, 2)]));
+    assert_eq!(to_5.host_at(), (41, 2));
 
     from_4.push(Frame::Text("hi".into()), &Gate::new());
     assert_eq!(from_4.held_entries(), 1);

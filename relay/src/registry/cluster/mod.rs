@@ -385,7 +385,12 @@ fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metr
                 pipe.push_from_peer(p, frame)
             });
         }
-        Envelope::RoomFrame { sid, lanes, frame } => {
+        Envelope::RoomFrame {
+            sid,
+            host,
+            lanes,
+            frame,
+        } => {
             // One host frame for several guests here: each direction takes
             // it at its own number, in the order named.
             for (guest, p) in lanes {
@@ -394,7 +399,7 @@ fn dispatcher(dir: Directory, registry: Addr<ClusterRegistry>, metrics: Arc<Metr
                     to_host: false,
                 });
                 deliver(&dir, &registry, &metrics, &sid, lane, p, |pipe| {
-                    pipe.push_from_peer(p, frame.clone())
+                    pipe.push_from_host(p, frame.clone(), host)
                 });
             }
         }

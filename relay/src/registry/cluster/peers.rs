@@ -62,9 +62,12 @@ impl Handler<FromPeerNode> for ClusterRegistry {
             | Control::GuestEnded { .. }
             | Control::GuestMoved { .. }
             | Control::GuestHandover { .. }
-            | Control::HostAt { .. }) => self.room_control(c, ctx),
-            c @ Control::HostHandover { .. } => {
-                if let Control::HostHandover { request, .. } = &c {
+            | Control::HostAt { .. }
+            | Control::HostRebuild { .. }) => self.room_control(c, ctx),
+            c @ (Control::HostHandover { .. } | Control::HostRebuilt { .. }) => {
+                if let Control::HostHandover { request, .. }
+                | Control::HostRebuilt { request, .. } = &c
+                {
                     let request = *request;
                     self.handover(request, c);
                 }

@@ -81,12 +81,14 @@ fn a_room_frame_is_one_envelope_per_node_and_room_reports_coalesce_per_guest() {
     // Eight guests: five on node a, three on node b, each at its own number.
     a.room_frame(
         "s".into(),
+        None,
         (1..=5).map(|g| (g, g * 10)).collect(),
         frame.clone(),
         &gate,
     );
     b.room_frame(
         "s".into(),
+        None,
         vec![(6, 1), (7, 2), (8, 3)],
         frame.clone(),
         &gate,
@@ -111,6 +113,7 @@ fn a_room_frame_is_one_envelope_per_node_and_room_reports_coalesce_per_guest() {
         on("b"),
         [Envelope::RoomFrame {
             sid: "s".into(),
+            host: None,
             lanes: vec![(6, 1), (7, 2), (8, 3)],
             frame: frame.clone(),
         }]
@@ -120,6 +123,7 @@ fn a_room_frame_is_one_envelope_per_node_and_room_reports_coalesce_per_guest() {
         [
             Envelope::RoomFrame {
                 sid: "s".into(),
+                host: None,
                 lanes: vec![(1, 10), (2, 20), (3, 30), (4, 40), (5, 50)],
                 frame,
             },
@@ -166,20 +170,21 @@ fn one_host_frame_queued_for_each_guest_of_a_node_is_published_once() {
     // Each guest's direction queues the frame on its own, as the host's
     // pushes reach them one after another.
     for g in 1..=4 {
-        l.room_frame("s".into(), vec![(g, 7)], one.clone(), &gate);
+        l.room_frame("s".into(), None, vec![(g, 7)], one.clone(), &gate);
     }
     for g in 1..=2 {
-        l.room_frame("s".into(), vec![(g, 8)], two.clone(), &gate);
+        l.room_frame("s".into(), None, vec![(g, 8)], two.clone(), &gate);
     }
     // Not merged: a frame after another session's, a frame past an ack, and a
     // different frame with equal bytes (merging it would be right too).
-    l.room_frame("t".into(), vec![(3, 8)], two.clone(), &gate);
-    l.room_frame("s".into(), vec![(3, 8)], two.clone(), &gate);
+    l.room_frame("t".into(), None, vec![(3, 8)], two.clone(), &gate);
+    l.room_frame("s".into(), None, vec![(3, 8)], two.clone(), &gate);
     l.ack("s".into(), Role::Mac, 1, 0);
-    l.room_frame("s".into(), vec![(4, 8)], two.clone(), &gate);
-    l.room_frame("s".into(), vec![(5, 1)], other.clone(), &gate);
+    l.room_frame("s".into(), None, vec![(4, 8)], two.clone(), &gate);
+    l.room_frame("s".into(), None, vec![(5, 1)], other.clone(), &gate);
     let room = |sid: &str, lanes: Vec<(u64, u64)>, frame: &Frame| Envelope::RoomFrame {
         sid: sid.into(),
+        host: None,
         lanes,
         frame: frame.clone(),
     };
@@ -196,6 +201,34 @@ fn one_host_frame_queued_for_each_guest_of_a_node_is_published_once() {
         ]
     );
     assert_eq!(bus.metrics().bus_queued_bytes.get(), 0);
+}
+
+/// A host frame's number goes in the merged envelope once; frames of
+/// different numbers are never merged, whatever their payload.
+#[test]
+fn room_frames_merge_only_with_the_same_host_number() {
+    let (bus, mut out) = Bus::detached("me");
+    let l = bus.link(&Arc::from("other"));
+    let gate = Gate::new();
+    let one = Frame::Binary(Bytes::from(vec![1u8; 100]));
+    l.room_frame("s".into(), Some(7), vec![(1, 3)], one.clone(), &gate);
+    l.room_frame("s".into(), Some(7), vec![(2, 5)], one.clone(), &gate);
+    l.room_frame("s".into(), Some(8), vec![(3, 1)], one.clone(), &gate);
+    l.room_frame("s".into(), None, vec![(4, 1)], one.clone(), &gate);
+    let room = |host, lanes| Envelope::RoomFrame {
+        sid: "s".into(),
+        host,
+        lanes,
+        frame: one.clone(),
+    };
+    assert_eq!(
+        out.envelopes(),
+        [
+            room(Some(7), vec![(1, 3), (2, 5)]),
+            room(Some(8), vec![(3, 1)]),
+            room(None, vec![(4, 1)]),
+        ]
+    );
 }
 
 #[test]

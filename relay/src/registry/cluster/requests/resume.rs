@@ -312,22 +312,25 @@ impl ClusterRegistry {
         // Cut short by the deadline, the wait ends in the check before the
         // commit, which undoes the move.
         let until = msg.deadline.bound(HANDOVER_WAIT);
-        // A host whose old node is gone cannot have its room handed over:
+        // A host whose old node is gone (its lease, or a node killed within
+        // its lease that did not answer) cannot have its room handed over:
         // is it a room? (Asked only then: a pairing's resume costs nothing more.)
-        let orphan =
-            role == Role::Mac && !facts.old_alive && old_node.as_deref().is_some_and(|n| *n != *me);
+        let moved = role == Role::Mac && old_node.as_deref().is_some_and(|n| *n != *me);
+        let old_alive = facts.old_alive;
         let store = Arc::clone(&self.store);
         let sid = msg.session_id.clone();
         let wait = async move {
             let replies = tokio::time::timeout_at(until, rx).await;
+            let orphan = moved && (!old_alive || replies.is_err());
             let room = orphan && store.is_room(&sid).await.unwrap_or(false);
             (replies, room)
         };
-        Box::pin(wait.into_actor(self).map(move |(replies, room), act, ctx| {
-            if room {
-                return act.orphaned_room(&msg, ctx);
-            }
+        Box::pin(wait.into_actor(self).then(move |(replies, room), act, ctx| {
             let partial = act.pending.remove(&request).map(|p| p.replies).unwrap_or_default();
+            if room {
+                // Its room died with that node: rebuilt from its guests' nodes.
+                return act.rebuild_room(msg, facts, ctx);
+            }
             let replies = match replies {
                 Ok(Ok(r)) => r,
                 _ if msg.deadline.has_passed() => partial,
@@ -336,7 +339,8 @@ impl ClusterRegistry {
                     partial
                 }
             };
-            act.resumed(msg, facts, replies, sbase, p_last, ctx)
+            let done = act.resumed(msg, facts, replies, sbase, p_last, ctx);
+            Box::pin(fut::ready(done))
         }))
     }
 

@@ -20,7 +20,7 @@ impl ClusterRegistry {
     /// `peer_resumed` from the move, unless the side had been connected),
     /// and it can resume again, here or anywhere. Nothing is undone if the
     /// side is no longer this resume's (a resume elsewhere took it).
-    pub(super) fn abandon_resume(
+    pub(in crate::registry::cluster) fn abandon_resume(
         &mut self,
         id: &SessionId,
         role: Role,

@@ -105,7 +105,7 @@ impl ClusterRegistry {
     /// (they end if they do not come back), and their resume is `back`.
     /// A guest that resumed before this ran is not changed (its connection
     /// is another).
-    fn away_in_redis(&self, id: &SessionId, guests: Vec<(GuestId, ConnId)>) {
+    pub(super) fn away_in_redis(&self, id: &SessionId, guests: Vec<(GuestId, ConnId)>) {
         if guests.is_empty() {
             return;
         }
@@ -289,53 +289,5 @@ impl ClusterRegistry {
                 local.tell_guest(g, &ServerMessage::PeerResumed, EventEffect::None);
             }
         }
-    }
-}
-
-impl ClusterRegistry {
-    /// A room host resumed here after the node that held its room died:
-    /// the room's state died with it (a later step rebuilds it from the
-    /// guests' nodes), so the room ends: its guests hear `MAC_DISCONNECTED`
-    /// and the host `RESUME_EXPIRED`, as when a pairing cannot be resumed.
-    pub(in crate::registry::cluster) fn orphaned_room(
-        &mut self,
-        msg: &Resume,
-        ctx: &mut Context<Self>,
-    ) -> Result<Resumed, Refusal> {
-        let id: SessionId = Arc::from(msg.session_id.as_str());
-        // Whether the host sent what a rebuild would go by (design.md,
-        // "Rooms across nodes", Left to build): known only in the log yet.
-        let per_guest = msg.sound_guest_seqs().map_or(0, |s| s.len());
-        warn!(session = %id, per_guest, "a room host resumed after its room's node died; ending the room");
-        if let Some(local) = self.sessions.get_mut(&id) {
-            if local.host.here.take().is_some() {
-                self.metrics.sessions_live.dec();
-            }
-        }
-        let store = Arc::clone(&self.store);
-        let sid = Arc::clone(&id);
-        let end = async move {
-            store
-                .end_side(&sid, Role::Mac, crate::cluster::store::Holder::Any)
-                .await
-        };
-        ctx.spawn(end.into_actor(self).map(move |res, act, ctx| {
-            if let Ok(crate::cluster::store::EndOutcome::Ended(facts)) = res {
-                let mut told: Vec<Arc<str>> = Vec::new();
-                for n in facts.guest_nodes {
-                    if !told.contains(&n) {
-                        let c = Control::Ended {
-                            sid: id.to_string(),
-                            role: Role::Mac,
-                            reason: crate::cluster::envelope::EndReason::Timeout,
-                        };
-                        act.send(&n, c, ctx);
-                        told.push(n);
-                    }
-                }
-            }
-            act.forget_if_empty(&id);
-        }));
-        Err(ErrorCode::ResumeExpired.into())
     }
 }

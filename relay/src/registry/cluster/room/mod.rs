@@ -21,6 +21,7 @@ mod host;
 mod host_move;
 mod host_news;
 mod peers;
+mod rebuild;
 mod resume;
 #[cfg(test)]
 mod tests;

@@ -144,6 +144,16 @@ impl ClusterRegistry {
                 &guests,
                 was_away,
             ),
+            Control::HostRebuild {
+                sid,
+                node,
+                guests,
+                request,
+            } => {
+                let node: Arc<str> = Arc::from(node.as_str());
+                let reply = self.host_rebuilt_at(&Arc::from(sid.as_str()), &node, &guests, request);
+                self.send(&node, reply, ctx);
+            }
             other => debug!(?other, "not a room's message"),
         }
     }

@@ -592,6 +592,7 @@ async fn removal_during_traffic_and_guests_leaving() {
 }
 
 mod host;
+mod rebuild;
 mod resume;
 mod stall;
 

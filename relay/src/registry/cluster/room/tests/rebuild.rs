@@ -1,0 +1,237 @@
+//! A room whose host's node dies (its lease given up) is rebuilt where the
+//! host resumes, from its guests' nodes (docs/design.md, "Rooms across
+//! nodes"): with `guestSeqs`, every guest frame reaches the host once and
+//! in order, and no guest on a live node gets a host frame twice; without
+//! it, nothing is lost (frames the host read may come again).
+
+use relay_protocol::{AdmitMode, Role};
+
+use super::*;
+use crate::registry::{Resume, Resumed};
+
+/// The room of these tests: the host on n1 (the node that dies), guest a
+/// on n2 (where the host resumes), b on n3, c on n1. Each guest has the
+/// host's frames h0..h9, and a also h10 (to it alone); the host read
+/// g0..g9 of each guest, then each sent g10..g14 before n1 died and
+/// g15..g19 after.
+struct Died {
+    _r: TestRedis,
+    nodes: [Addr<ClusterRegistry>; 3],
+    host: Hosting,
+    guests: [Guesting; 3],
+}
+
+async fn a_room_whose_node_dies() -> Died {
+    let r = TestRedis::start().await;
+    let (n1, lease) = start_node_leased(&r, "n1", crate::registry::testing::settings()).await;
+    let nodes = [n1, start_node(&r, "n2").await, start_node(&r, "n3").await];
+    let host = host_on(&nodes[0], 3, AdmitMode::Auto).await;
+    let code = host.reg.code.clone();
+    let a = join(&nodes[1], &code, "a").await.unwrap();
+    let b = join(&nodes[2], &code, "b").await.unwrap();
+    let c = join(&nodes[0], &code, "c").await.unwrap();
+    host.wait(6).await;
+    for i in 0..10 {
+        assert_eq!(host.send(bin("h", i), Target::All), 3);
+    }
+    assert_eq!(host.send(bin("h", 10), Target::Guest(a.id())), 1);
+    for (g, n) in [(&a, 11), (&b, 10), (&c, 10)] {
+        wait_for("the host's frames", || {
+            data(&g.seen().unwrap_or_default()).len() == n
+        })
+        .await;
+    }
+    for g in [&a, &b, &c] {
+        for i in 0..10 {
+            g.send(bin(&format!("g{}", g.id()), i));
+        }
+    }
+    wait_for("the host read 30", || data(&host.seen()).len() == 30).await;
+    for g in [&a, &b, &c] {
+        for i in 10..15 {
+            g.send(bin(&format!("g{}", g.id()), i));
+        }
+    }
+    lease.give_up().await;
+    for g in [&a, &b] {
+        for i in 15..20 {
+            g.send(bin(&format!("g{}", g.id()), i));
+        }
+    }
+    Died {
+        _r: r,
+        nodes,
+        host,
+        guests: [a, b, c],
+    }
+}
+
+/// The host resumes on n2 with `lastSeq` 30, and `guestSeqs` if `seqs`.
+async fn host_resumes(d: &Died, seqs: bool) -> (TestClient, Resumed) {
+    let client = TestClient::start();
+    let guest_seqs = if seqs {
+        d.guests.iter().map(|g| (g.id(), 10)).collect()
+    } else {
+        Default::default()
+    };
+    let resumed = d.nodes[1]
+        .send(Resume {
+            client: client.client.clone(),
+            deadline: Deadline::for_request(),
+            role: Role::Mac,
+            session_id: d.host.reg.link.session_id.to_string(),
+            resume_token: d.host.reg.resume_token.clone(),
+            last_seq: 30,
+            guest_seqs,
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|r| panic!("the host's resume: {r:?}"));
+    (client, resumed)
+}
+
+/// A guest resumes on `node` having `last_seq` of the host's frames.
+async fn guest_resumes(
+    node: &Addr<ClusterRegistry>,
+    g: &Guesting,
+    last_seq: u64,
+) -> (TestClient, Resumed) {
+    let client = TestClient::start();
+    let resumed = node
+        .send(Resume {
+            client: client.client.clone(),
+            deadline: Deadline::for_request(),
+            role: Role::Browser,
+            session_id: g.joined.link.session_id.to_string(),
+            resume_token: g.joined.resume_token.clone().unwrap(),
+            last_seq,
+            guest_seqs: Default::default(),
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|r| panic!("guest {}'s resume: {r:?}", g.id()));
+    (client, resumed)
+}
+
+fn frames_of(seen: &[Seen], id: GuestId) -> Vec<Frame> {
+    data(seen)
+        .into_iter()
+        .filter(|(_, g)| *g == Some(id))
+        .map(|(f, _)| f)
+        .collect()
+}
+
+fn numbered(tag: &str, range: std::ops::Range<u32>) -> Vec<Frame> {
+    range.map(|i| bin(tag, i)).collect()
+}
+
+/// n1 dies mid-stream and the host resumes on n2 with `guestSeqs`: it
+/// gets every guest frame after its count once and in order (b's from its
+/// node, a's and c's when they resume: a was on n2 and is closed to resume,
+/// c was on n1), its `lastSeq` back is the lowest host frame a live
+/// guest's node took, and what it sends again reaches only the guests that
+/// had not had it, once; the guests keep receiving.
+#[actix::test]
+async fn a_room_is_rebuilt_where_its_host_resumes_after_its_node_died() {
+    let d = a_room_whose_node_dies().await;
+    let [a, b, c] = &d.guests;
+    let (client, moved) = host_resumes(&d, true).await;
+    assert_eq!(
+        moved.accepted, 10,
+        "b's node had the host's frames up to 10"
+    );
+    let seen = || seen(&moved.link, client.conn()).unwrap();
+    let tag = |g: &Guesting| format!("g{}", g.id());
+    wait_for("b's frames after the host's count", || {
+        frames_of(&seen(), b.id()).len() == 10
+    })
+    .await;
+    assert_eq!(frames_of(&seen(), b.id()), numbered(&tag(b), 10..20));
+    let mut away: Vec<u64> = events(&seen())
+        .iter()
+        .filter(|e| e["type"] == "guest_away")
+        .map(|e| e["guestId"].as_u64().unwrap())
+        .collect();
+    away.sort_unstable();
+    assert_eq!(away, [a.id(), c.id()], "a (on n2) and c (on n1) resume");
+    wait_for("a closed to resume", || {
+        a.client.ended() == [ErrorCode::ShuttingDown]
+    })
+    .await;
+    // The host sends again what it sent after its `lastSeq` (h10, to a),
+    // then something new to all.
+    let gate = Gate::new();
+    let push =
+        |f: Frame, to: Target| match moved
+            .link
+            .outbound
+            .push(f, to, client.conn(), &gate, |_| {})
+        {
+            Sent::Room(n) => n,
+            Sent::Pipe(p) => panic!("{p:?}"),
+        };
+    assert_eq!(push(bin("h", 10), Target::Guest(a.id())), 0, "a had it");
+    assert_eq!(push(bin("h", 11), Target::All), 3);
+    let b_seen = b.wait(12).await;
+    assert_eq!(
+        data(&b_seen)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect::<Vec<_>>(),
+        [numbered("h", 0..10), vec![bin("h", 11)]].concat()
+    );
+    assert!(events(&b_seen).iter().any(|e| e["type"] == "peer_resumed"));
+    // a comes back where the host is, c on n3: each gets h11 once, and is
+    // told the host's count of its frames, after which it sends again.
+    let (ca, ra) = guest_resumes(&d.nodes[1], a, 11).await;
+    let (cc, rc) = guest_resumes(&d.nodes[2], c, 10).await;
+    assert_eq!((ra.accepted, rc.accepted), (10, 10));
+    for (r, cl) in [(&ra, &ca), (&rc, &cc)] {
+        let s = wait_seen(&r.link, cl.conn(), 1).await;
+        assert_eq!(
+            data(&s).into_iter().map(|(f, _)| f).collect::<Vec<_>>(),
+            [bin("h", 11)]
+        );
+    }
+    for (g, r, cl) in [(a, &ra, &ca), (c, &rc, &cc)] {
+        for i in 10..20 {
+            let pushed =
+                r.link
+                    .outbound
+                    .push(bin(&tag(g), i), Target::All, cl.conn(), &gate, |_| {});
+            assert!(matches!(pushed, Sent::Pipe(Pushed::Queued { .. })), "{i}");
+        }
+    }
+    wait_for("every guest frame after the host's count", || {
+        let s = seen();
+        [a, c].iter().all(|g| frames_of(&s, g.id()).len() == 10)
+    })
+    .await;
+    for g in [a, b, c] {
+        assert_eq!(
+            frames_of(&seen(), g.id()),
+            numbered(&tag(g), 10..20),
+            "{}",
+            g.id()
+        );
+    }
+    // b keeps sending to the rebuilt room.
+    b.send(bin(&tag(b), 20));
+    wait_for("b's next frame", || frames_of(&seen(), b.id()).len() == 11).await;
+}
+
+/// As above without `guestSeqs` (an older client): the host read g0..g9 of
+/// each guest and acknowledged none, so b's node sends its frames from
+/// g0 again: nothing is lost, and what the host read comes twice.
+#[actix::test]
+async fn without_guest_seqs_a_rebuilt_room_loses_nothing() {
+    let d = a_room_whose_node_dies().await;
+    let b = &d.guests[1];
+    let (client, moved) = host_resumes(&d, false).await;
+    let seen = || seen(&moved.link, client.conn()).unwrap();
+    wait_for("b's frames", || frames_of(&seen(), b.id()).len() == 20).await;
+    assert_eq!(
+        frames_of(&seen(), b.id()),
+        numbered(&format!("g{}", b.id()), 0..20)
+    );
+}
