@@ -102,8 +102,9 @@ async fn a_node_with_more_than_a_batch_spreads_its_clients() {
 
 /// While a drain is under way the node is not ready, still alive, and turns
 /// new clients away at once. A mac that stops reading while its browser
-/// floods it holds the drain open: its socket cannot run to be told (the
-/// write side is full) until the client reads again.
+/// floods it holds the drain open: its SHUTTING_DOWN and close frame wait
+/// behind a full write side until the client reads again (for at most the
+/// socket's 2 s linger), and the node waits for them.
 #[tokio::test]
 async fn while_draining_the_node_is_not_ready_and_turns_new_clients_away() {
     let mut relay = Relay::start(&[("RELAY_DRAIN_TIMEOUT", "60s")]);

@@ -7,7 +7,7 @@
 //! a wait, a bug) at the TCP level, through the socket's [`Killer`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Context;
 use std::time::{Duration, Instant};
@@ -129,6 +129,18 @@ pub struct Connections {
     /// Milliseconds since `epoch`, advanced by each sweep: a clock the
     /// per-frame path can read without a system call.
     clock: Arc<AtomicU64>,
+    /// Sockets whose actor stopped and whose last bytes (a drain's
+    /// SHUTTING_DOWN and close frame) are still being written.
+    closing: Arc<AtomicUsize>,
+}
+
+/// Held while a stopped socket writes its last bytes: a drain waits for it.
+pub struct Closing(Arc<AtomicUsize>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for Connections {
@@ -144,6 +156,7 @@ impl Connections {
             inner: Arc::default(),
             epoch: Instant::now(),
             clock: Arc::default(),
+            closing: Arc::default(),
         }
     }
 
@@ -188,6 +201,17 @@ impl Connections {
     /// Whether no connection is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Counts a stopped socket as still closing until the guard drops.
+    pub fn closing(&self) -> Closing {
+        self.closing.fetch_add(1, Ordering::Relaxed);
+        Closing(Arc::clone(&self.closing))
+    }
+
+    /// Whether no connection is open or still writing its last bytes.
+    pub fn settled(&self) -> bool {
+        self.is_empty() && self.closing.load(Ordering::Relaxed) == 0
     }
 
     /// Ids of every open connection.

@@ -142,7 +142,7 @@ pub async fn drain(draining: &Draining, conns: &Connections, metrics: &Metrics, 
         }
     };
     let gone = async {
-        while !conns.is_empty() {
+        while !conns.settled() {
             sleep(Duration::from_millis(20)).await;
         }
     };

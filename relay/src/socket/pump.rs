@@ -266,7 +266,12 @@ impl Socket {
             }
         }
         let _ = Pin::new(&mut io).poll_flush(&mut now);
+        // A draining node waits for this (at most LINGER): a client that
+        // was not reading when told to go still gets its close frame once it
+        // reads again, instead of a reset when the process exits.
+        let closing = self.shared.conns.closing();
         actix::spawn(async move {
+            let _closing = closing;
             let _ = tokio::time::timeout(LINGER, async move {
                 io.write_all(&out).await?;
                 io.shutdown().await?;
