@@ -314,8 +314,8 @@ impl ClusterRegistry {
 
     /// Refuses a guest's resume that found its host's room not yet where
     /// the host is (a host resuming after its node died, or moving): the
-    /// client comes again (`SHUTTING_DOWN` is retried), by when the room
-    /// is there. Its connection is no longer the guest's here.
+    /// client comes again (`SHUTTING_DOWN` and 1012, as from a draining
+    /// node), by when the room is there. Its connection is no longer the guest's here.
     fn come_again(
         &mut self,
         id: &SessionId,
@@ -338,9 +338,12 @@ impl ClusterRegistry {
             }
         }
         info!(session = %id, guest, "the host's room is being rebuilt; the guest is to resume again");
-        Refusal::with(
+        let mut r = Refusal::with(
             ErrorCode::ShuttingDown,
             "The room's host is resuming on another node; resume again.".to_owned(),
-        )
+        );
+        // Closed as a draining node closes (1012): clients resume again.
+        r.close = Some(relay_protocol::CloseCode::Draining);
+        r
     }
 }
