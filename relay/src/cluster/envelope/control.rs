@@ -331,6 +331,11 @@ pub enum Control {
         unacknowledged: Vec<HeldFrame>,
         /// Why its frames cannot be replayed, if so.
         error: Option<String>,
+        /// The host is on the answering node and its room is not yet
+        /// there (being rebuilt, or moving there): the guest is to come
+        /// again. Absent (false) from a node of before.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        not_yet: bool,
         /// Matches the request.
         request: u64,
     },

@@ -296,6 +296,7 @@ fn a_room_s_control_messages_round_trip_and_keep_their_json() {
                 &Frame::Binary(Bytes::from_static(&[0, 255])),
             )],
             error: None,
+            not_yet: true,
             request: 8,
         },
         Control::HostHandover {

@@ -226,6 +226,10 @@ impl ClusterRegistry {
         let to_guest_peer = self.guest_peer(id, guest, false, node);
         let from_guest_peer = self.guest_peer(id, guest, true, node);
         let hosts = self.sessions.get(id).is_some_and(|l| l.hosts_room());
+        // The host resumed here and its room is not built yet (a rebuild
+        // or a move waits for other nodes): what this node would hand over
+        // is not known yet, so the guest comes again.
+        let not_yet = !hosts && self.sessions.get(id).is_some_and(|l| l.host.here.is_some());
         let mut drop_here = false;
         let mut came_back = was_away;
         if let Some(local) = self.sessions.get_mut(id) {
@@ -302,6 +306,7 @@ impl ClusterRegistry {
             events,
             unacknowledged,
             error,
+            not_yet,
             request,
         }
     }

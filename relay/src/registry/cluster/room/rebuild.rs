@@ -42,15 +42,20 @@ impl ClusterRegistry {
         if let Some(local) = self.sessions.get_mut(id) {
             local.set_node(Role::Mac, Some(Arc::clone(node)));
             for &(g, from) in guests {
-                let Some(guest) = local.room().and_then(|r| r.guests.get(&g)) else {
+                let Some(guest) = local.room_mut().and_then(|r| r.guests.get_mut(&g)) else {
                     continue;
                 };
                 let (Some(out), Some(fed)) = (&guest.out_pipe, &guest.to_guest) else {
                     // Its resume here is under way, toward the dead node:
                     // closed to resume again, it finds the host's new node
-                    // (the new node holds it as away meanwhile).
+                    // (the new node holds it as away meanwhile). Its way
+                    // from the dead node goes, so the resume under way is
+                    // refused rather than made toward it (`host_left_it`).
                     if let Some((_, cmd)) = guest.here.as_ref().and_then(|h| h.conn.as_ref()) {
                         cmd.do_send(ConnCommand::Drain);
+                    }
+                    if guest.to_guest.take().is_some() {
+                        self.dir.set(id, lane(g, false), None);
                     }
                     continue;
                 };

@@ -38,6 +38,9 @@ struct Handed {
     error: Option<String>,
     /// The host's node held it away (closed to resume by a host's move).
     marked_away: bool,
+    /// The host's node has no room to hand over from yet (it is rebuilding
+    /// it, or it is moving there): the guest comes again.
+    not_yet: bool,
 }
 
 impl ClusterRegistry {
@@ -164,9 +167,11 @@ impl ClusterRegistry {
                     events,
                     unacknowledged,
                     error,
+                    not_yet,
                     ..
                 } = r
                 {
+                    handed.not_yet |= not_yet;
                     handed.events.extend(events);
                     if received.is_some() {
                         handed.received = received;
@@ -210,6 +215,9 @@ impl ClusterRegistry {
                 ErrorCode::InvalidResume,
                 format!("This session cannot be resumed: {e}. Start a new session."),
             ));
+        }
+        if handed.not_yet || self.host_left_it(&id, guest, host_here) {
+            return Err(self.come_again(&id, guest, msg.client.conn));
         }
         let limits = self.settings.limits;
         let t = tag(guest).ok_or(ErrorCode::InvalidResume)?;
@@ -289,5 +297,53 @@ impl ClusterRegistry {
             events: handed.events,
             link,
         })
+    }
+
+    /// Whether the host's room was rebuilt on another node while this
+    /// resume waited: the rebuild's question found it under way and took
+    /// its way from the host, made toward the dead node (`host_rebuilt_at`).
+    fn host_left_it(&self, id: &SessionId, guest: GuestId, host_here: bool) -> bool {
+        !host_here
+            && self
+                .sessions
+                .get(id)
+                .and_then(|l| l.room())
+                .and_then(|r| r.guests.get(&guest))
+                .is_some_and(|g| g.to_guest.is_none())
+    }
+
+    /// Refuses a guest's resume that found its host's room not yet where
+    /// the host is (a host resuming after its node died, or moving): the
+    /// client comes again (`SHUTTING_DOWN` and 1012, as from a draining
+    /// node), by when the room is there. Its connection is no longer the guest's here.
+    fn come_again(
+        &mut self,
+        id: &SessionId,
+        guest: GuestId,
+        conn: crate::conns::ConnId,
+    ) -> Refusal {
+        let g = self
+            .sessions
+            .get_mut(id)
+            .and_then(|l| l.room_mut())
+            .and_then(|r| r.guests.get_mut(&guest));
+        if let Some(g) = g {
+            if g.here
+                .as_ref()
+                .and_then(|h| h.conn.as_ref())
+                .map(|(c, _)| *c)
+                == Some(conn)
+            {
+                g.here = None;
+            }
+        }
+        info!(session = %id, guest, "the host's room is being rebuilt; the guest is to resume again");
+        let mut r = Refusal::with(
+            ErrorCode::ShuttingDown,
+            "The room's host is resuming on another node; resume again.".to_owned(),
+        );
+        // Closed as a draining node closes (1012): clients resume again.
+        r.close = Some(relay_protocol::CloseCode::Draining);
+        r
     }
 }

@@ -24,7 +24,7 @@ async fn start_node_with_bus(
 }
 
 /// As [`start_node_with_bus`], with a lease of `ttl`, kept (to give it up).
-async fn start_node_full(
+pub(super) async fn start_node_full(
     r: &TestRedis,
     node: &str,
     settings: RegistrySettings,

@@ -235,3 +235,201 @@ async fn without_guest_seqs_a_rebuilt_room_loses_nothing() {
         numbered(&format!("g{}", b.id()), 0..20)
     );
 }
+
+/// The host and guest c on n1, b on n3; each guest has h0..h9. Then n1
+/// goes deaf with its lease alive (a node killed within its lease: who
+/// asks it waits the handover wait in vain).
+struct Deaf {
+    _r: TestRedis,
+    lease: Option<crate::cluster::lease::Lease>,
+    nodes: [Addr<ClusterRegistry>; 3],
+    host: Hosting,
+    b: Guesting,
+    c: Guesting,
+}
+
+async fn a_room_whose_node_goes_deaf() -> Deaf {
+    let r = TestRedis::start().await;
+    let (n1, bus1, lease) =
+        super::lost::start_node_full(&r, "n1", settings(), Duration::from_secs(30)).await;
+    let nodes = [n1, start_node(&r, "n2").await, start_node(&r, "n3").await];
+    let host = host_on(&nodes[0], 2, AdmitMode::Auto).await;
+    let code = host.reg.code.clone();
+    let b = join(&nodes[2], &code, "b").await.unwrap();
+    let c = join(&nodes[0], &code, "c").await.unwrap();
+    host.wait(4).await;
+    for i in 0..10 {
+        assert_eq!(host.send(bin("h", i), Target::All), 2);
+    }
+    for g in [&b, &c] {
+        wait_for("the host's frames", || {
+            data(&g.seen().unwrap_or_default()).len() == 10
+        })
+        .await;
+    }
+    bus1.lose_controls(true);
+    Deaf {
+        _r: r,
+        lease: Some(lease),
+        nodes,
+        host,
+        b,
+        c,
+    }
+}
+
+/// A resume of `who` on `node` with `last_seq`, as a client sends it.
+async fn resume_on(
+    node: &Addr<ClusterRegistry>,
+    who: (Role, &str, &str),
+    last_seq: u64,
+) -> (TestClient, Result<Resumed, crate::registry::Refusal>) {
+    let client = TestClient::start();
+    let (role, sid, token) = who;
+    let r = node
+        .send(Resume {
+            client: client.client.clone(),
+            deadline: Deadline::for_request(),
+            role,
+            session_id: sid.to_owned(),
+            resume_token: token.to_owned(),
+            last_seq,
+            guest_seqs: Default::default(),
+        })
+        .await
+        .unwrap();
+    (client, r)
+}
+
+/// The host (resumed as `moved`) sends h10 and h11 to all; b gets them
+/// once, and so does c, on n3, resuming again as often as it is closed
+/// to resume or refused with `SHUTTING_DOWN` (what its client does).
+async fn both_guests_get_the_next_frames(
+    d: &Deaf,
+    hc: &TestClient,
+    moved: &Resumed,
+    mut c: (TestClient, Result<Resumed, crate::registry::Refusal>),
+) {
+    let gate = Gate::new();
+    for i in 10..12 {
+        let sent = moved
+            .link
+            .outbound
+            .push(bin("h", i), Target::All, hc.conn(), &gate, |_| {});
+        assert!(matches!(sent, Sent::Room(_)));
+    }
+    wait_for("b's frames after the rebuild", || {
+        data(&d.b.seen().unwrap_or_default()).len() == 12
+    })
+    .await;
+    let sid = d.c.joined.link.session_id.to_string();
+    let token = d.c.joined.resume_token.clone().unwrap();
+    let who = (Role::Browser, sid.as_str(), token.as_str());
+    let until = Instant::now() + WAIT;
+    let mut tries = 1;
+    loop {
+        let refused = match &c.1 {
+            Ok(rc) => {
+                let got = data(&seen(&rc.link, c.0.conn()).unwrap_or_default());
+                if got.iter().any(|(f, _)| *f == bin("h", 11)) {
+                    let frames: Vec<Frame> = got.into_iter().map(|(f, _)| f).collect();
+                    assert_eq!(frames, [bin("h", 10), bin("h", 11)], "c: once, in order");
+                    return;
+                }
+                false
+            }
+            Err(r) => {
+                assert_eq!(r.code, ErrorCode::ShuttingDown, "c's resume: {r:?}");
+                true
+            }
+        };
+        if refused || c.0.ended() == [ErrorCode::ShuttingDown] {
+            tries += 1;
+            assert!(tries < 5, "c resumes again and again");
+            c = resume_on(&d.nodes[2], who, 10).await;
+            continue;
+        }
+        assert!(
+            Instant::now() < until,
+            "c got no more of the host's frames: {:?}",
+            c.1.as_ref().map(|rc| seen(&rc.link, c.0.conn()))
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The host's resume on n2, having read nothing of its guests.
+fn host_of(d: &Deaf) -> (Role, String, String) {
+    (
+        Role::Mac,
+        d.host.reg.link.session_id.to_string(),
+        d.host.reg.resume_token.clone(),
+    )
+}
+
+/// c's client comes back on n3 *before* the host resumes on n2: its
+/// resume asks n1 and waits in vain, then the host's rebuild finds it
+/// resumed there, its ways pointing at n1. It keeps getting the host's
+/// frames, once each.
+#[actix::test]
+async fn a_guest_of_the_dead_node_back_before_its_host_keeps_getting_frames() {
+    let d = a_room_whose_node_goes_deaf().await;
+    let sid = d.c.joined.link.session_id.to_string();
+    let token = d.c.joined.resume_token.clone().unwrap();
+    let c = resume_on(&d.nodes[2], (Role::Browser, &sid, &token), 10).await;
+    assert!(c.1.is_ok(), "c's resume: {:?}", c.1.as_ref().err());
+    let (role, hsid, htoken) = host_of(&d);
+    let (hc, moved) = resume_on(&d.nodes[1], (role, &hsid, &htoken), 0).await;
+    let moved = moved.unwrap_or_else(|r| panic!("the host's resume: {r:?}"));
+    both_guests_get_the_next_frames(&d, &hc, &moved, c).await;
+}
+
+/// As above, c's client coming back while the host's resume waits for n1:
+/// the rebuild's question reaches n3 while c's resume there still waits
+/// for n1 too. c is told to come again (`SHUTTING_DOWN`) and, back, keeps
+/// getting the host's frames, once each.
+#[actix::test]
+async fn a_guest_of_the_dead_node_back_during_its_host_s_resume_keeps_getting_frames() {
+    let d = a_room_whose_node_goes_deaf().await;
+    let sid = d.c.joined.link.session_id.to_string();
+    let token = d.c.joined.resume_token.clone().unwrap();
+    let (role, hsid, htoken) = host_of(&d);
+    let host = resume_on(&d.nodes[1], (role, &hsid, &htoken), 0);
+    let guest = async {
+        // Within the host's wait for n1 (the handover wait, 2 s).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        resume_on(&d.nodes[2], (Role::Browser, &sid, &token), 10).await
+    };
+    let ((hc, moved), c) = tokio::join!(host, guest);
+    let moved = moved.unwrap_or_else(|r| panic!("the host's resume: {r:?}"));
+    both_guests_get_the_next_frames(&d, &hc, &moved, c).await;
+}
+
+/// As above, the host's resume not waiting for n1 (its lease given up
+/// meanwhile): the rebuild's question reaches n3 while c's resume there
+/// still waits for n1. c is closed to resume and its resume under way
+/// refused (`SHUTTING_DOWN`); back, it keeps getting the host's frames,
+/// once each.
+#[actix::test]
+async fn a_guest_of_the_dead_node_mid_resume_at_its_host_s_rebuild_keeps_getting_frames() {
+    let mut d = a_room_whose_node_goes_deaf().await;
+    let sid = d.c.joined.link.session_id.to_string();
+    let token = d.c.joined.resume_token.clone().unwrap();
+    let (role, hsid, htoken) = host_of(&d);
+    let lease = d.lease.take().unwrap();
+    let guest = resume_on(&d.nodes[2], (Role::Browser, &sid, &token), 10);
+    let host = async {
+        // Once c's resume is homed on n3 and waits for n1 (2 s).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lease.give_up().await;
+        resume_on(&d.nodes[1], (role, &hsid, &htoken), 0).await
+    };
+    let (c, (hc, moved)) = tokio::join!(guest, host);
+    let moved = moved.unwrap_or_else(|r| panic!("the host's resume: {r:?}"));
+    assert_eq!(
+        c.1.as_ref().err().map(|r| r.code),
+        Some(ErrorCode::ShuttingDown),
+        "c's resume under way is refused"
+    );
+    both_guests_get_the_next_frames(&d, &hc, &moved, c).await;
+}
