@@ -434,7 +434,7 @@ impl Scripts {
                 return {{'ok', f[2] or '', f[3] or ''}}
                 "#
             )),
-            // ARGV: pre, sid, guest id, end_ttl_ms
+            // ARGV: pre, sid, guest id, end_ttl_ms, mark (how its token is refused)
             remove: Script::new(&format!(
                 r#"
                 local pre, sid, id = ARGV[1], ARGV[2], ARGV[3]
@@ -443,7 +443,7 @@ impl Scripts {
                 local g = 'g' .. id .. '_'
                 local f = redis.call('HMGET', s, g .. 'state', g .. 'at', g .. 'conn', g .. 'tok')
                 if not f[1] then return {{'unknown'}} end
-                end_guest(id, f[2], f[4], 'REMOVED', ARGV[4])
+                end_guest(id, f[2], f[4], ARGV[5], ARGV[4])
                 return {{'ok', f[2] or '', f[3] or '', f[1]}}
                 "#
             )),

@@ -62,6 +62,10 @@ pub struct Bus {
     /// way (see [`Bus::lose_controls`]).
     #[cfg(test)]
     losing_controls: AtomicBool,
+    /// Tests: the control messages dropped so far, in order (what a test
+    /// waits for before making the node hear again).
+    #[cfg(test)]
+    lost: Mutex<Vec<super::envelope::Control>>,
 }
 
 impl Bus {
@@ -92,6 +96,8 @@ impl Bus {
             resubscribe: Notify::new(),
             #[cfg(test)]
             losing_controls: AtomicBool::new(false),
+            #[cfg(test)]
+            lost: Mutex::new(Vec::new()),
         })
     }
 
@@ -160,10 +166,23 @@ impl Bus {
     fn loses(&self, env: &Envelope) -> bool {
         #[cfg(test)]
         if self.losing_controls.load(Ordering::Relaxed) {
-            return matches!(env, Envelope::Control(_));
+            let Envelope::Control(c) = env else {
+                return false;
+            };
+            self.lost
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(c.clone());
+            return true;
         }
         let _ = env;
         false
+    }
+
+    /// Tests: the control messages dropped so far (see [`Bus::lose_controls`]).
+    #[cfg(test)]
+    pub fn lost_controls(&self) -> Vec<super::envelope::Control> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The metrics this bus counts in.

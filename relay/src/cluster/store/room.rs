@@ -252,8 +252,23 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when Redis fails or answers something unexpected.
     pub(crate) async fn remove(&self, sid: &str, id: GuestId) -> Result<GuestAnswer, StoreError> {
+        self.end_guest_as(sid, id, SideEnd::Removed).await
+    }
+
+    /// Ends guest `id` of `sid`, waiting or in, wherever it is: its token
+    /// is refused with `end` from now on (remembered as ended sides are).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis fails or answers something unexpected.
+    pub(crate) async fn end_guest_as(
+        &self,
+        sid: &str,
+        id: GuestId,
+        end: SideEnd,
+    ) -> Result<GuestAnswer, StoreError> {
         let mut inv = self.scripts.remove.prepare_invoke();
         inv.arg(PREFIX).arg(sid).arg(id).arg(ms(REMEMBER));
+        inv.arg(end.code().as_str());
         self.call(Op::Remove, &inv, |r| parse_answer(r, true)).await
     }
 }

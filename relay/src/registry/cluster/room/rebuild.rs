@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::super::{ClusterRegistry, HANDOVER_WAIT};
 use super::{Guest, RoomHere, lane, tag, unpaced};
 use crate::cluster::envelope::{Control, EndReason, HeldFrame, RebuiltGuest};
-use crate::cluster::store::{Holder, ResumeFacts};
+use crate::cluster::store::{ResumeFacts, SideEnd};
 use crate::conns::ConnCommand;
 use crate::frame::Frame;
 use crate::outbound::{Outbound, Room};
@@ -414,7 +414,8 @@ impl ClusterRegistry {
     }
 
     /// Guests whose node did not answer the rebuild end for good: in Redis
-    /// (their places free, their tokens remembered as ended), and on their
+    /// (their places free, their tokens refused with `MAC_DISCONNECTED`, as
+    /// when the host ends), and on their
     /// node, told as when the host ends (`MAC_DISCONNECTED`).
     fn end_unanswered(
         &mut self,
@@ -440,7 +441,8 @@ impl ClusterRegistry {
         let sid = Arc::clone(id);
         actix::spawn(async move {
             for g in guests {
-                if let Err(e) = store.end_guest(&sid, g, Holder::Any).await {
+                // Refused as when their host ends: what they were told.
+                if let Err(e) = store.end_guest_as(&sid, g, SideEnd::MacDisconnected).await {
                     warn!(session = %sid, guest = g, error = %e, "could not end a guest whose node did not answer");
                 }
             }

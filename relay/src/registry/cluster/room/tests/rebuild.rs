@@ -7,6 +7,7 @@
 use relay_protocol::{AdmitMode, Role};
 
 use super::*;
+use crate::cluster::envelope::Control;
 use crate::registry::{Resume, Resumed};
 
 /// The room of these tests: the host on n1 (the node that dies), guest a
@@ -432,4 +433,145 @@ async fn a_guest_of_the_dead_node_mid_resume_at_its_host_s_rebuild_keeps_getting
         "c's resume under way is refused"
     );
     both_guests_get_the_next_frames(&d, &hc, &moved, c).await;
+}
+
+/// The host on n1, which dies (its lease given up), b on n3, d on n4; the
+/// host resumes on n2 having read g0..g4 of each. n4 is deaf when the
+/// rebuild asks (a stalled node, its lease alive) and hears again once
+/// the question is lost: d ends (`MAC_DISCONNECTED` on n4, its token
+/// refused), the host hears `guest_left` `timeout` once, and b carries on:
+/// every frame both ways once and in order.
+#[actix::test]
+async fn guests_of_a_node_that_does_not_answer_the_rebuild_end_and_the_others_carry_on() {
+    let r = TestRedis::start().await;
+    let (n1, lease) = start_node_leased(&r, "n1", settings()).await;
+    let n2 = start_node(&r, "n2").await;
+    let n3 = start_node(&r, "n3").await;
+    let (n4, bus4, lease4) =
+        super::lost::start_node_full(&r, "n4", settings(), Duration::from_secs(30)).await;
+    std::mem::forget(lease4);
+    let host = host_on(&n1, 2, AdmitMode::Auto).await;
+    let b = join(&n3, &host.reg.code, "b").await.unwrap();
+    let d = join(&n4, &host.reg.code, "d").await.unwrap();
+    host.wait(4).await;
+    for i in 0..10 {
+        assert_eq!(host.send(bin("h", i), Target::All), 2);
+    }
+    for g in [&b, &d] {
+        wait_for("the host's frames", || {
+            data(&g.seen().unwrap_or_default()).len() == 10
+        })
+        .await;
+        for i in 0..5 {
+            g.send(bin(&format!("g{}", g.id()), i));
+        }
+    }
+    wait_for("the host read 10", || data(&host.seen()).len() == 10).await;
+    bus4.lose_controls(true);
+    lease.give_up().await;
+    let tag = format!("g{}", b.id());
+    for i in 5..10 {
+        b.send(bin(&tag, i));
+    }
+
+    let client = TestClient::start();
+    let resume = n2.send(Resume {
+        client: client.client.clone(),
+        deadline: Deadline::for_request(),
+        role: Role::Mac,
+        session_id: host.reg.link.session_id.to_string(),
+        resume_token: host.reg.resume_token.clone(),
+        last_seq: 10,
+        guest_seqs: [(b.id(), 5), (d.id(), 5)].into_iter().collect(),
+    });
+    let hears_again = async {
+        // Once n4 lost the question, it hears what follows it (`Ended`).
+        wait_for("n4 to lose the rebuild's question", || {
+            bus4.lost_controls()
+                .iter()
+                .any(|c| matches!(c, Control::HostRebuild { .. }))
+        })
+        .await;
+        bus4.lose_controls(false);
+    };
+    let (moved, ()) = tokio::join!(resume, hears_again);
+    let moved = moved
+        .unwrap()
+        .unwrap_or_else(|r| panic!("the host's resume: {r:?}"));
+    assert_eq!(moved.accepted, 10, "b's node had the host's frames to 10");
+    let seen = || seen(&moved.link, client.conn()).unwrap();
+    let left = |s: &[Seen]| -> Vec<serde_json::Value> {
+        events(s)
+            .into_iter()
+            .filter(|e| e["type"] == "guest_left")
+            .collect()
+    };
+    let s = seen();
+    assert_eq!(left(&s).len(), 1, "{s:?}");
+    assert_eq!(left(&s)[0]["guestId"], d.id());
+    assert_eq!(left(&s)[0]["reason"], "timeout");
+    assert!(
+        !events(&s).iter().any(|e| e["type"] == "guest_away"),
+        "b's node answered, d is gone: nobody is away"
+    );
+
+    // d is told its host is gone, and its token is no good any more.
+    wait_for("d told MAC_DISCONNECTED", || {
+        let s = d.seen().unwrap_or_default();
+        events(&s).iter().any(|e| e["code"] == "MAC_DISCONNECTED")
+    })
+    .await;
+    let s = d.seen().unwrap_or_default();
+    assert!(
+        matches!(s.last(), Some(Seen::Event(e)) if e["code"] == "MAC_DISCONNECTED"),
+        "nothing after it: {s:?}"
+    );
+    assert_eq!(data(&s).len(), 10, "d got only the host's first frames");
+    let (_, again) = resume_on(
+        &n3,
+        (
+            Role::Browser,
+            &*d.joined.link.session_id,
+            d.joined.resume_token.as_deref().unwrap(),
+        ),
+        10,
+    )
+    .await;
+    let refused = again.err().map(|r| r.code);
+    assert_eq!(
+        refused,
+        Some(ErrorCode::MacDisconnected),
+        "d's token after it ended"
+    );
+
+    // b: its frames after the host's count once and in order, the host's
+    // next frames once and in order, and its own next frame.
+    wait_for("b's frames after the host's count", || {
+        frames_of(&seen(), b.id()).len() == 5
+    })
+    .await;
+    assert_eq!(frames_of(&seen(), b.id()), numbered(&tag, 5..10));
+    let gate = Gate::new();
+    for i in 10..12 {
+        let sent = moved
+            .link
+            .outbound
+            .push(bin("h", i), Target::All, client.conn(), &gate, |_| {});
+        assert!(matches!(sent, Sent::Room(1)), "only b is in the room");
+    }
+    wait_for("the host's next frames at b", || {
+        data(&b.seen().unwrap_or_default()).len() == 12
+    })
+    .await;
+    assert_eq!(
+        data(&b.seen().unwrap_or_default())
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect::<Vec<_>>(),
+        numbered("h", 0..12)
+    );
+    b.send(bin(&tag, 10));
+    wait_for("b's next frame", || frames_of(&seen(), b.id()).len() == 6).await;
+    assert_eq!(frames_of(&seen(), b.id()), numbered(&tag, 5..11));
+    assert_eq!(left(&seen()).len(), 1, "d left once");
 }
