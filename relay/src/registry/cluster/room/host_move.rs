@@ -17,7 +17,7 @@ use relay_protocol::{ErrorCode, GuestId, Role, ServerMessage};
 use tracing::{info, warn};
 
 use super::super::{ClusterRegistry, Local};
-use super::{Guest, RoomHere, lane, tag, unpaced};
+use super::{Guest, GuestCounts, RoomHere, lane, push_by_node, tag, unpaced};
 use crate::cluster::envelope::{Control, HandedGuest, HeldFrame};
 use crate::conns::{ConnCommand, ConnId};
 use crate::frame::Frame;
@@ -26,9 +26,6 @@ use crate::pipe::Pipe;
 use crate::queue::EventEffect;
 use crate::registry::member::Member;
 use crate::registry::{Link, Refusal, Resume, Resumed, SessionId};
-
-/// Guests of one node, each with the frames of it the host has.
-type GuestCounts = Vec<(GuestId, u64)>;
 
 impl ClusterRegistry {
     /// On the node holding a room: its host resumed on `node`, having
@@ -210,10 +207,7 @@ impl ClusterRegistry {
             guest.to_guest = Some(p);
             room.guests.insert(hg.id, guest);
             if !resumes {
-                match tell.iter_mut().find(|(n, _)| *n == node) {
-                    Some((_, list)) => list.push((hg.id, hg.have)),
-                    None => tell.push((node, vec![(hg.id, hg.have)])),
-                }
+                push_by_node(&mut tell, node, (hg.id, hg.have));
             }
         }
         let local = self.sessions.get_mut(&id).ok_or(ErrorCode::ResumeExpired)?;
@@ -228,17 +222,39 @@ impl ClusterRegistry {
                 local.tell_host(&ServerMessage::GuestAway { guest_id: gid });
             }
         }
-        for (node, list) in tell {
+        info!(session = %id, last_seq = msg.last_seq, accepted, "room host resumed; its room moved here");
+        Ok(self.room_opened_here(
+            id,
+            tell,
+            was_away,
+            accepted,
+            (to_host, fanout, written),
+            ctx,
+        ))
+    }
+
+    /// The end of a host's resume that built its room here (a move or a
+    /// rebuild): each guest's node hears where the host is now, and the host
+    /// its link: `(to_host, fanout, written)`.
+    pub(super) fn room_opened_here(
+        &mut self,
+        id: SessionId,
+        tell: Vec<(Arc<str>, GuestCounts)>,
+        was_away: bool,
+        accepted: u64,
+        (to_host, fanout, written): (Arc<Pipe>, Arc<Room>, u64),
+        ctx: &mut Context<Self>,
+    ) -> Resumed {
+        for (node, guests) in tell {
             let c = Control::HostAt {
                 sid: id.to_string(),
-                node: me.to_string(),
-                guests: list,
+                node: self.node.to_string(),
+                guests,
                 was_away,
             };
             self.send(&node, c, ctx);
         }
-        info!(session = %id, last_seq = msg.last_seq, accepted, "room host resumed; its room moved here");
-        Ok(Resumed {
+        Resumed {
             accepted,
             events: Vec::new(),
             link: Link {
@@ -248,7 +264,7 @@ impl ClusterRegistry {
                 member: Member::Host,
                 written,
             },
-        })
+        }
     }
 
     /// On a guest's node: the room's host is on `node` now; each guest

@@ -82,6 +82,18 @@ pub(super) fn tag(id: GuestId) -> Option<NonZeroU64> {
     NonZeroU64::new(id)
 }
 
+/// Guests with a count each (of frames taken, or to start after), as sent
+/// to one node.
+pub(super) type GuestCounts = Vec<(GuestId, u64)>;
+
+/// Adds `item` to `node`'s list: one list, so one message, per node.
+pub(super) fn push_by_node<T>(lists: &mut Vec<(Arc<str>, Vec<T>)>, node: Arc<str>, item: T) {
+    match lists.iter_mut().find(|(n, _)| *n == node) {
+        Some((_, list)) => list.push(item),
+        None => lists.push((node, vec![item])),
+    }
+}
+
 /// The lane of guest `guest`'s direction (toward the host or toward it).
 pub(super) fn lane(guest: GuestId, to_host: bool) -> Lane {
     Lane::Guest(GuestLane { guest, to_host })

@@ -17,15 +17,14 @@ use relay_protocol::{ErrorCode, GuestId, GuestLeftReason, Role, ServerMessage};
 use tracing::{info, warn};
 
 use super::super::{ClusterRegistry, HANDOVER_WAIT};
-use super::{Guest, RoomHere, lane, tag, unpaced};
+use super::{Guest, GuestCounts, RoomHere, lane, push_by_node, tag, unpaced};
 use crate::cluster::envelope::{Control, EndReason, HeldFrame, RebuiltGuest};
 use crate::cluster::store::{ResumeFacts, SideEnd};
 use crate::conns::ConnCommand;
 use crate::frame::Frame;
 use crate::outbound::{Outbound, Room};
 use crate::pipe::Pipe;
-use crate::registry::member::Member;
-use crate::registry::{Link, Refusal, Resume, Resumed, SessionId};
+use crate::registry::{Refusal, Resume, Resumed, SessionId};
 
 impl ClusterRegistry {
     /// On a node holding guests of room `id`: its host's node died and the
@@ -91,9 +90,6 @@ fn guest_seqs(msg: &Resume) -> relay_protocol::GuestSeqs {
 
 /// The guests a node is asked about, each with the host's count of its frames.
 type Asks = Vec<(GuestId, Option<u64>)>;
-
-/// Guests of one node, each with where its frames to the host start.
-type Counts = Vec<(GuestId, u64)>;
 
 /// Where one guest's directions stand as the room is rebuilt.
 struct Standing {
@@ -199,7 +195,7 @@ impl ClusterRegistry {
         }
         let seqs = guest_seqs(msg);
         let mut standing: BTreeMap<GuestId, Standing> = BTreeMap::new();
-        let mut tell: Vec<(Arc<str>, Counts)> = Vec::new();
+        let mut tell: Vec<(Arc<str>, GuestCounts)> = Vec::new();
         let node_of = |g: GuestId| {
             facts
                 .guests
@@ -213,10 +209,7 @@ impl ClusterRegistry {
                 answered.push(Arc::from(node.as_str()));
                 for g in guests {
                     if let Some(node) = node_of(g.id) {
-                        match tell.iter_mut().find(|(n, _)| *n == node) {
-                            Some((_, list)) => list.push((g.id, g.from)),
-                            None => tell.push((node, vec![(g.id, g.from)])),
-                        }
+                        push_by_node(&mut tell, node, (g.id, g.from));
                     }
                     let s = Standing {
                         took: g.took,
@@ -274,10 +267,7 @@ impl ClusterRegistry {
                 // Its node did not answer (a node of before, which skips
                 // the question, or a stalled one) and still points it at
                 // the dead node: it ends, as the whole room did before.
-                match unanswered.iter_mut().find(|(n, _)| *n == node) {
-                    Some((_, list)) => list.push(rg.id),
-                    None => unanswered.push((Arc::clone(&node), vec![rg.id])),
-                }
+                push_by_node(&mut unanswered, Arc::clone(&node), rg.id);
                 continue;
             }
             // A guest of the dead node (or one whose resume its node was
@@ -333,29 +323,10 @@ impl ClusterRegistry {
             });
         }
         self.end_unanswered(&id, unanswered, ctx);
+        info!(session = %id, last_seq = msg.last_seq, accepted, "room host resumed after its room's node died; the room is rebuilt here");
         // Its guests elsewhere send here now, after the counts they gave,
         // and hear the host is back.
-        for (node, guests) in tell {
-            let c = Control::HostAt {
-                sid: id.to_string(),
-                node: self.node.to_string(),
-                guests,
-                was_away: true,
-            };
-            self.send(&node, c, ctx);
-        }
-        info!(session = %id, last_seq = msg.last_seq, accepted, "room host resumed after its room's node died; the room is rebuilt here");
-        Ok(Resumed {
-            accepted,
-            events: Vec::new(),
-            link: Link {
-                session_id: id,
-                inbound: to_host,
-                outbound: Outbound::Host(fanout),
-                member: Member::Host,
-                written,
-            },
-        })
+        Ok(self.room_opened_here(id, tell, true, accepted, (to_host, fanout, written), ctx))
     }
 
     /// The room's guests homed on this node, held as another node's until
