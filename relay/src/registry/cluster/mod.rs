@@ -24,6 +24,8 @@ mod moves_tests;
 mod peers;
 mod requests;
 mod room;
+#[cfg(test)]
+pub(crate) mod test_node;
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;

@@ -19,9 +19,9 @@ use crate::cluster::store::testing::TestRedis;
 use crate::conns::ConnId;
 use crate::frame::Frame;
 use crate::gate::Gate;
-use crate::metrics::Metrics;
 use crate::pipe::Pushed;
 use crate::queue::{Drained, Item, Status};
+use crate::registry::cluster::test_node::start_node_full;
 use crate::registry::cluster::{ClusterRegistry, FromPeerNode};
 use crate::registry::secret::TokenHash;
 use crate::registry::testing::{TestClient, settings};
@@ -32,22 +32,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// Starts the registry of `node` and waits until its subscription delivers.
 async fn start_node(r: &TestRedis, node: &str) -> (Addr<ClusterRegistry>, Arc<Bus>) {
-    let metrics = Arc::new(Metrics::new(node).unwrap());
-    let (addr, bus, _lease) = ClusterRegistry::start(
-        settings(),
-        metrics,
-        Arc::from(node),
-        r.redis(),
-        Duration::from_secs(30),
-    );
-    let until = Instant::now() + WAIT;
-    while !bus.is_listening() {
-        assert!(
-            Instant::now() < until,
-            "{node}'s subscription never delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (addr, bus, _lease) = start_node_full(r, node, settings(), Duration::from_secs(30)).await;
     (addr, bus)
 }
 

@@ -3,7 +3,7 @@
 //! is a stopped one: its lease is live, but nothing reads its channel, so
 //! every handover asked of it waits until it is cut short.
 
-use std::sync::Arc;
+use crate::registry::cluster::test_node::start_node_full;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -16,7 +16,6 @@ use crate::cluster::store::testing::{TestRedis, dump};
 use crate::conns::ConnId;
 use crate::frame::Frame;
 use crate::gate::Gate;
-use crate::metrics::Metrics;
 use crate::pipe::Pushed;
 use crate::registry::cluster::{ClusterRegistry, HANDOVER_WAIT};
 use crate::registry::secret::TokenHash;
@@ -32,22 +31,7 @@ const READY_WAIT: Duration = Duration::from_secs(10);
 
 /// Starts the registry of `node` and waits until it takes requests.
 async fn start_node(r: &TestRedis, node: &str) -> Addr<ClusterRegistry> {
-    let metrics = Arc::new(Metrics::new(node).unwrap());
-    let (addr, bus, _lease) = ClusterRegistry::start(
-        settings(),
-        metrics,
-        Arc::from(node),
-        r.redis(),
-        Duration::from_secs(30),
-    );
-    let until = Instant::now() + READY_WAIT;
-    while !bus.is_listening() {
-        assert!(
-            Instant::now() < until,
-            "{node}'s subscription never delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (addr, _bus, _lease) = start_node_full(r, node, settings(), Duration::from_secs(30)).await;
     addr
 }
 

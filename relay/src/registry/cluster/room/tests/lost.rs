@@ -8,7 +8,6 @@ use relay_protocol::{AdmitMode, Role};
 
 use super::*;
 use crate::cluster::bus::Bus;
-use crate::cluster::lease::Lease;
 use crate::registry::{RegistrySettings, Resume};
 
 /// Starts the registry of `node` with `settings`, keeping its bus (to make
@@ -21,20 +20,6 @@ async fn start_node_with_bus(
     let (addr, bus, lease) = start_node_full(r, node, settings, Duration::from_secs(30)).await;
     std::mem::forget(lease);
     (addr, bus)
-}
-
-/// As [`start_node_with_bus`], with a lease of `ttl`, kept (to give it up).
-pub(super) async fn start_node_full(
-    r: &TestRedis,
-    node: &str,
-    settings: RegistrySettings,
-    ttl: Duration,
-) -> (Addr<ClusterRegistry>, Arc<Bus>, Lease) {
-    let metrics = Arc::new(Metrics::new(node).unwrap());
-    let (addr, bus, lease) =
-        ClusterRegistry::start(settings, metrics, Arc::from(node), r.redis(), ttl);
-    wait_for("the subscription to deliver", || bus.is_listening()).await;
-    (addr, bus, lease)
 }
 
 /// Waits until `f` holds, for up to `within` (a test of the relay's own

@@ -4,6 +4,7 @@
 //! guests on all three; frames go through the same outbounds and pipes a
 //! socket pushes into and drains.
 
+use crate::registry::cluster::test_node::start_node_full;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,6 @@ use crate::cluster::store::testing::TestRedis;
 use crate::conns::ConnId;
 use crate::frame::Frame;
 use crate::gate::Gate;
-use crate::metrics::Metrics;
 use crate::outbound::{Sent, Target};
 use crate::pipe::Pushed;
 use crate::queue::{Drained, Item, Status};
@@ -55,22 +55,7 @@ async fn start_node_leased(
     node: &str,
     settings: crate::registry::RegistrySettings,
 ) -> (Addr<ClusterRegistry>, crate::cluster::lease::Lease) {
-    let metrics = Arc::new(Metrics::new(node).unwrap());
-    let (addr, bus, lease) = ClusterRegistry::start(
-        settings,
-        metrics,
-        Arc::from(node),
-        r.redis(),
-        Duration::from_secs(30),
-    );
-    let until = Instant::now() + WAIT;
-    while !bus.is_listening() {
-        assert!(
-            Instant::now() < until,
-            "{node}'s subscription never delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (addr, _bus, lease) = start_node_full(r, node, settings, Duration::from_secs(30)).await;
     (addr, lease)
 }
 

@@ -251,8 +251,7 @@ struct Deaf {
 
 async fn a_room_whose_node_goes_deaf() -> Deaf {
     let r = TestRedis::start().await;
-    let (n1, bus1, lease) =
-        super::lost::start_node_full(&r, "n1", settings(), Duration::from_secs(30)).await;
+    let (n1, bus1, lease) = start_node_full(&r, "n1", settings(), Duration::from_secs(30)).await;
     let nodes = [n1, start_node(&r, "n2").await, start_node(&r, "n3").await];
     let host = host_on(&nodes[0], 2, AdmitMode::Auto).await;
     let code = host.reg.code.clone();
@@ -447,8 +446,7 @@ async fn guests_of_a_node_that_does_not_answer_the_rebuild_end_and_the_others_ca
     let (n1, lease) = start_node_leased(&r, "n1", settings()).await;
     let n2 = start_node(&r, "n2").await;
     let n3 = start_node(&r, "n3").await;
-    let (n4, bus4, lease4) =
-        super::lost::start_node_full(&r, "n4", settings(), Duration::from_secs(30)).await;
+    let (n4, bus4, lease4) = start_node_full(&r, "n4", settings(), Duration::from_secs(30)).await;
     std::mem::forget(lease4);
     let host = host_on(&n1, 2, AdmitMode::Auto).await;
     let b = join(&n3, &host.reg.code, "b").await.unwrap();
